@@ -1,0 +1,294 @@
+"""Training of the mini base model: its VQ-VAE, then its image-generation path.
+
+Only the mini profile trains a backbone (Janus-Pro-1B arrives pretrained). Both trainers write their
+output directory atomically and keep a resumable `*.partial` checkpoint while they run, so an
+interrupted run continues where it stopped and never leaves a model that looks complete.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+from transformers import JanusForConditionalGeneration
+from transformers.models.janus.modeling_janus import JanusVQVAE
+
+from arrag.io import atomic_path, write_json
+from arrag.models.janus import (
+    MiniJanusSpec,
+    build_processor,
+    build_word_tokenizer,
+    configure_image_generation,
+    mini_janus_config,
+    tokenize_prompts,
+)
+from arrag.models.vq import VQTokenizer, normalised_nearest_codes, to_pixel_values
+
+# ---------------------------------------------------------------- checkpoints
+
+
+class ResumableCheckpoint:
+    """`<out>.partial/state.pt`: model + optimiser + step, written atomically every `every` steps."""
+
+    def __init__(self, out_dir: Path, every: int):
+        self.path = out_dir.with_name(out_dir.name + ".partial") / "state.pt"
+        self.every = every
+
+    def load(self, module: torch.nn.Module, optimizer: torch.optim.Optimizer) -> int:
+        if not self.path.is_file():
+            return 0
+        state = torch.load(self.path, map_location="cpu", weights_only=True)
+        module.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        return int(state["step"])
+
+    def maybe_save(self, step: int, module: torch.nn.Module, optimizer: torch.optim.Optimizer) -> None:
+        if self.every <= 0 or step % self.every:
+            return
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with atomic_path(self.path) as tmp:
+            torch.save({"model": module.state_dict(), "optimizer": optimizer.state_dict(), "step": step}, tmp)
+
+    def discard(self) -> None:
+        self.path.unlink(missing_ok=True)
+        if self.path.parent.is_dir() and not any(self.path.parent.iterdir()):
+            self.path.parent.rmdir()
+
+
+def _lr_at(step: int, total: int, peak: float, warmup_frac: float = 0.05) -> float:
+    """Linear warm-up then cosine decay to 10% of the peak."""
+    warmup = max(1, int(warmup_frac * total))
+    if step < warmup:
+        return peak * (step + 1) / warmup
+    progress = (step - warmup) / max(1, total - warmup)
+    return peak * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress)))
+
+
+def _batches(n: int, batch_size: int, steps: int, start: int, seed: int):
+    """Yield `steps - start` index batches from a seeded stream of epochs (resumes at the same batch)."""
+    rng = np.random.default_rng(seed)
+    per_epoch = max(1, n // batch_size)
+    order = None
+    for step in range(steps):
+        if step % per_epoch == 0:
+            order = rng.permutation(n)
+        if step >= start:
+            i = step % per_epoch
+            yield step, order[i * batch_size : (i + 1) * batch_size]
+
+
+# ---------------------------------------------------------------- VQ-VAE
+
+
+@dataclass
+class VQTrainingConfig:
+    steps: int = 800
+    batch_size: int = 32
+    lr: float = 1e-3
+    commitment: float = 0.25
+    restart_every: int = 100  # re-seed unused codes from current latents (dead-code restart)
+    checkpoint_every: int = 200
+    seed: int = 0
+
+
+def quantise_normalised(z: torch.Tensor, codebook: torch.Tensor, commitment: float):
+    """Normalised VQ with a straight-through estimator, as Janus' tokenizer quantises.
+
+    z [B, D, H, W] latents, codebook [K, D] -> (z_q [B, D, H, W], ids [B, H, W], vq loss).
+    """
+    b, d, h, w = z.shape
+    z_flat = F.normalize(z.permute(0, 2, 3, 1).reshape(-1, d), dim=-1)  # [BHW, D]
+    e = F.normalize(codebook, dim=-1)
+    ids = normalised_nearest_codes(z_flat, codebook)
+    z_q = e[ids]
+    loss = F.mse_loss(z_q, z_flat.detach()) + commitment * F.mse_loss(z_flat, z_q.detach())
+    z_q = z_flat + (z_q - z_flat).detach()
+    return z_q.view(b, h, w, d).permute(0, 3, 1, 2), ids.view(b, h, w), loss
+
+
+def train_vq(images: np.ndarray, spec: MiniJanusSpec, cfg: VQTrainingConfig, out_dir: str | Path) -> dict:
+    """Train a JanusVQVAE on uint8 images [N, S, S, 3]; save it (save_pretrained) to out_dir."""
+    out_dir = Path(out_dir)
+    torch.manual_seed(cfg.seed)
+    tokenizer = build_word_tokenizer([])  # only to fill the config's special ids; the VQ ignores them
+    vq = JanusVQVAE(mini_janus_config(spec, tokenizer).vq_config).train()
+    opt = torch.optim.Adam(vq.parameters(), lr=cfg.lr)
+    ckpt = ResumableCheckpoint(out_dir, cfg.checkpoint_every)
+    start = ckpt.load(vq, opt)
+    pixels = to_pixel_values(images)
+    usage = torch.zeros(spec.codebook_size)
+    log, t0 = [], time.time()
+    bar = tqdm(_batches(len(images), cfg.batch_size, cfg.steps, start, cfg.seed), total=cfg.steps - start, desc="VQ-VAE")
+    for step, idx in bar:
+        for g in opt.param_groups:
+            g["lr"] = _lr_at(step, cfg.steps, cfg.lr)
+        x = pixels[idx]
+        z = vq.quant_conv(vq.encoder(x))
+        z_q, ids, vq_loss = quantise_normalised(z, vq.quantize.embedding.weight, cfg.commitment)
+        recon = vq.decoder(vq.post_quant_conv(z_q))
+        rec_loss = F.mse_loss(recon, x)
+        loss = rec_loss + vq_loss
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        usage += torch.bincount(ids.flatten(), minlength=spec.codebook_size)
+        if cfg.restart_every and (step + 1) % cfg.restart_every == 0 and step + 1 < 0.9 * cfg.steps:
+            _restart_dead_codes(vq, usage, z.detach())
+            usage.zero_()
+        if step % 50 == 0 or step == cfg.steps - 1:
+            log.append({"step": step, "recon_mse": rec_loss.item(), "vq_loss": vq_loss.item()})
+            bar.set_postfix(recon=f"{rec_loss.item():.4f}")
+        ckpt.maybe_save(step + 1, vq, opt)
+    vq.eval()
+    stats = {"steps": cfg.steps, "resumed_at": start, "seconds": time.time() - t0, "log": log,
+             "parameters": sum(p.numel() for p in vq.parameters()), "config": asdict(cfg)}
+    with atomic_path(out_dir, directory=True) as tmp:
+        vq.save_pretrained(tmp, safe_serialization=True)
+        write_json(tmp / "training.json", stats)
+    ckpt.discard()
+    return stats
+
+
+@torch.no_grad()
+def _restart_dead_codes(vq: JanusVQVAE, usage: torch.Tensor, z: torch.Tensor) -> None:
+    dead = (usage == 0).nonzero().flatten()
+    if len(dead) == 0:
+        return
+    latents = z.permute(0, 2, 3, 1).reshape(-1, z.shape[1])
+    pick = torch.randint(len(latents), (len(dead),))
+    vq.quantize.embedding.weight[dead] = latents[pick] + 0.01 * torch.randn_like(latents[pick])
+
+
+# ---------------------------------------------------------------- base model
+
+
+@dataclass
+class BaseTrainingConfig:
+    steps: int = 1500
+    batch_size: int = 64
+    lr: float = 1e-3
+    weight_decay: float = 0.01
+    caption_dropout: float = 0.1  # trains the unconditional branch classifier-free guidance needs
+    guidance_scale: float = 5.0  # stored in the generation config as the default
+    checkpoint_every: int = 250
+    seed: int = 0
+
+
+def unconditional_ids(input_ids: torch.Tensor, bos_id: int, boi_id: int, pad_id: int) -> torch.Tensor:
+    """Janus' unconditional prompt: every token but BOS and <begin_of_image> becomes padding."""
+    keep = (input_ids == bos_id) | (input_ids == boi_id)
+    return torch.where(keep, input_ids, torch.full_like(input_ids, pad_id))
+
+
+def position_ids_from_mask(attention_mask: torch.Tensor) -> torch.Tensor:
+    """Positions that skip left padding, so a prompt's positions do not depend on its batch."""
+    return (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
+
+
+def image_generation_loss(
+    model: JanusForConditionalGeneration, input_ids: torch.Tensor, attention_mask: torch.Tensor, codes: torch.Tensor
+) -> torch.Tensor:
+    """Next-token cross-entropy on the image tokens of [prompt | image] sequences (paper Eq. 1).
+
+    input_ids/attention_mask [B, L] (left-padded, ending in <begin_of_image>), codes [B, T] flat image tokens.
+    """
+    text = model.get_input_embeddings()(input_ids)  # [B, L, D]
+    image = model.prepare_embeddings_for_image_generation(codes[:, :-1])  # [B, T-1, D]
+    embeds = torch.cat([text, image], dim=1)
+    mask = torch.cat([attention_mask, attention_mask.new_ones(codes[:, :-1].shape)], dim=1)
+    hidden = model.model.language_model(
+        inputs_embeds=embeds, attention_mask=mask, position_ids=position_ids_from_mask(mask)
+    ).last_hidden_state
+    # the hidden state at <begin_of_image> predicts token 0, the one at token t-1 predicts token t
+    logits = model.model.generation_head(hidden[:, input_ids.shape[1] - 1 :])  # [B, T, K]
+    return F.cross_entropy(logits.flatten(0, 1), codes.flatten())
+
+
+def build_base_model(spec: MiniJanusSpec, words: list[str], vq_dir: str | Path, guidance_scale: float):
+    tokenizer = build_word_tokenizer(words)
+    model = JanusForConditionalGeneration(mini_janus_config(spec, tokenizer))
+    vq = JanusVQVAE.from_pretrained(str(vq_dir), use_safetensors=True, local_files_only=True)
+    model.model.vqmodel.load_state_dict(vq.state_dict())
+    configure_image_generation(model, tokenizer, guidance_scale)
+    processor = build_processor(tokenizer, spec.image_size, spec.grid**2)
+    return model, processor
+
+
+def trainable_generation_parameters(model: JanusForConditionalGeneration) -> list[torch.nn.Parameter]:
+    """The image-generation path: language model, generation embeddings/aligner/head (not VQ, not SigLIP)."""
+    for p in model.parameters():
+        p.requires_grad_(False)
+    modules = [model.model.language_model, model.model.generation_embeddings,
+               model.model.generation_aligner, model.model.generation_head]
+    params = [p for m in modules for p in m.parameters()]
+    for p in params:
+        p.requires_grad_(True)
+    return params
+
+
+def train_base_model(
+    images: np.ndarray,
+    captions: list[str],
+    words: list[str],
+    spec: MiniJanusSpec,
+    vq_dir: str | Path,
+    cfg: BaseTrainingConfig,
+    out_dir: str | Path,
+) -> dict:
+    """Train the mini Janus' generation path on caption -> image-token sequences; save_pretrained to out_dir."""
+    out_dir = Path(out_dir)
+    torch.manual_seed(cfg.seed)
+    model, processor = build_base_model(spec, words, vq_dir, cfg.guidance_scale)
+    tok = processor.tokenizer
+    codes = _encode_all(VQTokenizer.from_janus(model), images).flatten(1)  # [N, T]
+    prompts = tokenize_prompts(processor, captions)
+    ids, mask = prompts["input_ids"], prompts["attention_mask"]
+    uncond = unconditional_ids(ids, tok.bos_token_id, tok.convert_tokens_to_ids(tok.boi_token), tok.pad_token_id)
+
+    params = trainable_generation_parameters(model)
+    model.train()
+    model.model.vqmodel.eval()
+    opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    ckpt = ResumableCheckpoint(out_dir, cfg.checkpoint_every)
+    start = ckpt.load(model, opt)
+    gen = torch.Generator().manual_seed(cfg.seed + start)
+    log, t0 = [], time.time()
+    bar = tqdm(_batches(len(images), cfg.batch_size, cfg.steps, start, cfg.seed), total=cfg.steps - start, desc="base model")
+    for step, idx in bar:
+        for g in opt.param_groups:
+            g["lr"] = _lr_at(step, cfg.steps, cfg.lr)
+        idx = torch.as_tensor(idx)
+        drop = torch.rand(len(idx), generator=gen) < cfg.caption_dropout
+        batch_ids = torch.where(drop[:, None], uncond[idx], ids[idx])
+        loss = image_generation_loss(model, batch_ids, mask[idx], codes[idx])
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        opt.step()
+        if step % 50 == 0 or step == cfg.steps - 1:
+            log.append({"step": step, "loss": loss.item()})
+            bar.set_postfix(loss=f"{loss.item():.3f}")
+        ckpt.maybe_save(step + 1, model, opt)
+    model.eval()
+    stats = {"steps": cfg.steps, "resumed_at": start, "seconds": time.time() - t0, "log": log,
+             "trainable_parameters": sum(p.numel() for p in params),
+             "total_parameters": sum(p.numel() for p in model.parameters()),
+             "config": asdict(cfg), "spec": asdict(spec)}
+    with atomic_path(out_dir, directory=True) as tmp:
+        model.save_pretrained(tmp, safe_serialization=True)
+        processor.save_pretrained(tmp)
+        (tmp / "training.json").write_text(json.dumps(stats, indent=2))
+    ckpt.discard()
+    return stats
+
+
+@torch.no_grad()
+def _encode_all(vq: VQTokenizer, images: np.ndarray, batch_size: int = 256) -> torch.Tensor:
+    return torch.cat([vq.encode(images[i : i + batch_size]) for i in range(0, len(images), batch_size)])

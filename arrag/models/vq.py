@@ -1,0 +1,99 @@
+"""The VQ tokenizer facade every stage uses: images <-> token grids, and the codebook.
+
+Janus-Pro's tokenizer (DeepSeek's LlamaGen VQ) L2-normalises both the encoder latent and the codebook
+before the nearest-neighbour search, and its decoder reads normalised codebook rows. transformers'
+`JanusVQVAE.encode` searches the *unnormalised* codebook, so its `image_tokens` can differ from the
+codes the model was trained on. `VQTokenizer.encode` does the normalised search itself.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from transformers.models.janus.modeling_janus import JanusVQVAE
+
+
+def to_pixel_values(images: np.ndarray | torch.Tensor) -> torch.Tensor:
+    """uint8 images [B, S, S, 3] -> float pixel values [B, 3, S, S] in [-1, 1] (Janus' normalisation)."""
+    images = torch.as_tensor(images)
+    if images.dtype != torch.uint8 or images.ndim != 4 or images.shape[-1] != 3:
+        raise ValueError(f"expected uint8 images [B, H, W, 3], got {images.dtype} {tuple(images.shape)}")
+    return images.permute(0, 3, 1, 2).float().div(127.5).sub(1.0)
+
+
+def to_uint8(pixel_values: torch.Tensor) -> np.ndarray:
+    """float pixel values [B, 3, S, S] in [-1, 1] -> uint8 images [B, S, S, 3]."""
+    x = pixel_values.detach().float().clamp(-1, 1).add(1).mul(127.5).round()
+    return x.to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
+
+
+def normalised_nearest_codes(latents: torch.Tensor, codebook: torch.Tensor) -> torch.Tensor:
+    """Nearest codebook row after L2-normalising both: latents [N, D], codebook [K, D] -> ids [N].
+
+    For unit vectors argmin ||z - e||^2 = argmax <z, e>, so one matmul suffices.
+    """
+    return (F.normalize(latents, dim=-1) @ F.normalize(codebook, dim=-1).T).argmax(dim=-1)
+
+
+class VQTokenizer:
+    """encode(images) -> codes [B, H, W]; decode(codes) -> images; codebook [K, D] (L2-normalised)."""
+
+    def __init__(self, vqmodel: JanusVQVAE):
+        self.vqmodel = vqmodel.eval()
+        self.grid = int(vqmodel.config.num_patches)  # tokens per side
+
+    @classmethod
+    def from_janus(cls, model) -> "VQTokenizer":
+        return cls(model.model.vqmodel)
+
+    @property
+    def device(self) -> torch.device:
+        return self.vqmodel.quantize.embedding.weight.device
+
+    @property
+    def image_size(self) -> int:
+        downsample = 2 ** (len(self.vqmodel.config.channel_multiplier) - 1)
+        return self.grid * downsample
+
+    @property
+    def codebook_size(self) -> int:
+        return self.vqmodel.config.num_embeddings
+
+    @property
+    def codebook(self) -> torch.Tensor:
+        """[K, D] L2-normalised codebook: the vectors the decoder sees and retrieval keys are built from."""
+        return F.normalize(self.vqmodel.quantize.embedding.weight.detach(), dim=-1)
+
+    @torch.no_grad()
+    def latents(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        """Pre-quantisation latents [B, D, H, W] (after quant_conv)."""
+        return self.vqmodel.quant_conv(self.vqmodel.encoder(pixel_values.to(self.device)))
+
+    @torch.no_grad()
+    def encode(self, images: np.ndarray | torch.Tensor) -> torch.Tensor:
+        """uint8 [B, S, S, 3] or float [B, 3, S, S] in [-1, 1] -> LongTensor codes [B, H, W]."""
+        if isinstance(images, np.ndarray) or images.dtype == torch.uint8:
+            images = to_pixel_values(images)
+        if images.shape[-1] != self.image_size or images.shape[-2] != self.image_size:
+            raise ValueError(
+                f"images are {tuple(images.shape[-2:])} px but this tokenizer expects "
+                f"{self.image_size}x{self.image_size}; resize/crop first"
+            )
+        z = self.latents(images)  # [B, D, H, W]
+        b, d, h, w = z.shape
+        ids = normalised_nearest_codes(z.permute(0, 2, 3, 1).reshape(-1, d), self.vqmodel.quantize.embedding.weight)
+        return ids.view(b, h, w)
+
+    @torch.no_grad()
+    def decode(self, codes: torch.Tensor) -> torch.Tensor:
+        """codes [B, H, W] -> float pixel values [B, 3, S, S] in [-1, 1]."""
+        codes = torch.as_tensor(codes, device=self.device)
+        if codes.ndim != 3 or codes.shape[1:] != (self.grid, self.grid):
+            raise ValueError(f"expected codes [B, {self.grid}, {self.grid}], got {tuple(codes.shape)}")
+        # HF's decode normalises the codebook rows, exactly as DeepSeek's tokenizer does
+        return self.vqmodel.decode(codes.flatten(1))
+
+    def decode_to_uint8(self, codes: torch.Tensor) -> np.ndarray:
+        """codes [B, H, W] -> uint8 images [B, S, S, 3]."""
+        return to_uint8(self.decode(codes))

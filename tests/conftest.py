@@ -1,0 +1,31 @@
+import pytest
+import torch
+
+from arrag.models.janus import MiniJanusSpec, build_processor, build_word_tokenizer, configure_image_generation, mini_janus_config
+
+WORDS = "a photo of an red green blue circle square triangle and two three left right above below".split()
+
+
+def tiny_spec(**kw) -> MiniJanusSpec:
+    base = dict(image_size=16, patch_size=4, codebook_size=64, hidden_size=32, num_layers=2, num_heads=2)
+    base.update(kw)
+    return MiniJanusSpec(**base)
+
+
+@pytest.fixture(scope="session")
+def tiny_janus():
+    """A random-weight JanusForConditionalGeneration of the mini shape (4x4 token grid) and its processor."""
+    from transformers import JanusForConditionalGeneration
+
+    torch.manual_seed(0)
+    spec = tiny_spec()
+    tok = build_word_tokenizer(WORDS)
+    model = JanusForConditionalGeneration(mini_janus_config(spec, tok)).eval()
+    # larger random embeddings and head so tokens depend on the prompt and on earlier tokens (a default
+    # init collapses to one token, which would make the equivalence tests weak) and argmax is far from ties
+    with torch.no_grad():
+        model.model.generation_head.vision_head.weight.mul_(20)
+        model.model.generation_embeddings.weight.normal_(0, 1)
+        model.get_input_embeddings().weight.normal_(0, 1)
+    configure_image_generation(model, tok, guidance_scale=3.0)
+    return model, build_processor(tok, spec.image_size, spec.grid**2), spec

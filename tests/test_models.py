@@ -1,0 +1,90 @@
+import copy
+import json
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from arrag.models.janus import ModelLoadError, load_janus, tokenize_prompts
+from arrag.models.vq import VQTokenizer, to_pixel_values, to_uint8
+
+
+def _vq_with_uneven_codebook(model):
+    """Codebook rows of very different norms: unnormalised and normalised nearest neighbours then disagree."""
+    vq = VQTokenizer(copy.deepcopy(model.model.vqmodel))  # do not touch the shared fixture
+    with torch.no_grad():
+        w = vq.vqmodel.quantize.embedding.weight
+        w.copy_(torch.randn_like(w) * torch.logspace(-2, 1, w.shape[0])[:, None])
+    return vq
+
+
+def test_encode_uses_the_l2_normalised_nearest_neighbour(tiny_janus):
+    model, _, spec = tiny_janus
+    vq = _vq_with_uneven_codebook(model)
+    images = np.random.default_rng(0).integers(0, 256, (6, spec.image_size, spec.image_size, 3), dtype=np.uint8)
+    codes = vq.encode(images)
+    assert codes.shape == (6, spec.grid, spec.grid) and codes.dtype == torch.long
+
+    # brute force: every latent against every normalised codebook row by squared distance
+    z = vq.latents(to_pixel_values(images)).permute(0, 2, 3, 1).reshape(-1, spec.codebook_dim)
+    e = vq.vqmodel.quantize.embedding.weight
+    d = torch.cdist(F.normalize(z, dim=-1), F.normalize(e, dim=-1))
+    assert torch.equal(codes.flatten(), d.argmin(-1))
+
+    # transformers' own quantizer does not normalise, so on this codebook it picks other codes
+    hf_codes = vq.vqmodel.encode(to_pixel_values(images)).image_tokens
+    assert not torch.equal(hf_codes.flatten(), codes.flatten())
+
+
+def test_codebook_is_normalised_and_decode_shapes(tiny_janus):
+    model, _, spec = tiny_janus
+    vq = VQTokenizer.from_janus(model)
+    assert vq.codebook.shape == (spec.codebook_size, spec.codebook_dim)
+    torch.testing.assert_close(vq.codebook.norm(dim=-1), torch.ones(spec.codebook_size))
+    assert vq.image_size == spec.image_size and vq.grid == spec.grid
+    codes = torch.randint(0, spec.codebook_size, (3, spec.grid, spec.grid))
+    images = vq.decode_to_uint8(codes)
+    assert images.shape == (3, spec.image_size, spec.image_size, 3) and images.dtype == np.uint8
+    with pytest.raises(ValueError, match="expected codes"):
+        vq.decode(codes.flatten(1))
+    with pytest.raises(ValueError, match="resize"):
+        vq.encode(np.zeros((1, spec.image_size * 2, spec.image_size * 2, 3), np.uint8))
+
+
+def test_pixel_round_trip():
+    images = np.random.default_rng(1).integers(0, 256, (2, 8, 8, 3), dtype=np.uint8)
+    assert np.array_equal(to_uint8(to_pixel_values(images)), images)
+    with pytest.raises(ValueError, match="uint8"):
+        to_pixel_values(images.astype(np.float32))
+
+
+def test_save_and_load_by_path_round_trip(tiny_janus, tmp_path):
+    model, processor, _ = tiny_janus
+    model.save_pretrained(tmp_path, safe_serialization=True)
+    processor.save_pretrained(tmp_path)
+    assert list(tmp_path.glob("*.safetensors")) and not list(tmp_path.glob("*.bin"))
+    loaded, loaded_proc = load_janus(tmp_path)
+    assert loaded.generation_config.generation_kwargs["boi_token_id"] == model.generation_config.generation_kwargs["boi_token_id"]
+    prompts = ["a photo of a red circle", "a photo of two squares"]
+    a, b = tokenize_prompts(processor, prompts), tokenize_prompts(loaded_proc, prompts)
+    assert torch.equal(a["input_ids"], b["input_ids"])
+    text = loaded_proc.tokenizer.decode(b["input_ids"][0], skip_special_tokens=True)
+    assert text.split() == prompts[0].split()
+    for name, p in model.state_dict().items():
+        torch.testing.assert_close(loaded.state_dict()[name], p)
+
+
+def test_loader_errors_name_the_problem(tmp_path):
+    with pytest.raises(ModelLoadError, match="does not exist"):
+        load_janus(tmp_path / "missing")
+    with pytest.raises(ModelLoadError, match="no config.json"):
+        load_janus(tmp_path)
+    (tmp_path / "config.json").write_text(json.dumps({"model_type": "llama"}))
+    with pytest.raises(ModelLoadError, match="not a Janus model"):
+        load_janus(tmp_path)
+    (tmp_path / "config.json").write_text(json.dumps({"model_type": "janus"}))
+    with pytest.raises(ModelLoadError, match="safetensors"):
+        load_janus(tmp_path)
+    with pytest.raises(ModelLoadError, match="pinned revision"):
+        load_janus("deepseek-community/Janus-Pro-1B")

@@ -1,0 +1,31 @@
+# Helpers shared by every stage: config validation (fills defaults), paths, and CLI flag builders.
+
+from snakemake.utils import validate
+
+
+validate(config, schema="../schemas/config.schema.yaml")
+
+RESULTS = f"results/{config['profile']}"
+SPLITS = list(config["world"]["splits"])
+
+
+def log_path(name):
+    return f"{RESULTS}/logs/{name}.log"
+
+
+def benchmark_path(name):
+    return f"{RESULTS}/benchmarks/{name}.tsv"
+
+
+def settings_flags(option, settings):
+    """{'steps': 800} -> "--set steps=800" (option='--set'); the CLI converts each value to the field's type."""
+    return " ".join(f"{option} {key}={value}" for key, value in sorted(settings.items()))
+
+
+def sampling_flags():
+    g = config["generation"]
+    flags = (
+        f"--guidance-scale {g['guidance_scale']} --temperature {g['temperature']} "
+        f"--seed {g['seed']} --batch-size {g['batch_size']} --device {config['device']}"
+    )
+    return flags + (f" --top-k {g['top_k']}" if g["top_k"] else "")

@@ -1,0 +1,27 @@
+# The mini world: procedurally rendered images of coloured shapes, their splits and GenEval-schema prompts.
+
+
+rule world:
+    output:
+        expand("{results}/world/{split}/images.npy", results=RESULTS, split=SPLITS),
+        expand("{results}/world/{split}/metadata.jsonl", results=RESULTS, split=SPLITS),
+        geneval=f"{RESULTS}/world/geneval/evaluation_metadata.jsonl",
+        summary=f"{RESULTS}/world/world.json",
+    params:
+        out=f"{RESULTS}/world",
+        splits=" ".join(f"--split {k}={v}" for k, v in config["world"]["splits"].items()),
+        under=" ".join(f"--underrepresented {c}:{s}" for c, s in config["world"]["underrepresented"]),
+        size=config["world"]["image_size"],
+        seed=config["world"]["seed"],
+        keep=config["world"]["keep_fraction"],
+        prompts=config["world"]["geneval_prompts"],
+    log:
+        log_path("world"),
+    benchmark:
+        benchmark_path("world")
+    threads: 1
+    resources:
+        mem_mb=2000,
+    shell:
+        "arrag world --out {params.out} --size {params.size} --seed {params.seed} {params.splits} "
+        "{params.under} --keep-fraction {params.keep} --geneval-prompts {params.prompts} > {log} 2>&1"
