@@ -17,7 +17,9 @@ def parse_overrides(pairs: list[str], cls):
     for pair in pairs or []:
         key, sep, raw = pair.partition("=")
         if not sep or key not in fields:
-            raise SystemExit(f"error: bad setting {pair!r} for {cls.__name__}; expected key=value with key in {sorted(fields)}")
+            raise SystemExit(
+                f"error: bad setting {pair!r} for {cls.__name__}; expected key=value with key in {sorted(fields)}"
+            )
         default = fields[key].default
         kind = type(default) if default is not None and default is not dataclasses.MISSING else str
         try:
@@ -40,8 +42,9 @@ def _sampling_args(p: argparse.ArgumentParser) -> None:
 def _sampling(args):
     from arrag.decoding.loop import SamplingConfig
 
-    return SamplingConfig(guidance_scale=args.guidance_scale, temperature=args.temperature, top_k=args.top_k,
-                          greedy=args.greedy)
+    return SamplingConfig(
+        guidance_scale=args.guidance_scale, temperature=args.temperature, top_k=args.top_k, greedy=args.greedy
+    )
 
 
 def cmd_world(args) -> None:
@@ -57,8 +60,15 @@ def cmd_world(args) -> None:
     for item in args.underrepresented:
         colour, _, shape = item.partition(":")
         under.append((colour, shape))
-    write_world(args.out, size=args.size, seed=args.seed, splits=splits, underrepresented=under,
-                keep_fraction=args.keep_fraction, n_geneval_prompts=args.geneval_prompts)
+    write_world(
+        args.out,
+        size=args.size,
+        seed=args.seed,
+        splits=splits,
+        underrepresented=under,
+        keep_fraction=args.keep_fraction,
+        n_geneval_prompts=args.geneval_prompts,
+    )
 
 
 def cmd_train_vq(args) -> None:
@@ -67,7 +77,9 @@ def cmd_train_vq(args) -> None:
     from arrag.models.training import VQTrainingConfig, train_vq
 
     images, _ = load_split(Path(args.world) / args.split)
-    stats = train_vq(images, parse_overrides(args.spec, MiniJanusSpec), parse_overrides(args.set, VQTrainingConfig), args.out)
+    stats = train_vq(
+        images, parse_overrides(args.spec, MiniJanusSpec), parse_overrides(args.set, VQTrainingConfig), args.out
+    )
     print(json.dumps({k: v for k, v in stats.items() if k != "log"}, indent=2))
 
 
@@ -77,9 +89,15 @@ def cmd_train_base(args) -> None:
     from arrag.models.training import BaseTrainingConfig, train_base_model
 
     images, records = load_split(Path(args.world) / args.split)
-    stats = train_base_model(images, [r["caption"] for r in records], caption_vocabulary(),
-                             parse_overrides(args.spec, MiniJanusSpec), args.vq,
-                             parse_overrides(args.set, BaseTrainingConfig), args.out)
+    stats = train_base_model(
+        images,
+        [r["caption"] for r in records],
+        caption_vocabulary(),
+        parse_overrides(args.spec, MiniJanusSpec),
+        args.vq,
+        parse_overrides(args.set, BaseTrainingConfig),
+        args.out,
+    )
     print(json.dumps({k: v for k, v in stats.items() if k != "log"}, indent=2))
 
 
@@ -106,9 +124,17 @@ def cmd_generate_benchmark(args) -> None:
     records = read_jsonl(args.prompts)[: args.limit] if args.limit else read_jsonl(args.prompts)
     pipe = ImageGenerationPipeline.from_pretrained(args.model, revision=args.revision, device=args.device)
     t0 = time.time()
-    summary = generate_prompt_set(pipe, records, args.out, n=args.n, sampling=_sampling(args), seed=args.seed,
-                                  batch_size=args.batch_size, prompt_field=args.prompt_field,
-                                  settings={"model": str(args.model), "method": "vanilla"})
+    summary = generate_prompt_set(
+        pipe,
+        records,
+        args.out,
+        n=args.n,
+        sampling=_sampling(args),
+        seed=args.seed,
+        batch_size=args.batch_size,
+        prompt_field=args.prompt_field,
+        settings={"model": str(args.model), "method": "vanilla"},
+    )
     summary["seconds"] = time.time() - t0
     write_json(Path(args.out) / "generation.json", summary)  # written last: marks the folder complete
     print(json.dumps(summary, indent=2))
@@ -134,8 +160,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--geneval-prompts", type=int, default=180)
     p.set_defaults(func=cmd_world)
 
-    for name, func, helptext in [("train-vq", cmd_train_vq, "train the mini Janus VQ-VAE"),
-                                 ("train-base", cmd_train_base, "train the mini Janus generation path")]:
+    for name, func, helptext in [
+        ("train-vq", cmd_train_vq, "train the mini Janus VQ-VAE"),
+        ("train-base", cmd_train_base, "train the mini Janus generation path"),
+    ]:
         p = sub.add_parser(name, help=helptext)
         p.add_argument("--world", required=True, help="directory written by `arrag world`")
         p.add_argument("--split", default="train")

@@ -72,3 +72,12 @@ def read_jsonl(path: str | Path) -> list[dict]:
             except json.JSONDecodeError as err:
                 raise ValueError(f"{path}:{lineno}: not valid JSON ({err.msg})") from None
     return records
+
+
+def progress(iterable=None, **kwargs):
+    """tqdm progress bar; in log files (no terminal) it updates every 10 s instead of every step."""
+    import sys
+
+    from tqdm.auto import tqdm
+
+    return tqdm(iterable, mininterval=0.1 if sys.stderr.isatty() else 10.0, **kwargs)

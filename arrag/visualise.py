@@ -11,7 +11,9 @@ from arrag.data.geneval_layout import read_prompt_folders
 from arrag.io import atomic_path
 
 
-def sample_grid(root: str | Path, out: str | Path, max_prompts: int = 16, upscale: int = 4, label_width: int = 300) -> Path:
+def sample_grid(
+    root: str | Path, out: str | Path, max_prompts: int = 16, upscale: int = 4, label_width: int = 300
+) -> Path:
     """One row per prompt (its text on the left, its samples to the right), nearest-neighbour upscaled."""
     folders = read_prompt_folders(root)
     if not folders:

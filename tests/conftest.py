@@ -1,7 +1,13 @@
 import pytest
 import torch
 
-from arrag.models.janus import MiniJanusSpec, build_processor, build_word_tokenizer, configure_image_generation, mini_janus_config
+from arrag.models.janus import (
+    MiniJanusSpec,
+    build_processor,
+    build_word_tokenizer,
+    configure_image_generation,
+    mini_janus_config,
+)
 
 WORDS = "a photo of an red green blue circle square triangle and two three left right above below".split()
 

@@ -23,8 +23,9 @@ def test_greedy_reproduces_generate_with_left_padding_in_hf_position_mode(tiny_j
     model, processor, _ = tiny_janus
     batch = _batch(processor, ["a photo of a circle", "a photo of a red circle and a blue square"])
     assert not batch["attention_mask"].all()
-    ours = generate_image_tokens(model, **batch, sampling=SamplingConfig(guidance_scale=3.0, greedy=True),
-                                 padding_aware_positions=False)
+    ours = generate_image_tokens(
+        model, **batch, sampling=SamplingConfig(guidance_scale=3.0, greedy=True), padding_aware_positions=False
+    )
     theirs = model.generate(**batch, generation_mode="image", do_sample=False, guidance_scale=3.0)
     assert torch.equal(ours.flatten(1), theirs)
 
@@ -36,17 +37,30 @@ class Recorder(DecodingHook):
         self.steps = []
 
     def adjust_probs(self, state, probs):
-        self.steps.append((state.step, state.row, state.col, state.grid.clone(), state.cond_logits.clone(),
-                           state.uncond_logits.clone(), probs.clone(), state.hidden_states))
+        self.steps.append(
+            (
+                state.step,
+                state.row,
+                state.col,
+                state.grid.clone(),
+                state.cond_logits.clone(),
+                state.uncond_logits.clone(),
+                probs.clone(),
+                state.hidden_states,
+            )
+        )
         return probs
 
 
 def _full_forward_logits(model, ids, mask, codes_so_far):
     """Direct re-computation without the KV cache: generation-head logits at the last position."""
-    embeds = torch.cat([model.get_input_embeddings()(ids), model.prepare_embeddings_for_image_generation(codes_so_far)], 1)
+    embeds = torch.cat(
+        [model.get_input_embeddings()(ids), model.prepare_embeddings_for_image_generation(codes_so_far)], 1
+    )
     full_mask = torch.cat([mask, mask.new_ones(codes_so_far.shape)], 1)
-    hidden = model.model.language_model(inputs_embeds=embeds, attention_mask=full_mask,
-                                        position_ids=position_ids_from_mask(full_mask)).last_hidden_state
+    hidden = model.model.language_model(
+        inputs_embeds=embeds, attention_mask=full_mask, position_ids=position_ids_from_mask(full_mask)
+    ).last_hidden_state
     return model.model.generation_head(hidden[:, -1])
 
 
@@ -56,12 +70,14 @@ def test_cfg_formula_cache_and_hook_state_match_direct_recomputation(tiny_janus)
     batch = _batch(processor, prompts)
     rec = Recorder()
     sampling = SamplingConfig(guidance_scale=4.0, temperature=0.7, top_k=20)
-    codes = generate_image_tokens(model, **batch, sampling=sampling, generators=make_generators([1, 2], "cpu"),
-                                  hooks=[rec])
+    codes = generate_image_tokens(
+        model, **batch, sampling=sampling, generators=make_generators([1, 2], "cpu"), hooks=[rec]
+    )
     flat = codes.flatten(1)
     tok = processor.tokenizer
-    uncond = unconditional_ids(batch["input_ids"], tok.bos_token_id, tok.convert_tokens_to_ids(tok.boi_token),
-                               tok.pad_token_id)
+    uncond = unconditional_ids(
+        batch["input_ids"], tok.bos_token_id, tok.convert_tokens_to_ids(tok.boi_token), tok.pad_token_id
+    )
     assert len(rec.steps) == spec.grid**2
     for step, row, col, grid, c, u, probs, hidden in rec.steps[:: max(1, len(rec.steps) // 5)]:
         assert (row, col) == divmod(step, spec.grid)
@@ -108,8 +124,9 @@ def test_guidance_scale_one_runs_the_conditional_branch_only(tiny_janus):
     batch = _batch(processor, ["a photo of a circle"])
     rec = Recorder()
     rec.wants_hidden_states = False
-    codes = generate_image_tokens(model, **batch, sampling=SamplingConfig(guidance_scale=1.0, greedy=True),
-                                  hooks=[_NoUncond()])
+    codes = generate_image_tokens(
+        model, **batch, sampling=SamplingConfig(guidance_scale=1.0, greedy=True), hooks=[_NoUncond()]
+    )
     assert codes.shape == (1, 4, 4)
 
 

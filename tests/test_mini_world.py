@@ -131,9 +131,7 @@ def _check_caption(scene: mw.Scene, cap: str) -> None:
         assert len(objs) == 1 and objs[0].shape == m[2] and m[1] in (None, objs[0].colour)
     elif m := re.fullmatch(rf"a photo of ({_NUM}) ({_SHAPE})s", cap):
         assert len(objs) == _WORD_TO_N[m[1]] and all(o.shape == m[2] for o in objs)
-    elif m := re.fullmatch(
-        rf"a photo of an? (?:({_COLOUR}) )?({_SHAPE}) and an? (?:({_COLOUR}) )?({_SHAPE})", cap
-    ):
+    elif m := re.fullmatch(rf"a photo of an? (?:({_COLOUR}) )?({_SHAPE}) and an? (?:({_COLOUR}) )?({_SHAPE})", cap):
         assert len(objs) == 2 and m[2] != m[4]
         assert sorted(o.shape for o in objs) == sorted([m[2], m[4]])
         if m[1] is not None:
@@ -252,9 +250,7 @@ _REAL = Path("/work/shared/benchmarks/geneval/evaluation_metadata.jsonl")
 
 def _check_prompt(p: dict) -> None:
     tag, inc = p["tag"], p["include"]
-    assert list(p) == (
-        ["tag", "include", "exclude", "prompt"] if tag == "counting" else ["tag", "include", "prompt"]
-    )
+    assert list(p) == (["tag", "include", "exclude", "prompt"] if tag == "counting" else ["tag", "include", "prompt"])
     assert _article_ok(p["prompt"]), p["prompt"]
     if tag == "single_object":
         assert inc == [{"class": inc[0]["class"], "count": 1}]
@@ -281,10 +277,7 @@ def _check_prompt(p: dict) -> None:
         a, b = inc
         assert list(a) == list(b) == ["class", "count", "color"] and a["color"] != b["color"]
         arts = ["an" if x["color"][0] in "aeiou" else "a" for x in (a, b)]
-        assert (
-            p["prompt"]
-            == f"a photo of {arts[0]} {a['color']} {a['class']} and {arts[1]} {b['color']} {b['class']}"
-        )
+        assert p["prompt"] == f"a photo of {arts[0]} {a['color']} {a['class']} and {arts[1]} {b['color']} {b['class']}"
     else:
         raise AssertionError(f"unknown tag {tag}")
     for i in inc:
@@ -456,6 +449,4 @@ def test_write_world(tmp_path):
     # deterministic
     mw.write_world(tmp_path / "again", **kw)
     assert (tmp_path / "again" / "world.json").read_text() == (tmp_path / "world.json").read_text()
-    assert np.array_equal(
-        mw.load_split(tmp_path / "again" / "train")[0], mw.load_split(tmp_path / "train")[0]
-    )
+    assert np.array_equal(mw.load_split(tmp_path / "again" / "train")[0], mw.load_split(tmp_path / "train")[0])

@@ -65,7 +65,10 @@ def test_save_and_load_by_path_round_trip(tiny_janus, tmp_path):
     processor.save_pretrained(tmp_path)
     assert list(tmp_path.glob("*.safetensors")) and not list(tmp_path.glob("*.bin"))
     loaded, loaded_proc = load_janus(tmp_path)
-    assert loaded.generation_config.generation_kwargs["boi_token_id"] == model.generation_config.generation_kwargs["boi_token_id"]
+    assert (
+        loaded.generation_config.generation_kwargs["boi_token_id"]
+        == model.generation_config.generation_kwargs["boi_token_id"]
+    )
     prompts = ["a photo of a red circle", "a photo of two squares"]
     a, b = tokenize_prompts(processor, prompts), tokenize_prompts(loaded_proc, prompts)
     assert torch.equal(a["input_ids"], b["input_ids"])

@@ -322,9 +322,7 @@ def sample_scene(
     n, shapes, relation = _resolve_layout(rng, size, n_objects, shapes, relation)
     _check_names(colours, COLOURS, "colours", n)
     names = list(COLOURS)
-    colours = (
-        list(colours) if colours is not None else [names[int(i)] for i in rng.integers(len(names), size=n)]
-    )
+    colours = list(colours) if colours is not None else [names[int(i)] for i in rng.integers(len(names), size=n)]
     lo, hi = _side_range(size, n)
     for _ in range(_PLACEMENT_TRIES):
         sides = [int(s) for s in rng.integers(lo, hi + 1, size=n)]
@@ -389,8 +387,8 @@ def min_background_distance() -> float:
     g = np.arange(TONE_GREY[0], TONE_GREY[1] + 1)
     t = np.arange(TONE_TINT[0], TONE_TINT[1] + 1)
     o = np.arange(-MAX_TEXTURE_AMPLITUDE, MAX_TEXTURE_AMPLITUDE + 1)
-    G, T, O = np.meshgrid(g, t, o, indexing="ij")
-    bg = np.clip(np.stack([G + T + O, G + O, G - T + O], -1).reshape(-1, 3), 0, 255)
+    grey, tint, offset = np.meshgrid(g, t, o, indexing="ij")
+    bg = np.clip(np.stack([grey + tint + offset, grey + offset, grey - tint + offset], -1).reshape(-1, 3), 0, 255)
     objs = np.array(list(COLOURS.values()), dtype=float)
     return float(np.sqrt(((bg[:, None, :] - objs[None]) ** 2).sum(-1)).min())
 
@@ -424,9 +422,7 @@ def caption_options(scene: Scene) -> list[list[str]]:
         if scene.relation is not None:
             i, rel, j = scene.relation
             x, y = objs[i].shape, objs[j].shape
-            groups.append(
-                [f"a photo of {_a(x)} {rel} {_a(y)}", f"a photo of {_a(y)} {INVERSE_RELATION[rel]} {_a(x)}"]
-            )
+            groups.append([f"a photo of {_a(x)} {rel} {_a(y)}", f"a photo of {_a(y)} {INVERSE_RELATION[rel]} {_a(x)}"])
         return groups
     raise ValueError(
         f"no caption template fits a scene of {len(objs)} objects with shapes {shapes}: "
@@ -573,9 +569,7 @@ def load_split(split_dir: str | Path) -> tuple[np.ndarray, list[dict]]:
     d = Path(split_dir)
     for fname in ("images.npy", "metadata.jsonl"):
         if not (d / fname).is_file():
-            raise FileNotFoundError(
-                f"{d / fname} is missing: write the split first (write_split / write_world)"
-            )
+            raise FileNotFoundError(f"{d / fname} is missing: write the split first (write_split / write_world)")
     images = np.load(d / "images.npy", allow_pickle=False)
     with open(d / "metadata.jsonl", encoding="utf-8") as f:
         records = [json.loads(line) for line in f if line.strip()]
@@ -607,10 +601,7 @@ def _prompt_pool(tag: str) -> list[dict]:
     """Every distinct prompt of a tag, in a fixed order; field order as in GenEval's file."""
     pairs = [(a, b) for a in SHAPES for b in SHAPES if a != b]
     if tag == "single_object":
-        return [
-            {"tag": tag, "include": [{"class": s, "count": 1}], "prompt": f"a photo of {_a(s)}"}
-            for s in SHAPES
-        ]
+        return [{"tag": tag, "include": [{"class": s, "count": 1}], "prompt": f"a photo of {_a(s)}"} for s in SHAPES]
     if tag == "two_object":
         return [
             {
@@ -672,9 +663,7 @@ def make_geneval_prompts(n: int, seed: int) -> list[dict]:
     (single_object has 4 distinct prompts, two_object and counting 12)."""
     n_tags = len(GENEVAL_TAG_COUNTS)
     if not isinstance(n, (int, np.integer)) or n < n_tags:
-        raise ValueError(
-            f"n={n!r} GenEval prompts: need an int >= {n_tags} (one per tag; the benchmark has 553)"
-        )
+        raise ValueError(f"n={n!r} GenEval prompts: need an int >= {n_tags} (one per tag; the benchmark has 553)")
     rng = np.random.default_rng(_stream_seed(seed, "geneval"))
     prompts = []
     for tag, k in _tag_counts(int(n)).items():
@@ -703,9 +692,7 @@ def write_world(
     combinations), out_dir/geneval/evaluation_metadata.jsonl and out_dir/world.json."""
     out = Path(out_dir)
     rare = sorted(_check_pairs(underrepresented))
-    split_seeds = {
-        name: int(np.random.SeedSequence(_stream_seed(seed, name)).generate_state(1)[0]) for name in splits
-    }
+    split_seeds = {name: int(np.random.SeedSequence(_stream_seed(seed, name)).generate_state(1)[0]) for name in splits}
     for name, n in splits.items():
         is_train = name == "train"
         images, records = make_split(
@@ -719,9 +706,7 @@ def write_world(
         write_split(out / name, images, records)
     prompts = make_geneval_prompts(n_geneval_prompts, seed)
     (out / "geneval").mkdir(parents=True, exist_ok=True)
-    _atomic_write_all(
-        [(out / "geneval" / "evaluation_metadata.jsonl", lambda f: f.write(_jsonl_bytes(prompts)))]
-    )
+    _atomic_write_all([(out / "geneval" / "evaluation_metadata.jsonl", lambda f: f.write(_jsonl_bytes(prompts)))])
     params = {
         "size": size,
         "seed": seed,
@@ -735,6 +720,4 @@ def write_world(
         "colours": {k: list(v) for k, v in COLOURS.items()},
         "backgrounds": list(BACKGROUNDS),
     }
-    _atomic_write_all(
-        [(out / "world.json", lambda f: f.write((json.dumps(params, indent=2) + "\n").encode()))]
-    )
+    _atomic_write_all([(out / "world.json", lambda f: f.write((json.dumps(params, indent=2) + "\n").encode()))])

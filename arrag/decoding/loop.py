@@ -43,7 +43,9 @@ class StepState:
     grid: torch.Tensor  # [B, H, W] long, -1 where not generated yet
     cond_logits: torch.Tensor | None = None  # [B, V]
     uncond_logits: torch.Tensor | None = None  # [B, V], None without guidance
-    hidden_states: tuple[torch.Tensor, ...] | None = None  # per layer (embeddings first): [2B or B, D] at the last position
+    hidden_states: tuple[torch.Tensor, ...] | None = (
+        None  # per layer (embeddings first): [2B or B, D] at the last position
+    )
 
 
 class DecodingHook:
@@ -144,8 +146,14 @@ def generate_image_tokens(
         state = StepState(step=step, row=step // side, col=step % side, grid=grid)
         for hook in hooks:
             hook.before_forward(state)
-        out = lm(inputs_embeds=embeds, attention_mask=mask, position_ids=positions, cache=cache,
-                 use_cache=True, output_hidden_states=want_hidden)
+        out = lm(
+            inputs_embeds=embeds,
+            attention_mask=mask,
+            position_ids=positions,
+            cache=cache,
+            use_cache=True,
+            output_hidden_states=want_hidden,
+        )
         logits = model.model.generation_head(out.last_hidden_state[:, -1])  # [2B or B, V]
         state.cond_logits = logits[:b]
         state.uncond_logits = logits[b:] if use_cfg else None

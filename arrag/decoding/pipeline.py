@@ -51,8 +51,9 @@ class ImageGenerationPipeline:
         """One token grid per (prompt, seed) pair, all in one batch: codes [B, H, W]."""
         batch = tokenize_prompts(self.processor, prompts, device=self.device)
         generators = None if sampling.greedy else make_generators(seeds, self.device)
-        return generate_image_tokens(self.model, batch["input_ids"], batch["attention_mask"], sampling,
-                                     generators=generators, hooks=hooks)
+        return generate_image_tokens(
+            self.model, batch["input_ids"], batch["attention_mask"], sampling, generators=generators, hooks=hooks
+        )
 
     def __call__(
         self,
@@ -92,19 +93,25 @@ def generate_prompt_set(
     `records` are GenEval metadata dicts (or any dicts with `prompt_field`); each folder's metadata.jsonl
     holds the record with the prompt under "prompt", as the GenEval evaluator expects.
     """
-    from tqdm.auto import tqdm
 
     from arrag.data.geneval_layout import is_complete, prepare_output, prompt_folder, write_prompt_folder
+    from arrag.io import progress
 
     for i, r in enumerate(records):
         if prompt_field not in r:
             raise ValueError(f"prompt record {i} has no {prompt_field!r} field (fields: {sorted(r)})")
-    run_settings = {"n": n, "seed": seed, "sampling": vars(sampling), "prompt_field": prompt_field,
-                    "prompts": len(records), **(settings or {})}
+    run_settings = {
+        "n": n,
+        "seed": seed,
+        "sampling": vars(sampling),
+        "prompt_field": prompt_field,
+        "prompts": len(records),
+        **(settings or {}),
+    }
     prepare_output(root, run_settings)
     todo = [i for i in range(len(records)) if not is_complete(prompt_folder(root, i), n)]
     per_batch = max(1, batch_size // n)  # whole prompts per batch, so each folder is written at once
-    for start in tqdm(range(0, len(todo), per_batch), desc=f"generating {len(todo)} prompts", unit="batch"):
+    for start in progress(range(0, len(todo), per_batch), desc=f"generating {len(todo)} prompts", unit="batch"):
         chunk = todo[start : start + per_batch]
         prompts = [records[i][prompt_field] for i in chunk]
         images, _ = pipe(prompts, n=n, sampling=sampling, seed=seed, batch_size=len(chunk) * n, hooks=hooks)

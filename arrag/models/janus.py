@@ -84,7 +84,7 @@ class MiniJanusSpec:
 
     image_size: int = 32
     patch_size: int = 4  # VQ downsampling factor: a 32 px image becomes an 8x8 token grid
-    codebook_size: int = 256
+    codebook_size: int = 1024
     codebook_dim: int = 8  # Janus-Pro's VQ also uses 8-dimensional codes
     vq_base_channels: int = 32  # GroupNorm(32) inside JanusVQVAE needs multiples of 32
     vq_latent_channels: int = 64
@@ -95,7 +95,9 @@ class MiniJanusSpec:
 
     def __post_init__(self):
         if self.patch_size < 2 or self.patch_size & (self.patch_size - 1):
-            raise ValueError(f"patch_size must be a power of two >= 2 (one VQ level per halving), got {self.patch_size}")
+            raise ValueError(
+                f"patch_size must be a power of two >= 2 (one VQ level per halving), got {self.patch_size}"
+            )
         if self.image_size % self.patch_size:
             raise ValueError(f"image_size {self.image_size} is not a multiple of patch_size {self.patch_size}")
 
@@ -197,9 +199,7 @@ def load_janus(
         location, kwargs = str(path), {"local_files_only": True}
     else:
         if revision is None:
-            raise ModelLoadError(
-                f"hub model {source!r} needs a pinned revision (a commit hash); pass revision=..."
-            )
+            raise ModelLoadError(f"hub model {source!r} needs a pinned revision (a commit hash); pass revision=...")
         location, kwargs = str(source), {"revision": revision}
 
     model = JanusForConditionalGeneration.from_pretrained(
@@ -227,5 +227,7 @@ def format_prompts(processor: JanusProcessor, prompts: list[str]) -> list[str]:
 
 def tokenize_prompts(processor: JanusProcessor, prompts: list[str], device="cpu") -> dict[str, torch.Tensor]:
     """Chat-formatted, left-padded prompt ids ending in <begin_of_image>: {input_ids, attention_mask} [B, L]."""
-    batch = processor(text=format_prompts(processor, prompts), generation_mode="image", padding=True, return_tensors="pt")
+    batch = processor(
+        text=format_prompts(processor, prompts), generation_mode="image", padding=True, return_tensors="pt"
+    )
     return {"input_ids": batch["input_ids"].to(device), "attention_mask": batch["attention_mask"].to(device)}

@@ -16,11 +16,10 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-from tqdm.auto import tqdm
 from transformers import JanusForConditionalGeneration
 from transformers.models.janus.modeling_janus import JanusVQVAE
 
-from arrag.io import atomic_path, write_json
+from arrag.io import atomic_path, progress, write_json
 from arrag.models.janus import (
     MiniJanusSpec,
     build_processor,
@@ -67,8 +66,8 @@ def _lr_at(step: int, total: int, peak: float, warmup_frac: float = 0.05) -> flo
     warmup = max(1, int(warmup_frac * total))
     if step < warmup:
         return peak * (step + 1) / warmup
-    progress = (step - warmup) / max(1, total - warmup)
-    return peak * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress)))
+    done = (step - warmup) / max(1, total - warmup)
+    return peak * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * done)))
 
 
 def _batches(n: int, batch_size: int, steps: int, start: int, seed: int):
@@ -89,7 +88,7 @@ def _batches(n: int, batch_size: int, steps: int, start: int, seed: int):
 
 @dataclass
 class VQTrainingConfig:
-    steps: int = 800
+    steps: int = 1200
     batch_size: int = 32
     lr: float = 1e-3
     commitment: float = 0.25
@@ -125,7 +124,9 @@ def train_vq(images: np.ndarray, spec: MiniJanusSpec, cfg: VQTrainingConfig, out
     pixels = to_pixel_values(images)
     usage = torch.zeros(spec.codebook_size)
     log, t0 = [], time.time()
-    bar = tqdm(_batches(len(images), cfg.batch_size, cfg.steps, start, cfg.seed), total=cfg.steps - start, desc="VQ-VAE")
+    bar = progress(
+        _batches(len(images), cfg.batch_size, cfg.steps, start, cfg.seed), total=cfg.steps - start, desc="VQ-VAE"
+    )
     for step, idx in bar:
         for g in opt.param_groups:
             g["lr"] = _lr_at(step, cfg.steps, cfg.lr)
@@ -147,8 +148,14 @@ def train_vq(images: np.ndarray, spec: MiniJanusSpec, cfg: VQTrainingConfig, out
             bar.set_postfix(recon=f"{rec_loss.item():.4f}")
         ckpt.maybe_save(step + 1, vq, opt)
     vq.eval()
-    stats = {"steps": cfg.steps, "resumed_at": start, "seconds": time.time() - t0, "log": log,
-             "parameters": sum(p.numel() for p in vq.parameters()), "config": asdict(cfg)}
+    stats = {
+        "steps": cfg.steps,
+        "resumed_at": start,
+        "seconds": time.time() - t0,
+        "log": log,
+        "parameters": sum(p.numel() for p in vq.parameters()),
+        "config": asdict(cfg),
+    }
     with atomic_path(out_dir, directory=True) as tmp:
         vq.save_pretrained(tmp, safe_serialization=True)
         write_json(tmp / "training.json", stats)
@@ -225,8 +232,12 @@ def trainable_generation_parameters(model: JanusForConditionalGeneration) -> lis
     """The image-generation path: language model, generation embeddings/aligner/head (not VQ, not SigLIP)."""
     for p in model.parameters():
         p.requires_grad_(False)
-    modules = [model.model.language_model, model.model.generation_embeddings,
-               model.model.generation_aligner, model.model.generation_head]
+    modules = [
+        model.model.language_model,
+        model.model.generation_embeddings,
+        model.model.generation_aligner,
+        model.model.generation_head,
+    ]
     params = [p for m in modules for p in m.parameters()]
     for p in params:
         p.requires_grad_(True)
@@ -260,7 +271,9 @@ def train_base_model(
     start = ckpt.load(model, opt)
     gen = torch.Generator().manual_seed(cfg.seed + start)
     log, t0 = [], time.time()
-    bar = tqdm(_batches(len(images), cfg.batch_size, cfg.steps, start, cfg.seed), total=cfg.steps - start, desc="base model")
+    bar = progress(
+        _batches(len(images), cfg.batch_size, cfg.steps, start, cfg.seed), total=cfg.steps - start, desc="base model"
+    )
     for step, idx in bar:
         for g in opt.param_groups:
             g["lr"] = _lr_at(step, cfg.steps, cfg.lr)
@@ -277,10 +290,16 @@ def train_base_model(
             bar.set_postfix(loss=f"{loss.item():.3f}")
         ckpt.maybe_save(step + 1, model, opt)
     model.eval()
-    stats = {"steps": cfg.steps, "resumed_at": start, "seconds": time.time() - t0, "log": log,
-             "trainable_parameters": sum(p.numel() for p in params),
-             "total_parameters": sum(p.numel() for p in model.parameters()),
-             "config": asdict(cfg), "spec": asdict(spec)}
+    stats = {
+        "steps": cfg.steps,
+        "resumed_at": start,
+        "seconds": time.time() - t0,
+        "log": log,
+        "trainable_parameters": sum(p.numel() for p in params),
+        "total_parameters": sum(p.numel() for p in model.parameters()),
+        "config": asdict(cfg),
+        "spec": asdict(spec),
+    }
     with atomic_path(out_dir, directory=True) as tmp:
         model.save_pretrained(tmp, safe_serialization=True)
         processor.save_pretrained(tmp)

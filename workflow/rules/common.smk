@@ -1,5 +1,7 @@
 # Helpers shared by every stage: config validation (fills defaults), paths, and CLI flag builders.
 
+import os
+
 from snakemake.utils import validate
 
 
@@ -7,6 +9,11 @@ validate(config, schema="../schemas/config.schema.yaml")
 
 RESULTS = f"results/{config['profile']}"
 SPLITS = list(config["world"]["splits"])
+
+
+def world_dir(split_file):
+    """results/<profile>/world/<split>/images.npy -> results/<profile>/world"""
+    return os.path.dirname(os.path.dirname(split_file))
 
 
 def log_path(name):

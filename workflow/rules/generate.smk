@@ -9,13 +9,15 @@ rule generate_geneval:
     output:
         f"{RESULTS}/images/vanilla/geneval/generation.json",
     params:
-        out=f"{RESULTS}/images/vanilla/geneval",
+        out=lambda wildcards, output: os.path.dirname(output[0]),
         n=config["generation"]["images_per_prompt"],
         sampling=sampling_flags(),
     log:
         log_path("generate_geneval_vanilla"),
     benchmark:
         benchmark_path("generate_geneval_vanilla")
+    conda:
+        "../envs/arrag.yaml"
     threads: workflow.cores
     resources:
         gpu=1,
@@ -32,13 +34,15 @@ rule generate_reference:
     output:
         f"{RESULTS}/images/vanilla/reference/generation.json",
     params:
-        out=f"{RESULTS}/images/vanilla/reference",
+        out=lambda wildcards, output: os.path.dirname(output[0]),
         limit=config["generation"]["reference_prompts"],
         sampling=sampling_flags(),
     log:
         log_path("generate_reference_vanilla"),
     benchmark:
         benchmark_path("generate_reference_vanilla")
+    conda:
+        "../envs/arrag.yaml"
     threads: workflow.cores
     resources:
         gpu=1,
@@ -54,11 +58,13 @@ rule sample_grid:
     output:
         report(f"{RESULTS}/figures/samples_vanilla.png", caption="../report/samples.rst", category="Samples"),
     params:
-        images=f"{RESULTS}/images/vanilla/geneval",
+        images=lambda wildcards, input: os.path.dirname(input[0]),
     log:
         log_path("sample_grid_vanilla"),
     benchmark:
         benchmark_path("sample_grid_vanilla")
+    conda:
+        "../envs/arrag.yaml"
     threads: 1
     resources:
         mem_mb=1000,

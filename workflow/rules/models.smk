@@ -4,17 +4,19 @@
 
 rule train_vq:
     input:
-        f"{RESULTS}/world/train/images.npy",
+        images=f"{RESULTS}/world/train/images.npy",
     output:
         directory(f"{RESULTS}/models/vq"),
     params:
-        world=f"{RESULTS}/world",
+        world=lambda wildcards, input: world_dir(input.images),
         spec=settings_flags("--spec", config["model"]["spec"]),
         training=settings_flags("--set", config["model"]["vq_training"]),
     log:
         log_path("train_vq"),
     benchmark:
         benchmark_path("train_vq")
+    conda:
+        "../envs/arrag.yaml"
     threads: workflow.cores
     resources:
         gpu=1,
@@ -31,13 +33,15 @@ rule train_base:
     output:
         directory(f"{RESULTS}/models/base"),
     params:
-        world=f"{RESULTS}/world",
+        world=lambda wildcards, input: world_dir(input.images),
         spec=settings_flags("--spec", config["model"]["spec"]),
         training=settings_flags("--set", config["model"]["base_training"]),
     log:
         log_path("train_base"),
     benchmark:
         benchmark_path("train_base")
+    conda:
+        "../envs/arrag.yaml"
     threads: workflow.cores
     resources:
         gpu=1,

@@ -8,7 +8,7 @@ rule world:
         geneval=f"{RESULTS}/world/geneval/evaluation_metadata.jsonl",
         summary=f"{RESULTS}/world/world.json",
     params:
-        out=f"{RESULTS}/world",
+        out=lambda wildcards, output: os.path.dirname(output.summary),
         splits=" ".join(f"--split {k}={v}" for k, v in config["world"]["splits"].items()),
         under=" ".join(f"--underrepresented {c}:{s}" for c, s in config["world"]["underrepresented"]),
         size=config["world"]["image_size"],
@@ -19,6 +19,8 @@ rule world:
         log_path("world"),
     benchmark:
         benchmark_path("world")
+    conda:
+        "../envs/arrag.yaml"
     threads: 1
     resources:
         mem_mb=2000,

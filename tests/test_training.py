@@ -1,0 +1,117 @@
+import json
+
+import pytest
+import torch
+from conftest import tiny_spec
+
+from arrag.data.mini_world import caption_vocabulary, make_split
+from arrag.models import training
+from arrag.models.janus import load_janus
+from arrag.models.training import (
+    BaseTrainingConfig,
+    VQTrainingConfig,
+    quantise_normalised,
+    train_base_model,
+    train_vq,
+)
+
+
+@pytest.fixture(scope="module")
+def data():
+    images, records = make_split("train", 48, seed=3, size=32)
+    return images, [r["caption"] for r in records]
+
+
+def test_normalised_quantisation_picks_nearest_unit_codebook_row():
+    torch.manual_seed(0)
+    z = torch.randn(2, 8, 3, 3)
+    codebook = torch.randn(16, 8) * torch.linspace(0.1, 5, 16)[:, None]
+    z_q, ids, loss = quantise_normalised(z, codebook, 0.25)
+    zn = torch.nn.functional.normalize(z.permute(0, 2, 3, 1).reshape(-1, 8), dim=-1)
+    en = torch.nn.functional.normalize(codebook, dim=-1)
+    assert torch.equal(ids.flatten(), torch.cdist(zn, en).argmin(-1))
+    torch.testing.assert_close(z_q.permute(0, 2, 3, 1).reshape(-1, 8), en[ids.flatten()])
+    assert loss > 0
+
+
+def test_vq_training_interrupted_leaves_no_model_and_resumes(tmp_path, data, monkeypatch):
+    images, _ = data
+    spec = tiny_spec(image_size=32, codebook_size=16)
+    out = tmp_path / "vq"
+    cfg = VQTrainingConfig(steps=6, batch_size=8, checkpoint_every=2)
+
+    real_save = training.ResumableCheckpoint.maybe_save
+    calls = {"n": 0}
+
+    def crash_after_first_checkpoint(self, step, module, opt):
+        real_save(self, step, module, opt)
+        calls["n"] += 1
+        if step == 4:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(training.ResumableCheckpoint, "maybe_save", crash_after_first_checkpoint)
+    with pytest.raises(KeyboardInterrupt):
+        train_vq(images, spec, cfg, out)
+    assert not out.exists()  # nothing a later run would take as complete
+    assert (tmp_path / "vq.partial" / "state.pt").is_file()
+
+    monkeypatch.setattr(training.ResumableCheckpoint, "maybe_save", real_save)
+    stats = train_vq(images, spec, cfg, out)
+    assert stats["resumed_at"] == 4
+    assert (out / "config.json").is_file() and list(out.glob("*.safetensors"))
+    assert not (tmp_path / "vq.partial").exists()
+
+
+def test_base_training_lowers_the_loss_and_saves_a_loadable_janus(tmp_path, data):
+    images, captions = data
+    spec = tiny_spec(image_size=32, codebook_size=16, hidden_size=32, num_layers=1)
+    train_vq(images, spec, VQTrainingConfig(steps=2, batch_size=8), tmp_path / "vq")
+    cfg = BaseTrainingConfig(steps=40, batch_size=16, lr=3e-3, checkpoint_every=0)
+    stats = train_base_model(images, captions, caption_vocabulary(), spec, tmp_path / "vq", cfg, tmp_path / "base")
+    losses = [entry["loss"] for entry in stats["log"]]
+    assert losses[-1] < losses[0]
+    model, processor = load_janus(tmp_path / "base")
+    assert model.config.vq_config.num_embeddings == 16
+    assert processor.tokenizer.boi_token == "<begin_of_image>"
+    assert json.loads((tmp_path / "base" / "training.json").read_text())["trainable_parameters"] > 0
+    # the VQ-VAE inside the saved model is the trained one
+    from transformers.models.janus.modeling_janus import JanusVQVAE
+
+    vq = JanusVQVAE.from_pretrained(tmp_path / "vq")
+    for name, p in vq.state_dict().items():
+        torch.testing.assert_close(model.model.vqmodel.state_dict()[name], p)
+
+
+def test_generation_loss_is_next_token_cross_entropy_on_image_positions(tiny_janus):
+    model, processor, spec = tiny_janus
+    from arrag.models.janus import tokenize_prompts
+
+    batch = tokenize_prompts(processor, ["a photo of a circle", "a photo of two red squares"])
+    codes = torch.randint(0, spec.codebook_size, (2, spec.grid**2))
+    loss = training.image_generation_loss(model, batch["input_ids"], batch["attention_mask"], codes)
+    # direct re-computation, one image token at a time, sequence by sequence without padding
+    total = []
+    for b in range(2):
+        keep = batch["attention_mask"][b].bool()
+        ids = batch["input_ids"][b][keep][None]
+        for t in range(codes.shape[1]):
+            embeds = torch.cat(
+                [
+                    model.get_input_embeddings()(ids),
+                    model.prepare_embeddings_for_image_generation(codes[b : b + 1, :t]),
+                ],
+                1,
+            )
+            h = model.model.language_model(inputs_embeds=embeds).last_hidden_state[:, -1]
+            total.append(torch.nn.functional.cross_entropy(model.model.generation_head(h), codes[b : b + 1, t]))
+    torch.testing.assert_close(loss, torch.stack(total).mean(), atol=1e-4, rtol=1e-4)
+
+
+def test_caption_dropout_prompt_is_the_unconditional_prompt(tiny_janus):
+    _, processor, _ = tiny_janus
+    tok = processor.tokenizer
+    from arrag.models.janus import tokenize_prompts
+
+    ids = tokenize_prompts(processor, ["a photo of a circle"])["input_ids"]
+    u = training.unconditional_ids(ids, tok.bos_token_id, tok.convert_tokens_to_ids(tok.boi_token), tok.pad_token_id)
+    assert tok.convert_ids_to_tokens(u[0].tolist()) == ["<bos>"] + ["<pad>"] * (ids.shape[1] - 2) + ["<begin_of_image>"]
