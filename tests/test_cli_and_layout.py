@@ -29,14 +29,27 @@ def test_parse_overrides_converts_types_and_names_bad_keys():
 
 
 def test_generate_writes_reproducible_pngs(model_dir, tmp_path, capsys):
-    args = ["generate", "--model", str(model_dir), "--prompt", "a photo of a red circle", "--n", "2",
-            "--guidance-scale", "3", "--device", "cpu"]
+    args = [
+        "generate",
+        "--model",
+        str(model_dir),
+        "--prompt",
+        "a photo of a red circle",
+        "--n",
+        "2",
+        "--guidance-scale",
+        "3",
+        "--device",
+        "cpu",
+    ]
     assert main(args + ["--out", str(tmp_path / "a")]) == 0
     assert main(args + ["--out", str(tmp_path / "b")]) == 0
     files = sorted(p.name for p in (tmp_path / "a").glob("*.png"))
     assert files == ["prompt000_00.png", "prompt000_01.png"]
     for name in files:
-        assert np.array_equal(np.asarray(Image.open(tmp_path / "a" / name)), np.asarray(Image.open(tmp_path / "b" / name)))
+        assert np.array_equal(
+            np.asarray(Image.open(tmp_path / "a" / name)), np.asarray(Image.open(tmp_path / "b" / name))
+        )
 
 
 def test_generate_with_a_bad_model_dir_says_so(tmp_path, capsys):
@@ -46,12 +59,27 @@ def test_generate_with_a_bad_model_dir_says_so(tmp_path, capsys):
 
 def test_benchmark_generation_resumes_and_never_reuses_other_settings(model_dir, tmp_path):
     prompts = tmp_path / "prompts.jsonl"
-    records = [{"tag": "single_object", "include": [{"class": "circle", "count": 1}], "prompt": f"a photo of a {s}"}
-               for s in ("circle", "square", "triangle")]
+    records = [
+        {"tag": "single_object", "include": [{"class": "circle", "count": 1}], "prompt": f"a photo of a {s}"}
+        for s in ("circle", "square", "triangle")
+    ]
     prompts.write_text("".join(json.dumps(r) + "\n" for r in records))
     out = tmp_path / "geneval"
-    base = ["generate-benchmark", "--model", str(model_dir), "--prompts", str(prompts), "--n", "2", "--out", str(out),
-            "--device", "cpu", "--batch-size", "2"]
+    base = [
+        "generate-benchmark",
+        "--model",
+        str(model_dir),
+        "--prompts",
+        str(prompts),
+        "--n",
+        "2",
+        "--out",
+        str(out),
+        "--device",
+        "cpu",
+        "--batch-size",
+        "2",
+    ]
     assert main(base) == 0
     folders = read_prompt_folders(out)
     assert [meta for meta, _ in folders] == records and all(len(s) == 2 for _, s in folders)

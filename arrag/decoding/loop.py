@@ -90,7 +90,7 @@ def make_generators(seeds: list[int], device: torch.device | str) -> list[torch.
     return [torch.Generator(device=device).manual_seed(int(s)) for s in seeds]
 
 
-def _special_ids(model, input_ids_device):
+def _special_ids(model):
     gc = model.generation_config
     boi = (gc.generation_kwargs or {}).get("boi_token_id")
     if boi is None or gc.pad_token_id is None or gc.bos_token_id is None:
@@ -128,7 +128,7 @@ def generate_image_tokens(
 
     tokens, mask = input_ids, attention_mask
     if use_cfg:
-        bos, boi, pad = _special_ids(model, device)
+        bos, boi, pad = _special_ids(model)
         tokens = torch.cat([input_ids, unconditional_ids(input_ids, bos, boi, pad)])
         mask = torch.cat([attention_mask, attention_mask])
     if padding_aware_positions:

@@ -8,7 +8,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from arrag.data.geneval_layout import is_complete, prepare_output, prompt_folder, write_prompt_folder
 from arrag.decoding.loop import DecodingHook, SamplingConfig, generate_image_tokens, make_generators
+from arrag.io import progress
 from arrag.models.janus import load_janus, tokenize_prompts
 from arrag.models.vq import VQTokenizer
 
@@ -93,10 +95,6 @@ def generate_prompt_set(
     `records` are GenEval metadata dicts (or any dicts with `prompt_field`); each folder's metadata.jsonl
     holds the record with the prompt under "prompt", as the GenEval evaluator expects.
     """
-
-    from arrag.data.geneval_layout import is_complete, prepare_output, prompt_folder, write_prompt_folder
-    from arrag.io import progress
-
     for i, r in enumerate(records):
         if prompt_field not in r:
             raise ValueError(f"prompt record {i} has no {prompt_field!r} field (fields: {sorted(r)})")

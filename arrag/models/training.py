@@ -7,7 +7,6 @@ interrupted run continues where it stopped and never leaves a model that looks c
 
 from __future__ import annotations
 
-import json
 import math
 import time
 from dataclasses import asdict, dataclass
@@ -303,7 +302,7 @@ def train_base_model(
     with atomic_path(out_dir, directory=True) as tmp:
         model.save_pretrained(tmp, safe_serialization=True)
         processor.save_pretrained(tmp)
-        (tmp / "training.json").write_text(json.dumps(stats, indent=2))
+        write_json(tmp / "training.json", stats)
     ckpt.discard()
     return stats
 

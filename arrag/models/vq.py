@@ -8,6 +8,8 @@ codes the model was trained on. `VQTokenizer.encode` does the normalised search 
 
 from __future__ import annotations
 
+import hashlib
+
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -26,6 +28,12 @@ def to_uint8(pixel_values: torch.Tensor) -> np.ndarray:
     """float pixel values [B, 3, S, S] in [-1, 1] -> uint8 images [B, S, S, 3]."""
     x = pixel_values.detach().float().clamp(-1, 1).add(1).mul(127.5).round()
     return x.to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
+
+
+def codebook_fingerprint(codebook: torch.Tensor) -> str:
+    """sha256 of the codebook's float32 bytes: databases and code shards record it to refuse a mismatch."""
+    data = codebook.detach().to("cpu", torch.float32).contiguous().numpy().tobytes()
+    return hashlib.sha256(data).hexdigest()
 
 
 def normalised_nearest_codes(latents: torch.Tensor, codebook: torch.Tensor) -> torch.Tensor:
