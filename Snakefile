@@ -8,6 +8,7 @@ include: "workflow/rules/common.smk"
 include: "workflow/rules/world.smk"
 include: "workflow/rules/models.smk"
 include: "workflow/rules/generate.smk"
+include: "workflow/rules/retrieval.smk"
 
 
 rule all:
@@ -15,4 +16,5 @@ rule all:
         f"{RESULTS}/images/vanilla/geneval/generation.json",
         f"{RESULTS}/images/vanilla/reference/generation.json",
         f"{RESULTS}/figures/samples_vanilla.png",
+        f"{RESULTS}/tables/retrieval_accuracy.csv",
     default_target: True

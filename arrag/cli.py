@@ -140,6 +140,126 @@ def cmd_generate_benchmark(args) -> None:
     print(json.dumps(summary, indent=2))
 
 
+def _load_codebook(model_dir: str, revision: str | None = None):
+    """The L2-normalised VQ codebook [K, D] of a Janus model directory (or hub id + revision)."""
+    from arrag.models.janus import load_janus
+    from arrag.models.vq import VQTokenizer
+
+    model, _ = load_janus(model_dir, revision=revision)
+    return VQTokenizer.from_janus(model).codebook
+
+
+def cmd_tokenise(args) -> None:
+    from arrag.data.code_shards import tokenise_shard
+    from arrag.decoding.pipeline import resolve_device
+    from arrag.models.janus import load_janus
+    from arrag.models.vq import VQTokenizer
+
+    source = json.loads(args.source)
+    model, _ = load_janus(args.model, revision=args.revision, device=resolve_device(args.device))
+    summary = tokenise_shard(
+        source,
+        args.shard,
+        args.num_shards,
+        VQTokenizer.from_janus(model),
+        args.out,
+        batch_size=args.batch_size,
+        tokenizer_id=args.tokenizer_id or str(args.model),
+    )
+    print(json.dumps(summary, indent=2))
+
+
+def cmd_build_db(args) -> None:
+    from arrag.data.code_shards import load_code_shards
+    from arrag.retrieval.database import PatchDatabase
+
+    codebook = _load_codebook(args.model, args.revision)
+    codes, image_ids, metas = load_code_shards(args.codes)
+    params = {k: _number(v) for k, v in (p.split("=", 1) for p in args.param)}
+    t0 = time.time()
+    db = PatchDatabase.build(
+        codes,
+        codebook,
+        hops=args.hops,
+        causal=not args.full,
+        index=args.index,
+        image_ids=image_ids,
+        tokenizer_id=metas[0].get("tokenizer_id", ""),
+        **params,
+    )
+    db.save(args.out)
+    print(
+        json.dumps(
+            {
+                "entries": len(db),
+                "seconds": time.time() - t0,
+                "bytes_per_entry": db.bytes_per_entry(),
+                "metadata": db.metadata,
+            },
+            indent=2,
+        )
+    )
+
+
+def _number(raw: str):
+    for kind in (int, float):
+        try:
+            return kind(raw)
+        except ValueError:
+            pass
+    return raw
+
+
+def cmd_retrieval_accuracy(args) -> None:
+    from arrag.data.code_shards import load_code_shards
+    from arrag.evaluation.retrieval_accuracy import plot_accuracy, retrieval_accuracy, write_accuracy_csv
+    from arrag.io import write_json
+    from arrag.retrieval.database import PatchDatabase
+
+    codebook = _load_codebook(args.model, args.revision)
+    db = PatchDatabase.load(args.db, codebook=codebook)
+    codes, _, _ = load_code_shards(args.codes)
+    result = retrieval_accuracy(db, codes, codebook, k=args.k, max_queries=args.max_queries, seed=args.seed)
+    write_accuracy_csv(result, args.out_csv)
+    plot_accuracy(result, args.out_png)
+    if args.out_json:
+        write_json(args.out_json, result)
+    print(json.dumps(result, indent=2))
+
+
+def cmd_bench_retrieval(args) -> None:
+    from arrag.bench.retrieval import AUTHORS_BASELINE, run_retrieval_bench, write_results
+    from arrag.data.code_shards import load_code_shards
+
+    codebook = _load_codebook(args.model, args.revision)
+    codes, _, _ = load_code_shards(args.codes)
+    queries, _, _ = load_code_shards(args.query_codes)
+    entries = codes.shape[0] * codes.shape[1] * codes.shape[2]
+    if entries < args.min_entries:
+        raise ValueError(
+            f"the database would hold {entries:,} entries, fewer than --min-entries {args.min_entries:,}; "
+            "pass more code shards (e.g. a larger mini-world corpus)"
+        )
+    backends = []
+    for spec in args.backend:
+        name, _, rest = spec.partition(":")
+        params = {k: _number(v) for k, v in (p.split("=", 1) for p in rest.split(",") if p)}
+        backends.append((name, params))
+    if args.authors_baseline:
+        backends.append(AUTHORS_BASELINE)
+    result = run_retrieval_bench(
+        codes,
+        queries,
+        codebook,
+        backends,
+        hops=args.hops,
+        n_queries=args.queries,
+        data_note=f"VQ codes of {len(codes):,} mini-world corpus images (real codes, no synthesis)",
+    )
+    write_results(result, args.out_json, args.out_md)
+    print(Path(args.out_md).read_text())
+
+
 def cmd_grid(args) -> None:
     from arrag.visualise import sample_grid
 
@@ -193,6 +313,57 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True)
     _sampling_args(p)
     p.set_defaults(func=cmd_generate_benchmark)
+
+    p = sub.add_parser("tokenise", help="encode one shard of an image source into a code shard")
+    p.add_argument("--model", required=True)
+    p.add_argument("--revision", default=None)
+    p.add_argument("--source", required=True, help='JSON source spec, e.g. \'{"type": "folder", "path": "imgs/"}\'')
+    p.add_argument("--shard", type=int, default=0)
+    p.add_argument("--num-shards", type=int, default=1)
+    p.add_argument("--out", required=True, help="directory of code shards")
+    p.add_argument("--batch-size", type=int, default=256)
+    p.add_argument("--tokenizer-id", default=None, help="recorded in the shard (default: --model)")
+    p.add_argument("--device", default="auto")
+    p.set_defaults(func=cmd_tokenise)
+
+    p = sub.add_parser("build-db", help="build a PatchDatabase from code shards")
+    p.add_argument("--model", required=True, help="the backbone whose codebook the keys use")
+    p.add_argument("--revision", default=None)
+    p.add_argument("--codes", nargs="+", required=True, help="code shards (.npz)")
+    p.add_argument("--hops", type=int, default=1)
+    p.add_argument("--full", action="store_true", help="full-ring keys (masked models) instead of causal")
+    p.add_argument("--index", default="compact")
+    p.add_argument("--param", action="append", default=[], metavar="KEY=VALUE", help="index parameter")
+    p.add_argument("--out", required=True)
+    p.set_defaults(func=cmd_build_db)
+
+    p = sub.add_parser("retrieval-accuracy", help="paper Figure 6: retrieved vs ground-truth token distances")
+    p.add_argument("--model", required=True)
+    p.add_argument("--revision", default=None)
+    p.add_argument("--db", required=True)
+    p.add_argument("--codes", nargs="+", required=True, help="held-out code shards")
+    p.add_argument("--k", type=int, default=10)
+    p.add_argument("--max-queries", type=int, default=20000)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out-csv", required=True)
+    p.add_argument("--out-png", required=True)
+    p.add_argument("--out-json", default=None)
+    p.set_defaults(func=cmd_retrieval_accuracy)
+
+    bench = sub.add_parser("bench", help="performance benchmarks").add_subparsers(dest="bench", required=True)
+    p = bench.add_parser("retrieval", help="index backends side by side: build time, bytes/entry, QPS, recall")
+    p.add_argument("--model", required=True)
+    p.add_argument("--revision", default=None)
+    p.add_argument("--codes", nargs="+", required=True, help="code shards forming the database")
+    p.add_argument("--query-codes", nargs="+", required=True, help="held-out code shards for queries")
+    p.add_argument("--backend", action="append", required=True, metavar="NAME[:k=v,...]")
+    p.add_argument("--authors-baseline", action="store_true", help="add OPQ8+IVF800+PQ8 with nprobe 1")
+    p.add_argument("--hops", type=int, default=1)
+    p.add_argument("--queries", type=int, default=2048)
+    p.add_argument("--min-entries", type=int, default=2_000_000)
+    p.add_argument("--out-json", required=True)
+    p.add_argument("--out-md", required=True)
+    p.set_defaults(func=cmd_bench_retrieval)
 
     p = sub.add_parser("grid", help="tile generated images (GenEval layout) with their prompts into one PNG")
     p.add_argument("--images", required=True)

@@ -27,6 +27,10 @@ def atomic_path(final: str | Path, *, directory: bool = False) -> Iterator[Path]
         fd, name = tempfile.mkstemp(prefix=prefix, dir=final.parent)
         os.close(fd)
         tmp = Path(name)
+    # tempfile creates private (0700/0600) entries; give the output the permissions a plain write would
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, (0o777 if directory else 0o666) & ~umask)
     try:
         yield tmp
         if directory:

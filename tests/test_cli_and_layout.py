@@ -123,3 +123,14 @@ def test_grid_of_generated_images(model_dir, tmp_path):
     grid = Image.open(tmp_path / "grid.png")
     assert grid.size[1] == 3 * (16 * 4 + 2)
     assert main(["grid", "--images", str(tmp_path), "--out", str(tmp_path / "g2.png")]) == 2
+
+
+def test_a_repeated_prompt_gets_new_samples_not_the_same_images(model_dir, tmp_path):
+    prompts = tmp_path / "prompts.jsonl"
+    prompts.write_text(2 * (json.dumps({"prompt": "a photo of a circle"}) + "\n"))
+    out = tmp_path / "out"
+    args = ["generate-benchmark", "--model", str(model_dir), "--prompts", str(prompts), "--n", "2", "--out", str(out)]
+    assert main(args + ["--device", "cpu"]) == 0
+    first = np.asarray(Image.open(out / "00000" / "samples" / "0000.png"))
+    repeat = np.asarray(Image.open(out / "00001" / "samples" / "0000.png"))
+    assert not np.array_equal(first, repeat)

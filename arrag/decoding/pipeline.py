@@ -65,9 +65,13 @@ class ImageGenerationPipeline:
         seed: int = 0,
         batch_size: int = 32,
         hooks: list[DecodingHook] = (),
+        first_sample: list[int] | None = None,
     ) -> tuple[np.ndarray, torch.Tensor]:
+        """n images per prompt; `first_sample[j]` offsets prompt j's sample indices (so a prompt listed twice
+        in a benchmark gets new samples rather than the same images again)."""
         prompts = [prompts] if isinstance(prompts, str) else list(prompts)
-        jobs = [(p, image_seed(seed, p, i)) for p in prompts for i in range(n)]
+        offsets = first_sample or [0] * len(prompts)
+        jobs = [(p, image_seed(seed, p, o + i)) for p, o in zip(prompts, offsets) for i in range(n)]
         images, codes = [], []
         for start in range(0, len(jobs), batch_size):
             chunk = jobs[start : start + batch_size]
@@ -107,12 +111,21 @@ def generate_prompt_set(
         **(settings or {}),
     }
     prepare_output(root, run_settings)
+    # the k-th repeat of a prompt text draws samples k*n .. k*n+n-1, not the first prompt's images again
+    seen: dict[str, int] = {}
+    occurrence = []
+    for r in records:
+        occurrence.append(seen.get(r[prompt_field], 0))
+        seen[r[prompt_field]] = occurrence[-1] + 1
     todo = [i for i in range(len(records)) if not is_complete(prompt_folder(root, i), n)]
     per_batch = max(1, batch_size // n)  # whole prompts per batch, so each folder is written at once
     for start in progress(range(0, len(todo), per_batch), desc=f"generating {len(todo)} prompts", unit="batch"):
         chunk = todo[start : start + per_batch]
         prompts = [records[i][prompt_field] for i in chunk]
-        images, _ = pipe(prompts, n=n, sampling=sampling, seed=seed, batch_size=len(chunk) * n, hooks=hooks)
+        offsets = [occurrence[i] * n for i in chunk]
+        images, _ = pipe(
+            prompts, n=n, sampling=sampling, seed=seed, batch_size=len(chunk) * n, hooks=hooks, first_sample=offsets
+        )
         for j, i in enumerate(chunk):
             meta = {**records[i], "prompt": records[i][prompt_field]}
             write_prompt_folder(root, i, meta, images[j * n : (j + 1) * n])

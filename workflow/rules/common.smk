@@ -1,5 +1,6 @@
 # Helpers shared by every stage: config validation (fills defaults), paths, and CLI flag builders.
 
+import json
 import os
 
 from snakemake.utils import validate

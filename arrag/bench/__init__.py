@@ -1,0 +1,1 @@
+"""Benchmarks: `arrag bench ...` measures performance side by side in one run."""

@@ -1,0 +1,195 @@
+"""Code shards: an image source tokenised by the VQ tokenizer, one file pair per shard.
+
+File format "arrag-codes/1" (read by the retrieval stages and by users; keep it stable):
+
+    <out_dir>/codes-SSSSS-of-TTTTT.npz   numpy .npz, no pickled objects (np.load(..., allow_pickle=False)):
+        codes      uint16 [N, H, W]  VQ token ids, row-major grid (int32 when codebook_size > 65536)
+        image_ids  int64 [N]         position of each image in the source's enumeration (ascending)
+    <out_dir>/codes-SSSSS-of-TTTTT.json  metadata:
+        format           "arrag-codes/1"
+        shard, num_shards  s and T: this shard holds the source items with image_id % T == s
+        count            N
+        grid             [H, W]
+        image_size       S, the square side (px) images were centre-cropped/resized to before encoding
+        codebook_size    K
+        codebook_sha256  arrag.models.vq.codebook_fingerprint of the L2-normalised codebook
+        tokenizer_id     free text naming the tokenizer (e.g. model repo@revision); "" if not given
+        source           the source spec (see arrag.data.sources)
+        source_ids       [N strings] where each image came from, in image_ids order
+        skipped          [{"image_id", "source_id", "error"}] items that could not be read
+        seconds          wall time of the tokenisation
+
+Both files are written atomically (temporary name, then rename) and the .json last: a shard is complete
+exactly when its .json exists. Rewriting a shard first deletes its old .json, so a crash midway never
+leaves an old .json vouching for a new .npz.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from arrag.data.sources import ImageRecord, iter_source
+from arrag.io import atomic_path, progress, write_json
+from arrag.models.vq import VQTokenizer, codebook_fingerprint
+
+log = logging.getLogger(__name__)
+
+FORMAT = "arrag-codes/1"
+# Fields that must agree between shards before their codes can be used together.
+MUST_MATCH = ("codebook_sha256", "grid", "tokenizer_id")
+
+
+def shard_paths(out_dir: str | Path, shard: int, num_shards: int) -> tuple[Path, Path]:
+    """(npz, json) paths of one shard."""
+    stem = f"codes-{shard:05d}-of-{num_shards:05d}"
+    return Path(out_dir) / f"{stem}.npz", Path(out_dir) / f"{stem}.json"
+
+
+def code_dtype(codebook_size: int) -> np.dtype:
+    """uint16 holds ids 0..65535, i.e. codebooks of up to 65536 entries (Janus-Pro has 16384)."""
+    return np.dtype(np.uint16) if codebook_size <= 65536 else np.dtype(np.int32)
+
+
+# ----------------------------------------------------------------------------- writing
+
+
+def _encode(vq: VQTokenizer, batch: list[ImageRecord], dtype: np.dtype) -> np.ndarray:
+    """Records with images -> codes [B, H, W] in the storage dtype (on CPU)."""
+    images = np.stack([r.image for r in batch])  # [B, S, S, 3] uint8
+    return vq.encode(images).cpu().numpy().astype(dtype)  # encode runs on vq.device
+
+
+def tokenise_shard(
+    spec: dict,
+    shard: int,
+    num_shards: int,
+    vq: VQTokenizer,
+    out_dir: str | Path,
+    *,
+    batch_size: int = 256,
+    tokenizer_id: str = "",
+) -> dict:
+    """Tokenise one shard of the source and write it; return its metadata (without source_ids)."""
+    if batch_size < 1:
+        raise ValueError(f"batch_size={batch_size!r} must be >= 1")
+    start = time.perf_counter()
+    dtype = code_dtype(vq.codebook_size)
+    records = iter_source(spec, shard, num_shards, size=vq.image_size)  # checks spec and shard now
+    chunks: list[np.ndarray] = []  # codes [b, H, W], kept in the small storage dtype
+    image_ids: list[int] = []
+    source_ids: list[str] = []
+    skipped: list[dict] = []
+    batch: list[ImageRecord] = []
+    for record in progress(records, desc=f"tokenise shard {shard}/{num_shards}", unit="img"):
+        if record.image is None:
+            log.warning("skipping image %d (%s): %s", record.image_id, record.source_id, record.error)
+            skipped.append({"image_id": record.image_id, "source_id": record.source_id, "error": record.error})
+            continue
+        batch.append(record)
+        image_ids.append(record.image_id)
+        source_ids.append(record.source_id)
+        if len(batch) == batch_size:
+            chunks.append(_encode(vq, batch, dtype))
+            batch = []
+    if batch:
+        chunks.append(_encode(vq, batch, dtype))
+    codes = np.concatenate(chunks) if chunks else np.zeros((0, vq.grid, vq.grid), dtype)  # [N, H, W]
+
+    meta = {
+        "image_size": vq.image_size,
+        "codebook_size": vq.codebook_size,
+        "codebook_sha256": codebook_fingerprint(vq.codebook),
+        "tokenizer_id": tokenizer_id,
+        "source": json.loads(json.dumps(spec, default=str)),  # e.g. Path values -> str
+        "source_ids": source_ids,
+        "skipped": skipped,
+        "seconds": round(time.perf_counter() - start, 3),
+    }
+    meta = write_code_shard(out_dir, shard, num_shards, codes, np.asarray(image_ids, np.int64), meta)
+    if not len(codes):
+        log.warning("shard %d/%d holds no readable images (more shards than images?); wrote it empty", shard, num_shards)
+    (log.warning if skipped else log.info)(
+        "shard %d/%d: %d images tokenised, %d skipped -> %s",
+        shard,
+        num_shards,
+        len(codes),
+        len(skipped),
+        shard_paths(out_dir, shard, num_shards)[0],
+    )
+    return {k: v for k, v in meta.items() if k != "source_ids"}
+
+
+def write_code_shard(
+    out_dir: str | Path, shard: int, num_shards: int, codes: np.ndarray, image_ids: np.ndarray, meta: dict
+) -> dict:
+    """Write codes [N, H, W] and image_ids [N] with `meta` (needs codebook_size; format, shard, num_shards,
+    count and grid are filled in here from the arguments). Returns the metadata written."""
+    codes, image_ids = np.asarray(codes), np.asarray(image_ids)
+    if codes.ndim != 3 or image_ids.shape != (len(codes),):
+        raise ValueError(f"need codes [N, H, W] and image_ids [N], got {codes.shape} and {image_ids.shape}")
+    if len(meta.get("source_ids", codes)) != len(codes):
+        raise ValueError(f"{len(meta['source_ids'])} source_ids for {len(codes)} codes")
+    size = int(meta["codebook_size"])
+    if len(codes) and not (0 <= codes.min() and codes.max() < size):
+        raise ValueError(f"codes lie in [{codes.min()}, {codes.max()}], outside the codebook [0, {size})")
+    meta = {**meta, "format": FORMAT, "shard": shard, "num_shards": num_shards, "count": len(codes)}
+    meta["grid"] = [int(codes.shape[1]), int(codes.shape[2])]
+
+    npz_path, json_path = shard_paths(out_dir, shard, num_shards)
+    json_path.unlink(missing_ok=True)  # the shard is incomplete from here until the new json lands
+    with atomic_path(npz_path) as tmp, open(tmp, "wb") as f:  # a file object: savez would append ".npz"
+        np.savez(f, codes=codes.astype(code_dtype(size)), image_ids=image_ids.astype(np.int64))
+    write_json(json_path, meta)  # last: marks the shard complete
+    return meta
+
+
+# ----------------------------------------------------------------------------- reading
+
+
+def load_code_shard(npz_path: str | Path) -> tuple[torch.Tensor, torch.Tensor, dict]:
+    """One shard -> (codes LongTensor [N, H, W], image_ids LongTensor [N], metadata). Accepts the .json path too."""
+    npz_path = Path(npz_path).with_suffix(".npz")
+    json_path = npz_path.with_suffix(".json")
+    if not json_path.is_file():
+        raise FileNotFoundError(f"{json_path} is missing: incomplete shard: rerun tokenisation for {npz_path.name}")
+    meta = json.loads(json_path.read_text())
+    if meta.get("format") != FORMAT:
+        raise ValueError(f"{json_path}: field 'format' is {meta.get('format')!r}, this reader understands {FORMAT!r}")
+    if not npz_path.is_file():
+        raise FileNotFoundError(f"{npz_path} is missing although {json_path.name} exists: rerun tokenisation")
+    with np.load(npz_path, allow_pickle=False) as data:
+        codes, image_ids = data["codes"], data["image_ids"]  # [N, H, W], [N]
+    if not (len(codes) == len(image_ids) == meta["count"]):
+        raise ValueError(
+            f"{npz_path}: {len(codes)} codes and {len(image_ids)} image_ids but field 'count' is {meta['count']}"
+        )
+    if list(codes.shape[1:]) != list(meta["grid"]):
+        raise ValueError(f"{npz_path}: codes grid {list(codes.shape[1:])} but field 'grid' is {meta['grid']}")
+    return torch.from_numpy(codes.astype(np.int64)), torch.from_numpy(image_ids.astype(np.int64)), meta
+
+
+def load_code_shards(paths: list[str | Path]) -> tuple[torch.Tensor, torch.Tensor, list[dict]]:
+    """Several shards concatenated in the given order -> (codes [N, H, W], image_ids [N], metadata per shard).
+
+    Refuses shards whose codebook, grid or tokenizer differ: their codes are not the same vocabulary."""
+    if not paths:
+        raise ValueError("no code shards given")
+    codes, image_ids, metas = [], [], []
+    for path in paths:
+        c, ids, meta = load_code_shard(path)
+        for field in MUST_MATCH:
+            if metas and meta[field] != metas[0][field]:
+                raise ValueError(
+                    f"code shards disagree on field {field!r}: {paths[0]} has {metas[0][field]!r}, "
+                    f"{path} has {meta[field]!r}; tokenise them with the same tokenizer"
+                )
+        codes.append(c)
+        image_ids.append(ids)
+        metas.append(meta)
+    return torch.cat(codes), torch.cat(image_ids), metas

@@ -1,0 +1,319 @@
+"""Image sources for tokenisation: one deterministic enumeration of images, split into shards.
+
+A source is described by a small JSON-able spec (it is recorded in every code shard). Four kinds:
+
+    {"type": "mini_world", "path": DIR}
+        a split written by arrag.data.mini_world.write_split; source_id = the record's "id".
+    {"type": "folder", "path": DIR, "extensions": [".jpg", ".jpeg", ".png", ".webp", ".bmp"], "recursive": true}
+        image files under DIR in sorted order of their relative path; source_id = that relative path.
+    {"type": "webdataset", "urls": ["a.tar", ...] or "dir/shard-{000..009}.tar", "image_keys": ["jpg", ...]}
+        local tar files in the WebDataset convention, read with the stdlib `tarfile` (no webdataset
+        package): a sample is a run of consecutive files sharing a key, the key being the path up to the
+        first dot of the file name ("dir/000123.jpg" and "dir/000123.txt" -> key "dir/000123"); the image
+        is the member whose extension comes first in image_keys. source_id = "<tar file name>/<key>".
+    {"type": "hf_dataset", "name": ..., "split": "train", "revision": COMMIT, "image_column": "image",
+     "streaming": true, "id_column": null}
+        a Hugging Face dataset via datasets.load_dataset (imported lazily; never trust_remote_code).
+        `revision` is required so a run is reproducible. source_id = row[id_column], else "<split>/<row>".
+
+Item i of the enumeration has image_id = i and belongs to shard i % num_shards. Items of other shards are
+enumerated but never decoded. A corrupt or unreadable image becomes an ImageRecord with image=None and
+the error; anything else wrong (bad spec, missing directory or tar file) raises.
+"""
+
+from __future__ import annotations
+
+import functools
+import io
+import itertools
+import logging
+import re
+import tarfile
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import NoReturn
+
+import numpy as np
+from PIL import Image, ImageOps
+
+log = logging.getLogger(__name__)
+
+DEFAULT_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp")
+DEFAULT_IMAGE_KEYS = ("jpg", "png", "webp", "jpeg")
+# Required and optional fields of each source type (unknown fields are refused: a typo must not be ignored).
+SPEC_FIELDS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
+    "mini_world": (("path",), ()),
+    "folder": (("path",), ("extensions", "recursive")),
+    "webdataset": (("urls",), ("image_keys",)),
+    "hf_dataset": (("name", "revision"), ("split", "image_column", "streaming", "id_column")),
+}
+
+# One enumerated item: where it came from, and how to read it (called only for this shard's items,
+# before the enumeration advances). The loader returns encoded bytes, a PIL image or a uint8 array.
+Item = tuple[str, Callable[[], "bytes | Image.Image | np.ndarray"]]
+
+
+@dataclass
+class ImageRecord:
+    image_id: int  # position in the source's deterministic enumeration (global across shards)
+    source_id: str  # file path / tar sample / dataset row / mini-world id: where the image came from
+    image: np.ndarray | None  # uint8 [S, S, 3] after preprocessing; None when unreadable
+    error: str | None  # why it could not be read ("ExceptionClass: message"); None when fine
+
+
+# ----------------------------------------------------------------------------- preprocessing
+
+
+def to_rgb(image: Image.Image) -> Image.Image:
+    """Any PIL mode -> RGB. Transparent pixels are composited onto white (a bare convert("RGB") would
+    expose whatever colour hides under alpha = 0, often black); 16-bit greyscale is scaled to 8 bits."""
+    if image.mode in ("I;16", "I;16L", "I;16B", "I;16N", "I"):  # 16-bit PNGs: convert() would clip at 255
+        grey = (np.asarray(image, dtype=np.float64) / 257.0).clip(0, 255).round().astype(np.uint8)
+        image = Image.fromarray(grey, mode="L")
+    if image.mode == "P" and "transparency" in image.info:
+        image = image.convert("RGBA")
+    if image.mode in ("RGBA", "LA", "PA"):
+        image = image.convert("RGBA")
+        white = Image.new("RGBA", image.size, (255, 255, 255, 255))
+        return Image.alpha_composite(white, image).convert("RGB")
+    return image.convert("RGB")  # L, P, CMYK, YCbCr, 1, F, ... (a no-op copy for RGB)
+
+
+def preprocess(image: Image.Image, size: int) -> np.ndarray:
+    """PIL image -> uint8 [size, size, 3]: RGB, shorter side resized to `size` (bicubic), centre crop.
+
+    Janus-Pro's VQ sees square images; like LlamaGen's data pipeline (ADM's centre_crop_arr) we keep the
+    centre square rather than pad or squash. reducing_gap first shrinks large images with a box filter,
+    which anti-aliases the bicubic downscale (what LlamaGen's repeated BOX halving does) and is fast.
+    """
+    image = to_rgb(image)
+    w, h = image.size
+    scale = size / min(w, h)
+    new_w, new_h = max(size, round(w * scale)), max(size, round(h * scale))
+    if (new_w, new_h) != (w, h):
+        image = image.resize((new_w, new_h), Image.Resampling.BICUBIC, reducing_gap=3.0)
+    left, top = (new_w - size) // 2, (new_h - size) // 2
+    image = image.crop((left, top, left + size, top + size))
+    return np.array(image, dtype=np.uint8)  # [size, size, 3], owns its memory
+
+
+def decode_image(data: bytes) -> Image.Image:
+    """Encoded image bytes -> fully decoded PIL image, EXIF orientation applied (phone photos)."""
+    image = Image.open(io.BytesIO(data))
+    image.load()  # decode now, so a truncated file fails here and not later
+    return ImageOps.exif_transpose(image)
+
+
+def to_image_array(obj: bytes | Image.Image | np.ndarray, size: int) -> np.ndarray:
+    """Whatever a loader returned -> uint8 [size, size, 3]."""
+    if isinstance(obj, np.ndarray):
+        if obj.dtype == np.uint8 and obj.shape == (size, size, 3):
+            return obj  # already the right size (mini world at its native size): no resampling
+        obj = Image.fromarray(obj)
+    elif isinstance(obj, (bytes, bytearray, memoryview)):
+        obj = decode_image(bytes(obj))
+    return preprocess(obj, size)
+
+
+# ----------------------------------------------------------------------------- spec checking
+
+
+def _check_spec(spec: dict) -> str:
+    """The spec's type, after checking it is known and carries exactly the allowed fields."""
+    if not isinstance(spec, dict):
+        raise ValueError(f"source spec must be a dict with a 'type' field, got {type(spec).__name__}")
+    kind = spec.get("type")
+    if kind not in SPEC_FIELDS:
+        raise ValueError(f"source spec field 'type' is {kind!r}: use one of {list(SPEC_FIELDS)}")
+    required, optional = SPEC_FIELDS[kind]
+    for field in required:
+        if spec.get(field) in (None, "", []):
+            raise ValueError(f"{kind} source spec is missing field {field!r} (required: {list(required)})")
+    unknown = sorted(set(spec) - {"type", *required, *optional})
+    if unknown:
+        raise ValueError(
+            f"{kind} source spec has unknown field(s) {unknown}: allowed are {['type', *required, *optional]}"
+        )
+    return kind
+
+
+def _check_shard(shard: int, num_shards: int) -> None:
+    if not isinstance(num_shards, int) or num_shards < 1:
+        raise ValueError(f"num_shards={num_shards!r} must be an int >= 1")
+    if not isinstance(shard, int) or not 0 <= shard < num_shards:
+        raise ValueError(f"shard={shard!r} must be an int with 0 <= shard < num_shards={num_shards}")
+
+
+def _existing_dir(spec: dict) -> Path:
+    path = Path(spec["path"])
+    if not path.is_dir():
+        raise FileNotFoundError(f"{spec['type']} source spec field 'path': directory {path} does not exist")
+    return path
+
+
+# ----------------------------------------------------------------------------- the four sources
+
+
+def _mini_world_items(spec: dict) -> Iterator[Item]:
+    from arrag.data.mini_world import load_split
+
+    images, records = load_split(_existing_dir(spec))  # images [N, S, S, 3]
+    return ((str(r["id"]), functools.partial(images.__getitem__, i)) for i, r in enumerate(records))
+
+
+def _folder_files(root: Path, extensions: Iterable[str], recursive: bool) -> list[Path]:
+    """Files under root with one of the extensions (case-insensitive), sorted by relative path."""
+    exts = {("." + e.lstrip(".")).lower() for e in extensions}
+    candidates = root.rglob("*") if recursive else root.glob("*")
+    files = [p for p in candidates if p.suffix.lower() in exts and p.is_file()]
+    return sorted(files, key=lambda p: p.relative_to(root).as_posix())
+
+
+def _folder_items(spec: dict) -> Iterator[Item]:
+    root = _existing_dir(spec)
+    extensions = spec.get("extensions", DEFAULT_EXTENSIONS)
+    if isinstance(extensions, str) or not extensions:
+        raise ValueError(f"folder source spec field 'extensions' must be a non-empty list, got {extensions!r}")
+    files = _folder_files(root, extensions, bool(spec.get("recursive", True)))
+    return ((p.relative_to(root).as_posix(), p.read_bytes) for p in files)
+
+
+def expand_braces(pattern: str) -> list[str]:
+    """Shell-style brace expansion, as WebDataset urls use it: "s-{000..002}-{a,b}" -> s-000-a, s-000-b, ...
+
+    Numeric ranges keep the start's zero padding ("{000..010}" -> 000 ... 010)."""
+    match = re.search(r"\{([^{}]*)\}", pattern)
+    if match is None:
+        return [pattern]
+    body = match.group(1)
+    numeric = re.fullmatch(r"(\d+)\.\.(\d+)", body)
+    if numeric:
+        lo, hi = numeric.groups()
+        width = len(lo) if lo.startswith("0") else 0
+        options = [f"{k:0{width}d}" for k in range(int(lo), int(hi) + 1)]
+    else:
+        options = body.split(",")
+    head, tail = pattern[: match.start()], pattern[match.end() :]
+    return [head + option + rest for option in options for rest in expand_braces(tail)]
+
+
+def _tar_paths(urls: str | list[str]) -> list[Path]:
+    patterns = [urls] if isinstance(urls, (str, Path)) else list(urls)
+    names = [name for pattern in patterns for name in expand_braces(str(pattern))]
+    for name in names:
+        if "://" in name or name.startswith("pipe:"):
+            raise ValueError(f"webdataset source spec field 'urls': {name} is not a local tar file (download first)")
+        if not Path(name).is_file():
+            raise FileNotFoundError(f"webdataset source spec field 'urls': {name} does not exist")
+    return [Path(name) for name in names]
+
+
+def _split_key(name: str) -> tuple[str, str]:
+    """WebDataset naming: "dir/000123.seg.png" -> ("dir/000123", "seg.png"); the extension is lowercased."""
+    directory, _, base = name.rpartition("/")
+    stem, _, ext = base.partition(".")
+    return (f"{directory}/{stem}" if directory else stem), ext.lower()
+
+
+def _missing_image(members: list[tarfile.TarInfo], image_keys: list[str]) -> NoReturn:
+    names = [m.name for m in members]
+    raise ValueError(f"sample has no member with an extension in image_keys {image_keys}: {names}")
+
+
+def _read_member(tar: tarfile.TarFile, member: tarfile.TarInfo) -> bytes:
+    return tar.extractfile(member).read()
+
+
+def _tar_items(path: Path, image_keys: list[str]) -> Iterator[Item]:
+    """Samples of one tar: (source_id, loader of the preferred image member's bytes)."""
+    with tarfile.open(path) as tar:
+        members = [m for m in tar.getmembers() if m.isfile() and "." in m.name.rpartition("/")[2]]
+        # WebDataset groups *consecutive* members with the same key into one sample
+        for key, group in itertools.groupby(members, key=lambda m: _split_key(m.name)[0]):
+            by_ext = {_split_key(m.name)[1]: m for m in group}
+            chosen = next((by_ext[k] for k in image_keys if k in by_ext), None)
+            if chosen is None:  # still an item, so image_ids do not depend on which samples decode
+                load = functools.partial(_missing_image, list(by_ext.values()), image_keys)
+            else:
+                load = functools.partial(_read_member, tar, chosen)
+            yield f"{path.name}/{key}", load
+
+
+def _webdataset_items(spec: dict) -> Iterator[Item]:
+    image_keys = spec.get("image_keys", DEFAULT_IMAGE_KEYS)
+    if isinstance(image_keys, str) or not image_keys:
+        raise ValueError(f"webdataset source spec field 'image_keys' must be a non-empty list, got {image_keys!r}")
+    image_keys = [k.lstrip(".").lower() for k in image_keys]
+    paths = _tar_paths(spec["urls"])  # checked now, before the first item is asked for
+    return itertools.chain.from_iterable(_tar_items(p, image_keys) for p in paths)
+
+
+def _hf_image(value) -> bytes | Image.Image:
+    """A row's image cell -> bytes or PIL image. With Image(decode=False) it is {"bytes": ..., "path": ...}."""
+    if isinstance(value, dict):
+        if value.get("bytes") is not None:
+            return value["bytes"]
+        if value.get("path"):
+            return Path(value["path"]).read_bytes()
+        raise ValueError(f"image cell has neither bytes nor path: {sorted(value)}")
+    if isinstance(value, (bytes, Image.Image)):
+        return value
+    raise TypeError(f"image cell of type {type(value).__name__} is not an image")
+
+
+def _hf_items(spec: dict) -> Iterator[Item]:
+    try:
+        import datasets
+    except ImportError:
+        raise ImportError(
+            "the hf_dataset image source needs the Hugging Face `datasets` package: pip install datasets"
+        ) from None
+    revision = str(spec["revision"])
+    if not re.fullmatch(r"[0-9a-f]{40}", revision):
+        log.warning("hf_dataset revision %r is not a commit sha: a branch or tag can move under you", revision)
+    split, column = spec.get("split", "train"), spec.get("image_column", "image")
+    ds = datasets.load_dataset(spec["name"], split=split, revision=revision, streaming=spec.get("streaming", True))
+    # undecoded bytes: a corrupt image then fails in our loader (one error record), not inside the
+    # dataset iterator (which would end the enumeration), and other shards' rows are never decoded
+    ds = ds.cast_column(column, datasets.Image(decode=False))
+    id_column = spec.get("id_column")
+    return (
+        (str(row[id_column]) if id_column else f"{split}/{i}", functools.partial(_hf_image, row[column]))
+        for i, row in enumerate(ds)
+    )
+
+
+_ITEMS: dict[str, Callable[[dict], Iterator[Item]]] = {
+    "mini_world": _mini_world_items,
+    "folder": _folder_items,
+    "webdataset": _webdataset_items,
+    "hf_dataset": _hf_items,
+}
+
+
+# ----------------------------------------------------------------------------- the entry point
+
+
+def _records(items: Iterator[Item], shard: int, num_shards: int, size: int) -> Iterator[ImageRecord]:
+    for i, (source_id, load) in enumerate(items):
+        if i % num_shards != shard:
+            continue
+        try:
+            image = to_image_array(load(), size)
+        except Exception as err:  # any failure to read *this* image is data, not a bug: record it
+            yield ImageRecord(i, source_id, None, f"{type(err).__name__}: {err}")
+            continue
+        yield ImageRecord(i, source_id, image, None)
+
+
+def iter_source(spec: dict, shard: int = 0, num_shards: int = 1, size: int = 384) -> Iterator[ImageRecord]:
+    """This shard's images of the source as ImageRecords (image uint8 [size, size, 3]), in enumeration order.
+
+    The spec, the shard and the source's existence are checked now (not at the first next()).
+    """
+    _check_shard(shard, num_shards)
+    if not isinstance(size, int) or size < 1:
+        raise ValueError(f"size={size!r} must be a positive int (pixels)")
+    items = _ITEMS[_check_spec(spec)](spec)
+    return _records(items, shard, num_shards, size)

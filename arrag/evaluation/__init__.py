@@ -1,0 +1,1 @@
+"""Evaluation: retrieval accuracy (Figure 6); benchmark scoring and tables follow."""

@@ -1,0 +1,272 @@
+"""The patch-level retrieval database (paper section 3.1): neighbourhood key -> the patch's own token.
+
+Entries are stored in raster order per image, so an entry's label e determines its image (e // (H*W)),
+row and column: the database keeps only the token grid (the values, 2 B per entry for K <= 65536) and
+one int64 image id per image (the provenance, 8/(H*W) B per entry) beside the key index.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+import torch
+
+from arrag.io import atomic_path, write_json
+from arrag.retrieval.backends import BACKENDS, make_backend
+from arrag.retrieval.keys import _check_codebook, _check_codes, extended_codebook, neighbourhood_ids, neighbour_offsets
+
+log = logging.getLogger(__name__)
+
+FORMAT = "arrag-patchdb/1"
+CHUNK_ENTRIES = 1 << 18  # entries whose neighbour ids are computed and indexed at once
+
+
+def codebook_sha256(codebook: torch.Tensor) -> str:
+    # imported here: arrag.models pulls in transformers, which the retrieval library does not otherwise need
+    from arrag.models.vq import codebook_fingerprint
+
+    return codebook_fingerprint(codebook)
+
+
+def code_dtype(num_codes: int) -> torch.dtype:
+    """Smallest dtype holding token ids 0..K-1: uint16 up to K = 65536."""
+    return torch.uint16 if num_codes <= 1 << 16 else torch.int32
+
+
+class PatchDatabase:
+    """Neighbourhood keys of every patch of a corpus of token grids, searchable by squared L2."""
+
+    def __init__(
+        self,
+        codebook: torch.Tensor,
+        grid: tuple[int, int],
+        hops: int = 1,
+        causal: bool = True,
+        index: str = "compact",
+        tokenizer_id: str = "",
+        device: str = "cpu",
+        **index_params,
+    ):
+        _check_codebook(codebook)
+        self.codebook = codebook.detach().to("cpu", torch.float32)  # [K, D], the L2-normalised VQ codebook
+        self.codebook_sha256 = codebook_sha256(self.codebook)
+        self.hops, self.causal, self.grid = hops, causal, (int(grid[0]), int(grid[1]))
+        self.num_neighbours = len(neighbour_offsets(hops, causal))
+        self.tokenizer_id, self.device = tokenizer_id, device
+        self.backend = make_backend(index, extended_codebook(self.codebook), self.num_neighbours, device, **index_params)
+        self.index_name = index
+        positions = self.grid[0] * self.grid[1]
+        self.codes = torch.empty(0, positions, dtype=code_dtype(len(self.codebook)), device=device)  # [N, H*W]
+        self.image_ids = torch.empty(0, dtype=torch.long, device=device)  # [N]
+
+    @classmethod
+    def build(
+        cls,
+        codes: torch.Tensor,
+        codebook: torch.Tensor,
+        hops: int = 1,
+        causal: bool = True,
+        index: str = "compact",
+        image_ids: torch.Tensor | None = None,
+        tokenizer_id: str = "",
+        device: str = "cpu",
+        **index_params,
+    ) -> "PatchDatabase":
+        """Index every position of codes [N, H, W] (edges included); image_ids [N] default to 0..N-1."""
+        codes = torch.as_tensor(codes)
+        _check_codes(codes, codebook.shape[0] if codebook.ndim == 2 else None)
+        db = cls(codebook, tuple(codes.shape[1:]), hops, causal, index, tokenizer_id, device, **index_params)
+        db.add(codes, image_ids)
+        return db
+
+    # ---- adding -------------------------------------------------------------------------------------
+
+    def add(self, codes: torch.Tensor, image_ids: torch.Tensor | None = None) -> int:
+        """Append a shard codes [N, H, W] (image_ids [N], default continuing the numbering); returns entries added."""
+        codes = torch.as_tensor(codes)
+        _check_codes(codes, len(self.codebook))
+        if tuple(codes.shape[1:]) != self.grid:
+            raise ValueError(
+                f"codes grid {tuple(codes.shape[1:])} differs from the database's {self.grid}: "
+                "tokenise with the same tokenizer and image size, or build a separate database"
+            )
+        if len(codes) == 0:
+            log.warning("PatchDatabase.add: a shard of zero images, nothing added")
+            return 0
+        image_ids = self._image_ids(len(codes), image_ids)
+        if not self.backend.is_trained:
+            entries = len(codes) * self.positions
+            self.backend.train(self._training_sample(codes, self.backend.training_size(entries)))
+        for ids in self._neighbour_chunks(codes):
+            self.backend.add(ids)
+        self._append(codes, image_ids)
+        return len(codes) * self.positions
+
+    def _image_ids(self, num_images: int, image_ids: torch.Tensor | None) -> torch.Tensor:
+        if image_ids is None:
+            start = len(self.image_ids)
+            return torch.arange(start, start + num_images)
+        image_ids = torch.as_tensor(image_ids)
+        if image_ids.shape != (num_images,) or image_ids.dtype.is_floating_point:
+            raise ValueError(
+                f"image_ids must be integers of shape [{num_images}] (one per image), "
+                f"got {image_ids.dtype} {tuple(image_ids.shape)}"
+            )
+        return image_ids.long()
+
+    def _append(self, codes: torch.Tensor, image_ids: torch.Tensor) -> None:
+        flat = codes.reshape(len(codes), -1).to(self.device, torch.int32).to(self.codes.dtype)  # [N, H*W]
+        self.codes = torch.cat([self.codes, flat])
+        self.image_ids = torch.cat([self.image_ids, image_ids.to(self.device)])
+
+    def _neighbour_chunks(self, codes: torch.Tensor) -> Iterator[np.ndarray]:
+        """Neighbour ids [e, n] of the shard's entries, in label order, a few images at a time."""
+        images = max(1, CHUNK_ENTRIES // self.positions)
+        for start in range(0, len(codes), images):
+            ids = neighbourhood_ids(codes[start : start + images], self.hops, self.causal, pad_id=len(self.codebook))
+            yield ids.reshape(-1, self.num_neighbours).cpu().numpy()
+
+    def _training_sample(self, codes: torch.Tensor, size: int, seed: int = 0) -> np.ndarray:
+        """Neighbour ids [size, n] of entries drawn uniformly from the shard (deterministic)."""
+        entries = len(codes) * self.positions
+        if size == 0:  # nothing to train (flat, compact)
+            return np.empty((0, self.num_neighbours), dtype=np.int64)
+        picks = torch.randperm(entries, generator=torch.Generator().manual_seed(seed))[:size].sort().values.numpy()
+        parts, start = [], 0
+        for ids in self._neighbour_chunks(codes):
+            inside = picks[(picks >= start) & (picks < start + len(ids))]
+            parts.append(ids[inside - start])
+            start += len(ids)
+        return np.concatenate(parts)
+
+    # ---- searching ----------------------------------------------------------------------------------
+
+    def search(self, queries: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """queries [Q, n*D] -> sq_dists [Q, k] float32 ascending, values [Q, k] long, sources [Q, k, 3] long.
+
+        values are the token at each hit's centre; sources its (image id, row, column). A hit an IVF search
+        could not fill (fewer than k entries in the probed lists) has value -1, sources -1, distance inf.
+        Results are on the queries' device.
+        """
+        queries = torch.as_tensor(queries)
+        self._check_search(queries, k)
+        dists, labels = self.backend.search(queries, k)  # [Q, k] each, labels -1 when missing
+        labels = labels.to(self.codes.device)
+        found = labels >= 0
+        safe = labels.clamp(min=0)
+        values = self.codes.reshape(-1)[safe].to(torch.int32).long()  # uint16 -> long via int32
+        position = safe % self.positions
+        sources = torch.stack([self.image_ids[safe // self.positions], position // self.grid[1], position % self.grid[1]], -1)
+        dists = torch.where(found, dists.to(labels.device, torch.float32), torch.inf)
+        values = torch.where(found, values, -1)
+        sources = torch.where(found[..., None], sources, -1)
+        return dists.to(queries.device), values.to(queries.device), sources.to(queries.device)
+
+    def _check_search(self, queries: torch.Tensor, k: int) -> None:
+        width = self.num_neighbours * self.codebook.shape[1]
+        if queries.ndim != 2 or queries.shape[1] != width or not queries.is_floating_point():
+            layout = f"{'causal' if self.causal else 'full'} {self.hops}-hop"
+            raise ValueError(
+                f"queries must be float [Q, {width}]: {self.num_neighbours} neighbours ({layout} keys) x "
+                f"D={self.codebook.shape[1]} codebook dims; got {queries.dtype} {tuple(queries.shape)}. "
+                "Build them with arrag.retrieval.query_from_grid using the database's hops and causal"
+            )
+        if not isinstance(k, int) or not 1 <= k <= len(self):
+            raise ValueError(f"k must be an integer in [1, {len(self)}] (the number of entries), got {k!r}")
+
+    def set_search_params(self, **params) -> None:
+        """Change search-time parameters of the index, e.g. nprobe=16 for IVF indexes."""
+        self.backend.set_search_params(**params)
+
+    # ---- description --------------------------------------------------------------------------------
+
+    @property
+    def positions(self) -> int:
+        return self.grid[0] * self.grid[1]
+
+    def __len__(self) -> int:
+        return len(self.codes) * self.positions
+
+    def bytes_per_entry(self) -> dict[str, float]:
+        """In-memory bytes per entry, read from the storage itself (fixed costs such as centroids excluded)."""
+        return {
+            "keys": self.backend.key_bytes(),
+            "values": float(self.codes.element_size()),
+            "provenance": self.image_ids.element_size() / self.positions,
+        }
+
+    @property
+    def metadata(self) -> dict:
+        return {
+            "format": FORMAT,
+            "codebook_sha256": self.codebook_sha256,
+            "codebook_size": int(self.codebook.shape[0]),
+            "codebook_dim": int(self.codebook.shape[1]),
+            "hops": self.hops,
+            "causal": self.causal,
+            "grid": list(self.grid),
+            "tokenizer_id": self.tokenizer_id,
+            "index": self.index_name,
+            "index_params": dict(self.backend.params),
+            "ntotal": len(self),
+            "num_images": len(self.codes),
+        }
+
+    # ---- persistence --------------------------------------------------------------------------------
+
+    def save(self, directory: str | Path) -> None:
+        """Write metadata.json, codes.npy [N, H, W], image_ids.npy [N] and the index file, atomically."""
+        with atomic_path(directory, directory=True) as tmp:
+            codes = self.codes.to(torch.int32).cpu().numpy().reshape(-1, *self.grid)
+            np.save(tmp / "codes.npy", codes.astype(np.uint16 if self.codes.dtype == torch.uint16 else np.int32))
+            np.save(tmp / "image_ids.npy", self.image_ids.cpu().numpy())
+            if self.backend.saves_index:
+                self.backend.save(tmp)
+            write_json(tmp / "metadata.json", self.metadata)
+
+    @classmethod
+    def load(cls, directory: str | Path, codebook: torch.Tensor, device: str = "cpu") -> "PatchDatabase":
+        """Open a saved database; refuses another codebook or another format version."""
+        directory = Path(directory)
+        path = directory / "metadata.json"
+        if not path.is_file():
+            raise FileNotFoundError(f"{path} does not exist: not a saved PatchDatabase")
+        meta = json.loads(path.read_text())
+        _check_codebook(codebook)
+        expected = {
+            "format": FORMAT,
+            "codebook_size": int(codebook.shape[0]),
+            "codebook_dim": int(codebook.shape[1]),
+            "codebook_sha256": codebook_sha256(codebook),
+        }
+        for field, value in expected.items():
+            if meta.get(field) != value:
+                hint = "rebuild it with this arrag version" if field == "format" else "pass the codebook it was built from"
+                raise ValueError(
+                    f"{path}: field {field!r} differs: expected {value!r} (this arrag and the codebook passed), "
+                    f"found {meta.get(field)!r} (stored); {hint}"
+                )
+        if meta["index"] not in BACKENDS:
+            raise ValueError(f"{path}: unknown index {meta['index']!r}; known indexes: {', '.join(BACKENDS)}")
+        db = cls(
+            codebook, tuple(meta["grid"]), meta["hops"], meta["causal"], meta["index"], meta["tokenizer_id"],
+            device, **meta["index_params"],
+        )
+        codes = torch.from_numpy(np.load(directory / "codes.npy", allow_pickle=False).astype(np.int32))
+        image_ids = torch.from_numpy(np.load(directory / "image_ids.npy", allow_pickle=False))
+        if db.backend.saves_index:
+            db.backend.load(directory)
+        else:
+            for ids in db._neighbour_chunks(codes):
+                db.backend.add(ids)
+        db._append(codes, image_ids)
+        if db.backend.ntotal != len(db) or len(db) != meta["ntotal"]:
+            raise ValueError(
+                f"{directory}: field 'ntotal' differs: expected {meta['ntotal']} (metadata), found "
+                f"{db.backend.ntotal} index entries and {len(db)} code positions; the directory is corrupt"
+            )
+        return db

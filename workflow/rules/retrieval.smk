@@ -1,0 +1,91 @@
+# The patch-level retrieval database: tokenise the corpus in shards (scatter), build one PatchDatabase
+# from all shards (gather), and measure retrieval accuracy on held-out images (paper Figure 6).
+
+RETRIEVAL = config["retrieval"]
+NUM_SHARDS = RETRIEVAL["num_shards"]
+
+
+def code_shard(split, shard, num_shards):
+    return f"{RESULTS}/codes/{split}/codes-{shard:05d}-of-{num_shards:05d}.npz"
+
+
+rule tokenise_shard:
+    input:
+        model=f"{RESULTS}/models/base",
+        images=f"{RESULTS}/world/{{split}}/images.npy",
+    output:
+        codes=f"{RESULTS}/codes/{{split}}/codes-{{shard}}-of-{{num_shards}}.npz",
+        meta=f"{RESULTS}/codes/{{split}}/codes-{{shard}}-of-{{num_shards}}.json",
+    wildcard_constraints:
+        shard=r"\d{5}",
+        num_shards=r"\d{5}",
+    params:
+        source=lambda wildcards, input: json.dumps({"type": "mini_world", "path": os.path.dirname(input.images)}),
+        out=lambda wildcards, output: os.path.dirname(output.codes),
+        batch=RETRIEVAL["tokenise_batch_size"],
+    log:
+        f"{RESULTS}/logs/tokenise_{{split}}_{{shard}}-of-{{num_shards}}.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/tokenise_{{split}}_{{shard}}-of-{{num_shards}}.tsv"
+    conda:
+        "../envs/arrag.yaml"
+    threads: 1
+    resources:
+        gpu=1,
+        mem_mb=3000,
+    shell:
+        "OMP_NUM_THREADS={threads} arrag tokenise --model {input.model} --source '{params.source}' "
+        "--shard $((10#{wildcards.shard})) --num-shards $((10#{wildcards.num_shards})) --out {params.out} "
+        "--batch-size {params.batch} --device {config[device]} > {log} 2>&1"
+
+
+rule build_database:
+    input:
+        model=f"{RESULTS}/models/base",
+        codes=[code_shard(RETRIEVAL["source"], s, NUM_SHARDS) for s in range(NUM_SHARDS)],
+    output:
+        directory(f"{RESULTS}/retrieval/db"),
+    params:
+        layout=f"--hops {RETRIEVAL['hops']}" + ("" if RETRIEVAL["causal"] else " --full"),
+        index=RETRIEVAL["index"],
+        index_params=settings_flags("--param", RETRIEVAL["index_params"]),
+    log:
+        log_path("build_database"),
+    benchmark:
+        benchmark_path("build_database")
+    conda:
+        "../envs/arrag.yaml"
+    threads: workflow.cores
+    resources:
+        mem_mb=8000,
+    shell:
+        "OMP_NUM_THREADS={threads} arrag build-db --model {input.model} --codes {input.codes} {params.layout} "
+        "--index {params.index} {params.index_params} --out {output} > {log} 2>&1"
+
+
+rule retrieval_accuracy:
+    input:
+        model=f"{RESULTS}/models/base",
+        db=f"{RESULTS}/retrieval/db",
+        codes=code_shard("reference", 0, 1),
+    output:
+        csv=f"{RESULTS}/tables/retrieval_accuracy.csv",
+        json=f"{RESULTS}/tables/retrieval_accuracy.json",
+        png=report(f"{RESULTS}/figures/retrieval_accuracy.png", caption="../report/retrieval_accuracy.rst",
+                   category="Retrieval"),
+    params:
+        k=RETRIEVAL["accuracy"]["k"],
+        max_queries=RETRIEVAL["accuracy"]["max_queries"],
+    log:
+        log_path("retrieval_accuracy"),
+    benchmark:
+        benchmark_path("retrieval_accuracy")
+    conda:
+        "../envs/arrag.yaml"
+    threads: workflow.cores
+    resources:
+        mem_mb=4000,
+    shell:
+        "OMP_NUM_THREADS={threads} arrag retrieval-accuracy --model {input.model} --db {input.db} "
+        "--codes {input.codes} --k {params.k} --max-queries {params.max_queries} --out-csv {output.csv} "
+        "--out-json {output.json} --out-png {output.png} > {log} 2>&1"
