@@ -15,8 +15,9 @@ from arrag.retrieval.keys import extended_codebook, neighbourhood_ids
 
 K, D, GRID, IMAGES = 64, 8, 8, 200
 EXACT = ["flat", "compact", "torch_compact"]
-APPROXIMATE = {"ivf_flat": 0.99, "ivf_pq": 0.5, "opq_ivf_pq": 0.5, "ivf_compact": 0.99}  # recall@10 at nprobe=nlist
+APPROXIMATE = {"ivf_flat": 0.99, "ivf_pq": 0.7, "opq_ivf_pq": 0.7, "ivf_compact": 0.99}  # recall@10 at nprobe=nlist
 SMALL_IVF = {"nlist": 32}
+FAST_PQ = {"train_size": 4000}  # PQ k-means (256 centroids per sub-quantizer) dominates the test time
 
 
 def make_codes(num: int, seed: int) -> torch.Tensor:
@@ -45,7 +46,9 @@ def corpus():
 def databases(corpus):
     """One database per backend, built once."""
     codebook, codes, image_ids, _, _ = corpus
-    params = {name: SMALL_IVF for name in APPROXIMATE}
+    params = {name: SMALL_IVF for name in APPROXIMATE} | {
+        name: SMALL_IVF | FAST_PQ for name in ("ivf_pq", "opq_ivf_pq")
+    }
     return {
         name: PatchDatabase.build(codes, codebook, index=name, image_ids=image_ids, **params.get(name, {}))
         for name in EXACT + list(APPROXIMATE)
@@ -86,6 +89,19 @@ def test_exact_backends_equal_brute_force(corpus, databases, name):
     dists, _, sources = databases[name].search(queries, 10)
     assert dists.dtype == torch.float32 and sources.dtype == torch.long
     assert_exact(dists, labels_of(databases[name], sources), brute_force(keys, queries), 10)
+
+
+def test_torch_compact_running_top_k_over_chunks(corpus, databases):
+    _, _, _, queries, keys = corpus
+    db = databases["torch_compact"]
+    whole = db.search(queries, 10)
+    db.set_search_params(chunk=777)  # 12800 entries in 17 chunks, the last one short
+    try:
+        dists, _, sources = db.search(queries, 10)
+    finally:
+        db.set_search_params(chunk=1 << 18)
+    assert torch.equal(dists, whole[0])
+    assert_exact(dists, labels_of(db, sources), brute_force(keys, queries), 10)
 
 
 def test_ivf_compact_with_all_lists_is_exact(corpus, databases):
@@ -246,8 +262,8 @@ def test_metadata(databases):
 
 def test_opq_pads_a_width_not_divisible_by_m(corpus):
     codebook, codes, _, _, _ = corpus
-    db = PatchDatabase.build(codes, codebook[:, :5], index="opq_ivf_pq", nlist=16, nprobe=16)  # width 20, m=8
-    assert "OPQ8_24" in db.backend.factory
+    db = PatchDatabase.build(codes[:30], codebook[:, :5], index="opq_ivf_pq", nlist=8, nprobe=8)
+    assert "OPQ8_24" in db.backend.factory  # width 4 x 5 = 20 is not a multiple of m = 8
     _, values, _ = db.search(neighbourhood_keys(codes[:2], codebook[:, :5]).reshape(-1, 20), 3)
     assert (values >= 0).all()
 
@@ -284,3 +300,14 @@ def test_ids_and_keys_agree(corpus):
     codebook, codes, _, _, _ = corpus
     ids = neighbourhood_ids(codes[:3], 1, True, pad_id=K)
     torch.testing.assert_close(extended_codebook(codebook)[ids].flatten(-2), neighbourhood_keys(codes[:3], codebook))
+
+
+def test_unfilled_ivf_hits_are_marked(corpus, databases):
+    """With one list probed an IVF search may scan fewer than k entries: those hits are -1 / inf."""
+    queries = corpus[3]
+    db = databases["ivf_flat"]
+    db.set_search_params(nprobe=1)
+    dists, values, sources = db.search(queries, 2000)
+    missing = torch.isinf(dists)
+    assert missing.any() and (~missing).any()
+    assert torch.equal(values == -1, missing) and (sources[missing] == -1).all()

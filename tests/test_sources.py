@@ -319,6 +319,7 @@ def test_missing_paths_raise(tmp_path):
         iter_source({"type": "folder", "path": str(tmp_path / "nope")})
     with pytest.raises(FileNotFoundError, match="path"):
         iter_source({"type": "mini_world", "path": tmp_path / "nope"})
+    (tmp_path / "shard-000.tar").write_bytes(b"")
     with pytest.raises(FileNotFoundError, match="shard-001.tar"):
         iter_source({"type": "webdataset", "urls": str(tmp_path / "shard-{000..001}.tar")})
 

@@ -113,14 +113,19 @@ def tokenise_shard(
     }
     meta = write_code_shard(out_dir, shard, num_shards, codes, np.asarray(image_ids, np.int64), meta)
     if not len(codes):
-        log.warning("shard %d/%d holds no readable images (more shards than images?); wrote it empty", shard, num_shards)
-    (log.warning if skipped else log.info)(
+        log.warning(
+            "shard %d/%d holds no readable images (more shards than images?); wrote it empty", shard, num_shards
+        )
+    level = logging.WARNING if skipped else logging.INFO
+    npz_path = shard_paths(out_dir, shard, num_shards)[0]
+    log.log(
+        level,
         "shard %d/%d: %d images tokenised, %d skipped -> %s",
         shard,
         num_shards,
         len(codes),
         len(skipped),
-        shard_paths(out_dir, shard, num_shards)[0],
+        npz_path,
     )
     return {k: v for k, v in meta.items() if k != "source_ids"}
 

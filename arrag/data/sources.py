@@ -35,7 +35,7 @@ from pathlib import Path
 from typing import NoReturn
 
 import numpy as np
-from PIL import Image, ImageOps
+from PIL import Image, ImageOps, UnidentifiedImageError
 
 log = logging.getLogger(__name__)
 
@@ -100,7 +100,10 @@ def preprocess(image: Image.Image, size: int) -> np.ndarray:
 
 def decode_image(data: bytes) -> Image.Image:
     """Encoded image bytes -> fully decoded PIL image, EXIF orientation applied (phone photos)."""
-    image = Image.open(io.BytesIO(data))
+    try:
+        image = Image.open(io.BytesIO(data))
+    except UnidentifiedImageError:  # PIL's message holds a BytesIO address: keep error text reproducible
+        raise UnidentifiedImageError("cannot identify image file: not an image or an unsupported format") from None
     image.load()  # decode now, so a truncated file fails here and not later
     return ImageOps.exif_transpose(image)
 

@@ -17,7 +17,7 @@ import torch
 
 from arrag.io import atomic_path, write_json
 from arrag.retrieval.backends import BACKENDS, make_backend
-from arrag.retrieval.keys import _check_codebook, _check_codes, extended_codebook, neighbourhood_ids, neighbour_offsets
+from arrag.retrieval.keys import check_codebook, check_codes, extended_codebook, neighbour_offsets, neighbourhood_ids
 
 log = logging.getLogger(__name__)
 
@@ -51,13 +51,15 @@ class PatchDatabase:
         device: str = "cpu",
         **index_params,
     ):
-        _check_codebook(codebook)
+        check_codebook(codebook)
         self.codebook = codebook.detach().to("cpu", torch.float32)  # [K, D], the L2-normalised VQ codebook
         self.codebook_sha256 = codebook_sha256(self.codebook)
         self.hops, self.causal, self.grid = hops, causal, (int(grid[0]), int(grid[1]))
         self.num_neighbours = len(neighbour_offsets(hops, causal))
         self.tokenizer_id, self.device = tokenizer_id, device
-        self.backend = make_backend(index, extended_codebook(self.codebook), self.num_neighbours, device, **index_params)
+        self.backend = make_backend(
+            index, extended_codebook(self.codebook), self.num_neighbours, device, **index_params
+        )
         self.index_name = index
         positions = self.grid[0] * self.grid[1]
         self.codes = torch.empty(0, positions, dtype=code_dtype(len(self.codebook)), device=device)  # [N, H*W]
@@ -78,7 +80,7 @@ class PatchDatabase:
     ) -> "PatchDatabase":
         """Index every position of codes [N, H, W] (edges included); image_ids [N] default to 0..N-1."""
         codes = torch.as_tensor(codes)
-        _check_codes(codes, codebook.shape[0] if codebook.ndim == 2 else None)
+        check_codes(codes, codebook.shape[0] if codebook.ndim == 2 else None)
         db = cls(codebook, tuple(codes.shape[1:]), hops, causal, index, tokenizer_id, device, **index_params)
         db.add(codes, image_ids)
         return db
@@ -88,7 +90,7 @@ class PatchDatabase:
     def add(self, codes: torch.Tensor, image_ids: torch.Tensor | None = None) -> int:
         """Append a shard codes [N, H, W] (image_ids [N], default continuing the numbering); returns entries added."""
         codes = torch.as_tensor(codes)
-        _check_codes(codes, len(self.codebook))
+        check_codes(codes, len(self.codebook))
         if tuple(codes.shape[1:]) != self.grid:
             raise ValueError(
                 f"codes grid {tuple(codes.shape[1:])} differs from the database's {self.grid}: "
@@ -160,7 +162,9 @@ class PatchDatabase:
         safe = labels.clamp(min=0)
         values = self.codes.reshape(-1)[safe].to(torch.int32).long()  # uint16 -> long via int32
         position = safe % self.positions
-        sources = torch.stack([self.image_ids[safe // self.positions], position // self.grid[1], position % self.grid[1]], -1)
+        sources = torch.stack(
+            [self.image_ids[safe // self.positions], position // self.grid[1], position % self.grid[1]], -1
+        )
         dists = torch.where(found, dists.to(labels.device, torch.float32), torch.inf)
         values = torch.where(found, values, -1)
         sources = torch.where(found[..., None], sources, -1)
@@ -236,7 +240,7 @@ class PatchDatabase:
         if not path.is_file():
             raise FileNotFoundError(f"{path} does not exist: not a saved PatchDatabase")
         meta = json.loads(path.read_text())
-        _check_codebook(codebook)
+        check_codebook(codebook)
         expected = {
             "format": FORMAT,
             "codebook_size": int(codebook.shape[0]),
@@ -245,7 +249,9 @@ class PatchDatabase:
         }
         for field, value in expected.items():
             if meta.get(field) != value:
-                hint = "rebuild it with this arrag version" if field == "format" else "pass the codebook it was built from"
+                hint = (
+                    "rebuild it with this arrag version" if field == "format" else "pass the codebook it was built from"
+                )
                 raise ValueError(
                     f"{path}: field {field!r} differs: expected {value!r} (this arrag and the codebook passed), "
                     f"found {meta.get(field)!r} (stored); {hint}"
@@ -253,8 +259,14 @@ class PatchDatabase:
         if meta["index"] not in BACKENDS:
             raise ValueError(f"{path}: unknown index {meta['index']!r}; known indexes: {', '.join(BACKENDS)}")
         db = cls(
-            codebook, tuple(meta["grid"]), meta["hops"], meta["causal"], meta["index"], meta["tokenizer_id"],
-            device, **meta["index_params"],
+            codebook,
+            tuple(meta["grid"]),
+            meta["hops"],
+            meta["causal"],
+            meta["index"],
+            meta["tokenizer_id"],
+            device,
+            **meta["index_params"],
         )
         codes = torch.from_numpy(np.load(directory / "codes.npy", allow_pickle=False).astype(np.int32))
         image_ids = torch.from_numpy(np.load(directory / "image_ids.npy", allow_pickle=False))

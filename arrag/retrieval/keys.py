@@ -34,14 +34,14 @@ def _window_index(hops: int, causal: bool) -> tuple[torch.Tensor, torch.Tensor]:
     return rows, cols
 
 
-def _check_codebook(codebook: torch.Tensor) -> None:
+def check_codebook(codebook: torch.Tensor) -> None:
     if codebook.ndim != 2:
         raise ValueError(f"codebook must be 2-D [K, D], got shape {tuple(codebook.shape)}")
     if not codebook.is_floating_point():
         raise ValueError(f"codebook must be a float tensor, got {codebook.dtype}")
 
 
-def _check_codes(codes: torch.Tensor, num_codes: int | None = None, name: str = "codes") -> None:
+def check_codes(codes: torch.Tensor, num_codes: int | None = None, name: str = "codes") -> None:
     if codes.ndim != 3:
         raise ValueError(f"{name} must be a [N, H, W] grid of token ids, got shape {tuple(codes.shape)}")
     if codes.dtype.is_floating_point or codes.dtype == torch.bool:
@@ -56,13 +56,13 @@ def _check_codes(codes: torch.Tensor, num_codes: int | None = None, name: str = 
 
 def extended_codebook(codebook: torch.Tensor) -> torch.Tensor:
     """codebook [K, D] -> [K+1, D]: row K is the zero vector that stands for a missing neighbour."""
-    _check_codebook(codebook)
+    check_codebook(codebook)
     return torch.cat([codebook, codebook.new_zeros(1, codebook.shape[1])])
 
 
 def neighbourhood_ids(codes: torch.Tensor, hops: int = 1, causal: bool = True, *, pad_id: int) -> torch.Tensor:
     """Token id of every neighbour of every position: codes [N, H, W] -> [N, H, W, n]; `pad_id` off the grid."""
-    _check_codes(codes)
+    check_codes(codes)
     rows, cols = _window_index(hops, causal)
     padded = F.pad(codes.long(), (hops, hops, hops, hops), value=pad_id)  # [N, H+2h, W+2h]
     size = 2 * hops + 1
@@ -73,7 +73,7 @@ def neighbourhood_ids(codes: torch.Tensor, hops: int = 1, causal: bool = True, *
 def neighbourhood_keys(codes: torch.Tensor, codebook: torch.Tensor, hops: int = 1, causal: bool = True) -> torch.Tensor:
     """Key of every position, edges included: codes [N, H, W] -> [N, H, W, n*D] (zeros off the grid)."""
     ext = extended_codebook(codebook)  # [K+1, D]
-    _check_codes(codes, codebook.shape[0])
+    check_codes(codes, codebook.shape[0])
     ids = neighbourhood_ids(codes.to(codebook.device), hops, causal, pad_id=codebook.shape[0])  # [N, H, W, n]
     return ext[ids].flatten(-2)  # [N, H, W, n*D]
 
@@ -89,7 +89,7 @@ def query_from_grid(
     ext = extended_codebook(codebook)  # [K+1, D]
     num_codes = codebook.shape[0]
     if grid.device.type == "cpu":  # value checks on an accelerator would cost a device sync every step
-        _check_codes(grid.clamp(min=0), num_codes, name="grid")
+        check_codes(grid.clamp(min=0), num_codes, name="grid")
         if grid.numel() and int(grid.min()) < -1:
             raise ValueError(f"grid holds token ids or -1 (not generated yet), found {int(grid.min())}")
     elif grid.ndim != 3:

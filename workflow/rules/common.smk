@@ -10,6 +10,13 @@ validate(config, schema="../schemas/config.schema.yaml")
 
 RESULTS = f"results/{config['profile']}"
 SPLITS = list(config["world"]["splits"])
+RETRIEVAL = config["retrieval"]
+NUM_SHARDS = RETRIEVAL["num_shards"]
+
+
+def code_shard(split, shard, num_shards):
+    """results/<profile>/codes/<split>/codes-SSSSS-of-TTTTT.npz (format: arrag.data.code_shards)"""
+    return f"{RESULTS}/codes/{split}/codes-{shard:05d}-of-{num_shards:05d}.npz"
 
 
 def world_dir(split_file):

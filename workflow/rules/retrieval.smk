@@ -1,14 +1,6 @@
 # The patch-level retrieval database: tokenise the corpus in shards (scatter), build one PatchDatabase
 # from all shards (gather), and measure retrieval accuracy on held-out images (paper Figure 6).
 
-RETRIEVAL = config["retrieval"]
-NUM_SHARDS = RETRIEVAL["num_shards"]
-
-
-def code_shard(split, shard, num_shards):
-    return f"{RESULTS}/codes/{split}/codes-{shard:05d}-of-{num_shards:05d}.npz"
-
-
 rule tokenise_shard:
     input:
         model=f"{RESULTS}/models/base",
@@ -23,6 +15,7 @@ rule tokenise_shard:
         source=lambda wildcards, input: json.dumps({"type": "mini_world", "path": os.path.dirname(input.images)}),
         out=lambda wildcards, output: os.path.dirname(output.codes),
         batch=RETRIEVAL["tokenise_batch_size"],
+        device=config["device"],
     log:
         f"{RESULTS}/logs/tokenise_{{split}}_{{shard}}-of-{{num_shards}}.log",
     benchmark:
@@ -36,7 +29,7 @@ rule tokenise_shard:
     shell:
         "OMP_NUM_THREADS={threads} arrag tokenise --model {input.model} --source '{params.source}' "
         "--shard $((10#{wildcards.shard})) --num-shards $((10#{wildcards.num_shards})) --out {params.out} "
-        "--batch-size {params.batch} --device {config[device]} > {log} 2>&1"
+        "--batch-size {params.batch} --device {params.device} > {log} 2>&1"
 
 
 rule build_database:
