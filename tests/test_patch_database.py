@@ -311,3 +311,14 @@ def test_unfilled_ivf_hits_are_marked(corpus, databases):
     missing = torch.isinf(dists)
     assert missing.any() and (~missing).any()
     assert torch.equal(values == -1, missing) and (sources[missing] == -1).all()
+
+
+def test_load_refuses_another_key_layout(tmp_path):
+    codebook = torch.nn.functional.normalize(torch.randn(16, 4, generator=torch.Generator().manual_seed(0)), dim=-1)
+    codes = torch.randint(0, 16, (3, 4, 4), generator=torch.Generator().manual_seed(1))
+    PatchDatabase.build(codes, codebook, hops=1, causal=True, index="flat").save(tmp_path / "db")
+    assert len(PatchDatabase.load(tmp_path / "db", codebook, hops=1, causal=True)) == 3 * 16
+    with pytest.raises(ValueError, match="'hops' differs"):
+        PatchDatabase.load(tmp_path / "db", codebook, hops=2)
+    with pytest.raises(ValueError, match="'causal' differs"):
+        PatchDatabase.load(tmp_path / "db", codebook, causal=False)

@@ -29,7 +29,9 @@ def test_retrieval_accuracy_matches_a_direct_recomputation(tmp_path):
     truth = held_out.flatten()
     _, values, _ = db.search(queries, 4)
     d = (codebook[values] - codebook[truth][:, None]).norm(dim=-1)
-    torch.testing.assert_close(torch.tensor(result["mean_distance"], dtype=torch.float64), d.mean(0).double(), rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(
+        torch.tensor(result["mean_distance"], dtype=torch.float64), d.mean(0).double(), rtol=1e-5, atol=1e-6
+    )
     hits = (values == truth[:, None]).double().mean(0)
     torch.testing.assert_close(torch.tensor(result["exact_match"], dtype=torch.float64), hits)
     # neighbours predict the centre in this data: retrieval beats random tokens

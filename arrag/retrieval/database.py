@@ -233,8 +233,16 @@ class PatchDatabase:
             write_json(tmp / "metadata.json", self.metadata)
 
     @classmethod
-    def load(cls, directory: str | Path, codebook: torch.Tensor, device: str = "cpu") -> "PatchDatabase":
-        """Open a saved database; refuses another codebook or another format version."""
+    def load(
+        cls,
+        directory: str | Path,
+        codebook: torch.Tensor,
+        device: str = "cpu",
+        hops: int | None = None,
+        causal: bool | None = None,
+    ) -> "PatchDatabase":
+        """Open a saved database; refuses another codebook, another format version, or (when given) another
+        key layout (`hops`, `causal`)."""
         directory = Path(directory)
         path = directory / "metadata.json"
         if not path.is_file():
@@ -247,11 +255,14 @@ class PatchDatabase:
             "codebook_dim": int(codebook.shape[1]),
             "codebook_sha256": codebook_sha256(codebook),
         }
+        expected.update({k: v for k, v in (("hops", hops), ("causal", causal)) if v is not None})
         for field, value in expected.items():
             if meta.get(field) != value:
-                hint = (
-                    "rebuild it with this arrag version" if field == "format" else "pass the codebook it was built from"
-                )
+                hint = {
+                    "format": "rebuild it with this arrag version",
+                    "hops": "build a database with this key layout",
+                    "causal": "build a database with this key layout",
+                }.get(field, "pass the codebook it was built from")
                 raise ValueError(
                     f"{path}: field {field!r} differs: expected {value!r} (this arrag and the codebook passed), "
                     f"found {meta.get(field)!r} (stored); {hint}"

@@ -82,3 +82,31 @@ rule retrieval_accuracy:
         "OMP_NUM_THREADS={threads} arrag retrieval-accuracy --model {input.model} --db {input.db} "
         "--codes {input.codes} --k {params.k} --max-queries {params.max_queries} --out-csv {output.csv} "
         "--out-json {output.json} --out-png {output.png} > {log} 2>&1"
+
+
+rule bench_retrieval:
+    # Not part of `all`: `snakemake --cores all bench_retrieval` measures the index backends side by side.
+    input:
+        model=f"{RESULTS}/models/base",
+        codes=[code_shard(RETRIEVAL["source"], s, NUM_SHARDS) for s in range(NUM_SHARDS)],
+        queries=code_shard("reference", 0, 1),
+    output:
+        json=f"{RESULTS}/bench/retrieval.json",
+        md=f"{RESULTS}/bench/retrieval.md",
+    params:
+        backends=" ".join(f"--backend {b}" for b in RETRIEVAL["bench"]["backends"]),
+        min_entries=RETRIEVAL["bench"]["min_entries"],
+        hops=RETRIEVAL["hops"],
+    log:
+        log_path("bench_retrieval"),
+    benchmark:
+        benchmark_path("bench_retrieval")
+    conda:
+        "../envs/arrag.yaml"
+    threads: workflow.cores
+    resources:
+        mem_mb=16000,
+    shell:
+        "OMP_NUM_THREADS={threads} arrag bench retrieval --model {input.model} --codes {input.codes} "
+        "--query-codes {input.queries} {params.backends} --authors-baseline --hops {params.hops} "
+        "--min-entries {params.min_entries} --out-json {output.json} --out-md {output.md} > {log} 2>&1"
