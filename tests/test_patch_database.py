@@ -243,11 +243,13 @@ def test_failing_save_leaves_nothing(corpus, tmp_path, monkeypatch):
 def test_bytes_per_entry(databases):
     nbits = math.ceil(math.log2(K + 1))
     compact = math.ceil(4 * nbits / 8)
-    assert databases["compact"].bytes_per_entry() == {"keys": compact, "values": 2, "provenance": 8 / 64}
-    assert databases["ivf_compact"].bytes_per_entry()["keys"] == compact + 8  # + the int64 label in its list
+    assert databases["compact"].bytes_per_entry() == {"keys": compact, "list_ids": 0, "values": 2, "provenance": 8 / 64}
+    assert databases["ivf_compact"].bytes_per_entry()["keys"] == compact
+    assert databases["ivf_compact"].bytes_per_entry()["list_ids"] == 8  # the int64 label in its list
     assert databases["flat"].bytes_per_entry()["keys"] == 4 * 4 * D
     assert databases["torch_compact"].bytes_per_entry()["keys"] == 2 * 4
-    assert databases["opq_ivf_pq"].bytes_per_entry()["keys"] == 8 + 8
+    assert databases["opq_ivf_pq"].bytes_per_entry()["keys"] == 8
+    assert databases["opq_ivf_pq"].bytes_per_entry()["list_ids"] == 8
 
 
 def test_metadata(databases):

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import platform
+import sys
 import time
 from pathlib import Path
 
@@ -95,6 +96,7 @@ def run_retrieval_bench(
             qs = queries[: max(b * 8, 64)] if b == 1 else queries
             row[f"qps@{b}"] = queries_per_second(db, qs, b, 10)
         rows.append(row)
+        print(f"[bench retrieval] {name} {params}: {row}", file=sys.stderr, flush=True)
         del db
     flat_qps = next((r["qps@32"] for r in rows if r["backend"] == "flat"), None)
     for r in rows:
@@ -121,7 +123,7 @@ def _machine() -> str:
 def markdown_table(result: dict) -> str:
     ks = sorted(int(k.split("@")[1]) for k in result["rows"][0] if k.startswith("recall@"))
     bs = sorted(int(k.split("@")[1]) for k in result["rows"][0] if k.startswith("qps@"))
-    head = ["backend", "params", "build s", "key B/entry", "value B/entry", "prov. B/entry"]
+    head = ["backend", "params", "build s", "key B/entry", "IVF id B/entry", "value B/entry", "prov. B/entry"]
     head += [f"recall@{k}" for k in ks] + [f"QPS@{b}" for b in bs] + ["×flat @32"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in result["rows"]:
@@ -132,6 +134,7 @@ def markdown_table(result: dict) -> str:
             params,
             f"{r['build_seconds']:.1f}",
             f"{bpe['keys']:.2f}",
+            f"{bpe['list_ids']:.0f}",
             f"{bpe['values']:.2f}",
             f"{bpe['provenance']:.3f}",
         ]

@@ -10,11 +10,11 @@ exact squared L2 distance to it.
 | name          | structure                                  | exact | key bytes per entry          |
 |---------------|--------------------------------------------|-------|------------------------------|
 | flat          | IndexFlatL2                                | yes   | 4 n D                        |
-| ivf_flat      | IVF{nlist},Flat                            | no    | 4 n D + 8 (list id)          |
-| ivf_pq        | IVF{nlist},PQ{m}x{nbits}                   | no    | m nbits / 8 + 8              |
-| opq_ivf_pq    | OPQ{m},IVF{nlist},PQ{m} (authors' config)  | no    | m + 8                        |
+| ivf_flat      | IVF{nlist},Flat                            | no    | 4 n D (+ 8: label in list)   |
+| ivf_pq        | IVF{nlist},PQ{m}x{nbits}                   | no    | m nbits / 8 (+ 8)            |
+| opq_ivf_pq    | OPQ{m},IVF{nlist},PQ{m} (authors' config)  | no    | m (+ 8)                      |
 | compact       | IndexPQ, fixed centroids, codes from ids   | yes   | ceil(n ceil(log2(K+1)) / 8)  |
-| ivf_compact   | IVFPQ (not residual) over the same codes   | no*   | ceil(n ceil(log2(K+1)) / 8) + 8 |
+| ivf_compact   | IVFPQ (not residual) over the same codes   | no*   | ceil(n ceil(log2(K+1)) / 8) (+ 8) |
 | torch_compact | ids on the device, lookup-table ADC        | yes   | 2 n (4 n when K >= 32768)    |
 
 (*) exact distances, only the list pruning is approximate: nprobe = nlist is exact search.
@@ -186,13 +186,17 @@ class FaissBackend(Backend):
         super().set_search_params(**params)
 
     def key_bytes(self) -> float:
-        """Bytes stored per entry for its key: the code, plus the int64 label an inverted list keeps beside it."""
+        """Bytes stored per entry for its key code (the int64 list label of IVF indexes: `list_id_bytes`)."""
         if self.index is None:
             return float("nan")
         ivf = faiss.try_extract_index_ivf(self.index)
-        if ivf is None:  # flat codes only
-            return float(self.index.sa_code_size())
-        return float(ivf.code_size + np.dtype(np.int64).itemsize)
+        return float(self.index.sa_code_size() if ivf is None else ivf.code_size)
+
+    def list_id_bytes(self) -> float:
+        """Bytes per entry an IVF keeps beside each code in its inverted list: the entry's int64 label."""
+        if self.index is None or faiss.try_extract_index_ivf(self.index) is None:
+            return 0.0
+        return float(np.dtype(np.int64).itemsize)
 
     def save(self, directory: Path) -> None:
         faiss.write_index(self.index, str(directory / "index.faiss"))
@@ -378,6 +382,9 @@ class TorchCompact(Backend):
 
     def key_bytes(self) -> float:
         return float(self.n * torch.empty(0, dtype=self.id_dtype).element_size())
+
+    def list_id_bytes(self) -> float:
+        return 0.0
 
 
 BACKENDS: dict[str, type[Backend]] = {

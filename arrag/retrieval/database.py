@@ -199,6 +199,7 @@ class PatchDatabase:
         """In-memory bytes per entry, read from the storage itself (fixed costs such as centroids excluded)."""
         return {
             "keys": self.backend.key_bytes(),
+            "list_ids": self.backend.list_id_bytes(),  # int64 labels in IVF inverted lists, 0 otherwise
             "values": float(self.codes.element_size()),
             "provenance": self.image_ids.element_size() / self.positions,
         }
