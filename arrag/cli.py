@@ -39,6 +39,52 @@ def _sampling_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:1, ... (auto: cuda when available)")
 
 
+def _method_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--method", choices=["vanilla", "daid"], default="vanilla")
+    p.add_argument("--db", default=None, help="PatchDatabase directory (arrag build-db), for --method daid")
+    p.add_argument("--daid-k", type=int, default=10, help="retrieved patches per step")
+    p.add_argument("--daid-weight", type=float, default=0.1, help="lambda: weight of the retrieval distribution")
+    p.add_argument("--daid-temperature", type=float, default=1.0, help="tau: retrieval softmax temperature")
+    p.add_argument("--daid-unique", action="store_true", help="keep only the closest hit of each token")
+
+
+def _hooks(args, pipe) -> list:
+    """Decoding hooks for --method: none for vanilla, a DAiD hook over --db for daid."""
+    if args.method == "vanilla":
+        return []
+    if not args.db:
+        raise ValueError("--method daid needs --db DIR (a PatchDatabase built with `arrag build-db`)")
+    from arrag.decoding.daid import DAiD
+    from arrag.models.vq import VQTokenizer
+    from arrag.retrieval.database import PatchDatabase
+
+    codebook = VQTokenizer.from_janus(pipe.model).codebook
+    db = PatchDatabase.load(args.db, codebook=codebook, device=str(pipe.device))
+    return [
+        DAiD(
+            db,
+            codebook,
+            k=args.daid_k,
+            weight=args.daid_weight,
+            temperature=args.daid_temperature,
+            unique=args.daid_unique,
+        )
+    ]
+
+
+def _method_settings(args) -> dict:
+    if args.method == "vanilla":
+        return {"method": "vanilla"}
+    return {
+        "method": "daid",
+        "db": str(args.db),
+        "k": args.daid_k,
+        "weight": args.daid_weight,
+        "temperature": args.daid_temperature,
+        "unique": args.daid_unique,
+    }
+
+
 def _sampling(args):
     from arrag.decoding.loop import SamplingConfig
 
@@ -107,7 +153,14 @@ def cmd_generate(args) -> None:
     from arrag.decoding.pipeline import ImageGenerationPipeline
 
     pipe = ImageGenerationPipeline.from_pretrained(args.model, revision=args.revision, device=args.device)
-    images, _ = pipe(args.prompt, n=args.n, sampling=_sampling(args), seed=args.seed, batch_size=args.batch_size)
+    images, _ = pipe(
+        args.prompt,
+        n=args.n,
+        sampling=_sampling(args),
+        seed=args.seed,
+        batch_size=args.batch_size,
+        hooks=_hooks(args, pipe),
+    )
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     for i, image in enumerate(images):
@@ -133,7 +186,8 @@ def cmd_generate_benchmark(args) -> None:
         seed=args.seed,
         batch_size=args.batch_size,
         prompt_field=args.prompt_field,
-        settings={"model": str(args.model), "method": "vanilla"},
+        hooks=_hooks(args, pipe),
+        settings={"model": str(args.model), **_method_settings(args)},
     )
     summary["seconds"] = time.time() - t0
     write_json(Path(args.out) / "generation.json", summary)  # written last: marks the folder complete
@@ -301,6 +355,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--n", type=int, default=4, help="images per prompt")
     p.add_argument("--out", required=True)
     _sampling_args(p)
+    _method_args(p)
     p.set_defaults(func=cmd_generate)
 
     p = sub.add_parser("generate-benchmark", help="generate a prompt set into GenEval's folder layout (resumable)")
@@ -312,6 +367,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--n", type=int, default=4)
     p.add_argument("--out", required=True)
     _sampling_args(p)
+    _method_args(p)
     p.set_defaults(func=cmd_generate_benchmark)
 
     p = sub.add_parser("tokenise", help="encode one shard of an image source into a code shard")

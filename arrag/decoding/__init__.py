@@ -1,9 +1,11 @@
-"""Decoding: the autoregressive loop with guidance and hooks, and the text-to-image pipeline."""
+"""Decoding: the autoregressive loop with guidance and hooks, DAiD, and the text-to-image pipeline."""
 
+from arrag.decoding.daid import DAiD, merge_distributions, retrieval_distribution
 from arrag.decoding.loop import DecodingHook, SamplingConfig, StepState, generate_image_tokens, guide
 from arrag.decoding.pipeline import ImageGenerationPipeline, image_seed
 
 __all__ = [
+    "DAiD",
     "DecodingHook",
     "ImageGenerationPipeline",
     "SamplingConfig",
@@ -11,4 +13,6 @@ __all__ = [
     "generate_image_tokens",
     "guide",
     "image_seed",
+    "merge_distributions",
+    "retrieval_distribution",
 ]

@@ -1,7 +1,5 @@
 """Patch-level retrieval (paper section 3.1): neighbourhood keys, the PatchDatabase and its index backends."""
 
-from arrag.retrieval.backends import BACKENDS
-from arrag.retrieval.database import FORMAT, PatchDatabase
 from arrag.retrieval.keys import neighbour_offsets, neighbourhood_ids, neighbourhood_keys, query_from_grid
 
 __all__ = [
@@ -13,3 +11,16 @@ __all__ = [
     "neighbourhood_keys",
     "query_from_grid",
 ]
+
+
+def __getattr__(name: str):
+    # the database imports FAISS; load it on first use so keys (and DAiD's queries) work without FAISS
+    if name in ("PatchDatabase", "FORMAT"):
+        from arrag.retrieval import database
+
+        return getattr(database, name)
+    if name == "BACKENDS":
+        from arrag.retrieval.backends import BACKENDS
+
+        return BACKENDS
+    raise AttributeError(f"module 'arrag.retrieval' has no attribute {name!r}")

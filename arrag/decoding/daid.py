@@ -1,0 +1,100 @@
+"""DAiD: Distribution-Augmentation in Decoding (paper section 3.2), training-free.
+
+At every step the query is built from the image's already generated causal neighbours, the database
+returns the k nearest patches, their tokens form a retrieval distribution (Eq. 2-3) and it is merged
+into the model's next-token distribution (Eq. 4): (1 - weight) * p_model + weight * p_ret.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+
+from arrag.decoding.loop import DecodingHook, StepState
+from arrag.retrieval.keys import query_from_grid
+
+
+def retrieval_distribution(
+    sq_dists: torch.Tensor, values: torch.Tensor, vocab_size: int, temperature: float, unique: bool = False
+) -> torch.Tensor:
+    """p_ret [B, V]: softmax(-sq_dists / temperature) over the k hits, each hit's mass on its token.
+
+    sq_dists, values [B, k] as PatchDatabase.search returns them (ascending; missing hits: inf / -1).
+    `unique=True` keeps only the closest hit of each token (the authors' code). A row without any hit
+    is all zeros.
+    """
+    if temperature <= 0:
+        raise ValueError(f"retrieval temperature must be > 0, got {temperature}")
+    valid = values >= 0  # [B, k]
+    if unique:
+        # a hit is a repeat when an earlier (closer) hit carries the same token
+        same = values[:, :, None] == values[:, None, :]  # [B, k, k]
+        earlier = torch.ones_like(same[0]).tril(-1).bool()  # [k, k]: j' < j
+        valid &= ~(same & earlier).any(-1)
+    logits = torch.where(valid, -sq_dists.float() / temperature, float("-inf"))
+    weights = torch.softmax(logits, dim=-1).nan_to_num(0.0)  # all -inf (no hit) -> zeros
+    p_ret = torch.zeros(values.shape[0], vocab_size, dtype=weights.dtype, device=values.device)
+    return p_ret.scatter_add_(1, values.clamp(min=0), weights)
+
+
+def merge_distributions(
+    p_model: torch.Tensor,
+    sq_dists: torch.Tensor,
+    values: torch.Tensor,
+    weight: float,
+    temperature: float,
+    unique: bool = False,
+) -> torch.Tensor:
+    """DAiD's merged distribution [B, V] = (1 - weight) * p_model + weight * p_ret (paper Eq. 4).
+
+    Rows whose retrieval found nothing keep p_model. weight = 0 returns p_model itself.
+    """
+    if not 0 <= weight <= 1:
+        raise ValueError(f"DAiD weight must be in [0, 1], got {weight}")
+    if weight == 0:
+        return p_model
+    p_ret = retrieval_distribution(sq_dists, values, p_model.shape[-1], temperature, unique).to(p_model.dtype)
+    found = (values >= 0).any(-1, keepdim=True)  # [B, 1]
+    merged = (1 - weight) * p_model + weight * p_ret
+    return torch.where(found, merged, p_model)
+
+
+class DAiD(DecodingHook):
+    """The DAiD decoding hook: batched retrieval for every image at every retrieving step.
+
+    Everything stays on the queries' device (a `torch_compact` database on the GPU needs no host sync).
+    `retrieve_at(step)` chooses which steps retrieve (default: all).
+    """
+
+    def __init__(
+        self,
+        db,
+        codebook: torch.Tensor,
+        k: int = 10,
+        weight: float = 0.1,
+        temperature: float = 1.0,
+        unique: bool = False,
+        retrieve_at: Callable[[int], bool] | None = None,
+    ):
+        if not 0 <= weight <= 1:
+            raise ValueError(f"DAiD weight must be in [0, 1], got {weight}")
+        self.db, self.codebook = db, codebook
+        self.k, self.weight, self.temperature, self.unique = k, weight, temperature, unique
+        self.retrieve_at = retrieve_at or (lambda step: True)
+        self.last_sources: torch.Tensor | None = None  # [B, k, 3] provenance of the last step's hits
+
+    def adjust_probs(self, state: StepState, probs: torch.Tensor) -> torch.Tensor:
+        if self.weight == 0 or not self.retrieve_at(state.step):
+            return probs
+        query = query_from_grid(
+            state.grid,
+            state.row,
+            state.col,
+            self.codebook.to(state.grid.device),
+            hops=self.db.hops,
+            causal=self.db.causal,
+        )  # [B, n*D]
+        sq_dists, values, sources = self.db.search(query, self.k)
+        self.last_sources = sources
+        return merge_distributions(probs, sq_dists, values, self.weight, self.temperature, self.unique)
