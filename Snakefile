@@ -13,8 +13,9 @@ include: "workflow/rules/retrieval.smk"
 
 rule all:
     input:
-        f"{RESULTS}/images/vanilla/geneval/generation.json",
-        f"{RESULTS}/images/vanilla/reference/generation.json",
-        f"{RESULTS}/figures/samples_vanilla.png",
+        expand("{results}/images/{method}/{prompts}/generation.json", results=RESULTS, method=METHODS,
+               prompts=["geneval", "reference"]),
+        expand("{results}/figures/samples_{method}.png", results=RESULTS, method=METHODS),
         f"{RESULTS}/tables/retrieval_accuracy.csv",
+        [f"{RESULTS}/tables/over_copying.csv"] if RETRIEVAL_METHODS else [],
     default_target: True

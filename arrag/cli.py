@@ -68,6 +68,7 @@ def _hooks(args, pipe) -> list:
             weight=args.daid_weight,
             temperature=args.daid_temperature,
             unique=args.daid_unique,
+            record=True,  # hits of every step, for the over-copying measurement (copying.json per prompt)
         )
     ]
 
@@ -314,6 +315,48 @@ def cmd_bench_retrieval(args) -> None:
     print(Path(args.out_md).read_text())
 
 
+def cmd_bench_generate(args) -> None:
+    from arrag.bench.generate import run_generation_bench, write_results
+    from arrag.decoding.daid import DAiD
+    from arrag.decoding.pipeline import ImageGenerationPipeline
+    from arrag.io import read_jsonl
+    from arrag.models.vq import VQTokenizer
+    from arrag.retrieval.database import PatchDatabase
+
+    pipe = ImageGenerationPipeline.from_pretrained(args.model, revision=args.revision, device=args.device)
+    prompts = [r[args.prompt_field] for r in read_jsonl(args.prompts)] if args.prompts else ["a photo of a circle"]
+    methods = {"vanilla": list}
+    if args.db:
+        codebook = VQTokenizer.from_janus(pipe.model).codebook
+        db = PatchDatabase.load(args.db, codebook=codebook, device=str(pipe.device))
+        methods["daid"] = lambda: [DAiD(db, codebook, k=args.daid_k, weight=args.daid_weight)]
+    result = run_generation_bench(
+        pipe, prompts, methods, batch_size=args.batch_size, repeats=args.repeats, sampling=_sampling(args)
+    )
+    write_results(result, args.out_json, args.out_md)
+    print(Path(args.out_md).read_text())
+
+
+def cmd_over_copying(args) -> None:
+    from arrag.evaluation.over_copying import read_copying_records, summarise
+    from arrag.io import write_text
+
+    if len(args.label) != len(args.images):
+        raise ValueError(
+            f"give one --label per --images folder (got {len(args.label)} labels, {len(args.images)} folders)"
+        )
+    header = "method,images,copied_fraction_mean,largest_region_fraction_mean,largest_region_fraction_max"
+    lines = [header]
+    for label, folder in zip(args.label, args.images):
+        row = summarise(read_copying_records(folder))
+        lines.append(
+            f"{label},{row['images']},{row['copied_fraction_mean']:.4f},{row['largest_region_fraction_mean']:.4f},"
+            f"{row['largest_region_fraction_max']:.4f}"
+        )
+    write_text(args.out_csv, "\n".join(lines) + "\n")
+    print("\n".join(lines))
+
+
 def cmd_grid(args) -> None:
     from arrag.visualise import sample_grid
 
@@ -420,6 +463,26 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out-json", required=True)
     p.add_argument("--out-md", required=True)
     p.set_defaults(func=cmd_bench_retrieval)
+
+    p = bench.add_parser("generate", help="images/s and time per step: vanilla vs DAiD, side by side")
+    p.add_argument("--model", required=True)
+    p.add_argument("--revision", default=None)
+    p.add_argument("--db", default=None, help="PatchDatabase: adds the DAiD row")
+    p.add_argument("--daid-k", type=int, default=10)
+    p.add_argument("--daid-weight", type=float, default=0.1)
+    p.add_argument("--prompts", default=None, help="JSONL of prompt records")
+    p.add_argument("--prompt-field", default="prompt")
+    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--out-json", required=True)
+    p.add_argument("--out-md", required=True)
+    _sampling_args(p)
+    p.set_defaults(func=cmd_bench_generate, batch_size=16)
+
+    p = sub.add_parser("over-copying", help="over-copying table from generated folders' copying.json files")
+    p.add_argument("--images", action="append", required=True, help="GenEval-layout folder of a retrieval method")
+    p.add_argument("--label", action="append", required=True, help="method name of each --images folder")
+    p.add_argument("--out-csv", required=True)
+    p.set_defaults(func=cmd_over_copying)
 
     p = sub.add_parser("grid", help="tile generated images (GenEval layout) with their prompts into one PNG")
     p.add_argument("--images", required=True)

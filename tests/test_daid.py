@@ -139,3 +139,37 @@ def test_generate_command_with_daid(tiny_janus, tiny_db, tmp_path, capsys):
     from PIL import Image
 
     assert len(list((tmp_path / "o").glob("*.png"))) == 2 and Image.open(tmp_path / "o" / "prompt000_00.png")
+
+
+def test_daid_generation_writes_over_copying_records(tiny_janus, tiny_db, tmp_path):
+    from arrag.decoding.pipeline import ImageGenerationPipeline, generate_prompt_set
+    from arrag.evaluation.over_copying import read_copying_records
+
+    model, processor, _ = tiny_janus
+    db, codebook, allowed = tiny_db
+    pipe = ImageGenerationPipeline(model, processor, "cpu")
+    hook = DAiD(db, codebook, k=4, weight=1.0, record=True)
+    records = [{"prompt": "a photo of a circle"}, {"prompt": "a photo of a square"}]
+    generate_prompt_set(pipe, records, tmp_path, n=2, sampling=SamplingConfig(guidance_scale=3.0), hooks=[hook])
+    rows = read_copying_records(tmp_path)
+    assert len(rows) == 4
+    # weight 1: every token is one of the retrieved candidates of its step
+    assert all(r["copied_fraction"] == 1.0 for r in rows)
+    assert all(0 < r["largest_region_fraction"] <= 1 for r in rows)
+
+
+def test_generation_bench_rows_and_ratios(tiny_janus, tiny_db):
+    from arrag.bench.generate import markdown_table, run_generation_bench
+    from arrag.decoding.pipeline import ImageGenerationPipeline
+
+    model, processor, _ = tiny_janus
+    db, codebook, _ = tiny_db
+    pipe = ImageGenerationPipeline(model, processor, "cpu")
+    methods = {"vanilla": list, "daid": lambda: [DAiD(db, codebook, k=4, weight=0.2)]}
+    result = run_generation_bench(
+        pipe, ["a photo of a circle"], methods, batch_size=2, repeats=1, sampling=SamplingConfig(guidance_scale=3.0)
+    )
+    rows = {r["method"]: r for r in result["rows"]}
+    assert rows["vanilla"]["overhead_vs_vanilla"] == 0.0 and len(rows["daid"]["runs"]) == 1
+    assert rows["daid"]["seconds_per_step"] == rows["daid"]["seconds_per_batch"] / 16
+    assert "| daid |" in markdown_table(result)

@@ -70,14 +70,39 @@ def test_whole_dag_on_the_toy_profile(tmp_path):
     assert list((res / "models/base").glob("*.safetensors")) and (res / "models/base/tokenizer.json").is_file()
     assert not (res / "models/base.partial").exists()
 
+    # the retrieval database: two corpus shards gathered into one database, Figure 6 from held-out codes
+    shards = sorted((res / "codes/corpus").glob("codes-*-of-00002.json"))
+    assert len(shards) == 2 and sum(json.loads(p.read_text())["count"] for p in shards) == 200
+    meta = json.loads((res / "retrieval/db/metadata.json").read_text())
+    assert meta["ntotal"] == 200 * 8 * 8 and meta["index"] == "ivf_compact" and meta["hops"] == 1
+    lines = (res / "tables/retrieval_accuracy.csv").read_text().splitlines()
+    assert lines[0] == "rank,mean_distance,std_distance,exact_match" and lines[-1].startswith("random,")
+    assert len(lines) == 1 + 5 + 1 and (res / "figures/retrieval_accuracy.png").is_file()
+
+    # DAiD: images in the same layout, each prompt folder with its over-copying records, and the table
+    daid = res / "images/daid/geneval"
+    assert len(list(daid.glob("0*/samples/*.png"))) == 2 * len(prompts)
+    assert len(json.loads((daid / "00000" / "copying.json").read_text())) == 2
+    assert json.loads((daid / "settings.json").read_text())["method"] == "daid"
+    table = (res / "tables/over_copying.csv").read_text().splitlines()
+    assert table[0].startswith("method,images,copied_fraction_mean") and table[1].startswith("daid,24,")
+
     # one log and one benchmark per rule
     rules = [
         "world",
         "train_vq",
         "train_base",
-        "generate_geneval_vanilla",
-        "generate_reference_vanilla",
-        "sample_grid_vanilla",
+        "tokenise_corpus_00000-of-00002",
+        "tokenise_corpus_00001-of-00002",
+        "tokenise_reference_00000-of-00001",
+        "build_database",
+        "retrieval_accuracy",
+        "over_copying",
+    ]
+    rules += [
+        f"{rule}_{method}"
+        for rule in ("generate_geneval", "generate_reference", "sample_grid")
+        for method in ("vanilla", "daid")
     ]
     for rule in rules:
         assert (res / "logs" / f"{rule}.log").is_file()

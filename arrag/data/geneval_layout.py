@@ -32,12 +32,19 @@ def is_complete(folder: Path, n: int) -> bool:
     )
 
 
-def write_prompt_folder(root: str | Path, index: int, metadata: dict, images: np.ndarray) -> Path:
-    """images uint8 [n, S, S, 3] -> <root>/<index>/{metadata.jsonl, samples/NNNN.png}, atomically."""
+def write_prompt_folder(
+    root: str | Path, index: int, metadata: dict, images: np.ndarray, extra: dict | None = None
+) -> Path:
+    """images uint8 [n, S, S, 3] -> <root>/<index>/{metadata.jsonl, samples/NNNN.png}, atomically.
+
+    `extra` maps file names to JSON-serialisable objects written beside them (e.g. copying.json).
+    """
     final = prompt_folder(root, index)
     with atomic_path(final, directory=True) as tmp:
         (tmp / "samples").mkdir()
         (tmp / "metadata.jsonl").write_text(json.dumps(metadata) + "\n")
+        for name, obj in (extra or {}).items():
+            (tmp / name).write_text(json.dumps(obj, indent=1) + "\n")
         for i, image in enumerate(images):
             Image.fromarray(image).save(tmp / "samples" / f"{i:04d}.png")
     return final

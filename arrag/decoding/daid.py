@@ -64,7 +64,8 @@ class DAiD(DecodingHook):
     """The DAiD decoding hook: batched retrieval for every image at every retrieving step.
 
     Everything stays on the queries' device (a `torch_compact` database on the GPU needs no host sync).
-    `retrieve_at(step)` chooses which steps retrieve (default: all).
+    `retrieve_at(step)` chooses which steps retrieve (default: all). With `record=True` the hits of every
+    step are kept for the over-copying measurement (`recorded()`).
     """
 
     def __init__(
@@ -76,6 +77,7 @@ class DAiD(DecodingHook):
         temperature: float = 1.0,
         unique: bool = False,
         retrieve_at: Callable[[int], bool] | None = None,
+        record: bool = False,
     ):
         if not 0 <= weight <= 1:
             raise ValueError(f"DAiD weight must be in [0, 1], got {weight}")
@@ -83,9 +85,20 @@ class DAiD(DecodingHook):
         self.k, self.weight, self.temperature, self.unique = k, weight, temperature, unique
         self.retrieve_at = retrieve_at or (lambda step: True)
         self.last_sources: torch.Tensor | None = None  # [B, k, 3] provenance of the last step's hits
+        self.record = record
+        self._values: list[torch.Tensor] = []
+        self._sources: list[torch.Tensor] = []
+
+    def before_forward(self, state: StepState) -> None:
+        if state.step == 0:  # a new batch of images
+            self._values, self._sources = [], []
 
     def adjust_probs(self, state: StepState, probs: torch.Tensor) -> torch.Tensor:
         if self.weight == 0 or not self.retrieve_at(state.step):
+            if self.record:
+                b = probs.shape[0]
+                self._values.append(torch.full((b, self.k), -1, dtype=torch.long, device=probs.device))
+                self._sources.append(torch.full((b, self.k, 3), -1, dtype=torch.long, device=probs.device))
             return probs
         query = query_from_grid(
             state.grid,
@@ -97,4 +110,13 @@ class DAiD(DecodingHook):
         )  # [B, n*D]
         sq_dists, values, sources = self.db.search(query, self.k)
         self.last_sources = sources
+        if self.record:
+            self._values.append(values)
+            self._sources.append(sources)
         return merge_distributions(probs, sq_dists, values, self.weight, self.temperature, self.unique)
+
+    def recorded(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """The last batch's hits per raster step: values [T, B, k], sources [T, B, k, 3] (-1 = none)."""
+        if not self.record or not self._values:
+            raise ValueError("nothing recorded: create the hook with record=True and generate first")
+        return torch.stack(self._values), torch.stack(self._sources)

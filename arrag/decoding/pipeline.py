@@ -123,10 +123,23 @@ def generate_prompt_set(
         chunk = todo[start : start + per_batch]
         prompts = [records[i][prompt_field] for i in chunk]
         offsets = [occurrence[i] * n for i in chunk]
-        images, _ = pipe(
+        images, codes = pipe(
             prompts, n=n, sampling=sampling, seed=seed, batch_size=len(chunk) * n, hooks=hooks, first_sample=offsets
         )
+        copying = _over_copying(hooks, codes)
         for j, i in enumerate(chunk):
             meta = {**records[i], "prompt": records[i][prompt_field]}
-            write_prompt_folder(root, i, meta, images[j * n : (j + 1) * n])
+            extra = {"copying.json": copying[j * n : (j + 1) * n]} if copying else None
+            write_prompt_folder(root, i, meta, images[j * n : (j + 1) * n], extra)
     return {**run_settings, "generated": len(todo), "reused": len(records) - len(todo)}
+
+
+def _over_copying(hooks, codes: torch.Tensor) -> list[dict] | None:
+    """Per-image over-copying statistics from the first hook that recorded its retrievals, if any."""
+    from arrag.evaluation.over_copying import copy_sources, over_copying
+
+    for hook in hooks:
+        if getattr(hook, "record", False):
+            values, sources = hook.recorded()
+            return over_copying(copy_sources(codes.to(values.device), values, sources))
+    return None

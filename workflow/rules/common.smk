@@ -44,3 +44,26 @@ def sampling_flags():
         f"--seed {g['seed']} --batch-size {g['batch_size']} --device {config['device']}"
     )
     return flags + (f" --top-k {g['top_k']}" if g["top_k"] else "")
+
+
+METHODS = config["methods"]
+RETRIEVAL_METHODS = [m for m in METHODS if m in ("daid",)]  # methods whose hits have provenance
+
+
+def generation_inputs(wildcards):
+    """The backbone, plus the retrieval database for retrieval-augmented methods."""
+    inputs = {"model": f"{RESULTS}/models/base"}
+    if wildcards.method == "daid":
+        inputs["db"] = f"{RESULTS}/retrieval/db"
+    return inputs
+
+
+def method_flags(wildcards, input):
+    """CLI flags selecting the decoding method and its settings."""
+    if wildcards.method == "vanilla":
+        return "--method vanilla"
+    d = config["daid"]
+    return (
+        f"--method daid --db {input.db} --daid-k {d['k']} --daid-weight {d['weight']} "
+        f"--daid-temperature {d['temperature']}" + (" --daid-unique" if d["unique"] else "")
+    )

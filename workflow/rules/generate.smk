@@ -1,21 +1,23 @@
-# Image generation in GenEval's folder layout (<00000>/metadata.jsonl + samples/0000.png), and sample grids.
+# Image generation per method (vanilla, daid) in GenEval's folder layout (<00000>/metadata.jsonl +
+# samples/0000.png), sample grids, and the over-copying table of retrieval methods.
 # Each job resumes: finished prompt folders are kept; generation.json is written last.
 
 
 rule generate_geneval:
     input:
-        model=f"{RESULTS}/models/base",
+        unpack(generation_inputs),
         prompts=f"{RESULTS}/world/geneval/evaluation_metadata.jsonl",
     output:
-        f"{RESULTS}/images/vanilla/geneval/generation.json",
+        f"{RESULTS}/images/{{method}}/geneval/generation.json",
     params:
         out=lambda wildcards, output: os.path.dirname(output[0]),
         n=config["generation"]["images_per_prompt"],
         sampling=sampling_flags(),
+        method=method_flags,
     log:
-        log_path("generate_geneval_vanilla"),
+        f"{RESULTS}/logs/generate_geneval_{{method}}.log",
     benchmark:
-        benchmark_path("generate_geneval_vanilla")
+        f"{RESULTS}/benchmarks/generate_geneval_{{method}}.tsv"
     conda:
         "../envs/arrag.yaml"
     threads: workflow.cores
@@ -24,23 +26,24 @@ rule generate_geneval:
         mem_mb=4000,
     shell:
         "OMP_NUM_THREADS={threads} arrag generate-benchmark --model {input.model} --prompts {input.prompts} "
-        "--n {params.n} --out {params.out} {params.sampling} > {log} 2>&1"
+        "--n {params.n} --out {params.out} {params.sampling} {params.method} > {log} 2>&1"
 
 
 rule generate_reference:
     input:
-        model=f"{RESULTS}/models/base",
+        unpack(generation_inputs),
         prompts=f"{RESULTS}/world/reference/metadata.jsonl",
     output:
-        f"{RESULTS}/images/vanilla/reference/generation.json",
+        f"{RESULTS}/images/{{method}}/reference/generation.json",
     params:
         out=lambda wildcards, output: os.path.dirname(output[0]),
         limit=config["generation"]["reference_prompts"],
         sampling=sampling_flags(),
+        method=method_flags,
     log:
-        log_path("generate_reference_vanilla"),
+        f"{RESULTS}/logs/generate_reference_{{method}}.log",
     benchmark:
-        benchmark_path("generate_reference_vanilla")
+        f"{RESULTS}/benchmarks/generate_reference_{{method}}.tsv"
     conda:
         "../envs/arrag.yaml"
     threads: workflow.cores
@@ -49,20 +52,21 @@ rule generate_reference:
         mem_mb=4000,
     shell:
         "OMP_NUM_THREADS={threads} arrag generate-benchmark --model {input.model} --prompts {input.prompts} "
-        "--prompt-field caption --limit {params.limit} --n 1 --out {params.out} {params.sampling} > {log} 2>&1"
+        "--prompt-field caption --limit {params.limit} --n 1 --out {params.out} {params.sampling} "
+        "{params.method} > {log} 2>&1"
 
 
 rule sample_grid:
     input:
-        f"{RESULTS}/images/vanilla/geneval/generation.json",
+        f"{RESULTS}/images/{{method}}/geneval/generation.json",
     output:
-        report(f"{RESULTS}/figures/samples_vanilla.png", caption="../report/samples.rst", category="Samples"),
+        report(f"{RESULTS}/figures/samples_{{method}}.png", caption="../report/samples.rst", category="Samples"),
     params:
         images=lambda wildcards, input: os.path.dirname(input[0]),
     log:
-        log_path("sample_grid_vanilla"),
+        f"{RESULTS}/logs/sample_grid_{{method}}.log",
     benchmark:
-        benchmark_path("sample_grid_vanilla")
+        f"{RESULTS}/benchmarks/sample_grid_{{method}}.tsv"
     conda:
         "../envs/arrag.yaml"
     threads: 1
@@ -70,3 +74,55 @@ rule sample_grid:
         mem_mb=1000,
     shell:
         "arrag grid --images {params.images} --out {output} > {log} 2>&1"
+
+
+rule over_copying:
+    input:
+        expand("{results}/images/{method}/geneval/generation.json", results=RESULTS, method=RETRIEVAL_METHODS),
+    output:
+        f"{RESULTS}/tables/over_copying.csv",
+    params:
+        folders=lambda wildcards, input: " ".join(f"--images {os.path.dirname(p)}" for p in input),
+        labels=" ".join(f"--label {m}" for m in RETRIEVAL_METHODS),
+    log:
+        log_path("over_copying"),
+    benchmark:
+        benchmark_path("over_copying")
+    conda:
+        "../envs/arrag.yaml"
+    threads: 1
+    resources:
+        mem_mb=1000,
+    shell:
+        "arrag over-copying {params.folders} {params.labels} --out-csv {output} > {log} 2>&1"
+
+
+rule bench_generate:
+    # Not part of `all`: `snakemake --cores all bench_generate` measures vanilla vs DAiD side by side.
+    input:
+        model=f"{RESULTS}/models/base",
+        db=f"{RESULTS}/retrieval/db",
+        prompts=f"{RESULTS}/world/geneval/evaluation_metadata.jsonl",
+    output:
+        json=f"{RESULTS}/bench/generate.json",
+        md=f"{RESULTS}/bench/generate.md",
+    params:
+        k=config["daid"]["k"],
+        weight=config["daid"]["weight"],
+        guidance=config["generation"]["guidance_scale"],
+        device=config["device"],
+    log:
+        log_path("bench_generate"),
+    benchmark:
+        benchmark_path("bench_generate")
+    conda:
+        "../envs/arrag.yaml"
+    threads: workflow.cores
+    resources:
+        gpu=1,
+        mem_mb=4000,
+    shell:
+        "OMP_NUM_THREADS={threads} arrag bench generate --model {input.model} --db {input.db} "
+        "--prompts {input.prompts} --daid-k {params.k} --daid-weight {params.weight} "
+        "--guidance-scale {params.guidance} --batch-size 16 --repeats 5 --device {params.device} "
+        "--out-json {output.json} --out-md {output.md} > {log} 2>&1"
