@@ -104,7 +104,7 @@ class DAiD(DecodingHook):
             state.grid,
             state.row,
             state.col,
-            self.codebook.to(state.grid.device),
+            self._codebook_on(state.grid.device),
             hops=self.db.hops,
             causal=self.db.causal,
         )  # [B, n*D]
@@ -114,6 +114,12 @@ class DAiD(DecodingHook):
             self._values.append(values)
             self._sources.append(sources)
         return merge_distributions(probs, sq_dists, values, self.weight, self.temperature, self.unique)
+
+    def _codebook_on(self, device: torch.device) -> torch.Tensor:
+        """The codebook on the decoding device, copied once rather than at every step."""
+        if self.codebook.device != device:
+            self.codebook = self.codebook.to(device)
+        return self.codebook
 
     def recorded(self) -> tuple[torch.Tensor, torch.Tensor]:
         """The last batch's hits per raster step: values [T, B, k], sources [T, B, k, 3] (-1 = none)."""
