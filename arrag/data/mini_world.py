@@ -34,15 +34,15 @@ from __future__ import annotations
 
 import copy
 import json
-import os
-import tempfile
 import zlib
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
 
 import numpy as np
+
+from arrag.io import atomic_path, write_json, write_jsonl
 
 SHAPES: tuple[str, ...] = ("circle", "square", "triangle", "diamond")
 # Saturated, hue-separated GenEval colour names (hues ~0, 30, 55, 130, 225, 280 degrees); pairwise RGB
@@ -517,35 +517,6 @@ def make_split(
     return images, records
 
 
-def _write_temp(path: Path, write: Callable[[object], None]) -> str:
-    """Write to a temp file next to `path` (same filesystem, so os.replace is atomic); return its name."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-    except BaseException:
-        os.remove(tmp)
-        raise
-    return tmp
-
-
-def _atomic_write_all(files: list[tuple[Path, Callable[[object], None]]]) -> None:
-    """Write every file to a temp name first, then os.replace them all: a failure while writing leaves
-    no file under a final name changed (and no temp file behind)."""
-    tmps: list[str] = []
-    try:
-        for path, write in files:
-            tmps.append(_write_temp(path, write))
-    except BaseException:
-        for tmp in tmps:
-            os.remove(tmp)
-        raise
-    for tmp, (path, _) in zip(tmps, files):
-        os.replace(tmp, path)
-
-
 def _jsonl_bytes(rows: Iterable[dict]) -> bytes:
     return "".join(json.dumps(r) + "\n" for r in rows).encode()
 
@@ -556,12 +527,11 @@ def write_split(out_dir: str | Path, images: np.ndarray, records: list[dict]) ->
         raise ValueError(f"{len(images)} images but {len(records)} records: give one record per image")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    _atomic_write_all(
-        [
-            (out / "images.npy", lambda f: np.save(f, np.asarray(images, dtype=np.uint8))),
-            (out / "metadata.jsonl", lambda f: f.write(_jsonl_bytes(records))),
-        ]
-    )
+    # both files replace their old versions only once both are written: never a new one beside an old one
+    with atomic_path(out / "images.npy") as tmp_images, atomic_path(out / "metadata.jsonl") as tmp_records:
+        with open(tmp_images, "wb") as f:  # a file object: np.save would append ".npy" to the temporary name
+            np.save(f, np.asarray(images, dtype=np.uint8))
+        tmp_records.write_bytes(_jsonl_bytes(records))
 
 
 def load_split(split_dir: str | Path) -> tuple[np.ndarray, list[dict]]:
@@ -706,7 +676,7 @@ def write_world(
         write_split(out / name, images, records)
     prompts = make_geneval_prompts(n_geneval_prompts, seed)
     (out / "geneval").mkdir(parents=True, exist_ok=True)
-    _atomic_write_all([(out / "geneval" / "evaluation_metadata.jsonl", lambda f: f.write(_jsonl_bytes(prompts)))])
+    write_jsonl(out / "geneval" / "evaluation_metadata.jsonl", prompts)
     params = {
         "size": size,
         "seed": seed,
@@ -720,4 +690,4 @@ def write_world(
         "colours": {k: list(v) for k, v in COLOURS.items()},
         "backgrounds": list(BACKGROUNDS),
     }
-    _atomic_write_all([(out / "world.json", lambda f: f.write((json.dumps(params, indent=2) + "\n").encode()))])
+    write_json(out / "world.json", params)
