@@ -39,13 +39,40 @@ def _sampling_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:1, ... (auto: cuda when available)")
 
 
-def _method_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--method", choices=["vanilla", "daid"], default="vanilla")
-    p.add_argument("--db", default=None, help="PatchDatabase directory (arrag build-db), for --method daid")
+def _model_args(p: argparse.ArgumentParser, help: str = "model directory (save_pretrained) or hub id") -> None:
+    p.add_argument("--model", required=True, help=help)
+    p.add_argument("--revision", default=None, help="pinned hub revision (commit) when --model is a hub id")
+
+
+def _daid_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--daid-k", type=int, default=10, help="retrieved patches per step")
     p.add_argument("--daid-weight", type=float, default=0.1, help="lambda: weight of the retrieval distribution")
     p.add_argument("--daid-temperature", type=float, default=1.0, help="tau: retrieval softmax temperature")
     p.add_argument("--daid-unique", action="store_true", help="keep only the closest hit of each token")
+
+
+def _method_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--method", choices=["vanilla", "daid"], default="vanilla")
+    p.add_argument("--db", default=None, help="PatchDatabase directory (arrag build-db), for --method daid")
+    _daid_args(p)
+
+
+def _daid_factory(args, pipe, record: bool = False):
+    """A function making fresh DAiD hooks over --db with the --daid-* settings (database loaded once)."""
+    from arrag.decoding.daid import DAiD
+    from arrag.models.vq import VQTokenizer
+    from arrag.retrieval.database import PatchDatabase
+
+    codebook = VQTokenizer.from_janus(pipe.model).codebook
+    db = PatchDatabase.load(args.db, codebook=codebook, device=str(pipe.device))
+    settings = dict(
+        k=args.daid_k,
+        weight=args.daid_weight,
+        temperature=args.daid_temperature,
+        unique=args.daid_unique,
+        record=record,
+    )
+    return lambda: [DAiD(db, codebook, **settings)]
 
 
 def _hooks(args, pipe) -> list:
@@ -54,23 +81,8 @@ def _hooks(args, pipe) -> list:
         return []
     if not args.db:
         raise ValueError("--method daid needs --db DIR (a PatchDatabase built with `arrag build-db`)")
-    from arrag.decoding.daid import DAiD
-    from arrag.models.vq import VQTokenizer
-    from arrag.retrieval.database import PatchDatabase
-
-    codebook = VQTokenizer.from_janus(pipe.model).codebook
-    db = PatchDatabase.load(args.db, codebook=codebook, device=str(pipe.device))
-    return [
-        DAiD(
-            db,
-            codebook,
-            k=args.daid_k,
-            weight=args.daid_weight,
-            temperature=args.daid_temperature,
-            unique=args.daid_unique,
-            record=True,  # hits of every step, for the over-copying measurement (copying.json per prompt)
-        )
-    ]
+    # record: hits of every step, for the over-copying measurement (copying.json per prompt)
+    return _daid_factory(args, pipe, record=True)()
 
 
 def _method_settings(args) -> dict:
@@ -317,19 +329,14 @@ def cmd_bench_retrieval(args) -> None:
 
 def cmd_bench_generate(args) -> None:
     from arrag.bench.generate import run_generation_bench, write_results
-    from arrag.decoding.daid import DAiD
     from arrag.decoding.pipeline import ImageGenerationPipeline
     from arrag.io import read_jsonl
-    from arrag.models.vq import VQTokenizer
-    from arrag.retrieval.database import PatchDatabase
 
     pipe = ImageGenerationPipeline.from_pretrained(args.model, revision=args.revision, device=args.device)
     prompts = [r[args.prompt_field] for r in read_jsonl(args.prompts)] if args.prompts else ["a photo of a circle"]
     methods = {"vanilla": list}
     if args.db:
-        codebook = VQTokenizer.from_janus(pipe.model).codebook
-        db = PatchDatabase.load(args.db, codebook=codebook, device=str(pipe.device))
-        methods["daid"] = lambda: [DAiD(db, codebook, k=args.daid_k, weight=args.daid_weight)]
+        methods["daid"] = _daid_factory(args, pipe)
     result = run_generation_bench(
         pipe, prompts, methods, batch_size=args.batch_size, repeats=args.repeats, sampling=_sampling(args)
     )
@@ -392,8 +399,7 @@ def build_parser() -> argparse.ArgumentParser:
         p.set_defaults(func=func)
 
     p = sub.add_parser("generate", help="generate images for your own prompts")
-    p.add_argument("--model", required=True, help="model directory (save_pretrained) or hub id with --revision")
-    p.add_argument("--revision", default=None)
+    _model_args(p)
     p.add_argument("--prompt", action="append", required=True)
     p.add_argument("--n", type=int, default=4, help="images per prompt")
     p.add_argument("--out", required=True)
@@ -402,8 +408,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_generate)
 
     p = sub.add_parser("generate-benchmark", help="generate a prompt set into GenEval's folder layout (resumable)")
-    p.add_argument("--model", required=True)
-    p.add_argument("--revision", default=None)
+    _model_args(p)
     p.add_argument("--prompts", required=True, help="JSONL of prompt records (GenEval metadata or split metadata)")
     p.add_argument("--prompt-field", default="prompt")
     p.add_argument("--limit", type=int, default=None, help="use the first N records only")
@@ -414,8 +419,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_generate_benchmark)
 
     p = sub.add_parser("tokenise", help="encode one shard of an image source into a code shard")
-    p.add_argument("--model", required=True)
-    p.add_argument("--revision", default=None)
+    _model_args(p)
     p.add_argument("--source", required=True, help='JSON source spec, e.g. \'{"type": "folder", "path": "imgs/"}\'')
     p.add_argument("--shard", type=int, default=0)
     p.add_argument("--num-shards", type=int, default=1)
@@ -426,8 +430,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_tokenise)
 
     p = sub.add_parser("build-db", help="build a PatchDatabase from code shards")
-    p.add_argument("--model", required=True, help="the backbone whose codebook the keys use")
-    p.add_argument("--revision", default=None)
+    _model_args(p, help="the backbone whose codebook the keys use")
     p.add_argument("--codes", nargs="+", required=True, help="code shards (.npz)")
     p.add_argument("--hops", type=int, default=1)
     p.add_argument("--full", action="store_true", help="full-ring keys (masked models) instead of causal")
@@ -437,8 +440,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_build_db)
 
     p = sub.add_parser("retrieval-accuracy", help="paper Figure 6: retrieved vs ground-truth token distances")
-    p.add_argument("--model", required=True)
-    p.add_argument("--revision", default=None)
+    _model_args(p)
     p.add_argument("--db", required=True)
     p.add_argument("--codes", nargs="+", required=True, help="held-out code shards")
     p.add_argument("--k", type=int, default=10)
@@ -451,8 +453,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     bench = sub.add_parser("bench", help="performance benchmarks").add_subparsers(dest="bench", required=True)
     p = bench.add_parser("retrieval", help="index backends side by side: build time, bytes/entry, QPS, recall")
-    p.add_argument("--model", required=True)
-    p.add_argument("--revision", default=None)
+    _model_args(p)
     p.add_argument("--codes", nargs="+", required=True, help="code shards forming the database")
     p.add_argument("--query-codes", nargs="+", required=True, help="held-out code shards for queries")
     p.add_argument("--backend", action="append", required=True, metavar="NAME[:k=v,...]")
@@ -465,11 +466,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_bench_retrieval)
 
     p = bench.add_parser("generate", help="images/s and time per step: vanilla vs DAiD, side by side")
-    p.add_argument("--model", required=True)
-    p.add_argument("--revision", default=None)
+    _model_args(p)
     p.add_argument("--db", default=None, help="PatchDatabase: adds the DAiD row")
-    p.add_argument("--daid-k", type=int, default=10)
-    p.add_argument("--daid-weight", type=float, default=0.1)
+    _daid_args(p)
     p.add_argument("--prompts", default=None, help="JSONL of prompt records")
     p.add_argument("--prompt-field", default="prompt")
     p.add_argument("--repeats", type=int, default=3)

@@ -109,6 +109,7 @@ rule bench_generate:
     params:
         k=config["daid"]["k"],
         weight=config["daid"]["weight"],
+        temperature=config["daid"]["temperature"],
         guidance=config["generation"]["guidance_scale"],
         device=config["device"],
     log:
@@ -123,6 +124,6 @@ rule bench_generate:
         mem_mb=4000,
     shell:
         "OMP_NUM_THREADS={threads} arrag bench generate --model {input.model} --db {input.db} "
-        "--prompts {input.prompts} --daid-k {params.k} --daid-weight {params.weight} "
+        "--prompts {input.prompts} --daid-k {params.k} --daid-weight {params.weight} --daid-temperature {params.temperature} "
         "--guidance-scale {params.guidance} --batch-size 16 --repeats 5 --device {params.device} "
         "--out-json {output.json} --out-md {output.md} > {log} 2>&1"
