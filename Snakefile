@@ -9,6 +9,7 @@ include: "workflow/rules/world.smk"
 include: "workflow/rules/models.smk"
 include: "workflow/rules/generate.smk"
 include: "workflow/rules/retrieval.smk"
+include: "workflow/rules/racm3.smk"
 
 
 rule all:

@@ -52,9 +52,28 @@ def _daid_args(p: argparse.ArgumentParser) -> None:
 
 
 def _method_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--method", choices=["vanilla", "daid"], default="vanilla")
+    p.add_argument(
+        "--method",
+        choices=["vanilla", "daid", "racm3"],
+        default="vanilla",
+        help="racm3: --model must be an RA-CM3 model (arrag train-racm3) and --image-index its retriever",
+    )
     p.add_argument("--db", default=None, help="PatchDatabase directory (arrag build-db), for --method daid")
+    p.add_argument("--image-index", default=None, help="image-level index (arrag build-image-index), for racm3")
     _daid_args(p)
+
+
+def _pipeline(args):
+    """The generation pipeline for --method: RA-CM3's retrieves a reference image per prompt."""
+    from arrag.decoding.pipeline import ImageGenerationPipeline
+
+    if args.method != "racm3":
+        return ImageGenerationPipeline.from_pretrained(args.model, revision=args.revision, device=args.device)
+    from arrag.baselines.racm3 import RACM3Pipeline
+
+    if not args.image_index:
+        raise ValueError("--method racm3 needs --image-index DIR (built with `arrag build-image-index`)")
+    return RACM3Pipeline.from_pretrained(args.model, args.image_index, revision=args.revision, device=args.device)
 
 
 def _daid_factory(args, pipe, record: bool = False):
@@ -77,7 +96,7 @@ def _daid_factory(args, pipe, record: bool = False):
 
 def _hooks(args, pipe) -> list:
     """Decoding hooks for --method: none for vanilla, a DAiD hook over --db for daid."""
-    if args.method == "vanilla":
+    if args.method in ("vanilla", "racm3"):  # RA-CM3 retrieves inside its pipeline, not through a hook
         return []
     if not args.db:
         raise ValueError("--method daid needs --db DIR (a PatchDatabase built with `arrag build-db`)")
@@ -88,6 +107,8 @@ def _hooks(args, pipe) -> list:
 def _method_settings(args) -> dict:
     if args.method == "vanilla":
         return {"method": "vanilla"}
+    if args.method == "racm3":
+        return {"method": "racm3", "image_index": str(args.image_index)}
     return {
         "method": "daid",
         "db": str(args.db),
@@ -163,9 +184,7 @@ def cmd_train_base(args) -> None:
 def cmd_generate(args) -> None:
     from PIL import Image
 
-    from arrag.decoding.pipeline import ImageGenerationPipeline
-
-    pipe = ImageGenerationPipeline.from_pretrained(args.model, revision=args.revision, device=args.device)
+    pipe = _pipeline(args)
     images, _ = pipe(
         args.prompt,
         n=args.n,
@@ -184,11 +203,11 @@ def cmd_generate(args) -> None:
 
 
 def cmd_generate_benchmark(args) -> None:
-    from arrag.decoding.pipeline import ImageGenerationPipeline, generate_prompt_set
+    from arrag.decoding.pipeline import generate_prompt_set
     from arrag.io import read_jsonl, write_json
 
     records = read_jsonl(args.prompts)[: args.limit] if args.limit else read_jsonl(args.prompts)
-    pipe = ImageGenerationPipeline.from_pretrained(args.model, revision=args.revision, device=args.device)
+    pipe = _pipeline(args)
     t0 = time.time()
     summary = generate_prompt_set(
         pipe,
@@ -205,6 +224,56 @@ def cmd_generate_benchmark(args) -> None:
     summary["seconds"] = time.time() - t0
     write_json(Path(args.out) / "generation.json", summary)  # written last: marks the folder complete
     print(json.dumps(summary, indent=2))
+
+
+def cmd_build_image_index(args) -> None:
+    from arrag.data.code_shards import load_code_shards
+    from arrag.io import read_jsonl
+    from arrag.models.vq import codebook_fingerprint
+    from arrag.retrieval.image_index import BagOfWordsEncoder, ImageLevelIndex
+
+    records = read_jsonl(args.captions)
+    codes, image_ids, metas = load_code_shards(args.codes)
+    if int(image_ids.max()) >= len(records):
+        raise ValueError(
+            f"{args.captions} has {len(records)} records but the code shards hold image id {image_ids.max()}: "
+            "give the metadata of the split the shards were tokenised from"
+        )
+    try:
+        captions = [records[i][args.caption_field] for i in image_ids.tolist()]
+    except KeyError:
+        raise ValueError(f"{args.captions}: records lack the field {args.caption_field!r} (--caption-field)") from None
+    vocabulary = sorted({w for c in captions for w in c.lower().split()})
+    index = ImageLevelIndex.build(
+        captions,
+        codes.numpy(),
+        image_ids.numpy(),
+        BagOfWordsEncoder(vocabulary),
+        codebook_fingerprint(_load_codebook(args.model, args.revision)),
+        tokenizer_id=metas[0].get("tokenizer_id", ""),
+    )
+    if index.codebook_sha256 != metas[0]["codebook_sha256"]:
+        raise ValueError(f"the code shards were tokenised with another codebook than {args.model}; re-tokenise")
+    index.save(args.out)
+    print(json.dumps(index.metadata | {"encoder": index.encoder.name}, indent=2))
+
+
+def cmd_train_racm3(args) -> None:
+    from arrag.baselines.racm3 import RACM3TrainingConfig, train_racm3
+    from arrag.data.mini_world import load_split
+    from arrag.retrieval.image_index import ImageLevelIndex
+
+    images, records = load_split(Path(args.world) / args.split)
+    stats = train_racm3(
+        args.model,
+        images,
+        [r["caption"] for r in records],
+        ImageLevelIndex.load(args.image_index),
+        parse_overrides(args.set, RACM3TrainingConfig),
+        args.out,
+        device=args.device,
+    )
+    print(json.dumps({k: v for k, v in stats.items() if k != "log"}, indent=2))
 
 
 def _load_codebook(model_dir: str, revision: str | None = None):
@@ -334,11 +403,18 @@ def cmd_bench_generate(args) -> None:
 
     pipe = ImageGenerationPipeline.from_pretrained(args.model, revision=args.revision, device=args.device)
     prompts = [r[args.prompt_field] for r in read_jsonl(args.prompts)] if args.prompts else ["a photo of a circle"]
-    methods = {"vanilla": list}
+    methods = {"vanilla": (pipe, list)}
     if args.db:
-        methods["daid"] = _daid_factory(args, pipe)
+        methods["daid"] = (pipe, _daid_factory(args, pipe))
+    if args.racm3_model:
+        from arrag.baselines.racm3 import RACM3Pipeline
+
+        if not args.image_index:
+            raise ValueError("--racm3-model needs --image-index DIR (its image-level retriever)")
+        racm3 = RACM3Pipeline.from_pretrained(args.racm3_model, args.image_index, device=str(pipe.device))
+        methods["racm3"] = (racm3, list)
     result = run_generation_bench(
-        pipe, prompts, methods, batch_size=args.batch_size, repeats=args.repeats, sampling=_sampling(args)
+        methods, prompts, batch_size=args.batch_size, repeats=args.repeats, sampling=_sampling(args)
     )
     write_results(result, args.out_json, args.out_md)
     print(Path(args.out_md).read_text())
@@ -397,6 +473,24 @@ def build_parser() -> argparse.ArgumentParser:
         if name == "train-base":
             p.add_argument("--vq", required=True, help="directory written by `arrag train-vq`")
         p.set_defaults(func=func)
+
+    p = sub.add_parser("build-image-index", help="RA-CM3's image-level retriever over a tokenised corpus")
+    _model_args(p, help="the backbone whose codebook the code shards use")
+    p.add_argument("--captions", required=True, help="JSONL with one record per source image (image id = line)")
+    p.add_argument("--caption-field", default="caption")
+    p.add_argument("--codes", nargs="+", required=True, help="code shards (.npz) of the corpus")
+    p.add_argument("--out", required=True)
+    p.set_defaults(func=cmd_build_image_index)
+
+    p = sub.add_parser("train-racm3", help="fine-tune the RA-CM3 baseline (reference image prefix)")
+    _model_args(p, help="the base model directory")
+    p.add_argument("--world", required=True, help="directory written by `arrag world`")
+    p.add_argument("--split", default="finetune")
+    p.add_argument("--image-index", required=True, help="directory written by `arrag build-image-index`")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="RACM3TrainingConfig field")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--out", required=True)
+    p.set_defaults(func=cmd_train_racm3)
 
     p = sub.add_parser("generate", help="generate images for your own prompts")
     _model_args(p)
@@ -465,9 +559,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out-md", required=True)
     p.set_defaults(func=cmd_bench_retrieval)
 
-    p = bench.add_parser("generate", help="images/s and time per step: vanilla vs DAiD, side by side")
+    p = bench.add_parser("generate", help="images/s and time per step: vanilla, DAiD, RA-CM3 side by side")
     _model_args(p)
     p.add_argument("--db", default=None, help="PatchDatabase: adds the DAiD row")
+    p.add_argument("--racm3-model", default=None, help="RA-CM3 model (arrag train-racm3): adds the RA-CM3 row")
+    p.add_argument("--image-index", default=None, help="RA-CM3's image-level index")
     _daid_args(p)
     p.add_argument("--prompts", default=None, help="JSONL of prompt records")
     p.add_argument("--prompt-field", default="prompt")

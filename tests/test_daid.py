@@ -165,9 +165,9 @@ def test_generation_bench_rows_and_ratios(tiny_janus, tiny_db):
     model, processor, _ = tiny_janus
     db, codebook, _ = tiny_db
     pipe = ImageGenerationPipeline(model, processor, "cpu")
-    methods = {"vanilla": list, "daid": lambda: [DAiD(db, codebook, k=4, weight=0.2)]}
+    methods = {"vanilla": (pipe, list), "daid": (pipe, lambda: [DAiD(db, codebook, k=4, weight=0.2)])}
     result = run_generation_bench(
-        pipe, ["a photo of a circle"], methods, batch_size=2, repeats=1, sampling=SamplingConfig(guidance_scale=3.0)
+        methods, ["a photo of a circle"], batch_size=2, repeats=1, sampling=SamplingConfig(guidance_scale=3.0)
     )
     rows = {r["method"]: r for r in result["rows"]}
     assert rows["vanilla"]["overhead_vs_vanilla"] == 0.0 and len(rows["daid"]["runs"]) == 1

@@ -87,6 +87,14 @@ def test_whole_dag_on_the_toy_profile(tmp_path):
     table = (res / "tables/over_copying.csv").read_text().splitlines()
     assert table[0].startswith("method,images,copied_fraction_mean") and table[1].startswith("daid,24,")
 
+    # RA-CM3: its image index over the corpus, its fine-tuned model, images copying-scored against the reference
+    assert json.loads((res / "retrieval/image_index/index.json").read_text())["count"] == 200
+    assert list((res / "models/racm3").glob("*.safetensors"))
+    racm3 = res / "images/racm3/geneval"
+    assert len(list(racm3.glob("0*/samples/*.png"))) == 2 * len(prompts)
+    assert json.loads((racm3 / "settings.json").read_text())["method"] == "racm3"
+    assert table[2].startswith("racm3,24,")
+
     # one log and one benchmark per rule
     rules = [
         "world",
@@ -98,11 +106,13 @@ def test_whole_dag_on_the_toy_profile(tmp_path):
         "build_database",
         "retrieval_accuracy",
         "over_copying",
+        "build_image_index",
+        "train_racm3",
     ]
     rules += [
         f"{rule}_{method}"
         for rule in ("generate_geneval", "generate_reference", "sample_grid")
-        for method in ("vanilla", "daid")
+        for method in ("vanilla", "daid", "racm3")
     ]
     for rule in rules:
         assert (res / "logs" / f"{rule}.log").is_file()

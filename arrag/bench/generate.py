@@ -1,6 +1,6 @@
 """`arrag bench generate`: images per second and time per decoding step, methods side by side (paper Table 4).
 
-Methods run interleaved (vanilla, DAiD, vanilla, DAiD, ...) on the same prompts at the same batch size
+Methods run interleaved (vanilla, DAiD, RA-CM3, vanilla, ...) on the same prompts at the same batch size
 after one warm-up batch each, so machine noise spreads evenly; ratios are to vanilla in the same run.
 """
 
@@ -24,21 +24,23 @@ def _synchronise(device: torch.device) -> None:
 
 
 def run_generation_bench(
-    pipe: ImageGenerationPipeline,
+    methods: dict[str, tuple[ImageGenerationPipeline, Callable[[], list[DecodingHook]]]],
     prompts: list[str],
-    methods: dict[str, Callable[[], list[DecodingHook]]],
     *,
     batch_size: int = 16,
     repeats: int = 3,
     sampling: SamplingConfig = SamplingConfig(),
 ) -> dict:
-    """methods: name -> factory of fresh hooks ([] for vanilla). Returns rows with images/s and s/step."""
+    """methods: name -> (pipeline, factory of fresh hooks). Vanilla is (base pipeline, list), DAiD the base
+    pipeline with DAiD hooks, RA-CM3 its own pipeline (it retrieves a reference per prompt) with no hooks.
+    All pipelines must share a device and a token grid. Returns rows with images/s and s/step."""
+    pipe = next(iter(methods.values()))[0]
     batch = (prompts * batch_size)[:batch_size]
     seeds = list(range(batch_size))
     steps = pipe.vq.grid**2
     seconds = {name: [] for name in methods}
     for rep in range(repeats + 1):  # repetition 0 is the warm-up
-        for name, make_hooks in methods.items():
+        for name, (pipe, make_hooks) in methods.items():
             _synchronise(pipe.device)
             t0 = time.perf_counter()
             codes = pipe.generate_codes(batch, seeds, sampling, make_hooks())

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import torch
 from transformers import DynamicCache
 
-from arrag.models.training import position_ids_from_mask, unconditional_ids
+from arrag.models.training import position_ids_from_mask, prompt_embeddings, unconditional_ids
 
 
 @dataclass
@@ -110,9 +110,13 @@ def generate_image_tokens(
     generators: list[torch.Generator] | None = None,
     hooks: list[DecodingHook] | tuple[DecodingHook, ...] = (),
     padding_aware_positions: bool = True,
+    prefix_codes: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Generate one token grid per prompt: input_ids/attention_mask [B, L] (left-padded, ending in
     <begin_of_image>) -> codes [B, H, W].
+
+    `prefix_codes` [B, P]: image tokens placed before each prompt (RA-CM3's retrieved reference); the
+    unconditional branch of guidance does not see them (it sees neither caption nor reference).
 
     `padding_aware_positions=False` numbers positions as transformers' generate() does (left padding
     counted). RoPE scores depend only on position differences, so both agree up to float rounding; the
@@ -126,20 +130,23 @@ def generate_image_tokens(
     if generators is not None and len(generators) != b:
         raise ValueError(f"got {len(generators)} generators for {b} prompts")
 
-    tokens, mask = input_ids, attention_mask
+    tokens, mask, prefix, visible = input_ids, attention_mask, prefix_codes, None
     if use_cfg:
         bos, boi, pad = _special_ids(model)
         tokens = torch.cat([input_ids, unconditional_ids(input_ids, bos, boi, pad)])
         mask = torch.cat([attention_mask, attention_mask])
+        if prefix_codes is not None:
+            prefix = torch.cat([prefix_codes, prefix_codes])
+            visible = torch.arange(2 * b, device=device) < b  # conditional rows only
+    embeds, mask = prompt_embeddings(model, tokens, mask, prefix, visible)
     if padding_aware_positions:
         positions = position_ids_from_mask(mask)
     else:
-        positions = torch.arange(tokens.shape[1], device=device).expand(tokens.shape[0], -1)
+        positions = torch.arange(mask.shape[1], device=device).expand(mask.shape[0], -1)
 
     lm = model.model.language_model
     want_hidden = any(h.wants_hidden_states for h in hooks)
     cache = DynamicCache(config=model.config.text_config)
-    embeds = model.get_input_embeddings()(tokens)
     grid = torch.full((b, side, side), -1, dtype=torch.long, device=device)
 
     for step in range(n_tokens):

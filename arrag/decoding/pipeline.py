@@ -54,8 +54,23 @@ class ImageGenerationPipeline:
         batch = tokenize_prompts(self.processor, prompts, device=self.device)
         generators = None if sampling.greedy else make_generators(seeds, self.device)
         return generate_image_tokens(
-            self.model, batch["input_ids"], batch["attention_mask"], sampling, generators=generators, hooks=hooks
+            self.model,
+            batch["input_ids"],
+            batch["attention_mask"],
+            sampling,
+            generators=generators,
+            hooks=hooks,
+            prefix_codes=self.prefix_codes(prompts),
         )
+
+    def prefix_codes(self, prompts: list[str]) -> torch.Tensor | None:
+        """Image tokens [B, P] to place before each prompt: none here (RA-CM3's pipeline adds its reference)."""
+        return None
+
+    def copy_candidates(self) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """Retrieved material of the last call's images for the over-copying measurement, if the pipeline
+        itself retrieves (RA-CM3); retrieval hooks (DAiD) record their own."""
+        return None
 
     def __call__(
         self,
@@ -126,7 +141,7 @@ def generate_prompt_set(
         images, codes = pipe(
             prompts, n=n, sampling=sampling, seed=seed, batch_size=len(chunk) * n, hooks=hooks, first_sample=offsets
         )
-        copying = _over_copying(hooks, codes)
+        copying = _over_copying(pipe, hooks, codes)
         for j, i in enumerate(chunk):
             meta = {**records[i], "prompt": records[i][prompt_field]}
             extra = {"copying.json": copying[j * n : (j + 1) * n]} if copying else None
@@ -134,12 +149,14 @@ def generate_prompt_set(
     return {**run_settings, "generated": len(todo), "reused": len(records) - len(todo)}
 
 
-def _over_copying(hooks, codes: torch.Tensor) -> list[dict] | None:
-    """Per-image over-copying statistics from the first hook that recorded its retrievals, if any."""
+def _over_copying(pipe: ImageGenerationPipeline, hooks, codes: torch.Tensor) -> list[dict] | None:
+    """Per-image over-copying statistics against what was retrieved: the hits of the first hook that recorded
+    them (DAiD), else the pipeline's own retrieval (RA-CM3's reference), else None."""
     from arrag.evaluation.over_copying import copy_sources, over_copying
 
-    for hook in hooks:
-        if getattr(hook, "record", False):
-            values, sources = hook.recorded()
-            return over_copying(copy_sources(codes.to(values.device), values, sources))
-    return None
+    candidates = next((hook.recorded() for hook in hooks if getattr(hook, "record", False)), None)
+    candidates = candidates or pipe.copy_candidates()
+    if candidates is None:
+        return None
+    values, sources = candidates
+    return over_copying(copy_sources(codes.to(values.device), values, sources))

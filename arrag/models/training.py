@@ -198,22 +198,53 @@ def position_ids_from_mask(attention_mask: torch.Tensor) -> torch.Tensor:
     return (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
 
 
-def image_generation_loss(
-    model: JanusForConditionalGeneration, input_ids: torch.Tensor, attention_mask: torch.Tensor, codes: torch.Tensor
-) -> torch.Tensor:
-    """Next-token cross-entropy on the image tokens of [prompt | image] sequences (paper Eq. 1).
+def prompt_embeddings(
+    model: JanusForConditionalGeneration,
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor,
+    prefix_codes: torch.Tensor | None = None,
+    prefix_visible: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Prompt embeddings [B, P+L, D] and mask [B, P+L], optionally behind a prefix of image tokens.
 
-    input_ids/attention_mask [B, L] (left-padded, ending in <begin_of_image>), codes [B, T] flat image tokens.
+    input_ids/attention_mask [B, L] (left-padded, ending in <begin_of_image>). `prefix_codes` [B, P] are
+    image tokens (RA-CM3's retrieved reference) embedded through the generation embeddings + aligner and
+    placed before the prompt; rows with `prefix_visible[b] = False` mask it out (the unconditional branch
+    of guidance, dropped captions), so one tensor shape serves both branches.
     """
     text = model.get_input_embeddings()(input_ids)  # [B, L, D]
+    if prefix_codes is None:
+        return text, attention_mask
+    prefix = model.prepare_embeddings_for_image_generation(prefix_codes).to(text.dtype)  # [B, P, D]
+    visible = torch.ones(len(input_ids), dtype=torch.bool, device=input_ids.device)
+    if prefix_visible is not None:
+        visible = prefix_visible.to(input_ids.device)
+    prefix_mask = visible[:, None].expand(-1, prefix_codes.shape[1]).to(attention_mask.dtype)
+    return torch.cat([prefix, text], dim=1), torch.cat([prefix_mask, attention_mask], dim=1)
+
+
+def image_generation_loss(
+    model: JanusForConditionalGeneration,
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor,
+    codes: torch.Tensor,
+    prefix_codes: torch.Tensor | None = None,
+    prefix_visible: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Next-token cross-entropy on the image tokens of [prefix | prompt | image] sequences (paper Eq. 1).
+
+    input_ids/attention_mask [B, L] (left-padded, ending in <begin_of_image>), codes [B, T] flat image tokens;
+    the optional image-token prefix [B, P] is RA-CM3's reference (see prompt_embeddings).
+    """
+    prompt, prompt_mask = prompt_embeddings(model, input_ids, attention_mask, prefix_codes, prefix_visible)
     image = model.prepare_embeddings_for_image_generation(codes[:, :-1])  # [B, T-1, D]
-    embeds = torch.cat([text, image], dim=1)
-    mask = torch.cat([attention_mask, attention_mask.new_ones(codes[:, :-1].shape)], dim=1)
+    embeds = torch.cat([prompt, image], dim=1)
+    mask = torch.cat([prompt_mask, prompt_mask.new_ones(codes[:, :-1].shape)], dim=1)
     hidden = model.model.language_model(
         inputs_embeds=embeds, attention_mask=mask, position_ids=position_ids_from_mask(mask)
     ).last_hidden_state
     # the hidden state at <begin_of_image> predicts token 0, the one at token t-1 predicts token t
-    logits = model.model.generation_head(hidden[:, input_ids.shape[1] - 1 :])  # [B, T, K]
+    logits = model.model.generation_head(hidden[:, prompt.shape[1] - 1 :])  # [B, T, K]
     return F.cross_entropy(logits.flatten(0, 1), codes.flatten())
 
 
@@ -243,6 +274,39 @@ def trainable_generation_parameters(model: JanusForConditionalGeneration) -> lis
     return params
 
 
+def fit_generation_path(model, n: int, batch_loss, cfg, out_dir: Path, desc: str):
+    """The shared training loop of the generation path (base model, RA-CM3): AdamW, warm-up + cosine,
+    caption dropout, gradient clipping, a resumable checkpoint. `batch_loss(idx [b], drop [b] bool)` gives
+    the loss of a batch of example indices, with `drop` marking the examples whose condition is dropped.
+    Returns (trainable params, resumed-at step, loss log, start time, checkpoint): discard the checkpoint
+    once the trained model is saved."""
+    params = trainable_generation_parameters(model)
+    model.train()
+    model.model.vqmodel.eval()
+    opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    ckpt = ResumableCheckpoint(out_dir, cfg.checkpoint_every)
+    start = ckpt.load(model, opt)
+    gen = torch.Generator().manual_seed(cfg.seed + start)
+    log, t0 = [], time.time()
+    bar = progress(_batches(n, cfg.batch_size, cfg.steps, start, cfg.seed), total=cfg.steps - start, desc=desc)
+    for step, idx in bar:
+        for g in opt.param_groups:
+            g["lr"] = _lr_at(step, cfg.steps, cfg.lr)
+        idx = torch.as_tensor(idx)
+        drop = torch.rand(len(idx), generator=gen) < cfg.caption_dropout
+        loss = batch_loss(idx, drop)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        opt.step()
+        if step % 50 == 0 or step == cfg.steps - 1:
+            log.append({"step": step, "loss": loss.item()})
+            bar.set_postfix(loss=f"{loss.item():.3f}")
+        ckpt.maybe_save(step + 1, model, opt)
+    model.eval()
+    return params, start, log, t0, ckpt
+
+
 def train_base_model(
     images: np.ndarray,
     captions: list[str],
@@ -262,33 +326,11 @@ def train_base_model(
     ids, mask = prompts["input_ids"], prompts["attention_mask"]
     uncond = unconditional_ids(ids, tok.bos_token_id, tok.convert_tokens_to_ids(tok.boi_token), tok.pad_token_id)
 
-    params = trainable_generation_parameters(model)
-    model.train()
-    model.model.vqmodel.eval()
-    opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
-    ckpt = ResumableCheckpoint(out_dir, cfg.checkpoint_every)
-    start = ckpt.load(model, opt)
-    gen = torch.Generator().manual_seed(cfg.seed + start)
-    log, t0 = [], time.time()
-    bar = progress(
-        _batches(len(images), cfg.batch_size, cfg.steps, start, cfg.seed), total=cfg.steps - start, desc="base model"
-    )
-    for step, idx in bar:
-        for g in opt.param_groups:
-            g["lr"] = _lr_at(step, cfg.steps, cfg.lr)
-        idx = torch.as_tensor(idx)
-        drop = torch.rand(len(idx), generator=gen) < cfg.caption_dropout
+    def batch_loss(idx: torch.Tensor, drop: torch.Tensor) -> torch.Tensor:
         batch_ids = torch.where(drop[:, None], uncond[idx], ids[idx])
-        loss = image_generation_loss(model, batch_ids, mask[idx], codes[idx])
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
-        opt.step()
-        if step % 50 == 0 or step == cfg.steps - 1:
-            log.append({"step": step, "loss": loss.item()})
-            bar.set_postfix(loss=f"{loss.item():.3f}")
-        ckpt.maybe_save(step + 1, model, opt)
-    model.eval()
+        return image_generation_loss(model, batch_ids, mask[idx], codes[idx])
+
+    params, start, log, t0, ckpt = fit_generation_path(model, len(images), batch_loss, cfg, out_dir, "base model")
     stats = {
         "steps": cfg.steps,
         "resumed_at": start,

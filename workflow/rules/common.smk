@@ -47,11 +47,13 @@ def sampling_flags():
 
 
 METHODS = config["methods"]
-RETRIEVAL_METHODS = [m for m in METHODS if m in ("daid",)]  # methods whose hits have provenance
+RETRIEVAL_METHODS = [m for m in METHODS if m in ("daid", "racm3")]  # methods whose retrievals have provenance
 
 
 def generation_inputs(wildcards):
-    """The backbone, plus the retrieval database for retrieval-augmented methods."""
+    """The backbone (RA-CM3's fine-tuned one for racm3), plus what the method retrieves from."""
+    if wildcards.method == "racm3":
+        return {"model": f"{RESULTS}/models/racm3", "index": f"{RESULTS}/retrieval/image_index"}
     inputs = {"model": f"{RESULTS}/models/base"}
     if wildcards.method == "daid":
         inputs["db"] = f"{RESULTS}/retrieval/db"
@@ -62,6 +64,8 @@ def method_flags(wildcards, input):
     """CLI flags selecting the decoding method and its settings."""
     if wildcards.method == "vanilla":
         return "--method vanilla"
+    if wildcards.method == "racm3":
+        return f"--method racm3 --image-index {input.index}"
     d = config["daid"]
     return (
         f"--method daid --db {input.db} --daid-k {d['k']} --daid-weight {d['weight']} "
