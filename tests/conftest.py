@@ -1,6 +1,9 @@
 import pytest
 import torch
 
+# The tests' models are tiny: one thread each is faster than two fighting over a loaded 2-core machine.
+torch.set_num_threads(1)
+
 from arrag.models.janus import (
     MiniJanusSpec,
     build_processor,
