@@ -10,6 +10,9 @@ include: "workflow/rules/models.smk"
 include: "workflow/rules/generate.smk"
 include: "workflow/rules/retrieval.smk"
 include: "workflow/rules/racm3.smk"
+include: "workflow/rules/faid.smk"
+include: "workflow/rules/evaluate.smk"
+include: "workflow/rules/sweep.smk"
 
 
 rule all:
@@ -18,5 +21,8 @@ rule all:
                prompts=["geneval", "reference"]),
         expand("{results}/figures/samples_{method}.png", results=RESULTS, method=METHODS),
         f"{RESULTS}/tables/retrieval_accuracy.csv",
-        [f"{RESULTS}/tables/over_copying.csv"] if RETRIEVAL_METHODS else [],
+        f"{RESULTS}/tables/geneval.csv",
+        [f"{RESULTS}/tables/sweep_daid.csv"] if "daid" in METHODS else [],
+        [f"{RESULTS}/tables/sweep_faid.csv"] if "faid" in METHODS else [],
+        [f"{RESULTS}/tables/over_copying.csv", f"{RESULTS}/figures/attribution.png"] if RETRIEVAL_METHODS else [],
     default_target: True

@@ -54,11 +54,12 @@ def _daid_args(p: argparse.ArgumentParser) -> None:
 def _method_args(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--method",
-        choices=["vanilla", "daid", "racm3"],
+        choices=["vanilla", "daid", "faid", "racm3"],
         default="vanilla",
         help="racm3: --model must be an RA-CM3 model (arrag train-racm3) and --image-index its retriever",
     )
-    p.add_argument("--db", default=None, help="PatchDatabase directory (arrag build-db), for --method daid")
+    p.add_argument("--db", default=None, help="PatchDatabase directory (arrag build-db), for daid and faid")
+    p.add_argument("--faid", default=None, help="FAiD checkpoint (arrag train-faid) of --model, for --method faid")
     p.add_argument("--image-index", default=None, help="image-level index (arrag build-image-index), for racm3")
     _daid_args(p)
 
@@ -94,12 +95,30 @@ def _daid_factory(args, pipe, record: bool = False):
     return lambda: [DAiD(db, codebook, **settings)]
 
 
+def _faid_factory(args, pipe, record: bool = False):
+    """Attach the --faid checkpoint's modules to pipe.model; return a function making fresh FAiD hooks."""
+    from arrag.models.faid import FAiDHook
+    from arrag.models.faid_training import load_faid
+    from arrag.models.vq import VQTokenizer
+    from arrag.retrieval.database import PatchDatabase
+
+    if not args.faid:
+        raise ValueError("--method faid needs --faid DIR (a checkpoint written by `arrag train-faid`)")
+    codebook = VQTokenizer.from_janus(pipe.model).codebook
+    db = PatchDatabase.load(args.db, codebook=codebook, device=str(pipe.device))
+    faid = load_faid(args.faid, pipe.model, device=pipe.device).eval()
+    faid.attach(pipe.model)
+    return lambda: [FAiDHook(db, codebook, faid, record=record)]
+
+
 def _hooks(args, pipe) -> list:
-    """Decoding hooks for --method: none for vanilla, a DAiD hook over --db for daid."""
+    """Decoding hooks for --method: none for vanilla, DAiD or FAiD hooks over --db for daid and faid."""
     if args.method in ("vanilla", "racm3"):  # RA-CM3 retrieves inside its pipeline, not through a hook
         return []
     if not args.db:
-        raise ValueError("--method daid needs --db DIR (a PatchDatabase built with `arrag build-db`)")
+        raise ValueError(f"--method {args.method} needs --db DIR (a PatchDatabase built with `arrag build-db`)")
+    if args.method == "faid":
+        return _faid_factory(args, pipe, record=True)()
     # record: hits of every step, for the over-copying measurement (copying.json per prompt)
     return _daid_factory(args, pipe, record=True)()
 
@@ -109,6 +128,8 @@ def _method_settings(args) -> dict:
         return {"method": "vanilla"}
     if args.method == "racm3":
         return {"method": "racm3", "image_index": str(args.image_index)}
+    if args.method == "faid":
+        return {"method": "faid", "db": str(args.db), "faid": str(args.faid)}
     return {
         "method": "daid",
         "db": str(args.db),
@@ -256,6 +277,37 @@ def cmd_build_image_index(args) -> None:
         raise ValueError(f"the code shards were tokenised with another codebook than {args.model}; re-tokenise")
     index.save(args.out)
     print(json.dumps(index.metadata | {"encoder": index.encoder.name}, indent=2))
+
+
+def cmd_faid_trainset(args) -> None:
+    from arrag.data.mini_world import load_split
+    from arrag.decoding.pipeline import resolve_device
+    from arrag.models.faid_training import build_trainset
+    from arrag.models.janus import load_janus
+    from arrag.models.vq import VQTokenizer
+    from arrag.retrieval.database import PatchDatabase
+
+    device = resolve_device(args.device)
+    model, _ = load_janus(args.model, revision=args.revision, device=device)
+    db = PatchDatabase.load(args.db, codebook=VQTokenizer.from_janus(model).codebook, device=str(device))
+    images, records = load_split(Path(args.world) / args.split)
+    summary = build_trainset(model, db, images, [r["caption"] for r in records], args.k, args.out)
+    print(json.dumps(summary, indent=2))
+
+
+def cmd_train_faid(args) -> None:
+    from arrag.models.faid_training import FAiDTrainingConfig, train_faid
+    from arrag.models.janus import load_janus
+    from arrag.models.vq import VQTokenizer
+    from arrag.retrieval.database import PatchDatabase
+
+    db = None
+    if args.db:  # only to refuse a training set built from another database
+        codebook = VQTokenizer.from_janus(load_janus(args.model)[0]).codebook
+        db = PatchDatabase.load(args.db, codebook=codebook)
+    cfg = parse_overrides(args.set, FAiDTrainingConfig)
+    stats = train_faid(args.model, args.trainset, cfg, args.out, db=db, cpu=args.cpu)
+    print(json.dumps({k: v for k, v in stats.items() if k != "log"}, indent=2))
 
 
 def cmd_train_racm3(args) -> None:
@@ -406,6 +458,11 @@ def cmd_bench_generate(args) -> None:
     methods = {"vanilla": (pipe, list)}
     if args.db:
         methods["daid"] = (pipe, _daid_factory(args, pipe))
+    if args.faid:  # its own copy of the model: attached FAiD hooks must not touch the vanilla rows
+        if not args.db:
+            raise ValueError("--faid needs --db DIR (the database FAiD retrieves from)")
+        faid_pipe = ImageGenerationPipeline.from_pretrained(args.model, revision=args.revision, device=args.device)
+        methods["faid"] = (faid_pipe, _faid_factory(args, faid_pipe))
     if args.racm3_model:
         from arrag.baselines.racm3 import RACM3Pipeline
 
@@ -438,6 +495,49 @@ def cmd_over_copying(args) -> None:
         )
     write_text(args.out_csv, "\n".join(lines) + "\n")
     print("\n".join(lines))
+
+
+def cmd_geneval(args) -> None:
+    from arrag.evaluation.geneval import score_folder, summarise, write_results_jsonl
+    from arrag.evaluation.shapes_detector import detect_shapes
+    from arrag.io import write_json
+
+    detectors = {"shapes": detect_shapes}  # the paper's Mask2Former + CLIP backend is not built yet
+    rows = score_folder(args.images, detectors[args.detector], workers=args.workers)
+    summary = summarise(rows) | {"detector": args.detector, "images_dir": str(args.images)}
+    write_results_jsonl(rows, args.out_jsonl)
+    write_json(args.out_json, summary)
+    print(json.dumps(summary, indent=2))
+
+
+def cmd_geneval_table(args) -> None:
+    from arrag.evaluation.tables import read_summary, write_geneval_table
+
+    if len(args.label) != len(args.summary):
+        raise ValueError(f"give one --label per --summary (got {len(args.label)} and {len(args.summary)})")
+    summaries = {label: read_summary(path) for label, path in zip(args.label, args.summary)}
+    write_geneval_table(summaries, args.out_csv, args.out_md, note=args.note)
+    print(Path(args.out_md).read_text())
+
+
+def cmd_sweep_table(args) -> None:
+    from arrag.evaluation.tables import read_summary, write_sweep
+
+    summaries = {path: read_summary(path) for path in args.summary}
+    rows = write_sweep(summaries, args.out_csv, args.out_png, args.x, args.y, args.title)
+    best = max(rows, key=lambda r: r["overall"])
+    print(json.dumps({"runs": len(rows), "best": best}, indent=2))
+
+
+def cmd_attribution(args) -> None:
+    from arrag.visualise import attribution_figure, attribution_rows, load_source_images
+
+    if len(args.label) != len(args.images):
+        raise ValueError(f"give one --label per --images folder (got {len(args.label)} and {len(args.images)})")
+    panels = {label: attribution_rows(folder, args.n) for label, folder in zip(args.label, args.images)}
+    wanted = {image_id for rows in panels.values() for r in rows for image_id, _ in r["top_sources"]}
+    sources = load_source_images(json.loads(args.source), wanted, args.size)
+    print(attribution_figure(panels, sources, args.out))
 
 
 def cmd_grid(args) -> None:
@@ -481,6 +581,25 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--codes", nargs="+", required=True, help="code shards (.npz) of the corpus")
     p.add_argument("--out", required=True)
     p.set_defaults(func=cmd_build_image_index)
+
+    p = sub.add_parser("faid-trainset", help="FAiD's training set: each position's candidates from the database")
+    _model_args(p, help="the base model")
+    p.add_argument("--db", required=True, help="PatchDatabase directory (arrag build-db)")
+    p.add_argument("--world", required=True, help="directory written by `arrag world`")
+    p.add_argument("--split", default="finetune")
+    p.add_argument("--k", type=int, default=10, help="candidates stored per position (training uses the first k)")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--out", required=True)
+    p.set_defaults(func=cmd_faid_trainset)
+
+    p = sub.add_parser("train-faid", help="train FAiD's parameters (backbone frozen); `accelerate launch` for GPUs")
+    _model_args(p, help="the base model directory")
+    p.add_argument("--trainset", required=True, help="directory written by `arrag faid-trainset`")
+    p.add_argument("--db", default=None, help="refuse a training set built from another database than this")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="FAiDTrainingConfig field")
+    p.add_argument("--cpu", action="store_true", help="train on the CPU even when a GPU is visible")
+    p.add_argument("--out", required=True)
+    p.set_defaults(func=cmd_train_faid)
 
     p = sub.add_parser("train-racm3", help="fine-tune the RA-CM3 baseline (reference image prefix)")
     _model_args(p, help="the base model directory")
@@ -559,9 +678,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out-md", required=True)
     p.set_defaults(func=cmd_bench_retrieval)
 
-    p = bench.add_parser("generate", help="images/s and time per step: vanilla, DAiD, RA-CM3 side by side")
+    p = bench.add_parser("generate", help="images/s and time per step: vanilla, DAiD, FAiD, RA-CM3 side by side")
     _model_args(p)
     p.add_argument("--db", default=None, help="PatchDatabase: adds the DAiD row")
+    p.add_argument("--faid", default=None, help="FAiD checkpoint of --model: adds the FAiD row (needs --db)")
     p.add_argument("--racm3-model", default=None, help="RA-CM3 model (arrag train-racm3): adds the RA-CM3 row")
     p.add_argument("--image-index", default=None, help="RA-CM3's image-level index")
     _daid_args(p)
@@ -578,6 +698,40 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--label", action="append", required=True, help="method name of each --images folder")
     p.add_argument("--out-csv", required=True)
     p.set_defaults(func=cmd_over_copying)
+
+    p = sub.add_parser("geneval", help="score a GenEval-layout image folder (official per-image JSONL + summary)")
+    p.add_argument("--images", required=True, help="folder written by `arrag generate-benchmark`")
+    p.add_argument("--detector", choices=["shapes"], default="shapes", help="shapes: the mini world's analytic one")
+    p.add_argument("--workers", type=int, default=1, help="processes scoring prompt folders in parallel")
+    p.add_argument("--out-jsonl", required=True, help="per-image records, the official evaluator's schema")
+    p.add_argument("--out-json", required=True, help="per-tag accuracies and the overall score")
+    p.set_defaults(func=cmd_geneval)
+
+    p = sub.add_parser("geneval-table", help="paper Table 1 layout from GenEval summaries (CSV + Markdown)")
+    p.add_argument("--summary", action="append", required=True, help="summary JSON of `arrag geneval`")
+    p.add_argument("--label", action="append", required=True, help="method name of each --summary")
+    p.add_argument("--note", default="", help="line printed under the Markdown table")
+    p.add_argument("--out-csv", required=True)
+    p.add_argument("--out-md", required=True)
+    p.set_defaults(func=cmd_geneval_table)
+
+    p = sub.add_parser("sweep-table", help="a 2-D hyper-parameter sweep's GenEval scores: CSV + heatmap")
+    p.add_argument("--summary", nargs="+", required=True, help="summaries under .../name~value/ folders")
+    p.add_argument("--x", required=True, help="parameter across the heatmap")
+    p.add_argument("--y", required=True, help="parameter down the heatmap")
+    p.add_argument("--title", default="")
+    p.add_argument("--out-csv", required=True)
+    p.add_argument("--out-png", required=True)
+    p.set_defaults(func=cmd_sweep_table)
+
+    p = sub.add_parser("attribution", help="generated images beside the corpus images they copied most from")
+    p.add_argument("--images", action="append", required=True, help="GenEval-layout folder with copying.json")
+    p.add_argument("--label", action="append", required=True, help="method name of each --images folder")
+    p.add_argument("--source", required=True, help="JSON source spec of the retrieval corpus (arrag tokenise)")
+    p.add_argument("--size", type=int, default=32, help="pixel side the corpus images are shown at")
+    p.add_argument("--n", type=int, default=4, help="images per method: those with the largest copied region")
+    p.add_argument("--out", required=True)
+    p.set_defaults(func=cmd_attribution)
 
     p = sub.add_parser("grid", help="tile generated images (GenEval layout) with their prompts into one PNG")
     p.add_argument("--images", required=True)

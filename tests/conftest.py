@@ -1,9 +1,6 @@
 import pytest
 import torch
 
-# The tests' models are tiny: one thread each is faster than two fighting over a loaded 2-core machine.
-torch.set_num_threads(1)
-
 from arrag.models.janus import (
     MiniJanusSpec,
     build_processor,
@@ -11,6 +8,9 @@ from arrag.models.janus import (
     configure_image_generation,
     mini_janus_config,
 )
+
+# The tests' models are tiny: one thread each is faster than two fighting over a loaded 2-core machine.
+torch.set_num_threads(1)
 
 WORDS = "a photo of an red green blue circle square triangle and two three left right above below".split()
 

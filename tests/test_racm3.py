@@ -153,3 +153,33 @@ def test_pipeline_refuses_an_index_of_another_codebook(tiny_janus, index):
     index.codebook_sha256 = "f" * 64
     with pytest.raises(ValueError, match="another VQ codebook"):
         RACM3Pipeline(model, processor, index, "cpu")
+
+
+def test_attribution_picture_shows_the_sources(tiny_janus, index, tmp_path):
+    from PIL import Image
+
+    from arrag.visualise import attribution_figure, attribution_rows, load_source_images
+
+    model, processor, _ = tiny_janus
+    pipe = RACM3Pipeline(model, processor, index, "cpu")
+    records = [{"prompt": "a photo of a red circle"}, {"prompt": "a photo of two red squares"}]
+    generate_prompt_set(pipe, records, tmp_path / "out", n=2, sampling=SamplingConfig(guidance_scale=3.0))
+    rows = attribution_rows(tmp_path / "out", n=3)
+    assert len(rows) == 3
+    fractions = [r["largest_region_fraction"] for r in rows]
+    assert fractions == sorted(fractions, reverse=True)
+    assert all(np.array(r["source_grid"]).shape == index.grid for r in rows)
+
+    # the corpus as a folder source: image id = position in the sorted file list
+    corpus = tmp_path / "corpus"
+    corpus.mkdir()
+    images = pipe.vq.decode_to_uint8(torch.from_numpy(index.codes.astype(np.int64)))
+    for i in range(105):
+        Image.fromarray(images[i % len(images)]).save(corpus / f"{i:03d}.png")
+    wanted = {image_id for r in rows for image_id, _ in r["top_sources"]}
+    sources = load_source_images({"type": "folder", "path": str(corpus)}, wanted, size=16)
+    assert set(sources) == wanted
+    out = attribution_figure({"racm3": rows}, sources, tmp_path / "attribution.png")
+    assert Image.open(out).size[1] >= 3 * 16 * 4
+    with pytest.raises(ValueError, match="no readable images with ids"):
+        load_source_images({"type": "folder", "path": str(corpus)}, {999}, size=16)

@@ -49,7 +49,9 @@ def test_invalid_config_names_the_key_and_allowed_values(tmp_path):
 @pytest.mark.smoke
 def test_whole_dag_on_the_toy_profile(tmp_path):
     work = _workdir(tmp_path)
-    result = _snakemake(work, "--cores", "2", "--configfile", "config/toy.yaml")
+    # one thread per job, two jobs at once: toy jobs are import-bound, and single-threaded jobs cannot thrash
+    # each other's OpenMP barriers on a busy 2-core machine
+    result = _snakemake(work, "--cores", "2", "--max-threads", "1", "--configfile", "config/toy.yaml")
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     res = work / "results" / "toy"
 
@@ -93,7 +95,26 @@ def test_whole_dag_on_the_toy_profile(tmp_path):
     racm3 = res / "images/racm3/geneval"
     assert len(list(racm3.glob("0*/samples/*.png"))) == 2 * len(prompts)
     assert json.loads((racm3 / "settings.json").read_text())["method"] == "racm3"
-    assert table[2].startswith("racm3,24,")
+    assert table[2].startswith("faid,24,") and table[3].startswith("racm3,24,")
+    assert Image.open(res / "figures/attribution.png").size[1] > 4 * 32
+
+    # mini-GenEval: per-image records in the official schema, Table 1 per method, DAiD's sweep as CSV + heatmap
+    records = [json.loads(line) for line in (res / "scores/daid/geneval_results.jsonl").read_text().splitlines()]
+    assert len(records) == 2 * len(prompts) and {"filename", "tag", "correct", "reason"} <= set(records[0])
+    table1 = (res / "tables/geneval.csv").read_text().splitlines()
+    assert table1[0].startswith("method,single_object,two_object,counting,colors,position,color_attr,overall")
+    assert [line.split(",")[0] for line in table1[1:]] == ["vanilla", "daid", "faid", "racm3"]
+    sweep = (res / "tables/sweep_daid.csv").read_text().splitlines()
+    assert sweep[0].startswith("weight,temperature,overall") and len(sweep) == 3
+    assert (res / "figures/sweep_daid.png").is_file()
+
+    # FAiD: its training set, FAiD-only checkpoint, images with copying records, its (one-point) toy sweep
+    assert json.loads((res / "retrieval/faid_trainset/trainset.json").read_text())["count"] == 64
+    assert (res / "models/faid/faid.safetensors").is_file() and (res / "models/faid/faid.json").is_file()
+    faid = res / "images/faid/geneval"
+    assert len(list(faid.glob("0*/samples/*.png"))) == 2 * len(prompts)
+    assert json.loads((faid / "settings.json").read_text())["method"] == "faid"
+    assert len((res / "tables/sweep_faid.csv").read_text().splitlines()) == 2
 
     # one log and one benchmark per rule
     rules = [
@@ -108,11 +129,17 @@ def test_whole_dag_on_the_toy_profile(tmp_path):
         "over_copying",
         "build_image_index",
         "train_racm3",
+        "attribution",
+        "faid_trainset",
+        "train_faid",
+        "geneval_table",
+        "sweep_daid",
+        "sweep_faid",
     ]
     rules += [
         f"{rule}_{method}"
         for rule in ("generate_geneval", "generate_reference", "sample_grid")
-        for method in ("vanilla", "daid", "racm3")
+        for method in ("vanilla", "daid", "faid", "racm3")
     ]
     for rule in rules:
         assert (res / "logs" / f"{rule}.log").is_file()

@@ -58,6 +58,7 @@ def over_copying(source: torch.Tensor, top: int = 3) -> list[dict]:
                 "largest_region_fraction": size / grid.size,
                 "largest_region_source": image_id,
                 "top_sources": [[int(i), int(c)] for i, c in counts.most_common(top)],
+                "source_grid": grid.tolist(),  # [H][W] source image id per token, -1 = not copied
             }
         )
     return rows

@@ -274,6 +274,13 @@ def trainable_generation_parameters(model: JanusForConditionalGeneration) -> lis
     return params
 
 
+def caption_dropout_mask(n: int, rate: float, seed: int, step: int) -> torch.Tensor:
+    """Which of a step's n examples lose their condition: drawn from (seed, step) alone, so a resumed run
+    drops exactly what the uninterrupted run would have."""
+    gen = torch.Generator().manual_seed(seed * 1_000_003 + step)
+    return torch.rand(n, generator=gen) < rate
+
+
 def fit_generation_path(model, n: int, batch_loss, cfg, out_dir: Path, desc: str):
     """The shared training loop of the generation path (base model, RA-CM3): AdamW, warm-up + cosine,
     caption dropout, gradient clipping, a resumable checkpoint. `batch_loss(idx [b], drop [b] bool)` gives
@@ -286,14 +293,13 @@ def fit_generation_path(model, n: int, batch_loss, cfg, out_dir: Path, desc: str
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     ckpt = ResumableCheckpoint(out_dir, cfg.checkpoint_every)
     start = ckpt.load(model, opt)
-    gen = torch.Generator().manual_seed(cfg.seed + start)
     log, t0 = [], time.time()
     bar = progress(_batches(n, cfg.batch_size, cfg.steps, start, cfg.seed), total=cfg.steps - start, desc=desc)
     for step, idx in bar:
         for g in opt.param_groups:
             g["lr"] = _lr_at(step, cfg.steps, cfg.lr)
         idx = torch.as_tensor(idx)
-        drop = torch.rand(len(idx), generator=gen) < cfg.caption_dropout
+        drop = caption_dropout_mask(len(idx), cfg.caption_dropout, cfg.seed, step)
         loss = batch_loss(idx, drop)
         opt.zero_grad(set_to_none=True)
         loss.backward()

@@ -3,7 +3,8 @@
 import json
 import os
 
-from snakemake.utils import validate
+import pandas as pd
+from snakemake.utils import Paramspace, validate
 
 
 validate(config, schema="../schemas/config.schema.yaml")
@@ -47,7 +48,12 @@ def sampling_flags():
 
 
 METHODS = config["methods"]
-RETRIEVAL_METHODS = [m for m in METHODS if m in ("daid", "racm3")]  # methods whose retrievals have provenance
+
+
+wildcard_constraints:
+    method="vanilla|daid|faid|racm3",
+
+RETRIEVAL_METHODS = [m for m in METHODS if m in ("daid", "faid", "racm3")]  # methods whose retrievals have provenance
 
 
 def generation_inputs(wildcards):
@@ -55,8 +61,10 @@ def generation_inputs(wildcards):
     if wildcards.method == "racm3":
         return {"model": f"{RESULTS}/models/racm3", "index": f"{RESULTS}/retrieval/image_index"}
     inputs = {"model": f"{RESULTS}/models/base"}
-    if wildcards.method == "daid":
+    if wildcards.method in ("daid", "faid"):
         inputs["db"] = f"{RESULTS}/retrieval/db"
+    if wildcards.method == "faid":
+        inputs["faid"] = f"{RESULTS}/models/faid"
     return inputs
 
 
@@ -66,8 +74,33 @@ def method_flags(wildcards, input):
         return "--method vanilla"
     if wildcards.method == "racm3":
         return f"--method racm3 --image-index {input.index}"
+    if wildcards.method == "faid":
+        return f"--method faid --db {input.db} --faid {input.faid}"
     d = config["daid"]
     return (
         f"--method daid --db {input.db} --daid-k {d['k']} --daid-weight {d['weight']} "
         f"--daid-temperature {d['temperature']}" + (" --daid-unique" if d["unique"] else "")
     )
+
+
+# DAiD's sweep grid (rules/sweep.smk): every (weight, temperature) pair of the config.
+DAID_SWEEP = Paramspace(
+    pd.DataFrame(
+        [(w, t) for w in config["sweeps"]["daid"]["weight"] for t in config["sweeps"]["daid"]["temperature"]],
+        columns=["weight", "temperature"],
+    )
+)
+
+GENEVAL_NOTE = (
+    "Scored with the analytic shapes detector on the mini world (not Mask2Former + CLIP): mini-GenEval."
+    if config["evaluation"]["geneval"]["detector"] == "shapes"
+    else "GenEval"
+)
+
+FAID = config["faid"]
+# FAiD's sweep grid (rules/faid.smk): hop sets x module spacing.
+FAID_SWEEP = Paramspace(
+    pd.DataFrame(
+        [(str(h), e) for h in FAID["sweep"]["hops"] for e in FAID["sweep"]["every"]], columns=["hops", "every"]
+    )
+)

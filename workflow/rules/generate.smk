@@ -97,6 +97,31 @@ rule over_copying:
         "arrag over-copying {params.folders} {params.labels} --out-csv {output} > {log} 2>&1"
 
 
+rule attribution:
+    input:
+        expand("{results}/images/{method}/geneval/generation.json", results=RESULTS, method=RETRIEVAL_METHODS),
+        corpus=f"{RESULTS}/world/{RETRIEVAL['source']}/images.npy",
+    output:
+        report(f"{RESULTS}/figures/attribution.png", caption="../report/attribution.rst", category="Over-copying"),
+    params:
+        folders=lambda wildcards, input: " ".join(f"--images {os.path.dirname(p)}" for p in input[:-1]),
+        labels=" ".join(f"--label {m}" for m in RETRIEVAL_METHODS),
+        source=lambda wildcards, input: json.dumps({"type": "mini_world", "path": os.path.dirname(input.corpus)}),
+        size=config["world"]["image_size"],
+    log:
+        log_path("attribution"),
+    benchmark:
+        benchmark_path("attribution")
+    conda:
+        "../envs/arrag.yaml"
+    threads: 1
+    resources:
+        mem_mb=2000,
+    shell:
+        "arrag attribution {params.folders} {params.labels} --source '{params.source}' --size {params.size} "
+        "--out {output} > {log} 2>&1"
+
+
 rule bench_generate:
     # Not part of `all`: `snakemake --cores all bench_generate` measures vanilla vs DAiD side by side.
     input:

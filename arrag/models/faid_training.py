@@ -1,0 +1,277 @@
+"""FAiD fine-tuning (paper appendix B.3): the training set of retrieved candidates, then training of the FAiD
+parameters only, with the backbone frozen.
+
+Training-set format "arrag-faid-trainset/1" (a directory, written atomically):
+
+    trainset.npz   codes uint16 [N, H, W]       the fine-tuning images' VQ tokens
+                   candidates int32 [N, H*W, k] per position, the k tokens retrieved with the ground-truth
+                                                neighbourhood as the query (-1: fewer than k hits)
+                   image_ids int64 [N]           the images' ids in the database's id space, -1 when the
+                                                image is not in the database (no same-image exclusion needed)
+    trainset.json  format, count, grid, k, captions [N], database (the PatchDatabase's identity),
+                   excluded_same_image, codebook_sha256
+
+FAiD checkpoint (a directory, written atomically): `faid.safetensors` + `faid_config.json` (only the FAiD
+parameters and their layout) and `faid.json` with the base model's identity, the training set's database
+and the training statistics. `load_faid` refuses a checkpoint made for another base model or module layout.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from arrag.io import atomic_path, progress, write_json
+from arrag.models.faid import FAiD, FAiDConfig, faid_training_loss, freeze_backbone, training_candidates
+from arrag.models.janus import load_janus, tokenize_prompts
+from arrag.models.training import (
+    ResumableCheckpoint,
+    _batches,
+    _encode_all,
+    caption_dropout_mask,
+    unconditional_ids,
+)
+from arrag.models.vq import VQTokenizer, codebook_fingerprint
+
+TRAINSET_FORMAT = "arrag-faid-trainset/1"
+DB_IDENTITY_FIELDS = ("codebook_sha256", "hops", "causal", "grid", "ntotal", "num_images", "index")
+
+
+def database_identity(db) -> dict:
+    """The fields that say which PatchDatabase candidates came from."""
+    return {k: db.metadata[k] for k in DB_IDENTITY_FIELDS}
+
+
+def model_identity(model) -> dict:
+    """What a FAiD checkpoint must match: the backbone's text config, VQ codebook and generation head."""
+    text = model.config.text_config
+    digest = hashlib.sha256()
+    digest.update(codebook_fingerprint(VQTokenizer.from_janus(model).codebook).encode())
+    for p in model.model.generation_head.parameters():
+        digest.update(p.detach().to("cpu", torch.float32).numpy().tobytes())
+    return {
+        "hidden_size": text.hidden_size,
+        "num_hidden_layers": text.num_hidden_layers,
+        "codebook_sha256": codebook_fingerprint(VQTokenizer.from_janus(model).codebook),
+        "weights_sha256": digest.hexdigest(),
+    }
+
+
+# ---------------------------------------------------------------- training set
+
+
+def build_trainset(
+    model,
+    db,
+    images: np.ndarray,
+    captions: list[str],
+    k: int,
+    out_dir: str | Path,
+    image_ids: np.ndarray | None = None,
+    batch_size: int = 64,
+) -> dict:
+    """Tokenise the fine-tuning images and retrieve each position's k candidates from its ground-truth
+    neighbourhood. `image_ids` [N] (the images' ids in the database) drops hits from the image itself,
+    which would otherwise hand the model the answer."""
+    if len(images) != len(captions):
+        raise ValueError(f"{len(images)} images but {len(captions)} captions: give one caption per image")
+    if not 1 <= k <= len(db):
+        raise ValueError(f"k={k} must be between 1 and the database size {len(db)}")
+    vq = VQTokenizer.from_janus(model)
+    sha = codebook_fingerprint(vq.codebook)
+    if sha != db.codebook_sha256:
+        raise ValueError("the database was built with another VQ codebook than this model; rebuild it (arrag build-db)")
+    codes = _encode_all(vq, images).cpu()  # [N, H, W]
+    candidates = []
+    for start in progress(range(0, len(codes), batch_size), desc="FAiD training set", unit="batch"):
+        ids = None if image_ids is None else torch.as_tensor(image_ids[start : start + batch_size])
+        batch = codes[start : start + batch_size].to(db.device)
+        candidates.append(training_candidates(db, batch, vq.codebook, k, image_ids=ids).cpu())
+    candidates = torch.cat(candidates).to(torch.int32)  # [N, T, k]
+    meta = {
+        "format": TRAINSET_FORMAT,
+        "count": len(codes),
+        "grid": list(codes.shape[1:]),
+        "k": k,
+        "codebook_sha256": sha,
+        "database": database_identity(db),
+        "excluded_same_image": image_ids is not None,
+        "captions": list(captions),
+        "missing_candidate_fraction": float((candidates < 0).float().mean()),
+    }
+    ids = np.full(len(codes), -1, dtype=np.int64) if image_ids is None else np.asarray(image_ids, dtype=np.int64)
+    with atomic_path(Path(out_dir), directory=True) as tmp:
+        with open(tmp / "trainset.npz", "wb") as f:  # a file object: np.savez would append ".npz"
+            np.savez(f, codes=codes.numpy().astype(np.uint16), candidates=candidates.numpy(), image_ids=ids)
+        write_json(tmp / "trainset.json", meta)
+    return {k: v for k, v in meta.items() if k != "captions"}
+
+
+def load_trainset(directory: str | Path, db=None) -> tuple[torch.Tensor, torch.Tensor, list[str], dict]:
+    """(codes [N, H, W], candidates [N, T, k], captions, metadata); with `db`, refuse a training set whose
+    candidates came from another database."""
+    directory = Path(directory)
+    path = directory / "trainset.json"
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} is missing: build the FAiD training set with `arrag faid-trainset`")
+    meta = json.loads(path.read_text())
+    if meta.get("format") != TRAINSET_FORMAT:
+        raise ValueError(f"{path}: format {meta.get('format')!r}, expected {TRAINSET_FORMAT!r}; rebuild it")
+    if db is not None and meta["database"] != database_identity(db):
+        diff = {k for k in DB_IDENTITY_FIELDS if meta["database"].get(k) != database_identity(db)[k]}
+        raise ValueError(
+            f"{directory} was built from another retrieval database (fields differ: {sorted(diff)}); "
+            "rebuild the training set from this database with `arrag faid-trainset`"
+        )
+    with np.load(directory / "trainset.npz", allow_pickle=False) as z:
+        codes = torch.from_numpy(z["codes"].astype(np.int64))
+        candidates = torch.from_numpy(z["candidates"].astype(np.int64))
+    return codes, candidates, meta["captions"], meta
+
+
+# ---------------------------------------------------------------- training
+
+
+@dataclass
+class FAiDTrainingConfig:
+    steps: int = 500  # optimiser steps
+    batch_size: int = 16  # per process and micro-batch
+    grad_accum: int = 1  # global batch = batch_size * grad_accum * processes
+    lr: float = 2e-4
+    warmup_frac: float = 0.1  # linear warm-up over this fraction of the steps, then constant
+    caption_dropout: float = 0.1  # dropped rows get the unconditional prompt and no candidates (as at inference)
+    checkpoint_every: int = 100
+    seed: int = 0
+    # the FAiD layout (arrag.models.faid.FAiDConfig)
+    every: int = 2
+    hops: str = "12"
+    k: int = 10
+    budget: str = "lowrank"
+    rank: int = 32
+
+
+def lr_at(step: int, cfg: FAiDTrainingConfig) -> float:
+    """Appendix B.3: linear warm-up over the first warmup_frac of the steps, then constant."""
+    warmup = max(1, int(cfg.warmup_frac * cfg.steps))
+    return cfg.lr * min(1.0, (step + 1) / warmup)
+
+
+def train_faid(
+    base_dir: str | Path,
+    trainset_dir: str | Path,
+    cfg: FAiDTrainingConfig,
+    out_dir: str | Path,
+    db=None,
+    cpu: bool = False,
+) -> dict:
+    """Fine-tune FAiD's parameters on the training set; the backbone stays frozen. Runs under
+    `accelerate launch` on several GPUs (each process takes its share of every global batch; gradients are
+    averaged across processes) or as a plain process on one GPU or the CPU."""
+    from accelerate import Accelerator
+
+    out_dir = Path(out_dir)
+    acc = Accelerator(cpu=cpu)
+    torch.manual_seed(cfg.seed)
+    model, processor = load_janus(base_dir, device=acc.device)
+    codes, candidates, captions, meta = load_trainset(trainset_dir, db)
+    if meta["codebook_sha256"] != codebook_fingerprint(VQTokenizer.from_janus(model).codebook):
+        raise ValueError(f"{trainset_dir} was tokenised with another codebook than {base_dir}; rebuild it")
+    if meta["k"] < cfg.k:
+        raise ValueError(f"{trainset_dir} holds {meta['k']} candidates per position, fewer than k={cfg.k}")
+    candidates = candidates[..., : cfg.k]
+    codes = codes.flatten(1)  # [N, T]
+    freeze_backbone(model)
+    model.eval()  # frozen backbone: no dropout
+    faid_cfg = FAiDConfig(every=cfg.every, hops=cfg.hops, k=cfg.k, budget=cfg.budget, rank=cfg.rank)
+    faid = FAiD.for_model(model, faid_cfg).to(acc.device).train()
+    faid.attach(model)
+    tok = processor.tokenizer
+    prompts = tokenize_prompts(processor, captions, device=acc.device)
+    ids, mask = prompts["input_ids"], prompts["attention_mask"]
+    uncond = unconditional_ids(ids, tok.bos_token_id, tok.convert_tokens_to_ids(tok.boi_token), tok.pad_token_id)
+    params = list(faid.parameters())
+    opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=0.0)
+    ckpt = ResumableCheckpoint(out_dir, cfg.checkpoint_every)
+    start = ckpt.load(faid, opt)
+    global_batch = cfg.batch_size * cfg.grad_accum * acc.num_processes
+    log, t0 = [], time.time()
+    stream = _batches(len(codes), global_batch, cfg.steps, start, cfg.seed)
+    bar = progress(stream, total=cfg.steps - start, desc="FAiD", disable=not acc.is_main_process)
+    for step, idx in bar:
+        for g in opt.param_groups:
+            g["lr"] = lr_at(step, cfg)
+        idx = torch.as_tensor(idx)
+        drop = caption_dropout_mask(len(idx), cfg.caption_dropout, cfg.seed, step)  # same on every process
+        mine = torch.arange(len(idx))[acc.process_index :: acc.num_processes]  # this process' share
+        total = 0.0
+        for micro in mine.split(cfg.batch_size):
+            rows, dropped = idx[micro].to(acc.device), drop[micro].to(acc.device)
+            batch_ids = torch.where(dropped[:, None], uncond[rows], ids[rows])
+            cands = torch.where(dropped[:, None, None], -1, candidates[rows.cpu()].to(acc.device))
+            loss = faid_training_loss(model, faid, batch_ids, mask[rows], codes[rows.cpu()].to(acc.device), cands)
+            (loss * len(micro) / len(mine)).backward()
+            total += loss.item() * len(micro) / len(mine)
+        if acc.num_processes > 1:  # average gradients across processes (FAiD runs through hooks, not DDP)
+            for p in params:
+                p.grad = acc.reduce(p.grad if p.grad is not None else torch.zeros_like(p), reduction="mean")
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        if step % 25 == 0 or step == cfg.steps - 1:
+            log.append({"step": step, "loss": total})
+            bar.set_postfix(loss=f"{total:.3f}")
+        if acc.is_main_process:
+            ckpt.maybe_save(step + 1, faid, opt)
+    faid.detach()
+    stats = {
+        "method": "faid",
+        "base_model": str(base_dir),
+        "base_identity": model_identity(model),
+        "trainset": str(trainset_dir),
+        "database": meta["database"],
+        "steps": cfg.steps,
+        "resumed_at": start,
+        "seconds": time.time() - t0,
+        "global_batch": global_batch,
+        "processes": acc.num_processes,
+        "log": log,
+        "trainable_parameters": sum(p.numel() for p in params),
+        "config": asdict(cfg),
+    }
+    if acc.is_main_process:
+        with atomic_path(out_dir, directory=True) as tmp:
+            faid.save(tmp)
+            write_json(tmp / "faid.json", stats)
+        ckpt.discard()
+    acc.wait_for_everyone()
+    return stats
+
+
+def load_faid(directory: str | Path, model, device: str | torch.device = "cpu") -> FAiD:
+    """The FAiD modules of a checkpoint, after checking they were trained for this base model and layout."""
+    directory = Path(directory)
+    info_path = directory / "faid.json"
+    if not info_path.is_file():
+        raise FileNotFoundError(f"{info_path} is missing: train FAiD with `arrag train-faid` first")
+    info = json.loads(info_path.read_text())
+    expected, found = info["base_identity"], model_identity(model)
+    if expected != found:
+        diff = sorted(k for k in expected if expected[k] != found.get(k))
+        raise ValueError(
+            f"{directory} was trained for another base model than the one loaded (differs in {diff}; trained "
+            f"on {info['base_model']}); load that model or retrain FAiD on this one"
+        )
+    faid = FAiD.load(directory, device=device)
+    text = model.config.text_config
+    if (faid.hidden_size, faid.num_layers) != (text.hidden_size, text.num_hidden_layers):
+        raise ValueError(
+            f"{directory}: its modules are laid out for {faid.num_layers} layers of width {faid.hidden_size}, "
+            f"the model has {text.num_hidden_layers} of width {text.hidden_size}"
+        )
+    return faid

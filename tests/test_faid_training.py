@@ -1,0 +1,114 @@
+"""FAiD training: the training-set format and its refusals, training lowers the loss, resume equals an
+uninterrupted run, and checkpoints refuse another base model."""
+
+import copy
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file
+
+import arrag.models.faid_training as ft
+from arrag.models.vq import VQTokenizer
+from arrag.retrieval.database import PatchDatabase
+
+CAPTIONS = ["a photo of a red circle", "a photo of two squares", "a photo of a triangle", "a photo of a blue circle"]
+
+
+@pytest.fixture()
+def setup(tiny_janus, tmp_path):
+    """The tiny model saved as a base model, a database over 30 random grids, and a training set of 8 images."""
+    model, processor, spec = tiny_janus
+    model.save_pretrained(tmp_path / "base", safe_serialization=True)
+    processor.save_pretrained(tmp_path / "base")
+    vq = VQTokenizer.from_janus(model)
+    gen = torch.Generator().manual_seed(0)
+    corpus = torch.randint(0, spec.codebook_size, (30, spec.grid, spec.grid), generator=gen)
+    db = PatchDatabase.build(corpus, vq.codebook, index="flat")
+    images = vq.decode_to_uint8(corpus[:8])
+    ft.build_trainset(model, db, images, (CAPTIONS * 2)[:8], k=4, out_dir=tmp_path / "trainset")
+    return model, db, images, tmp_path
+
+
+def test_trainset_format_and_refusals(setup, tiny_janus):
+    model, db, images, tmp = setup
+    codes, candidates, captions, meta = ft.load_trainset(tmp / "trainset", db)
+    assert codes.shape == (8, 4, 4) and candidates.shape == (8, 16, 4) and captions == (CAPTIONS * 2)[:8]
+    assert meta["database"] == ft.database_identity(db) and not meta["excluded_same_image"]
+    # candidates are the database's answers to the ground-truth neighbourhoods
+    from arrag.models.faid import training_candidates
+
+    assert torch.equal(candidates, training_candidates(db, codes, VQTokenizer.from_janus(model).codebook, 4))
+    other = PatchDatabase.build(codes, VQTokenizer.from_janus(model).codebook, index="flat")
+    with pytest.raises(ValueError, match="another retrieval database"):
+        ft.load_trainset(tmp / "trainset", other)
+    with pytest.raises(FileNotFoundError, match="arrag faid-trainset"):
+        ft.load_trainset(tmp / "nothing")
+    with pytest.raises(ValueError, match="between 1 and the database size"):
+        ft.build_trainset(model, db, images, (CAPTIONS * 2)[:8], k=0, out_dir=tmp / "x")
+
+
+def test_same_image_exclusion_in_the_trainset(setup, monkeypatch):
+    """Images that are themselves in the database never get their own patches as candidates."""
+    model, _, _, tmp = setup
+    vq = VQTokenizer.from_janus(model)
+    codes = torch.arange(16).view(1, 4, 4).repeat(6, 1, 1) % 7  # six identical images: every key repeats
+    codes[0] = 9  # image 0 is the only one holding token 9
+    db = PatchDatabase.build(codes, vq.codebook, index="flat", image_ids=torch.arange(100, 106))
+    monkeypatch.setattr(ft, "_encode_all", lambda vq, images: codes[:1])  # the image tokenises to exactly image 0
+    images = np.zeros((1, 16, 16, 3), dtype=np.uint8)
+    ft.build_trainset(model, db, images, CAPTIONS[:1], k=3, out_dir=tmp / "own", image_ids=np.array([100]))
+    ft.build_trainset(model, db, images, CAPTIONS[:1], k=3, out_dir=tmp / "leaky")
+    leaky = ft.load_trainset(tmp / "leaky")[1]
+    assert (leaky[0, 1:, 0] == 9).all()  # without exclusion its own patch is the top hit (past the empty key)
+    own = ft.load_trainset(tmp / "own")
+    assert not (own[1] == 9).any() and own[3]["excluded_same_image"]
+
+
+def test_training_lowers_the_loss_and_saves_only_faid(setup):
+    model, db, _, tmp = setup
+    cfg = ft.FAiDTrainingConfig(steps=20, batch_size=4, lr=3e-3, every=1, k=4, rank=8, checkpoint_every=0)
+    stats = ft.train_faid(tmp / "base", tmp / "trainset", cfg, tmp / "faid", db=db, cpu=True)
+    losses = [e["loss"] for e in stats["log"]]
+    assert losses[-1] < losses[0]
+    saved = load_file(tmp / "faid" / "faid.safetensors")
+    assert sum(v.numel() for v in saved.values()) == stats["trainable_parameters"]
+    assert not any("language_model" in name for name in saved)
+    faid = ft.load_faid(tmp / "faid", model)
+    assert len(faid.blocks) == model.config.text_config.num_hidden_layers
+
+
+def test_resume_after_an_interruption_gives_the_same_parameters(setup, monkeypatch):
+    _, db, _, tmp = setup
+    cfg = ft.FAiDTrainingConfig(steps=8, batch_size=4, lr=3e-3, every=1, k=4, rank=8, checkpoint_every=3)
+    ft.train_faid(tmp / "base", tmp / "trainset", cfg, tmp / "straight", cpu=True)
+
+    real_lr_at = ft.lr_at
+
+    def crash_at_step_7(step, c):
+        if step == 7:
+            raise KeyboardInterrupt
+        return real_lr_at(step, c)
+
+    monkeypatch.setattr(ft, "lr_at", crash_at_step_7)
+    with pytest.raises(KeyboardInterrupt):
+        ft.train_faid(tmp / "base", tmp / "trainset", cfg, tmp / "resumed", cpu=True)
+    assert not (tmp / "resumed").exists() and (tmp / "resumed.partial" / "state.pt").is_file()
+    monkeypatch.setattr(ft, "lr_at", real_lr_at)
+    stats = ft.train_faid(tmp / "base", tmp / "trainset", cfg, tmp / "resumed", cpu=True)
+    assert stats["resumed_at"] == 6
+    a, b = load_file(tmp / "straight" / "faid.safetensors"), load_file(tmp / "resumed" / "faid.safetensors")
+    assert all(torch.equal(a[name], b[name]) for name in a)
+
+
+def test_a_checkpoint_for_another_base_model_is_refused(setup):
+    model, db, _, tmp = setup
+    cfg = ft.FAiDTrainingConfig(steps=2, batch_size=4, every=1, k=4, rank=8, checkpoint_every=0)
+    ft.train_faid(tmp / "base", tmp / "trainset", cfg, tmp / "faid", cpu=True)
+    other = copy.deepcopy(model)
+    with torch.no_grad():
+        other.model.generation_head.vision_head.weight.add_(0.01)
+    with pytest.raises(ValueError, match="another base model"):
+        ft.load_faid(tmp / "faid", other)
+    with pytest.raises(FileNotFoundError, match="arrag train-faid"):
+        ft.load_faid(tmp / "missing", model)

@@ -1,0 +1,129 @@
+# FAiD (paper section 3.3, appendix B.3): the training set of retrieved candidates for the fine-tuning
+# split, training of the FAiD parameters only (backbone frozen), and the sweep over hop sets x module
+# counts (paper Figure 7 right). Generation with the trained FAiD goes through rules/generate.smk.
+
+
+rule faid_trainset:
+    input:
+        model=f"{RESULTS}/models/base",
+        db=f"{RESULTS}/retrieval/db",
+        images=f"{RESULTS}/world/{FAID['trainset_split']}/images.npy",
+    output:
+        directory(f"{RESULTS}/retrieval/faid_trainset"),
+    params:
+        world=lambda wildcards, input: world_dir(input.images),
+        split=FAID["trainset_split"],
+        k=FAID["training"]["k"],
+        device=config["device"],
+    log:
+        log_path("faid_trainset"),
+    benchmark:
+        benchmark_path("faid_trainset")
+    conda:
+        "../envs/arrag.yaml"
+    threads: workflow.cores
+    resources:
+        gpu=1,
+        mem_mb=4000,
+    shell:
+        "OMP_NUM_THREADS={threads} arrag faid-trainset --model {input.model} --db {input.db} --world {params.world} "
+        "--split {params.split} --k {params.k} --device {params.device} --out {output} > {log} 2>&1"
+
+
+rule train_faid:
+    input:
+        model=f"{RESULTS}/models/base",
+        db=f"{RESULTS}/retrieval/db",
+        trainset=f"{RESULTS}/retrieval/faid_trainset",
+    output:
+        directory(f"{RESULTS}/models/faid"),
+    params:
+        training=settings_flags("--set", FAID["training"]),
+    log:
+        log_path("train_faid"),
+    benchmark:
+        benchmark_path("train_faid")
+    conda:
+        "../envs/arrag.yaml"
+    threads: workflow.cores
+    resources:
+        gpu=1,
+        mem_mb=6000,
+    shell:
+        "OMP_NUM_THREADS={threads} arrag train-faid --model {input.model} --trainset {input.trainset} "
+        "--db {input.db} --out {output} {params.training} > {log} 2>&1"
+
+
+rule train_faid_sweep:
+    input:
+        model=f"{RESULTS}/models/base",
+        db=f"{RESULTS}/retrieval/db",
+        trainset=f"{RESULTS}/retrieval/faid_trainset",
+    output:
+        directory(f"{RESULTS}/models/sweep_faid/{FAID_SWEEP.wildcard_pattern}"),
+    params:
+        training=settings_flags("--set", FAID["training"] | FAID["sweep"]["training"]),
+    log:
+        f"{RESULTS}/logs/train_faid_sweep/{FAID_SWEEP.wildcard_pattern}.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/train_faid_sweep/{FAID_SWEEP.wildcard_pattern}.tsv"
+    conda:
+        "../envs/arrag.yaml"
+    threads: workflow.cores
+    resources:
+        gpu=1,
+        mem_mb=6000,
+    shell:
+        "OMP_NUM_THREADS={threads} arrag train-faid --model {input.model} --trainset {input.trainset} "
+        "--db {input.db} --out {output} {params.training} --set hops={wildcards.hops} --set every={wildcards.every} "
+        "> {log} 2>&1"
+
+
+rule generate_faid_sweep:
+    input:
+        model=f"{RESULTS}/models/base",
+        db=f"{RESULTS}/retrieval/db",
+        faid=f"{RESULTS}/models/sweep_faid/{FAID_SWEEP.wildcard_pattern}",
+        prompts=f"{RESULTS}/world/geneval/evaluation_metadata.jsonl",
+    output:
+        f"{RESULTS}/images/sweep_faid/{FAID_SWEEP.wildcard_pattern}/geneval/generation.json",
+    params:
+        out=lambda wildcards, output: os.path.dirname(output[0]),
+        n=FAID["sweep"]["images_per_prompt"],
+        sampling=sampling_flags(),
+    log:
+        f"{RESULTS}/logs/generate_faid_sweep/{FAID_SWEEP.wildcard_pattern}.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/generate_faid_sweep/{FAID_SWEEP.wildcard_pattern}.tsv"
+    conda:
+        "../envs/arrag.yaml"
+    threads: workflow.cores
+    resources:
+        gpu=1,
+        mem_mb=4000,
+    shell:
+        "OMP_NUM_THREADS={threads} arrag generate-benchmark --model {input.model} --prompts {input.prompts} "
+        "--n {params.n} --out {params.out} {params.sampling} --method faid --db {input.db} --faid {input.faid} "
+        "> {log} 2>&1"
+
+
+rule sweep_faid:
+    input:
+        expand(f"{RESULTS}/scores/sweep_faid/{{point}}/geneval_summary.json", point=FAID_SWEEP.instance_patterns),
+    output:
+        csv=f"{RESULTS}/tables/sweep_faid.csv",
+        png=report(f"{RESULTS}/figures/sweep_faid.png", caption="../report/sweep_faid.rst", category="Sweeps"),
+    params:
+        title=f"FAiD sweep, GenEval overall ({config['profile']} profile; modules = layers / every)",
+    log:
+        log_path("sweep_faid"),
+    benchmark:
+        benchmark_path("sweep_faid")
+    conda:
+        "../envs/arrag.yaml"
+    threads: 1
+    resources:
+        mem_mb=1000,
+    shell:
+        "arrag sweep-table --summary {input} --x every --y hops --title '{params.title}' "
+        "--out-csv {output.csv} --out-png {output.png} > {log} 2>&1"

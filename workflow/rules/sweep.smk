@@ -1,0 +1,53 @@
+# DAiD's hyper-parameter sweep (paper Figure 7 left): the GenEval prompts generated at every
+# (weight, temperature) of config["sweeps"]["daid"], each scored by rules/evaluate.smk, then one CSV and
+# a heatmap. Points live under images/sweep_daid/weight~W/temperature~T/ (Snakemake's Paramspace).
+
+
+rule generate_daid_sweep:
+    input:
+        model=f"{RESULTS}/models/base",
+        db=f"{RESULTS}/retrieval/db",
+        prompts=f"{RESULTS}/world/geneval/evaluation_metadata.jsonl",
+    output:
+        f"{RESULTS}/images/sweep_daid/{DAID_SWEEP.wildcard_pattern}/geneval/generation.json",
+    params:
+        out=lambda wildcards, output: os.path.dirname(output[0]),
+        n=config["sweeps"]["daid"]["images_per_prompt"],
+        k=config["daid"]["k"],
+        sampling=sampling_flags(),
+    log:
+        f"{RESULTS}/logs/generate_daid_sweep/{DAID_SWEEP.wildcard_pattern}.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/generate_daid_sweep/{DAID_SWEEP.wildcard_pattern}.tsv"
+    conda:
+        "../envs/arrag.yaml"
+    threads: workflow.cores
+    resources:
+        gpu=1,
+        mem_mb=4000,
+    shell:
+        "OMP_NUM_THREADS={threads} arrag generate-benchmark --model {input.model} --prompts {input.prompts} "
+        "--n {params.n} --out {params.out} {params.sampling} --method daid --db {input.db} --daid-k {params.k} "
+        "--daid-weight {wildcards.weight} --daid-temperature {wildcards.temperature} > {log} 2>&1"
+
+
+rule sweep_daid:
+    input:
+        expand(f"{RESULTS}/scores/sweep_daid/{{point}}/geneval_summary.json", point=DAID_SWEEP.instance_patterns),
+    output:
+        csv=f"{RESULTS}/tables/sweep_daid.csv",
+        png=report(f"{RESULTS}/figures/sweep_daid.png", caption="../report/sweep_daid.rst", category="Sweeps"),
+    params:
+        title=f"DAiD sweep, GenEval overall ({config['profile']} profile, k={config['daid']['k']})",
+    log:
+        log_path("sweep_daid"),
+    benchmark:
+        benchmark_path("sweep_daid")
+    conda:
+        "../envs/arrag.yaml"
+    threads: 1
+    resources:
+        mem_mb=1000,
+    shell:
+        "arrag sweep-table --summary {input} --x weight --y temperature --title '{params.title}' "
+        "--out-csv {output.csv} --out-png {output.png} > {log} 2>&1"
