@@ -173,3 +173,15 @@ def test_generation_bench_rows_and_ratios(tiny_janus, tiny_db):
     assert rows["vanilla"]["overhead_vs_vanilla"] == 0.0 and len(rows["daid"]["runs"]) == 1
     assert rows["daid"]["seconds_per_step"] == rows["daid"]["seconds_per_batch"] / 16
     assert "| daid |" in markdown_table(result)
+
+
+def test_bad_settings_are_refused_before_generation(tiny_db):
+    db, codebook, _ = tiny_db
+    for kwargs, match in [
+        ({"weight": 1.5}, "weight"),
+        ({"temperature": 0.0}, "temperature"),
+        ({"k": 0}, "between 1 and the database size"),
+        ({"k": len(db) + 1}, "between 1 and the database size"),
+    ]:
+        with pytest.raises(ValueError, match=match):
+            DAiD(db, codebook, **kwargs)

@@ -81,6 +81,10 @@ class DAiD(DecodingHook):
     ):
         if not 0 <= weight <= 1:
             raise ValueError(f"DAiD weight must be in [0, 1], got {weight}")
+        if temperature <= 0:
+            raise ValueError(f"DAiD temperature must be > 0, got {temperature}")
+        if not 1 <= k <= len(db):
+            raise ValueError(f"DAiD k={k} must be between 1 and the database size {len(db)}")
         self.db, self.codebook = db, codebook
         self.k, self.weight, self.temperature, self.unique = k, weight, temperature, unique
         self.retrieve_at = retrieve_at or (lambda step: True)

@@ -123,10 +123,13 @@ rule attribution:
 
 
 rule bench_generate:
-    # Not part of `all`: `snakemake --cores all bench_generate` measures vanilla vs DAiD side by side.
+    # Not part of `all`: `snakemake --cores all bench_generate` measures vanilla, DAiD, FAiD and RA-CM3 side by side.
     input:
         model=f"{RESULTS}/models/base",
         db=f"{RESULTS}/retrieval/db",
+        faid=f"{RESULTS}/models/faid",
+        racm3=f"{RESULTS}/models/racm3",
+        index=f"{RESULTS}/retrieval/image_index",
         prompts=f"{RESULTS}/world/geneval/evaluation_metadata.jsonl",
     output:
         json=f"{RESULTS}/bench/generate.json",
@@ -148,7 +151,8 @@ rule bench_generate:
         gpu=1,
         mem_mb=4000,
     shell:
-        "OMP_NUM_THREADS={threads} arrag bench generate --model {input.model} --db {input.db} "
+        "OMP_NUM_THREADS={threads} arrag bench generate --model {input.model} --db {input.db} --faid {input.faid} "
+        "--racm3-model {input.racm3} --image-index {input.index} "
         "--prompts {input.prompts} --daid-k {params.k} --daid-weight {params.weight} --daid-temperature {params.temperature} "
         "--guidance-scale {params.guidance} --batch-size 16 --repeats 5 --device {params.device} "
         "--out-json {output.json} --out-md {output.md} > {log} 2>&1"
