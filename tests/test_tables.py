@@ -38,4 +38,8 @@ def test_sweep_rows_take_parameters_from_the_paths(tmp_path):
     rows = write_sweep(summaries, tmp_path / "s.csv", tmp_path / "s.png", "weight", "temperature", "sweep")
     assert [(r["weight"], r["temperature"]) for r in rows] == [(0.1, 1.0), (0.5, 1.0), (0.1, 2.0), (0.5, 2.0)]
     assert rows[3]["overall"] == pytest.approx(_summary(1.0)["overall"])
+    hops = write_sweep(
+        {"s/hops~12/every~2/x.json": _summary(1.0)}, tmp_path / "h.csv", tmp_path / "h.png", "every", "hops", ""
+    )
+    assert hops[0]["hops"] == 12 and (tmp_path / "h.csv").read_text().splitlines()[1].startswith("12,2,")
     assert (tmp_path / "s.png").read_bytes()[:4] == b"\x89PNG"

@@ -76,11 +76,16 @@ def params_from_path(path: str | Path) -> dict[str, str]:
     return params
 
 
+def _number(text: str) -> int | float:
+    """ "12" -> 12 (a hop set stays an integer, not 12.0), "0.1" -> 0.1."""
+    return int(text) if text.lstrip("-").isdigit() else float(text)
+
+
 def sweep_rows(summaries: dict[str, dict]) -> list[dict]:
     """path -> GenEval summary  =>  one row per run: its parameters, overall and per-tag accuracies."""
     rows = []
     for path, s in summaries.items():
-        row = {k: float(v) for k, v in params_from_path(path).items()}
+        row = {k: _number(v) for k, v in params_from_path(path).items()}
         row |= {"overall": s["overall"], **{tag: s["tags"][tag]["accuracy"] for tag, _ in GENEVAL_COLUMNS}}
         rows.append(row)
     return rows
