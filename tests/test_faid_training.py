@@ -55,7 +55,7 @@ def test_same_image_exclusion_in_the_trainset(setup, monkeypatch):
     codes = torch.arange(16).view(1, 4, 4).repeat(6, 1, 1) % 7  # six identical images: every key repeats
     codes[0] = 9  # image 0 is the only one holding token 9
     db = PatchDatabase.build(codes, vq.codebook, index="flat", image_ids=torch.arange(100, 106))
-    monkeypatch.setattr(ft, "_encode_all", lambda vq, images: codes[:1])  # the image tokenises to exactly image 0
+    monkeypatch.setattr(ft, "encode_images", lambda vq, images: codes[:1])  # the image tokenises to exactly image 0
     images = np.zeros((1, 16, 16, 3), dtype=np.uint8)
     ft.build_trainset(model, db, images, CAPTIONS[:1], k=3, out_dir=tmp / "own", image_ids=np.array([100]))
     ft.build_trainset(model, db, images, CAPTIONS[:1], k=3, out_dir=tmp / "leaky")

@@ -20,8 +20,8 @@ import torch
 
 from arrag.decoding.pipeline import ImageGenerationPipeline, resolve_device
 from arrag.io import atomic_path, write_json
-from arrag.models.janus import load_janus, tokenize_prompts
-from arrag.models.training import _encode_all, fit_generation_path, image_generation_loss, unconditional_ids
+from arrag.models.janus import load_janus
+from arrag.models.training import caption_inputs, encode_images, fit_generation_path, image_generation_loss
 from arrag.models.vq import VQTokenizer, codebook_fingerprint
 from arrag.retrieval.image_index import ImageLevelIndex
 
@@ -53,13 +53,10 @@ def train_racm3(
     model, processor = load_janus(base_dir, device=device)
     vq = VQTokenizer.from_janus(model)
     index.check_codebook(codebook_fingerprint(vq.codebook), f"the base model {base_dir}")
-    codes = _encode_all(vq, images).flatten(1)  # [N, T]
+    codes = encode_images(vq, images).flatten(1)  # [N, T]
     rows = index.retrieve(captions)  # [N] top-1 reference per caption
     references = index.reference_codes(rows, device)  # [N, T]
-    tok = processor.tokenizer
-    prompts = tokenize_prompts(processor, captions, device=device)
-    ids, mask = prompts["input_ids"], prompts["attention_mask"]
-    uncond = unconditional_ids(ids, tok.bos_token_id, tok.convert_tokens_to_ids(tok.boi_token), tok.pad_token_id)
+    ids, mask, uncond = caption_inputs(processor, captions, device)
 
     def batch_loss(idx: torch.Tensor, drop: torch.Tensor) -> torch.Tensor:
         idx, drop = idx.to(device), drop.to(device)

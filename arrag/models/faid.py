@@ -53,7 +53,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from arrag.decoding.loop import DecodingHook, StepState
-from arrag.models.training import position_ids_from_mask, prompt_embeddings
+from arrag.models.training import image_token_logits
 from arrag.retrieval.keys import neighbourhood_keys, query_from_grid
 
 BUDGETS = ("paper", "lowrank")
@@ -453,16 +453,8 @@ def faid_logits(
     candidates [R, T, k] token ids retrieved for each position from its ground-truth prefix (-1: none) for
     the first R <= B rows (the others, e.g. the unconditional rows of a guidance batch, get no FAiD).
     """
-    prompt, prompt_mask = prompt_embeddings(model, input_ids, attention_mask)  # [B, L, D], [B, L]
-    image = model.prepare_embeddings_for_image_generation(codes[:, :-1])  # [B, T-1, D]
-    embeds = torch.cat([prompt, image.to(prompt.dtype)], dim=1)
-    mask = torch.cat([prompt_mask, prompt_mask.new_ones(codes[:, :-1].shape)], dim=1)
-    with faid.teacher_forced(prompt.shape[1], candidates):
-        hidden = model.model.language_model(
-            inputs_embeds=embeds, attention_mask=mask, position_ids=position_ids_from_mask(mask)
-        ).last_hidden_state  # [B, L+T-1, D]
-    # the hidden state at <begin_of_image> predicts token 0, the one at token t-1 predicts token t
-    return model.model.generation_head(hidden[:, prompt.shape[1] - 1 :])  # [B, T, V]
+    during = lambda image_start: faid.teacher_forced(image_start, candidates)  # noqa: E731
+    return image_token_logits(model, input_ids, attention_mask, codes, during=during)
 
 
 def faid_training_loss(

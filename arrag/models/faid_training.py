@@ -29,13 +29,13 @@ import torch
 
 from arrag.io import atomic_path, progress, write_json
 from arrag.models.faid import FAiD, FAiDConfig, faid_training_loss, freeze_backbone, training_candidates
-from arrag.models.janus import load_janus, tokenize_prompts
+from arrag.models.janus import load_janus
 from arrag.models.training import (
     ResumableCheckpoint,
     _batches,
-    _encode_all,
     caption_dropout_mask,
-    unconditional_ids,
+    caption_inputs,
+    encode_images,
 )
 from arrag.models.vq import VQTokenizer, codebook_fingerprint
 
@@ -87,7 +87,7 @@ def build_trainset(
     sha = codebook_fingerprint(vq.codebook)
     if sha != db.codebook_sha256:
         raise ValueError("the database was built with another VQ codebook than this model; rebuild it (arrag build-db)")
-    codes = _encode_all(vq, images).cpu()  # [N, H, W]
+    codes = encode_images(vq, images).cpu()  # [N, H, W]
     candidates = []
     for start in progress(range(0, len(codes), batch_size), desc="FAiD training set", unit="batch"):
         ids = None if image_ids is None else torch.as_tensor(image_ids[start : start + batch_size])
@@ -191,10 +191,7 @@ def train_faid(
     faid_cfg = FAiDConfig(every=cfg.every, hops=cfg.hops, k=cfg.k, budget=cfg.budget, rank=cfg.rank)
     faid = FAiD.for_model(model, faid_cfg).to(acc.device).train()
     faid.attach(model)
-    tok = processor.tokenizer
-    prompts = tokenize_prompts(processor, captions, device=acc.device)
-    ids, mask = prompts["input_ids"], prompts["attention_mask"]
-    uncond = unconditional_ids(ids, tok.bos_token_id, tok.convert_tokens_to_ids(tok.boi_token), tok.pad_token_id)
+    ids, mask, uncond = caption_inputs(processor, captions, acc.device)
     params = list(faid.parameters())
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=0.0)
     ckpt = ResumableCheckpoint(out_dir, cfg.checkpoint_every)

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Callable
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -223,6 +225,33 @@ def prompt_embeddings(
     return torch.cat([prefix, text], dim=1), torch.cat([prefix_mask, attention_mask], dim=1)
 
 
+def image_token_logits(
+    model: JanusForConditionalGeneration,
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor,
+    codes: torch.Tensor,
+    prefix_codes: torch.Tensor | None = None,
+    prefix_visible: torch.Tensor | None = None,
+    during: Callable[[int], AbstractContextManager] | None = None,
+) -> torch.Tensor:
+    """Teacher-forced logits [B, T, K] of the image tokens of [prefix | prompt | image] sequences.
+
+    input_ids/attention_mask [B, L] (left-padded, ending in <begin_of_image>), codes [B, T] flat image tokens;
+    the optional image-token prefix [B, P] is RA-CM3's reference (see prompt_embeddings). `during(start)`,
+    given the sequence index of image token 0, wraps the language model's forward (FAiD plans its pass there).
+    """
+    prompt, prompt_mask = prompt_embeddings(model, input_ids, attention_mask, prefix_codes, prefix_visible)
+    image = model.prepare_embeddings_for_image_generation(codes[:, :-1]).to(prompt.dtype)  # [B, T-1, D]
+    embeds = torch.cat([prompt, image], dim=1)
+    mask = torch.cat([prompt_mask, prompt_mask.new_ones(codes[:, :-1].shape)], dim=1)
+    with during(prompt.shape[1]) if during else nullcontext():
+        hidden = model.model.language_model(
+            inputs_embeds=embeds, attention_mask=mask, position_ids=position_ids_from_mask(mask)
+        ).last_hidden_state  # [B, P+L+T-1, D]
+    # the hidden state at <begin_of_image> predicts token 0, the one at token t-1 predicts token t
+    return model.model.generation_head(hidden[:, prompt.shape[1] - 1 :])  # [B, T, K]
+
+
 def image_generation_loss(
     model: JanusForConditionalGeneration,
     input_ids: torch.Tensor,
@@ -231,21 +260,18 @@ def image_generation_loss(
     prefix_codes: torch.Tensor | None = None,
     prefix_visible: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """Next-token cross-entropy on the image tokens of [prefix | prompt | image] sequences (paper Eq. 1).
+    """Next-token cross-entropy on the image tokens (paper Eq. 1); arguments as image_token_logits."""
+    logits = image_token_logits(model, input_ids, attention_mask, codes, prefix_codes, prefix_visible)
+    return F.cross_entropy(logits.flatten(0, 1).float(), codes.flatten())
 
-    input_ids/attention_mask [B, L] (left-padded, ending in <begin_of_image>), codes [B, T] flat image tokens;
-    the optional image-token prefix [B, P] is RA-CM3's reference (see prompt_embeddings).
-    """
-    prompt, prompt_mask = prompt_embeddings(model, input_ids, attention_mask, prefix_codes, prefix_visible)
-    image = model.prepare_embeddings_for_image_generation(codes[:, :-1])  # [B, T-1, D]
-    embeds = torch.cat([prompt, image], dim=1)
-    mask = torch.cat([prompt_mask, prompt_mask.new_ones(codes[:, :-1].shape)], dim=1)
-    hidden = model.model.language_model(
-        inputs_embeds=embeds, attention_mask=mask, position_ids=position_ids_from_mask(mask)
-    ).last_hidden_state
-    # the hidden state at <begin_of_image> predicts token 0, the one at token t-1 predicts token t
-    logits = model.model.generation_head(hidden[:, prompt.shape[1] - 1 :])  # [B, T, K]
-    return F.cross_entropy(logits.flatten(0, 1), codes.flatten())
+
+def caption_inputs(processor, captions: list[str], device="cpu") -> tuple[torch.Tensor, ...]:
+    """Tokenised captions: input_ids, attention_mask and the unconditional input_ids [N, L] that caption
+    dropout swaps in (Janus' unconditional prompt)."""
+    prompts = tokenize_prompts(processor, captions, device=device)
+    ids, mask, tok = prompts["input_ids"], prompts["attention_mask"], processor.tokenizer
+    uncond = unconditional_ids(ids, tok.bos_token_id, tok.convert_tokens_to_ids(tok.boi_token), tok.pad_token_id)
+    return ids, mask, uncond
 
 
 def build_base_model(spec: MiniJanusSpec, words: list[str], vq_dir: str | Path, guidance_scale: float):
@@ -326,11 +352,8 @@ def train_base_model(
     out_dir = Path(out_dir)
     torch.manual_seed(cfg.seed)
     model, processor = build_base_model(spec, words, vq_dir, cfg.guidance_scale)
-    tok = processor.tokenizer
-    codes = _encode_all(VQTokenizer.from_janus(model), images).flatten(1)  # [N, T]
-    prompts = tokenize_prompts(processor, captions)
-    ids, mask = prompts["input_ids"], prompts["attention_mask"]
-    uncond = unconditional_ids(ids, tok.bos_token_id, tok.convert_tokens_to_ids(tok.boi_token), tok.pad_token_id)
+    codes = encode_images(VQTokenizer.from_janus(model), images).flatten(1)  # [N, T]
+    ids, mask, uncond = caption_inputs(processor, captions)
 
     def batch_loss(idx: torch.Tensor, drop: torch.Tensor) -> torch.Tensor:
         batch_ids = torch.where(drop[:, None], uncond[idx], ids[idx])
@@ -356,5 +379,6 @@ def train_base_model(
 
 
 @torch.no_grad()
-def _encode_all(vq: VQTokenizer, images: np.ndarray, batch_size: int = 256) -> torch.Tensor:
+def encode_images(vq: VQTokenizer, images: np.ndarray, batch_size: int = 256) -> torch.Tensor:
+    """uint8 images [N, S, S, 3] -> codes [N, H, W], encoded in batches."""
     return torch.cat([vq.encode(images[i : i + batch_size]) for i in range(0, len(images), batch_size)])
