@@ -280,6 +280,8 @@ def cmd_build_image_index(args) -> None:
 
 
 def cmd_faid_trainset(args) -> None:
+    import numpy as np
+
     from arrag.data.mini_world import load_split
     from arrag.decoding.pipeline import resolve_device
     from arrag.models.faid_training import build_trainset
@@ -291,7 +293,9 @@ def cmd_faid_trainset(args) -> None:
     model, _ = load_janus(args.model, revision=args.revision, device=device)
     db = PatchDatabase.load(args.db, codebook=VQTokenizer.from_janus(model).codebook, device=str(device))
     images, records = load_split(Path(args.world) / args.split)
-    summary = build_trainset(model, db, images, [r["caption"] for r in records], args.k, args.out)
+    # --exclude-self: the split is the database's own source, image id = position in the split
+    image_ids = np.arange(len(images)) if args.exclude_self else None
+    summary = build_trainset(model, db, images, [r["caption"] for r in records], args.k, args.out, image_ids)
     print(json.dumps(summary, indent=2))
 
 
@@ -588,6 +592,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--world", required=True, help="directory written by `arrag world`")
     p.add_argument("--split", default="finetune")
     p.add_argument("--k", type=int, default=10, help="candidates stored per position (training uses the first k)")
+    p.add_argument(
+        "--exclude-self",
+        action="store_true",
+        help="the split is the database's own source: drop each image's own entries from its candidates",
+    )
     p.add_argument("--device", default="auto")
     p.add_argument("--out", required=True)
     p.set_defaults(func=cmd_faid_trainset)

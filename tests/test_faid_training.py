@@ -112,3 +112,60 @@ def test_a_checkpoint_for_another_base_model_is_refused(setup):
         ft.load_faid(tmp / "faid", other)
     with pytest.raises(FileNotFoundError, match="arrag train-faid"):
         ft.load_faid(tmp / "missing", model)
+
+
+def test_faid_trainset_command_excludes_the_images_own_entries(tmp_path):
+    """`arrag faid-trainset --exclude-self` on the database's own source split: image id = position."""
+    from conftest import WORDS, tiny_spec
+    from transformers import JanusForConditionalGeneration
+
+    from arrag.cli import main
+    from arrag.data.mini_world import load_split, write_world
+    from arrag.models.janus import build_processor, build_word_tokenizer, configure_image_generation, mini_janus_config
+
+    spec = tiny_spec(image_size=32)
+    tok = build_word_tokenizer(WORDS)
+    model = JanusForConditionalGeneration(mini_janus_config(spec, tok)).eval()
+    configure_image_generation(model, tok)
+    model.save_pretrained(tmp_path / "base", safe_serialization=True)
+    build_processor(tok, spec.image_size, spec.grid**2).save_pretrained(tmp_path / "base")
+    write_world(
+        tmp_path / "world",
+        size=32,
+        seed=0,
+        splits={"corpus": 12},
+        underrepresented=[],
+        keep_fraction=1.0,
+        n_geneval_prompts=6,
+    )
+    images, _ = load_split(tmp_path / "world" / "corpus")
+    vq = VQTokenizer.from_janus(model)
+    PatchDatabase.build(vq.encode(images), vq.codebook, index="flat").save(tmp_path / "db")
+    args = [
+        "faid-trainset",
+        "--model",
+        str(tmp_path / "base"),
+        "--db",
+        str(tmp_path / "db"),
+        "--world",
+        str(tmp_path / "world"),
+        "--split",
+        "corpus",
+        "--k",
+        "3",
+        "--device",
+        "cpu",
+    ]
+    assert main(args + ["--exclude-self", "--out", str(tmp_path / "own")]) == 0
+    assert main(args + ["--out", str(tmp_path / "all")]) == 0
+    own, everything = ft.load_trainset(tmp_path / "own"), ft.load_trainset(tmp_path / "all")
+    assert own[3]["excluded_same_image"] and not everything[3]["excluded_same_image"]
+    db = PatchDatabase.load(tmp_path / "db", codebook=vq.codebook)
+    expected = training_candidates_excluding_self(db, own[0], vq.codebook)
+    assert torch.equal(own[1], expected) and not torch.equal(own[1], everything[1])
+
+
+def training_candidates_excluding_self(db, codes, codebook):
+    from arrag.models.faid import training_candidates
+
+    return training_candidates(db, codes, codebook, 3, image_ids=torch.arange(len(codes)))

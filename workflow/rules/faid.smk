@@ -14,6 +14,7 @@ rule faid_trainset:
         world=lambda wildcards, input: world_dir(input.images),
         split=FAID["trainset_split"],
         k=FAID["training"]["k"],
+        exclude_self="--exclude-self" if FAID["trainset_split"] == RETRIEVAL["source"] else "",
         device=config["device"],
     log:
         log_path("faid_trainset"),
@@ -27,7 +28,8 @@ rule faid_trainset:
         mem_mb=4000,
     shell:
         "OMP_NUM_THREADS={threads} arrag faid-trainset --model {input.model} --db {input.db} --world {params.world} "
-        "--split {params.split} --k {params.k} --device {params.device} --out {output} > {log} 2>&1"
+        "--split {params.split} --k {params.k} {params.exclude_self} --device {params.device} --out {output} "
+        "> {log} 2>&1"
 
 
 rule train_faid:
