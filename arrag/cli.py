@@ -533,6 +533,42 @@ def cmd_sweep_table(args) -> None:
     print(json.dumps({"runs": len(rows), "best": best}, indent=2))
 
 
+def _image_set(path: str):
+    """uint8 images [N, S, S, 3] from a GenEval-layout folder (every sample) or an .npy array."""
+    import numpy as np
+    from PIL import Image
+
+    from arrag.data.geneval_layout import read_prompt_folders
+
+    if path.endswith(".npy"):
+        return np.load(path, allow_pickle=False)
+    if not Path(path).is_dir():
+        raise ValueError(f"{path} is neither a GenEval-layout folder nor an images .npy file")
+    paths = [p for _, sample_paths in read_prompt_folders(path) for p in sample_paths]
+    if not paths:
+        raise ValueError(f"{path} holds no images: give a GenEval-layout folder or an images .npy file")
+    return np.stack([np.asarray(Image.open(p).convert("RGB")) for p in paths])
+
+
+def cmd_fwd(args) -> None:
+    from arrag.evaluation.fidelity import fwd
+    from arrag.io import write_json
+
+    generated, reference = _image_set(args.images), _image_set(args.reference)
+    value = fwd(generated, reference, level=args.level, wavelet=args.wavelet, size=args.size)
+    result = {
+        "fwd": value,
+        "images": len(generated),
+        "reference": len(reference),
+        "level": args.level,
+        "wavelet": args.wavelet,
+        "size": args.size,
+    }
+    if args.out_json:
+        write_json(args.out_json, result)
+    print(json.dumps(result, indent=2))
+
+
 def cmd_attribution(args) -> None:
     from arrag.visualise import attribution_figure, attribution_rows, load_source_images
 
@@ -732,6 +768,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out-csv", required=True)
     p.add_argument("--out-png", required=True)
     p.set_defaults(func=cmd_sweep_table)
+
+    p = sub.add_parser("fwd", help="Frechet Wavelet Distance between generated and reference images")
+    p.add_argument("--images", required=True, help="GenEval-layout folder or images .npy")
+    p.add_argument("--reference", required=True, help="GenEval-layout folder or images .npy")
+    p.add_argument("--level", type=int, default=4)
+    p.add_argument("--wavelet", default="haar")
+    p.add_argument("--size", type=int, default=256, help="images are resized to this side first")
+    p.add_argument("--out-json", default=None)
+    p.set_defaults(func=cmd_fwd)
 
     p = sub.add_parser("attribution", help="generated images beside the corpus images they copied most from")
     p.add_argument("--images", action="append", required=True, help="GenEval-layout folder with copying.json")
