@@ -22,6 +22,7 @@ rule all:
         expand("{results}/figures/samples_{method}.png", results=RESULTS, method=METHODS),
         f"{RESULTS}/tables/retrieval_accuracy.csv",
         f"{RESULTS}/tables/geneval.csv",
+        f"{RESULTS}/tables/fidelity.csv",
         [f"{RESULTS}/tables/sweep_daid.csv"] if "daid" in METHODS else [],
         [f"{RESULTS}/tables/sweep_faid.csv"] if "faid" in METHODS else [],
         [f"{RESULTS}/tables/over_copying.csv", f"{RESULTS}/figures/attribution.png"] if RETRIEVAL_METHODS else [],

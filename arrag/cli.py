@@ -524,6 +524,16 @@ def cmd_geneval_table(args) -> None:
     print(Path(args.out_md).read_text())
 
 
+def cmd_fidelity_table(args) -> None:
+    from arrag.evaluation.tables import read_summary, write_fidelity_table
+
+    if len(args.label) != len(args.fwd):
+        raise ValueError(f"give one --label per --fwd (got {len(args.label)} and {len(args.fwd)})")
+    results = {label: read_summary(path) for label, path in zip(args.label, args.fwd)}
+    write_fidelity_table(results, args.out_csv, args.out_md, note=args.note)
+    print(Path(args.out_md).read_text())
+
+
 def cmd_sweep_table(args) -> None:
     from arrag.evaluation.tables import read_summary, write_sweep
 
@@ -759,6 +769,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out-csv", required=True)
     p.add_argument("--out-md", required=True)
     p.set_defaults(func=cmd_geneval_table)
+
+    p = sub.add_parser("fidelity-table", help="paper Table 3 layout from `arrag fwd` results (CSV + Markdown)")
+    p.add_argument("--fwd", action="append", required=True, help="JSON written by `arrag fwd --out-json`")
+    p.add_argument("--label", action="append", required=True, help="method name of each --fwd")
+    p.add_argument("--note", default="")
+    p.add_argument("--out-csv", required=True)
+    p.add_argument("--out-md", required=True)
+    p.set_defaults(func=cmd_fidelity_table)
 
     p = sub.add_parser("sweep-table", help="a 2-D hyper-parameter sweep's GenEval scores: CSV + heatmap")
     p.add_argument("--summary", nargs="+", required=True, help="summaries under .../name~value/ folders")

@@ -104,6 +104,8 @@ def test_whole_dag_on_the_toy_profile(tmp_path):
     table1 = (res / "tables/geneval.csv").read_text().splitlines()
     assert table1[0].startswith("method,single_object,two_object,counting,colors,position,color_attr,overall")
     assert [line.split(",")[0] for line in table1[1:]] == ["vanilla", "daid", "faid", "racm3"]
+    fidelity = (res / "tables/fidelity.csv").read_text().splitlines()
+    assert fidelity[0] == "method,fwd,images,reference" and len(fidelity) == 5
     sweep = (res / "tables/sweep_daid.csv").read_text().splitlines()
     assert sweep[0].startswith("weight,temperature,overall") and len(sweep) == 3
     assert (res / "figures/sweep_daid.png").is_file()
@@ -135,6 +137,7 @@ def test_whole_dag_on_the_toy_profile(tmp_path):
         "geneval_table",
         "sweep_daid",
         "sweep_faid",
+        "fidelity_table",
     ]
     rules += [
         f"{rule}_{method}"

@@ -127,3 +127,15 @@ def write_sweep(summaries: dict[str, dict], out_csv, out_png, x: str, y: str, ti
     write_text(out_csv, _csv(rows))
     sweep_heatmap(rows, x, y, out_png, title)
     return rows
+
+
+def write_fidelity_table(results: dict[str, dict], out_csv, out_md, note: str = "") -> list[dict]:
+    """label -> `arrag fwd` result  =>  Table 3's layout with the metrics measured so far (FWD)."""
+    rows = [
+        {"method": label, "fwd": r["fwd"], "images": r["images"], "reference": r["reference"]}
+        for label, r in results.items()
+    ]
+    write_text(out_csv, _csv(rows))
+    lines = ["| Method | FWD ↓ |", "|---|---|"] + [f"| {r['method']} | {r['fwd']:.4f} |" for r in rows]
+    write_text(out_md, "\n".join(lines) + (f"\n\n{note}\n" if note else "\n"))
+    return rows

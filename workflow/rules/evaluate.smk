@@ -49,3 +49,54 @@ rule geneval_table:
     shell:
         "arrag geneval-table {params.summaries} {params.labels} --note '{params.note}' "
         "--out-csv {output.csv} --out-md {output.md} > {log} 2>&1"
+
+
+rule score_fwd:
+    input:
+        images=f"{RESULTS}/images/{{method}}/reference/generation.json",
+        reference=f"{RESULTS}/world/reference/images.npy",
+    output:
+        f"{RESULTS}/scores/{{method}}/fwd.json",
+    params:
+        images=lambda wildcards, input: os.path.dirname(input.images),
+        level=config["evaluation"]["fwd"]["level"],
+        size=config["evaluation"]["fwd"]["size"],
+    log:
+        f"{RESULTS}/logs/score_fwd/{{method}}.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/score_fwd/{{method}}.tsv"
+    conda:
+        "../envs/arrag.yaml"
+    threads: 1
+    resources:
+        mem_mb=4000,
+    shell:
+        "arrag fwd --images {params.images} --reference {input.reference} --level {params.level} "
+        "--size {params.size} --out-json {output} > {log} 2>&1"
+
+
+rule fidelity_table:
+    input:
+        expand("{results}/scores/{method}/fwd.json", results=RESULTS, method=METHODS),
+    output:
+        csv=f"{RESULTS}/tables/fidelity.csv",
+        md=report(f"{RESULTS}/tables/fidelity.md", caption="../report/fidelity.rst", category="Tables"),
+    params:
+        results=lambda wildcards, input: " ".join(f"--fwd {p}" for p in input),
+        labels=" ".join(f"--label {m}" for m in METHODS),
+        note=(
+            f"FWD: Haar packets, level {config['evaluation']['fwd']['level']}, images at "
+            f"{config['evaluation']['fwd']['size']} px; reference-caption images against the reference split."
+        ),
+    log:
+        log_path("fidelity_table"),
+    benchmark:
+        benchmark_path("fidelity_table")
+    conda:
+        "../envs/arrag.yaml"
+    threads: 1
+    resources:
+        mem_mb=500,
+    shell:
+        "arrag fidelity-table {params.results} {params.labels} --note '{params.note}' "
+        "--out-csv {output.csv} --out-md {output.md} > {log} 2>&1"
