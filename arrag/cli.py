@@ -264,12 +264,11 @@ def cmd_build_image_index(args) -> None:
         captions = [records[i][args.caption_field] for i in image_ids.tolist()]
     except KeyError:
         raise ValueError(f"{args.captions}: records lack the field {args.caption_field!r} (--caption-field)") from None
-    vocabulary = sorted({w for c in captions for w in c.lower().split()})
     index = ImageLevelIndex.build(
         captions,
         codes.numpy(),
         image_ids.numpy(),
-        BagOfWordsEncoder(vocabulary),
+        BagOfWordsEncoder.from_captions(captions),
         codebook_fingerprint(_load_codebook(args.model, args.revision)),
         tokenizer_id=metas[0].get("tokenizer_id", ""),
     )

@@ -58,6 +58,9 @@ def test_index_save_load_round_trip_and_bad_input(index, tmp_path):
         ImageLevelIndex.load(tmp_path / "missing")
     with pytest.raises(ValueError, match="between 1 and the index size"):
         index.search(index.encoder(["a circle"]), k=6)
+    with pytest.raises(ValueError, match="shares no word"):
+        index.retrieve(["a photo of a circle", "zebra unicorn"])
+    assert index.encoder(["A photo, of a RED circle."]).tolist() == index.encoder(["a photo of a red circle"]).tolist()
 
 
 def test_prefix_shapes_and_masking(tiny_janus, index):

@@ -212,11 +212,13 @@ def train_faid(
             batch_ids = torch.where(dropped[:, None], uncond[rows], ids[rows])
             cands = torch.where(dropped[:, None, None], -1, candidates[rows.cpu()].to(acc.device))
             loss = faid_training_loss(model, faid, batch_ids, mask[rows], codes[rows.cpu()].to(acc.device), cands)
-            (loss * len(micro) / len(mine)).backward()
-            total += loss.item() * len(micro) / len(mine)
-        if acc.num_processes > 1:  # average gradients across processes (FAiD runs through hooks, not DDP)
+            # each example weighs 1/len(idx) of the global batch, whichever process holds it
+            (loss * len(micro) / len(idx)).backward()
+            total += loss.item() * len(micro) / len(idx)
+        if acc.num_processes > 1:  # sum the processes' shares (FAiD runs through hooks, not DDP)
             for p in params:
-                p.grad = acc.reduce(p.grad if p.grad is not None else torch.zeros_like(p), reduction="mean")
+                p.grad = acc.reduce(p.grad if p.grad is not None else torch.zeros_like(p), reduction="sum")
+            total = float(acc.reduce(torch.tensor(total, device=acc.device), reduction="sum"))
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         opt.step()
         opt.zero_grad(set_to_none=True)

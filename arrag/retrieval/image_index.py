@@ -30,6 +30,11 @@ from arrag.io import atomic_path, write_json
 FORMAT = "arrag-imageindex/1"
 
 
+def words(text: str) -> list[str]:
+    """Lower-case alphabetic words: the one tokenisation of both the vocabulary and the queries."""
+    return re.findall(r"[a-z]+", text.lower())
+
+
 class BagOfWordsEncoder:
     """Text -> L2-normalised word-count vector over a fixed vocabulary (unknown words are ignored)."""
 
@@ -39,10 +44,14 @@ class BagOfWordsEncoder:
         self.vocabulary = sorted(set(vocabulary))
         self.column = {w: i for i, w in enumerate(self.vocabulary)}
 
+    @classmethod
+    def from_captions(cls, captions: list[str]) -> "BagOfWordsEncoder":
+        return cls([w for c in captions for w in words(c)])
+
     def __call__(self, texts: list[str]) -> np.ndarray:
         out = np.zeros((len(texts), len(self.vocabulary)), dtype=np.float32)  # [N, E]
         for row, text in enumerate(texts):
-            for word in re.findall(r"[a-z]+", text.lower()):
+            for word in words(text):
                 if word in self.column:
                     out[row, self.column[word]] += 1
         norms = np.linalg.norm(out, axis=1, keepdims=True)
@@ -113,7 +122,14 @@ class ImageLevelIndex:
 
     def retrieve(self, prompts: list[str]) -> np.ndarray:
         """The row of the top-1 image per prompt [Q]."""
-        return self.search(self.encoder(prompts), 1)[1][:, 0]
+        queries = self.encoder(prompts)
+        empty = np.flatnonzero(~queries.any(axis=1))
+        if len(empty):  # an all-zero query would silently "retrieve" row 0
+            raise ValueError(
+                f"prompt {prompts[empty[0]]!r} shares no word with the image index's captions; rebuild the index "
+                "from a corpus whose captions cover the prompts' vocabulary"
+            )
+        return self.search(queries, 1)[1][:, 0]
 
     def reference_codes(self, rows: np.ndarray, device: torch.device | str = "cpu") -> torch.Tensor:
         """Token grids of the given rows, flattened in raster order: [Q, H*W] long."""
