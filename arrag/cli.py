@@ -300,14 +300,13 @@ def cmd_faid_trainset(args) -> None:
 
 def cmd_train_faid(args) -> None:
     from arrag.models.faid_training import FAiDTrainingConfig, train_faid
-    from arrag.models.janus import load_janus
-    from arrag.models.vq import VQTokenizer
-    from arrag.retrieval.database import PatchDatabase
 
     db = None
-    if args.db:  # only to refuse a training set built from another database
-        codebook = VQTokenizer.from_janus(load_janus(args.model)[0]).codebook
-        db = PatchDatabase.load(args.db, codebook=codebook)
+    if args.db:  # only to refuse a training set built from another database: its metadata, not its index
+        path = Path(args.db) / "metadata.json"
+        if not path.is_file():
+            raise FileNotFoundError(f"{path} is missing: --db must be a directory written by `arrag build-db`")
+        db = json.loads(path.read_text())
     cfg = parse_overrides(args.set, FAiDTrainingConfig)
     stats = train_faid(args.model, args.trainset, cfg, args.out, db=db, cpu=args.cpu)
     print(json.dumps({k: v for k, v in stats.items() if k != "log"}, indent=2))

@@ -44,8 +44,10 @@ DB_IDENTITY_FIELDS = ("codebook_sha256", "hops", "causal", "grid", "ntotal", "nu
 
 
 def database_identity(db) -> dict:
-    """The fields that say which PatchDatabase candidates came from."""
-    return {k: db.metadata[k] for k in DB_IDENTITY_FIELDS}
+    """The fields that say which PatchDatabase candidates came from; `db` is a PatchDatabase or its saved
+    metadata.json as a dict (enough to check a training set without loading the index)."""
+    meta = db if isinstance(db, dict) else db.metadata
+    return {k: meta[k] for k in DB_IDENTITY_FIELDS}
 
 
 def model_identity(model) -> dict:
@@ -114,8 +116,8 @@ def build_trainset(
 
 
 def load_trainset(directory: str | Path, db=None) -> tuple[torch.Tensor, torch.Tensor, list[str], dict]:
-    """(codes [N, H, W], candidates [N, T, k], captions, metadata); with `db`, refuse a training set whose
-    candidates came from another database."""
+    """(codes [N, H, W], candidates [N, T, k], captions, metadata); with `db` (a PatchDatabase or its
+    metadata dict), refuse a training set whose candidates came from another database."""
     directory = Path(directory)
     path = directory / "trainset.json"
     if not path.is_file():
@@ -123,8 +125,9 @@ def load_trainset(directory: str | Path, db=None) -> tuple[torch.Tensor, torch.T
     meta = json.loads(path.read_text())
     if meta.get("format") != TRAINSET_FORMAT:
         raise ValueError(f"{path}: format {meta.get('format')!r}, expected {TRAINSET_FORMAT!r}; rebuild it")
-    if db is not None and meta["database"] != database_identity(db):
-        diff = {k for k in DB_IDENTITY_FIELDS if meta["database"].get(k) != database_identity(db)[k]}
+    expected = None if db is None else database_identity(db)
+    if expected is not None and meta["database"] != expected:
+        diff = {k for k in DB_IDENTITY_FIELDS if meta["database"].get(k) != expected[k]}
         raise ValueError(
             f"{directory} was built from another retrieval database (fields differ: {sorted(diff)}); "
             "rebuild the training set from this database with `arrag faid-trainset`"
@@ -208,10 +211,11 @@ def train_faid(
         mine = torch.arange(len(idx))[acc.process_index :: acc.num_processes]  # this process' share
         total = 0.0
         for micro in mine.split(cfg.batch_size):
-            rows, dropped = idx[micro].to(acc.device), drop[micro].to(acc.device)
-            batch_ids = torch.where(dropped[:, None], uncond[rows], ids[rows])
-            cands = torch.where(dropped[:, None, None], -1, candidates[rows.cpu()].to(acc.device))
-            loss = faid_training_loss(model, faid, batch_ids, mask[rows], codes[rows.cpu()].to(acc.device), cands)
+            rows = idx[micro]  # indexes the CPU-held codes and candidates; `on` the device-held prompts
+            on, dropped = rows.to(acc.device), drop[micro].to(acc.device)
+            batch_ids = torch.where(dropped[:, None], uncond[on], ids[on])
+            cands = torch.where(dropped[:, None, None], -1, candidates[rows].to(acc.device))
+            loss = faid_training_loss(model, faid, batch_ids, mask[on], codes[rows].to(acc.device), cands)
             # each example weighs 1/len(idx) of the global batch, whichever process holds it
             (loss * len(micro) / len(idx)).backward()
             total += loss.item() * len(micro) / len(idx)
