@@ -479,17 +479,21 @@ def cmd_bench_generate(args) -> None:
     print(Path(args.out_md).read_text())
 
 
+def _labelled(labels: list[str], paths: list[str], option: str) -> dict[str, str]:
+    """--label L1 ... with --<option> P1 ...  ->  {L1: P1, ...}, refusing unequal counts."""
+    if len(labels) != len(paths):
+        raise ValueError(f"give one --label per --{option} (got {len(labels)} labels and {len(paths)} --{option})")
+    return dict(zip(labels, paths))
+
+
 def cmd_over_copying(args) -> None:
     from arrag.evaluation.over_copying import read_copying_records, summarise
     from arrag.io import write_text
 
-    if len(args.label) != len(args.images):
-        raise ValueError(
-            f"give one --label per --images folder (got {len(args.label)} labels, {len(args.images)} folders)"
-        )
+    folders = _labelled(args.label, args.images, "images")
     header = "method,images,copied_fraction_mean,largest_region_fraction_mean,largest_region_fraction_max"
     lines = [header]
-    for label, folder in zip(args.label, args.images):
+    for label, folder in folders.items():
         row = summarise(read_copying_records(folder))
         lines.append(
             f"{label},{row['images']},{row['copied_fraction_mean']:.4f},{row['largest_region_fraction_mean']:.4f},"
@@ -515,9 +519,7 @@ def cmd_geneval(args) -> None:
 def cmd_geneval_table(args) -> None:
     from arrag.evaluation.tables import read_summary, write_geneval_table
 
-    if len(args.label) != len(args.summary):
-        raise ValueError(f"give one --label per --summary (got {len(args.label)} and {len(args.summary)})")
-    summaries = {label: read_summary(path) for label, path in zip(args.label, args.summary)}
+    summaries = {label: read_summary(path) for label, path in _labelled(args.label, args.summary, "summary").items()}
     write_geneval_table(summaries, args.out_csv, args.out_md, note=args.note)
     print(Path(args.out_md).read_text())
 
@@ -525,9 +527,7 @@ def cmd_geneval_table(args) -> None:
 def cmd_fidelity_table(args) -> None:
     from arrag.evaluation.tables import read_summary, write_fidelity_table
 
-    if len(args.label) != len(args.fwd):
-        raise ValueError(f"give one --label per --fwd (got {len(args.label)} and {len(args.fwd)})")
-    results = {label: read_summary(path) for label, path in zip(args.label, args.fwd)}
+    results = {label: read_summary(path) for label, path in _labelled(args.label, args.fwd, "fwd").items()}
     write_fidelity_table(results, args.out_csv, args.out_md, note=args.note)
     print(Path(args.out_md).read_text())
 
@@ -580,9 +580,8 @@ def cmd_fwd(args) -> None:
 def cmd_attribution(args) -> None:
     from arrag.visualise import attribution_figure, attribution_rows, load_source_images
 
-    if len(args.label) != len(args.images):
-        raise ValueError(f"give one --label per --images folder (got {len(args.label)} and {len(args.images)})")
-    panels = {label: attribution_rows(folder, args.n) for label, folder in zip(args.label, args.images)}
+    folders = _labelled(args.label, args.images, "images")
+    panels = {label: attribution_rows(folder, args.n) for label, folder in folders.items()}
     wanted = {image_id for rows in panels.values() for r in rows for image_id, _ in r["top_sources"]}
     sources = load_source_images(json.loads(args.source), wanted, args.size)
     print(attribution_figure(panels, sources, args.out))
