@@ -422,9 +422,13 @@ class FAiDHook(DecodingHook):
             )  # [B, n*D]
             _, values, sources = self.db.search(query, self.k)  # [B, k], [B, k, 3]
         if self.record:
-            none = torch.full((b, self.k), -1, dtype=torch.long, device=state.grid.device)
-            self._values.append(none if values is None else values)
-            self._sources.append(none[..., None].expand(-1, -1, 3) if sources is None else sources)
+            if values is None:  # a step without retrieval: record "no hits" (built only then)
+                none = torch.full((b, self.k), -1, dtype=torch.long, device=state.grid.device)
+                self._values.append(none)
+                self._sources.append(none[..., None].expand(-1, -1, 3))
+            else:
+                self._values.append(values)
+                self._sources.append(sources)
         self.faid.set_step(state.step, values, rows=b)
 
     def after_step(self, state: StepState, tokens: torch.Tensor) -> None:
