@@ -508,8 +508,17 @@ def cmd_geneval(args) -> None:
     from arrag.evaluation.shapes_detector import detect_shapes
     from arrag.io import write_json
 
-    detectors = {"shapes": detect_shapes}  # the paper's Mask2Former + CLIP backend is not built yet
-    rows = score_folder(args.images, detectors[args.detector], workers=args.workers)
+    if args.detector == "shapes":
+        detector = detect_shapes
+    else:  # the paper's backend, in the GenEval conda env (workflow/envs/geneval.yaml)
+        from arrag.evaluation.geneval_mask2former import Mask2FormerCLIPDetector
+
+        if not args.checkpoint:
+            raise SystemExit("error: --detector mask2former needs --checkpoint (the Mask2Former .pth)")
+        detector = Mask2FormerCLIPDetector.from_checkpoint(
+            args.checkpoint, args.detector_config, clip_pretrained=args.clip_pretrained, device=args.device
+        )
+    rows = score_folder(args.images, detector, workers=args.workers, images_per_prompt=args.images_per_prompt)
     summary = summarise(rows) | {"detector": args.detector, "images_dir": str(args.images)}
     write_results_jsonl(rows, args.out_jsonl)
     write_json(args.out_json, summary)
@@ -753,7 +762,17 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("geneval", help="score a GenEval-layout image folder (official per-image JSONL + summary)")
     p.add_argument("--images", required=True, help="folder written by `arrag generate-benchmark`")
-    p.add_argument("--detector", choices=["shapes"], default="shapes", help="shapes: the mini world's analytic one")
+    p.add_argument(
+        "--detector",
+        choices=["shapes", "mask2former"],
+        default="shapes",
+        help="shapes: the mini world's analytic detector; mask2former: the benchmark's (Mask2Former + CLIP colours)",
+    )
+    p.add_argument("--checkpoint", default=None, help="Mask2Former checkpoint (.pth), for --detector mask2former")
+    p.add_argument("--detector-config", default=None, help="Mask2Former config (default: the one in mmdet)")
+    p.add_argument("--clip-pretrained", default="openai", help="open_clip weights tag or local file for colours")
+    p.add_argument("--device", default="cuda", help="device of the mask2former backend")
+    p.add_argument("--images-per-prompt", type=int, default=None, help="refuse folders with another sample count")
     p.add_argument("--workers", type=int, default=1, help="processes scoring prompt folders in parallel")
     p.add_argument("--out-jsonl", required=True, help="per-image records, the official evaluator's schema")
     p.add_argument("--out-json", required=True, help="per-tag accuracies and the overall score")

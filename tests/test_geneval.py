@@ -332,8 +332,28 @@ def test_incomplete_folders_are_refused(tmp_path):
     write_prompt_folder(tmp_path, 0, SINGLE, np.zeros((1, 32, 32, 3), np.uint8))
     (tmp_path / "00001" / "samples").mkdir(parents=True)
     (tmp_path / "00001" / "metadata.jsonl").write_text(json.dumps(SINGLE) + "\n")
-    with pytest.raises(ValueError, match=r"00001 has no samples.*generate-benchmark"):
+    with pytest.raises(ValueError, match=r"00001/samples holds \[\].*generate-benchmark"):
         ge.score_folder(tmp_path, detect_shapes)
     (tmp_path / "00001" / "metadata.jsonl").unlink()
     with pytest.raises(ValueError, match=r"00001 has no metadata"):
+        ge.score_folder(tmp_path, detect_shapes)
+
+
+def test_missing_extra_and_uneven_samples_are_refused(tmp_path):
+    for i in range(3):
+        write_prompt_folder(tmp_path, i, SINGLE, np.zeros((2, 32, 32, 3), np.uint8))
+    assert len(ge.score_folder(tmp_path, detect_shapes, images_per_prompt=2)) == 6
+    with pytest.raises(ValueError, match=r"00000 has 2 samples, expected 4 per prompt"):
+        ge.score_folder(tmp_path, detect_shapes, images_per_prompt=4)
+    (tmp_path / "00001" / "samples" / "notes.txt").write_text("x")
+    with pytest.raises(ValueError, match=r"00001/samples holds .*no other files \(\['notes.txt'\]\)"):
+        ge.score_folder(tmp_path, detect_shapes)
+    (tmp_path / "00001" / "samples" / "notes.txt").unlink()
+    (tmp_path / "00002" / "samples" / "0001.png").unlink()
+    with pytest.raises(ValueError, match=r"00000 has 2 samples but .*00002 has 1"):
+        ge.score_folder(tmp_path, detect_shapes)
+    import shutil
+
+    shutil.rmtree(tmp_path / "00001")
+    with pytest.raises(ValueError, match=r"prompt folders \['00001'\] are missing"):
         ge.score_folder(tmp_path, detect_shapes)

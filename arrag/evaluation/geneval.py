@@ -161,29 +161,55 @@ def _score_prompt(job: tuple[dict, list[Path], Detector, Rules]) -> list[dict]:
     return [score_image(p, metadata, detector, rules) for p in paths]
 
 
-def check_benchmark_folder(root: str | Path) -> None:
-    """Refuse a folder that is not a complete GenEval-layout image set, saying what to run."""
+def check_benchmark_folder(root: str | Path, images_per_prompt: int | None = None) -> None:
+    """Refuse a folder that is not a complete GenEval-layout image set, saying what to run: prompt folders
+    00000/ ... numbered without gaps, each with metadata.jsonl and samples/0000.png ... numbered without gaps,
+    the same number in every folder (images_per_prompt when given), and nothing else in samples/."""
     root = Path(root)
     fix = "generate it with `arrag generate-benchmark --prompts evaluation_metadata.jsonl --out DIR`"
+    layout = "<dir>/00000/metadata.jsonl + <dir>/00000/samples/0000.png, ..."
     if not root.is_dir():
-        raise ValueError(f"{root} is not a directory of GenEval images: {fix}")
+        raise ValueError(f"{root} is not a directory of GenEval images ({layout}): {fix}")
     folders = sorted(p for p in root.iterdir() if p.is_dir() and p.name.isdigit())
     if not folders:
-        raise ValueError(f"{root} holds no prompt folders (00000/, 00001/, ...): {fix}")
+        raise ValueError(f"{root} holds no prompt folders ({layout}): {fix}")
+    gaps = sorted(set(range(len(folders))) - {int(p.name) for p in folders})
+    if gaps:
+        raise ValueError(f"{root}: prompt folders {[f'{i:05d}' for i in gaps[:5]]} are missing: {fix}")
+    counts = {}
     for folder in folders:
         if not (folder / "metadata.jsonl").is_file():
-            raise ValueError(f"{folder} has no metadata.jsonl: {fix}")
-        if not any((folder / "samples").glob("*.png")):
-            raise ValueError(f"{folder} has no samples/*.png images: {fix}")
+            raise ValueError(f"{folder} has no metadata.jsonl ({layout}): {fix}")
+        samples = sorted(p.name for p in (folder / "samples").glob("*")) if (folder / "samples").is_dir() else []
+        expected = [f"{i:04d}.png" for i in range(len(samples))]
+        if not samples or samples != expected:
+            extra = sorted(set(samples) - set(expected))
+            raise ValueError(
+                f"{folder}/samples holds {samples[:6]}{'...' if len(samples) > 6 else ''}, expected 0000.png ... "
+                f"numbered without gaps{f' and no other files ({extra[:3]})' if extra else ''}: {fix}"
+            )
+        counts.setdefault(len(samples), folder)
+    if images_per_prompt is not None and set(counts) != {images_per_prompt}:
+        wrong = next(n for n in counts if n != images_per_prompt)
+        raise ValueError(f"{counts[wrong]} has {wrong} samples, expected {images_per_prompt} per prompt: {fix}")
+    if len(counts) > 1:
+        (a, fa), (b, fb) = list(counts.items())[:2]
+        raise ValueError(f"{fa} has {a} samples but {fb} has {b}: an interrupted or mixed run; {fix}")
 
 
-def score_folder(root: str | Path, detector: Detector, workers: int = 1, rules: Rules = OFFICIAL) -> list[dict]:
+def score_folder(
+    root: str | Path,
+    detector: Detector,
+    workers: int = 1,
+    rules: Rules = OFFICIAL,
+    images_per_prompt: int | None = None,
+) -> list[dict]:
     """Score every image of a GenEval-layout folder: one record per image, in prompt then sample order.
 
     workers > 1 scores prompt folders in that many processes (the detector must then be picklable,
     e.g. a module-level function such as shapes_detector.detect_shapes).
     """
-    check_benchmark_folder(root)
+    check_benchmark_folder(root, images_per_prompt)
     jobs = [(meta, paths, detector, rules) for meta, paths in read_prompt_folders(root)]
     bar = dict(total=len(jobs), desc=f"GenEval {Path(root).name}", unit="prompt")
     if workers <= 1:
