@@ -26,4 +26,5 @@ rule all:
         [f"{RESULTS}/tables/sweep_daid.csv"] if "daid" in METHODS else [],
         [f"{RESULTS}/tables/sweep_faid.csv"] if "faid" in METHODS else [],
         [f"{RESULTS}/tables/over_copying.csv", f"{RESULTS}/figures/attribution.png"] if RETRIEVAL_METHODS else [],
+        f"{RESULTS}/tables/inference_time.csv",
     default_target: True

@@ -486,23 +486,6 @@ def _labelled(labels: list[str], paths: list[str], option: str) -> dict[str, str
     return dict(zip(labels, paths))
 
 
-def cmd_over_copying(args) -> None:
-    from arrag.evaluation.over_copying import read_copying_records, summarise
-    from arrag.io import write_text
-
-    folders = _labelled(args.label, args.images, "images")
-    header = "method,images,copied_fraction_mean,largest_region_fraction_mean,largest_region_fraction_max"
-    lines = [header]
-    for label, folder in folders.items():
-        row = summarise(read_copying_records(folder))
-        lines.append(
-            f"{label},{row['images']},{row['copied_fraction_mean']:.4f},{row['largest_region_fraction_mean']:.4f},"
-            f"{row['largest_region_fraction_max']:.4f}"
-        )
-    write_text(args.out_csv, "\n".join(lines) + "\n")
-    print("\n".join(lines))
-
-
 def cmd_geneval(args) -> None:
     from arrag.evaluation.geneval import score_folder, summarise, write_results_jsonl
     from arrag.evaluation.shapes_detector import detect_shapes
@@ -525,20 +508,19 @@ def cmd_geneval(args) -> None:
     print(json.dumps(summary, indent=2))
 
 
-def cmd_geneval_table(args) -> None:
-    from arrag.evaluation.tables import read_summary, write_geneval_table
+def cmd_table(args) -> None:
+    from arrag.evaluation import tables
 
-    summaries = {label: read_summary(path) for label, path in _labelled(args.label, args.summary, "summary").items()}
-    write_geneval_table(summaries, args.out_csv, args.out_md, note=args.note)
-    print(Path(args.out_md).read_text())
-
-
-def cmd_fidelity_table(args) -> None:
-    from arrag.evaluation.tables import read_summary, write_fidelity_table
-
-    results = {label: read_summary(path) for label, path in _labelled(args.label, args.fwd, "fwd").items()}
-    write_fidelity_table(results, args.out_csv, args.out_md, note=args.note)
-    print(Path(args.out_md).read_text())
+    spec = tables.TABLES[args.kind]
+    if args.kind == "inference_time":
+        if len(args.result) != 1 or args.label:
+            raise ValueError("the inference_time table takes one --result, the JSON of `arrag bench generate`")
+        measured = tables.inference_rows(tables.read_summary(args.result[0]))
+    else:
+        results = _labelled(args.label, args.result, "result")
+        measured = {label: tables.measured_row(args.kind, path, label) for label, path in results.items()}
+    tables.write_table(spec, measured, args.out, note=args.note, paper=args.paper_rows)
+    print(Path(args.out).with_suffix(".md").read_text())
 
 
 def cmd_sweep_table(args) -> None:
@@ -754,12 +736,6 @@ def build_parser() -> argparse.ArgumentParser:
     _sampling_args(p)
     p.set_defaults(func=cmd_bench_generate, batch_size=16)
 
-    p = sub.add_parser("over-copying", help="over-copying table from generated folders' copying.json files")
-    p.add_argument("--images", action="append", required=True, help="GenEval-layout folder of a retrieval method")
-    p.add_argument("--label", action="append", required=True, help="method name of each --images folder")
-    p.add_argument("--out-csv", required=True)
-    p.set_defaults(func=cmd_over_copying)
-
     p = sub.add_parser("geneval", help="score a GenEval-layout image folder (official per-image JSONL + summary)")
     p.add_argument("--images", required=True, help="folder written by `arrag generate-benchmark`")
     p.add_argument(
@@ -778,21 +754,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out-json", required=True, help="per-tag accuracies and the overall score")
     p.set_defaults(func=cmd_geneval)
 
-    p = sub.add_parser("geneval-table", help="paper Table 1 layout from GenEval summaries (CSV + Markdown)")
-    p.add_argument("--summary", action="append", required=True, help="summary JSON of `arrag geneval`")
-    p.add_argument("--label", action="append", required=True, help="method name of each --summary")
-    p.add_argument("--note", default="", help="line printed under the Markdown table")
-    p.add_argument("--out-csv", required=True)
-    p.add_argument("--out-md", required=True)
-    p.set_defaults(func=cmd_geneval_table)
-
-    p = sub.add_parser("fidelity-table", help="paper Table 3 layout from `arrag fwd` results (CSV + Markdown)")
-    p.add_argument("--fwd", action="append", required=True, help="JSON written by `arrag fwd --out-json`")
-    p.add_argument("--label", action="append", required=True, help="method name of each --fwd")
-    p.add_argument("--note", default="")
-    p.add_argument("--out-csv", required=True)
-    p.add_argument("--out-md", required=True)
-    p.set_defaults(func=cmd_fidelity_table)
+    p = sub.add_parser("table", help="one of the paper's tables as CSV, Markdown and LaTeX (OUT.csv/.md/.tex)")
+    p.add_argument("kind", choices=["geneval", "dpg", "fidelity", "inference_time", "over_copying"])
+    p.add_argument(
+        "--result",
+        action="append",
+        default=[],
+        help="per method: summary JSON (geneval, dpg), fidelity JSON, or GenEval-layout folder (over_copying); "
+        "inference_time: the one JSON of `arrag bench generate`",
+    )
+    p.add_argument("--label", action="append", default=[], help="method name of each --result")
+    p.add_argument("--paper-rows", action="store_true", help="add the paper's published rows for reference")
+    p.add_argument("--note", default="", help="sentence appended to the caption")
+    p.add_argument("--out", required=True, help="output prefix, e.g. results/mini/tables/geneval")
+    p.set_defaults(func=cmd_table)
 
     p = sub.add_parser("sweep-table", help="a 2-D hyper-parameter sweep's GenEval scores: CSV + heatmap")
     p.add_argument("--summary", nargs="+", required=True, help="summaries under .../name~value/ folders")

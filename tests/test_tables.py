@@ -1,8 +1,12 @@
-"""Result tables: Table 1 rows from GenEval summaries, sweep parameters from Paramspace paths, the heatmap."""
+"""Result tables: the paper's layouts as CSV/Markdown/LaTeX from fixture results, the paper's reference rows,
+sweep parameters from Paramspace paths, the heatmap."""
+
+import csv
 
 import pytest
 
-from arrag.evaluation.tables import GENEVAL_COLUMNS, params_from_path, write_geneval_table, write_sweep
+from arrag.evaluation import tables as t
+from arrag.evaluation.tables import GENEVAL_COLUMNS, params_from_path, write_sweep
 
 
 def _summary(scale: float) -> dict:
@@ -13,18 +17,66 @@ def _summary(scale: float) -> dict:
     return {"tags": tags, "overall": sum(v["accuracy"] for v in tags.values()) / len(tags), "images": 60}
 
 
+def _table(tmp_path, kind, measured, **kw):
+    rows = t.write_table(t.TABLES[kind], measured, tmp_path / kind, **kw)
+    csv_rows = list(csv.DictReader((tmp_path / f"{kind}.csv").open()))
+    return rows, csv_rows, (tmp_path / f"{kind}.md").read_text(), (tmp_path / f"{kind}.tex").read_text()
+
+
 def test_geneval_table_follows_the_papers_columns(tmp_path):
-    rows = write_geneval_table({"vanilla": _summary(1.0), "daid": _summary(0.5)}, tmp_path / "t.csv", tmp_path / "t.md")
-    header, *lines = (tmp_path / "t.csv").read_text().splitlines()
-    assert header == "method,single_object,two_object,counting,colors,position,color_attr,overall,images"
-    assert [line.split(",")[0] for line in lines] == ["vanilla", "daid"]
-    assert rows[1]["overall"] == pytest.approx(0.5 * 3.5 / 10)
-    md = (tmp_path / "t.md").read_text()
+    measured = {m: t.geneval_row(_summary(s), m) for m, s in [("vanilla", 1.0), ("daid", 0.5)]}
+    rows, csv_rows, md, tex = _table(tmp_path, "geneval", measured)
+    assert list(csv_rows[0])[:9] == ["method", "source", *[k for k, _ in GENEVAL_COLUMNS], "overall"]
+    assert [r["method"] for r in csv_rows] == ["vanilla", "daid"]
+    assert float(csv_rows[1]["overall"]) == pytest.approx(0.5 * 3.5 / 10)
     assert "| Method | Single Obj. | Two Obj. | Counting | Colors | Position | Color Attri. | Overall |" in md
+    assert "| + DAiD | 0.05 | 0.10 | 0.15 | 0.20 | 0.25 | 0.30 | 0.175 |" in md
+    assert r"+ DAiD & 0.05 & 0.10 & 0.15 & 0.20 & 0.25 & 0.30 & 0.175 \\" in tex
+    assert tex.count(r"\midrule") == 1 and r"\label{tab:geneval}" in tex
     broken = _summary(1.0)
     del broken["tags"]["position"]
     with pytest.raises(ValueError, match="lacks the tags"):
-        write_geneval_table({"x": broken}, tmp_path / "b.csv", tmp_path / "b.md")
+        t.geneval_row(broken, "x")
+
+
+def test_paper_rows_come_first_above_a_rule(tmp_path):
+    rows, csv_rows, md, tex = _table(tmp_path, "geneval", {"faid": t.geneval_row(_summary(1.0), "faid")}, paper=True)
+    paper = [r for r in csv_rows if r["source"] == "paper"]
+    assert len(paper) == 18 and csv_rows[-1]["source"] == "measured"
+    faid = next(r for r in paper if r["method"] == "Janus-Pro + FAiD")
+    assert (float(faid["position"]), float(faid["overall"])) == (0.70, 0.78)  # the paper's Table 1
+    assert "| Transfusion (paper) | – | – | – | – | – | – | 0.630 |" in md
+    assert tex.count(r"\midrule") == 2  # under the header, and between the paper's rows and ours
+
+
+def test_inference_time_overheads_against_the_base_model(tmp_path):
+    bench = {
+        "device": "cpu",
+        "rows": [
+            {"method": "vanilla", "images_per_second": 10.0, "overhead_vs_vanilla": None},
+            {"method": "daid", "images_per_second": 8.0, "overhead_vs_vanilla": 0.25},
+        ],
+    }
+    rows, csv_rows, md, tex = _table(tmp_path, "inference_time", t.inference_rows(bench), paper=True)
+    assert "| + DAiD | 0.1250 | +25.0% |" in md
+    paper = {r["method"]: r for r in rows if r["source"] == "paper"}
+    assert paper["Janus-Pro + DAiD"]["overhead"] == pytest.approx(4.59 / 4.58 - 1)  # the paper's +0.22%
+    assert paper["Janus-Pro + FAiD"]["overhead"] == pytest.approx(0.3603, abs=1e-4)
+    assert r"+25.0\%" in tex
+
+
+def test_dpg_and_fidelity_rows_and_latex_escaping(tmp_path):
+    summary = {"overall": 71.5, "images": 8, "categories": {"global": 50.0, "entity": 80.0, "attribute": 70.0}}
+    rows, csv_rows, md, _ = _table(tmp_path, "dpg", {"vanilla": t.dpg_row(summary, "vanilla")})
+    assert "| base model | 50.00 | 80.00 | 70.00 | – | – | 71.50 |" in md  # categories absent from the CSV stay empty
+    fid = {"fid": 12.5, "cmmd": 0.1, "fwd": 3.25, "images": 10, "reference": 10, "features": "mini_net"}
+    rows, csv_rows, md, tex = _table(tmp_path, "fidelity", {"my_method": t.fidelity_row(fid, "my_method")})
+    assert "| my_method | 0.100 | 12.50 | 3.250 |" in md
+    assert r"my\_method & 0.100 & 12.50 & 3.250" in tex
+    with pytest.raises(ValueError, match="no per-method result"):
+        t.measured_row("inference_time", tmp_path / "x.json", "x")
+    with pytest.raises(FileNotFoundError, match="missing"):
+        t.measured_row("geneval", tmp_path / "absent.json", "x")
 
 
 def test_sweep_rows_take_parameters_from_the_paths(tmp_path):

@@ -1,17 +1,46 @@
-"""Result tables from GenEval summaries: the paper's Table 1 layout per method, and hyper-parameter sweeps
-(Figure 7) as a CSV plus a heatmap. CSV for pandas, Markdown for the README and the report."""
+"""The paper's tables from our results, each as CSV (pandas), Markdown (README, report) and LaTeX (booktabs):
+Table 1 (GenEval), Table 2 (DPG-Bench), Table 3 (CMMD, FID, FWD), Table 4 (inference time) and the
+over-copying table; plus hyper-parameter sweeps (Figure 7) as a CSV and a heatmap.
+
+A table is a `TableSpec` (its columns in the paper's order) and rows of dicts. In the paper profile the
+paper's published rows (arrag/benchmarks/paper/<table>.csv) are added as reference rows, marked
+source = "paper", above ours (source = "measured").
+"""
 
 from __future__ import annotations
 
 import csv
 import io
 import json
+import math
 import re
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from arrag.io import atomic_path, write_text
+
+PAPER_DIR = Path(__file__).resolve().parents[1] / "benchmarks" / "paper"
+
+# Display names of our methods in Markdown and LaTeX (the CSV keeps the method ids).
+METHOD_NAMES = {"vanilla": "base model", "daid": "+ DAiD", "faid": "+ FAiD", "racm3": "+ RA-CM3"}
+
+
+@dataclass(frozen=True)
+class Column:
+    key: str
+    header: str
+    digits: int = 2
+    percent: bool = False  # a fraction shown as a signed percentage
+
+
+@dataclass(frozen=True)
+class TableSpec:
+    name: str  # file stem under tables/, and the paper's reference file
+    caption: str
+    columns: tuple[Column, ...]
+
 
 # Table 1's columns, in the paper's order: (summary tag, column header)
 GENEVAL_COLUMNS = [
@@ -22,48 +51,187 @@ GENEVAL_COLUMNS = [
     ("position", "Position"),
     ("color_attr", "Color Attri."),
 ]
+DPG_CATEGORIES = [("global", "Global"), ("entity", "Entity"), ("attribute", "Attribute"), ("relation", "Relation")]
+DPG_CATEGORIES += [("other", "Other")]
+
+TABLES = {
+    "geneval": TableSpec(
+        "geneval",
+        "GenEval (Table 1): accuracy per tag; overall is the unweighted mean of the six tags.",
+        tuple(Column(k, h) for k, h in GENEVAL_COLUMNS) + (Column("overall", "Overall", 3),),
+    ),
+    "dpg": TableSpec(
+        "dpg",
+        "DPG-Bench (Table 2): VQA accuracy x 100 per L1 category; overall is the mean image score.",
+        tuple(Column(k, h) for k, h in DPG_CATEGORIES) + (Column("overall", "Overall"),),
+    ),
+    "fidelity": TableSpec(
+        "fidelity",
+        "Fidelity against real images (Table 3): lower is better.",
+        (Column("cmmd", "CMMD", 3), Column("fid", "FID"), Column("fwd", "FWD", 3)),
+    ),
+    "inference_time": TableSpec(
+        "inference_time",
+        "Inference time (Table 4): seconds per image, and the overhead against the base model in the same run.",
+        (Column("seconds_per_image", "Average (s)", 4), Column("overhead", "vs base", 1, percent=True)),
+    ),
+    "over_copying": TableSpec(
+        "over_copying",
+        "Over-copying: tokens equal to a retrieved candidate, and the largest region copied from one source image.",
+        (
+            Column("copied_fraction_mean", "Copied tokens", 1, percent=True),
+            Column("largest_region_fraction_mean", "Largest region (mean)", 2, percent=True),
+            Column("largest_region_fraction_max", "Largest region (max)", 2, percent=True),
+        ),
+    ),
+}
 
 
 def read_summary(path: str | Path) -> dict:
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"{path} is missing: score the images first (`arrag geneval --out-json {path}`)")
+        raise FileNotFoundError(f"{path} is missing: run the rule that scores it (see `snakemake -n {path}`)")
     return json.loads(path.read_text())
 
 
-def geneval_rows(summaries: dict[str, dict]) -> list[dict]:
-    """label -> GenEval summary  =>  one row per method: the six tag accuracies and the overall score."""
+def geneval_row(summary: dict, label: str) -> dict:
+    missing = [tag for tag, _ in GENEVAL_COLUMNS if tag not in summary["tags"]]
+    if missing:
+        raise ValueError(f"the GenEval summary of {label!r} lacks the tags {missing}: score the full prompt set")
+    row = {tag: summary["tags"][tag]["accuracy"] for tag, _ in GENEVAL_COLUMNS}
+    return row | {"overall": summary["overall"], "images": summary["images"]}
+
+
+def dpg_row(summary: dict, label: str) -> dict:
+    cats = summary["categories"]
+    return {k: cats.get(k) for k, _ in DPG_CATEGORIES} | {"overall": summary["overall"], "images": summary["images"]}
+
+
+def fidelity_row(result: dict, label: str) -> dict:
+    """An `arrag fidelity` result; a metric it did not compute stays empty."""
+    return {k: result.get(k) for k in ("cmmd", "fid", "fwd", "images", "reference", "features")}
+
+
+def inference_rows(bench: dict) -> dict[str, dict]:
+    """`arrag bench generate` result -> method -> row (the overhead is against vanilla in the same run)."""
+    return {
+        r["method"]: {
+            "seconds_per_image": 1.0 / r["images_per_second"],
+            "images_per_second": r["images_per_second"],
+            "overhead": r["overhead_vs_vanilla"],
+            "device": bench["device"],
+        }
+        for r in bench["rows"]
+    }
+
+
+def measured_row(kind: str, path: str | Path, label: str) -> dict:
+    """One method's row of table `kind` from its result: a GenEval or DPG-Bench summary, a fidelity JSON, or
+    (over_copying) the GenEval-layout folder holding its copying.json records."""
+    if kind == "over_copying":
+        from arrag.evaluation.over_copying import read_copying_records, summarise
+
+        return summarise(read_copying_records(path))
+    readers = {"geneval": geneval_row, "dpg": dpg_row, "fidelity": fidelity_row}
+    if kind not in readers:
+        raise ValueError(f"no per-method result for the {kind!r} table (known: {sorted(readers)} and over_copying)")
+    return readers[kind](read_summary(path), label)
+
+
+def paper_rows(name: str) -> list[dict]:
+    """The paper's published rows of a table, marked source = "paper" (empty cells -> None)."""
+    path = PAPER_DIR / f"{name}.csv"
+    if not path.is_file():
+        return []
     rows = []
-    for label, s in summaries.items():
-        missing = [tag for tag, _ in GENEVAL_COLUMNS if tag not in s["tags"]]
-        if missing:
-            raise ValueError(f"the GenEval summary of {label!r} lacks the tags {missing}: score the full prompt set")
-        row = {"method": label, **{tag: s["tags"][tag]["accuracy"] for tag, _ in GENEVAL_COLUMNS}}
-        rows.append(row | {"overall": s["overall"], "images": s["images"]})
+    for raw in csv.DictReader(path.open(encoding="utf-8")):
+        row = {"method": raw.pop("method"), "source": "paper"}
+        row |= {k: (float(v) if _is_number(v) else (v or None)) for k, v in raw.items()}
+        rows.append(row)
+    if name == "inference_time":  # the paper states overheads against Janus-Pro's seconds per image
+        base = next(r["seconds_per_image"] for r in rows if r["method"] == "Janus-Pro")
+        for r in rows:
+            r["overhead"] = r["seconds_per_image"] / base - 1
     return rows
 
 
-def _csv(rows: list[dict]) -> str:
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+        return True
+    except ValueError:
+        return False
+
+
+def _cell(value, column: Column) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "–"
+    if column.percent:
+        return f"{100 * value:+.{column.digits}f}%" if column.key == "overhead" else f"{100 * value:.{column.digits}f}%"
+    return f"{value:.{column.digits}f}"
+
+
+def _name(row: dict) -> str:
+    name = METHOD_NAMES.get(row["method"], row["method"])
+    return f"{name} (paper)" if row.get("source") == "paper" else name
+
+
+def render_csv(rows: list[dict]) -> str:
+    fields = list(dict.fromkeys(k for r in rows for k in r))  # union of keys, first-seen order
     buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=list(rows[0]), lineterminator="\n")
+    writer = csv.DictWriter(buf, fieldnames=fields, lineterminator="\n")
     writer.writeheader()
     writer.writerows(rows)
     return buf.getvalue()
 
 
-def geneval_markdown(rows: list[dict], note: str = "") -> str:
-    headers = ["Method"] + [h for _, h in GENEVAL_COLUMNS] + ["Overall"]
+def render_markdown(spec: TableSpec, rows: list[dict], note: str = "") -> str:
+    headers = ["Method"] + [c.header for c in spec.columns]
     lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
     for r in rows:
-        cells = [f"{r[tag]:.2f}" for tag, _ in GENEVAL_COLUMNS] + [f"**{r['overall']:.3f}**"]
-        lines.append(f"| {r['method']} | " + " | ".join(cells) + " |")
-    return "\n".join(lines) + (f"\n\n{note}\n" if note else "\n")
+        lines.append(f"| {_name(r)} | " + " | ".join(_cell(r.get(c.key), c) for c in spec.columns) + " |")
+    return "\n".join(lines) + f"\n\n{spec.caption}" + (f" {note}" if note else "") + "\n"
 
 
-def write_geneval_table(summaries: dict[str, dict], out_csv, out_md, note: str = "") -> list[dict]:
-    rows = geneval_rows(summaries)
-    write_text(out_csv, _csv(rows))
-    write_text(out_md, geneval_markdown(rows, note))
+def _latex_escape(text: str) -> str:
+    return re.sub(r"([&%$#_{}])", r"\\\1", text).replace("~", r"\textasciitilde{}")
+
+
+def render_latex(spec: TableSpec, rows: list[dict], note: str = "") -> str:
+    """A booktabs table; the paper's reference rows, when present, sit above a rule."""
+    cols = "l" + "r" * len(spec.columns)
+    lines = [
+        r"\begin{table}[t]",
+        r"\centering",
+        rf"\begin{{tabular}}{{{cols}}}",
+        r"\toprule",
+        " & ".join(["Method"] + [_latex_escape(c.header) for c in spec.columns]) + r" \\",
+        r"\midrule",
+    ]
+    previous = None
+    for r in rows:
+        if previous is not None and r.get("source") != previous:
+            lines.append(r"\midrule")
+        previous = r.get("source")
+        cells = [_latex_escape(_name(r))] + [_latex_escape(_cell(r.get(c.key), c)) for c in spec.columns]
+        lines.append(" & ".join(cells) + r" \\")
+    caption = _latex_escape(spec.caption + (f" {note}" if note else ""))
+    lines += [r"\bottomrule", r"\end{tabular}", rf"\caption{{{caption}}}", rf"\label{{tab:{spec.name}}}"]
+    return "\n".join(lines + [r"\end{table}"]) + "\n"
+
+
+def write_table(
+    spec: TableSpec, measured: dict[str, dict], out_prefix: str | Path, note: str = "", paper: bool = False
+) -> list[dict]:
+    """label -> row  =>  <out_prefix>.csv, .md and .tex (each atomic), the paper's rows first when paper=True."""
+    rows = paper_rows(spec.name) if paper else []
+    rows += [{"method": label, "source": "measured", **row} for label, row in measured.items()]
+    if not rows:
+        raise ValueError(f"no rows for the {spec.name} table: give at least one result")
+    out_prefix = Path(out_prefix)
+    write_text(out_prefix.with_suffix(".csv"), render_csv(rows))
+    write_text(out_prefix.with_suffix(".md"), render_markdown(spec, rows, note))
+    write_text(out_prefix.with_suffix(".tex"), render_latex(spec, rows, note))
     return rows
 
 
@@ -124,18 +292,6 @@ def sweep_heatmap(rows: list[dict], x: str, y: str, out_png, title: str) -> Path
 
 def write_sweep(summaries: dict[str, dict], out_csv, out_png, x: str, y: str, title: str) -> list[dict]:
     rows = sorted(sweep_rows(summaries), key=lambda r: (r[y], r[x]))
-    write_text(out_csv, _csv(rows))
+    write_text(out_csv, render_csv(rows))
     sweep_heatmap(rows, x, y, out_png, title)
-    return rows
-
-
-def write_fidelity_table(results: dict[str, dict], out_csv, out_md, note: str = "") -> list[dict]:
-    """label -> `arrag fwd` result  =>  Table 3's layout with the metrics measured so far (FWD)."""
-    rows = [
-        {"method": label, "fwd": r["fwd"], "images": r["images"], "reference": r["reference"]}
-        for label, r in results.items()
-    ]
-    write_text(out_csv, _csv(rows))
-    lines = ["| Method | FWD ↓ |", "|---|---|"] + [f"| {r['method']} | {r['fwd']:.4f} |" for r in rows]
-    write_text(out_md, "\n".join(lines) + (f"\n\n{note}\n" if note else "\n"))
     return rows

@@ -33,6 +33,25 @@ def benchmark_path(name):
     return f"{RESULTS}/benchmarks/{name}.tsv"
 
 
+def table_outputs(name, caption):
+    """A table's three files (tables/<name>.csv, .md, .tex); the Markdown goes into the HTML report."""
+    stem = f"{RESULTS}/tables/{name}"
+    return dict(
+        csv=f"{stem}.csv",
+        md=report(f"{stem}.md", caption=caption, category="Tables"),
+        tex=f"{stem}.tex",
+    )
+
+
+def table_prefix(output):
+    """The --out prefix of `arrag table` from a rule's table outputs."""
+    return os.path.splitext(output.csv)[0]
+
+
+# The paper's published rows beside ours (paper profile): `arrag table ... --paper-rows`.
+PAPER_ROWS = "--paper-rows" if config["tables"]["paper_rows"] else ""
+
+
 def settings_flags(option, settings):
     """{'steps': 800} -> "--set steps=800" (option='--set'); the CLI converts each value to the field's type."""
     return " ".join(f"{option} {key}={value}" for key, value in sorted(settings.items()))

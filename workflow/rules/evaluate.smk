@@ -31,12 +31,13 @@ rule geneval_table:
     input:
         expand("{results}/scores/{method}/geneval_summary.json", results=RESULTS, method=METHODS),
     output:
-        csv=f"{RESULTS}/tables/geneval.csv",
-        md=report(f"{RESULTS}/tables/geneval.md", caption="../report/geneval.rst", category="Tables"),
+        **table_outputs("geneval", caption="../report/geneval.rst"),
     params:
-        summaries=lambda wildcards, input: " ".join(f"--summary {p}" for p in input),
+        results=lambda wildcards, input: " ".join(f"--result {p}" for p in input),
         labels=" ".join(f"--label {m}" for m in METHODS),
         note=GENEVAL_NOTE,
+        paper=PAPER_ROWS,
+        out=lambda wildcards, output: table_prefix(output),
     log:
         log_path("geneval_table"),
     benchmark:
@@ -47,8 +48,8 @@ rule geneval_table:
     resources:
         mem_mb=500,
     shell:
-        "arrag geneval-table {params.summaries} {params.labels} --note '{params.note}' "
-        "--out-csv {output.csv} --out-md {output.md} > {log} 2>&1"
+        "arrag table geneval {params.results} {params.labels} {params.paper} --note '{params.note}' "
+        "--out {params.out} > {log} 2>&1"
 
 
 rule score_fwd:
@@ -79,15 +80,16 @@ rule fidelity_table:
     input:
         expand("{results}/scores/{method}/fwd.json", results=RESULTS, method=METHODS),
     output:
-        csv=f"{RESULTS}/tables/fidelity.csv",
-        md=report(f"{RESULTS}/tables/fidelity.md", caption="../report/fidelity.rst", category="Tables"),
+        **table_outputs("fidelity", caption="../report/fidelity.rst"),
     params:
-        results=lambda wildcards, input: " ".join(f"--fwd {p}" for p in input),
+        results=lambda wildcards, input: " ".join(f"--result {p}" for p in input),
         labels=" ".join(f"--label {m}" for m in METHODS),
         note=(
             f"FWD: Haar packets, level {config['evaluation']['fwd']['level']}, images at "
             f"{config['evaluation']['fwd']['size']} px; reference-caption images against the reference split."
         ),
+        paper=PAPER_ROWS,
+        out=lambda wildcards, output: table_prefix(output),
     log:
         log_path("fidelity_table"),
     benchmark:
@@ -98,5 +100,5 @@ rule fidelity_table:
     resources:
         mem_mb=500,
     shell:
-        "arrag fidelity-table {params.results} {params.labels} --note '{params.note}' "
-        "--out-csv {output.csv} --out-md {output.md} > {log} 2>&1"
+        "arrag table fidelity {params.results} {params.labels} {params.paper} --note '{params.note}' "
+        "--out {params.out} > {log} 2>&1"

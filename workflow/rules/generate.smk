@@ -80,10 +80,11 @@ rule over_copying:
     input:
         expand("{results}/images/{method}/geneval/generation.json", results=RESULTS, method=RETRIEVAL_METHODS),
     output:
-        f"{RESULTS}/tables/over_copying.csv",
+        **table_outputs("over_copying", caption="../report/over_copying.rst"),
     params:
-        folders=lambda wildcards, input: " ".join(f"--images {os.path.dirname(p)}" for p in input),
+        results=lambda wildcards, input: " ".join(f"--result {os.path.dirname(p)}" for p in input),
         labels=" ".join(f"--label {m}" for m in RETRIEVAL_METHODS),
+        out=lambda wildcards, output: table_prefix(output),
     log:
         log_path("over_copying"),
     benchmark:
@@ -94,7 +95,7 @@ rule over_copying:
     resources:
         mem_mb=1000,
     shell:
-        "arrag over-copying {params.folders} {params.labels} --out-csv {output} > {log} 2>&1"
+        "arrag table over_copying {params.results} {params.labels} --out {params.out} > {log} 2>&1"
 
 
 rule attribution:
@@ -123,7 +124,7 @@ rule attribution:
 
 
 rule bench_generate:
-    # Not part of `all`: `snakemake --cores all bench_generate` measures vanilla, DAiD, FAiD and RA-CM3 side by side.
+    # Vanilla, DAiD, FAiD and RA-CM3 side by side; all cores, so no other job runs beside it and skews the times.
     input:
         model=f"{RESULTS}/models/base",
         db=f"{RESULTS}/retrieval/db",
@@ -156,3 +157,24 @@ rule bench_generate:
         "--prompts {input.prompts} --daid-k {params.k} --daid-weight {params.weight} --daid-temperature {params.temperature} "
         "--guidance-scale {params.guidance} --batch-size 16 --repeats 5 --device {params.device} "
         "--out-json {output.json} --out-md {output.md} > {log} 2>&1"
+
+
+rule inference_time_table:
+    input:
+        f"{RESULTS}/bench/generate.json",
+    output:
+        **table_outputs("inference_time", caption="../report/inference_time.rst"),
+    params:
+        paper=PAPER_ROWS,
+        out=lambda wildcards, output: table_prefix(output),
+    log:
+        log_path("inference_time_table"),
+    benchmark:
+        benchmark_path("inference_time_table")
+    conda:
+        "../envs/arrag.yaml"
+    threads: 1
+    resources:
+        mem_mb=500,
+    shell:
+        "arrag table inference_time --result {input} {params.paper} --out {params.out} > {log} 2>&1"
