@@ -1,0 +1,57 @@
+"""Pinned downloads: verified, resumable (a partial file the server will not resume is restarted), atomic,
+from a local HTTP server or a mirror folder."""
+
+import functools
+import hashlib
+import http.server
+import threading
+
+import pytest
+
+from arrag.data.downloads import check_sha256, fetch
+
+PAYLOAD = bytes(range(256)) * 4096  # 1 MiB
+
+
+@pytest.fixture
+def server(tmp_path):
+    root = tmp_path / "www"
+    root.mkdir()
+    (root / "weights.bin").write_bytes(PAYLOAD)
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(root))
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    httpd.RequestHandlerClass.log_message = lambda *a: None
+    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{httpd.server_address[1]}"
+    httpd.shutdown()
+
+
+def test_fetch_verifies_and_renames(server, tmp_path):
+    digest = hashlib.sha256(PAYLOAD).hexdigest()
+    dest = fetch(f"{server}/weights.bin", tmp_path / "out" / "w.bin", sha256=digest)
+    assert dest.read_bytes() == PAYLOAD and not (tmp_path / "out" / "w.bin.partial").exists()
+    # a stale partial file that the server will not resume (no Range support) is started over
+    (tmp_path / "out" / "v.bin.partial").write_bytes(b"garbage")
+    assert fetch(f"{server}/weights.bin", tmp_path / "out" / "v.bin", sha256=digest[:8]).read_bytes() == PAYLOAD
+
+
+def test_wrong_hash_leaves_nothing_under_the_final_name(server, tmp_path):
+    with pytest.raises(ValueError, match="does not match the pinned 00000000"):
+        fetch(f"{server}/weights.bin", tmp_path / "w.bin", sha256="00000000")
+    assert not (tmp_path / "w.bin").exists() and not (tmp_path / "w.bin.partial").exists()
+
+
+def test_unreachable_url_fails_after_retries(tmp_path):
+    with pytest.raises(RuntimeError, match="after 1 tries.*rerun to resume"):
+        fetch("http://127.0.0.1:9/none.bin", tmp_path / "n.bin", retries=0, timeout=2)
+
+
+def test_mirror_folder_is_used_and_verified(tmp_path):
+    (tmp_path / "mirror").mkdir()
+    (tmp_path / "mirror" / "weights.bin").write_bytes(PAYLOAD)
+    dest = fetch("https://example.org/x/weights.bin", tmp_path / "w.bin", mirror=tmp_path / "mirror")
+    assert dest.read_bytes() == PAYLOAD
+    check_sha256(dest, hashlib.sha256(PAYLOAD).hexdigest())
+    with pytest.raises(FileNotFoundError, match="mirror .* lacks other.bin"):
+        fetch("https://example.org/other.bin", tmp_path / "o.bin", mirror=tmp_path / "mirror")
