@@ -100,7 +100,7 @@ def test_checkpoint_must_exist_and_match_published_hash(tmp_path):
         m2f.check_checkpoint(tmp_path / "missing.pth")
     path = tmp_path / "m2f.pth"
     path.write_bytes(b"not the checkpoint")
-    with pytest.raises(ValueError, match="does not start with 743b7d99"):
+    with pytest.raises(ValueError, match="does not match the pinned 743b7d99"):
         m2f.check_checkpoint(path)
     prefix = hashlib.sha256(b"not the checkpoint").hexdigest()[:8]
     assert m2f.check_checkpoint(path, sha256_prefix=prefix) == path

@@ -19,7 +19,6 @@ with torch.load(weights_only=True) into a detector built without weights.
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -27,6 +26,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from arrag.data.downloads import check_sha256
 from arrag.evaluation.geneval import Detection
 
 GENEVAL_COLOURS = ["red", "orange", "yellow", "green", "blue", "purple", "pink", "brown", "black", "white"]
@@ -173,15 +173,7 @@ def check_checkpoint(path: str | Path, sha256_prefix: str = CHECKPOINT_SHA256_PR
             f"Mask2Former checkpoint {path} not found: run `snakemake --configfile config/paper.yaml "
             f"download_geneval_detector` or download {CHECKPOINT_URL} to that path"
         )
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    if not digest.hexdigest().startswith(sha256_prefix):
-        raise ValueError(
-            f"{path}: SHA-256 {digest.hexdigest()[:16]}... does not start with {sha256_prefix}, the published "
-            f"checkpoint's: delete it and download {CHECKPOINT_URL} again"
-        )
+    check_sha256(path, sha256_prefix, CHECKPOINT_URL)
     return path
 
 
