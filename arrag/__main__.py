@@ -3,4 +3,4 @@ an installed package (the GenEval and DPG-Bench conda environments, whose pinned
 
 from arrag.cli import main
 
-main()
+raise SystemExit(main())

@@ -417,6 +417,29 @@ def cmd_retrieval_accuracy(args) -> None:
     print(json.dumps(result, indent=2))
 
 
+def cmd_download_file(args) -> None:
+    from arrag.data.downloads import fetch
+
+    print(fetch(args.url, args.out, sha256=args.sha256, mirror=args.mirror))
+
+
+def cmd_download_mjhq(args) -> None:
+    from arrag.data.mjhq import download_mjhq
+
+    print(json.dumps(download_mjhq(args.out, revision=args.revision, mirror=args.mirror), indent=2))
+
+
+def cmd_mjhq_prompts(args) -> None:
+    from arrag.data.mjhq import extract_reference, mjhq_records
+    from arrag.io import write_jsonl
+
+    records = mjhq_records(Path(args.dataset) / "meta_data.json", args.category or None, args.limit)
+    write_jsonl(args.out_prompts, records)
+    if args.out_reference:
+        extract_reference(Path(args.dataset) / "mjhq30k_imgs.zip", records, args.out_reference)
+    print(f"{len(records)} MJHQ-30K prompts -> {args.out_prompts}")
+
+
 def cmd_bench_retrieval(args) -> None:
     from arrag.bench.retrieval import AUTHORS_BASELINE, run_retrieval_bench, write_results
     from arrag.data.code_shards import load_code_shards
@@ -706,6 +729,28 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out-png", required=True)
     p.add_argument("--out-json", default=None)
     p.set_defaults(func=cmd_retrieval_accuracy)
+
+    download = sub.add_parser("download", help="pinned downloads (resumable, verified, atomic)")
+    download = download.add_subparsers(dest="download", required=True)
+    p = download.add_parser("file", help="one file by URL, checked against its SHA-256 (or published prefix)")
+    p.add_argument("--url", required=True)
+    p.add_argument("--sha256", default=None, help="expected SHA-256, full or a published prefix")
+    p.add_argument("--mirror", default=None, help="local folder holding the file under its URL's name")
+    p.add_argument("--out", required=True)
+    p.set_defaults(func=cmd_download_file)
+    p = download.add_parser("mjhq", help="MJHQ-30K's metadata and images from the Hugging Face Hub")
+    p.add_argument("--revision", default=None, help="dataset commit (default: resolve main now and record it)")
+    p.add_argument("--mirror", default=None, help="local folder holding meta_data.json and mjhq30k_imgs.zip")
+    p.add_argument("--out", required=True)
+    p.set_defaults(func=cmd_download_mjhq)
+
+    p = sub.add_parser("mjhq-prompts", help="MJHQ-30K prompt records (and their real images, for the metrics)")
+    p.add_argument("--dataset", required=True, help="folder written by `arrag download mjhq`")
+    p.add_argument("--category", action="append", default=[], help="keep these categories (default: all 10)")
+    p.add_argument("--limit", type=int, default=None, help="first N prompts in id order")
+    p.add_argument("--out-prompts", required=True, help="JSONL for `arrag generate-benchmark`")
+    p.add_argument("--out-reference", default=None, help="folder for the real images of those prompts")
+    p.set_defaults(func=cmd_mjhq_prompts)
 
     bench = sub.add_parser("bench", help="performance benchmarks").add_subparsers(dest="bench", required=True)
     p = bench.add_parser("retrieval", help="index backends side by side: build time, bytes/entry, QPS, recall")

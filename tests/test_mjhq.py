@@ -67,3 +67,14 @@ def test_download_pins_the_revision_and_resumes_from_partial(dataset, tmp_path, 
     assert mirrored["revision"].startswith("mirror:") and (tmp_path / "from_mirror" / mjhq.IMAGES).is_file()
     with pytest.raises(FileNotFoundError, match="lacks"):
         mjhq.download_mjhq(tmp_path / "x", mirror=tmp_path / "empty")
+
+
+def test_cli_writes_prompts_and_reference(dataset, tmp_path):
+    from arrag.cli import main
+
+    out = tmp_path / "p.jsonl"
+    args = ["mjhq-prompts", "--dataset", str(dataset), "--category", "animals", "--out-prompts", str(out)]
+    assert main(args + ["--out-reference", str(tmp_path / "ref")]) == 0
+    assert [json.loads(line)["item_id"] for line in out.read_text().splitlines()] == ["b2", "c3"]
+    assert len(list((tmp_path / "ref").rglob("*.jpg"))) == 2
+    assert main(["mjhq-prompts", "--dataset", str(tmp_path / "none"), "--out-prompts", str(out)]) == 2
