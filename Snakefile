@@ -13,6 +13,7 @@ include: "workflow/rules/racm3.smk"
 include: "workflow/rules/faid.smk"
 include: "workflow/rules/evaluate.smk"
 include: "workflow/rules/sweep.smk"
+include: "workflow/rules/dpg.smk"
 
 
 rule all:
@@ -27,4 +28,5 @@ rule all:
         [f"{RESULTS}/tables/sweep_faid.csv"] if "faid" in METHODS else [],
         [f"{RESULTS}/tables/over_copying.csv", f"{RESULTS}/figures/attribution.png"] if RETRIEVAL_METHODS else [],
         f"{RESULTS}/tables/inference_time.csv",
+        f"{RESULTS}/tables/dpg.csv",
     default_target: True

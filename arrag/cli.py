@@ -420,7 +420,10 @@ def cmd_retrieval_accuracy(args) -> None:
 def cmd_download_file(args) -> None:
     from arrag.data.downloads import fetch
 
-    print(fetch(args.url, args.out, sha256=args.sha256, mirror=args.mirror))
+    from arrag.data.downloads import sha256_of
+
+    path = fetch(args.url, args.out, sha256=args.sha256, mirror=args.mirror)
+    print(f"{path}  sha256 {sha256_of(path)}" + ("" if args.sha256 else "  (not pinned: pin this digest)"))
 
 
 def cmd_download_mjhq(args) -> None:
@@ -529,6 +532,44 @@ def cmd_geneval(args) -> None:
     write_results_jsonl(rows, args.out_jsonl)
     write_json(args.out_json, summary)
     print(json.dumps(summary, indent=2))
+
+
+def cmd_mini_dpg(args) -> None:
+    from arrag.data.mini_dpg import write_mini_dpg
+
+    write_mini_dpg(args.world, args.out, n=args.n, seed=args.seed)
+    print(f"mini-DPG: {args.n} prompts and their questions -> {args.out}")
+
+
+def cmd_dpg_prompts(args) -> None:
+    from arrag.evaluation.dpg import dpg_prompts, prompt_records
+    from arrag.io import write_jsonl
+
+    records = prompt_records(dpg_prompts(args.prompts_dir))  # default: the 1065 vendored prompts
+    write_jsonl(args.out, records)
+    print(f"{len(records)} DPG-Bench prompts -> {args.out}")
+
+
+def cmd_dpg_tiles(args) -> None:
+    from arrag.evaluation.dpg import write_tiled_folder
+
+    print(f"{write_tiled_folder(args.images, args.out)} 2x2 tiles -> {args.out}")
+
+
+def cmd_dpg(args) -> None:
+    from arrag.evaluation import dpg
+    from arrag.io import write_json, write_jsonl
+
+    questions = dpg.read_questions(args.csv, skip_first_row=not args.keep_first_row)
+    vqa = dpg.ShapesVQA() if args.vqa == "shapes" else dpg.MPLUGVQA(args.mplug_model, device=args.device)
+    records = dpg.score_folder(args.tiles, questions, vqa, allow_missing=args.allow_missing)
+    summary = dpg.summarise(
+        records, last_crop_categories=not args.all_crop_categories, raw_categories=not args.dependent_categories
+    )
+    summary |= {"vqa": args.vqa, "tiles": str(args.tiles), "csv": str(args.csv)}
+    write_jsonl(args.out_jsonl, records)
+    write_json(args.out_json, summary)
+    print(json.dumps({k: summary[k] for k in ("overall", "categories", "images")}, indent=2))
 
 
 def cmd_table(args) -> None:
@@ -798,6 +839,47 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out-jsonl", required=True, help="per-image records, the official evaluator's schema")
     p.add_argument("--out-json", required=True, help="per-tag accuracies and the overall score")
     p.set_defaults(func=cmd_geneval)
+
+    p = sub.add_parser("mini-dpg", help="a DPG-Bench-style prompt set and question CSV from the mini world")
+    p.add_argument("--world", required=True, help="directory written by `arrag world` (uses its reference split)")
+    p.add_argument("--n", type=int, default=200, help="prompts (distinct reference captions)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", required=True, help="folder: prompts/<id>.txt + dpg_bench.csv")
+    p.set_defaults(func=cmd_mini_dpg)
+
+    p = sub.add_parser("dpg-prompts", help="DPG-Bench prompt files -> JSONL records for generate-benchmark")
+    p.add_argument("--prompts-dir", default=None, help="folder of <id>.txt (default: the vendored 1065)")
+    p.add_argument("--out", required=True)
+    p.set_defaults(func=cmd_dpg_prompts)
+
+    p = sub.add_parser("dpg-tiles", help="4 images per prompt -> <id>.png 2x2 tiles, as DPG-Bench's evaluator reads")
+    p.add_argument("--images", required=True, help="GenEval-layout folder generated from `arrag dpg-prompts`")
+    p.add_argument("--out", required=True)
+    p.set_defaults(func=cmd_dpg_tiles)
+
+    p = sub.add_parser("dpg", help="score a folder of DPG-Bench tiles (per-image JSONL + summary)")
+    p.add_argument("--tiles", required=True, help="folder written by `arrag dpg-tiles`")
+    p.add_argument("--csv", required=True, help="question CSV (dpg_bench.csv, or mini-DPG's)")
+    p.add_argument(
+        "--vqa", choices=["shapes", "mplug"], default="shapes", help="shapes: mini world (structured); mplug: paper"
+    )
+    p.add_argument("--mplug-model", default="damo/mplug_visual-question-answering_coco_large_en")
+    p.add_argument("--device", default="gpu", help="modelscope device of the mplug backend")
+    p.add_argument(
+        "--keep-first-row", action="store_true", help="score the CSV's first data row (the official script skips it)"
+    )
+    p.add_argument(
+        "--all-crop-categories", action="store_true", help="categories over all 4 crops (official: the last crop)"
+    )
+    p.add_argument(
+        "--dependent-categories",
+        action="store_true",
+        help="categories from scores after the dependency rule (official: before it)",
+    )
+    p.add_argument("--allow-missing", action="store_true", help="score items with both a tile and questions only")
+    p.add_argument("--out-jsonl", required=True)
+    p.add_argument("--out-json", required=True)
+    p.set_defaults(func=cmd_dpg)
 
     p = sub.add_parser("table", help="one of the paper's tables as CSV, Markdown and LaTeX (OUT.csv/.md/.tex)")
     p.add_argument("kind", choices=["geneval", "dpg", "fidelity", "inference_time", "over_copying"])

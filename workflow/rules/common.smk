@@ -123,3 +123,29 @@ FAID_SWEEP = Paramspace(
         [(str(h), e) for h in FAID["sweep"]["hops"] for e in FAID["sweep"]["every"]], columns=["hops", "every"]
     )
 )
+
+
+# `arrag` as the rules of the benchmarks' own conda envs run it (GenEval, DPG-Bench): their pinned torch predates
+# ours, so the package is not installed there and runs from this checkout.
+ARRAG = f"PYTHONPATH={workflow.basedir}${{PYTHONPATH:+:$PYTHONPATH}} python -m arrag"
+
+DPG = config["evaluation"]["dpg"]
+DPG_NOTE = (
+    "mini-DPG: DPG-style questions on the mini world reference captions, answered by the shapes detector."
+    if DPG["questions"] == "mini"
+    else "DPG-Bench with mPLUG-large VQA."
+)
+
+
+def dpg_prompt_source(wildcards):
+    """mini-DPG's folder (prompts/ + dpg_bench.csv), or nothing: the vendored DPG-Bench prompts."""
+    return [f"{RESULTS}/world/dpg"] if DPG["questions"] == "mini" else []
+
+
+def dpg_question_source(wildcards):
+    return f"{RESULTS}/world/dpg" if DPG["questions"] == "mini" else f"{RESULTS}/downloads/dpg_bench.csv"
+
+
+def dpg_question_csv(source):
+    return f"{source}/dpg_bench.csv" if DPG["questions"] == "mini" else source
+

@@ -1,0 +1,162 @@
+# DPG-Bench (paper Table 2): prompts -> 4 images per prompt -> 2x2 tiles named by prompt -> VQA scoring with the
+# question CSV's dependency rule -> Table 2. The mini profile builds a DPG-style prompt set and question CSV from
+# the mini world's reference captions (mini-DPG, answered by the shapes detector); the paper profile uses the
+# 1065 vendored prompts, the question CSV from a pinned download, and mPLUG in its own conda env.
+
+
+rule mini_dpg:
+    input:
+        f"{RESULTS}/world/reference/metadata.jsonl",
+    output:
+        directory(f"{RESULTS}/world/dpg"),
+    params:
+        world=lambda wildcards, input: world_dir(input[0]),
+        n=DPG["prompts"],
+        seed=config["world"]["seed"],
+    log:
+        log_path("mini_dpg"),
+    benchmark:
+        benchmark_path("mini_dpg")
+    conda:
+        "../envs/arrag.yaml"
+    threads: 1
+    resources:
+        mem_mb=1000,
+    shell:
+        "arrag mini-dpg --world {params.world} --n {params.n} --seed {params.seed} --out {output} > {log} 2>&1"
+
+
+rule download_dpg_csv:
+    output:
+        f"{RESULTS}/downloads/dpg_bench.csv",
+    params:
+        url=DPG["csv_url"],
+        sha256=f"--sha256 {DPG['csv_sha256']}" if DPG["csv_sha256"] else "",
+        mirror=f"--mirror {config['downloads']['mirror']}" if config["downloads"]["mirror"] else "",
+    log:
+        log_path("download_dpg_csv"),
+    benchmark:
+        benchmark_path("download_dpg_csv")
+    conda:
+        "../envs/arrag.yaml"
+    threads: 1
+    resources:
+        mem_mb=500,
+    shell:
+        "arrag download file --url {params.url} {params.sha256} {params.mirror} --out {output} > {log} 2>&1"
+
+
+rule dpg_prompts:
+    input:
+        dpg_prompt_source,
+    output:
+        f"{RESULTS}/prompts/dpg.jsonl",
+    params:
+        folder=lambda wildcards, input: f"--prompts-dir {input[0]}/prompts" if input else "",
+    log:
+        log_path("dpg_prompts"),
+    benchmark:
+        benchmark_path("dpg_prompts")
+    conda:
+        "../envs/arrag.yaml"
+    threads: 1
+    resources:
+        mem_mb=500,
+    shell:
+        "arrag dpg-prompts {params.folder} --out {output} > {log} 2>&1"
+
+
+rule generate_dpg:
+    input:
+        unpack(generation_inputs),
+        prompts=f"{RESULTS}/prompts/dpg.jsonl",
+    output:
+        f"{RESULTS}/images/{{method}}/dpg/generation.json",
+    params:
+        out=lambda wildcards, output: os.path.dirname(output[0]),
+        sampling=sampling_flags(),
+        method=method_flags,
+    log:
+        f"{RESULTS}/logs/generate_dpg_{{method}}.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/generate_dpg_{{method}}.tsv"
+    conda:
+        "../envs/arrag.yaml"
+    threads: workflow.cores
+    resources:
+        gpu=1,
+        mem_mb=4000,
+    shell:
+        "OMP_NUM_THREADS={threads} arrag generate-benchmark --model {input.model} --prompts {input.prompts} "
+        "--n 4 --out {params.out} {params.sampling} {params.method} > {log} 2>&1"
+
+
+rule tile_dpg:
+    input:
+        f"{RESULTS}/images/{{method}}/dpg/generation.json",
+    output:
+        directory(f"{RESULTS}/images/{{method}}/dpg_tiles"),
+    params:
+        images=lambda wildcards, input: os.path.dirname(input[0]),
+    log:
+        f"{RESULTS}/logs/tile_dpg_{{method}}.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/tile_dpg_{{method}}.tsv"
+    conda:
+        "../envs/arrag.yaml"
+    threads: 1
+    resources:
+        mem_mb=1000,
+    shell:
+        "arrag dpg-tiles --images {params.images} --out {output} > {log} 2>&1"
+
+
+rule score_dpg:
+    input:
+        tiles=f"{RESULTS}/images/{{method}}/dpg_tiles",
+        questions=dpg_question_source,
+    output:
+        jsonl=f"{RESULTS}/scores/{{method}}/dpg_results.jsonl",
+        summary=f"{RESULTS}/scores/{{method}}/dpg_summary.json",
+    params:
+        csv=lambda wildcards, input: dpg_question_csv(input.questions),
+        vqa=DPG["vqa"],
+        quirks="" if DPG["skip_first_row"] else "--keep-first-row",
+    log:
+        f"{RESULTS}/logs/score_dpg/{{method}}.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/score_dpg/{{method}}.tsv"
+    conda:
+        "../envs/arrag.yaml" if DPG["vqa"] == "shapes" else "../envs/dpg.yaml"
+    threads: 1
+    resources:
+        mem_mb=1000 if DPG["vqa"] == "shapes" else 16000,
+        gpu=0 if DPG["vqa"] == "shapes" else 1,
+    shell:
+        "{ARRAG} dpg --tiles {input.tiles} --csv {params.csv} --vqa {params.vqa} {params.quirks} "
+        "--out-jsonl {output.jsonl} --out-json {output.summary} > {log} 2>&1"
+
+
+rule dpg_table:
+    input:
+        expand("{results}/scores/{method}/dpg_summary.json", results=RESULTS, method=METHODS),
+    output:
+        **table_outputs("dpg", caption="../report/dpg.rst"),
+    params:
+        results=lambda wildcards, input: " ".join(f"--result {p}" for p in input),
+        labels=" ".join(f"--label {m}" for m in METHODS),
+        note=DPG_NOTE,
+        paper=PAPER_ROWS,
+        out=lambda wildcards, output: table_prefix(output),
+    log:
+        log_path("dpg_table"),
+    benchmark:
+        benchmark_path("dpg_table")
+    conda:
+        "../envs/arrag.yaml"
+    threads: 1
+    resources:
+        mem_mb=500,
+    shell:
+        "arrag table dpg {params.results} {params.labels} {params.paper} --note '{params.note}' "
+        "--out {params.out} > {log} 2>&1"
