@@ -122,6 +122,7 @@ rule score_dpg:
         csv=lambda wildcards, input: dpg_question_csv(input.questions),
         vqa=DPG["vqa"],
         quirks="" if DPG["skip_first_row"] else "--keep-first-row",
+        arrag=ARRAG,
     log:
         f"{RESULTS}/logs/score_dpg/{{method}}.log",
     benchmark:
@@ -133,7 +134,7 @@ rule score_dpg:
         mem_mb=1000 if DPG["vqa"] == "shapes" else 16000,
         gpu=0 if DPG["vqa"] == "shapes" else 1,
     shell:
-        "{ARRAG} dpg --tiles {input.tiles} --csv {params.csv} --vqa {params.vqa} {params.quirks} "
+        "{params.arrag} dpg --tiles {input.tiles} --csv {params.csv} --vqa {params.vqa} {params.quirks} "
         "--out-jsonl {output.jsonl} --out-json {output.summary} > {log} 2>&1"
 
 
