@@ -110,6 +110,27 @@ DAID_SWEEP = Paramspace(
     )
 )
 
+GENEVAL = config["evaluation"]["geneval"]
+GENEVAL_DETECTOR_URL = (
+    "https://download.openmmlab.com/mmdetection/v2.0/mask2former/mask2former_swin-s-p4-w7-224_lsj_8x2_50e_coco/"
+    "mask2former_swin-s-p4-w7-224_lsj_8x2_50e_coco_20220504_001756-743b7d99.pth"
+)
+
+
+def geneval_scoring_inputs(wildcards):
+    """The images, plus the Mask2Former checkpoint for the paper's detector."""
+    inputs = {"images": f"{RESULTS}/images/{wildcards.run}/geneval/generation.json"}
+    if GENEVAL["detector"] == "mask2former":
+        inputs["checkpoint"] = f"{RESULTS}/downloads/mask2former_swin-s-p4-w7-224_lsj_8x2_50e_coco.pth"
+    return inputs
+
+
+def geneval_detector_flags(input):
+    if GENEVAL["detector"] == "shapes":
+        return "--detector shapes"
+    return f"--detector mask2former --checkpoint {input.checkpoint} --device cuda"
+
+
 GENEVAL_NOTE = (
     "Scored with the analytic shapes detector on the mini world (not Mask2Former + CLIP): mini-GenEval."
     if config["evaluation"]["geneval"]["detector"] == "shapes"

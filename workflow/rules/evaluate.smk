@@ -2,28 +2,49 @@
 # shapes detector), per-image records in the official evaluator's JSONL schema, and Table 1 per method.
 
 
+rule download_geneval_detector:
+    output:
+        f"{RESULTS}/downloads/mask2former_swin-s-p4-w7-224_lsj_8x2_50e_coco.pth",
+    params:
+        url=GENEVAL_DETECTOR_URL,
+        mirror=f"--mirror {config['downloads']['mirror']}" if config["downloads"]["mirror"] else "",
+    log:
+        log_path("download_geneval_detector"),
+    benchmark:
+        benchmark_path("download_geneval_detector")
+    conda:
+        "../envs/arrag.yaml"
+    threads: 1
+    resources:
+        mem_mb=500,
+    shell:  # OpenMMLab names the file after the first 8 hex digits of its SHA-256
+        "arrag download file --url {params.url} --sha256 743b7d99 {params.mirror} --out {output} > {log} 2>&1"
+
+
 rule score_geneval:
     input:
-        f"{RESULTS}/images/{{run}}/geneval/generation.json",
+        unpack(geneval_scoring_inputs),
     output:
         jsonl=f"{RESULTS}/scores/{{run}}/geneval_results.jsonl",
         summary=f"{RESULTS}/scores/{{run}}/geneval_summary.json",
     wildcard_constraints:
         run=r".+",  # a method (daid) or a sweep point (sweep_daid/weight~0.1/temperature~1.0)
     params:
-        images=lambda wildcards, input: os.path.dirname(input[0]),
-        detector=config["evaluation"]["geneval"]["detector"],
+        images=lambda wildcards, input: os.path.dirname(input.images),
+        detector=lambda wildcards, input: geneval_detector_flags(input),
+        arrag=ARRAG,
     log:
         f"{RESULTS}/logs/score_geneval/{{run}}.log",
     benchmark:
         f"{RESULTS}/benchmarks/score_geneval/{{run}}.tsv"
     conda:
-        "../envs/arrag.yaml"
+        "../envs/arrag.yaml" if GENEVAL["detector"] == "shapes" else "../envs/geneval.yaml"
     threads: 1
     resources:
-        mem_mb=1000,
+        mem_mb=1000 if GENEVAL["detector"] == "shapes" else 16000,
+        gpu=0 if GENEVAL["detector"] == "shapes" else 1,
     shell:
-        "arrag geneval --images {params.images} --detector {params.detector} --out-jsonl {output.jsonl} "
+        "{params.arrag} geneval --images {params.images} {params.detector} --out-jsonl {output.jsonl} "
         "--out-json {output.summary} > {log} 2>&1"
 
 
