@@ -14,12 +14,13 @@ include: "workflow/rules/faid.smk"
 include: "workflow/rules/evaluate.smk"
 include: "workflow/rules/sweep.smk"
 include: "workflow/rules/dpg.smk"
+include: "workflow/rules/fidelity.smk"
 
 
 rule all:
     input:
         expand("{results}/images/{method}/{prompts}/generation.json", results=RESULTS, method=METHODS,
-               prompts=["geneval", "reference"]),
+               prompts=["geneval", "reference" if FIDELITY["benchmark"] == "mini" else "mjhq"]),
         expand("{results}/figures/samples_{method}.png", results=RESULTS, method=METHODS),
         f"{RESULTS}/tables/retrieval_accuracy.csv",
         f"{RESULTS}/tables/geneval.csv",

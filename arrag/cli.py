@@ -418,12 +418,16 @@ def cmd_retrieval_accuracy(args) -> None:
 
 
 def cmd_download_file(args) -> None:
-    from arrag.data.downloads import fetch
-
-    from arrag.data.downloads import sha256_of
+    from arrag.data.downloads import fetch, sha256_of
 
     path = fetch(args.url, args.out, sha256=args.sha256, mirror=args.mirror)
     print(f"{path}  sha256 {sha256_of(path)}" + ("" if args.sha256 else "  (not pinned: pin this digest)"))
+
+
+def cmd_download_inception(args) -> None:
+    from arrag.evaluation.features import download_inception
+
+    print(download_inception(args.out, mirror=args.mirror))
 
 
 def cmd_download_mjhq(args) -> None:
@@ -596,40 +600,51 @@ def cmd_sweep_table(args) -> None:
     print(json.dumps({"runs": len(rows), "best": best}, indent=2))
 
 
-def _image_set(path: str):
-    """uint8 images [N, S, S, 3] from a GenEval-layout folder (every sample) or an .npy array."""
-    import numpy as np
-    from PIL import Image
+def _feature_network(spec: str | None, device: str):
+    """--fid-network / --cmmd-network: mini:DIR (arrag train-features), inception:FILE, clip:WEIGHTS
+    (a local file or an open_clip tag of CMMD's CLIP model), or none."""
+    from arrag.evaluation import features
 
-    from arrag.data.geneval_layout import read_prompt_folders
+    if not spec or spec == "none":
+        return None
+    kind, _, where = spec.partition(":")
+    if kind == "mini" and where:
+        return features.load_feature_network(where, device=device)
+    if kind == "inception" and where:
+        return features.inception_extractor(where, device=device)
+    if kind == "clip" and where:
+        return features.clip_embedder(pretrained=where, device=device)
+    raise ValueError(f"feature network {spec!r}: expected mini:DIR, inception:FILE, clip:WEIGHTS or none")
 
-    if path.endswith(".npy"):
-        return np.load(path, allow_pickle=False)
-    if not Path(path).is_dir():
-        raise ValueError(f"{path} is neither a GenEval-layout folder nor an images .npy file")
-    paths = [p for _, sample_paths in read_prompt_folders(path) for p in sample_paths]
-    if not paths:
-        raise ValueError(f"{path} holds no images: give a GenEval-layout folder or an images .npy file")
-    return np.stack([np.asarray(Image.open(p).convert("RGB")) for p in paths])
 
+def cmd_fidelity(args) -> None:
+    import torch
 
-def cmd_fwd(args) -> None:
-    from arrag.evaluation.fidelity import fwd
+    from arrag.evaluation.fidelity import fidelity_scores
     from arrag.io import write_json
 
-    generated, reference = _image_set(args.images), _image_set(args.reference)
-    value = fwd(generated, reference, level=args.level, wavelet=args.wavelet, size=args.size)
-    result = {
-        "fwd": value,
-        "images": len(generated),
-        "reference": len(reference),
-        "level": args.level,
-        "wavelet": args.wavelet,
-        "size": args.size,
-    }
+    device = args.device if args.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
+    result = fidelity_scores(
+        args.images,
+        args.reference,
+        fid_network=_feature_network(args.fid_network, device),
+        cmmd_network=_feature_network(args.cmmd_network, device),
+        fwd_level=args.fwd_level,
+        fwd_size=args.fwd_size,
+        batch_size=args.batch_size,
+    )
     if args.out_json:
         write_json(args.out_json, result)
-    print(json.dumps(result, indent=2))
+    print(json.dumps({k: result[k] for k in ("fid", "cmmd", "fwd", "images") if k in result}, indent=2))
+
+
+def cmd_train_features(args) -> None:
+    from arrag.data.mini_world import load_split
+    from arrag.evaluation.features import MiniFeatureConfig, train_feature_network
+
+    images, records = load_split(Path(args.world) / args.split)
+    _, summary = train_feature_network(images, records, parse_overrides(args.set, MiniFeatureConfig), args.out)
+    print(json.dumps(summary, indent=2))
 
 
 def cmd_attribution(args) -> None:
@@ -779,6 +794,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--mirror", default=None, help="local folder holding the file under its URL's name")
     p.add_argument("--out", required=True)
     p.set_defaults(func=cmd_download_file)
+    p = download.add_parser("inception", help="FID's Inception weights (clean-fid's file, SHA-256 pinned)")
+    p.add_argument("--mirror", default=None, help="local folder holding inception-2015-12-05.pt")
+    p.add_argument("--out", required=True, help="file path or folder")
+    p.set_defaults(func=cmd_download_inception)
     p = download.add_parser("mjhq", help="MJHQ-30K's metadata and images from the Hugging Face Hub")
     p.add_argument("--revision", default=None, help="dataset commit (default: resolve main now and record it)")
     p.add_argument("--mirror", default=None, help="local folder holding meta_data.json and mjhq30k_imgs.zip")
@@ -905,14 +924,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out-png", required=True)
     p.set_defaults(func=cmd_sweep_table)
 
-    p = sub.add_parser("fwd", help="Frechet Wavelet Distance between generated and reference images")
-    p.add_argument("--images", required=True, help="GenEval-layout folder or images .npy")
-    p.add_argument("--reference", required=True, help="GenEval-layout folder or images .npy")
-    p.add_argument("--level", type=int, default=4)
-    p.add_argument("--wavelet", default="haar")
-    p.add_argument("--size", type=int, default=256, help="images are resized to this side first")
+    p = sub.add_parser("fidelity", help="Table 3's metrics against real images: FID, CMMD (with a network), FWD")
+    p.add_argument("--images", required=True, help="generated images: GenEval-layout folder")
+    p.add_argument("--reference", required=True, help="real images: a folder of images or an images .npy")
+    p.add_argument("--fid-network", default=None, help="mini:DIR (arrag train-features), inception:FILE, or none")
+    p.add_argument("--cmmd-network", default=None, help="clip:WEIGHTS (file or open_clip tag), mini:DIR, or none")
+    p.add_argument("--fwd-level", type=int, default=4, help="wavelet packet level (paper: 4)")
+    p.add_argument("--fwd-size", type=int, default=256, help="images resized to this for FWD (paper: 256)")
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--device", default="auto")
     p.add_argument("--out-json", default=None)
-    p.set_defaults(func=cmd_fwd)
+    p.set_defaults(func=cmd_fidelity)
+
+    p = sub.add_parser("train-features", help="the mini world's feature network for mini-FID / mini-CMMD")
+    p.add_argument("--world", required=True, help="directory written by `arrag world`")
+    p.add_argument("--split", default="train")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="MiniFeatureConfig field")
+    p.add_argument("--out", required=True)
+    p.set_defaults(func=cmd_train_features)
 
     p = sub.add_parser("attribution", help="generated images beside the corpus images they copied most from")
     p.add_argument("--images", action="append", required=True, help="GenEval-layout folder with copying.json")

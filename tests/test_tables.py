@@ -69,7 +69,7 @@ def test_dpg_and_fidelity_rows_and_latex_escaping(tmp_path):
     summary = {"overall": 71.5, "images": 8, "categories": {"global": 50.0, "entity": 80.0, "attribute": 70.0}}
     rows, csv_rows, md, _ = _table(tmp_path, "dpg", {"vanilla": t.dpg_row(summary, "vanilla")})
     assert "| base model | 50.00 | 80.00 | 70.00 | – | – | 71.50 |" in md  # categories absent from the CSV stay empty
-    fid = {"fid": 12.5, "cmmd": 0.1, "fwd": 3.25, "images": 10, "reference": 10, "features": "mini_net"}
+    fid = {"fid": 12.5, "cmmd": 0.1, "fwd": 3.25, "images": 10, "reference_images": 10, "fid_network": {"name": "mini"}}
     rows, csv_rows, md, tex = _table(tmp_path, "fidelity", {"my_method": t.fidelity_row(fid, "my_method")})
     assert "| my_method | 0.100 | 12.50 | 3.250 |" in md
     assert r"my\_method & 0.100 & 12.50 & 3.250" in tex

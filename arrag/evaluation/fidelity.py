@@ -1,22 +1,37 @@
 """Distribution-level fidelity metrics of generated images against reference images (paper Table 3).
 
+- `fid`: FID as clean-fid computes it (Parmar et al. 2022): every image resized to the feature network's input
+  size by clean-fid's "clean" resizer (PIL bicubic on float channels, no uint8 round trip), features from
+  `image_features` (clean-fid's own batching for folders), then the Fréchet distance between the two sets'
+  Gaussian statistics (`cleanfid.fid.fid_from_feats`). Paper profile: Inception-v3 pool features at 299 px
+  (`arrag.evaluation.features.inception_extractor`); mini profile: `MiniFeatureNet` features at 32 px (mini-FID).
 - `cmmd`: CMMD (Jayasumana et al. 2024): the biased MMD² between two sets of L2-normalised embeddings under
   a Gaussian RBF kernel exp(-||x - y||² / (2 σ²)) with σ = 10, times 1000. The paper profile feeds CLIP
-  ViT-L/14-336 embeddings; any embedding works (the caller normalises nothing: we do).
+  ViT-L/14-336 embeddings (`clip_embedder` through `image_features`; images reach 336 px by the clean resizer,
+  where CMMD's reference code uses torch bicubic); any embedding works (the caller normalises nothing: we do).
 - `fwd`: Fréchet Wavelet Distance (Veeramacheneni et al. 2025): images resized to 256 px and scaled to
   [0, 1], a level-4 Haar wavelet packet transform (ptwt) per channel, and for each of the 4^level packets the
   Fréchet distance between the two sets' Gaussian statistics of the packet's coefficients [C·h·w]; FWD is
   the mean over packets. Written on ptwt directly rather than the pytorchfwd package, whose pins downgrade
   scipy/numpy and which changes torch's default dtype at import.
 - `frechet_distance`: ||μ1 − μ2||² + Tr(Σ1 + Σ2 − 2 (Σ1 Σ2)^½), shared with FID-style metrics.
+
+FID and CMMD compare sets of equal size (the paper: 30K generated vs 30K reference images); `fid_images` and
+`cmmd_images` refuse a reference set smaller than the generated one.
 """
 
 from __future__ import annotations
+
+import warnings
+from glob import glob
+from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from scipy import linalg
+
+ImageSource = np.ndarray | str | Path  # uint8 images [N, S, S, 3], an images .npy, or a folder of image files
 
 
 def cmmd(x: np.ndarray, y: np.ndarray, sigma: float = 10.0, scale: float = 1000.0) -> float:
@@ -87,3 +102,196 @@ def fwd(images_a: np.ndarray, images_b: np.ndarray, level: int = 4, wavelet: str
     mu_a, cov_a = packet_statistics(images_a, **kwargs)
     mu_b, cov_b = packet_statistics(images_b, **kwargs)
     return float(np.mean([frechet_distance(mu_a[p], cov_a[p], mu_b[p], cov_b[p]) for p in range(len(mu_a))]))
+
+
+# ----------------------------------------------------------------------------- FID / CMMD through clean-fid
+
+
+def clean_resizer(size: int):
+    """clean-fid's "clean" resizer to size x size: uint8 [S, S, 3] -> float32 [size, size, 3] in [0, 255]."""
+    from cleanfid.resize import build_resizer, make_resizer
+
+    # build_resizer("clean") is fixed at Inception's 299 px; other sizes get the same recipe
+    return build_resizer("clean") if size == 299 else make_resizer("PIL", False, "bicubic", (size, size))
+
+
+def _image_files(folder: Path) -> list[str]:
+    """A GenEval-layout folder's samples (never grids or other pictures beside them), else every image file
+    below `folder`, found as clean-fid's get_folder_features finds them."""
+    from cleanfid.utils import EXTENSIONS
+
+    from arrag.data.geneval_layout import read_prompt_folders
+
+    if any(p.is_dir() and p.name.isdigit() for p in folder.iterdir()):
+        return [str(p) for _, paths in read_prompt_folders(folder) for p in paths]
+    return sorted(f for ext in EXTENSIONS for f in glob(str(folder / f"**/*.{ext}"), recursive=True))
+
+
+def _as_array_or_files(source: ImageSource) -> np.ndarray | list[str]:
+    if isinstance(source, np.ndarray):
+        return source
+    path = Path(source)
+    if path.suffix == ".npy" and path.is_file():
+        return np.load(path, mmap_mode="r", allow_pickle=False)
+    if path.is_dir():
+        return _image_files(path)
+    raise FileNotFoundError(f"{path} is neither an images .npy file nor a folder of images")
+
+
+def image_count(source: ImageSource) -> int:
+    return len(_as_array_or_files(source))
+
+
+def _device_of(extractor) -> torch.device:
+    tensor = next(iter(extractor.parameters()), None) if isinstance(extractor, torch.nn.Module) else None
+    return tensor.device if tensor is not None else torch.device("cpu")
+
+
+def image_features(
+    source: ImageSource,
+    extractor,
+    mode: str = "clean",
+    batch_size: int = 64,
+    device: str | torch.device | None = None,
+    num_workers: int = 0,
+    description: str = "",
+) -> np.ndarray:
+    """Features [N, D] of a set of images, each resized by clean-fid's clean resizer to `extractor.input_size`.
+
+    `extractor` maps float [B, 3, s, s] in [0, 255] to [B, D] (a clean-fid custom feature extractor with an
+    `input_size`). Folders go through clean-fid's get_files_features; arrays are resized and batched here.
+    `device` defaults to the extractor's (clean-fid's own default is cuda).
+    """
+    from cleanfid.fid import get_batch_features, get_files_features
+
+    if mode != "clean":
+        raise ValueError(f"mode {mode!r}: only clean-fid's 'clean' mode is supported")
+    device = torch.device(device) if device is not None else _device_of(extractor)
+    resize = clean_resizer(int(extractor.input_size))
+    images = _as_array_or_files(source)
+    if len(images) == 0:
+        raise ValueError(f"{source} holds no images")
+    if isinstance(images, list):
+        return get_files_features(
+            images,
+            extractor,
+            num_workers=num_workers,
+            batch_size=batch_size,
+            device=device,
+            mode=mode,
+            custom_fn_resize=resize,
+            description=description,
+            verbose=bool(description),
+        )
+    feats = []
+    for start in range(0, len(images), batch_size):
+        batch = [resize(np.asarray(image)) for image in images[start : start + batch_size]]  # [s, s, 3] float32
+        x = torch.from_numpy(np.stack(batch)).permute(0, 3, 1, 2)  # [b, 3, s, s] in [0, 255]
+        feats.append(get_batch_features(x, extractor, device))
+    return np.concatenate(feats)
+
+
+def fid(feats_a: np.ndarray, feats_b: np.ndarray) -> float:
+    """FID between two feature sets [N, D] and [M, D]: clean-fid's Fréchet distance of their Gaussian stats."""
+    from cleanfid.fid import fid_from_feats
+
+    if len(feats_a) < 2 or len(feats_b) < 2:
+        raise ValueError(f"FID needs at least 2 images per set (a covariance), got {len(feats_a)} and {len(feats_b)}")
+    if feats_a.shape[1:] != feats_b.shape[1:]:
+        raise ValueError(f"FID needs features of one width, got {feats_a.shape} and {feats_b.shape}")
+    with warnings.catch_warnings():  # clean-fid passes sqrtm's `disp`, deprecated since SciPy 1.16
+        warnings.filterwarnings("ignore", message=".*`disp` argument is deprecated", category=DeprecationWarning)
+        return float(fid_from_feats(np.asarray(feats_a, np.float64), np.asarray(feats_b, np.float64)))
+
+
+def _name(source: ImageSource) -> str:
+    return "an in-memory array" if isinstance(source, np.ndarray) else str(source)
+
+
+def check_sets(generated: ImageSource, reference: ImageSource) -> tuple[int, int]:
+    """(n generated, n reference), after refusing sets FID / CMMD should not compare."""
+    n_gen, n_ref = image_count(generated), image_count(reference)
+    if n_gen < 2 or n_ref < 2:
+        raise ValueError(
+            f"FID and CMMD need at least 2 images per set: {_name(generated)} has {n_gen}, "
+            f"{_name(reference)} has {n_ref}"
+        )
+    if n_ref < n_gen:
+        raise ValueError(
+            f"the reference set {_name(reference)} has {n_ref} images, fewer than the {n_gen} generated ones in "
+            f"{_name(generated)}: FID and CMMD compare sets of (about) equal size, so give a reference set with "
+            f"at least {n_gen} images (the paper: 30K vs 30K) or generate fewer"
+        )
+    return n_gen, n_ref
+
+
+def fid_images(generated: ImageSource, reference: ImageSource, extractor, **kwargs) -> float:
+    """FID between a generated and a reference image set with `extractor`'s features (kwargs: image_features)."""
+    check_sets(generated, reference)
+    return fid(image_features(generated, extractor, **kwargs), image_features(reference, extractor, **kwargs))
+
+
+def cmmd_images(generated: ImageSource, reference: ImageSource, embedder, **kwargs) -> float:
+    """CMMD between a generated and a reference image set with `embedder`'s embeddings (kwargs: image_features)."""
+    check_sets(generated, reference)
+    return cmmd(image_features(generated, embedder, **kwargs), image_features(reference, embedder, **kwargs))
+
+
+# ----------------------------------------------------------------------------- FWD on image sources, and all three
+
+
+class ImageFiles:
+    """A folder's images as a lazily loaded uint8 sequence: slicing loads only that batch (30K real images at 1024
+    px would not fit in memory at once). Every image of one slice must share a size."""
+
+    def __init__(self, paths: list[str]):
+        self.paths = paths
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, index: slice) -> np.ndarray:
+        from PIL import Image
+
+        images = []
+        for path in self.paths[index]:
+            with Image.open(path) as im:
+                images.append(np.asarray(im.convert("RGB")))
+        return np.stack(images)
+
+
+def load_images(source: ImageSource) -> np.ndarray | ImageFiles:
+    """An array (a .npy memory-mapped) or a folder's images, loaded batch by batch when sliced."""
+    images = _as_array_or_files(source)
+    if len(images) == 0:
+        raise ValueError(f"{_name(source)} holds no images: give a GenEval-layout folder, a folder of images or a .npy")
+    return ImageFiles(images) if isinstance(images, list) else images
+
+
+def fwd_images(generated: ImageSource, reference: ImageSource, **kwargs) -> float:
+    """FWD between two image sources (kwargs: fwd's level, wavelet, size), streamed in batches."""
+    return fwd(load_images(generated), load_images(reference), **kwargs)
+
+
+def fidelity_scores(
+    generated: ImageSource,
+    reference: ImageSource,
+    fid_network=None,
+    cmmd_network=None,
+    fwd_level: int = 4,
+    fwd_size: int = 256,
+    batch_size: int = 64,
+) -> dict:
+    """Table 3's metrics of a generated set against a reference set: FWD always; FID and CMMD when given a
+    feature network (Inception / CLIP, or the mini network). -> the `fidelity.json` record."""
+    n_gen, n_ref = check_sets(generated, reference)
+    result = {"generated": _name(generated), "reference": _name(reference), "images": n_gen, "reference_images": n_ref}
+    if fid_network is not None:
+        result |= {"fid": fid_images(generated, reference, fid_network, batch_size=batch_size)}
+        result |= {"fid_network": fid_network.identity, "fid_mode": "clean"}
+    if cmmd_network is not None:
+        result |= {"cmmd": cmmd_images(generated, reference, cmmd_network, batch_size=batch_size)}
+        result |= {"cmmd_network": cmmd_network.identity, "cmmd_sigma": 10.0, "cmmd_scale": 1000.0}
+    result |= {"fwd": fwd_images(generated, reference, level=fwd_level, size=fwd_size)}
+    result |= {"fwd_level": fwd_level, "fwd_wavelet": "haar", "fwd_size": fwd_size}
+    return result

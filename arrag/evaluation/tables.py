@@ -109,7 +109,8 @@ def dpg_row(summary: dict, label: str) -> dict:
 
 def fidelity_row(result: dict, label: str) -> dict:
     """An `arrag fidelity` result; a metric it did not compute stays empty."""
-    return {k: result.get(k) for k in ("cmmd", "fid", "fwd", "images", "reference", "features")}
+    row = {k: result.get(k) for k in ("cmmd", "fid", "fwd", "images", "reference_images")}
+    return row | {"network": (result.get("fid_network") or {}).get("name")}
 
 
 def inference_rows(bench: dict) -> dict[str, dict]:

@@ -170,3 +170,34 @@ def dpg_question_source(wildcards):
 def dpg_question_csv(source):
     return f"{source}/dpg_bench.csv" if DPG["questions"] == "mini" else source
 
+
+FIDELITY = config["evaluation"]["fidelity"]
+FWD = config["evaluation"]["fwd"]
+FIDELITY_NOTE = (
+    f"mini-FID and mini-CMMD on the mini world feature network; FWD: Haar packets, level {FWD['level']}, "
+    f"{FWD['size']} px; reference-caption images against the reference split."
+    if FIDELITY["benchmark"] == "mini"
+    else f"MJHQ-30K; FID on Inception (clean-fid), CMMD on CLIP ViT-L/14@336, FWD level {FWD['level']} at {FWD['size']} px."
+)
+
+
+def fidelity_inputs(wildcards):
+    """Generated and real images, and the feature networks' weights."""
+    if FIDELITY["benchmark"] == "mini":
+        return {
+            "images": f"{RESULTS}/images/{wildcards.method}/reference/generation.json",
+            "reference": f"{RESULTS}/world/reference/images.npy",
+            "features": f"{RESULTS}/models/features",
+        }
+    return {
+        "images": f"{RESULTS}/images/{wildcards.method}/mjhq/generation.json",
+        "reference": f"{RESULTS}/mjhq/reference",
+        "inception": f"{RESULTS}/downloads/inception-2015-12-05.pt",
+    }
+
+
+def fidelity_network_flags(input):
+    if FIDELITY["benchmark"] == "mini":
+        return f"--fid-network mini:{input.features} --cmmd-network mini:{input.features}"
+    return f"--fid-network inception:{input.inception} --cmmd-network clip:{FIDELITY['clip_pretrained']}"
+

@@ -1,0 +1,162 @@
+# Fidelity against real images (paper Table 3: CMMD, FID, FWD). The paper profile generates one image per
+# MJHQ-30K prompt and compares it with MJHQ-30K's real images (Inception for FID, CLIP ViT-L/14@336 for CMMD);
+# the mini profile compares images of the reference split's captions with the reference split itself, FID and
+# CMMD on a feature network trained on the mini world (mini-FID, mini-CMMD).
+
+
+rule train_features:
+    input:
+        f"{RESULTS}/world/train/images.npy",
+    output:
+        directory(f"{RESULTS}/models/features"),
+    params:
+        world=lambda wildcards, input: world_dir(input[0]),
+        settings=settings_flags("--set", FIDELITY["mini_network"]),
+    log:
+        log_path("train_features"),
+    benchmark:
+        benchmark_path("train_features")
+    conda:
+        "../envs/arrag.yaml"
+    threads: workflow.cores
+    resources:
+        mem_mb=4000,
+    shell:
+        "OMP_NUM_THREADS={threads} arrag train-features --world {params.world} --split train {params.settings} "
+        "--out {output} > {log} 2>&1"
+
+
+rule download_inception:
+    output:
+        f"{RESULTS}/downloads/inception-2015-12-05.pt",
+    params:
+        mirror=f"--mirror {config['downloads']['mirror']}" if config["downloads"]["mirror"] else "",
+    log:
+        log_path("download_inception"),
+    benchmark:
+        benchmark_path("download_inception")
+    conda:
+        "../envs/arrag.yaml"
+    threads: 1
+    resources:
+        mem_mb=500,
+    shell:
+        "arrag download inception {params.mirror} --out {output} > {log} 2>&1"
+
+
+rule download_mjhq:
+    output:
+        directory(f"{RESULTS}/downloads/mjhq30k"),
+    params:
+        revision=f"--revision {FIDELITY['mjhq_revision']}" if FIDELITY["mjhq_revision"] else "",
+        mirror=f"--mirror {config['downloads']['mirror']}/mjhq30k" if config["downloads"]["mirror"] else "",
+    log:
+        log_path("download_mjhq"),
+    benchmark:
+        benchmark_path("download_mjhq")
+    conda:
+        "../envs/arrag.yaml"
+    threads: 1
+    resources:
+        mem_mb=2000,
+    shell:
+        "arrag download mjhq {params.revision} {params.mirror} --out {output} > {log} 2>&1"
+
+
+rule mjhq_prompts:
+    input:
+        f"{RESULTS}/downloads/mjhq30k",
+    output:
+        prompts=f"{RESULTS}/prompts/mjhq.jsonl",
+        reference=directory(f"{RESULTS}/mjhq/reference"),
+    params:
+        limit=f"--limit {FIDELITY['mjhq_prompts']}" if FIDELITY["mjhq_prompts"] else "",
+    log:
+        log_path("mjhq_prompts"),
+    benchmark:
+        benchmark_path("mjhq_prompts")
+    conda:
+        "../envs/arrag.yaml"
+    threads: 1
+    resources:
+        mem_mb=2000,
+    shell:
+        "arrag mjhq-prompts --dataset {input} {params.limit} --out-prompts {output.prompts} "
+        "--out-reference {output.reference} > {log} 2>&1"
+
+
+rule generate_mjhq:
+    input:
+        unpack(generation_inputs),
+        prompts=f"{RESULTS}/prompts/mjhq.jsonl",
+    output:
+        f"{RESULTS}/images/{{method}}/mjhq/generation.json",
+    params:
+        out=lambda wildcards, output: os.path.dirname(output[0]),
+        sampling=sampling_flags(),
+        method=method_flags,
+    log:
+        f"{RESULTS}/logs/generate_mjhq_{{method}}.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/generate_mjhq_{{method}}.tsv"
+    conda:
+        "../envs/arrag.yaml"
+    threads: workflow.cores
+    resources:
+        gpu=1,
+        mem_mb=8000,
+    shell:
+        "OMP_NUM_THREADS={threads} arrag generate-benchmark --model {input.model} --prompts {input.prompts} "
+        "--n 1 --out {params.out} {params.sampling} {params.method} > {log} 2>&1"
+
+
+rule score_fidelity:
+    input:
+        unpack(fidelity_inputs),
+    output:
+        f"{RESULTS}/scores/{{method}}/fidelity.json",
+    params:
+        images=lambda wildcards, input: os.path.dirname(input.images),
+        networks=lambda wildcards, input: fidelity_network_flags(input),
+        level=config["evaluation"]["fwd"]["level"],
+        size=config["evaluation"]["fwd"]["size"],
+        device=config["device"],
+    log:
+        f"{RESULTS}/logs/score_fidelity/{{method}}.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/score_fidelity/{{method}}.tsv"
+    conda:
+        "../envs/arrag.yaml"
+    threads: workflow.cores
+    resources:
+        gpu=1,
+        mem_mb=8000,
+    shell:
+        "OMP_NUM_THREADS={threads} arrag fidelity --images {params.images} --reference {input.reference} "
+        "{params.networks} --fwd-level {params.level} --fwd-size {params.size} --device {params.device} "
+        "--out-json {output} > {log} 2>&1"
+
+
+rule fidelity_table:
+    input:
+        expand("{results}/scores/{method}/fidelity.json", results=RESULTS, method=METHODS),
+    output:
+        **table_outputs("fidelity", caption="../report/fidelity.rst"),
+    params:
+        results=lambda wildcards, input: " ".join(f"--result {p}" for p in input),
+        labels=" ".join(f"--label {m}" for m in METHODS),
+        note=FIDELITY_NOTE,
+        paper=PAPER_ROWS,
+        out=lambda wildcards, output: table_prefix(output),
+    log:
+        log_path("fidelity_table"),
+    benchmark:
+        benchmark_path("fidelity_table")
+    conda:
+        "../envs/arrag.yaml"
+    threads: 1
+    resources:
+        mem_mb=500,
+    shell:
+        "arrag table fidelity {params.results} {params.labels} {params.paper} --note '{params.note}' "
+        "--out {params.out} > {log} 2>&1"
