@@ -417,6 +417,37 @@ def cmd_retrieval_accuracy(args) -> None:
     print(json.dumps(result, indent=2))
 
 
+def cmd_bench_scoring(args) -> None:
+    """Scoring throughput of GenEval (shapes detector), DPG-Bench (ShapesVQA) and the fidelity metrics."""
+    from arrag.bench.scoring import run_scoring_bench, write_results
+    from arrag.evaluation import dpg, fidelity, geneval
+    from arrag.evaluation.features import load_feature_network
+    from arrag.evaluation.shapes_detector import detect_shapes
+
+    scorers = {
+        "GenEval (shapes detector)": lambda: len(geneval.score_folder(args.geneval, detect_shapes)),
+    }
+    if args.dpg_tiles:
+        questions = dpg.read_questions(args.dpg_csv, skip_first_row=False)
+        scorers["DPG-Bench (ShapesVQA, 4 crops per image)"] = lambda: len(
+            dpg.score_folder(args.dpg_tiles, questions, dpg.ShapesVQA())
+        )
+    if args.fidelity_images:
+        net = load_feature_network(args.features) if args.features else None
+        n = fidelity.image_count(args.fidelity_images) + fidelity.image_count(args.reference)
+        scorers["fidelity: mini-FID + mini-CMMD + FWD (generated + reference)"] = lambda: (
+            n
+            * bool(
+                fidelity.fidelity_scores(
+                    args.fidelity_images, args.reference, net, net, fwd_level=args.fwd_level, fwd_size=args.fwd_size
+                )
+            )
+        )
+    result = run_scoring_bench(scorers, repeats=args.repeats)
+    write_results(result, args.out_json, args.out_md)
+    print(Path(args.out_md).read_text())
+
+
 def cmd_download_file(args) -> None:
     from arrag.data.downloads import fetch, sha256_of
 
@@ -825,6 +856,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out-json", required=True)
     p.add_argument("--out-md", required=True)
     p.set_defaults(func=cmd_bench_retrieval)
+
+    p = bench.add_parser("scoring", help="images/s of the benchmark scorers on generated folders (CPU in the mini)")
+    p.add_argument("--geneval", required=True, help="GenEval-layout folder")
+    p.add_argument("--dpg-tiles", default=None, help="DPG tile folder (arrag dpg-tiles)")
+    p.add_argument("--dpg-csv", default=None, help="its question CSV")
+    p.add_argument("--fidelity-images", default=None, help="generated folder for the fidelity metrics")
+    p.add_argument("--reference", default=None, help="reference images (.npy or folder)")
+    p.add_argument("--features", default=None, help="mini feature network (arrag train-features)")
+    p.add_argument("--fwd-level", type=int, default=4)
+    p.add_argument("--fwd-size", type=int, default=256)
+    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--out-json", required=True)
+    p.add_argument("--out-md", required=True)
+    p.set_defaults(func=cmd_bench_scoring)
 
     p = bench.add_parser("generate", help="images/s and time per step: vanilla, DAiD, FAiD, RA-CM3 side by side")
     _model_args(p)

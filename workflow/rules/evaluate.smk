@@ -71,3 +71,36 @@ rule geneval_table:
     shell:
         "arrag table geneval {params.results} {params.labels} {params.paper} --note '{params.note}' "
         "--out {params.out} > {log} 2>&1"
+
+
+rule bench_scoring:
+    # Not part of `all`: `snakemake --cores all bench_scoring` measures the mini profile's scorers (images/s).
+    input:
+        geneval=f"{RESULTS}/images/vanilla/geneval/generation.json",
+        tiles=f"{RESULTS}/images/vanilla/dpg_tiles",
+        questions=f"{RESULTS}/world/dpg",
+        images=f"{RESULTS}/images/vanilla/reference/generation.json",
+        reference=f"{RESULTS}/world/reference/images.npy",
+        features=f"{RESULTS}/models/features",
+    output:
+        json=f"{RESULTS}/bench/scoring.json",
+        md=f"{RESULTS}/bench/scoring.md",
+    params:
+        geneval=lambda wildcards, input: os.path.dirname(input.geneval),
+        images=lambda wildcards, input: os.path.dirname(input.images),
+        level=config["evaluation"]["fwd"]["level"],
+        size=config["evaluation"]["fwd"]["size"],
+    log:
+        log_path("bench_scoring"),
+    benchmark:
+        benchmark_path("bench_scoring")
+    conda:
+        "../envs/arrag.yaml"
+    threads: workflow.cores
+    resources:
+        mem_mb=4000,
+    shell:
+        "OMP_NUM_THREADS={threads} arrag bench scoring --geneval {params.geneval} --dpg-tiles {input.tiles} "
+        "--dpg-csv {input.questions}/dpg_bench.csv --fidelity-images {params.images} --reference {input.reference} "
+        "--features {input.features} --fwd-level {params.level} --fwd-size {params.size} "
+        "--out-json {output.json} --out-md {output.md} > {log} 2>&1"
