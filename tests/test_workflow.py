@@ -87,7 +87,7 @@ def test_whole_dag_on_the_toy_profile(tmp_path):
     assert len(json.loads((daid / "00000" / "copying.json").read_text())) == 2
     assert json.loads((daid / "settings.json").read_text())["method"] == "daid"
     table = (res / "tables/over_copying.csv").read_text().splitlines()
-    assert table[0].startswith("method,images,copied_fraction_mean") and table[1].startswith("daid,24,")
+    assert table[0].startswith("method,source,images,copied_fraction_mean") and table[1].startswith("daid,measured,24,")
 
     # RA-CM3: its image index over the corpus, its fine-tuned model, images copying-scored against the reference
     assert json.loads((res / "retrieval/image_index/index.json").read_text())["count"] == 200
@@ -95,17 +95,31 @@ def test_whole_dag_on_the_toy_profile(tmp_path):
     racm3 = res / "images/racm3/geneval"
     assert len(list(racm3.glob("0*/samples/*.png"))) == 2 * len(prompts)
     assert json.loads((racm3 / "settings.json").read_text())["method"] == "racm3"
-    assert table[2].startswith("faid,24,") and table[3].startswith("racm3,24,")
+    assert table[2].startswith("faid,measured,24,") and table[3].startswith("racm3,measured,24,")
     assert Image.open(res / "figures/attribution.png").size[1] > 4 * 32
 
     # mini-GenEval: per-image records in the official schema, Table 1 per method, DAiD's sweep as CSV + heatmap
     records = [json.loads(line) for line in (res / "scores/daid/geneval_results.jsonl").read_text().splitlines()]
     assert len(records) == 2 * len(prompts) and {"filename", "tag", "correct", "reason"} <= set(records[0])
     table1 = (res / "tables/geneval.csv").read_text().splitlines()
-    assert table1[0].startswith("method,single_object,two_object,counting,colors,position,color_attr,overall")
+    assert table1[0].startswith("method,source,single_object,two_object,counting,colors,position,color_attr,overall")
     assert [line.split(",")[0] for line in table1[1:]] == ["vanilla", "daid", "faid", "racm3"]
+    for name in ("geneval", "dpg", "fidelity", "inference_time", "over_copying"):  # each table in three formats
+        assert (res / f"tables/{name}.md").read_text().startswith("| Method |")
+        assert r"\begin{tabular}" in (res / f"tables/{name}.tex").read_text()
     fidelity = (res / "tables/fidelity.csv").read_text().splitlines()
-    assert fidelity[0] == "method,fwd,images,reference" and len(fidelity) == 5
+    assert fidelity[0].startswith("method,source,") and len(fidelity) == 5
+    inference = (res / "tables/inference_time.csv").read_text().splitlines()
+    assert [line.split(",")[0] for line in inference[1:]] == ["vanilla", "daid", "faid", "racm3"]
+
+    # mini-DPG: its prompts and question CSV, 2x2 tiles named by prompt, per-image records, Table 2
+    questions = (res / "world/dpg/dpg_bench.csv").read_text().splitlines()
+    assert questions[0].startswith("item_id,text,keywords,proposition_id,dependency")
+    tiles = sorted((res / "images/faid/dpg_tiles").glob("*.png"))
+    assert len(tiles) == 4 and Image.open(tiles[0]).size == (64, 64)
+    assert len((res / "scores/faid/dpg_results.jsonl").read_text().splitlines()) == 4
+    dpg = (res / "tables/dpg.csv").read_text().splitlines()
+    assert dpg[0].startswith("method,source,global,entity,attribute,relation,other,overall") and len(dpg) == 5
     sweep = (res / "tables/sweep_daid.csv").read_text().splitlines()
     assert sweep[0].startswith("weight,temperature,overall") and len(sweep) == 3
     assert (res / "figures/sweep_daid.png").is_file()
@@ -138,10 +152,15 @@ def test_whole_dag_on_the_toy_profile(tmp_path):
         "sweep_daid",
         "sweep_faid",
         "fidelity_table",
+        "inference_time_table",
+        "bench_generate",
+        "mini_dpg",
+        "dpg_prompts",
+        "dpg_table",
     ]
     rules += [
         f"{rule}_{method}"
-        for rule in ("generate_geneval", "generate_reference", "sample_grid")
+        for rule in ("generate_geneval", "generate_reference", "sample_grid", "generate_dpg", "tile_dpg")
         for method in ("vanilla", "daid", "faid", "racm3")
     ]
     for rule in rules:
@@ -150,3 +169,8 @@ def test_whole_dag_on_the_toy_profile(tmp_path):
 
     again = _snakemake(work, "--cores", "2", "--configfile", "config/toy.yaml")
     assert again.returncode == 0 and "Nothing to be done" in again.stdout + again.stderr
+
+    # the HTML report: tables, figures and sample grids per method
+    report = _snakemake(work, "--cores", "1", "--configfile", "config/toy.yaml", "--report", "report.html")
+    assert report.returncode == 0, report.stdout[-3000:] + report.stderr[-3000:]
+    assert (work / "report.html").stat().st_size > 100_000
