@@ -455,6 +455,12 @@ def cmd_download_file(args) -> None:
     print(f"{path}  sha256 {sha256_of(path)}" + ("" if args.sha256 else "  (not pinned: pin this digest)"))
 
 
+def cmd_download_model(args) -> None:
+    from arrag.data.downloads import download_model
+
+    print(download_model(args.hub_id, args.revision, args.out, mirror=args.mirror))
+
+
 def cmd_download_inception(args) -> None:
     from arrag.evaluation.features import download_inception
 
@@ -825,6 +831,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--mirror", default=None, help="local folder holding the file under its URL's name")
     p.add_argument("--out", required=True)
     p.set_defaults(func=cmd_download_file)
+    p = download.add_parser("model", help="a hub model snapshot at a pinned commit (safetensors and configs only)")
+    p.add_argument("--hub-id", required=True, help="e.g. deepseek-community/Janus-Pro-1B")
+    p.add_argument("--revision", required=True, help="40-hex-digit commit")
+    p.add_argument("--mirror", default=None, help="local folder holding <org>--<name>/ snapshots")
+    p.add_argument("--out", required=True)
+    p.set_defaults(func=cmd_download_model)
     p = download.add_parser("inception", help="FID's Inception weights (clean-fid's file, SHA-256 pinned)")
     p.add_argument("--mirror", default=None, help="local folder holding inception-2015-12-05.pt")
     p.add_argument("--out", required=True, help="file path or folder")

@@ -55,3 +55,29 @@ def test_mirror_folder_is_used_and_verified(tmp_path):
     check_sha256(dest, hashlib.sha256(PAYLOAD).hexdigest())
     with pytest.raises(FileNotFoundError, match="mirror .* lacks other.bin"):
         fetch("https://example.org/other.bin", tmp_path / "o.bin", mirror=tmp_path / "mirror")
+
+
+def test_model_snapshot_is_pinned_safetensors_only_and_atomic(tmp_path, monkeypatch):
+    import huggingface_hub
+
+    from arrag.data.downloads import MODEL_FILES, download_model
+
+    sha = "a" * 40
+    seen = {}
+
+    def fake_snapshot(repo_id, revision, allow_patterns, local_dir):
+        seen.update(repo_id=repo_id, revision=revision, patterns=allow_patterns)
+        (local_dir / "config.json").write_text("{}")
+        (local_dir / "model.safetensors").write_bytes(b"weights")
+
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", fake_snapshot)
+    out = download_model("deepseek-community/Janus-Pro-1B", sha, tmp_path / "base")
+    assert seen == {"repo_id": "deepseek-community/Janus-Pro-1B", "revision": sha, "patterns": MODEL_FILES}
+    assert "*.bin" not in MODEL_FILES and (out / "SOURCE").read_text() == f"deepseek-community/Janus-Pro-1B@{sha}\n"
+    assert not (tmp_path / "base.partial").exists()
+    with pytest.raises(ValueError, match="40-hex-digit commit"):
+        download_model("deepseek-community/Janus-Pro-1B", "main", tmp_path / "x")
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", lambda *a, **k: None)
+    with pytest.raises(ValueError, match="no .safetensors"):
+        download_model("some/model", sha, tmp_path / "y")
+    assert not (tmp_path / "y").exists()

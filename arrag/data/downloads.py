@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import shutil
 import time
 import urllib.request
 from pathlib import Path
@@ -93,3 +94,34 @@ def fetch(
         raise
     os.replace(partial, dest)
     return dest
+
+
+# Files a Janus checkpoint needs: weights as safetensors only (never pickles), configs, tokenizer and processor.
+MODEL_FILES = ["*.json", "*.safetensors", "tokenizer*", "*.model", "*.txt"]
+
+
+def download_model(hub_id: str, revision: str, out_dir: str | Path, mirror: str | Path | None = None) -> Path:
+    """A hub model snapshot at a pinned commit into out_dir (safetensors and configs only), for compute nodes
+    without internet; `arrag.models.janus.load_janus(out_dir)` then loads it by path. The snapshot is
+    downloaded into <out_dir>.partial/ (huggingface_hub resumes there) and renamed when complete."""
+    if not revision or len(revision) != 40:
+        raise ValueError(f"model {hub_id!r}: pin `revision` to a 40-hex-digit commit, got {revision!r}")
+    out_dir = Path(out_dir)
+    partial = out_dir.with_name(out_dir.name + ".partial")
+    partial.mkdir(parents=True, exist_ok=True)
+    if mirror is not None:
+        src = Path(mirror) / hub_id.replace("/", "--")
+        if not src.is_dir():
+            raise FileNotFoundError(f"the mirror {mirror} lacks {src.name}/: snapshot {hub_id}@{revision} there first")
+        shutil.copytree(src, partial, dirs_exist_ok=True)
+    else:
+        from huggingface_hub import snapshot_download
+
+        snapshot_download(hub_id, revision=revision, allow_patterns=MODEL_FILES, local_dir=partial)
+    if not list(partial.glob("*.safetensors")):
+        raise ValueError(f"{hub_id}@{revision} has no .safetensors weights; arrag never loads pickled weights")
+    (partial / "SOURCE").write_text(f"{hub_id}@{revision}\n")
+    if out_dir.exists():
+        shutil.rmtree(out_dir)
+    partial.rename(out_dir)
+    return out_dir
