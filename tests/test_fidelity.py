@@ -186,3 +186,11 @@ def test_fidelity_command_fwd_only_and_its_errors(tmp_path, capsys):
     assert "fewer than the 8 generated" in capsys.readouterr().err
     assert main(args + ["--fid-network", "weird:x"]) == 2
     assert "expected mini:DIR" in capsys.readouterr().err
+
+
+def test_arrays_must_be_uint8_rgb_images():
+    from arrag.evaluation.fidelity import fidelity_scores
+
+    good = _images(1, n=8)
+    with pytest.raises(ValueError, match=r"uint8 \[N, H, W, 3\], got float32 \(8, 3, 16, 16\)"):
+        fidelity_scores(good.transpose(0, 3, 1, 2).astype(np.float32), good, fwd_level=2, fwd_size=16)

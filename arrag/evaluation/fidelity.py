@@ -127,12 +127,21 @@ def _image_files(folder: Path) -> list[str]:
     return sorted(f for ext in EXTENSIONS for f in glob(str(folder / f"**/*.{ext}"), recursive=True))
 
 
+def _checked_array(images: np.ndarray, source: ImageSource) -> np.ndarray:
+    """Refuse arrays that are not uint8 RGB images [N, H, W, 3] (e.g. a decoder's float [N, 3, H, W])."""
+    if images.dtype != np.uint8 or images.ndim != 4 or images.shape[-1] != 3:
+        raise ValueError(
+            f"{_name(source)}: images must be uint8 [N, H, W, 3], got {images.dtype} {tuple(images.shape)}"
+        )
+    return images
+
+
 def _as_array_or_files(source: ImageSource) -> np.ndarray | list[str]:
     if isinstance(source, np.ndarray):
-        return source
+        return _checked_array(source, source)
     path = Path(source)
     if path.suffix == ".npy" and path.is_file():
-        return np.load(path, mmap_mode="r", allow_pickle=False)
+        return _checked_array(np.load(path, mmap_mode="r", allow_pickle=False), source)
     if path.is_dir():
         return _image_files(path)
     raise FileNotFoundError(f"{path} is neither an images .npy file nor a folder of images")
