@@ -402,7 +402,8 @@ def _number(raw: str):
 
 def cmd_retrieval_accuracy(args) -> None:
     from arrag.data.code_shards import load_code_shards
-    from arrag.evaluation.retrieval_accuracy import plot_accuracy, retrieval_accuracy, write_accuracy_csv
+    from arrag.evaluation.retrieval_accuracy import plot_accuracy, retrieval_accuracy
+    from arrag.evaluation.tables import RETRIEVAL_ACCURACY, retrieval_accuracy_rows, write_rows
     from arrag.io import write_json
     from arrag.retrieval.database import PatchDatabase
 
@@ -410,7 +411,7 @@ def cmd_retrieval_accuracy(args) -> None:
     db = PatchDatabase.load(args.db, codebook=codebook)
     codes, _, _ = load_code_shards(args.codes)
     result = retrieval_accuracy(db, codes, codebook, k=args.k, max_queries=args.max_queries, seed=args.seed)
-    write_accuracy_csv(result, args.out_csv)
+    write_rows(RETRIEVAL_ACCURACY, retrieval_accuracy_rows(result), Path(args.out_csv).with_suffix(""))
     plot_accuracy(result, args.out_png)
     if args.out_json:
         write_json(args.out_json, result)

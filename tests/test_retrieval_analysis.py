@@ -1,9 +1,11 @@
 """Figure 6 (retrieval accuracy) and the retrieval benchmark, on small synthetic databases."""
 
+import pytest
 import torch
 
 from arrag.bench.retrieval import exact_top_k, markdown_table, run_retrieval_bench, tie_aware_recall
-from arrag.evaluation.retrieval_accuracy import plot_accuracy, retrieval_accuracy, write_accuracy_csv
+from arrag.evaluation.retrieval_accuracy import plot_accuracy, retrieval_accuracy
+from arrag.evaluation.tables import RETRIEVAL_ACCURACY, retrieval_accuracy_rows, write_rows
 from arrag.retrieval.database import PatchDatabase
 from arrag.retrieval.keys import neighbourhood_keys
 
@@ -38,9 +40,12 @@ def test_retrieval_accuracy_matches_a_direct_recomputation(tmp_path):
     assert result["mean_distance"][0] < result["random_mean_distance"]
     assert result["exact_match"][0] > result["random_exact_match"]
 
-    write_accuracy_csv(result, tmp_path / "acc.csv")
+    write_rows(RETRIEVAL_ACCURACY, retrieval_accuracy_rows(result), tmp_path / "acc")
     lines = (tmp_path / "acc.csv").read_text().splitlines()
     assert lines[0] == "rank,mean_distance,std_distance,exact_match" and len(lines) == 6
+    assert lines[-1].startswith("random,")
+    assert "| Rank | Mean distance | Std | Exact |" in (tmp_path / "acc.md").read_text()
+    assert float(lines[1].split(",")[1]) == pytest.approx(result["mean_distance"][0])
     plot_accuracy(result, tmp_path / "acc.png")
     assert (tmp_path / "acc.png").stat().st_size > 1000
 

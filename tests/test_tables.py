@@ -95,3 +95,7 @@ def test_sweep_rows_take_parameters_from_the_paths(tmp_path):
     )
     assert hops[0]["hops"] == 12 and (tmp_path / "h.csv").read_text().splitlines()[1].startswith("12,2,")
     assert (tmp_path / "s.png").read_bytes()[:4] == b"\x89PNG"
+    grid = (tmp_path / "s.md").read_text()  # the overall scores as a temperature x weight grid
+    assert "| temperature | weight 0.1 | weight 0.5 |" in grid
+    assert f"| 2 | {_summary(0.2)['overall']:.3f} | {_summary(1.0)['overall']:.3f} |" in grid
+    assert r"\begin{tabular}{lrr}" in (tmp_path / "s.tex").read_text()

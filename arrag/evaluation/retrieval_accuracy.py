@@ -64,20 +64,6 @@ def retrieval_accuracy(
     }
 
 
-def write_accuracy_csv(result: dict, path: str | Path) -> None:
-    rows = ["rank,mean_distance,std_distance,exact_match"]
-    for i, r in enumerate(result["rank"]):
-        rows.append(
-            f"{r},{result['mean_distance'][i]:.6f},{result['std_distance'][i]:.6f},{result['exact_match'][i]:.6f}"
-        )
-    rows.append(
-        f"random,{result['random_mean_distance']:.6f},{result['random_std_distance']:.6f},"
-        f"{result['random_exact_match']:.6f}"
-    )
-    with atomic_path(path) as tmp:
-        tmp.write_text("\n".join(rows) + "\n")
-
-
 def plot_accuracy(result: dict, path: str | Path, title: str = "") -> None:
     import matplotlib
 

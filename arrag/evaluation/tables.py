@@ -40,6 +40,7 @@ class TableSpec:
     name: str  # file stem under tables/, and the paper's reference file
     caption: str
     columns: tuple[Column, ...]
+    label: tuple[str, str] = ("method", "Method")  # the row label: key in the rows, header
 
 
 # Table 1's columns, in the paper's order: (summary tag, column header)
@@ -172,8 +173,10 @@ def _cell(value, column: Column) -> str:
     return f"{value:.{column.digits}f}"
 
 
-def _name(row: dict) -> str:
-    name = METHOD_NAMES.get(row["method"], row["method"])
+def _name(row: dict, key: str = "method") -> str:
+    value = row[key]
+    name = METHOD_NAMES.get(value, value) if key == "method" else (f"{value:g}" if isinstance(value, float) else value)
+    name = str(name)
     return f"{name} (paper)" if row.get("source") == "paper" else name
 
 
@@ -187,10 +190,11 @@ def render_csv(rows: list[dict]) -> str:
 
 
 def render_markdown(spec: TableSpec, rows: list[dict], note: str = "") -> str:
-    headers = ["Method"] + [c.header for c in spec.columns]
+    headers = [spec.label[1]] + [c.header for c in spec.columns]
     lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
     for r in rows:
-        lines.append(f"| {_name(r)} | " + " | ".join(_cell(r.get(c.key), c) for c in spec.columns) + " |")
+        cells = [_cell(r.get(c.key), c) for c in spec.columns]
+        lines.append(f"| {_name(r, spec.label[0])} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + f"\n\n{spec.caption}" + (f" {note}" if note else "") + "\n"
 
 
@@ -206,7 +210,7 @@ def render_latex(spec: TableSpec, rows: list[dict], note: str = "") -> str:
         r"\centering",
         rf"\begin{{tabular}}{{{cols}}}",
         r"\toprule",
-        " & ".join(["Method"] + [_latex_escape(c.header) for c in spec.columns]) + r" \\",
+        " & ".join([spec.label[1]] + [_latex_escape(c.header) for c in spec.columns]) + r" \\",
         r"\midrule",
     ]
     previous = None
@@ -214,7 +218,7 @@ def render_latex(spec: TableSpec, rows: list[dict], note: str = "") -> str:
         if previous is not None and r.get("source") != previous:
             lines.append(r"\midrule")
         previous = r.get("source")
-        cells = [_latex_escape(_name(r))] + [_latex_escape(_cell(r.get(c.key), c)) for c in spec.columns]
+        cells = [_latex_escape(_name(r, spec.label[0]))] + [_latex_escape(_cell(r.get(c.key), c)) for c in spec.columns]
         lines.append(" & ".join(cells) + r" \\")
     caption = _latex_escape(spec.caption + (f" {note}" if note else ""))
     lines += [r"\bottomrule", r"\end{tabular}", rf"\caption{{{caption}}}", rf"\label{{tab:{spec.name}}}"]
@@ -229,11 +233,43 @@ def write_table(
     rows += [{"method": label, "source": "measured", **row} for label, row in measured.items()]
     if not rows:
         raise ValueError(f"no rows for the {spec.name} table: give at least one result")
+    write_rows(spec, rows, out_prefix, note)
+    return rows
+
+
+def write_rows(spec: TableSpec, rows: list[dict], out_prefix: str | Path, note: str = "", csv: bool = True) -> None:
+    """Rows as <out_prefix>.md and .tex (and .csv unless csv=False), each written atomically."""
     out_prefix = Path(out_prefix)
-    write_text(out_prefix.with_suffix(".csv"), render_csv(rows))
+    if csv:
+        write_text(out_prefix.with_suffix(".csv"), render_csv(rows))
     write_text(out_prefix.with_suffix(".md"), render_markdown(spec, rows, note))
     write_text(out_prefix.with_suffix(".tex"), render_latex(spec, rows, note))
-    return rows
+
+
+def retrieval_accuracy_rows(result: dict) -> list[dict]:
+    """Figure 6's data (arrag.evaluation.retrieval_accuracy) as rows: one per rank, then the random baseline."""
+    keys = ("mean_distance", "std_distance", "exact_match")
+    rows = [{"rank": r, **{k: result[k][i] for k in keys}} for i, r in enumerate(result["rank"])]
+    return rows + [{"rank": "random", **{k: result[f"random_{k}"] for k in keys}}]
+
+
+RETRIEVAL_ACCURACY = TableSpec(
+    "retrieval_accuracy",
+    "Retrieval accuracy (Figure 6): distance from the i-th retrieved token to the ground-truth token, and how "
+    "often it is that token, on held-out positions; a random token for comparison.",
+    (Column("mean_distance", "Mean distance", 3), Column("std_distance", "Std", 3), Column("exact_match", "Exact", 3)),
+    label=("rank", "Rank"),
+)
+
+
+def sweep_pivot(rows: list[dict], x: str, y: str, name: str, title: str) -> tuple[TableSpec, list[dict]]:
+    """A sweep's overall scores as a grid: one row per value of y, one column per value of x (Figure 7)."""
+    xs = sorted({r[x] for r in rows})
+    spec = TableSpec(name, title, tuple(Column(f"{x}={v:g}", f"{x} {v:g}", 3) for v in xs), label=(y, y))
+    grid: dict = {}
+    for r in rows:
+        grid.setdefault(r[y], {y: r[y]})[f"{x}={r[x]:g}"] = r["overall"]
+    return spec, [grid[v] for v in sorted(grid)]
 
 
 def params_from_path(path: str | Path) -> dict[str, str]:
@@ -292,7 +328,10 @@ def sweep_heatmap(rows: list[dict], x: str, y: str, out_png, title: str) -> Path
 
 
 def write_sweep(summaries: dict[str, dict], out_csv, out_png, x: str, y: str, title: str) -> list[dict]:
+    """The sweep's runs as a long CSV, its overall scores as a Markdown/LaTeX grid beside it, and a heatmap."""
     rows = sorted(sweep_rows(summaries), key=lambda r: (r[y], r[x]))
     write_text(out_csv, render_csv(rows))
+    spec, grid = sweep_pivot(rows, x, y, Path(out_csv).stem, title)
+    write_rows(spec, grid, Path(out_csv).with_suffix(""), csv=False)
     sweep_heatmap(rows, x, y, out_png, title)
     return rows

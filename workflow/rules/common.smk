@@ -75,6 +75,21 @@ wildcard_constraints:
 RETRIEVAL_METHODS = [m for m in METHODS if m in ("daid", "faid", "racm3")]  # methods whose retrievals have provenance
 
 
+# Prompt sets that `generate` makes images for: prompt file and the flags of `arrag generate-benchmark`.
+PROMPT_SETS = {
+    "geneval": {
+        "file": f"{RESULTS}/world/geneval/evaluation_metadata.jsonl",
+        "flags": f"--n {config['generation']['images_per_prompt']}",
+    },
+    "reference": {  # mini profile, Table 3: one image per reference-split caption
+        "file": f"{RESULTS}/world/reference/metadata.jsonl",
+        "flags": f"--prompt-field caption --limit {config['generation']['reference_prompts']} --n 1",
+    },
+    "mjhq": {"file": f"{RESULTS}/prompts/mjhq.jsonl", "flags": "--n 1"},  # paper profile, Table 3
+    "dpg": {"file": f"{RESULTS}/prompts/dpg.jsonl", "flags": "--n 4"},  # DPG-Bench tiles 4 images 2x2
+}
+
+
 def generation_inputs(wildcards):
     """The backbone (RA-CM3's fine-tuned one for racm3), plus what the method retrieves from."""
     if wildcards.method == "racm3":

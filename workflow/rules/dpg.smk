@@ -66,31 +66,6 @@ rule dpg_prompts:
         "arrag dpg-prompts {params.folder} --out {output} > {log} 2>&1"
 
 
-rule generate_dpg:
-    input:
-        unpack(generation_inputs),
-        prompts=f"{RESULTS}/prompts/dpg.jsonl",
-    output:
-        f"{RESULTS}/images/{{method}}/dpg/generation.json",
-    params:
-        out=lambda wildcards, output: os.path.dirname(output[0]),
-        sampling=sampling_flags(),
-        method=method_flags,
-    log:
-        f"{RESULTS}/logs/generate_dpg_{{method}}.log",
-    benchmark:
-        f"{RESULTS}/benchmarks/generate_dpg_{{method}}.tsv"
-    conda:
-        "../envs/arrag.yaml"
-    threads: workflow.cores
-    resources:
-        gpu=1,
-        mem_mb=4000,
-    shell:
-        "OMP_NUM_THREADS={threads} arrag generate-benchmark --model {input.model} --prompts {input.prompts} "
-        "--n 4 --out {params.out} {params.sampling} {params.method} > {log} 2>&1"
-
-
 rule tile_dpg:
     input:
         f"{RESULTS}/images/{{method}}/dpg/generation.json",

@@ -114,6 +114,8 @@ rule sweep_faid:
         expand(f"{RESULTS}/scores/sweep_faid/{{point}}/geneval_summary.json", point=FAID_SWEEP.instance_patterns),
     output:
         csv=f"{RESULTS}/tables/sweep_faid.csv",
+        md=f"{RESULTS}/tables/sweep_faid.md",  # the overall scores as a grid (also .tex)
+        tex=f"{RESULTS}/tables/sweep_faid.tex",
         png=report(f"{RESULTS}/figures/sweep_faid.png", caption="../report/sweep_faid.rst", category="Sweeps"),
     params:
         title=f"FAiD sweep, GenEval overall ({config['profile']} profile; modules = layers / every)",

@@ -85,31 +85,6 @@ rule mjhq_prompts:
         "--out-reference {output.reference} > {log} 2>&1"
 
 
-rule generate_mjhq:
-    input:
-        unpack(generation_inputs),
-        prompts=f"{RESULTS}/prompts/mjhq.jsonl",
-    output:
-        f"{RESULTS}/images/{{method}}/mjhq/generation.json",
-    params:
-        out=lambda wildcards, output: os.path.dirname(output[0]),
-        sampling=sampling_flags(),
-        method=method_flags,
-    log:
-        f"{RESULTS}/logs/generate_mjhq_{{method}}.log",
-    benchmark:
-        f"{RESULTS}/benchmarks/generate_mjhq_{{method}}.tsv"
-    conda:
-        "../envs/arrag.yaml"
-    threads: workflow.cores
-    resources:
-        gpu=1,
-        mem_mb=8000,
-    shell:
-        "OMP_NUM_THREADS={threads} arrag generate-benchmark --model {input.model} --prompts {input.prompts} "
-        "--n 1 --out {params.out} {params.sampling} {params.method} > {log} 2>&1"
-
-
 rule score_fidelity:
     input:
         unpack(fidelity_inputs),

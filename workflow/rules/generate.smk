@@ -1,59 +1,36 @@
-# Image generation per method (vanilla, daid) in GenEval's folder layout (<00000>/metadata.jsonl +
-# samples/0000.png), sample grids, and the over-copying table of retrieval methods.
+# Image generation per method and prompt set in GenEval's folder layout (<00000>/metadata.jsonl +
+# samples/0000.png), sample grids, over-copying, attribution, and the inference-time benchmark (Table 4).
 # Each job resumes: finished prompt folders are kept; generation.json is written last.
 
 
-rule generate_geneval:
+rule generate:
+    # One rule for every prompt set (PROMPT_SETS in common.smk): GenEval, the reference captions (mini) or
+    # MJHQ-30K (paper) for Table 3, and DPG-Bench.
     input:
         unpack(generation_inputs),
-        prompts=f"{RESULTS}/world/geneval/evaluation_metadata.jsonl",
+        prompts=lambda wildcards: PROMPT_SETS[wildcards.prompts]["file"],
     output:
-        f"{RESULTS}/images/{{method}}/geneval/generation.json",
+        f"{RESULTS}/images/{{method}}/{{prompts}}/generation.json",
+    wildcard_constraints:
+        prompts="|".join(PROMPT_SETS),
     params:
         out=lambda wildcards, output: os.path.dirname(output[0]),
-        n=config["generation"]["images_per_prompt"],
+        prompt_set=lambda wildcards: PROMPT_SETS[wildcards.prompts]["flags"],
         sampling=sampling_flags(),
         method=method_flags,
     log:
-        f"{RESULTS}/logs/generate_geneval_{{method}}.log",
+        f"{RESULTS}/logs/generate_{{prompts}}_{{method}}.log",
     benchmark:
-        f"{RESULTS}/benchmarks/generate_geneval_{{method}}.tsv"
+        f"{RESULTS}/benchmarks/generate_{{prompts}}_{{method}}.tsv"
     conda:
         "../envs/arrag.yaml"
     threads: workflow.cores
     resources:
         gpu=1,
-        mem_mb=4000,
+        mem_mb=8000,
     shell:
         "OMP_NUM_THREADS={threads} arrag generate-benchmark --model {input.model} --prompts {input.prompts} "
-        "--n {params.n} --out {params.out} {params.sampling} {params.method} > {log} 2>&1"
-
-
-rule generate_reference:
-    input:
-        unpack(generation_inputs),
-        prompts=f"{RESULTS}/world/reference/metadata.jsonl",
-    output:
-        f"{RESULTS}/images/{{method}}/reference/generation.json",
-    params:
-        out=lambda wildcards, output: os.path.dirname(output[0]),
-        limit=config["generation"]["reference_prompts"],
-        sampling=sampling_flags(),
-        method=method_flags,
-    log:
-        f"{RESULTS}/logs/generate_reference_{{method}}.log",
-    benchmark:
-        f"{RESULTS}/benchmarks/generate_reference_{{method}}.tsv"
-    conda:
-        "../envs/arrag.yaml"
-    threads: workflow.cores
-    resources:
-        gpu=1,
-        mem_mb=4000,
-    shell:
-        "OMP_NUM_THREADS={threads} arrag generate-benchmark --model {input.model} --prompts {input.prompts} "
-        "--prompt-field caption --limit {params.limit} --n 1 --out {params.out} {params.sampling} "
-        "{params.method} > {log} 2>&1"
+        "{params.prompt_set} --out {params.out} {params.sampling} {params.method} > {log} 2>&1"
 
 
 rule sample_grid:

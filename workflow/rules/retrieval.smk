@@ -63,6 +63,8 @@ rule retrieval_accuracy:
         codes=code_shard("reference", 0, 1),
     output:
         csv=f"{RESULTS}/tables/retrieval_accuracy.csv",
+        md=f"{RESULTS}/tables/retrieval_accuracy.md",
+        tex=f"{RESULTS}/tables/retrieval_accuracy.tex",
         json=f"{RESULTS}/tables/retrieval_accuracy.json",
         png=report(f"{RESULTS}/figures/retrieval_accuracy.png", caption="../report/retrieval_accuracy.rst",
                    category="Retrieval"),

@@ -36,6 +36,8 @@ rule sweep_daid:
         expand(f"{RESULTS}/scores/sweep_daid/{{point}}/geneval_summary.json", point=DAID_SWEEP.instance_patterns),
     output:
         csv=f"{RESULTS}/tables/sweep_daid.csv",
+        md=f"{RESULTS}/tables/sweep_daid.md",  # the overall scores as a grid (also .tex)
+        tex=f"{RESULTS}/tables/sweep_daid.tex",
         png=report(f"{RESULTS}/figures/sweep_daid.png", caption="../report/sweep_daid.rst", category="Sweeps"),
     params:
         title=f"DAiD sweep, GenEval overall ({config['profile']} profile, k={config['daid']['k']})",
