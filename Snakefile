@@ -5,6 +5,11 @@ configfile: "config/config.yaml"
 
 
 include: "workflow/rules/common.smk"
+
+
+# Downloads run where Snakemake runs (a cluster's login node, which has internet), never as cluster jobs.
+localrules: download_geneval_detector, download_dpg_csv, download_inception, download_mjhq
+
 include: "workflow/rules/world.smk"
 include: "workflow/rules/models.smk"
 include: "workflow/rules/generate.smk"

@@ -161,9 +161,32 @@ FAID_SWEEP = Paramspace(
 )
 
 
-# `arrag` as the rules of the benchmarks' own conda envs run it (GenEval, DPG-Bench): their pinned torch predates
-# ours, so the package is not installed there and runs from this checkout.
-ARRAG = f"PYTHONPATH={workflow.basedir}${{PYTHONPATH:+:$PYTHONPATH}} python -m arrag"
+# GPU placement. Snakemake's `gpu` resource only counts: with `--resources gpu=N` on one machine each GPU job runs
+# under `python -m arrag.gpu_slots`, which takes a free device (one lock file per GPU) and sets
+# CUDA_VISIBLE_DEVICES; a value a scheduler set (SLURM) passes through unchanged.
+_GPUS = workflow.global_resources.get("gpu")
+GPU_SLOTS = int(_GPUS.value) if _GPUS is not None and _GPUS.value else 0
+if GPU_SLOTS:
+    os.environ.update(ARRAG_GPU_SLOTS=str(GPU_SLOTS))
+
+
+def on_gpu(wildcards, resources):
+    """Shell prefix running a job on its own GPU(s); a job with gpu=0 runs as is."""
+    return f"python -m arrag.gpu_slots --count {resources.gpu} --"
+
+
+def gpu_job_threads(wildcards):
+    """CPU threads of a GPU job: an equal share of the cores per GPU slot, or all of them without --resources gpu."""
+    return max(1, workflow.cores // GPU_SLOTS) if GPU_SLOTS else workflow.cores
+
+
+def arrag_on_gpu(wildcards, resources):
+    """`arrag` as the rules of the benchmarks' own conda envs run it (GenEval, DPG-Bench), on their GPU: their
+    pinned torch predates ours, so the package is not installed there and runs from this checkout."""
+    return (
+        f"PYTHONPATH={workflow.basedir}${{PYTHONPATH:+:$PYTHONPATH}} "
+        f"python -m arrag.gpu_slots --count {resources.gpu} -- python -m arrag"
+    )
 
 DPG = config["evaluation"]["dpg"]
 DPG_NOTE = (

@@ -97,7 +97,7 @@ rule score_dpg:
         csv=lambda wildcards, input: dpg_question_csv(input.questions),
         vqa=DPG["vqa"],
         quirks="" if DPG["skip_first_row"] else "--keep-first-row",
-        arrag=ARRAG,
+        arrag=arrag_on_gpu,
     log:
         f"{RESULTS}/logs/score_dpg/{{method}}.log",
     benchmark:

@@ -32,7 +32,7 @@ rule score_geneval:
     params:
         images=lambda wildcards, input: os.path.dirname(input.images),
         detector=lambda wildcards, input: geneval_detector_flags(input),
-        arrag=ARRAG,
+        arrag=arrag_on_gpu,
     log:
         f"{RESULTS}/logs/score_geneval/{{run}}.log",
     benchmark:

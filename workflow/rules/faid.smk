@@ -11,6 +11,7 @@ rule faid_trainset:
     output:
         directory(f"{RESULTS}/retrieval/faid_trainset"),
     params:
+        gpu=on_gpu,
         world=lambda wildcards, input: world_dir(input.images),
         split=FAID["trainset_split"],
         k=FAID["training"]["k"],
@@ -22,12 +23,12 @@ rule faid_trainset:
         benchmark_path("faid_trainset")
     conda:
         "../envs/arrag.yaml"
-    threads: workflow.cores
+    threads: gpu_job_threads
     resources:
         gpu=1,
         mem_mb=4000,
     shell:
-        "OMP_NUM_THREADS={threads} arrag faid-trainset --model {input.model} --db {input.db} --world {params.world} "
+        "OMP_NUM_THREADS={threads} {params.gpu} arrag faid-trainset --model {input.model} --db {input.db} --world {params.world} "
         "--split {params.split} --k {params.k} {params.exclude_self} --device {params.device} --out {output} "
         "> {log} 2>&1"
 
@@ -40,6 +41,7 @@ rule train_faid:
     output:
         directory(f"{RESULTS}/models/faid"),
     params:
+        gpu=on_gpu,
         training=settings_flags("--set", FAID["training"]),
     log:
         log_path("train_faid"),
@@ -47,12 +49,12 @@ rule train_faid:
         benchmark_path("train_faid")
     conda:
         "../envs/arrag.yaml"
-    threads: workflow.cores
+    threads: gpu_job_threads
     resources:
         gpu=1,
         mem_mb=6000,
     shell:
-        "OMP_NUM_THREADS={threads} arrag train-faid --model {input.model} --trainset {input.trainset} "
+        "OMP_NUM_THREADS={threads} {params.gpu} arrag train-faid --model {input.model} --trainset {input.trainset} "
         "--db {input.db} --out {output} {params.training} > {log} 2>&1"
 
 
@@ -64,6 +66,7 @@ rule train_faid_sweep:
     output:
         directory(f"{RESULTS}/models/sweep_faid/{FAID_SWEEP.wildcard_pattern}"),
     params:
+        gpu=on_gpu,
         training=settings_flags("--set", FAID["training"] | FAID["sweep"]["training"]),
     log:
         f"{RESULTS}/logs/train_faid_sweep/{FAID_SWEEP.wildcard_pattern}.log",
@@ -71,12 +74,12 @@ rule train_faid_sweep:
         f"{RESULTS}/benchmarks/train_faid_sweep/{FAID_SWEEP.wildcard_pattern}.tsv"
     conda:
         "../envs/arrag.yaml"
-    threads: workflow.cores
+    threads: gpu_job_threads
     resources:
         gpu=1,
         mem_mb=6000,
     shell:
-        "OMP_NUM_THREADS={threads} arrag train-faid --model {input.model} --trainset {input.trainset} "
+        "OMP_NUM_THREADS={threads} {params.gpu} arrag train-faid --model {input.model} --trainset {input.trainset} "
         "--db {input.db} --out {output} {params.training} --set hops={wildcards.hops} --set every={wildcards.every} "
         "> {log} 2>&1"
 
@@ -90,6 +93,7 @@ rule generate_faid_sweep:
     output:
         f"{RESULTS}/images/sweep_faid/{FAID_SWEEP.wildcard_pattern}/geneval/generation.json",
     params:
+        gpu=on_gpu,
         out=lambda wildcards, output: os.path.dirname(output[0]),
         n=FAID["sweep"]["images_per_prompt"],
         sampling=sampling_flags(),
@@ -99,12 +103,12 @@ rule generate_faid_sweep:
         f"{RESULTS}/benchmarks/generate_faid_sweep/{FAID_SWEEP.wildcard_pattern}.tsv"
     conda:
         "../envs/arrag.yaml"
-    threads: workflow.cores
+    threads: gpu_job_threads
     resources:
         gpu=1,
         mem_mb=4000,
     shell:
-        "OMP_NUM_THREADS={threads} arrag generate-benchmark --model {input.model} --prompts {input.prompts} "
+        "OMP_NUM_THREADS={threads} {params.gpu} arrag generate-benchmark --model {input.model} --prompts {input.prompts} "
         "--n {params.n} --out {params.out} {params.sampling} --method faid --db {input.db} --faid {input.faid} "
         "> {log} 2>&1"
 

@@ -91,6 +91,7 @@ rule score_fidelity:
     output:
         f"{RESULTS}/scores/{{method}}/fidelity.json",
     params:
+        gpu=on_gpu,
         images=lambda wildcards, input: os.path.dirname(input.images),
         networks=lambda wildcards, input: fidelity_network_flags(input),
         level=config["evaluation"]["fwd"]["level"],
@@ -102,12 +103,12 @@ rule score_fidelity:
         f"{RESULTS}/benchmarks/score_fidelity/{{method}}.tsv"
     conda:
         "../envs/arrag.yaml"
-    threads: workflow.cores
+    threads: gpu_job_threads
     resources:
         gpu=1,
         mem_mb=8000,
     shell:
-        "OMP_NUM_THREADS={threads} arrag fidelity --images {params.images} --reference {input.reference} "
+        "OMP_NUM_THREADS={threads} {params.gpu} arrag fidelity --images {params.images} --reference {input.reference} "
         "{params.networks} --fwd-level {params.level} --fwd-size {params.size} --device {params.device} "
         "--out-json {output} > {log} 2>&1"
 

@@ -14,6 +14,7 @@ rule generate:
     wildcard_constraints:
         prompts="|".join(PROMPT_SETS),
     params:
+        gpu=on_gpu,
         out=lambda wildcards, output: os.path.dirname(output[0]),
         prompt_set=lambda wildcards: PROMPT_SETS[wildcards.prompts]["flags"],
         sampling=sampling_flags(),
@@ -24,12 +25,12 @@ rule generate:
         f"{RESULTS}/benchmarks/generate_{{prompts}}_{{method}}.tsv"
     conda:
         "../envs/arrag.yaml"
-    threads: workflow.cores
+    threads: gpu_job_threads
     resources:
         gpu=1,
         mem_mb=8000,
     shell:
-        "OMP_NUM_THREADS={threads} arrag generate-benchmark --model {input.model} --prompts {input.prompts} "
+        "OMP_NUM_THREADS={threads} {params.gpu} arrag generate-benchmark --model {input.model} --prompts {input.prompts} "
         "{params.prompt_set} --out {params.out} {params.sampling} {params.method} > {log} 2>&1"
 
 
@@ -113,6 +114,7 @@ rule bench_generate:
         json=f"{RESULTS}/bench/generate.json",
         md=f"{RESULTS}/bench/generate.md",
     params:
+        gpu=on_gpu,
         k=config["daid"]["k"],
         weight=config["daid"]["weight"],
         temperature=config["daid"]["temperature"],
@@ -129,7 +131,7 @@ rule bench_generate:
         gpu=1,
         mem_mb=4000,
     shell:
-        "OMP_NUM_THREADS={threads} arrag bench generate --model {input.model} --db {input.db} --faid {input.faid} "
+        "OMP_NUM_THREADS={threads} {params.gpu} arrag bench generate --model {input.model} --db {input.db} --faid {input.faid} "
         "--racm3-model {input.racm3} --image-index {input.index} "
         "--prompts {input.prompts} --daid-k {params.k} --daid-weight {params.weight} --daid-temperature {params.temperature} "
         "--guidance-scale {params.guidance} --batch-size 16 --repeats 5 --device {params.device} "

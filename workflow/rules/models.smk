@@ -8,6 +8,7 @@ rule train_vq:
     output:
         directory(f"{RESULTS}/models/vq"),
     params:
+        gpu=on_gpu,
         world=lambda wildcards, input: world_dir(input.images),
         spec=settings_flags("--spec", config["model"]["spec"]),
         training=settings_flags("--set", config["model"]["vq_training"]),
@@ -17,12 +18,12 @@ rule train_vq:
         benchmark_path("train_vq")
     conda:
         "../envs/arrag.yaml"
-    threads: workflow.cores
+    threads: gpu_job_threads
     resources:
         gpu=1,
         mem_mb=4000,
     shell:
-        "OMP_NUM_THREADS={threads} arrag train-vq --world {params.world} --split train --out {output} "
+        "OMP_NUM_THREADS={threads} {params.gpu} arrag train-vq --world {params.world} --split train --out {output} "
         "{params.spec} {params.training} > {log} 2>&1"
 
 
@@ -33,6 +34,7 @@ rule train_base:
     output:
         directory(f"{RESULTS}/models/base"),
     params:
+        gpu=on_gpu,
         world=lambda wildcards, input: world_dir(input.images),
         spec=settings_flags("--spec", config["model"]["spec"]),
         training=settings_flags("--set", config["model"]["base_training"]),
@@ -42,10 +44,10 @@ rule train_base:
         benchmark_path("train_base")
     conda:
         "../envs/arrag.yaml"
-    threads: workflow.cores
+    threads: gpu_job_threads
     resources:
         gpu=1,
         mem_mb=6000,
     shell:
-        "OMP_NUM_THREADS={threads} arrag train-base --world {params.world} --split train --vq {input.vq} "
+        "OMP_NUM_THREADS={threads} {params.gpu} arrag train-base --world {params.world} --split train --vq {input.vq} "
         "--out {output} {params.spec} {params.training} > {log} 2>&1"

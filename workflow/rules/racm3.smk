@@ -32,6 +32,7 @@ rule train_racm3:
     output:
         directory(f"{RESULTS}/models/racm3"),
     params:
+        gpu=on_gpu,
         world=lambda wildcards, input: world_dir(input.images),
         training=settings_flags("--set", config["racm3"]["training"]),
         device=config["device"],
@@ -41,10 +42,10 @@ rule train_racm3:
         benchmark_path("train_racm3")
     conda:
         "../envs/arrag.yaml"
-    threads: workflow.cores
+    threads: gpu_job_threads
     resources:
         gpu=1,
         mem_mb=6000,
     shell:
-        "OMP_NUM_THREADS={threads} arrag train-racm3 --model {input.model} --world {params.world} --split finetune "
+        "OMP_NUM_THREADS={threads} {params.gpu} arrag train-racm3 --model {input.model} --world {params.world} --split finetune "
         "--image-index {input.index} --device {params.device} --out {output} {params.training} > {log} 2>&1"

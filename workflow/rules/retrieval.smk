@@ -12,6 +12,7 @@ rule tokenise_shard:
         shard=r"\d{5}",
         num_shards=r"\d{5}",
     params:
+        gpu=on_gpu,
         source=lambda wildcards, input: json.dumps({"type": "mini_world", "path": os.path.dirname(input.images)}),
         out=lambda wildcards, output: os.path.dirname(output.codes),
         batch=RETRIEVAL["tokenise_batch_size"],
@@ -27,7 +28,7 @@ rule tokenise_shard:
         gpu=1,
         mem_mb=3000,
     shell:
-        "OMP_NUM_THREADS={threads} arrag tokenise --model {input.model} --source '{params.source}' "
+        "OMP_NUM_THREADS={threads} {params.gpu} arrag tokenise --model {input.model} --source '{params.source}' "
         "--shard $((10#{wildcards.shard})) --num-shards $((10#{wildcards.num_shards})) --out {params.out} "
         "--batch-size {params.batch} --device {params.device} > {log} 2>&1"
 

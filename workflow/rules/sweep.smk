@@ -11,6 +11,7 @@ rule generate_daid_sweep:
     output:
         f"{RESULTS}/images/sweep_daid/{DAID_SWEEP.wildcard_pattern}/geneval/generation.json",
     params:
+        gpu=on_gpu,
         out=lambda wildcards, output: os.path.dirname(output[0]),
         n=config["sweeps"]["daid"]["images_per_prompt"],
         k=config["daid"]["k"],
@@ -21,12 +22,12 @@ rule generate_daid_sweep:
         f"{RESULTS}/benchmarks/generate_daid_sweep/{DAID_SWEEP.wildcard_pattern}.tsv"
     conda:
         "../envs/arrag.yaml"
-    threads: workflow.cores
+    threads: gpu_job_threads
     resources:
         gpu=1,
         mem_mb=4000,
     shell:
-        "OMP_NUM_THREADS={threads} arrag generate-benchmark --model {input.model} --prompts {input.prompts} "
+        "OMP_NUM_THREADS={threads} {params.gpu} arrag generate-benchmark --model {input.model} --prompts {input.prompts} "
         "--n {params.n} --out {params.out} {params.sampling} --method daid --db {input.db} --daid-k {params.k} "
         "--daid-weight {wildcards.weight} --daid-temperature {wildcards.temperature} > {log} 2>&1"
 
