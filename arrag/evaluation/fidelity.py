@@ -67,7 +67,8 @@ def wavelet_packets(images: np.ndarray, level: int = 4, wavelet: str = "haar", s
     import ptwt
     import pywt
 
-    x = torch.from_numpy(np.asarray(images)).permute(0, 3, 1, 2).double() / 255.0  # [N, 3, S, S] in [0, 1]
+    # [N, 3, S, S] in [0, 1]; np.array copies, as a memory-mapped batch is read-only
+    x = torch.from_numpy(np.array(images)).permute(0, 3, 1, 2).double() / 255.0
     if x.shape[-1] != size:
         x = F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False, antialias=True)
     n, c = x.shape[:2]
