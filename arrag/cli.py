@@ -241,9 +241,40 @@ def cmd_generate_benchmark(args) -> None:
         prompt_field=args.prompt_field,
         hooks=_hooks(args, pipe),
         settings={"model": str(args.model), **_method_settings(args)},
+        shard=args.shard,
+        num_shards=args.num_shards or 1,
     )
     summary["seconds"] = time.time() - t0
-    write_json(Path(args.out) / "generation.json", summary)  # written last: marks the folder complete
+    if args.num_shards is None:
+        write_json(Path(args.out) / "generation.json", summary)  # written last: marks the folder complete
+    else:  # this shard is done; `arrag finish-benchmark` checks the whole folder and writes generation.json
+        write_json(shard_marker(args.out, args.shard, args.num_shards), summary)
+    print(json.dumps(summary, indent=2))
+
+
+def shard_marker(out: str, shard: int, num_shards: int) -> Path:
+    return Path(out) / "shards" / f"{shard:05d}-of-{num_shards:05d}.json"
+
+
+def cmd_finish_benchmark(args) -> None:
+    """After every shard of a prompt set: check the folder is complete, then write generation.json."""
+    from arrag.evaluation.geneval import check_benchmark_folder
+    from arrag.io import read_jsonl, write_json
+
+    records = read_jsonl(args.prompts)[: args.limit] if args.limit else read_jsonl(args.prompts)
+    markers = [shard_marker(args.out, i, args.num_shards) for i in range(args.num_shards)]
+    missing = [str(m) for m in markers if not m.is_file()]
+    if missing:
+        raise ValueError(f"shards not finished: {missing}; rerun their `arrag generate-benchmark --shard` jobs")
+    check_benchmark_folder(args.out, images_per_prompt=args.n)
+    folders = sum(1 for p in Path(args.out).iterdir() if p.is_dir() and p.name.isdigit())
+    if folders != len(records):
+        raise ValueError(f"{args.out} holds {folders} prompt folders, {args.prompts} has {len(records)} prompts")
+    shards = [json.loads(m.read_text()) for m in markers]
+    summary = {k: v for k, v in shards[0].items() if k not in ("shard", "generated", "reused", "seconds")}
+    summary |= {k: sum(s[k] for s in shards) for k in ("generated", "reused", "seconds")}
+    summary |= {"num_shards": args.num_shards}
+    write_json(Path(args.out) / "generation.json", summary)
     print(json.dumps(summary, indent=2))
 
 
@@ -789,7 +820,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True)
     _sampling_args(p)
     _method_args(p)
+    p.add_argument("--shard", type=int, default=0, help="make only prompts with index %% num-shards == shard")
+    p.add_argument(
+        "--num-shards",
+        type=int,
+        default=None,
+        help="shards of this prompt set run as separate jobs; each marks itself done in OUT/shards/ and "
+        "`arrag finish-benchmark` writes generation.json (without it: one job, generation.json at once)",
+    )
     p.set_defaults(func=cmd_generate_benchmark)
+
+    p = sub.add_parser("finish-benchmark", help="after all shards: check the prompt-set folder, write generation.json")
+    p.add_argument("--prompts", required=True)
+    p.add_argument("--limit", type=int, default=None)
+    p.add_argument("--n", type=int, required=True, help="images per prompt")
+    p.add_argument("--num-shards", type=int, required=True)
+    p.add_argument("--out", required=True)
+    p.set_defaults(func=cmd_finish_benchmark)
 
     p = sub.add_parser("tokenise", help="encode one shard of an image source into a code shard")
     _model_args(p)

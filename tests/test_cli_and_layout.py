@@ -134,3 +134,26 @@ def test_a_repeated_prompt_gets_new_samples_not_the_same_images(model_dir, tmp_p
     first = np.asarray(Image.open(out / "00000" / "samples" / "0000.png"))
     repeat = np.asarray(Image.open(out / "00001" / "samples" / "0000.png"))
     assert not np.array_equal(first, repeat)
+
+
+def test_sharded_generation_equals_one_job_and_is_checked_when_finished(model_dir, tmp_path):
+    prompts = tmp_path / "prompts.jsonl"
+    prompts.write_text(
+        "".join(json.dumps({"prompt": f"a photo of a {s}"}) + "\n" for s in ("circle", "square", "triangle"))
+    )
+    common = ["--model", str(model_dir), "--prompts", str(prompts), "--n", "2", "--device", "cpu", "--batch-size", "2"]
+    assert main(["generate-benchmark", *common, "--out", str(tmp_path / "one")]) == 0
+    sharded = tmp_path / "sharded"
+    finish = ["finish-benchmark", "--prompts", str(prompts), "--n", "2", "--num-shards", "2", "--out", str(sharded)]
+    assert main(["generate-benchmark", *common, "--out", str(sharded), "--shard", "1", "--num-shards", "2"]) == 0
+    assert [p.name for p in sorted(sharded.glob("0*"))] == ["00001"]  # shard 1 of 2: prompt 1 only
+    assert main(finish) == 2  # shard 0 has not run: no generation.json
+    assert not (sharded / "generation.json").exists()
+    assert main(["generate-benchmark", *common, "--out", str(sharded), "--shard", "0", "--num-shards", "2"]) == 0
+    assert main(finish) == 0
+    summary = json.loads((sharded / "generation.json").read_text())
+    assert (summary["generated"], summary["num_shards"]) == (3, 2)
+    for a, b in zip(sorted((tmp_path / "one").glob("0*/samples/*.png")), sorted(sharded.glob("0*/samples/*.png"))):
+        assert np.array_equal(np.asarray(Image.open(a)), np.asarray(Image.open(b)))  # same images as one job
+    (sharded / "00002" / "samples" / "0001.png").unlink()
+    assert main(finish) == 2  # a missing sample is caught before generation.json is written again

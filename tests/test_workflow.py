@@ -64,7 +64,8 @@ def test_whole_dag_on_the_toy_profile(tmp_path):
         samples = sorted((folder / "samples").glob("*.png"))
         assert [p.name for p in samples] == ["0000.png", "0001.png"]
         assert Image.open(samples[0]).size == (32, 32)
-    assert json.loads((geneval / "generation.json").read_text())["generated"] == len(prompts)
+    generation = json.loads((geneval / "generation.json").read_text())
+    assert (generation["generated"], generation["num_shards"]) == (len(prompts), 2)  # two shards, one folder
     assert len(list((res / "images/vanilla/reference").glob("0*/samples/0000.png"))) == 4
     assert Image.open(res / "figures/samples_vanilla.png").size[0] > 32
 
@@ -158,11 +159,11 @@ def test_whole_dag_on_the_toy_profile(tmp_path):
         "dpg_prompts",
         "dpg_table",
     ]
-    rules += [
-        f"{rule}_{method}"
-        for rule in ("generate_geneval", "generate_reference", "sample_grid", "generate_dpg", "tile_dpg")
-        for method in ("vanilla", "daid", "faid", "racm3")
-    ]
+    methods = ("vanilla", "daid", "faid", "racm3")
+    rules += [f"{rule}_{method}" for rule in ("sample_grid", "tile_dpg") for method in methods]
+    for prompt_set in ("geneval", "reference", "dpg"):  # generation in 2 shards per method and prompt set
+        rules += [f"generate_{prompt_set}_{m}_{s:05d}-of-00002" for m in methods for s in range(2)]
+        rules += [f"finish_generation_{prompt_set}_{m}" for m in methods]
     for rule in rules:
         assert (res / "logs" / f"{rule}.log").is_file()
         assert (res / "benchmarks" / f"{rule}.tsv").is_file()

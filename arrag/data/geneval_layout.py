@@ -10,6 +10,7 @@ resumes by skipping it. Folders made with other settings are never reused.
 
 from __future__ import annotations
 
+import fcntl
 import json
 import shutil
 from pathlib import Path
@@ -51,15 +52,25 @@ def write_prompt_folder(
 
 
 def prepare_output(root: str | Path, settings: dict) -> None:
-    """Create `root`; if it holds images made with different settings, remove them (never trust them)."""
+    """Create `root`; if it holds images made with different settings, remove them (never trust them).
+
+    Shards of one run call this at the same time: a lock makes the check, the removal and the new
+    settings.json one step, so no shard removes folders another has written under the same settings."""
     root = Path(root)
     root.mkdir(parents=True, exist_ok=True)
     settings_file = root / SETTINGS
-    if settings_file.is_file() and json.loads(settings_file.read_text()) != settings:
-        for child in root.iterdir():
-            if child.is_dir() and child.name.isdigit():
-                shutil.rmtree(child)
-    write_json(settings_file, settings)
+    with open(root / ".settings.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if settings_file.is_file() and json.loads(settings_file.read_text()) != settings:
+            for child in root.iterdir():
+                if child.is_dir() and child.name.isdigit():
+                    shutil.rmtree(child)
+        write_json(settings_file, settings)
+
+
+def shard_of(index: int, shard: int, num_shards: int) -> bool:
+    """Prompt `index` belongs to shard `shard` of `num_shards` (round robin, so shards get alike prompts)."""
+    return index % num_shards == shard
 
 
 def read_prompt_folders(root: str | Path) -> list[tuple[dict, list[Path]]]:

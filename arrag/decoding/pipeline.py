@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from arrag.data.geneval_layout import is_complete, prepare_output, prompt_folder, write_prompt_folder
+from arrag.data.geneval_layout import is_complete, prepare_output, prompt_folder, shard_of, write_prompt_folder
 from arrag.decoding.loop import DecodingHook, SamplingConfig, generate_image_tokens, make_generators
 from arrag.io import progress
 from arrag.models.janus import load_janus, tokenize_prompts
@@ -108,12 +108,18 @@ def generate_prompt_set(
     prompt_field: str = "prompt",
     hooks: list[DecodingHook] = (),
     settings: dict | None = None,
+    shard: int = 0,
+    num_shards: int = 1,
 ) -> dict:
     """Generate `n` images for each record into GenEval's folder layout under `root` (resumable).
 
     `records` are GenEval metadata dicts (or any dicts with `prompt_field`); each folder's metadata.jsonl
-    holds the record with the prompt under "prompt", as the GenEval evaluator expects.
+    holds the record with the prompt under "prompt", as the GenEval evaluator expects. With num_shards > 1
+    this call makes only the prompts of `shard` (index % num_shards == shard): shards run as separate jobs
+    (one per GPU) into the same root, each writing its own prompt folders.
     """
+    if not 0 <= shard < num_shards:
+        raise ValueError(f"shard {shard} of {num_shards}: need 0 <= shard < num_shards")
     for i, r in enumerate(records):
         if prompt_field not in r:
             raise ValueError(f"prompt record {i} has no {prompt_field!r} field (fields: {sorted(r)})")
@@ -132,7 +138,8 @@ def generate_prompt_set(
     for r in records:
         occurrence.append(seen.get(r[prompt_field], 0))
         seen[r[prompt_field]] = occurrence[-1] + 1
-    todo = [i for i in range(len(records)) if not is_complete(prompt_folder(root, i), n)]
+    mine = [i for i in range(len(records)) if shard_of(i, shard, num_shards)]
+    todo = [i for i in mine if not is_complete(prompt_folder(root, i), n)]
     per_batch = max(1, batch_size // n)  # whole prompts per batch, so each folder is written at once
     for start in progress(range(0, len(todo), per_batch), desc=f"generating {len(todo)} prompts", unit="batch"):
         chunk = todo[start : start + per_batch]
@@ -146,7 +153,8 @@ def generate_prompt_set(
             meta = {**records[i], "prompt": records[i][prompt_field]}
             extra = {"copying.json": copying[j * n : (j + 1) * n]} if copying else None
             write_prompt_folder(root, i, meta, images[j * n : (j + 1) * n], extra)
-    return {**run_settings, "generated": len(todo), "reused": len(records) - len(todo)}
+    done = {"generated": len(todo), "reused": len(mine) - len(todo)}
+    return {**run_settings, "shard": shard, "num_shards": num_shards, **done}
 
 
 def _over_copying(pipe: ImageGenerationPipeline, hooks, codes: torch.Tensor) -> list[dict] | None:

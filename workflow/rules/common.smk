@@ -75,19 +75,39 @@ wildcard_constraints:
 RETRIEVAL_METHODS = [m for m in METHODS if m in ("daid", "faid", "racm3")]  # methods whose retrievals have provenance
 
 
-# Prompt sets that `generate` makes images for: prompt file and the flags of `arrag generate-benchmark`.
+# Prompt sets that `generate` makes images for: prompt file, images per prompt, prompt field, first N prompts.
 PROMPT_SETS = {
     "geneval": {
         "file": f"{RESULTS}/world/geneval/evaluation_metadata.jsonl",
-        "flags": f"--n {config['generation']['images_per_prompt']}",
+        "n": config["generation"]["images_per_prompt"],
     },
     "reference": {  # mini profile, Table 3: one image per reference-split caption
         "file": f"{RESULTS}/world/reference/metadata.jsonl",
-        "flags": f"--prompt-field caption --limit {config['generation']['reference_prompts']} --n 1",
+        "n": 1,
+        "field": "caption",
+        "limit": config["generation"]["reference_prompts"],
     },
-    "mjhq": {"file": f"{RESULTS}/prompts/mjhq.jsonl", "flags": "--n 1"},  # paper profile, Table 3
-    "dpg": {"file": f"{RESULTS}/prompts/dpg.jsonl", "flags": "--n 4"},  # DPG-Bench tiles 4 images 2x2
+    "mjhq": {"file": f"{RESULTS}/prompts/mjhq.jsonl", "n": 1},  # paper profile, Table 3
+    "dpg": {"file": f"{RESULTS}/prompts/dpg.jsonl", "n": 4},  # DPG-Bench tiles 4 images 2x2
 }
+
+
+def prompt_set_flags(wildcards, field=True):
+    """`arrag generate-benchmark` / `finish-benchmark` flags selecting a prompt set's prompts and images."""
+    p = PROMPT_SETS[wildcards.prompts]
+    flags = f"--n {p['n']}" + (f" --limit {p['limit']}" if "limit" in p else "")
+    return flags + (f" --prompt-field {p['field']}" if field and "field" in p else "")
+
+
+GENERATION_SHARDS = config["generation"]["num_shards"]
+
+
+def generation_shards(wildcards):
+    """The shard markers of one method's prompt set (rule generate), gathered by rule finish_generation."""
+    return [
+        f"{RESULTS}/images/{wildcards.method}/{wildcards.prompts}/shards/{s:05d}-of-{GENERATION_SHARDS:05d}.json"
+        for s in range(GENERATION_SHARDS)
+    ]
 
 
 def generation_inputs(wildcards):

@@ -5,24 +5,27 @@
 
 rule generate:
     # One rule for every prompt set (PROMPT_SETS in common.smk): GenEval, the reference captions (mini) or
-    # MJHQ-30K (paper) for Table 3, and DPG-Bench.
+    # MJHQ-30K (paper) for Table 3, and DPG-Bench; each split into generation.num_shards jobs (one per GPU)
+    # that write their own prompt folders into the same folder.
     input:
         unpack(generation_inputs),
         prompts=lambda wildcards: PROMPT_SETS[wildcards.prompts]["file"],
     output:
-        f"{RESULTS}/images/{{method}}/{{prompts}}/generation.json",
+        f"{RESULTS}/images/{{method}}/{{prompts}}/shards/{{shard}}-of-{{num_shards}}.json",
     wildcard_constraints:
         prompts="|".join(PROMPT_SETS),
+        shard=r"\d{5}",
+        num_shards=r"\d{5}",
     params:
         gpu=on_gpu,
-        out=lambda wildcards, output: os.path.dirname(output[0]),
-        prompt_set=lambda wildcards: PROMPT_SETS[wildcards.prompts]["flags"],
+        out=lambda wildcards, output: os.path.dirname(os.path.dirname(output[0])),
+        prompt_set=prompt_set_flags,
         sampling=sampling_flags(),
         method=method_flags,
     log:
-        f"{RESULTS}/logs/generate_{{prompts}}_{{method}}.log",
+        f"{RESULTS}/logs/generate_{{prompts}}_{{method}}_{{shard}}-of-{{num_shards}}.log",
     benchmark:
-        f"{RESULTS}/benchmarks/generate_{{prompts}}_{{method}}.tsv"
+        f"{RESULTS}/benchmarks/generate_{{prompts}}_{{method}}_{{shard}}-of-{{num_shards}}.tsv"
     conda:
         "../envs/arrag.yaml"
     threads: gpu_job_threads
@@ -30,8 +33,36 @@ rule generate:
         gpu=1,
         mem_mb=8000,
     shell:
-        "OMP_NUM_THREADS={threads} {params.gpu} arrag generate-benchmark --model {input.model} --prompts {input.prompts} "
-        "{params.prompt_set} --out {params.out} {params.sampling} {params.method} > {log} 2>&1"
+        "OMP_NUM_THREADS={threads} {params.gpu} arrag generate-benchmark --model {input.model} "
+        "--prompts {input.prompts} {params.prompt_set} --out {params.out} {params.sampling} {params.method} "
+        "--shard $((10#{wildcards.shard})) --num-shards $((10#{wildcards.num_shards})) > {log} 2>&1"
+
+
+rule finish_generation:
+    # All shards done: check the folder (every prompt, every sample) and write generation.json.
+    input:
+        prompts=lambda wildcards: PROMPT_SETS[wildcards.prompts]["file"],
+        shards=generation_shards,
+    output:
+        f"{RESULTS}/images/{{method}}/{{prompts}}/generation.json",
+    wildcard_constraints:
+        prompts="|".join(PROMPT_SETS),
+    params:
+        out=lambda wildcards, output: os.path.dirname(output[0]),
+        prompt_set=lambda wildcards: prompt_set_flags(wildcards, field=False),
+        num_shards=GENERATION_SHARDS,
+    log:
+        f"{RESULTS}/logs/finish_generation_{{prompts}}_{{method}}.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/finish_generation_{{prompts}}_{{method}}.tsv"
+    conda:
+        "../envs/arrag.yaml"
+    threads: 1
+    resources:
+        mem_mb=1000,
+    shell:
+        "arrag finish-benchmark --prompts {input.prompts} {params.prompt_set} --num-shards {params.num_shards} "
+        "--out {params.out} > {log} 2>&1"
 
 
 rule sample_grid:
