@@ -169,3 +169,30 @@ def training_candidates_excluding_self(db, codes, codebook):
     from arrag.models.faid import training_candidates
 
     return training_candidates(db, codes, codebook, 3, image_ids=torch.arange(len(codes)))
+
+
+def test_two_processes_train_exactly_like_one(setup):
+    """`torchrun` (what `accelerate launch` starts) with 2 CPU processes on gloo: each takes every other example
+    of each global batch and the gradients are summed, so the result equals one process accumulating the
+    same global batch in two micro-batches."""
+    import os
+    import subprocess
+    import sys
+
+    _, _, _, tmp = setup
+    common = ["--model", str(tmp / "base"), "--trainset", str(tmp / "trainset"), "--cpu"]
+    common += [f"--set={kv}" for kv in ("steps=6", "batch_size=2", "lr=3e-3", "every=1", "k=4", "rank=8")]
+    common += ["--set=checkpoint_every=0", "--set=caption_dropout=0.25"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    one = [sys.executable, "-m", "arrag", "train-faid", *common, "--set=grad_accum=2", "--out", str(tmp / "one")]
+    subprocess.run(one, check=True, env=env, capture_output=True, timeout=300)
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
+    two = [*torchrun, "-m", "arrag", "train-faid", *common, "--out", str(tmp / "two")]
+    result = subprocess.run(two, env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    a, b = load_file(tmp / "one" / "faid.safetensors"), load_file(tmp / "two" / "faid.safetensors")
+    assert a.keys() == b.keys()
+    moved = [name for name in a if not torch.equal(a[name], torch.zeros_like(a[name]))]
+    assert moved  # training changed the zero-initialised output projections
+    for name in a:
+        torch.testing.assert_close(a[name], b[name], rtol=1e-4, atol=1e-6)
