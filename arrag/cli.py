@@ -240,7 +240,7 @@ def cmd_generate_benchmark(args) -> None:
         batch_size=args.batch_size,
         prompt_field=args.prompt_field,
         hooks=_hooks(args, pipe),
-        settings={"model": str(args.model), **_method_settings(args)},
+        settings={"model": str(args.model), **_method_settings(args), "inputs": _input_fingerprints(args)},
         shard=args.shard,
         num_shards=args.num_shards or 1,
     )
@@ -252,12 +252,22 @@ def cmd_generate_benchmark(args) -> None:
     print(json.dumps(summary, indent=2))
 
 
+def _input_fingerprints(args) -> dict:
+    """Digests of the local artefacts the images come from (model, database, FAiD, image index): rebuilt ones
+    invalidate the images made before, even under the same paths."""
+    from arrag.io import fingerprint
+
+    paths = {"model": args.model, "db": args.db, "faid": args.faid, "image_index": args.image_index}
+    return {name: fingerprint(p) for name, p in paths.items() if p and Path(p).exists()}
+
+
 def shard_marker(out: str, shard: int, num_shards: int) -> Path:
     return Path(out) / "shards" / f"{shard:05d}-of-{num_shards:05d}.json"
 
 
 def cmd_finish_benchmark(args) -> None:
     """After every shard of a prompt set: check the folder is complete, then write generation.json."""
+    from arrag.data.geneval_layout import SETTINGS, read_prompt_folders
     from arrag.evaluation.geneval import check_benchmark_folder
     from arrag.io import read_jsonl, write_json
 
@@ -267,11 +277,20 @@ def cmd_finish_benchmark(args) -> None:
     if missing:
         raise ValueError(f"shards not finished: {missing}; rerun their `arrag generate-benchmark --shard` jobs")
     check_benchmark_folder(args.out, images_per_prompt=args.n)
-    folders = sum(1 for p in Path(args.out).iterdir() if p.is_dir() and p.name.isdigit())
-    if folders != len(records):
-        raise ValueError(f"{args.out} holds {folders} prompt folders, {args.prompts} has {len(records)} prompts")
+    folders = read_prompt_folders(args.out)
+    if len(folders) != len(records):
+        raise ValueError(f"{args.out} holds {len(folders)} prompt folders, {args.prompts} has {len(records)} prompts")
+    current = json.loads((Path(args.out) / SETTINGS).read_text())
+    for i, ((meta, _), record) in enumerate(zip(folders, records)):
+        if meta != {**record, "prompt": record[current["prompt_field"]]}:
+            raise ValueError(f"{args.out}/{i:05d} was made for another prompt record than {args.prompts} line {i + 1}")
+    # every shard must have run with the settings the folder holds now (not a marker left by an older run)
     shards = [json.loads(m.read_text()) for m in markers]
-    summary = {k: v for k, v in shards[0].items() if k not in ("shard", "generated", "reused", "seconds")}
+    for marker, shard in zip(markers, shards):
+        own = {k: v for k, v in shard.items() if k not in ("shard", "num_shards", "generated", "reused", "seconds")}
+        if own != current:
+            raise ValueError(f"{marker} was written under other settings than {args.out}/{SETTINGS}: rerun that shard")
+    summary = dict(current)
     summary |= {k: sum(s[k] for s in shards) for k in ("generated", "reused", "seconds")}
     summary |= {"num_shards": args.num_shards}
     write_json(Path(args.out) / "generation.json", summary)

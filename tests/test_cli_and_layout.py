@@ -157,3 +157,30 @@ def test_sharded_generation_equals_one_job_and_is_checked_when_finished(model_di
         assert np.array_equal(np.asarray(Image.open(a)), np.asarray(Image.open(b)))  # same images as one job
     (sharded / "00002" / "samples" / "0001.png").unlink()
     assert main(finish) == 2  # a missing sample is caught before generation.json is written again
+
+
+def test_other_prompts_or_a_rebuilt_model_are_never_served_old_images(model_dir, tmp_path):
+    prompts = tmp_path / "prompts.jsonl"
+    prompts.write_text("".join(json.dumps({"prompt": f"a photo of a {s}"}) + "\n" for s in ("circle", "square")))
+    out = tmp_path / "out"
+    base = ["generate-benchmark", "--model", str(model_dir), "--prompts", str(prompts), "--n", "1", "--out", str(out)]
+    base += ["--device", "cpu", "--num-shards", "1"]
+    finish = ["finish-benchmark", "--prompts", str(prompts), "--n", "1", "--num-shards", "1", "--out", str(out)]
+    assert main(base) == 0 and main(finish) == 0
+    # the same number of prompts, other texts: everything is made again
+    prompts.write_text("".join(json.dumps({"prompt": f"a photo of a {s}"}) + "\n" for s in ("triangle", "diamond")))
+    assert main(base) == 0
+    assert json.loads((out / "shards" / "00000-of-00001.json").read_text())["generated"] == 2
+    assert json.loads((out / "00000" / "metadata.jsonl").read_text())["prompt"] == "a photo of a triangle"
+    # a rebuilt model under the same path (its files rewritten): the images are made again too
+    for f in model_dir.glob("*.json"):
+        f.write_text(f.read_text())
+    assert main(base) == 0
+    assert json.loads((out / "shards" / "00000-of-00001.json").read_text())["generated"] == 2
+    # a shard marker left by another run is refused, and so is a folder made for other prompts
+    marker = out / "shards" / "00000-of-00001.json"
+    marker.write_text(json.dumps({**json.loads(marker.read_text()), "seed": 99}))
+    assert main(finish) == 2
+    assert main(base) == 0 and main(finish) == 0
+    prompts.write_text("".join(json.dumps({"prompt": f"a photo of a {s}"}) + "\n" for s in ("circle", "diamond")))
+    assert main(finish) == 2

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 from pathlib import Path
 
 import numpy as np
@@ -129,6 +130,8 @@ def generate_prompt_set(
         "sampling": vars(sampling),
         "prompt_field": prompt_field,
         "prompts": len(records),
+        # other prompts under the same count must not reuse the old images
+        "prompts_sha256": hashlib.sha256(json.dumps(records, sort_keys=True).encode()).hexdigest()[:16],
         **(settings or {}),
     }
     prepare_output(root, run_settings)
