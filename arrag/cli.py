@@ -512,6 +512,13 @@ def cmd_download_model(args) -> None:
     print(download_model(args.hub_id, args.revision, args.out, mirror=args.mirror))
 
 
+def cmd_download_geneval_detector(args) -> None:
+    from arrag.data.downloads import fetch
+    from arrag.evaluation.geneval_mask2former import CHECKPOINT_SHA256_PREFIX, CHECKPOINT_URL
+
+    print(fetch(CHECKPOINT_URL, args.out, sha256=CHECKPOINT_SHA256_PREFIX, mirror=args.mirror))
+
+
 def cmd_download_inception(args) -> None:
     from arrag.evaluation.features import download_inception
 
@@ -605,7 +612,7 @@ def _labelled(labels: list[str], paths: list[str], option: str) -> dict[str, str
 
 
 def cmd_geneval(args) -> None:
-    from arrag.evaluation.geneval import score_folder, summarise, write_results_jsonl
+    from arrag.evaluation.geneval import check_detector_classes, score_folder, summarise, write_results_jsonl
     from arrag.evaluation.shapes_detector import detect_shapes
     from arrag.io import write_json
 
@@ -619,6 +626,7 @@ def cmd_geneval(args) -> None:
         detector = Mask2FormerCLIPDetector.from_checkpoint(
             args.checkpoint, args.detector_config, clip_pretrained=args.clip_pretrained, device=args.device
         )
+    check_detector_classes(args.images, getattr(detector, "classnames", None), args.detector)
     rows = score_folder(args.images, detector, workers=args.workers, images_per_prompt=args.images_per_prompt)
     summary = summarise(rows) | {"detector": args.detector, "images_dir": str(args.images)}
     write_results_jsonl(rows, args.out_jsonl)
@@ -653,7 +661,11 @@ def cmd_dpg(args) -> None:
     from arrag.io import write_json, write_jsonl
 
     questions = dpg.read_questions(args.csv, skip_first_row=not args.keep_first_row)
-    vqa = dpg.ShapesVQA() if args.vqa == "shapes" else dpg.MPLUGVQA(args.mplug_model, device=args.device)
+    vqa = (
+        dpg.ShapesVQA()
+        if args.vqa == "shapes"
+        else dpg.MPLUGVQA(args.mplug_model, device=args.device, revision=args.mplug_revision)
+    )
     records = dpg.score_folder(args.tiles, questions, vqa, allow_missing=args.allow_missing)
     summary = dpg.summarise(
         records, last_crop_categories=not args.all_crop_categories, raw_categories=not args.dependent_categories
@@ -904,6 +916,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--mirror", default=None, help="local folder holding <org>--<name>/ snapshots")
     p.add_argument("--out", required=True)
     p.set_defaults(func=cmd_download_model)
+    p = download.add_parser("geneval-detector", help="GenEval's Mask2Former checkpoint (OpenMMLab, SHA-256 prefix)")
+    p.add_argument("--mirror", default=None, help="local folder holding the checkpoint under its URL's file name")
+    p.add_argument("--out", required=True)
+    p.set_defaults(func=cmd_download_geneval_detector)
     p = download.add_parser("inception", help="FID's Inception weights (clean-fid's file, SHA-256 pinned)")
     p.add_argument("--mirror", default=None, help="local folder holding inception-2015-12-05.pt")
     p.add_argument("--out", required=True, help="file path or folder")
@@ -1007,6 +1023,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--vqa", choices=["shapes", "mplug"], default="shapes", help="shapes: mini world (structured); mplug: paper"
     )
     p.add_argument("--mplug-model", default="damo/mplug_visual-question-answering_coco_large_en")
+    p.add_argument("--mplug-revision", default=None, help="ModelScope revision of --mplug-model (pin it)")
     p.add_argument("--device", default="gpu", help="modelscope device of the mplug backend")
     p.add_argument(
         "--keep-first-row", action="store_true", help="score the CSV's first data row (the official script skips it)"

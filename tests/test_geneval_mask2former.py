@@ -80,6 +80,7 @@ def test_colour_classifier_is_argmax_of_mean_template_embeddings(tiny_clip):
 
 
 def test_detector_feeds_the_geneval_rules(tiny_clip):
+    """Boxes above 0.3, the best max_objects per class, each with its crop's colour, go through GenEval's rules."""
     names = m2f.class_names()
     image = np.zeros((16, 16, 3), np.uint8)
     bboxes = [np.zeros((0, 5)) for _ in names]
@@ -91,8 +92,28 @@ def test_detector_feeds_the_geneval_rules(tiny_clip):
     dets = detector(image)
     assert [(d.label, d.score) for d in dets] == [("cup", 0.95)]  # above 0.3, best max_objects per class
     assert dets[0].colour in m2f.GENEVAL_COLOURS
-    meta = {"tag": "colors", "include": [{"class": "cup", "count": 1, "color": dets[0].colour}], "prompt": "p"}
-    assert ge.evaluate_image(meta, dets)[0]
+
+    crops_seen = []
+
+    def always_red(crops, classname):
+        crops_seen.extend((np.asarray(c).shape, classname) for c in crops)
+        return ["red"] * len(crops)
+
+    dets = m2f.Mask2FormerCLIPDetector(lambda img: (bboxes, masks), always_red, max_objects=2)(image)
+    assert crops_seen == [((8, 8, 3), "cup"), ((8, 8, 3), "cup")]  # each kept box cropped, named by its class
+    red = {"tag": "colors", "include": [{"class": "cup", "count": 2, "color": "red"}], "prompt": "p"}
+    blue = {"tag": "colors", "include": [{"class": "cup", "count": 1, "color": "blue"}], "prompt": "p"}
+    assert ge.evaluate_image(red, dets)[0] and not ge.evaluate_image(blue, dets)[0]
+
+
+def test_prompts_naming_classes_the_detector_cannot_detect_are_refused(tmp_path):
+    from arrag.data.geneval_layout import write_prompt_folder
+
+    meta = {"tag": "single_object", "include": [{"class": "circle", "count": 1}], "prompt": "a photo of a circle"}
+    write_prompt_folder(tmp_path, 0, meta, np.zeros((1, 8, 8, 3), np.uint8))
+    with pytest.raises(ValueError, match=r"\['circle'\].*evaluation.geneval.prompts: official"):
+        ge.check_detector_classes(tmp_path, m2f.class_names(), "mask2former")
+    ge.check_detector_classes(tmp_path, ["circle", "square"], "shapes")
 
 
 def test_checkpoint_must_exist_and_match_published_hash(tmp_path):

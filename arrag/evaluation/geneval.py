@@ -197,6 +197,21 @@ def check_benchmark_folder(root: str | Path, images_per_prompt: int | None = Non
         raise ValueError(f"{fa} has {a} samples but {fb} has {b}: an interrupted or mixed run; {fix}")
 
 
+def check_detector_classes(root: str | Path, classnames: Sequence[str] | None, detector: str) -> None:
+    """Refuse prompts naming classes the detector cannot detect: they would all fail, silently (e.g. the mini
+    world's shapes scored by the COCO detector)."""
+    if classnames is None:
+        return
+    clauses = [c for meta, _ in read_prompt_folders(root) for c in meta.get("include", []) + meta.get("exclude", [])]
+    wanted = {c["class"] for c in clauses}
+    unknown = sorted(wanted - set(classnames))
+    if unknown:
+        raise ValueError(
+            f"{root}: its prompts name {unknown}, which the {detector} detector cannot detect: score GenEval's own "
+            "prompts with it (evaluation.geneval.prompts: official), or the mini world's with --detector shapes"
+        )
+
+
 def score_folder(
     root: str | Path,
     detector: Detector,

@@ -170,8 +170,8 @@ def check_checkpoint(path: str | Path, sha256_prefix: str = CHECKPOINT_SHA256_PR
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(
-            f"Mask2Former checkpoint {path} not found: run `snakemake --configfile config/paper.yaml "
-            f"download_geneval_detector` or download {CHECKPOINT_URL} to that path"
+            f"Mask2Former checkpoint {path} not found: run the rule download_geneval_detector "
+            f"(`arrag download geneval-detector --out {path}`) or download {CHECKPOINT_URL} to that path"
         )
     check_sha256(path, sha256_prefix, CHECKPOINT_URL)
     return path

@@ -77,8 +77,12 @@ RETRIEVAL_METHODS = [m for m in METHODS if m in ("daid", "faid", "racm3")]  # me
 
 # Prompt sets that `generate` makes images for: prompt file, images per prompt, prompt field, first N prompts.
 PROMPT_SETS = {
-    "geneval": {
-        "file": f"{RESULTS}/world/geneval/evaluation_metadata.jsonl",
+    "geneval": {  # the mini world's GenEval-schema prompts, or GenEval's own 553 (vendored)
+        "file": (
+            f"{RESULTS}/world/geneval/evaluation_metadata.jsonl"
+            if config["evaluation"]["geneval"]["prompts"] == "mini"
+            else os.path.join(workflow.basedir, "arrag/benchmarks/geneval/evaluation_metadata.jsonl")
+        ),
         "n": config["generation"]["images_per_prompt"],
     },
     "reference": {  # mini profile, Table 3: one image per reference-split caption
@@ -146,10 +150,6 @@ DAID_SWEEP = Paramspace(
 )
 
 GENEVAL = config["evaluation"]["geneval"]
-GENEVAL_DETECTOR_URL = (
-    "https://download.openmmlab.com/mmdetection/v2.0/mask2former/mask2former_swin-s-p4-w7-224_lsj_8x2_50e_coco/"
-    "mask2former_swin-s-p4-w7-224_lsj_8x2_50e_coco_20220504_001756-743b7d99.pth"
-)
 
 
 def geneval_scoring_inputs(wildcards):
@@ -160,10 +160,17 @@ def geneval_scoring_inputs(wildcards):
     return inputs
 
 
-def geneval_detector_flags(input):
+def geneval_detector_flags(wildcards, input):
+    """--detector and its weights, and the images per prompt the run was generated with (refusing others)."""
+    per_run = {"sweep_daid": config["sweeps"]["daid"], "sweep_faid": config["faid"]["sweep"]}
+    n = per_run.get(wildcards.run.split(os.sep)[0], config["generation"])["images_per_prompt"]
+    n = f"--images-per-prompt {n}"
     if GENEVAL["detector"] == "shapes":
-        return "--detector shapes"
-    return f"--detector mask2former --checkpoint {input.checkpoint} --device cuda"
+        return f"--detector shapes {n}"
+    return (
+        f"--detector mask2former --checkpoint {input.checkpoint} --clip-pretrained {GENEVAL['clip_pretrained']} "
+        f"--device cuda {n}"
+    )
 
 
 GENEVAL_NOTE = (
@@ -209,6 +216,8 @@ def arrag_on_gpu(wildcards, resources):
     )
 
 DPG = config["evaluation"]["dpg"]
+# the official script's first-row quirk applies to the official CSV; mini-DPG's CSV has no spare first row
+DPG_SKIP_FIRST_ROW = DPG["questions"] == "official" if DPG["skip_first_row"] is None else DPG["skip_first_row"]
 DPG_NOTE = (
     "mini-DPG: DPG-style questions on the mini world reference captions, answered by the shapes detector."
     if DPG["questions"] == "mini"

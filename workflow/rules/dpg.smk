@@ -96,7 +96,8 @@ rule score_dpg:
     params:
         csv=lambda wildcards, input: dpg_question_csv(input.questions),
         vqa=DPG["vqa"],
-        quirks="" if DPG["skip_first_row"] else "--keep-first-row",
+        quirks="" if DPG_SKIP_FIRST_ROW else "--keep-first-row",
+        mplug=f"--mplug-revision {DPG['mplug_revision']}" if DPG["mplug_revision"] else "",
         arrag=arrag_on_gpu,
     log:
         f"{RESULTS}/logs/score_dpg/{{method}}.log",
@@ -109,7 +110,7 @@ rule score_dpg:
         mem_mb=1000 if DPG["vqa"] == "shapes" else 16000,
         gpu=0 if DPG["vqa"] == "shapes" else 1,
     shell:
-        "{params.arrag} dpg --tiles {input.tiles} --csv {params.csv} --vqa {params.vqa} {params.quirks} "
+        "{params.arrag} dpg --tiles {input.tiles} --csv {params.csv} --vqa {params.vqa} {params.quirks} {params.mplug} "
         "--out-jsonl {output.jsonl} --out-json {output.summary} > {log} 2>&1"
 
 

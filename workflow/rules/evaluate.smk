@@ -6,7 +6,6 @@ rule download_geneval_detector:
     output:
         f"{RESULTS}/downloads/mask2former_swin-s-p4-w7-224_lsj_8x2_50e_coco.pth",
     params:
-        url=GENEVAL_DETECTOR_URL,
         mirror=f"--mirror {config['downloads']['mirror']}" if config["downloads"]["mirror"] else "",
     log:
         log_path("download_geneval_detector"),
@@ -17,8 +16,8 @@ rule download_geneval_detector:
     threads: 1
     resources:
         mem_mb=500,
-    shell:  # OpenMMLab names the file after the first 8 hex digits of its SHA-256
-        "arrag download file --url {params.url} --sha256 743b7d99 {params.mirror} --out {output} > {log} 2>&1"
+    shell:  # URL and SHA-256 pin: arrag.evaluation.geneval_mask2former
+        "arrag download geneval-detector {params.mirror} --out {output} > {log} 2>&1"
 
 
 rule score_geneval:
@@ -31,7 +30,7 @@ rule score_geneval:
         run=r".+",  # a method (daid) or a sweep point (sweep_daid/weight~0.1/temperature~1.0)
     params:
         images=lambda wildcards, input: os.path.dirname(input.images),
-        detector=lambda wildcards, input: geneval_detector_flags(input),
+        detector=geneval_detector_flags,
         arrag=arrag_on_gpu,
     log:
         f"{RESULTS}/logs/score_geneval/{{run}}.log",
