@@ -64,13 +64,27 @@ def default_lock_dir(environ: dict | None = None) -> str:
     return "/tmp/arrag-gpu-locks" + (f"-slurm{job}" if job else "")
 
 
-def candidate_devices(n: int, count: int = 1, environ: dict | None = None) -> list[str] | None:
-    """The device names to take slots from, or None when the command should run unchanged (see the module doc)."""
+def installed_gpus(proc: str = "/proc/driver/nvidia/gpus") -> int | None:
+    """NVIDIA GPUs the driver lists (one folder each), or None where there is no driver to ask."""
+    return len(os.listdir(proc)) if os.path.isdir(proc) else None
+
+
+def candidate_devices(
+    n: int, count: int = 1, environ: dict | None = None, installed: int | None = None
+) -> list[str] | None:
+    """The device names to take slots from, or None when the command should run unchanged (see the module doc).
+    `installed`: GPUs the machine has (default: asked of the driver); more slots than that is an error, since
+    a job on device 3 of a 2-GPU machine would fall back to the CPU without a word."""
     env = os.environ if environ is None else environ
     if n <= 0 or count <= 0:
         return None
     visible = env.get("CUDA_VISIBLE_DEVICES")
     if visible is None:
+        installed = installed_gpus() if installed is None else installed
+        if installed is not None and n > installed:
+            raise ValueError(
+                f"{n} GPU slots (--resources gpu={n}) but this machine has {installed} GPUs: give gpu={installed}"
+            )
         return [str(i) for i in range(n)]
     listed = [d.strip() for d in visible.split(",") if d.strip()]
     if len(listed) <= count:
@@ -294,7 +308,11 @@ def _parse(argv: Sequence[str]) -> tuple[argparse.Namespace, list[str]]:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args, cmd = _parse(sys.argv[1:] if argv is None else argv)
-    devices = candidate_devices(args.gpus, args.count)
+    try:
+        devices = candidate_devices(args.gpus, args.count)
+    except ValueError as err:
+        _log(str(err))
+        return 2
     if devices is None:  # pass-through: this process becomes the command
         try:
             os.execvp(cmd[0], cmd)

@@ -81,3 +81,46 @@ def test_model_snapshot_is_pinned_safetensors_only_and_atomic(tmp_path, monkeypa
     with pytest.raises(ValueError, match="no .safetensors"):
         download_model("some/model", sha, tmp_path / "y")
     assert not (tmp_path / "y").exists()
+
+
+class RangeHandler(http.server.BaseHTTPRequestHandler):
+    """Serves PAYLOAD with Range support (206, 416); the first `cut` responses stop halfway."""
+
+    cut = 0
+
+    def do_GET(self):
+        start = int(self.headers["Range"][6:-1]) if self.headers.get("Range") else 0
+        if start >= len(PAYLOAD):
+            self.send_response(416)
+            self.end_headers()
+            return
+        body = PAYLOAD[start:]
+        self.send_response(206 if start else 200)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        if RangeHandler.cut:
+            RangeHandler.cut -= 1
+            body = body[: len(body) // 2]
+        self.wfile.write(body)
+
+    def log_message(self, *args):
+        pass
+
+
+def test_cut_off_downloads_resume_and_a_whole_partial_file_is_finished(tmp_path, monkeypatch):
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), RangeHandler)
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    url = f"http://127.0.0.1:{httpd.server_address[1]}/weights.bin"
+    monkeypatch.setattr("time.sleep", lambda s: None)
+    try:
+        RangeHandler.cut = 2  # two cut-off bodies: the third try resumes with a Range request and completes
+        assert fetch(url, tmp_path / "w.bin", retries=3).read_bytes() == PAYLOAD  # no hash: the length decides
+        RangeHandler.cut = 1
+        with pytest.raises(RuntimeError, match="after 1 tries"):
+            fetch(url, tmp_path / "v.bin", retries=0)
+        assert 0 < (tmp_path / "v.bin.partial").stat().st_size < len(PAYLOAD) and not (tmp_path / "v.bin").exists()
+        # killed between the last byte and the rename: the server answers 416, the file is checked and renamed
+        (tmp_path / "u.bin.partial").write_bytes(PAYLOAD)
+        assert fetch(url, tmp_path / "u.bin", sha256=hashlib.sha256(PAYLOAD).hexdigest()).read_bytes() == PAYLOAD
+    finally:
+        httpd.shutdown()

@@ -194,3 +194,20 @@ def test_arrays_must_be_uint8_rgb_images():
     good = _images(1, n=8)
     with pytest.raises(ValueError, match=r"uint8 \[N, H, W, 3\], got float32 \(8, 3, 16, 16\)"):
         fidelity_scores(good.transpose(0, 3, 1, 2).astype(np.float32), good, fwd_level=2, fwd_size=16)
+
+
+def test_cmmd_in_row_blocks_equals_the_whole_matrix():
+    rng = np.random.default_rng(4)
+    x, y = rng.normal(size=(4100, 6)), rng.normal(size=(300, 6)) + 0.2  # more rows than one 4096-row block
+    xn = x / np.linalg.norm(x, axis=1, keepdims=True)
+    yn = y / np.linalg.norm(y, axis=1, keepdims=True)
+
+    def k(a, b):
+        return np.exp(-((a[:, None, :] - b[None, :, :]) ** 2).sum(-1) / 200.0).mean()
+
+    full = 1000 * (
+        sum(k(xn[i : i + 500], xn) * len(xn[i : i + 500]) for i in range(0, 4100, 500)) / 4100
+        + k(yn, yn)
+        - 2 * sum(k(xn[i : i + 500], yn) * len(xn[i : i + 500]) for i in range(0, 4100, 500)) / 4100
+    )
+    assert cmmd(x, y) == pytest.approx(full, rel=1e-9)

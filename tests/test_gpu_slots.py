@@ -342,3 +342,12 @@ def test_snakemake_jobs_running_together_get_distinct_devices(tmp_path):
 def test_the_launcher_imports_nothing_heavy():
     code = "import sys, arrag.gpu_slots; print(sorted({'torch', 'numpy', 'arrag.cli'} & set(sys.modules)))"
     assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=_env()).stdout == "[]\n"
+
+
+def test_more_slots_than_installed_gpus_is_an_error():
+    from arrag.gpu_slots import candidate_devices
+
+    assert candidate_devices(2, environ={}, installed=2) == ["0", "1"]
+    with pytest.raises(ValueError, match="4 GPU slots .* this machine has 2 GPUs: give gpu=2"):
+        candidate_devices(4, environ={}, installed=2)
+    assert candidate_devices(4, environ={"CUDA_VISIBLE_DEVICES": "5"}, installed=2) is None  # a scheduler's choice

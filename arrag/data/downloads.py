@@ -9,9 +9,11 @@ mirror folder (clusters whose compute nodes have no internet) is tried before th
 from __future__ import annotations
 
 import hashlib
+import http.client
 import os
 import shutil
 import time
+import urllib.error
 import urllib.request
 from pathlib import Path
 
@@ -39,10 +41,17 @@ def check_sha256(path: str | Path, sha256: str | None, url: str = "") -> None:
 
 
 def _download(url: str, partial: Path, timeout: float) -> None:
-    """Append the rest of `url` to `partial` (a Range request when part of it is already there)."""
+    """Append the rest of `url` to `partial` (a Range request when part of it is already there); raise OSError
+    (so the caller retries, resuming) when fewer bytes arrive than the server announced."""
     have = partial.stat().st_size if partial.exists() else 0
     request = urllib.request.Request(url, headers={"Range": f"bytes={have}-"} if have else {})
-    with urllib.request.urlopen(request, timeout=timeout) as response:
+    try:
+        response = urllib.request.urlopen(request, timeout=timeout)
+    except urllib.error.HTTPError as err:
+        if err.code == 416 and have:  # nothing left to send: the partial file is whole (killed before the rename)
+            return
+        raise
+    with response:
         if have and response.status != 206:  # the server ignored the range: start over
             have = 0
             partial.unlink()
@@ -54,6 +63,8 @@ def _download(url: str, partial: Path, timeout: float) -> None:
             for block in iter(lambda: response.read(1 << 20), b""):
                 out.write(block)
                 bar.update(len(block))
+    if total and partial.stat().st_size != total:
+        raise OSError(f"{url}: the connection ended after {partial.stat().st_size} of {total} bytes")
 
 
 def fetch(
@@ -81,7 +92,8 @@ def fetch(
             try:
                 _download(url, partial, timeout)
                 break
-            except OSError as err:  # URLError, timeouts and resets; the partial file is kept for the next try
+            except (OSError, http.client.HTTPException) as err:  # URLError, timeouts, resets, cut-off bodies: the
+                # partial file is kept for the next try
                 if attempt == retries:
                     raise RuntimeError(
                         f"could not download {url} after {retries + 1} tries ({err}); rerun to resume"

@@ -44,9 +44,14 @@ def cmmd(x: np.ndarray, y: np.ndarray, sigma: float = 10.0, scale: float = 1000.
     y = y / np.linalg.norm(y, axis=1, keepdims=True)
     gamma = 1.0 / (2 * sigma**2)
 
-    def mean_kernel(a: np.ndarray, b: np.ndarray) -> float:
-        sq = (a * a).sum(1)[:, None] + (b * b).sum(1)[None, :] - 2 * a @ b.T  # [N, M] squared distances
-        return float(np.exp(-gamma * np.maximum(sq, 0)).mean())
+    def mean_kernel(a: np.ndarray, b: np.ndarray, block: int = 4096) -> float:
+        """Mean of the [N, M] kernel matrix, built a block of rows at a time (30K x 30K would take ~20 GB)."""
+        total = 0.0
+        for start in range(0, len(a), block):
+            rows = a[start : start + block]
+            sq = (rows * rows).sum(1)[:, None] + (b * b).sum(1)[None, :] - 2 * rows @ b.T  # squared distances
+            total += float(np.exp(-gamma * np.maximum(sq, 0)).sum())
+        return total / (len(a) * len(b))
 
     return scale * (mean_kernel(x, x) + mean_kernel(y, y) - 2 * mean_kernel(x, y))
 
