@@ -126,6 +126,26 @@ def generation_inputs(wildcards):
     return inputs
 
 
+def bench_generate_inputs(wildcards):
+    """What `arrag bench generate` needs for the configured methods (vanilla always)."""
+    inputs = {"model": f"{RESULTS}/models/base"}
+    if "daid" in METHODS or "faid" in METHODS:
+        inputs["db"] = f"{RESULTS}/retrieval/db"
+    if "faid" in METHODS:
+        inputs["faid"] = f"{RESULTS}/models/faid"
+    if "racm3" in METHODS:
+        inputs |= {"racm3": f"{RESULTS}/models/racm3", "index": f"{RESULTS}/retrieval/image_index"}
+    return inputs
+
+
+def bench_generate_flags(wildcards, input):
+    """`arrag bench generate` adds a method's row for each of these (DAiD's whenever --db is given)."""
+    flags = [f"--db {input.db}"] if "daid" in METHODS or "faid" in METHODS else []
+    flags += [f"--faid {input.faid}"] if "faid" in METHODS else []
+    flags += [f"--racm3-model {input.racm3} --image-index {input.index}"] if "racm3" in METHODS else []
+    return " ".join(flags)
+
+
 def method_flags(wildcards, input):
     """CLI flags selecting the decoding method and its settings."""
     if wildcards.method == "vanilla":

@@ -133,19 +133,16 @@ rule attribution:
 
 
 rule bench_generate:
-    # Vanilla, DAiD, FAiD and RA-CM3 side by side; all cores, so no other job runs beside it and skews the times.
+    # The configured methods side by side; all cores, so no other job runs beside it and skews the times.
     input:
-        model=f"{RESULTS}/models/base",
-        db=f"{RESULTS}/retrieval/db",
-        faid=f"{RESULTS}/models/faid",
-        racm3=f"{RESULTS}/models/racm3",
-        index=f"{RESULTS}/retrieval/image_index",
-        prompts=f"{RESULTS}/world/geneval/evaluation_metadata.jsonl",
+        unpack(bench_generate_inputs),
+        prompts=PROMPT_SETS["geneval"]["file"],
     output:
         json=f"{RESULTS}/bench/generate.json",
         md=f"{RESULTS}/bench/generate.md",
     params:
         gpu=on_gpu,
+        methods=bench_generate_flags,
         k=config["daid"]["k"],
         weight=config["daid"]["weight"],
         temperature=config["daid"]["temperature"],
@@ -162,8 +159,7 @@ rule bench_generate:
         gpu=1,
         mem_mb=4000,
     shell:
-        "OMP_NUM_THREADS={threads} {params.gpu} arrag bench generate --model {input.model} --db {input.db} --faid {input.faid} "
-        "--racm3-model {input.racm3} --image-index {input.index} "
+        "OMP_NUM_THREADS={threads} {params.gpu} arrag bench generate --model {input.model} {params.methods} "
         "--prompts {input.prompts} --daid-k {params.k} --daid-weight {params.weight} --daid-temperature {params.temperature} "
         "--guidance-scale {params.guidance} --batch-size 16 --repeats 5 --device {params.device} "
         "--out-json {output.json} --out-md {output.md} > {log} 2>&1"
