@@ -46,6 +46,20 @@ def test_invalid_config_names_the_key_and_allowed_values(tmp_path):
     assert out.returncode != 0 and "magenta" in out.stdout + out.stderr
 
 
+def test_methods_not_configured_are_never_built(tmp_path):
+    work = _workdir(tmp_path)
+    (work / "two.yaml").write_text("methods: [vanilla, daid]\n")
+    result = _snakemake(work, "-n", "--configfile", "config/toy.yaml", "two.yaml")
+    assert result.returncode == 0, result.stderr[-2000:]
+    rules = {
+        line.split(":")[0].split()[-1]
+        for line in result.stdout.splitlines()
+        if line.startswith(("rule ", "localrule "))
+    }
+    assert {"bench_generate", "generate", "build_database"} <= rules
+    assert not rules & {"train_faid", "train_racm3", "faid_trainset", "build_image_index"}
+
+
 @pytest.mark.smoke
 def test_whole_dag_on_the_toy_profile(tmp_path):
     work = _workdir(tmp_path)
