@@ -153,7 +153,9 @@ def test_sharded_generation_equals_one_job_and_is_checked_when_finished(model_di
     assert main(finish) == 0
     summary = json.loads((sharded / "generation.json").read_text())
     assert (summary["generated"], summary["num_shards"]) == (3, 2)
-    for a, b in zip(sorted((tmp_path / "one").glob("0*/samples/*.png")), sorted(sharded.glob("0*/samples/*.png"))):
+    one, two = sorted((tmp_path / "one").glob("0*/samples/*.png")), sorted(sharded.glob("0*/samples/*.png"))
+    assert len(one) == len(two) == 6
+    for a, b in zip(one, two):
         assert np.array_equal(np.asarray(Image.open(a)), np.asarray(Image.open(b)))  # same images as one job
     (sharded / "00002" / "samples" / "0001.png").unlink()
     assert main(finish) == 2  # a missing sample is caught before generation.json is written again
