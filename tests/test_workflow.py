@@ -60,6 +60,18 @@ def test_methods_not_configured_are_never_built(tmp_path):
     assert not rules & {"train_faid", "train_racm3", "faid_trainset", "build_image_index"}
 
 
+def test_a_hub_model_is_downloaded_at_its_pinned_commit_instead_of_trained(tmp_path):
+    work = _workdir(tmp_path)
+    (work / "hub.yaml").write_text(f"model: {{source: hub, revision: {'0123abcd' * 5}}}\n")
+    result = _snakemake(work, "-n", "-p", "--configfile", "config/toy.yaml", "hub.yaml")
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "rule download_model:" in result.stdout and "rule train_base:" not in result.stdout
+    assert f"--hub-id deepseek-community/Janus-Pro-1B --revision {'0123abcd' * 5}" in result.stdout
+    (work / "hub.yaml").write_text("model: {source: hub}\n")
+    unpinned = _snakemake(work, "-n", "--configfile", "config/toy.yaml", "hub.yaml")
+    assert unpinned.returncode != 0 and "model.revision is not set" in unpinned.stdout + unpinned.stderr
+
+
 @pytest.mark.smoke
 def test_whole_dag_on_the_toy_profile(tmp_path):
     work = _workdir(tmp_path)

@@ -10,6 +10,11 @@ from snakemake.utils import Paramspace, validate
 validate(config, schema="../schemas/config.schema.yaml")
 
 RESULTS = f"results/{config['profile']}"
+if config["model"]["source"] == "hub" and not config["model"]["revision"]:
+    raise ValueError(
+        f"model.source is hub but model.revision is not set: pin {config['model']['hub_id']} to a commit "
+        "(the 40-hex-digit id on its Hugging Face page, 'Files and versions' -> history)"
+    )
 SPLITS = list(config["world"]["splits"])
 RETRIEVAL = config["retrieval"]
 NUM_SHARDS = RETRIEVAL["num_shards"]
