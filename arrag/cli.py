@@ -485,15 +485,13 @@ def cmd_bench_scoring(args) -> None:
         )
     if args.fidelity_images:
         net = load_feature_network(args.features) if args.features else None
-        n = fidelity.image_count(args.fidelity_images) + fidelity.image_count(args.reference)
-        scorers["fidelity: mini-FID + mini-CMMD + FWD (generated + reference)"] = lambda: (
-            n
-            * bool(
-                fidelity.fidelity_scores(
-                    args.fidelity_images, args.reference, net, net, fwd_level=args.fwd_level, fwd_size=args.fwd_size
-                )
-            )
-        )
+
+        def score_fidelity() -> int:  # every image of both sets goes through the networks and the wavelets
+            kwargs = dict(fwd_level=args.fwd_level, fwd_size=args.fwd_size)
+            result = fidelity.fidelity_scores(args.fidelity_images, args.reference, net, net, **kwargs)
+            return result["images"] + result["reference_images"]
+
+        scorers["fidelity: mini-FID + mini-CMMD + FWD (generated + reference)"] = score_fidelity
     result = run_scoring_bench(scorers, repeats=args.repeats)
     write_results(result, args.out_json, args.out_md)
     print(Path(args.out_md).read_text())

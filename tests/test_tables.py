@@ -99,3 +99,20 @@ def test_sweep_rows_take_parameters_from_the_paths(tmp_path):
     assert "| temperature | weight 0.1 | weight 0.5 |" in grid
     assert f"| 2 | {_summary(0.2)['overall']:.3f} | {_summary(1.0)['overall']:.3f} |" in grid
     assert r"\begin{tabular}{lrr}" in (tmp_path / "s.tex").read_text()
+
+
+def test_scoring_bench_times_each_scorer_after_a_warm_up(tmp_path):
+    from arrag.bench.scoring import run_scoring_bench, write_results
+
+    calls = []
+
+    def scorer():
+        calls.append(1)
+        return 40
+
+    result = run_scoring_bench({"fake": scorer}, repeats=2)
+    assert len(calls) == 3  # one warm-up, two timed runs
+    row = result["rows"][0]
+    assert row["images"] == 40 and row["images_per_second"] == pytest.approx(40 / row["seconds"])
+    write_results(result, tmp_path / "s.json", tmp_path / "s.md")
+    assert "| fake | 40 |" in (tmp_path / "s.md").read_text()
