@@ -410,7 +410,7 @@ def cmd_tokenise(args) -> None:
 
 
 def cmd_build_db(args) -> None:
-    from arrag.data.code_shards import load_code_shards
+    from arrag.data.code_shards import load_code_shards, source_table
     from arrag.retrieval.database import PatchDatabase
 
     codebook = _load_codebook(args.model, args.revision)
@@ -425,6 +425,7 @@ def cmd_build_db(args) -> None:
         index=args.index,
         image_ids=image_ids,
         tokenizer_id=metas[0].get("tokenizer_id", ""),
+        sources=source_table(metas),
         **params,
     )
     db.save(args.out)

@@ -83,6 +83,41 @@ def test_sharded_tokenisation_reassembles(folder, vq, tmp_path):
     torch.testing.assert_close(codes[order], want_codes)
 
 
+def test_several_sources_get_disjoint_ids_that_lead_back_to_their_images(folder, vq, tmp_path):
+    """Two corpora (two folders) in one database: each source's ids are shifted past the previous source's, the
+    database keeps the table, and a hit's image id leads back to the image in its own source."""
+    from arrag.retrieval.database import PatchDatabase
+
+    other = tmp_path / "other"
+    other.mkdir()
+    rng = np.random.default_rng(1)
+    for i in range(3):
+        Image.fromarray(rng.integers(0, 256, (16, 16, 3), dtype=np.uint8)).save(other / f"x{i}.png")
+    second = {"type": "folder", "path": str(other)}
+    for spec, out in ((folder, tmp_path / "a"), (second, tmp_path / "b")):
+        for shard in range(2):
+            cs.tokenise_shard(spec, shard, 2, vq, out, batch_size=2)
+    paths = [cs.shard_paths(tmp_path / d, s, 2)[0] for d in ("a", "b") for s in range(2)]
+    codes, ids, metas = cs.load_code_shards(paths)
+    # the first folder enumerates 8 items (its corrupt one is skipped but keeps its position): ids 0..7
+    table = cs.source_table(metas)
+    assert [t["offset"] for t in table] == [0, 8] and table[1]["source"]["path"] == str(other)
+    assert sorted(ids.tolist()) == [0, 1, 2, 4, 5, 6, 7, 8, 9, 10]
+    db = PatchDatabase.build(codes, vq.codebook, index="flat", image_ids=ids, sources=table)
+    db.save(tmp_path / "db")
+    loaded = PatchDatabase.load(tmp_path / "db", codebook=vq.codebook)
+    assert loaded.sources == table
+    spec, local = cs.image_source(loaded.sources, 9)
+    assert spec["path"] == str(other) and local == 1
+    want = next(r for r in iter_source(second, size=vq.image_size) if r.image_id == 1)
+    row = int((ids == 9).nonzero()[0, 0])  # the database's image 9 has the codes of the second folder's image 1
+    torch.testing.assert_close(codes[row], vq.encode(want.image[None]).cpu()[0])
+    assert cs.image_source(table, 3) == (folder, 3)
+    # one source alone keeps its own ids (offset 0)
+    _, alone, _ = cs.load_code_shards(paths[:2])
+    assert sorted(alone.tolist()) == [0, 1, 2, 4, 5, 6, 7]
+
+
 def test_json_is_written_last(folder, vq, tmp_path, monkeypatch):
     finals = []
     real_replace = os.replace

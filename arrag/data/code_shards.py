@@ -182,10 +182,13 @@ def load_code_shard(npz_path: str | Path) -> tuple[torch.Tensor, torch.Tensor, d
 def load_code_shards(paths: list[str | Path]) -> tuple[torch.Tensor, torch.Tensor, list[dict]]:
     """Several shards concatenated in the given order -> (codes [N, H, W], image_ids [N], metadata per shard).
 
+    Shards of several sources (e.g. CC12M, JourneyDB and DataComp) get disjoint image ids: each source's ids
+    (positions in its own enumeration) are shifted by an offset, the sources taken in order of first
+    appearance; every shard's metadata records its source's "image_id_offset" (see `source_table`).
     Refuses shards whose codebook, grid or tokenizer differ: their codes are not the same vocabulary."""
     if not paths:
         raise ValueError("no code shards given")
-    codes, image_ids, metas = [], [], []
+    codes, local_ids, metas = [], [], []
     for path in paths:
         c, ids, meta = load_code_shard(path)
         for field in MUST_MATCH:
@@ -195,6 +198,33 @@ def load_code_shards(paths: list[str | Path]) -> tuple[torch.Tensor, torch.Tenso
                     f"{path} has {meta[field]!r}; tokenise them with the same tokenizer"
                 )
         codes.append(c)
-        image_ids.append(ids)
+        local_ids.append(ids)
         metas.append(meta)
+    keys = [json.dumps(m.get("source"), sort_keys=True) for m in metas]
+    sizes: dict[str, int] = {}  # per source: 1 + its largest image id (ids are positions in its enumeration)
+    for key, ids in zip(keys, local_ids):
+        sizes[key] = max(sizes.get(key, 0), int(ids.max()) + 1 if len(ids) else 0)
+    offsets, next_offset = {}, 0
+    for key in dict.fromkeys(keys):  # first appearance order
+        offsets[key], next_offset = next_offset, next_offset + sizes[key]
+    for meta, key in zip(metas, keys):
+        meta["image_id_offset"] = offsets[key]
+    image_ids = [ids + offsets[key] for ids, key in zip(local_ids, keys)]
     return torch.cat(codes), torch.cat(image_ids), metas
+
+
+def source_table(metas: list[dict]) -> list[dict]:
+    """[{"source": spec, "offset": first global image id}] of the sources of `load_code_shards`' shards."""
+    table = {}
+    for m in metas:
+        entry = {"source": m.get("source"), "offset": m["image_id_offset"]}
+        table.setdefault(json.dumps(m.get("source"), sort_keys=True), entry)
+    return sorted(table.values(), key=lambda t: t["offset"])
+
+
+def image_source(sources: list[dict], image_id: int) -> tuple[dict, int]:
+    """A global image id -> (its source's spec, its position in that source's enumeration)."""
+    owner = max((t for t in sources if t["offset"] <= image_id), key=lambda t: t["offset"], default=None)
+    if owner is None:
+        raise ValueError(f"image id {image_id} belongs to no source of this database")
+    return owner["source"], image_id - owner["offset"]

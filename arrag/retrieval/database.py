@@ -64,6 +64,7 @@ class PatchDatabase:
         positions = self.grid[0] * self.grid[1]
         self.codes = torch.empty(0, positions, dtype=code_dtype(len(self.codebook)), device=device)  # [N, H*W]
         self.image_ids = torch.empty(0, dtype=torch.long, device=device)  # [N]
+        self.sources: list[dict] = []  # [{"source": spec, "offset": first image id}], when built from code shards
 
     @classmethod
     def build(
@@ -76,12 +77,16 @@ class PatchDatabase:
         image_ids: torch.Tensor | None = None,
         tokenizer_id: str = "",
         device: str = "cpu",
+        sources: list[dict] | None = None,
         **index_params,
     ) -> "PatchDatabase":
-        """Index every position of codes [N, H, W] (edges included); image_ids [N] default to 0..N-1."""
+        """Index every position of codes [N, H, W] (edges included); image_ids [N] default to 0..N-1.
+        `sources`: which image source each id range came from (arrag.data.code_shards.source_table), kept in
+        the metadata so a hit's image id leads back to its image."""
         codes = torch.as_tensor(codes)
         check_codes(codes, codebook.shape[0] if codebook.ndim == 2 else None)
         db = cls(codebook, tuple(codes.shape[1:]), hops, causal, index, tokenizer_id, device, **index_params)
+        db.sources = list(sources or [])
         db.add(codes, image_ids)
         return db
 
@@ -219,6 +224,7 @@ class PatchDatabase:
             "index_params": dict(self.backend.params),
             "ntotal": len(self),
             "num_images": len(self.codes),
+            "sources": self.sources,
         }
 
     # ---- persistence --------------------------------------------------------------------------------
@@ -288,6 +294,7 @@ class PatchDatabase:
             for ids in db._neighbour_chunks(codes):
                 db.backend.add(ids)
         db._append(codes, image_ids)
+        db.sources = meta.get("sources", [])
         if db.backend.ntotal != len(db) or len(db) != meta["ntotal"]:
             raise ValueError(
                 f"{directory}: field 'ntotal' differs: expected {meta['ntotal']} (metadata), found "
