@@ -747,12 +747,17 @@ def cmd_train_features(args) -> None:
 
 
 def cmd_attribution(args) -> None:
-    from arrag.visualise import attribution_figure, attribution_rows, load_source_images
+    from arrag.visualise import attribution_figure, attribution_rows, load_database_images, load_source_images
 
+    if bool(args.source) == bool(args.db):
+        raise ValueError("give the retrieval corpus as --db DIR (its source table) or as --source JSON, not both")
     folders = _labelled(args.label, args.images, "images")
     panels = {label: attribution_rows(folder, args.n) for label, folder in folders.items()}
     wanted = {image_id for rows in panels.values() for r in rows for image_id, _ in r["top_sources"]}
-    sources = load_source_images(json.loads(args.source), wanted, args.size)
+    if args.db:
+        sources = load_database_images(args.db, wanted, args.size)
+    else:
+        sources = load_source_images(json.loads(args.source), wanted, args.size)
     print(attribution_figure(panels, sources, args.out))
 
 
@@ -1086,7 +1091,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("attribution", help="generated images beside the corpus images they copied most from")
     p.add_argument("--images", action="append", required=True, help="GenEval-layout folder with copying.json")
     p.add_argument("--label", action="append", required=True, help="method name of each --images folder")
-    p.add_argument("--source", required=True, help="JSON source spec of the retrieval corpus (arrag tokenise)")
+    p.add_argument("--db", default=None, help="the PatchDatabase: its images through its source table")
+    p.add_argument("--source", default=None, help="or: JSON source spec of a one-source corpus (arrag tokenise)")
     p.add_argument("--size", type=int, default=32, help="pixel side the corpus images are shown at")
     p.add_argument("--n", type=int, default=4, help="images per method: those with the largest copied region")
     p.add_argument("--out", required=True)

@@ -108,6 +108,24 @@ def attribution_figure(
     return out
 
 
+def load_database_images(db_dir: str | Path, image_ids: set[int], size: int) -> dict[int, np.ndarray]:
+    """The images behind a database's image ids, through its source table (one or several corpora)."""
+    from arrag.data.code_shards import image_source
+
+    sources = json.loads((Path(db_dir) / "metadata.json").read_text()).get("sources") or []
+    if not sources:
+        raise ValueError(f"{db_dir} records no image sources (built before arrag kept them): pass --source instead")
+    by_source: dict[str, dict[int, int]] = {}  # source spec (JSON) -> local id -> global id
+    for image_id in image_ids:
+        spec, local = image_source(sources, image_id)
+        by_source.setdefault(json.dumps(spec, sort_keys=True), {})[local] = image_id
+    found = {}
+    for key, ids in by_source.items():
+        images = load_source_images(json.loads(key), set(ids), size)
+        found |= {ids[local]: image for local, image in images.items()}
+    return found
+
+
 def load_source_images(spec: dict, image_ids: set[int], size: int) -> dict[int, np.ndarray]:
     """The corpus images with the given ids, read by one pass over the source (any arrag.data.sources spec)."""
     from arrag.data.sources import iter_source

@@ -73,6 +73,38 @@ def test_a_hub_model_is_downloaded_at_its_pinned_commit_instead_of_trained(tmp_p
 
 
 @pytest.mark.smoke
+def test_a_database_over_configured_image_folders(tmp_path):
+    """retrieval.corpora: two image folders tokenised in their own shards into one database with disjoint image
+    ids and its source table; Figure 6 from a held-out folder; attribution finds images through the table."""
+    import numpy as np
+
+    work = _workdir(tmp_path)
+    rng = np.random.default_rng(0)
+    for name, n in (("photos_a", 12), ("photos_b", 8), ("held", 6)):
+        (work / "data" / name).mkdir(parents=True)
+        for i in range(n):
+            Image.fromarray(rng.integers(0, 256, (40, 40, 3), dtype=np.uint8)).save(work / "data" / name / f"{i}.png")
+    (work / "corpora.yaml").write_text(
+        "methods: [vanilla, daid]\n"
+        "retrieval:\n"
+        "  corpora:\n"
+        "    photos_a: {source: {type: folder, path: data/photos_a}, num_shards: 2}\n"
+        "    photos_b: {source: {type: folder, path: data/photos_b}}\n"
+        "  heldout: {source: {type: folder, path: data/held}}\n"
+    )
+    targets = ["results/toy/tables/retrieval_accuracy.csv", "results/toy/figures/attribution.png"]
+    result = _snakemake(
+        work, *targets, "--cores", "2", "--max-threads", "1", "--configfile", "config/toy.yaml", "corpora.yaml"
+    )
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    meta = json.loads((work / "results/toy/retrieval/db/metadata.json").read_text())
+    assert meta["num_images"] == 20 and [t["offset"] for t in meta["sources"]] == [0, 12]
+    assert [t["source"]["path"] for t in meta["sources"]] == ["data/photos_a", "data/photos_b"]
+    assert len((work / "results/toy/tables/retrieval_accuracy.csv").read_text().splitlines()) == 1 + 5 + 1
+    assert (work / "results/toy/figures/attribution.png").is_file()
+
+
+@pytest.mark.smoke
 def test_whole_dag_on_the_toy_profile(tmp_path):
     work = _workdir(tmp_path)
     # one thread per job, two jobs at once: toy jobs are import-bound, and single-threaded jobs cannot thrash

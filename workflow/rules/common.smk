@@ -20,6 +20,53 @@ RETRIEVAL = config["retrieval"]
 NUM_SHARDS = RETRIEVAL["num_shards"]
 
 
+# The image sources tokenised into the retrieval database: the configured corpora (name -> {source: an
+# arrag.data.sources spec, num_shards}), or else the mini world's split `retrieval.source`; and the held-out
+# source of Figure 6's queries (`retrieval.heldout`, else the mini world's reference split).
+CORPORA = RETRIEVAL["corpora"] or {RETRIEVAL["source"]: {"source": None, "num_shards": NUM_SHARDS}}
+HELDOUT_NAME = "heldout" if RETRIEVAL["heldout"] else "reference"
+TOKENISED = CORPORA | {HELDOUT_NAME: RETRIEVAL["heldout"] or {"source": None, "num_shards": 1}}
+if RETRIEVAL["corpora"] and "racm3" in config["methods"]:
+    raise ValueError(
+        "methods includes racm3, but RA-CM3's image index needs the corpus captions, which only the mini world's "
+        "split provides so far: leave retrieval.corpora empty, or drop racm3 from methods"
+    )
+
+
+def corpus_codes():
+    """Every code shard of the retrieval corpus (all configured corpora)."""
+    shards = {name: c.get("num_shards", 1) for name, c in CORPORA.items()}
+    return [code_shard(name, s, n) for name, n in shards.items() for s in range(n)]
+
+
+def heldout_codes():
+    n = TOKENISED[HELDOUT_NAME].get("num_shards", 1)
+    return [code_shard(HELDOUT_NAME, s, n) for s in range(n)]
+
+
+def tokenise_inputs(wildcards):
+    """The model, plus the mini world's split when the tokenised source is one."""
+    inputs = {"model": f"{RESULTS}/models/base"}
+    if (TOKENISED.get(wildcards.split) or {}).get("source") is None:
+        inputs["images"] = f"{RESULTS}/world/{wildcards.split}/images.npy"
+    return inputs
+
+
+def tokenise_source(wildcards, input):
+    """The JSON source spec `arrag tokenise` reads: a configured source, or a mini-world split."""
+    configured = (TOKENISED.get(wildcards.split) or {}).get("source")
+    return json.dumps(configured or {"type": "mini_world", "path": os.path.dirname(input.images)})
+
+
+def attribution_corpus(wildcards, input):
+    """Where `arrag attribution` finds the retrieved images: the database's source table for configured
+    corpora, the mini world's split otherwise."""
+    if RETRIEVAL["corpora"]:
+        return f"--db {input.db}"
+    source = {"type": "mini_world", "path": f"{RESULTS}/world/{RETRIEVAL['source']}"}
+    return f"--source '{json.dumps(source)}'"
+
+
 def code_shard(split, shard, num_shards):
     """results/<profile>/codes/<split>/codes-SSSSS-of-TTTTT.npz (format: arrag.data.code_shards)"""
     return f"{RESULTS}/codes/{split}/codes-{shard:05d}-of-{num_shards:05d}.npz"

@@ -15,7 +15,8 @@ rule faid_trainset:
         world=lambda wildcards, input: world_dir(input.images),
         split=FAID["trainset_split"],
         k=FAID["training"]["k"],
-        exclude_self="--exclude-self" if FAID["trainset_split"] == RETRIEVAL["source"] else "",
+        # the training split is the database's own source (mini world): leave each image's own entries out
+        exclude_self="--exclude-self" if FAID["trainset_split"] == RETRIEVAL["source"] and not RETRIEVAL["corpora"] else "",
         device=config["device"],
     log:
         log_path("faid_trainset"),

@@ -110,13 +110,13 @@ rule over_copying:
 rule attribution:
     input:
         expand("{results}/images/{method}/geneval/generation.json", results=RESULTS, method=RETRIEVAL_METHODS),
-        corpus=f"{RESULTS}/world/{RETRIEVAL['source']}/images.npy",
+        db=f"{RESULTS}/retrieval/db",
     output:
         report(f"{RESULTS}/figures/attribution.png", caption="../report/attribution.rst", category="Over-copying"),
     params:
         folders=lambda wildcards, input: " ".join(f"--images {os.path.dirname(p)}" for p in input[:-1]),
         labels=" ".join(f"--label {m}" for m in RETRIEVAL_METHODS),
-        source=lambda wildcards, input: json.dumps({"type": "mini_world", "path": os.path.dirname(input.corpus)}),
+        corpus=attribution_corpus,
         size=config["world"]["image_size"],
     log:
         log_path("attribution"),
@@ -128,7 +128,7 @@ rule attribution:
     resources:
         mem_mb=2000,
     shell:
-        "arrag attribution {params.folders} {params.labels} --source '{params.source}' --size {params.size} "
+        "arrag attribution {params.folders} {params.labels} {params.corpus} --size {params.size} "
         "--out {output} > {log} 2>&1"
 
 

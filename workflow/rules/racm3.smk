@@ -7,7 +7,7 @@ rule build_image_index:
     input:
         model=f"{RESULTS}/models/base",
         captions=f"{RESULTS}/world/{RETRIEVAL['source']}/metadata.jsonl",
-        codes=[code_shard(RETRIEVAL["source"], s, NUM_SHARDS) for s in range(NUM_SHARDS)],
+        codes=corpus_codes(),
     output:
         directory(f"{RESULTS}/retrieval/image_index"),
     log:

@@ -3,8 +3,7 @@
 
 rule tokenise_shard:
     input:
-        model=f"{RESULTS}/models/base",
-        images=f"{RESULTS}/world/{{split}}/images.npy",
+        unpack(tokenise_inputs),
     output:
         codes=f"{RESULTS}/codes/{{split}}/codes-{{shard}}-of-{{num_shards}}.npz",
         meta=f"{RESULTS}/codes/{{split}}/codes-{{shard}}-of-{{num_shards}}.json",
@@ -13,7 +12,7 @@ rule tokenise_shard:
         num_shards=r"\d{5}",
     params:
         gpu=on_gpu,
-        source=lambda wildcards, input: json.dumps({"type": "mini_world", "path": os.path.dirname(input.images)}),
+        source=tokenise_source,
         out=lambda wildcards, output: os.path.dirname(output.codes),
         batch=RETRIEVAL["tokenise_batch_size"],
         device=config["device"],
@@ -36,7 +35,7 @@ rule tokenise_shard:
 rule build_database:
     input:
         model=f"{RESULTS}/models/base",
-        codes=[code_shard(RETRIEVAL["source"], s, NUM_SHARDS) for s in range(NUM_SHARDS)],
+        codes=corpus_codes(),
     output:
         directory(f"{RESULTS}/retrieval/db"),
     params:
@@ -61,7 +60,7 @@ rule retrieval_accuracy:
     input:
         model=f"{RESULTS}/models/base",
         db=f"{RESULTS}/retrieval/db",
-        codes=code_shard("reference", 0, 1),
+        codes=heldout_codes(),
     output:
         csv=f"{RESULTS}/tables/retrieval_accuracy.csv",
         md=f"{RESULTS}/tables/retrieval_accuracy.md",
@@ -91,8 +90,8 @@ rule bench_retrieval:
     # Not part of `all`: `snakemake --cores all bench_retrieval` measures the index backends side by side.
     input:
         model=f"{RESULTS}/models/base",
-        codes=[code_shard(RETRIEVAL["source"], s, NUM_SHARDS) for s in range(NUM_SHARDS)],
-        queries=code_shard("reference", 0, 1),
+        codes=corpus_codes(),
+        queries=heldout_codes(),
     output:
         json=f"{RESULTS}/bench/retrieval.json",
         md=f"{RESULTS}/bench/retrieval.md",
