@@ -72,6 +72,33 @@ def test_a_hub_model_is_downloaded_at_its_pinned_commit_instead_of_trained(tmp_p
     assert unpinned.returncode != 0 and "model.revision is not set" in unpinned.stdout + unpinned.stderr
 
 
+def _job_counts(dry_run_stdout: str) -> dict[str, int]:
+    table = dry_run_stdout[dry_run_stdout.index("job ") : dry_run_stdout.index("total")]
+    return {parts[0]: int(parts[1]) for parts in (line.split() for line in table.splitlines()[2:]) if len(parts) == 2}
+
+
+@pytest.mark.parametrize(
+    "config, tokenise, generate",
+    [("config/paper.yaml", 64 + 32 + 48 + 1, 2 * 3 * 4), ("config/paper-1gpu.yaml", 1 + 1, 2 * 3 * 1)],
+)
+def test_the_paper_profiles_resolve(tmp_path, config, tokenise, generate):
+    """The paper DAG (Janus-Pro-1B from the hub, three corpora, GenEval/DPG-Bench/MJHQ-30K with the benchmarks'
+    own models) resolves with its expected jobs; nothing of the mini world is built."""
+    work = _workdir(tmp_path)
+    shutil.copytree(REPO / "arrag" / "benchmarks", work / "arrag" / "benchmarks")  # the vendored prompt sets
+    (work / "pin.yaml").write_text(f"model: {{revision: {'0123abcd' * 5}}}\n")
+    result = _snakemake(work, "-n", "--configfile", config, "pin.yaml")
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    jobs = _job_counts(result.stdout)
+    assert jobs["tokenise_shard"] == tokenise and jobs["generate"] == generate  # x methods x prompt sets x shards
+    assert jobs["finish_generation"] == 2 * 3 and jobs["download_model"] == 1
+    for rule in ("download_geneval_detector", "download_dpg_csv", "download_mjhq", "download_inception"):
+        assert jobs[rule] == 1
+    assert not set(jobs) & {"world", "train_vq", "train_base", "mini_dpg", "train_features", "train_faid"}
+    unpinned = _snakemake(work, "-n", "--configfile", config)
+    assert unpinned.returncode != 0 and "model.revision is not set" in unpinned.stdout + unpinned.stderr
+
+
 @pytest.mark.smoke
 def test_a_database_over_configured_image_folders(tmp_path):
     """retrieval.corpora: two image folders tokenised in their own shards into one database with disjoint image

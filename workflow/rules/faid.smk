@@ -90,7 +90,7 @@ rule generate_faid_sweep:
         model=f"{RESULTS}/models/base",
         db=f"{RESULTS}/retrieval/db",
         faid=f"{RESULTS}/models/sweep_faid/{FAID_SWEEP.wildcard_pattern}",
-        prompts=f"{RESULTS}/world/geneval/evaluation_metadata.jsonl",
+        prompts=PROMPT_SETS["geneval"]["file"],
     output:
         f"{RESULTS}/images/sweep_faid/{FAID_SWEEP.wildcard_pattern}/geneval/generation.json",
     params:

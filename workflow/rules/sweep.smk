@@ -7,7 +7,7 @@ rule generate_daid_sweep:
     input:
         model=f"{RESULTS}/models/base",
         db=f"{RESULTS}/retrieval/db",
-        prompts=f"{RESULTS}/world/geneval/evaluation_metadata.jsonl",
+        prompts=PROMPT_SETS["geneval"]["file"],
     output:
         f"{RESULTS}/images/sweep_daid/{DAID_SWEEP.wildcard_pattern}/geneval/generation.json",
     params:
