@@ -252,6 +252,14 @@ GENEVAL_NOTE = (
 )
 
 FAID = config["faid"]
+
+
+def faid_launcher(wildcards):
+    """`arrag` for one training process, or torchrun starting `faid.processes` of them inside this one job (one
+    per GPU; each takes its share of every global batch and the gradients are summed, arrag.models.faid_training)."""
+    if FAID["processes"] == 1:
+        return "arrag"
+    return f"python -m torch.distributed.run --standalone --nproc_per_node {FAID['processes']} -m arrag"
 # FAiD's sweep grid (rules/faid.smk): hop sets x module spacing.
 FAID_SWEEP = Paramspace(
     pd.DataFrame(

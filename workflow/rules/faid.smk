@@ -43,6 +43,7 @@ rule train_faid:
         directory(f"{RESULTS}/models/faid"),
     params:
         gpu=on_gpu,
+        launch=faid_launcher,
         training=settings_flags("--set", FAID["training"]),
     log:
         log_path("train_faid"),
@@ -52,10 +53,10 @@ rule train_faid:
         "../envs/arrag.yaml"
     threads: gpu_job_threads
     resources:
-        gpu=1,
+        gpu=FAID["processes"],
         mem_mb=6000,
     shell:
-        "OMP_NUM_THREADS={threads} {params.gpu} arrag train-faid --model {input.model} --trainset {input.trainset} "
+        "OMP_NUM_THREADS={threads} {params.gpu} {params.launch} train-faid --model {input.model} --trainset {input.trainset} "
         "--db {input.db} --out {output} {params.training} > {log} 2>&1"
 
 
