@@ -726,8 +726,8 @@ def cmd_fidelity(args) -> None:
     result = fidelity_scores(
         args.images,
         args.reference,
-        fid_network=_feature_network(args.fid_network, device),
-        cmmd_network=_feature_network(args.cmmd_network, device),
+        fid_network=(fid_net := _feature_network(args.fid_network, device)),
+        cmmd_network=fid_net if args.cmmd_network == args.fid_network else _feature_network(args.cmmd_network, device),
         fwd_level=args.fwd_level,
         fwd_size=args.fwd_size,
         batch_size=args.batch_size,

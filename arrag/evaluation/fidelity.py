@@ -301,12 +301,20 @@ def fidelity_scores(
     feature network (Inception / CLIP, or the mini network). -> the `fidelity.json` record."""
     n_gen, n_ref = check_sets(generated, reference)
     result = {"generated": _name(generated), "reference": _name(reference), "images": n_gen, "reference_images": n_ref}
+    features = {}  # one pass per network: the mini profile's FID and CMMD share theirs
+
+    def both_sets(network) -> tuple[np.ndarray, np.ndarray]:
+        if id(network) not in features:
+            features[id(network)] = tuple(
+                image_features(s, network, batch_size=batch_size) for s in (generated, reference)
+            )
+        return features[id(network)]
+
     if fid_network is not None:
-        result |= {"fid": fid_images(generated, reference, fid_network, batch_size=batch_size)}
-        result |= {"fid_network": fid_network.identity, "fid_mode": "clean"}
+        result |= {"fid": fid(*both_sets(fid_network)), "fid_network": fid_network.identity, "fid_mode": "clean"}
     if cmmd_network is not None:
-        result |= {"cmmd": cmmd_images(generated, reference, cmmd_network, batch_size=batch_size)}
-        result |= {"cmmd_network": cmmd_network.identity, "cmmd_sigma": 10.0, "cmmd_scale": 1000.0}
+        result |= {"cmmd": cmmd(*both_sets(cmmd_network)), "cmmd_network": cmmd_network.identity}
+        result |= {"cmmd_sigma": 10.0, "cmmd_scale": 1000.0}
     result |= {"fwd": fwd_images(generated, reference, level=fwd_level, size=fwd_size)}
     result |= {"fwd_level": fwd_level, "fwd_wavelet": "haar", "fwd_size": fwd_size}
     return result
