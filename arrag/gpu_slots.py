@@ -236,6 +236,19 @@ def _exit_status(returncode: int) -> int:
     return 128 - returncode if returncode < 0 else returncode
 
 
+def _start(cmd: Sequence[str], start: Callable[[], object]) -> int | None:
+    """start() the command; None when it started, else the shell's status for a command that cannot run."""
+    try:
+        start()
+    except FileNotFoundError:
+        _log(f"command not found: {cmd[0]}")
+        return 127
+    except PermissionError:
+        _log(f"permission denied: {cmd[0]}")
+        return 126
+    return None
+
+
 def run_child(cmd: Sequence[str], env: dict, pass_fds: Sequence[int] = ()) -> int:
     """Run cmd as a child, forwarding FORWARDED_SIGNALS to it; its exit status (128 + signal when killed)."""
     state: dict = {"child": None, "pending": []}
@@ -251,14 +264,9 @@ def run_child(cmd: Sequence[str], env: dict, pass_fds: Sequence[int] = ()) -> in
     try:
         if state["pending"]:  # told to stop before the command started
             return 128 + state["pending"][0]
-        try:
-            state["child"] = subprocess.Popen(list(cmd), env=env, pass_fds=tuple(pass_fds))
-        except FileNotFoundError:
-            _log(f"command not found: {cmd[0]}")
-            return 127
-        except PermissionError:
-            _log(f"permission denied: {cmd[0]}")
-            return 126
+        failed = _start(cmd, lambda: state.update(child=subprocess.Popen(list(cmd), env=env, pass_fds=tuple(pass_fds))))
+        if failed is not None:
+            return failed
         for signum in state["pending"]:  # arrived while the child was starting
             state["child"].send_signal(signum)
         return _exit_status(state["child"].wait())
@@ -313,15 +321,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ValueError as err:
         _log(str(err))
         return 2
-    if devices is None:  # pass-through: this process becomes the command
-        try:
-            os.execvp(cmd[0], cmd)
-        except FileNotFoundError:
-            _log(f"command not found: {cmd[0]}")
-            return 127
-        except PermissionError:
-            _log(f"permission denied: {cmd[0]}")
-            return 126
+    if devices is None:  # pass-through: this process becomes the command (returns only if it cannot start)
+        return _start(cmd, lambda: os.execvp(cmd[0], cmd))
     lock_dir = args.lock_dir or default_lock_dir()
     try:
         with _acquire(devices, args.count, lock_dir, args.poll, None, _log) as held:
