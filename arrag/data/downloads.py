@@ -133,6 +133,12 @@ def download_model(hub_id: str, revision: str, out_dir: str | Path, mirror: str 
     if not list(partial.glob("*.safetensors")):
         raise ValueError(f"{hub_id}@{revision} has no .safetensors weights; arrag never loads pickled weights")
     (partial / "SOURCE").write_text(f"{hub_id}@{revision}\n")
+    return promote_partial(partial, out_dir)
+
+
+def promote_partial(partial: Path, out_dir: Path) -> Path:
+    """A download folder completed in <out>.partial/ (where an interrupted download resumes) takes its final
+    name only now, replacing an older copy: a folder under the final name is always complete."""
     if out_dir.exists():
         shutil.rmtree(out_dir)
     partial.rename(out_dir)

@@ -13,10 +13,10 @@ The Hugging Face dataset `playgroundai/MJHQ-30K` holds two files:
 from __future__ import annotations
 
 import json
-import shutil
 import zipfile
 from pathlib import Path
 
+from arrag.data.downloads import promote_partial
 from arrag.io import atomic_path, progress, write_json
 
 REPO_ID = "playgroundai/MJHQ-30K"
@@ -60,9 +60,7 @@ def download_mjhq(out_dir: str | Path, revision: str | None = None, mirror: str 
             hf_hub_download(REPO_ID, name, repo_type="dataset", revision=commit, local_dir=partial)
     manifest = {"repo": REPO_ID, "revision": commit, "files": [META, IMAGES]}
     write_json(partial / "manifest.json", manifest)
-    if out_dir.exists():
-        shutil.rmtree(out_dir)
-    partial.rename(out_dir)
+    promote_partial(partial, out_dir)
     return manifest
 
 
