@@ -85,6 +85,12 @@ def benchmark_path(name):
     return f"{RESULTS}/benchmarks/{name}.tsv"
 
 
+def mirror_flag(subfolder=""):
+    """--mirror for the download commands when `downloads.mirror` is set (clusters without internet)."""
+    mirror = config["downloads"]["mirror"]
+    return f"--mirror {os.path.join(mirror, subfolder) if subfolder else mirror}" if mirror else ""
+
+
 def table_outputs(name, caption):
     """A table's three files (tables/<name>.csv, .md, .tex); the Markdown goes into the HTML report."""
     stem = f"{RESULTS}/tables/{name}"

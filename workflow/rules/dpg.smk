@@ -32,7 +32,7 @@ rule download_dpg_csv:
     params:
         url=DPG["csv_url"],
         sha256=f"--sha256 {DPG['csv_sha256']}" if DPG["csv_sha256"] else "",
-        mirror=f"--mirror {config['downloads']['mirror']}" if config["downloads"]["mirror"] else "",
+        mirror=mirror_flag(),
     log:
         log_path("download_dpg_csv"),
     benchmark:

@@ -6,7 +6,7 @@ rule download_geneval_detector:
     output:
         f"{RESULTS}/downloads/mask2former_swin-s-p4-w7-224_lsj_8x2_50e_coco.pth",
     params:
-        mirror=f"--mirror {config['downloads']['mirror']}" if config["downloads"]["mirror"] else "",
+        mirror=mirror_flag(),
     log:
         log_path("download_geneval_detector"),
     benchmark:

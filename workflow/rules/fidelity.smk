@@ -30,7 +30,7 @@ rule download_inception:
     output:
         f"{RESULTS}/downloads/inception-2015-12-05.pt",
     params:
-        mirror=f"--mirror {config['downloads']['mirror']}" if config["downloads"]["mirror"] else "",
+        mirror=mirror_flag(),
     log:
         log_path("download_inception"),
     benchmark:
@@ -49,7 +49,7 @@ rule download_mjhq:
         directory(f"{RESULTS}/downloads/mjhq30k"),
     params:
         revision=f"--revision {FIDELITY['mjhq_revision']}" if FIDELITY["mjhq_revision"] else "",
-        mirror=f"--mirror {config['downloads']['mirror']}/mjhq30k" if config["downloads"]["mirror"] else "",
+        mirror=mirror_flag("mjhq30k"),
     log:
         log_path("download_mjhq"),
     benchmark:

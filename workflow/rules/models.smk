@@ -13,7 +13,7 @@ if config["model"]["source"] == "hub":
         params:
             hub_id=config["model"]["hub_id"],
             revision=config["model"]["revision"],
-            mirror=f"--mirror {config['downloads']['mirror']}" if config["downloads"]["mirror"] else "",
+            mirror=mirror_flag(),
         log:
             log_path("download_model"),
         benchmark:
