@@ -70,6 +70,29 @@ def test_tokenise_shard_matches_direct_encoding(folder, vq, tmp_path, caplog):
         assert data["codes"].dtype == np.uint16 and data["image_ids"].dtype == np.int64
 
 
+def test_captions_follow_their_images(folder, vq, tmp_path):
+    root = tmp_path / "imgs"
+    for i in range(7):
+        if i != 5:  # img5 has no sidecar: that pair is skipped, not given an empty caption
+            (root / f"img{i}.txt").write_text(f"caption {i}")
+    spec = {**folder, "caption_extension": ".txt"}
+    paths = []
+    for shard in range(2):
+        cs.tokenise_shard(spec, shard, 2, vq, tmp_path / "codes", batch_size=2)
+        paths.append(cs.shard_paths(tmp_path / "codes", shard, 2)[0])
+    codes, ids, metas = cs.load_code_shards(paths)
+    captions = cs.shard_captions(paths, metas)
+    files = {r.image_id: r.source_id for r in iter_source(folder, size=vq.image_size)}
+    assert len(captions) == len(ids) == 6  # img2x (corrupt) and img5 (no caption) are skipped
+    assert captions == [f"caption {files[int(i)][3]}" for i in ids]  # "img4.png" -> "caption 4"
+
+    plain = tmp_path / "plain"
+    cs.tokenise_shard(folder, 0, 1, vq, plain)
+    path = cs.shard_paths(plain, 0, 1)[0]
+    with pytest.raises(ValueError, match="caption_key, caption_column or caption_extension"):
+        cs.shard_captions([path], cs.load_code_shards([path])[2])
+
+
 def test_sharded_tokenisation_reassembles(folder, vq, tmp_path):
     out = tmp_path / "codes"
     for shard in range(3):

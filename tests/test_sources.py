@@ -110,6 +110,8 @@ def test_mini_world_source(mini_split):
     assert all(r.error is None for r in out)
     np.testing.assert_array_equal(np.stack([r.image for r in out]), images)  # native size: untouched
 
+    assert [r.caption for r in out] == [r["caption"] for r in records]  # the split's captions come along
+
     small = list(iter_source({"type": "mini_world", "path": path}, size=16))
     for r, img in zip(small, images):
         np.testing.assert_array_equal(r.image, preprocess(Image.fromarray(img), 16))
@@ -198,6 +200,44 @@ def test_webdataset_source(tar_dir):
     assert [r.error is None for r in png_only] == [False, True, False, True, False]
 
 
+def test_webdataset_captions(tar_dir):
+    spec = {"type": "webdataset", "urls": str(tar_dir / "shard-000.tar"), "caption_key": "txt"}
+    out = list(iter_source(spec, size=8))
+    assert out[0].caption == "a caption" and out[0].error is None
+    assert out[1].image is None and "no .txt member" in out[1].error  # a pair without its text is unusable
+    no_captions = list(iter_source({**spec, "caption_key": None}, size=8))
+    assert [r.caption for r in no_captions] == [None, None, None]
+
+
+def test_webdataset_json_captions(tmp_path):
+    with tarfile.open(tmp_path / "s.tar", "w") as tar:
+        _add(tar, "0.jpg", _encode(_solid(GREEN), "JPEG"))
+        _add(tar, "0.json", b'{"caption": " a green square ", "url": "x"}')
+        _add(tar, "1.jpg", _encode(_solid(RED), "JPEG"))
+        _add(tar, "1.json", b'{"url": "y"}')
+    spec = {"type": "webdataset", "urls": str(tmp_path / "s.tar"), "caption_key": "json:caption"}
+    out = list(iter_source(spec, size=8))
+    assert out[0].caption == "a green square"
+    assert out[1].image is None and "'caption'" in out[1].error
+
+
+def test_folder_sidecar_captions(image_folder):
+    (image_folder / "a.txt").write_text("a red square\n")
+    spec = {"type": "folder", "path": str(image_folder), "extensions": [".png"], "caption_extension": "txt"}
+    out = {r.source_id: r for r in iter_source(spec, size=8)}
+    assert out["a.png"].caption == "a red square"
+    assert out["sub/deeper/c.PNG"].image is None and "c.txt" in out["sub/deeper/c.PNG"].error
+
+
+@pytest.mark.parametrize("limit", [1, 3, 100])
+def test_limit_keeps_the_first_items(image_folder, limit):
+    spec = {"type": "folder", "path": str(image_folder)}
+    everything = list(iter_source(spec, size=8))
+    for shard in range(2):  # sharding splits the limited enumeration, not the whole source
+        limited = list(iter_source({**spec, "limit": limit}, shard, 2, size=8))
+        assert _ids(limited) == [r.image_id for r in everything[:limit] if r.image_id % 2 == shard]
+
+
 def test_expand_braces():
     assert expand_braces("s-{000..002}.tar") == ["s-000.tar", "s-001.tar", "s-002.tar"]
     assert expand_braces("{a,b}/{8..10}") == ["a/8", "a/9", "a/10", "b/8", "b/9", "b/10"]
@@ -252,6 +292,10 @@ def test_hf_dataset_source(fake_datasets):
     assert out[1].image is None and "UnidentifiedImageError" in out[1].error
     keyed = list(iter_source({**spec, "id_column": "key"}, shard=1, num_shards=2, size=8))
     assert [(r.image_id, r.source_id) for r in keyed] == [(1, "r1")]
+    captioned = list(iter_source({**spec, "caption_column": "key"}, size=8))
+    assert [r.caption for r in captioned] == ["r0", None, "r2"]  # row 1's image is unreadable
+    missing = list(iter_source({**spec, "caption_column": "text"}, size=8))
+    assert "'text'" in missing[0].error
 
 
 def test_hf_dataset_without_the_package(monkeypatch):
@@ -302,6 +346,9 @@ def test_enumeration_is_deterministic(tar_dir, image_folder):
         ({"type": "webdataset", "urls": "a.tar", "image_keys": "jpg"}, "image_keys"),
         ({"type": "hf_dataset", "name": "org/data"}, "revision"),
         ({"type": "mini_world"}, "path"),
+        ({"type": "folder", "path": ".", "limit": 0}, "limit"),
+        ({"type": "folder", "path": ".", "limit": "10"}, "limit"),
+        ({"type": "webdataset", "urls": "a.tar", "caption_key": ":caption"}, "caption_key"),
     ],
 )
 def test_bad_spec_names_the_field(spec, field):

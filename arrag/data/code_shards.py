@@ -16,6 +16,8 @@ File format "arrag-codes/1" (read by the retrieval stages and by users; keep it 
         tokenizer_id     free text naming the tokenizer (e.g. model repo@revision); "" if not given
         source           the source spec (see arrag.data.sources)
         source_ids       [N strings] where each image came from, in image_ids order
+        captions         [N strings] the paired texts, in image_ids order; only for sources with captions
+                         (mini world, or a spec with caption_key / caption_column / caption_extension)
         skipped          [{"image_id", "source_id", "error"}] items that could not be read
         seconds          wall time of the tokenisation
 
@@ -84,6 +86,7 @@ def tokenise_shard(
     chunks: list[np.ndarray] = []  # codes [b, H, W], kept in the small storage dtype
     image_ids: list[int] = []
     source_ids: list[str] = []
+    captions: list[str | None] = []
     skipped: list[dict] = []
     batch: list[ImageRecord] = []
     for record in progress(records, desc=f"tokenise shard {shard}/{num_shards}", unit="img"):
@@ -94,6 +97,7 @@ def tokenise_shard(
         batch.append(record)
         image_ids.append(record.image_id)
         source_ids.append(record.source_id)
+        captions.append(record.caption)
         if len(batch) == batch_size:
             chunks.append(_encode(vq, batch, dtype))
             batch = []
@@ -111,6 +115,8 @@ def tokenise_shard(
         "skipped": skipped,
         "seconds": round(time.perf_counter() - start, 3),
     }
+    if any(c is not None for c in captions):  # a captioned source gives every kept record its caption
+        meta["captions"] = captions
     meta = write_code_shard(out_dir, shard, num_shards, codes, np.asarray(image_ids, np.int64), meta)
     if not len(codes):
         log.warning(
@@ -127,7 +133,7 @@ def tokenise_shard(
         len(skipped),
         npz_path,
     )
-    return {k: v for k, v in meta.items() if k != "source_ids"}
+    return {k: v for k, v in meta.items() if k not in ("source_ids", "captions")}
 
 
 def write_code_shard(
@@ -138,8 +144,9 @@ def write_code_shard(
     codes, image_ids = np.asarray(codes), np.asarray(image_ids)
     if codes.ndim != 3 or image_ids.shape != (len(codes),):
         raise ValueError(f"need codes [N, H, W] and image_ids [N], got {codes.shape} and {image_ids.shape}")
-    if len(meta.get("source_ids", codes)) != len(codes):
-        raise ValueError(f"{len(meta['source_ids'])} source_ids for {len(codes)} codes")
+    for field in ("source_ids", "captions"):
+        if len(meta.get(field, codes)) != len(codes):
+            raise ValueError(f"{len(meta[field])} {field} for {len(codes)} codes")
     size = int(meta["codebook_size"])
     if len(codes) and not (0 <= codes.min() and codes.max() < size):
         raise ValueError(f"codes lie in [{codes.min()}, {codes.max()}], outside the codebook [0, {size})")
@@ -211,6 +218,17 @@ def load_code_shards(paths: list[str | Path]) -> tuple[torch.Tensor, torch.Tenso
         meta["image_id_offset"] = offsets[key]
     image_ids = [ids + offsets[key] for ids, key in zip(local_ids, keys)]
     return torch.cat(codes), torch.cat(image_ids), metas
+
+
+def shard_captions(paths: list[str | Path], metas: list[dict]) -> list[str]:
+    """The captions of `load_code_shards(paths)`'s images, in the same order (fine-tuning pairs)."""
+    for path, meta in zip(paths, metas):
+        if "captions" not in meta:
+            raise ValueError(
+                f"{path} holds no captions: its source {meta.get('source')} was tokenised without them; give the "
+                "spec a caption field (caption_key, caption_column or caption_extension) and re-tokenise"
+            )
+    return [c for meta in metas for c in meta["captions"]]
 
 
 def source_table(metas: list[dict]) -> list[dict]:

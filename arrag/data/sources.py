@@ -3,22 +3,32 @@
 A source is described by a small JSON-able spec (it is recorded in every code shard). Four kinds:
 
     {"type": "mini_world", "path": DIR}
-        a split written by arrag.data.mini_world.write_split; source_id = the record's "id".
-    {"type": "folder", "path": DIR, "extensions": [".jpg", ".jpeg", ".png", ".webp", ".bmp"], "recursive": true}
-        image files under DIR in sorted order of their relative path; source_id = that relative path.
-    {"type": "webdataset", "urls": ["a.tar", ...] or "dir/shard-{000..009}.tar", "image_keys": ["jpg", ...]}
+        a split written by arrag.data.mini_world.write_split; source_id = the record's "id"; the caption is
+        the record's "caption".
+    {"type": "folder", "path": DIR, "extensions": [".jpg", ".jpeg", ".png", ".webp", ".bmp"], "recursive": true,
+     "caption_extension": ".txt"}
+        image files under DIR in sorted order of their relative path; source_id = that relative path. With
+        caption_extension, the caption is the text of the sidecar file with the same stem ("a/b.jpg" -> "a/b.txt").
+    {"type": "webdataset", "urls": ["a.tar", ...] or "dir/shard-{000..009}.tar", "image_keys": ["jpg", ...],
+     "caption_key": "txt"}
         local tar files in the WebDataset convention, read with the stdlib `tarfile` (no webdataset
         package): a sample is a run of consecutive files sharing a key, the key being the path up to the
         first dot of the file name ("dir/000123.jpg" and "dir/000123.txt" -> key "dir/000123"); the image
         is the member whose extension comes first in image_keys. source_id = "<tar file name>/<key>".
+        caption_key "txt" takes the caption from the sample's .txt member; "json:caption" from the field
+        "caption" of its .json member (img2dataset writes both).
     {"type": "hf_dataset", "name": ..., "split": "train", "revision": COMMIT, "image_column": "image",
-     "streaming": true, "id_column": null}
+     "streaming": true, "id_column": null, "caption_column": null}
         a Hugging Face dataset via datasets.load_dataset (imported lazily; never trust_remote_code).
         `revision` is required so a run is reproducible. source_id = row[id_column], else "<split>/<row>".
 
+Every type also takes "limit": N, which keeps only the first N items of the enumeration (the paper's
+fine-tuning set takes 25K pairs from each of two datasets).
+
 Item i of the enumeration has image_id = i and belongs to shard i % num_shards. Items of other shards are
-enumerated but never decoded. A corrupt or unreadable image becomes an ImageRecord with image=None and
-the error; anything else wrong (bad spec, missing directory or tar file) raises.
+enumerated but never decoded. A corrupt or unreadable image, or an unreadable caption where the spec asks
+for one, becomes an ImageRecord with image=None and the error; anything else wrong (bad spec, missing
+directory or tar file) raises.
 """
 
 from __future__ import annotations
@@ -26,6 +36,7 @@ from __future__ import annotations
 import functools
 import io
 import itertools
+import json
 import logging
 import re
 import tarfile
@@ -43,15 +54,19 @@ DEFAULT_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp")
 DEFAULT_IMAGE_KEYS = ("jpg", "png", "webp", "jpeg")
 # Required and optional fields of each source type (unknown fields are refused: a typo must not be ignored).
 SPEC_FIELDS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
-    "mini_world": (("path",), ()),
-    "folder": (("path",), ("extensions", "recursive")),
-    "webdataset": (("urls",), ("image_keys",)),
-    "hf_dataset": (("name", "revision"), ("split", "image_column", "streaming", "id_column")),
+    "mini_world": (("path",), ("limit",)),
+    "folder": (("path",), ("extensions", "recursive", "caption_extension", "limit")),
+    "webdataset": (("urls",), ("image_keys", "caption_key", "limit")),
+    "hf_dataset": (
+        ("name", "revision"),
+        ("split", "image_column", "streaming", "id_column", "caption_column", "limit"),
+    ),
 }
 
-# One enumerated item: where it came from, and how to read it (called only for this shard's items,
-# before the enumeration advances). The loader returns encoded bytes, a PIL image or a uint8 array.
-Item = tuple[str, Callable[[], "bytes | Image.Image | np.ndarray"]]
+# One enumerated item: where it came from, how to read its image, and how to read its caption (None when the
+# source has no captions). Loaders are called only for this shard's items, before the enumeration advances.
+# The image loader returns encoded bytes, a PIL image or a uint8 array.
+Item = tuple[str, Callable[[], "bytes | Image.Image | np.ndarray"], Callable[[], str] | None]
 
 
 @dataclass
@@ -60,6 +75,7 @@ class ImageRecord:
     source_id: str  # file path / tar sample / dataset row / mini-world id: where the image came from
     image: np.ndarray | None  # uint8 [S, S, 3] after preprocessing; None when unreadable
     error: str | None  # why it could not be read ("ExceptionClass: message"); None when fine
+    caption: str | None = None  # the paired text, when the source has captions
 
 
 # ----------------------------------------------------------------------------- preprocessing
@@ -162,7 +178,10 @@ def _mini_world_items(spec: dict) -> Iterator[Item]:
     from arrag.data.mini_world import load_split
 
     images, records = load_split(_existing_dir(spec))  # images [N, S, S, 3]
-    return ((str(r["id"]), functools.partial(images.__getitem__, i)) for i, r in enumerate(records))
+    return (
+        (str(r["id"]), functools.partial(images.__getitem__, i), functools.partial(str, r["caption"]))
+        for i, r in enumerate(records)
+    )
 
 
 def _folder_files(root: Path, extensions: Iterable[str], recursive: bool) -> list[Path]:
@@ -179,7 +198,15 @@ def _folder_items(spec: dict) -> Iterator[Item]:
     if isinstance(extensions, str) or not extensions:
         raise ValueError(f"folder source spec field 'extensions' must be a non-empty list, got {extensions!r}")
     files = _folder_files(root, extensions, bool(spec.get("recursive", True)))
-    return ((p.relative_to(root).as_posix(), p.read_bytes) for p in files)
+    sidecar = spec.get("caption_extension")
+    if sidecar is None:
+        return ((p.relative_to(root).as_posix(), p.read_bytes, None) for p in files)
+    suffix = "." + str(sidecar).lstrip(".")
+    return ((p.relative_to(root).as_posix(), p.read_bytes, _text_reader(p.with_suffix(suffix))) for p in files)
+
+
+def _text_reader(path: Path) -> Callable[[], str]:
+    return lambda: path.read_text(encoding="utf-8").strip()
 
 
 def expand_braces(pattern: str) -> list[str]:
@@ -228,8 +255,22 @@ def _read_member(tar: tarfile.TarFile, member: tarfile.TarInfo) -> bytes:
     return tar.extractfile(member).read()
 
 
-def _tar_items(path: Path, image_keys: list[str]) -> Iterator[Item]:
-    """Samples of one tar: (source_id, loader of the preferred image member's bytes)."""
+def _member_caption(tar: tarfile.TarFile, by_ext: dict[str, tarfile.TarInfo], caption_key: str) -> str:
+    """caption_key "txt" -> the .txt member's text; "json:caption" -> field "caption" of the .json member."""
+    ext, _, field = caption_key.partition(":")
+    if ext not in by_ext:
+        raise ValueError(f"sample has no .{ext} member for caption_key {caption_key!r}: {sorted(by_ext)}")
+    text = _read_member(tar, by_ext[ext]).decode("utf-8")
+    if not field:
+        return text.strip()
+    value = json.loads(text).get(field)
+    if not isinstance(value, str):
+        raise ValueError(f"the .{ext} member has no string field {field!r} (caption_key {caption_key!r})")
+    return value.strip()
+
+
+def _tar_items(path: Path, image_keys: list[str], caption_key: str | None) -> Iterator[Item]:
+    """Samples of one tar: (source_id, loader of the preferred image member's bytes, caption loader)."""
     with tarfile.open(path) as tar:
         members = [m for m in tar.getmembers() if m.isfile() and "." in m.name.rpartition("/")[2]]
         # WebDataset groups *consecutive* members with the same key into one sample
@@ -240,7 +281,8 @@ def _tar_items(path: Path, image_keys: list[str]) -> Iterator[Item]:
                 load = functools.partial(_missing_image, list(by_ext.values()), image_keys)
             else:
                 load = functools.partial(_read_member, tar, chosen)
-            yield f"{path.name}/{key}", load
+            caption = None if caption_key is None else functools.partial(_member_caption, tar, by_ext, caption_key)
+            yield f"{path.name}/{key}", load, caption
 
 
 def _webdataset_items(spec: dict) -> Iterator[Item]:
@@ -248,8 +290,13 @@ def _webdataset_items(spec: dict) -> Iterator[Item]:
     if isinstance(image_keys, str) or not image_keys:
         raise ValueError(f"webdataset source spec field 'image_keys' must be a non-empty list, got {image_keys!r}")
     image_keys = [k.lstrip(".").lower() for k in image_keys]
+    caption_key = spec.get("caption_key")
+    if caption_key is not None and not (isinstance(caption_key, str) and caption_key.partition(":")[0]):
+        raise ValueError(
+            f"webdataset source spec field 'caption_key' must be like 'txt' or 'json:caption', got {caption_key!r}"
+        )
     paths = _tar_paths(spec["urls"])  # checked now, before the first item is asked for
-    return itertools.chain.from_iterable(_tar_items(p, image_keys) for p in paths)
+    return itertools.chain.from_iterable(_tar_items(p, image_keys, caption_key) for p in paths)
 
 
 def _hf_image(value) -> bytes | Image.Image:
@@ -280,11 +327,25 @@ def _hf_items(spec: dict) -> Iterator[Item]:
     # undecoded bytes: a corrupt image then fails in our loader (one error record), not inside the
     # dataset iterator (which would end the enumeration), and other shards' rows are never decoded
     ds = ds.cast_column(column, datasets.Image(decode=False))
-    id_column = spec.get("id_column")
+    id_column, caption_column = spec.get("id_column"), spec.get("caption_column")
     return (
-        (str(row[id_column]) if id_column else f"{split}/{i}", functools.partial(_hf_image, row[column]))
+        (
+            str(row[id_column]) if id_column else f"{split}/{i}",
+            functools.partial(_hf_image, row[column]),
+            None if caption_column is None else functools.partial(_hf_caption, row, caption_column),
+        )
         for i, row in enumerate(ds)
     )
+
+
+def _hf_caption(row: dict, column: str) -> str:
+    if column not in row:
+        raise KeyError(
+            f"hf_dataset source spec field 'caption_column': the row has no column {column!r}: {sorted(row)}"
+        )
+    if not isinstance(row[column], str):
+        raise TypeError(f"caption column {column!r} holds {type(row[column]).__name__}, not text")
+    return row[column].strip()
 
 
 _ITEMS: dict[str, Callable[[dict], Iterator[Item]]] = {
@@ -299,15 +360,23 @@ _ITEMS: dict[str, Callable[[dict], Iterator[Item]]] = {
 
 
 def _records(items: Iterator[Item], shard: int, num_shards: int, size: int) -> Iterator[ImageRecord]:
-    for i, (source_id, load) in enumerate(items):
+    for i, (source_id, load, load_caption) in enumerate(items):
         if i % num_shards != shard:
             continue
         try:
+            caption = None if load_caption is None else load_caption()
             image = to_image_array(load(), size)
-        except Exception as err:  # any failure to read *this* image is data, not a bug: record it
+        except Exception as err:  # any failure to read *this* pair is data, not a bug: record it
             yield ImageRecord(i, source_id, None, f"{type(err).__name__}: {err}")
             continue
-        yield ImageRecord(i, source_id, image, None)
+        yield ImageRecord(i, source_id, image, None, caption)
+
+
+def _check_limit(spec: dict) -> int | None:
+    limit = spec.get("limit")
+    if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
+        raise ValueError(f"{spec['type']} source spec field 'limit' must be an int >= 1 (or absent), got {limit!r}")
+    return limit
 
 
 def iter_source(spec: dict, shard: int = 0, num_shards: int = 1, size: int = 384) -> Iterator[ImageRecord]:
@@ -318,5 +387,7 @@ def iter_source(spec: dict, shard: int = 0, num_shards: int = 1, size: int = 384
     _check_shard(shard, num_shards)
     if not isinstance(size, int) or size < 1:
         raise ValueError(f"size={size!r} must be a positive int (pixels)")
-    items = _ITEMS[_check_spec(spec)](spec)
+    kind = _check_spec(spec)
+    limit = _check_limit(spec)
+    items = itertools.islice(_ITEMS[kind](spec), limit)  # limit None: every item
     return _records(items, shard, num_shards, size)
