@@ -328,23 +328,50 @@ def cmd_build_image_index(args) -> None:
     print(json.dumps(index.metadata | {"encoder": index.encoder.name}, indent=2))
 
 
+def _pairs_args(p: argparse.ArgumentParser) -> None:
+    pairs = p.add_mutually_exclusive_group(required=True)
+    pairs.add_argument("--codes", nargs="+", help="code shards of captioned sources (arrag tokenise): the pairs")
+    pairs.add_argument("--world", help="directory written by `arrag world`: the pairs are its --split")
+    p.add_argument("--split", default="finetune", help="with --world: the split")
+
+
+def fine_tuning_pairs(args, vq) -> tuple:
+    """The fine-tuning pairs as (codes LongTensor [N, H, W] under `vq`, captions [N]): code shards of captioned
+    sources (--codes), or a mini-world split (--world/--split), tokenised here."""
+    if args.codes:
+        from arrag.data.code_shards import load_code_shards, shard_captions
+        from arrag.models.vq import codebook_fingerprint
+
+        codes, _, metas = load_code_shards(args.codes)
+        if metas[0]["codebook_sha256"] != codebook_fingerprint(vq.codebook):
+            raise ValueError(f"{args.codes[0]} was tokenised with another codebook than {args.model}; re-tokenise")
+        return codes, shard_captions(args.codes, metas)
+    from arrag.data.mini_world import load_split
+    from arrag.models.training import encode_images
+
+    images, records = load_split(Path(args.world) / args.split)
+    return encode_images(vq, images).cpu(), [r["caption"] for r in records]
+
+
 def cmd_faid_trainset(args) -> None:
     import numpy as np
 
-    from arrag.data.mini_world import load_split
     from arrag.decoding.pipeline import resolve_device
     from arrag.models.faid_training import build_trainset
     from arrag.models.janus import load_janus
     from arrag.models.vq import VQTokenizer
     from arrag.retrieval.database import PatchDatabase
 
+    if args.exclude_self and not args.world:
+        raise ValueError("--exclude-self needs --world: code shards' image ids are not the database's")
     device = resolve_device(args.device)
     model, _ = load_janus(args.model, revision=args.revision, device=device)
-    db = PatchDatabase.load(args.db, codebook=VQTokenizer.from_janus(model).codebook, device=str(device))
-    images, records = load_split(Path(args.world) / args.split)
+    vq = VQTokenizer.from_janus(model)
+    db = PatchDatabase.load(args.db, codebook=vq.codebook, device=str(device))
+    codes, captions = fine_tuning_pairs(args, vq)
     # --exclude-self: the split is the database's own source, image id = position in the split
-    image_ids = np.arange(len(images)) if args.exclude_self else None
-    summary = build_trainset(model, db, images, [r["caption"] for r in records], args.k, args.out, image_ids)
+    image_ids = np.arange(len(codes)) if args.exclude_self else None
+    summary = build_trainset(model, db, codes, captions, args.k, args.out, image_ids)
     print(json.dumps(summary, indent=2))
 
 
@@ -364,14 +391,16 @@ def cmd_train_faid(args) -> None:
 
 def cmd_train_racm3(args) -> None:
     from arrag.baselines.racm3 import RACM3TrainingConfig, train_racm3
-    from arrag.data.mini_world import load_split
+    from arrag.models.janus import load_janus
+    from arrag.models.vq import VQTokenizer
     from arrag.retrieval.image_index import ImageLevelIndex
 
-    images, records = load_split(Path(args.world) / args.split)
+    # the base model's tokenizer, on the CPU, to read or check the pairs; train_racm3 loads its own copy
+    codes, captions = fine_tuning_pairs(args, VQTokenizer.from_janus(load_janus(args.model, revision=args.revision)[0]))
     stats = train_racm3(
         args.model,
-        images,
-        [r["caption"] for r in records],
+        codes,
+        captions,
         ImageLevelIndex.load(args.image_index),
         parse_overrides(args.set, RACM3TrainingConfig),
         args.out,
@@ -806,8 +835,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("faid-trainset", help="FAiD's training set: each position's candidates from the database")
     _model_args(p, help="the base model")
     p.add_argument("--db", required=True, help="PatchDatabase directory (arrag build-db)")
-    p.add_argument("--world", required=True, help="directory written by `arrag world`")
-    p.add_argument("--split", default="finetune")
+    _pairs_args(p)
     p.add_argument("--k", type=int, default=10, help="candidates stored per position (training uses the first k)")
     p.add_argument(
         "--exclude-self",
@@ -829,8 +857,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("train-racm3", help="fine-tune the RA-CM3 baseline (reference image prefix)")
     _model_args(p, help="the base model directory")
-    p.add_argument("--world", required=True, help="directory written by `arrag world`")
-    p.add_argument("--split", default="finetune")
+    _pairs_args(p)
     p.add_argument("--image-index", required=True, help="directory written by `arrag build-image-index`")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="RACM3TrainingConfig field")
     p.add_argument("--device", default="auto")

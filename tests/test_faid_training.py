@@ -25,13 +25,12 @@ def setup(tiny_janus, tmp_path):
     gen = torch.Generator().manual_seed(0)
     corpus = torch.randint(0, spec.codebook_size, (30, spec.grid, spec.grid), generator=gen)
     db = PatchDatabase.build(corpus, vq.codebook, index="flat")
-    images = vq.decode_to_uint8(corpus[:8])
-    ft.build_trainset(model, db, images, (CAPTIONS * 2)[:8], k=4, out_dir=tmp_path / "trainset")
-    return model, db, images, tmp_path
+    ft.build_trainset(model, db, corpus[:8], (CAPTIONS * 2)[:8], k=4, out_dir=tmp_path / "trainset")
+    return model, db, corpus[:8], tmp_path
 
 
 def test_trainset_format_and_refusals(setup, tiny_janus):
-    model, db, images, tmp = setup
+    model, db, grids, tmp = setup
     codes, candidates, captions, meta = ft.load_trainset(tmp / "trainset", db)
     assert codes.shape == (8, 4, 4) and candidates.shape == (8, 16, 4) and captions == (CAPTIONS * 2)[:8]
     assert meta["database"] == ft.database_identity(db) and not meta["excluded_same_image"]
@@ -45,20 +44,21 @@ def test_trainset_format_and_refusals(setup, tiny_janus):
     with pytest.raises(FileNotFoundError, match="arrag faid-trainset"):
         ft.load_trainset(tmp / "nothing")
     with pytest.raises(ValueError, match="between 1 and the database size"):
-        ft.build_trainset(model, db, images, (CAPTIONS * 2)[:8], k=0, out_dir=tmp / "x")
+        ft.build_trainset(model, db, grids, (CAPTIONS * 2)[:8], k=0, out_dir=tmp / "x")
+    with pytest.raises(ValueError, match="8 images but 4 captions"):
+        ft.build_trainset(model, db, grids, CAPTIONS, k=2, out_dir=tmp / "x")
 
 
-def test_same_image_exclusion_in_the_trainset(setup, monkeypatch):
+def test_same_image_exclusion_in_the_trainset(setup):
     """Images that are themselves in the database never get their own patches as candidates."""
     model, _, _, tmp = setup
     vq = VQTokenizer.from_janus(model)
     codes = torch.arange(16).view(1, 4, 4).repeat(6, 1, 1) % 7  # six identical images: every key repeats
     codes[0] = 9  # image 0 is the only one holding token 9
     db = PatchDatabase.build(codes, vq.codebook, index="flat", image_ids=torch.arange(100, 106))
-    monkeypatch.setattr(ft, "encode_images", lambda vq, images: codes[:1])  # the image tokenises to exactly image 0
-    images = np.zeros((1, 16, 16, 3), dtype=np.uint8)
-    ft.build_trainset(model, db, images, CAPTIONS[:1], k=3, out_dir=tmp / "own", image_ids=np.array([100]))
-    ft.build_trainset(model, db, images, CAPTIONS[:1], k=3, out_dir=tmp / "leaky")
+    # the fine-tuning image is exactly database image 0 (id 100)
+    ft.build_trainset(model, db, codes[:1], CAPTIONS[:1], k=3, out_dir=tmp / "own", image_ids=np.array([100]))
+    ft.build_trainset(model, db, codes[:1], CAPTIONS[:1], k=3, out_dir=tmp / "leaky")
     leaky = ft.load_trainset(tmp / "leaky")[1]
     assert (leaky[0, 1:, 0] == 9).all()  # without exclusion its own patch is the top hit (past the empty key)
     own = ft.load_trainset(tmp / "own")
@@ -114,7 +114,7 @@ def test_a_checkpoint_for_another_base_model_is_refused(setup):
         ft.load_faid(tmp / "missing", model)
 
 
-def test_faid_trainset_command_excludes_the_images_own_entries(tmp_path):
+def test_faid_trainset_command_excludes_the_images_own_entries(tmp_path, capsys):
     """`arrag faid-trainset --exclude-self` on the database's own source split: image id = position."""
     from conftest import WORDS, tiny_spec
     from transformers import JanusForConditionalGeneration
@@ -163,6 +163,22 @@ def test_faid_trainset_command_excludes_the_images_own_entries(tmp_path):
     db = PatchDatabase.load(tmp_path / "db", codebook=vq.codebook)
     expected = training_candidates_excluding_self(db, own[0], vq.codebook)
     assert torch.equal(own[1], expected) and not torch.equal(own[1], everything[1])
+
+    # the same pairs as code shards of a captioned source (how the paper profile gives its 50K pairs)
+    from arrag.data.code_shards import shard_paths, tokenise_shard
+
+    source = {"type": "mini_world", "path": str(tmp_path / "world" / "corpus")}
+    for shard in range(2):
+        tokenise_shard(source, shard, 2, vq, tmp_path / "codes")
+    shards = [str(shard_paths(tmp_path / "codes", s, 2)[0]) for s in range(2)]
+    pairs = args[:5] + ["--codes", *shards, "--k", "3", "--device", "cpu", "--out", str(tmp_path / "shards")]
+    assert main(pairs) == 0
+    from_shards = ft.load_trainset(tmp_path / "shards")
+    order = torch.tensor([0, 2, 4, 6, 8, 10, 1, 3, 5, 7, 9, 11])  # shard 0 holds the even images, shard 1 the odd
+    assert torch.equal(from_shards[0], everything[0][order]) and torch.equal(from_shards[1], everything[1][order])
+    assert from_shards[2] == [everything[2][i] for i in order]  # each caption stays with its image
+    assert main(pairs + ["--exclude-self"]) == 2  # a code shard's image ids are not the database's
+    assert "--exclude-self needs --world" in capsys.readouterr().err
 
 
 def training_candidates_excluding_self(db, codes, codebook):

@@ -124,11 +124,10 @@ def test_a_few_fine_tuning_steps_lower_the_loss(tiny_janus, index, tmp_path):
     model, processor, spec = tiny_janus
     model.save_pretrained(tmp_path / "base", safe_serialization=True)
     processor.save_pretrained(tmp_path / "base")
-    vq = VQTokenizer.from_janus(model)
-    images = vq.decode_to_uint8(torch.from_numpy(index.codes[[0, 1, 2, 4]].astype(np.int64)))
+    codes = torch.from_numpy(index.codes[[0, 1, 2, 4]].astype(np.int64))
     captions = [CAPTIONS[i] for i in (0, 1, 2, 4)]
     cfg = RACM3TrainingConfig(steps=30, batch_size=4, lr=3e-3, caption_dropout=0.0, checkpoint_every=0)
-    stats = train_racm3(tmp_path / "base", images, captions, index, cfg, tmp_path / "racm3", device="cpu")
+    stats = train_racm3(tmp_path / "base", codes, captions, index, cfg, tmp_path / "racm3", device="cpu")
     losses = [entry["loss"] for entry in stats["log"]]
     assert losses[-1] < 0.8 * losses[0]
     assert (tmp_path / "racm3" / "model.safetensors").is_file() and stats["distinct_references"] == 4

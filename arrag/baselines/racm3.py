@@ -21,7 +21,7 @@ import torch
 from arrag.decoding.pipeline import ImageGenerationPipeline, resolve_device
 from arrag.io import atomic_path, write_json
 from arrag.models.janus import load_janus
-from arrag.models.training import caption_inputs, encode_images, fit_generation_path, image_generation_loss
+from arrag.models.training import caption_inputs, fit_generation_path, image_generation_loss
 from arrag.models.vq import VQTokenizer, codebook_fingerprint
 from arrag.retrieval.image_index import ImageLevelIndex
 
@@ -39,21 +39,22 @@ class RACM3TrainingConfig:
 
 def train_racm3(
     base_dir: str | Path,
-    images: np.ndarray,
+    codes: torch.Tensor,
     captions: list[str],
     index: ImageLevelIndex,
     cfg: RACM3TrainingConfig,
     out_dir: str | Path,
     device: str | None = None,
 ) -> dict:
-    """Fine-tune the base model's generation path with each caption's retrieved reference as a prefix."""
+    """Fine-tune the base model's generation path on the pairs (codes [N, H, W] = the images' VQ tokens under
+    the base model, captions [N]), each caption's retrieved reference as a prefix."""
     out_dir = Path(out_dir)
     torch.manual_seed(cfg.seed)
     device = resolve_device(device)
     model, processor = load_janus(base_dir, device=device)
     vq = VQTokenizer.from_janus(model)
     index.check_codebook(codebook_fingerprint(vq.codebook), f"the base model {base_dir}")
-    codes = encode_images(vq, images).flatten(1)  # [N, T]
+    codes = codes.to(device).flatten(1)  # [N, T]
     rows = index.retrieve(captions)  # [N] top-1 reference per caption
     references = index.reference_codes(rows, device)  # [N, T]
     ids, mask, uncond = caption_inputs(processor, captions, device)
@@ -63,7 +64,7 @@ def train_racm3(
         batch_ids = torch.where(drop[:, None], uncond[idx], ids[idx])
         return image_generation_loss(model, batch_ids, mask[idx], codes[idx], references[idx], prefix_visible=~drop)
 
-    params, start, log, t0, ckpt = fit_generation_path(model, len(images), batch_loss, cfg, out_dir, "RA-CM3")
+    params, start, log, t0, ckpt = fit_generation_path(model, len(codes), batch_loss, cfg, out_dir, "RA-CM3")
     stats = {
         "method": "racm3",
         "base_model": str(base_dir),

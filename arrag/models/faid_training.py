@@ -35,7 +35,6 @@ from arrag.models.training import (
     _batches,
     caption_dropout_mask,
     caption_inputs,
-    encode_images,
 )
 from arrag.models.vq import VQTokenizer, codebook_fingerprint
 
@@ -71,25 +70,26 @@ def model_identity(model) -> dict:
 def build_trainset(
     model,
     db,
-    images: np.ndarray,
+    codes: torch.Tensor,
     captions: list[str],
     k: int,
     out_dir: str | Path,
     image_ids: np.ndarray | None = None,
     batch_size: int = 64,
 ) -> dict:
-    """Tokenise the fine-tuning images and retrieve each position's k candidates from its ground-truth
-    neighbourhood. `image_ids` [N] (the images' ids in the database) drops hits from the image itself,
-    which would otherwise hand the model the answer."""
-    if len(images) != len(captions):
-        raise ValueError(f"{len(images)} images but {len(captions)} captions: give one caption per image")
+    """Retrieve each position's k candidates for the fine-tuning images' token grids codes [N, H, W] (VQ codes
+    of this model, e.g. from `encode_images` or code shards) from its ground-truth neighbourhood.
+    `image_ids` [N] (the images' ids in the database) drops hits from the image itself, which would otherwise
+    hand the model the answer."""
+    if len(codes) != len(captions):
+        raise ValueError(f"{len(codes)} images but {len(captions)} captions: give one caption per image")
     if not 1 <= k <= len(db):
         raise ValueError(f"k={k} must be between 1 and the database size {len(db)}")
     vq = VQTokenizer.from_janus(model)
     sha = codebook_fingerprint(vq.codebook)
     if sha != db.codebook_sha256:
         raise ValueError("the database was built with another VQ codebook than this model; rebuild it (arrag build-db)")
-    codes = encode_images(vq, images).cpu()  # [N, H, W]
+    codes = codes.cpu()  # [N, H, W]
     candidates = []
     for start in progress(range(0, len(codes), batch_size), desc="FAiD training set", unit="batch"):
         ids = None if image_ids is None else torch.as_tensor(image_ids[start : start + batch_size])
