@@ -336,8 +336,8 @@ def _pairs_args(p: argparse.ArgumentParser) -> None:
 
 
 def fine_tuning_pairs(args, vq) -> tuple:
-    """The fine-tuning pairs as (codes LongTensor [N, H, W] under `vq`, captions [N]): code shards of captioned
-    sources (--codes), or a mini-world split (--world/--split), tokenised here."""
+    """The fine-tuning pairs as (codes LongTensor [N, H, W] under `vq`, captions [N], their source specs): code
+    shards of captioned sources (--codes), or a mini-world split (--world/--split), tokenised here."""
     if args.codes:
         from arrag.data.code_shards import load_code_shards, shard_captions
         from arrag.models.vq import codebook_fingerprint
@@ -345,12 +345,28 @@ def fine_tuning_pairs(args, vq) -> tuple:
         codes, _, metas = load_code_shards(args.codes)
         if metas[0]["codebook_sha256"] != codebook_fingerprint(vq.codebook):
             raise ValueError(f"{args.codes[0]} was tokenised with another codebook than {args.model}; re-tokenise")
-        return codes, shard_captions(args.codes, metas)
+        specs = {json.dumps(m["source"], sort_keys=True) for m in metas}
+        return codes, shard_captions(args.codes, metas), [json.loads(s) for s in sorted(specs)]
     from arrag.data.mini_world import load_split
     from arrag.models.training import encode_images
 
     images, records = load_split(Path(args.world) / args.split)
-    return encode_images(vq, images).cpu(), [r["caption"] for r in records]
+    return encode_images(vq, images).cpu(), [r["caption"] for r in records], []
+
+
+def refuse_shared_sources(pair_sources: list[dict], sources: list[dict], what: str) -> None:
+    """Fine-tuning pairs read from files the retrieval corpus also reads would retrieve their own patches (the
+    answer), and code shards carry no database ids to leave them out by: refuse, naming the files."""
+    from arrag.data.sources import shared_locations
+
+    for spec in pair_sources:
+        for entry in sources:
+            shared = shared_locations(spec, entry["source"]) if entry.get("source") else []
+            if shared:
+                raise ValueError(
+                    f"the fine-tuning pairs and {what} read the same data ({', '.join(shared[:3])}"
+                    f"{', ...' if len(shared) > 3 else ''}): take the pairs from files the corpus does not use"
+                )
 
 
 def cmd_faid_trainset(args) -> None:
@@ -368,7 +384,8 @@ def cmd_faid_trainset(args) -> None:
     model, _ = load_janus(args.model, revision=args.revision, device=device)
     vq = VQTokenizer.from_janus(model)
     db = PatchDatabase.load(args.db, codebook=vq.codebook, device=str(device))
-    codes, captions = fine_tuning_pairs(args, vq)
+    codes, captions, pair_sources = fine_tuning_pairs(args, vq)
+    refuse_shared_sources(pair_sources, db.sources, f"the database {args.db}")
     # --exclude-self: the split is the database's own source, image id = position in the split
     image_ids = np.arange(len(codes)) if args.exclude_self else None
     summary = build_trainset(model, db, codes, captions, args.k, args.out, image_ids)
@@ -396,7 +413,8 @@ def cmd_train_racm3(args) -> None:
     from arrag.retrieval.image_index import ImageLevelIndex
 
     # the base model's tokenizer, on the CPU, to read or check the pairs; train_racm3 loads its own copy
-    codes, captions = fine_tuning_pairs(args, VQTokenizer.from_janus(load_janus(args.model, revision=args.revision)[0]))
+    vq = VQTokenizer.from_janus(load_janus(args.model, revision=args.revision)[0])
+    codes, captions, _ = fine_tuning_pairs(args, vq)
     stats = train_racm3(
         args.model,
         codes,

@@ -179,6 +179,11 @@ def test_faid_trainset_command_excludes_the_images_own_entries(tmp_path, capsys)
     assert from_shards[2] == [everything[2][i] for i in order]  # each caption stays with its image
     assert main(pairs + ["--exclude-self"]) == 2  # a code shard's image ids are not the database's
     assert "--exclude-self needs --world" in capsys.readouterr().err
+    # pairs from the very files the database was built from would retrieve their own patches: refused
+    sources = [{"source": source, "offset": 0}]
+    PatchDatabase.build(vq.encode(images), vq.codebook, index="flat", sources=sources).save(tmp_path / "db_src")
+    assert main([*pairs[:4], str(tmp_path / "db_src"), *pairs[5:-1], str(tmp_path / "leak")]) == 2
+    assert "read the same data" in capsys.readouterr().err and not (tmp_path / "leak").exists()
 
 
 def training_candidates_excluding_self(db, codes, codebook):

@@ -238,6 +238,21 @@ def test_limit_keeps_the_first_items(image_folder, limit):
         assert _ids(limited) == [r.image_id for r in everything[:limit] if r.image_id % 2 == shard]
 
 
+def test_shared_locations(tmp_path, tar_dir):
+    from arrag.data.sources import shared_locations
+
+    a = {"type": "webdataset", "urls": str(tar_dir / "shard-{000..001}.tar")}
+    b = {"type": "webdataset", "urls": [str(tar_dir / "shard-001.tar")], "caption_key": "txt", "limit": 5}
+    assert shared_locations(a, b) == [str((tar_dir / "shard-001.tar").resolve())]
+    assert shared_locations({**a, "urls": str(tar_dir / "shard-000.tar")}, b) == []
+    outer, inner = {"type": "folder", "path": str(tmp_path)}, {"type": "folder", "path": str(tmp_path / "x" / "..")}
+    assert shared_locations(outer, {"type": "folder", "path": str(tmp_path / "sub")}) == [str(tmp_path / "sub")]
+    assert shared_locations(outer, inner) == [str(tmp_path)]
+    hf = {"type": "hf_dataset", "name": "org/data", "revision": "a" * 40}
+    assert shared_locations(hf, {**hf, "limit": 10}) == ["hf://org/data/train"]
+    assert shared_locations(hf, {**hf, "split": "test"}) == [] and shared_locations(hf, outer) == []
+
+
 def test_expand_braces():
     assert expand_braces("s-{000..002}.tar") == ["s-000.tar", "s-001.tar", "s-002.tar"]
     assert expand_braces("{a,b}/{8..10}") == ["a/8", "a/9", "a/10", "b/8", "b/9", "b/10"]

@@ -78,23 +78,38 @@ def _job_counts(dry_run_stdout: str) -> dict[str, int]:
 
 
 @pytest.mark.parametrize(
-    "config, tokenise, generate",
-    [("config/paper.yaml", 64 + 32 + 48 + 1, 2 * 3 * 4), ("config/paper-1gpu.yaml", 1 + 1, 2 * 3 * 1)],
+    "config, tokenise, generate, sweep",
+    [
+        ("config/paper.yaml", 64 + 32 + 48 + 1 + 4 + 4, 3 * 3 * 4, 3 * 3),
+        ("config/paper-1gpu.yaml", 1 + 1 + 1 + 1, 3 * 3 * 1, 2 * 2),
+    ],
 )
-def test_the_paper_profiles_resolve(tmp_path, config, tokenise, generate):
-    """The paper DAG (Janus-Pro-1B from the hub, three corpora, GenEval/DPG-Bench/MJHQ-30K with the benchmarks'
-    own models) resolves with its expected jobs; nothing of the mini world is built."""
+def test_the_paper_profiles_resolve(tmp_path, config, tokenise, generate, sweep):
+    """The paper DAG (Janus-Pro-1B from the hub, three corpora, FAiD's fine-tuning pairs from two captioned
+    sources, GenEval/DPG-Bench/MJHQ-30K with the benchmarks' own models) resolves with its expected jobs;
+    nothing of the mini world is built."""
     work = _workdir(tmp_path)
     shutil.copytree(REPO / "arrag" / "benchmarks", work / "arrag" / "benchmarks")  # the vendored prompt sets
-    (work / "pin.yaml").write_text(f"model: {{revision: {'0123abcd' * 5}}}\n")
-    result = _snakemake(work, "-n", "--configfile", config, "pin.yaml")
+    pin_model = f"model: {{revision: {'0123abcd' * 5}}}\n"
+    pin_pairs = f"finetune: {{pairs: {{midjourney_pairs: {{source: {{revision: {'4567cdef' * 5}}}}}}}}}\n"
+    (work / "pin.yaml").write_text(pin_model + pin_pairs)
+    result = _snakemake(work, "-n", "-p", "--configfile", config, "pin.yaml")
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
     jobs = _job_counts(result.stdout)
     assert jobs["tokenise_shard"] == tokenise and jobs["generate"] == generate  # x methods x prompt sets x shards
-    assert jobs["finish_generation"] == 2 * 3 and jobs["download_model"] == 1
+    assert jobs["finish_generation"] == 3 * 3 and jobs["download_model"] == 1
     for rule in ("download_geneval_detector", "download_dpg_csv", "download_mjhq", "download_inception"):
         assert jobs[rule] == 1
-    assert not set(jobs) & {"world", "train_vq", "train_base", "mini_dpg", "train_features", "train_faid"}
+    assert jobs["faid_trainset"] == jobs["train_faid"] == 1 and jobs["train_faid_sweep"] == sweep
+    assert not set(jobs) & {"world", "train_vq", "train_base", "mini_dpg", "train_features", "train_racm3"}
+    trainset = next(line for line in result.stdout.splitlines() if "arrag faid-trainset" in line)
+    assert "--codes results/" in trainset and "codes/midjourney_pairs/codes-00000-of-" in trainset
+    assert "--world" not in trainset and "--exclude-self" not in trainset
+    (work / "pin.yaml").write_text(pin_model)
+    unpinned = _snakemake(work, "-n", "--configfile", config, "pin.yaml")
+    assert unpinned.returncode != 0 and "'midjourney_pairs' is a Hugging Face dataset without a revision" in (
+        unpinned.stdout + unpinned.stderr
+    )
     unpinned = _snakemake(work, "-n", "--configfile", config)
     assert unpinned.returncode != 0 and "model.revision is not set" in unpinned.stdout + unpinned.stderr
 
@@ -102,24 +117,34 @@ def test_the_paper_profiles_resolve(tmp_path, config, tokenise, generate):
 @pytest.mark.smoke
 def test_a_database_over_configured_image_folders(tmp_path):
     """retrieval.corpora: two image folders tokenised in their own shards into one database with disjoint image
-    ids and its source table; Figure 6 from a held-out folder; attribution finds images through the table."""
+    ids and its source table; Figure 6 from a held-out folder; attribution finds images through the table; FAiD's
+    training set from a folder of captioned pairs (finetune.pairs)."""
     import numpy as np
 
     work = _workdir(tmp_path)
     rng = np.random.default_rng(0)
-    for name, n in (("photos_a", 12), ("photos_b", 8), ("held", 6)):
+    for name, n in (("photos_a", 12), ("photos_b", 8), ("held", 6), ("pairs", 5)):
         (work / "data" / name).mkdir(parents=True)
         for i in range(n):
             Image.fromarray(rng.integers(0, 256, (40, 40, 3), dtype=np.uint8)).save(work / "data" / name / f"{i}.png")
+        if name == "pairs":
+            for i in range(n):
+                (work / "data" / name / f"{i}.txt").write_text(f"a photo of pair {i}")
     (work / "corpora.yaml").write_text(
-        "methods: [vanilla, daid]\n"
+        "methods: [vanilla, daid, faid]\n"
         "retrieval:\n"
         "  corpora:\n"
         "    photos_a: {source: {type: folder, path: data/photos_a}, num_shards: 2}\n"
         "    photos_b: {source: {type: folder, path: data/photos_b}}\n"
         "  heldout: {source: {type: folder, path: data/held}}\n"
+        "finetune:\n"
+        "  pairs: {captioned: {source: {type: folder, path: data/pairs, caption_extension: txt}, num_shards: 2}}\n"
     )
-    targets = ["results/toy/tables/retrieval_accuracy.csv", "results/toy/figures/attribution.png"]
+    targets = [
+        "results/toy/tables/retrieval_accuracy.csv",
+        "results/toy/figures/attribution.png",
+        "results/toy/retrieval/faid_trainset",
+    ]
     result = _snakemake(
         work, *targets, "--cores", "2", "--max-threads", "1", "--configfile", "config/toy.yaml", "corpora.yaml"
     )
@@ -129,6 +154,9 @@ def test_a_database_over_configured_image_folders(tmp_path):
     assert [t["source"]["path"] for t in meta["sources"]] == ["data/photos_a", "data/photos_b"]
     assert len((work / "results/toy/tables/retrieval_accuracy.csv").read_text().splitlines()) == 1 + 5 + 1
     assert (work / "results/toy/figures/attribution.png").is_file()
+    trainset = json.loads((work / "results/toy/retrieval/faid_trainset/trainset.json").read_text())
+    assert sorted(trainset["captions"]) == [f"a photo of pair {i}" for i in range(5)]
+    assert trainset["database"]["num_images"] == 20 and not trainset["excluded_same_image"]
 
 
 @pytest.mark.smoke

@@ -356,6 +356,30 @@ _ITEMS: dict[str, Callable[[dict], Iterator[Item]]] = {
 }
 
 
+# ----------------------------------------------------------------------------- overlap between sources
+
+
+def source_locations(spec: dict) -> list[str]:
+    """What a source reads: absolute folder or tar paths, or "hf://<name>/<split>" for a Hugging Face dataset."""
+    kind = _check_spec(spec)
+    if kind == "webdataset":
+        patterns = [spec["urls"]] if isinstance(spec["urls"], (str, Path)) else spec["urls"]
+        return [str(Path(name).resolve()) for p in patterns for name in expand_braces(str(p))]
+    if kind == "hf_dataset":
+        return [f"hf://{spec['name']}/{spec.get('split', 'train')}"]
+    return [str(Path(spec["path"]).resolve())]
+
+
+def shared_locations(a: dict, b: dict) -> list[str]:
+    """The locations two sources both read (equal, or one folder inside the other): they share images."""
+    shared = set()
+    for x in source_locations(a):
+        for y in source_locations(b):
+            if x == y or Path(x).is_relative_to(y) or Path(y).is_relative_to(x):
+                shared.add(max(x, y, key=len))  # the inner folder is what both read
+    return sorted(shared)
+
+
 # ----------------------------------------------------------------------------- the entry point
 
 

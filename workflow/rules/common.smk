@@ -25,11 +25,24 @@ NUM_SHARDS = RETRIEVAL["num_shards"]
 # source of Figure 6's queries (`retrieval.heldout`, else the mini world's reference split).
 CORPORA = RETRIEVAL["corpora"] or {RETRIEVAL["source"]: {"source": None, "num_shards": NUM_SHARDS}}
 HELDOUT_NAME = "heldout" if RETRIEVAL["heldout"] else "reference"
-TOKENISED = CORPORA | {HELDOUT_NAME: RETRIEVAL["heldout"] or {"source": None, "num_shards": 1}}
+# FAiD's and RA-CM3's fine-tuning pairs (`finetune.pairs`: captioned sources), tokenised like the corpora
+FINETUNE_PAIRS = config["finetune"]["pairs"]
+TOKENISED = CORPORA | FINETUNE_PAIRS | {HELDOUT_NAME: RETRIEVAL["heldout"] or {"source": None, "num_shards": 1}}
+_clashes = sorted((set(CORPORA) | {HELDOUT_NAME}) & set(FINETUNE_PAIRS))
+if _clashes:
+    raise ValueError(f"finetune.pairs names {_clashes} are also retrieval sources: give the pairs their own names")
+for _name, _entry in {**TOKENISED}.items():
+    _spec = _entry.get("source") or {}
+    if _spec.get("type") == "hf_dataset" and not _spec.get("revision"):
+        raise ValueError(
+            f"source {_name!r} is a Hugging Face dataset without a revision: set its 'revision' to a commit "
+            f"(the 40-hex-digit id on the page of {_spec.get('name')}, 'Files and versions' -> history)"
+        )
 if RETRIEVAL["corpora"] and "racm3" in config["methods"]:
     raise ValueError(
-        "methods includes racm3, but RA-CM3's image index needs the corpus captions, which only the mini world's "
-        "split provides so far: leave retrieval.corpora empty, or drop racm3 from methods"
+        "methods includes racm3, but RA-CM3's image retriever over configured corpora (CLIP image embeddings, paper "
+        "appendix B.1) is not built yet; the mini world's split has a caption retriever: leave retrieval.corpora "
+        "empty, or drop racm3 from methods"
     )
 
 
@@ -37,6 +50,25 @@ def corpus_codes():
     """Every code shard of the retrieval corpus (all configured corpora)."""
     shards = {name: c.get("num_shards", 1) for name, c in CORPORA.items()}
     return [code_shard(name, s, n) for name, n in shards.items() for s in range(n)]
+
+
+def finetune_codes():
+    """Every code shard of the fine-tuning pairs (`finetune.pairs`)."""
+    return [code_shard(name, s, c.get("num_shards", 1)) for name, c in FINETUNE_PAIRS.items() for s in range(c.get("num_shards", 1))]
+
+
+def pairs_inputs(wildcards):
+    """What the fine-tuning pairs are read from: code shards of `finetune.pairs`, else the mini world's split."""
+    if FINETUNE_PAIRS:
+        return {"pairs": finetune_codes()}
+    return {"pairs": f"{RESULTS}/world/{FAID['trainset_split']}/images.npy"}
+
+
+def pairs_flags(wildcards, input):
+    """`--codes SHARDS` or `--world DIR --split NAME`: the pairs of `arrag faid-trainset` and `train-racm3`."""
+    if FINETUNE_PAIRS:
+        return "--codes " + " ".join(input.pairs)
+    return f"--world {world_dir(input.pairs)} --split {FAID['trainset_split']}"
 
 
 def heldout_codes():

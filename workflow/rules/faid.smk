@@ -5,18 +5,21 @@
 
 rule faid_trainset:
     input:
+        unpack(pairs_inputs),
         model=f"{RESULTS}/models/base",
         db=f"{RESULTS}/retrieval/db",
-        images=f"{RESULTS}/world/{FAID['trainset_split']}/images.npy",
     output:
         directory(f"{RESULTS}/retrieval/faid_trainset"),
     params:
         gpu=on_gpu,
-        world=lambda wildcards, input: world_dir(input.images),
-        split=FAID["trainset_split"],
+        pairs=pairs_flags,
         k=FAID["training"]["k"],
         # the training split is the database's own source (mini world): leave each image's own entries out
-        exclude_self="--exclude-self" if FAID["trainset_split"] == RETRIEVAL["source"] and not RETRIEVAL["corpora"] else "",
+        exclude_self=(
+            "--exclude-self"
+            if FAID["trainset_split"] == RETRIEVAL["source"] and not RETRIEVAL["corpora"] and not FINETUNE_PAIRS
+            else ""
+        ),
         device=config["device"],
     log:
         log_path("faid_trainset"),
@@ -29,9 +32,8 @@ rule faid_trainset:
         gpu=1,
         mem_mb=4000,
     shell:
-        "OMP_NUM_THREADS={threads} {params.gpu} arrag faid-trainset --model {input.model} --db {input.db} --world {params.world} "
-        "--split {params.split} --k {params.k} {params.exclude_self} --device {params.device} --out {output} "
-        "> {log} 2>&1"
+        "OMP_NUM_THREADS={threads} {params.gpu} arrag faid-trainset --model {input.model} --db {input.db} {params.pairs} "
+        "--k {params.k} {params.exclude_self} --device {params.device} --out {output} > {log} 2>&1"
 
 
 rule train_faid:

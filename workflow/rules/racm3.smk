@@ -26,14 +26,14 @@ rule build_image_index:
 
 rule train_racm3:
     input:
+        unpack(pairs_inputs),
         model=f"{RESULTS}/models/base",
         index=f"{RESULTS}/retrieval/image_index",
-        images=f"{RESULTS}/world/finetune/images.npy",
     output:
         directory(f"{RESULTS}/models/racm3"),
     params:
         gpu=on_gpu,
-        world=lambda wildcards, input: world_dir(input.images),
+        pairs=pairs_flags,
         training=settings_flags("--set", config["racm3"]["training"]),
         device=config["device"],
     log:
@@ -47,5 +47,5 @@ rule train_racm3:
         gpu=1,
         mem_mb=6000,
     shell:
-        "OMP_NUM_THREADS={threads} {params.gpu} arrag train-racm3 --model {input.model} --world {params.world} --split finetune "
+        "OMP_NUM_THREADS={threads} {params.gpu} arrag train-racm3 --model {input.model} {params.pairs} "
         "--image-index {input.index} --device {params.device} --out {output} {params.training} > {log} 2>&1"
