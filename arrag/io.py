@@ -10,6 +10,8 @@ import tempfile
 from pathlib import Path
 from typing import Iterator
 
+import numpy as np
+
 
 @contextlib.contextmanager
 def atomic_path(final: str | Path, *, directory: bool = False) -> Iterator[Path]:
@@ -58,6 +60,18 @@ def write_text(path: str | Path, text: str) -> None:
 
 def write_json(path: str | Path, obj) -> None:
     write_text(path, json.dumps(obj, indent=2, sort_keys=True) + "\n")
+
+
+def write_shard(npz_path: str | Path, arrays: dict, meta: dict) -> None:
+    """One shard as a file pair: `npz_path` (the arrays, no pickles) and its .json metadata, both atomic and the
+    .json last, so a shard is complete exactly when its .json exists. The old .json is deleted first: a crash
+    midway never leaves an old .json vouching for a new .npz."""
+    npz_path = Path(npz_path)
+    json_path = npz_path.with_suffix(".json")
+    json_path.unlink(missing_ok=True)
+    with atomic_path(npz_path) as tmp, open(tmp, "wb") as f:  # a file object: savez would append ".npz"
+        np.savez(f, **arrays)
+    write_json(json_path, meta)
 
 
 def write_jsonl(path: str | Path, records) -> None:

@@ -37,7 +37,7 @@ import numpy as np
 import torch
 
 from arrag.data.sources import ImageRecord, iter_source
-from arrag.io import atomic_path, progress, write_json
+from arrag.io import progress, write_shard
 from arrag.models.vq import VQTokenizer, codebook_fingerprint
 
 log = logging.getLogger(__name__)
@@ -153,11 +153,8 @@ def write_code_shard(
     meta = {**meta, "format": FORMAT, "shard": shard, "num_shards": num_shards, "count": len(codes)}
     meta["grid"] = [int(codes.shape[1]), int(codes.shape[2])]
 
-    npz_path, json_path = shard_paths(out_dir, shard, num_shards)
-    json_path.unlink(missing_ok=True)  # the shard is incomplete from here until the new json lands
-    with atomic_path(npz_path) as tmp, open(tmp, "wb") as f:  # a file object: savez would append ".npz"
-        np.savez(f, codes=codes.astype(code_dtype(size)), image_ids=image_ids.astype(np.int64))
-    write_json(json_path, meta)  # last: marks the shard complete
+    arrays = {"codes": codes.astype(code_dtype(size)), "image_ids": image_ids.astype(np.int64)}
+    write_shard(shard_paths(out_dir, shard, num_shards)[0], arrays, meta)
     return meta
 
 
