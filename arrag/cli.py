@@ -301,8 +301,17 @@ def cmd_build_image_index(args) -> None:
     from arrag.data.code_shards import load_code_shards
     from arrag.io import read_jsonl
     from arrag.models.vq import codebook_fingerprint
-    from arrag.retrieval.image_index import BagOfWordsEncoder, ImageLevelIndex
+    from arrag.retrieval.image_index import BagOfWordsEncoder, ClipTextEncoder, ImageLevelIndex
 
+    if args.embeddings:  # the paper's CLIP retriever
+        encoder = ClipTextEncoder.load(args.clip_model, args.clip_pretrained, sha256=args.clip_sha256)
+        index = ImageLevelIndex.from_shards(args.codes, args.embeddings, encoder)
+        index.check_codebook(codebook_fingerprint(_load_codebook(args.model, args.revision)), str(args.model))
+        index.save(args.out)
+        print(json.dumps({k: v for k, v in index.metadata.items() if k != "sources"}, indent=2))
+        return
+    if not args.captions:
+        raise ValueError("give --embeddings (CLIP embedding shards of the corpus) or --captions (the mini world's)")
     records = read_jsonl(args.captions)
     codes, image_ids, metas = load_code_shards(args.codes)
     if int(image_ids.max()) >= len(records):
@@ -408,18 +417,21 @@ def cmd_train_faid(args) -> None:
 
 def cmd_train_racm3(args) -> None:
     from arrag.baselines.racm3 import RACM3TrainingConfig, train_racm3
+    from arrag.decoding.pipeline import resolve_device
     from arrag.models.janus import load_janus
     from arrag.models.vq import VQTokenizer
     from arrag.retrieval.image_index import ImageLevelIndex
 
     # the base model's tokenizer, on the CPU, to read or check the pairs; train_racm3 loads its own copy
     vq = VQTokenizer.from_janus(load_janus(args.model, revision=args.revision)[0])
-    codes, captions, _ = fine_tuning_pairs(args, vq)
+    codes, captions, pair_sources = fine_tuning_pairs(args, vq)
+    index = ImageLevelIndex.load(args.image_index, resolve_device(args.device))
+    refuse_shared_sources(pair_sources, index.sources, f"the image index {args.image_index}")
     stats = train_racm3(
         args.model,
         codes,
         captions,
-        ImageLevelIndex.load(args.image_index),
+        index,
         parse_overrides(args.set, RACM3TrainingConfig),
         args.out,
         device=args.device,
@@ -434,6 +446,23 @@ def _load_codebook(model_dir: str, revision: str | None = None):
 
     model, _ = load_janus(model_dir, revision=revision)
     return VQTokenizer.from_janus(model).codebook
+
+
+def cmd_embed_images(args) -> None:
+    from arrag.decoding.pipeline import resolve_device
+    from arrag.retrieval.image_index import ClipTextEncoder, embed_image_shard
+
+    encoder = ClipTextEncoder.load(args.clip_model, args.clip_pretrained, resolve_device(args.device), args.clip_sha256)
+    meta = embed_image_shard(
+        json.loads(args.source), args.shard, args.num_shards, encoder, args.out, batch_size=args.batch_size
+    )
+    print(json.dumps({k: v for k, v in meta.items() if k != "skipped"} | {"skipped": len(meta["skipped"])}, indent=2))
+
+
+def _clip_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--clip-model", default="ViT-B-32", help="open_clip model name (ViT-B-32: the paper's 512-d)")
+    p.add_argument("--clip-pretrained", default="openai", help="open_clip pretrained tag or a local weights file")
+    p.add_argument("--clip-sha256", default=None, help="expected SHA-256 of a local weights file")
 
 
 def cmd_tokenise(args) -> None:
@@ -844,9 +873,16 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("build-image-index", help="RA-CM3's image-level retriever over a tokenised corpus")
     _model_args(p, help="the backbone whose codebook the code shards use")
-    p.add_argument("--captions", required=True, help="JSONL with one record per source image (image id = line)")
-    p.add_argument("--caption-field", default="caption")
     p.add_argument("--codes", nargs="+", required=True, help="code shards (.npz) of the corpus")
+    p.add_argument("--embeddings", nargs="+", default=None, help="CLIP embedding shards of the same sources")
+    _clip_args(p)
+    p.add_argument(
+        "--captions",
+        default=None,
+        help="instead of --embeddings, the mini world's caption retriever: "
+        "JSONL with one record per source image (image id = line)",
+    )
+    p.add_argument("--caption-field", default="caption")
     p.add_argument("--out", required=True)
     p.set_defaults(func=cmd_build_image_index)
 
@@ -917,6 +953,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--num-shards", type=int, required=True)
     p.add_argument("--out", required=True)
     p.set_defaults(func=cmd_finish_benchmark)
+
+    p = sub.add_parser("embed-images", help="CLIP-embed one shard of an image source (RA-CM3's image retriever)")
+    p.add_argument("--source", required=True, help='JSON source spec, e.g. \'{"type": "folder", "path": "imgs/"}\'')
+    p.add_argument("--shard", type=int, default=0)
+    p.add_argument("--num-shards", type=int, default=1)
+    _clip_args(p)
+    p.add_argument("--batch-size", type=int, default=256)
+    p.add_argument("--device", default="auto")
+    p.add_argument("--out", required=True, help="directory of embedding shards")
+    p.set_defaults(func=cmd_embed_images)
 
     p = sub.add_parser("tokenise", help="encode one shard of an image source into a code shard")
     _model_args(p)

@@ -38,3 +38,28 @@ def tiny_janus():
         model.get_input_embeddings().weight.normal_(0, 1)
     configure_image_generation(model, tok, guidance_scale=3.0)
     return model, build_processor(tok, spec.image_size, spec.grid**2), spec
+
+
+TINY_CLIP = {  # an open_clip config small enough for tests; the real tokenizer's vocabulary, so text works too
+    "embed_dim": 16,
+    "quick_gelu": True,
+    "vision_cfg": {"image_size": 32, "layers": 1, "width": 32, "head_width": 16, "patch_size": 8},
+    "text_cfg": {"context_length": 16, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 1},
+}
+
+
+@pytest.fixture(scope="session")
+def tiny_clip(tmp_path_factory):
+    """(model name, safetensors path, the random-weight model): a registered tiny open_clip config."""
+    import json
+
+    import open_clip
+    from safetensors.torch import save_file
+
+    root = tmp_path_factory.mktemp("clip")
+    (root / "arrag-tiny-clip.json").write_text(json.dumps(TINY_CLIP))
+    open_clip.add_model_config(root / "arrag-tiny-clip.json")
+    torch.manual_seed(0)
+    model = open_clip.create_model("arrag-tiny-clip").eval()
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, root / "tiny.safetensors")
+    return "arrag-tiny-clip", root / "tiny.safetensors", model

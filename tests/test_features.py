@@ -69,28 +69,6 @@ def test_inception_extractor_loads_a_checked_file_through_clean_fid(tmp_path):
 
 # ----------------------------------------------------------------------------- CLIP
 
-TINY_CLIP = {
-    "embed_dim": 16,
-    "quick_gelu": True,
-    "vision_cfg": {"image_size": 32, "layers": 1, "width": 32, "head_width": 16, "patch_size": 8},
-    "text_cfg": {"context_length": 8, "vocab_size": 64, "width": 16, "heads": 1, "layers": 1},
-}
-
-
-@pytest.fixture(scope="module")
-def tiny_clip(tmp_path_factory):
-    """(model name, safetensors path, the random-weight model): a registered tiny open_clip config."""
-    import open_clip
-    from safetensors.torch import save_file
-
-    root = tmp_path_factory.mktemp("clip")
-    (root / "arrag-tiny-clip.json").write_text(json.dumps(TINY_CLIP))
-    open_clip.add_model_config(root / "arrag-tiny-clip.json")
-    torch.manual_seed(0)
-    model = open_clip.create_model("arrag-tiny-clip").eval()
-    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, root / "tiny.safetensors")
-    return "arrag-tiny-clip", root / "tiny.safetensors", model
-
 
 def test_clip_embedder_matches_the_open_clip_model_with_its_normalisation(tiny_clip):
     name, weights, model = tiny_clip

@@ -2,7 +2,6 @@
 the CLIP colour classifier (on a tiny random-weight open_clip model) and the checkpoint checks."""
 
 import hashlib
-import json
 
 import numpy as np
 import pytest
@@ -14,20 +13,12 @@ from arrag.evaluation import geneval_mask2former as m2f
 
 
 @pytest.fixture(scope="module")
-def tiny_clip(tmp_path_factory):
-    open_clip = pytest.importorskip("open_clip")
-    cfg = {
-        "embed_dim": 16,
-        "quick_gelu": True,
-        "vision_cfg": {"image_size": 32, "layers": 1, "width": 32, "patch_size": 8, "head_width": 16},
-        "text_cfg": {"context_length": 16, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 1},
-    }
-    path = tmp_path_factory.mktemp("clip") / "arrag-test-clip.json"
-    path.write_text(json.dumps(cfg))
-    open_clip.add_model_config(path)
-    torch.manual_seed(0)
-    model, _, preprocess = open_clip.create_model_and_transforms("arrag-test-clip", pretrained=None)
-    return m2f.ColourClassifier(model, preprocess, open_clip.get_tokenizer("arrag-test-clip"))
+def colour_classifier(tiny_clip):
+    import open_clip
+
+    name, weights, _ = tiny_clip
+    model, _, preprocess = open_clip.create_model_and_transforms(name, pretrained=str(weights))
+    return m2f.ColourClassifier(model.eval(), preprocess, open_clip.get_tokenizer(name))
 
 
 def test_class_names_are_cocos_80():
@@ -60,8 +51,8 @@ def test_masked_crop_is_object_over_grey_cut_to_box():
         m2f.masked_crop(image, (0, 0, 2, 2), np.ones((4, 4), bool))
 
 
-def test_colour_classifier_is_argmax_of_mean_template_embeddings(tiny_clip):
-    clf = tiny_clip
+def test_colour_classifier_is_argmax_of_mean_template_embeddings(colour_classifier):
+    clf = colour_classifier
     crops = [Image.fromarray(np.full((12, 12, 3), c, np.uint8)) for c in [(255, 0, 0), (0, 0, 255), (250, 250, 250)]]
     got = clf(crops, "cup")
     with torch.no_grad():  # direct recomputation
@@ -79,7 +70,7 @@ def test_colour_classifier_is_argmax_of_mean_template_embeddings(tiny_clip):
     assert not torch.equal(clf.class_weights("cup"), clf.class_weights("dog"))  # the templates name the class
 
 
-def test_detector_feeds_the_geneval_rules(tiny_clip):
+def test_detector_feeds_the_geneval_rules(colour_classifier):
     """Boxes above 0.3, the best max_objects per class, each with its crop's colour, go through GenEval's rules."""
     names = m2f.class_names()
     image = np.zeros((16, 16, 3), np.uint8)
@@ -88,7 +79,7 @@ def test_detector_feeds_the_geneval_rules(tiny_clip):
     cup = names.index("cup")
     bboxes[cup] = np.array([[0, 0, 8, 8, 0.95], [8, 8, 16, 16, 0.5], [0, 8, 8, 16, 0.1]])
     masks[cup] = [np.ones((16, 16), bool)] * 3
-    detector = m2f.Mask2FormerCLIPDetector(lambda img: (bboxes, masks), tiny_clip, max_objects=1)
+    detector = m2f.Mask2FormerCLIPDetector(lambda img: (bboxes, masks), colour_classifier, max_objects=1)
     dets = detector(image)
     assert [(d.label, d.score) for d in dets] == [("cup", 0.95)]  # above 0.3, best max_objects per class
     assert dets[0].colour in m2f.GENEVAL_COLOURS

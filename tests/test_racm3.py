@@ -185,3 +185,50 @@ def test_attribution_picture_shows_the_sources(tiny_janus, index, tmp_path):
     assert Image.open(out).size[1] >= 3 * 16 * 4
     with pytest.raises(ValueError, match="no readable images with ids"):
         load_source_images({"type": "folder", "path": str(corpus)}, {999}, size=16)
+
+
+def test_two_processes_train_exactly_like_one(tiny_janus, index, tmp_path):
+    """`train-racm3` under torchrun with 2 CPU processes (gloo) equals one process accumulating the same global
+    batch in two micro-batches: each process takes every other example and the gradients are summed."""
+    import os
+    import subprocess
+    import sys
+
+    from safetensors.torch import load_file
+
+    from arrag.data.code_shards import shard_paths, write_code_shard
+
+    model, processor, spec = tiny_janus
+    model.save_pretrained(tmp_path / "base", safe_serialization=True)
+    processor.save_pretrained(tmp_path / "base")
+    index.save(tmp_path / "index")
+    meta = {  # the fine-tuning pairs as a captioned code shard
+        "codebook_size": spec.codebook_size,
+        "codebook_sha256": index.codebook_sha256,
+        "tokenizer_id": "",
+        "source": {"type": "folder", "path": "pairs"},
+        "source_ids": [f"{i}.png" for i in range(len(CAPTIONS))],
+        "captions": CAPTIONS,
+    }
+    write_code_shard(tmp_path / "pairs", 0, 1, index.codes[::-1], np.arange(len(CAPTIONS)), meta)
+    common = ["train-racm3", "--model", str(tmp_path / "base"), "--image-index", str(tmp_path / "index")]
+    common += ["--codes", str(shard_paths(tmp_path / "pairs", 0, 1)[0]), "--device", "cpu"]
+    common += [f"--set={kv}" for kv in ("steps=4", "batch_size=2", "lr=3e-3", "checkpoint_every=0")]
+    common += ["--set=caption_dropout=0.25"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    one = [sys.executable, "-m", "arrag", *common, "--set=grad_accum=2", "--out", str(tmp_path / "one")]
+    subprocess.run(one, check=True, env=env, capture_output=True, timeout=300)
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
+    result = subprocess.run(
+        [*torchrun, "-m", "arrag", *common, "--out", str(tmp_path / "two")],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    a, b = load_file(tmp_path / "one" / "model.safetensors"), load_file(tmp_path / "two" / "model.safetensors")
+    base = load_file(tmp_path / "base" / "model.safetensors")
+    assert a.keys() == b.keys() and any(not torch.equal(a[k], base[k]) for k in a)  # training moved weights
+    for name in a:  # Adam divides by sqrt(v): summation-order noise in near-zero gradients shows at ~1e-6
+        torch.testing.assert_close(a[name], b[name], rtol=1e-4, atol=1e-5)

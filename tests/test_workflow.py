@@ -78,16 +78,16 @@ def _job_counts(dry_run_stdout: str) -> dict[str, int]:
 
 
 @pytest.mark.parametrize(
-    "config, tokenise, generate, sweep",
+    "config, tokenise, embed, generate, sweep",
     [
-        ("config/paper.yaml", 64 + 32 + 48 + 1 + 4 + 4, 3 * 3 * 4, 3 * 3),
-        ("config/paper-1gpu.yaml", 1 + 1 + 1 + 1, 3 * 3 * 1, 2 * 2),
+        ("config/paper.yaml", 64 + 32 + 48 + 1 + 4 + 4, 64 + 32, 4 * 3 * 4, 3 * 3),
+        ("config/paper-1gpu.yaml", 1 + 1 + 1 + 1, 1, 4 * 3 * 1, 2 * 2),
     ],
 )
-def test_the_paper_profiles_resolve(tmp_path, config, tokenise, generate, sweep):
+def test_the_paper_profiles_resolve(tmp_path, config, tokenise, embed, generate, sweep):
     """The paper DAG (Janus-Pro-1B from the hub, three corpora, FAiD's fine-tuning pairs from two captioned
-    sources, GenEval/DPG-Bench/MJHQ-30K with the benchmarks' own models) resolves with its expected jobs;
-    nothing of the mini world is built."""
+    sources, RA-CM3's CLIP index over the corpora it names, GenEval/DPG-Bench/MJHQ-30K with the benchmarks' own
+    models) resolves with its expected jobs; nothing of the mini world is built."""
     work = _workdir(tmp_path)
     shutil.copytree(REPO / "arrag" / "benchmarks", work / "arrag" / "benchmarks")  # the vendored prompt sets
     pin_model = f"model: {{revision: {'0123abcd' * 5}}}\n"
@@ -97,14 +97,18 @@ def test_the_paper_profiles_resolve(tmp_path, config, tokenise, generate, sweep)
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
     jobs = _job_counts(result.stdout)
     assert jobs["tokenise_shard"] == tokenise and jobs["generate"] == generate  # x methods x prompt sets x shards
-    assert jobs["finish_generation"] == 3 * 3 and jobs["download_model"] == 1
+    assert jobs["finish_generation"] == 4 * 3 and jobs["download_model"] == 1
     for rule in ("download_geneval_detector", "download_dpg_csv", "download_mjhq", "download_inception"):
         assert jobs[rule] == 1
     assert jobs["faid_trainset"] == jobs["train_faid"] == 1 and jobs["train_faid_sweep"] == sweep
-    assert not set(jobs) & {"world", "train_vq", "train_base", "mini_dpg", "train_features", "train_racm3"}
+    assert jobs["embed_images"] == embed and jobs["build_image_index"] == jobs["train_racm3"] == 1
+    assert not set(jobs) & {"world", "train_vq", "train_base", "mini_dpg", "train_features"}
     trainset = next(line for line in result.stdout.splitlines() if "arrag faid-trainset" in line)
     assert "--codes results/" in trainset and "codes/midjourney_pairs/codes-00000-of-" in trainset
     assert "--world" not in trainset and "--exclude-self" not in trainset
+    index = next(line for line in result.stdout.splitlines() if "arrag build-image-index" in line)
+    assert "--embeddings results/" in index and "--clip-model ViT-B-32 --clip-pretrained openai" in index
+    assert "--captions" not in index and "codes/datacomp/" not in index  # RA-CM3: CC12M + JourneyDB only
     (work / "pin.yaml").write_text(pin_model)
     unpinned = _snakemake(work, "-n", "--configfile", config, "pin.yaml")
     assert unpinned.returncode != 0 and "'midjourney_pairs' is a Hugging Face dataset without a revision" in (
@@ -115,23 +119,29 @@ def test_the_paper_profiles_resolve(tmp_path, config, tokenise, generate, sweep)
 
 
 @pytest.mark.smoke
-def test_a_database_over_configured_image_folders(tmp_path):
+def test_a_database_over_configured_image_folders(tmp_path, tiny_clip):
     """retrieval.corpora: two image folders tokenised in their own shards into one database with disjoint image
     ids and its source table; Figure 6 from a held-out folder; attribution finds images through the table; FAiD's
-    training set from a folder of captioned pairs (finetune.pairs)."""
+    training set from a folder of captioned pairs (finetune.pairs); RA-CM3's CLIP index over one of the corpora
+    (a tiny random-weight CLIP from a local config and weights file) and its fine-tuning on the same pairs."""
     import numpy as np
+    from conftest import TINY_CLIP
 
     work = _workdir(tmp_path)
     rng = np.random.default_rng(0)
+    captions = ["a photo of a red circle", "a photo of a blue square", "a photo of two green triangles"]
     for name, n in (("photos_a", 12), ("photos_b", 8), ("held", 6), ("pairs", 5)):
         (work / "data" / name).mkdir(parents=True)
         for i in range(n):
             Image.fromarray(rng.integers(0, 256, (40, 40, 3), dtype=np.uint8)).save(work / "data" / name / f"{i}.png")
         if name == "pairs":
             for i in range(n):
-                (work / "data" / name / f"{i}.txt").write_text(f"a photo of pair {i}")
+                (work / "data" / name / f"{i}.txt").write_text(captions[i % 3])
+    (work / "clip").mkdir()
+    (work / "clip" / "arrag-dag-clip.json").write_text(json.dumps(TINY_CLIP))
+    shutil.copy(tiny_clip[1], work / "clip" / "weights.safetensors")
     (work / "corpora.yaml").write_text(
-        "methods: [vanilla, daid, faid]\n"
+        "methods: [vanilla, daid, faid, racm3]\n"
         "retrieval:\n"
         "  corpora:\n"
         "    photos_a: {source: {type: folder, path: data/photos_a}, num_shards: 2}\n"
@@ -139,11 +149,15 @@ def test_a_database_over_configured_image_folders(tmp_path):
         "  heldout: {source: {type: folder, path: data/held}}\n"
         "finetune:\n"
         "  pairs: {captioned: {source: {type: folder, path: data/pairs, caption_extension: txt}, num_shards: 2}}\n"
+        "racm3:\n"
+        "  corpora: [photos_b]\n"
+        "  clip: {model: clip/arrag-dag-clip.json, pretrained: clip/weights.safetensors}\n"
     )
     targets = [
         "results/toy/tables/retrieval_accuracy.csv",
         "results/toy/figures/attribution.png",
         "results/toy/retrieval/faid_trainset",
+        "results/toy/models/racm3",
     ]
     result = _snakemake(
         work, *targets, "--cores", "2", "--max-threads", "1", "--configfile", "config/toy.yaml", "corpora.yaml"
@@ -155,8 +169,13 @@ def test_a_database_over_configured_image_folders(tmp_path):
     assert len((work / "results/toy/tables/retrieval_accuracy.csv").read_text().splitlines()) == 1 + 5 + 1
     assert (work / "results/toy/figures/attribution.png").is_file()
     trainset = json.loads((work / "results/toy/retrieval/faid_trainset/trainset.json").read_text())
-    assert sorted(trainset["captions"]) == [f"a photo of pair {i}" for i in range(5)]
+    assert sorted(trainset["captions"]) == sorted(captions[i % 3] for i in range(5))
     assert trainset["database"]["num_images"] == 20 and not trainset["excluded_same_image"]
+    index = json.loads((work / "results/toy/retrieval/image_index/index.json").read_text())
+    assert index["count"] == 8 and index["encoder"]["name"] == "open_clip"
+    assert [t["source"]["path"] for t in index["sources"]] == ["data/photos_b"]
+    racm3 = json.loads((work / "results/toy/models/racm3/training.json").read_text())
+    assert racm3["image_index"]["count"] == 8 and racm3["steps"] == 3
 
 
 @pytest.mark.smoke

@@ -35,6 +35,7 @@ class RACM3TrainingConfig:
     caption_dropout: float = 0.1  # drops caption and reference together (the unconditional branch)
     checkpoint_every: int = 100
     seed: int = 0
+    grad_accum: int = 1  # global batch = batch_size * grad_accum * processes
 
 
 def train_racm3(
@@ -47,15 +48,20 @@ def train_racm3(
     device: str | None = None,
 ) -> dict:
     """Fine-tune the base model's generation path on the pairs (codes [N, H, W] = the images' VQ tokens under
-    the base model, captions [N]), each caption's retrieved reference as a prefix."""
+    the base model, captions [N]), each caption's retrieved reference as a prefix. Runs as one process on
+    `device`, or under `accelerate launch`/torchrun as several (one per GPU; each takes its share of every
+    global batch and the gradients are summed, as FAiD's training does)."""
+    from accelerate import Accelerator
+
     out_dir = Path(out_dir)
     torch.manual_seed(cfg.seed)
-    device = resolve_device(device)
+    acc = Accelerator(cpu=resolve_device(device).type == "cpu")
+    device = acc.device
     model, processor = load_janus(base_dir, device=device)
     vq = VQTokenizer.from_janus(model)
     index.check_codebook(codebook_fingerprint(vq.codebook), f"the base model {base_dir}")
     codes = codes.to(device).flatten(1)  # [N, T]
-    rows = index.retrieve(captions)  # [N] top-1 reference per caption
+    rows = index.retrieve(captions, device)  # [N] top-1 reference per caption
     references = index.reference_codes(rows, device)  # [N, T]
     ids, mask, uncond = caption_inputs(processor, captions, device)
 
@@ -64,7 +70,7 @@ def train_racm3(
         batch_ids = torch.where(drop[:, None], uncond[idx], ids[idx])
         return image_generation_loss(model, batch_ids, mask[idx], codes[idx], references[idx], prefix_visible=~drop)
 
-    params, start, log, t0, ckpt = fit_generation_path(model, len(codes), batch_loss, cfg, out_dir, "RA-CM3")
+    params, start, log, t0, ckpt = fit_generation_path(model, len(codes), batch_loss, cfg, out_dir, "RA-CM3", acc)
     stats = {
         "method": "racm3",
         "base_model": str(base_dir),
@@ -76,12 +82,16 @@ def train_racm3(
         "config": asdict(cfg),
         "image_index": index.metadata | {"encoder": index.encoder.name},
         "distinct_references": int(len(np.unique(rows))),
+        "processes": acc.num_processes,
+        "global_batch": cfg.batch_size * cfg.grad_accum * acc.num_processes,
     }
-    with atomic_path(out_dir, directory=True) as tmp:
-        model.save_pretrained(tmp, safe_serialization=True)
-        processor.save_pretrained(tmp)
-        write_json(tmp / "training.json", stats)
-    ckpt.discard()
+    if acc.is_main_process:
+        with atomic_path(out_dir, directory=True) as tmp:
+            model.save_pretrained(tmp, safe_serialization=True)
+            processor.save_pretrained(tmp)
+            write_json(tmp / "training.json", stats)
+        ckpt.discard()
+    acc.wait_for_everyone()
     return stats
 
 
@@ -106,11 +116,11 @@ class RACM3Pipeline(ImageGenerationPipeline):
     ):
         device = resolve_device(device)
         model, processor = load_janus(source, revision=revision, device=device)
-        return cls(model, processor, ImageLevelIndex.load(index), device)
+        return cls(model, processor, ImageLevelIndex.load(index, device), device)
 
     def prefix_codes(self, prompts: list[str]) -> torch.Tensor:
         """The top-1 reference image of each prompt, flattened: [B, H*W]."""
-        rows = self.index.retrieve(prompts)
+        rows = self.index.retrieve(prompts, self.device)
         self._rows.append(rows)
         return self.index.reference_codes(rows, self.device)
 

@@ -114,11 +114,18 @@ def clip_embedder(
     sha256: str | None = None,
 ) -> ClipEmbedder:
     """An open_clip image embedder with weights from a local file (checked against `sha256` when given) or an
-    open_clip pretrained tag such as "openai" (open_clip pins each tag to one hub repository / URL)."""
+    open_clip pretrained tag such as "openai" (open_clip pins each tag to one hub repository / URL).
+    `model_name` is a built-in open_clip model or a local open_clip config file ("my-clip.json" registers the
+    architecture "my-clip")."""
     import open_clip
 
     if model_name.startswith(("hf-hub:", "local-dir:")):
         raise ValueError(f"{model_name}: give a built-in open_clip model name (configs from the hub are not pinned)")
+    if model_name.endswith(".json"):
+        if not Path(model_name).is_file():
+            raise FileNotFoundError(f"open_clip model config {model_name} does not exist")
+        open_clip.add_model_config(model_name)
+        model_name = Path(model_name).stem
     if model_name not in open_clip.list_models():
         raise ValueError(f"{model_name} is not an open_clip model name (register a config with add_model_config)")
     tags = open_clip.list_pretrained_tags_by_model(model_name)

@@ -33,6 +33,7 @@ from arrag.models.janus import load_janus
 from arrag.models.training import (
     ResumableCheckpoint,
     _batches,
+    accumulate_gradients,
     caption_dropout_mask,
     caption_inputs,
 )
@@ -200,6 +201,14 @@ def train_faid(
     ckpt = ResumableCheckpoint(out_dir, cfg.checkpoint_every)
     start = ckpt.load(faid, opt)
     global_batch = cfg.batch_size * cfg.grad_accum * acc.num_processes
+
+    def micro_loss(rows: torch.Tensor, dropped: torch.Tensor) -> torch.Tensor:
+        # rows index the CPU-held codes and candidates; `on` the device-held prompts
+        on, dropped = rows.to(acc.device), dropped.to(acc.device)
+        batch_ids = torch.where(dropped[:, None], uncond[on], ids[on])
+        cands = torch.where(dropped[:, None, None], -1, candidates[rows].to(acc.device))
+        return faid_training_loss(model, faid, batch_ids, mask[on], codes[rows].to(acc.device), cands)
+
     log, t0 = [], time.time()
     stream = _batches(len(codes), global_batch, cfg.steps, start, cfg.seed)
     bar = progress(stream, total=cfg.steps - start, desc="FAiD", disable=not acc.is_main_process)
@@ -208,21 +217,7 @@ def train_faid(
             g["lr"] = lr_at(step, cfg)
         idx = torch.as_tensor(idx)
         drop = caption_dropout_mask(len(idx), cfg.caption_dropout, cfg.seed, step)  # same on every process
-        mine = torch.arange(len(idx))[acc.process_index :: acc.num_processes]  # this process' share
-        total = 0.0
-        for micro in mine.split(cfg.batch_size):
-            rows = idx[micro]  # indexes the CPU-held codes and candidates; `on` the device-held prompts
-            on, dropped = rows.to(acc.device), drop[micro].to(acc.device)
-            batch_ids = torch.where(dropped[:, None], uncond[on], ids[on])
-            cands = torch.where(dropped[:, None, None], -1, candidates[rows].to(acc.device))
-            loss = faid_training_loss(model, faid, batch_ids, mask[on], codes[rows].to(acc.device), cands)
-            # each example weighs 1/len(idx) of the global batch, whichever process holds it
-            (loss * len(micro) / len(idx)).backward()
-            total += loss.item() * len(micro) / len(idx)
-        if acc.num_processes > 1:  # sum the processes' shares (FAiD runs through hooks, not DDP)
-            for p in params:
-                p.grad = acc.reduce(p.grad if p.grad is not None else torch.zeros_like(p), reduction="sum")
-            total = float(acc.reduce(torch.tensor(total, device=acc.device), reduction="sum"))
+        total = accumulate_gradients(idx, drop, cfg.batch_size, micro_loss, params, acc)
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         opt.step()
         opt.zero_grad(set_to_none=True)

@@ -187,6 +187,7 @@ class BaseTrainingConfig:
     guidance_scale: float = 5.0  # stored in the generation config as the default
     checkpoint_every: int = 250
     seed: int = 0
+    grad_accum: int = 1  # micro-batches per step (fit_generation_path)
 
 
 def unconditional_ids(input_ids: torch.Tensor, bos_id: int, boi_id: int, pad_id: int) -> torch.Tensor:
@@ -307,34 +308,60 @@ def caption_dropout_mask(n: int, rate: float, seed: int, step: int) -> torch.Ten
     return torch.rand(n, generator=gen) < rate
 
 
-def fit_generation_path(model, n: int, batch_loss, cfg, out_dir: Path, desc: str):
+def accumulate_gradients(
+    idx: torch.Tensor, drop: torch.Tensor, micro_batch: int, micro_loss, params, acc=None
+) -> float:
+    """Backward of one global batch of example indices idx [B] (drop [B]: condition dropped) and its mean loss.
+
+    This process takes every n-th example (n processes under `accelerate`/torchrun; `acc` None: one process),
+    in micro-batches of `micro_batch`; each example weighs 1/B whichever process holds it, and with several
+    processes the gradients and the loss are summed across them. So the step equals one process on the whole
+    batch, up to floating-point order. `micro_loss(idx [b], drop [b])` is the mean loss of a micro-batch."""
+    n, rank = (acc.num_processes, acc.process_index) if acc is not None else (1, 0)
+    total = 0.0
+    for micro in torch.arange(len(idx))[rank::n].split(micro_batch):
+        loss = micro_loss(idx[micro], drop[micro])
+        (loss * len(micro) / len(idx)).backward()
+        total += loss.item() * len(micro) / len(idx)
+    if n > 1:  # summed by hand: FAiD runs through hooks and RA-CM3 through a prefix, neither wrapped in DDP
+        for p in params:
+            p.grad = acc.reduce(p.grad if p.grad is not None else torch.zeros_like(p), reduction="sum")
+        total = float(acc.reduce(torch.tensor(total, device=acc.device), reduction="sum"))
+    return total
+
+
+def fit_generation_path(model, n: int, batch_loss, cfg, out_dir: Path, desc: str, acc=None):
     """The shared training loop of the generation path (base model, RA-CM3): AdamW, warm-up + cosine,
-    caption dropout, gradient clipping, a resumable checkpoint. `batch_loss(idx [b], drop [b] bool)` gives
-    the loss of a batch of example indices, with `drop` marking the examples whose condition is dropped.
-    Returns (trainable params, resumed-at step, loss log, start time, checkpoint): discard the checkpoint
-    once the trained model is saved."""
+    caption dropout, gradient clipping, a resumable checkpoint, a global batch of batch_size x grad_accum x
+    processes (`acc`: an accelerate.Accelerator when several processes train). `batch_loss(idx [b], drop [b]
+    bool)` gives the mean loss of a micro-batch of example indices, `drop` marking the examples whose
+    condition is dropped. Returns (trainable params, resumed-at step, loss log, start time, checkpoint):
+    discard the checkpoint once the trained model is saved."""
     params = trainable_generation_parameters(model)
     model.train()
     model.model.vqmodel.eval()
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     ckpt = ResumableCheckpoint(out_dir, cfg.checkpoint_every)
     start = ckpt.load(model, opt)
+    main_process = acc is None or acc.is_main_process
+    global_batch = cfg.batch_size * cfg.grad_accum * (acc.num_processes if acc is not None else 1)
     log, t0 = [], time.time()
-    bar = progress(_batches(n, cfg.batch_size, cfg.steps, start, cfg.seed), total=cfg.steps - start, desc=desc)
+    stream = _batches(n, global_batch, cfg.steps, start, cfg.seed)
+    bar = progress(stream, total=cfg.steps - start, desc=desc, disable=not main_process)
     for step, idx in bar:
         for g in opt.param_groups:
             g["lr"] = _lr_at(step, cfg.steps, cfg.lr)
         idx = torch.as_tensor(idx)
-        drop = caption_dropout_mask(len(idx), cfg.caption_dropout, cfg.seed, step)
-        loss = batch_loss(idx, drop)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
+        drop = caption_dropout_mask(len(idx), cfg.caption_dropout, cfg.seed, step)  # same on every process
+        loss = accumulate_gradients(idx, drop, cfg.batch_size, batch_loss, params, acc)
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         opt.step()
+        opt.zero_grad(set_to_none=True)
         if step % 50 == 0 or step == cfg.steps - 1:
-            log.append({"step": step, "loss": loss.item()})
-            bar.set_postfix(loss=f"{loss.item():.3f}")
-        ckpt.maybe_save(step + 1, model, opt)
+            log.append({"step": step, "loss": loss})
+            bar.set_postfix(loss=f"{loss:.3f}")
+        if main_process:
+            ckpt.maybe_save(step + 1, model, opt)
     model.eval()
     return params, start, log, t0, ckpt
 

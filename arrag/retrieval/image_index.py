@@ -1,33 +1,55 @@
 """Image-level retrieval for the RA-CM3 baseline (paper appendix B.1): text query -> the most similar
 corpus image, whose VQ tokens become the generation prefix.
 
-The paper embeds corpus images and prompts with CLIP and takes the top cosine similarity. The mini world
-has no pretrained CLIP, so the mini profile stands in a *caption-similarity* retriever: each corpus image
-is represented by its caption's bag of words and the prompt is matched by cosine similarity. It answers
-the same question (which corpus image fits this prompt best) with text on both sides. A CLIP encoder for
-the paper profile is not built yet.
+Two encoders answer "which corpus image fits this prompt best":
 
-Directory format "arrag-imageindex/1" (atomic, like every output):
+- `ClipTextEncoder` (the paper's): corpus images are embedded by a CLIP image tower (`embed_image_shard`,
+  one job per source shard, like tokenisation) and prompts by the same model's text tower (its end-of-text
+  token, as open_clip's encode_text takes it); cosine similarity ranks the images. The paper's 512-d
+  embeddings are those of ViT-B/32.
+- `BagOfWordsEncoder` (the mini profile's stand-in, as the mini world has no pretrained CLIP): each corpus
+  image is represented by its caption's bag of words, the prompt likewise, text on both sides.
 
-    index.npz    embeddings float32 [N, E] (L2-normalised), image_ids int64 [N], codes uint16 [N, H, W]
-    index.json   format, encoder ({"name", "vocabulary"}), count, grid, codebook_sha256, tokenizer_id
+Directory format "arrag-imageindex/2" (atomic, like every output; the .npy files open memory-mapped, so
+generation jobs on one machine share one copy of a large index through the page cache):
 
-Ties (identical bag-of-words captions are common in the mini world) go to the lowest row, so a prompt
-always retrieves the same image.
+    embeddings.npy  [N, E] L2-normalised (float16 for CLIP, float32 for bag-of-words)
+    image_ids.npy   int64 [N]
+    codes.npy       uint16 [N, H, W] the images' VQ tokens
+    index.json      format, encoder (its description: enough to rebuild the query encoder), count, grid,
+                    codebook_sha256, tokenizer_id, sources (the code shards' source table, when built from them)
+
+CLIP embedding shards "arrag-clip-embeddings/1", one file pair per source shard (arrag.io.write_shard):
+
+    <out_dir>/clip-SSSSS-of-TTTTT.npz   embeddings float16 [N, E], image_ids int64 [N] (positions in the
+                                        source's enumeration, as in code shards)
+    <out_dir>/clip-SSSSS-of-TTTTT.json  format, shard, num_shards, count, dim, encoder, source, skipped, seconds
+
+Search is exact (brute force over every image, the corpus streamed in blocks so memory stays bounded, on the
+GPU when given one). Ties (identical bag-of-words captions are common in the mini world) go to the lowest row,
+so a prompt always retrieves the same image.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import re
+import time
 from pathlib import Path
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
-from arrag.io import atomic_path, write_json
+from arrag.io import atomic_path, progress, write_json, write_shard
 
-FORMAT = "arrag-imageindex/1"
+log = logging.getLogger(__name__)
+
+FORMAT = "arrag-imageindex/2"
+EMBEDDINGS_FORMAT = "arrag-clip-embeddings/1"
+ROW_BLOCK = 1 << 18  # corpus rows scored at once: [queries, 262144] float32 scores
+QUERY_BLOCK = 1024  # prompts encoded and searched at once
 
 
 def words(text: str) -> list[str]:
@@ -61,10 +83,122 @@ class BagOfWordsEncoder:
         return {"name": self.name, "vocabulary": self.vocabulary}
 
 
-def encoder_from(description: dict) -> BagOfWordsEncoder:
-    if description.get("name") != BagOfWordsEncoder.name:
-        raise ValueError(f"unknown image-index encoder {description.get('name')!r}: this build knows 'caption-bow'")
-    return BagOfWordsEncoder(description["vocabulary"])
+class ClipTextEncoder:
+    """Text -> L2-normalised CLIP text embedding [N, E] (open_clip), the query side of the CLIP retriever."""
+
+    name = "open_clip"
+
+    def __init__(self, embedder, model_name: str):
+        import open_clip
+
+        self.embedder = embedder  # arrag.evaluation.features.ClipEmbedder: the image side, same weights
+        self.model_name = model_name  # a built-in open_clip name, or a config file clip_embedder registered
+        self.tokenize = open_clip.get_tokenizer(Path(model_name).stem if model_name.endswith(".json") else model_name)
+
+    @classmethod
+    def load(cls, model_name: str, pretrained: str, device: str | torch.device = "cpu", sha256: str | None = None):
+        """open_clip weights from a local file (checked against `sha256` when given) or a pretrained tag."""
+        from arrag.evaluation.features import clip_embedder
+
+        return cls(clip_embedder(model_name, pretrained, device=device, sha256=sha256), model_name)
+
+    @torch.no_grad()
+    def __call__(self, texts: list[str]) -> np.ndarray:
+        device = self.embedder.mean.device
+        tokens = self.tokenize(list(texts)).to(device)  # [N, context] (long prompts are cut, as CLIP's are)
+        return F.normalize(self.embedder.model.encode_text(tokens).float(), dim=-1).cpu().numpy()
+
+    @torch.no_grad()
+    def embed_images(self, images: np.ndarray) -> np.ndarray:
+        """uint8 [B, S, S, 3] (S = the model's input size) -> L2-normalised float16 [B, E]."""
+        x = torch.from_numpy(images).permute(0, 3, 1, 2).float().to(self.embedder.mean.device)  # [B, 3, S, S]
+        return self.embedder(x).cpu().numpy().astype(np.float16)
+
+    @property
+    def input_size(self) -> int:
+        return int(self.embedder.input_size)
+
+    def describe(self) -> dict:
+        identity = self.embedder.identity
+        out = {"name": self.name, "model": self.model_name, "pretrained": identity["pretrained"]}
+        return out | ({"sha256": identity["sha256"]} if "sha256" in identity else {})
+
+
+def encoder_from(description: dict, device: str | torch.device = "cpu"):
+    """The query encoder an index (or embedding shard) was built with, from its description."""
+    name = description.get("name")
+    if name == BagOfWordsEncoder.name:
+        return BagOfWordsEncoder(description["vocabulary"])
+    if name == ClipTextEncoder.name:
+        return ClipTextEncoder.load(description["model"], description["pretrained"], device, description.get("sha256"))
+    raise ValueError(f"unknown image-index encoder {name!r}: this build knows 'caption-bow' and 'open_clip'")
+
+
+# ----------------------------------------------------------------------------- CLIP image embedding shards
+
+
+def embedding_shard_path(out_dir: str | Path, shard: int, num_shards: int) -> Path:
+    return Path(out_dir) / f"clip-{shard:05d}-of-{num_shards:05d}.npz"
+
+
+def embed_image_shard(
+    spec: dict, shard: int, num_shards: int, encoder: ClipTextEncoder, out_dir: str | Path, batch_size: int = 256
+) -> dict:
+    """CLIP-embed one shard of an image source (arrag.data.sources) and write it; returns its metadata.
+
+    Images are centre-cropped and resized to the model's input size by the sources' preprocessing (shorter
+    side, bicubic), as open_clip's own transform does, then normalised by the model's mean and std."""
+    from arrag.data.sources import iter_source
+
+    start = time.perf_counter()
+    records = iter_source(spec, shard, num_shards, size=encoder.input_size)
+    chunks, image_ids, batch, skipped = [], [], [], []
+    for record in progress(records, desc=f"CLIP-embed shard {shard}/{num_shards}", unit="img"):
+        if record.image is None:
+            skipped.append({"image_id": record.image_id, "source_id": record.source_id, "error": record.error})
+            continue
+        batch.append(record.image)
+        image_ids.append(record.image_id)
+        if len(batch) == batch_size:
+            chunks.append(encoder.embed_images(np.stack(batch)))
+            batch = []
+    if batch:
+        chunks.append(encoder.embed_images(np.stack(batch)))
+    dim = int(encoder.embedder.identity["dim"])
+    embeddings = np.concatenate(chunks) if chunks else np.zeros((0, dim), np.float16)  # [N, E]
+    meta = {
+        "format": EMBEDDINGS_FORMAT,
+        "shard": shard,
+        "num_shards": num_shards,
+        "count": len(embeddings),
+        "dim": dim,
+        "encoder": encoder.describe(),
+        "source": json.loads(json.dumps(spec, default=str)),
+        "skipped": skipped,
+        "seconds": round(time.perf_counter() - start, 3),
+    }
+    arrays = {"embeddings": embeddings, "image_ids": np.asarray(image_ids, np.int64)}
+    write_shard(embedding_shard_path(out_dir, shard, num_shards), arrays, meta)
+    return meta
+
+
+def load_embedding_shard(npz_path: str | Path) -> tuple[np.ndarray, np.ndarray, dict]:
+    """(embeddings float16 [N, E], image_ids int64 [N], metadata) of one CLIP embedding shard."""
+    npz_path = Path(npz_path)
+    json_path = npz_path.with_suffix(".json")
+    if not json_path.is_file():
+        raise FileNotFoundError(f"{json_path} is missing: incomplete shard: rerun `arrag embed-images` for it")
+    meta = json.loads(json_path.read_text())
+    if meta.get("format") != EMBEDDINGS_FORMAT:
+        raise ValueError(f"{json_path}: format {meta.get('format')!r}, expected {EMBEDDINGS_FORMAT!r}")
+    with np.load(npz_path, allow_pickle=False) as z:
+        embeddings, image_ids = z["embeddings"], z["image_ids"]
+    if not len(embeddings) == len(image_ids) == meta["count"]:
+        raise ValueError(f"{npz_path}: {len(embeddings)} embeddings, {len(image_ids)} ids, count {meta['count']}")
+    return embeddings, image_ids, meta
+
+
+# ----------------------------------------------------------------------------- the index
 
 
 class ImageLevelIndex:
@@ -75,9 +209,10 @@ class ImageLevelIndex:
         embeddings: np.ndarray,
         image_ids: np.ndarray,
         codes: np.ndarray,
-        encoder: BagOfWordsEncoder,
+        encoder,
         codebook_sha256: str,
         tokenizer_id: str = "",
+        sources: list[dict] | None = None,
     ):
         if not (len(embeddings) == len(image_ids) == len(codes)):
             raise ValueError(
@@ -86,11 +221,12 @@ class ImageLevelIndex:
             )
         if len(codes) == 0:
             raise ValueError("image index: the corpus is empty")
-        self.embeddings = np.ascontiguousarray(embeddings, dtype=np.float32)  # [N, E]
+        self.embeddings = embeddings  # [N, E], possibly memory-mapped
         self.image_ids = np.asarray(image_ids, dtype=np.int64)  # [N]
-        self.codes = np.asarray(codes)  # [N, H, W]
+        self.codes = codes  # [N, H, W], possibly memory-mapped
         self.encoder = encoder
         self.codebook_sha256, self.tokenizer_id = codebook_sha256, tokenizer_id
+        self.sources = list(sources or [])  # [{"source": spec, "offset": first image id}] (code_shards.source_table)
 
     @classmethod
     def build(
@@ -105,6 +241,48 @@ class ImageLevelIndex:
         """captions[i] describes the image with id image_ids[i] and token grid codes[i]."""
         return cls(encoder(captions), image_ids, codes, encoder, codebook_sha256, tokenizer_id)
 
+    @classmethod
+    def from_shards(
+        cls, code_paths: list[str | Path], embedding_paths: list[str | Path], encoder: ClipTextEncoder
+    ) -> "ImageLevelIndex":
+        """The CLIP index of a tokenised corpus: code shards (arrag tokenise) joined with the CLIP embedding
+        shards of the same sources (arrag embed-images) on each image's source and position."""
+        from arrag.data.code_shards import load_code_shards, source_table
+
+        codes, image_ids, metas = load_code_shards(code_paths)  # global ids: each source shifted by its offset
+        sources = source_table(metas)
+        offsets = {json.dumps(t["source"], sort_keys=True): t["offset"] for t in sources}
+        embeddings, embedded_ids = [], []
+        for path in embedding_paths:
+            e, ids, meta = load_embedding_shard(path)
+            if meta["encoder"] != encoder.describe():
+                raise ValueError(
+                    f"{path} was embedded with {meta['encoder']}, the query encoder is {encoder.describe()}: "
+                    "embed the corpus with the same CLIP model and weights"
+                )
+            key = json.dumps(meta["source"], sort_keys=True)
+            if key not in offsets:
+                raise ValueError(f"{path} embeds the source {meta['source']}, which none of the code shards hold")
+            embeddings.append(e)
+            embedded_ids.append(ids + offsets[key])
+        if not embeddings:
+            raise ValueError("no CLIP embedding shards given")
+        common, code_rows, emb_rows = np.intersect1d(
+            image_ids.numpy(), np.concatenate(embedded_ids), assume_unique=True, return_indices=True
+        )
+        missing = len(image_ids) - len(common)
+        if missing:
+            log.warning("%d tokenised images have no CLIP embedding (not readable then?); left out", missing)
+        return cls(
+            np.concatenate(embeddings)[emb_rows],
+            common,
+            codes.numpy()[code_rows].astype(np.uint16),
+            encoder,
+            metas[0]["codebook_sha256"],
+            metas[0].get("tokenizer_id", ""),
+            sources,
+        )
+
     def __len__(self) -> int:
         return len(self.codes)
 
@@ -112,28 +290,43 @@ class ImageLevelIndex:
     def grid(self) -> tuple[int, int]:
         return tuple(self.codes.shape[1:])
 
-    def search(self, queries: np.ndarray, k: int = 1) -> tuple[np.ndarray, np.ndarray]:
+    def search(
+        self, queries: np.ndarray, k: int = 1, device: str | torch.device = "cpu"
+    ) -> tuple[np.ndarray, np.ndarray]:
         """queries [Q, E] (L2-normalised) -> cosine scores and rows [Q, k], best first (ties: lowest row)."""
         if not 1 <= k <= len(self):
             raise ValueError(f"k={k} must be between 1 and the index size {len(self)}")
-        scores = queries @ self.embeddings.T  # [Q, N]
-        rows = np.argsort(-scores, axis=1, kind="stable")[:, :k]
-        return np.take_along_axis(scores, rows, axis=1), rows
+        q = torch.as_tensor(np.asarray(queries, dtype=np.float32), device=device)  # [Q, E]
+        best_scores = q.new_empty((len(q), 0))
+        best_rows = torch.empty((len(q), 0), dtype=torch.long, device=device)
+        for start in range(0, len(self), ROW_BLOCK):
+            block = np.array(self.embeddings[start : start + ROW_BLOCK], dtype=np.float32)  # [b, E], a copy
+            scores = q @ torch.from_numpy(block).to(device).T  # [Q, b]
+            rows = torch.arange(start, start + len(block), device=device).expand_as(scores)
+            # the running best (lower rows) first, so a stable sort gives ties to the lowest row
+            scores, rows = torch.cat([best_scores, scores], 1), torch.cat([best_rows, rows], 1)
+            order = torch.sort(scores, dim=1, descending=True, stable=True).indices[:, :k]
+            best_scores, best_rows = scores.gather(1, order), rows.gather(1, order)
+        return best_scores.cpu().numpy(), best_rows.cpu().numpy()
 
-    def retrieve(self, prompts: list[str]) -> np.ndarray:
+    def retrieve(self, prompts: list[str], device: str | torch.device = "cpu") -> np.ndarray:
         """The row of the top-1 image per prompt [Q]."""
-        queries = self.encoder(prompts)
-        empty = np.flatnonzero(~queries.any(axis=1))
-        if len(empty):  # an all-zero query would silently "retrieve" row 0
-            raise ValueError(
-                f"prompt {prompts[empty[0]]!r} shares no word with the image index's captions; rebuild the index "
-                "from a corpus whose captions cover the prompts' vocabulary"
-            )
-        return self.search(queries, 1)[1][:, 0]
+        rows = []
+        for start in range(0, len(prompts), QUERY_BLOCK):
+            block = prompts[start : start + QUERY_BLOCK]
+            queries = self.encoder(block)
+            empty = np.flatnonzero(~queries.any(axis=1))
+            if len(empty):  # an all-zero query would silently "retrieve" row 0
+                raise ValueError(
+                    f"prompt {block[empty[0]]!r} shares no word with the image index's captions; rebuild the index "
+                    "from a corpus whose captions cover the prompts' vocabulary"
+                )
+            rows.append(self.search(queries, 1, device)[1][:, 0])
+        return np.concatenate(rows)
 
     def reference_codes(self, rows: np.ndarray, device: torch.device | str = "cpu") -> torch.Tensor:
         """Token grids of the given rows, flattened in raster order: [Q, H*W] long."""
-        return torch.from_numpy(self.codes[rows].astype(np.int64)).flatten(1).to(device)
+        return torch.from_numpy(np.asarray(self.codes[rows]).astype(np.int64)).flatten(1).to(device)
 
     def check_codebook(self, codebook_sha256: str, what: str = "the model") -> None:
         if codebook_sha256 != self.codebook_sha256:
@@ -152,16 +345,19 @@ class ImageLevelIndex:
             "grid": list(self.grid),
             "codebook_sha256": self.codebook_sha256,
             "tokenizer_id": self.tokenizer_id,
+            "sources": self.sources,
         }
 
     def save(self, directory: str | Path) -> None:
         with atomic_path(Path(directory), directory=True) as tmp:
-            with open(tmp / "index.npz", "wb") as f:  # a file object: np.savez would append ".npz"
-                np.savez(f, embeddings=self.embeddings, image_ids=self.image_ids, codes=self.codes)
+            np.save(tmp / "embeddings.npy", np.asarray(self.embeddings))
+            np.save(tmp / "image_ids.npy", self.image_ids)
+            np.save(tmp / "codes.npy", np.asarray(self.codes))
             write_json(tmp / "index.json", self.metadata)
 
     @classmethod
-    def load(cls, directory: str | Path) -> "ImageLevelIndex":
+    def load(cls, directory: str | Path, device: str | torch.device = "cpu") -> "ImageLevelIndex":
+        """Open an index (its arrays memory-mapped); the query encoder is rebuilt on `device`."""
         directory = Path(directory)
         meta_path = directory / "index.json"
         if not meta_path.is_file():
@@ -169,15 +365,16 @@ class ImageLevelIndex:
         meta = json.loads(meta_path.read_text())
         if meta.get("format") != FORMAT:
             raise ValueError(f"{meta_path}: format {meta.get('format')!r}, expected {FORMAT!r}; rebuild the index")
-        with np.load(directory / "index.npz", allow_pickle=False) as z:
-            index = cls(
-                z["embeddings"],
-                z["image_ids"],
-                z["codes"],
-                encoder_from(meta["encoder"]),
-                meta["codebook_sha256"],
-                meta.get("tokenizer_id", ""),
-            )
+        arrays = {n: np.load(directory / f"{n}.npy", mmap_mode="r") for n in ("embeddings", "image_ids", "codes")}
+        index = cls(
+            arrays["embeddings"],
+            arrays["image_ids"],
+            arrays["codes"],
+            encoder_from(meta["encoder"], device),
+            meta["codebook_sha256"],
+            meta.get("tokenizer_id", ""),
+            meta.get("sources"),
+        )
         if len(index) != meta["count"]:
-            raise ValueError(f"{directory}: index.npz holds {len(index)} images, index.json says {meta['count']}")
+            raise ValueError(f"{directory}: the arrays hold {len(index)} images, index.json says {meta['count']}")
         return index

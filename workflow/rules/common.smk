@@ -38,12 +38,37 @@ for _name, _entry in {**TOKENISED}.items():
             f"source {_name!r} is a Hugging Face dataset without a revision: set its 'revision' to a commit "
             f"(the 40-hex-digit id on the page of {_spec.get('name')}, 'Files and versions' -> history)"
         )
-if RETRIEVAL["corpora"] and "racm3" in config["methods"]:
-    raise ValueError(
-        "methods includes racm3, but RA-CM3's image retriever over configured corpora (CLIP image embeddings, paper "
-        "appendix B.1) is not built yet; the mini world's split has a caption retriever: leave retrieval.corpora "
-        "empty, or drop racm3 from methods"
-    )
+# RA-CM3's image retriever: CLIP over `racm3.corpora` (default: every corpus) when corpora are configured, the
+# mini world's caption retriever otherwise
+RACM3 = config["racm3"]
+RACM3_CORPORA = RACM3["corpora"] or list(CORPORA)
+_unknown = sorted(set(RACM3_CORPORA) - set(CORPORA))
+if RETRIEVAL["corpora"] and _unknown:
+    raise ValueError(f"racm3.corpora names {_unknown}, which are not retrieval.corpora: use some of {list(CORPORA)}")
+
+
+def clip_flags():
+    clip = RACM3["clip"]
+    flags = f"--clip-model {clip['model']} --clip-pretrained {clip['pretrained']}"
+    return flags + (f" --clip-sha256 {clip['sha256']}" if clip["sha256"] else "")
+
+
+def image_index_inputs(wildcards):
+    """RA-CM3's index is built from the corpus's code shards plus CLIP embedding shards, or captions (mini)."""
+    if not RETRIEVAL["corpora"]:
+        return {"codes": corpus_codes(), "captions": f"{RESULTS}/world/{RETRIEVAL['source']}/metadata.jsonl"}
+    counts = {name: CORPORA[name].get("num_shards", 1) for name in RACM3_CORPORA}
+    shards = [(name, s, n) for name, n in counts.items() for s in range(n)]
+    return {
+        "codes": [code_shard(name, s, n) for name, s, n in shards],
+        "embeddings": [f"{RESULTS}/clip/{name}/clip-{s:05d}-of-{n:05d}.npz" for name, s, n in shards],
+    }
+
+
+def image_index_flags(wildcards, input):
+    if not RETRIEVAL["corpora"]:
+        return f"--captions {input.captions}"
+    return f"--embeddings {input.embeddings} {clip_flags()}"
 
 
 def corpus_codes():
@@ -292,12 +317,13 @@ GENEVAL_NOTE = (
 FAID = config["faid"]
 
 
-def faid_launcher(wildcards):
-    """`arrag` for one training process, or torchrun starting `faid.processes` of them inside this one job (one
-    per GPU; each takes its share of every global batch and the gradients are summed, arrag.models.faid_training)."""
-    if FAID["processes"] == 1:
+def launcher(processes):
+    """`arrag` for one training process, or torchrun starting `processes` of them inside this one job (one per
+    GPU; each takes its share of every global batch and the gradients are summed, arrag.models.training)."""
+    if processes == 1:
         return "arrag"
-    return f"python -m torch.distributed.run --standalone --nproc_per_node {FAID['processes']} -m arrag"
+    return f"python -m torch.distributed.run --standalone --nproc_per_node {processes} -m arrag"
+
 # FAiD's sweep grid (rules/faid.smk): hop sets x module spacing.
 FAID_SWEEP = Paramspace(
     pd.DataFrame(

@@ -45,7 +45,7 @@ rule train_faid:
         directory(f"{RESULTS}/models/faid"),
     params:
         gpu=on_gpu,
-        launch=faid_launcher,
+        launch=launcher(FAID["processes"]),
         training=settings_flags("--set", FAID["training"]),
     log:
         log_path("train_faid"),

@@ -1,15 +1,47 @@
-# The RA-CM3 baseline (paper appendix B.1): an image-level retriever over the retrieval corpus (the mini
-# profile's caption-similarity stand-in for CLIP), then fine-tuning of the base model with the retrieved
-# reference image's tokens as a prompt prefix. Generation goes through rules/generate.smk (method racm3).
+# The RA-CM3 baseline (paper appendix B.1): an image-level retriever over the retrieval corpus (CLIP image
+# embeddings of the configured corpora, one job per source shard; the mini profile's caption-similarity
+# stand-in otherwise), then fine-tuning of the base model with the retrieved reference image's tokens as a
+# prompt prefix. Generation goes through rules/generate.smk (method racm3).
+
+
+rule embed_images:
+    output:
+        emb=f"{RESULTS}/clip/{{split}}/clip-{{shard}}-of-{{num_shards}}.npz",
+        meta=f"{RESULTS}/clip/{{split}}/clip-{{shard}}-of-{{num_shards}}.json",
+    wildcard_constraints:
+        shard=r"\d{5}",
+        num_shards=r"\d{5}",
+    params:
+        gpu=on_gpu,
+        source=lambda wildcards: json.dumps(CORPORA[wildcards.split]["source"]),
+        out=lambda wildcards, output: os.path.dirname(output.emb),
+        clip=clip_flags(),
+        batch=RETRIEVAL["tokenise_batch_size"],
+        device=config["device"],
+    log:
+        f"{RESULTS}/logs/embed_images_{{split}}_{{shard}}-of-{{num_shards}}.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/embed_images_{{split}}_{{shard}}-of-{{num_shards}}.tsv"
+    conda:
+        "../envs/arrag.yaml"
+    threads: 1
+    resources:
+        gpu=1,
+        mem_mb=3000,
+    shell:
+        "OMP_NUM_THREADS={threads} {params.gpu} arrag embed-images --source '{params.source}' "
+        "--shard $((10#{wildcards.shard})) --num-shards $((10#{wildcards.num_shards})) {params.clip} "
+        "--batch-size {params.batch} --device {params.device} --out {params.out} > {log} 2>&1"
 
 
 rule build_image_index:
     input:
+        unpack(image_index_inputs),
         model=f"{RESULTS}/models/base",
-        captions=f"{RESULTS}/world/{RETRIEVAL['source']}/metadata.jsonl",
-        codes=corpus_codes(),
     output:
         directory(f"{RESULTS}/retrieval/image_index"),
+    params:
+        retriever=image_index_flags,
     log:
         log_path("build_image_index"),
     benchmark:
@@ -20,7 +52,7 @@ rule build_image_index:
     resources:
         mem_mb=2000,
     shell:
-        "arrag build-image-index --model {input.model} --captions {input.captions} --codes {input.codes} "
+        "arrag build-image-index --model {input.model} --codes {input.codes} {params.retriever} "
         "--out {output} > {log} 2>&1"
 
 
@@ -34,7 +66,8 @@ rule train_racm3:
     params:
         gpu=on_gpu,
         pairs=pairs_flags,
-        training=settings_flags("--set", config["racm3"]["training"]),
+        launch=launcher(RACM3["processes"]),
+        training=settings_flags("--set", RACM3["training"]),
         device=config["device"],
     log:
         log_path("train_racm3"),
@@ -44,8 +77,8 @@ rule train_racm3:
         "../envs/arrag.yaml"
     threads: gpu_job_threads
     resources:
-        gpu=1,
+        gpu=RACM3["processes"],
         mem_mb=6000,
     shell:
-        "OMP_NUM_THREADS={threads} {params.gpu} arrag train-racm3 --model {input.model} {params.pairs} "
+        "OMP_NUM_THREADS={threads} {params.gpu} {params.launch} train-racm3 --model {input.model} {params.pairs} "
         "--image-index {input.index} --device {params.device} --out {output} {params.training} > {log} 2>&1"
