@@ -104,6 +104,25 @@ def test_torch_compact_running_top_k_over_chunks(corpus, databases):
     assert_exact(dists, labels_of(db, sources), brute_force(keys, queries), 10)
 
 
+def test_torch_compact_sharded_over_devices_is_exact(corpus, tmp_path):
+    """Entries spread over 3 shards ("cpu:0..2": logical devices on the CPU) give the one-device answer; the
+    devices are a runtime choice, not saved with the database."""
+    codebook, codes, image_ids, queries, keys = corpus
+    one = PatchDatabase.build(codes, codebook, index="torch_compact", image_ids=image_ids)
+    sharded = PatchDatabase.build(codes[:70], codebook, index="torch_compact", image_ids=image_ids[:70], chunk=999)
+    sharded.set_search_params(devices="cpu:0,cpu:1,cpu:2")
+    for start in range(70, IMAGES, 30):  # later shards are placed on the least loaded device
+        sharded.add(codes[start : start + 30], image_ids[start : start + 30])
+    backend = sharded.backend
+    load = {d: sum(len(p) for p, on in zip(backend.pieces, backend.placement) if on == d) for d in backend.devices}
+    assert len(load) == 3 and max(load.values()) - min(load.values()) <= max(len(p) for p in backend.pieces)
+    dists, _, sources = sharded.search(queries, 10)
+    torch.testing.assert_close(dists, one.search(queries, 10)[0])
+    assert_exact(dists, labels_of(sharded, sources), brute_force(keys, queries), 10)
+    sharded.save(tmp_path / "db")
+    assert "devices" not in json.loads((tmp_path / "db" / "metadata.json").read_text())["index_params"]
+
+
 def test_ivf_compact_with_all_lists_is_exact(corpus, databases):
     _, _, _, queries, keys = corpus
     db = databases["ivf_compact"]

@@ -18,6 +18,10 @@ exact squared L2 distance to it.
 | torch_compact | ids on the device, lookup-table ADC        | yes   | 2 n (4 n when K >= 32768)    |
 
 (*) exact distances, only the list pruning is approximate: nprobe = nlist is exact search.
+
+torch_compact shards across devices (`devices="cuda:0,cuda:1"`): its pieces of entries are spread over the
+devices, each device scores its own pieces against the query's lookup tables, and the devices' top-k lists
+are merged on the database's device. A runtime choice, not saved with the database.
 """
 
 from __future__ import annotations
@@ -79,6 +83,7 @@ class Backend:
     name = ""
     build_params: dict = {}  # every accepted parameter and its default (None = resolved from the data)
     search_params: tuple[str, ...] = ()  # the ones set_search_params may change later
+    runtime_params: tuple[str, ...] = ()  # set where the database is used, never saved with it (devices)
     saves_index = True  # False: rebuilt from the database's codes on load
 
     def __init__(self, ext: torch.Tensor, n: int, device: str = "cpu", **params):
@@ -338,53 +343,96 @@ class TorchCompact(Backend):
     """
 
     name = "torch_compact"
-    build_params = {"chunk": 1 << 18}  # entries scored at once: memory ~ Q * chunk * 4 bytes
-    search_params = ("chunk",)
+    # chunk: entries scored at once (memory ~ Q * chunk * 4 bytes); devices: "" (the database's device) or
+    # "cuda:0,cuda:1,...", the devices the entries are sharded over
+    build_params = {"chunk": 1 << 18, "devices": ""}
+    search_params = ("chunk", "devices")
+    runtime_params = ("devices",)
     saves_index = False  # the ids are the database's codes rearranged; rebuilt on load
 
     def __init__(self, ext, n, device="cpu", **params):
         super().__init__(ext, n, device, **params)
-        self.ext_device = self.ext.to(device)  # [K+1, D]
         self.id_dtype = torch.int16 if self.num_codes <= torch.iinfo(torch.int16).max else torch.int32
         self.pieces: list[torch.Tensor] = []  # [E_i, n] each, in label order
+        self.placement: list[torch.device] = []  # the shard (one of self.devices) holding each piece
+        self.ext_on: dict[torch.device, torch.Tensor] = {}  # the extended codebook [K+1, D] per device, cached
+
+    @property
+    def devices(self) -> list[torch.device]:
+        names = [d.strip() for d in str(self.params["devices"] or "").split(",") if d.strip()]
+        return [torch.device(d) for d in names] or [torch.device(self.device)]
 
     @property
     def ntotal(self) -> int:
         return sum(len(piece) for piece in self.pieces)
 
-    def add(self, ids: np.ndarray | torch.Tensor) -> None:
-        self.pieces.append(torch.as_tensor(ids).to(self.device, self.id_dtype))
+    def _place(self, piece: torch.Tensor, load: dict) -> None:
+        """Put the next piece (in label order) on the least loaded device."""
+        device = min(load, key=lambda d: (load[d], list(load).index(d)))
+        self.pieces.append(piece.to(device, self.id_dtype))
+        self.placement.append(device)
+        load[device] += len(piece)
 
-    def _tables(self, queries: torch.Tensor) -> torch.Tensor:
+    def add(self, ids: np.ndarray | torch.Tensor) -> None:
+        load = {d: 0 for d in self.devices}
+        for piece, device in zip(self.pieces, self.placement):
+            load[device] += len(piece)
+        self._place(torch.as_tensor(ids), load)
+
+    def _apply_search_params(self) -> None:
+        """Place the pieces again over the (possibly changed) devices."""
+        pieces, self.pieces, self.placement = self.pieces, [], []
+        load = {d: 0 for d in self.devices}
+        for piece in pieces:
+            self._place(piece, load)
+
+    def _tables(self, queries: torch.Tensor, device: torch.device) -> torch.Tensor:
         """queries [Q, n*D] -> T [Q, n, K+1], squared distances of each query part to each extended row."""
-        q = queries.to(self.device, torch.float32).reshape(len(queries), self.n, -1)  # [Q, n, D]
-        ext = self.ext_device
+        q = queries.to(device, torch.float32).reshape(len(queries), self.n, -1)  # [Q, n, D]
+        if device not in self.ext_on:
+            self.ext_on[device] = self.ext.to(device)
+        ext = self.ext_on[device]
         cross = torch.einsum("qjd,vd->qjv", q, ext)
         return (q.square().sum(-1, keepdim=True) + ext.square().sum(-1) - 2 * cross).clamp_min(0)
 
     def search(self, queries: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
-        tables = self._tables(queries)  # [Q, n, K+1]
+        """Each device's running top-k over its own pieces, then the devices' lists merged. The device loops
+        are issued one after another but only the final merge waits for them, so the GPUs work at once."""
         num_queries, chunk = len(queries), int(self.params["chunk"])
-        best = torch.empty(num_queries, 0, dtype=torch.float32, device=self.device)  # running top-k distances [Q, <=k]
-        best_labels = torch.empty(num_queries, 0, dtype=torch.long, device=self.device)
+        running = {}  # device -> (distances [Q, <=k], labels [Q, <=k]) on that device
         offset = 0
-        for piece in self.pieces:
+        for piece, device in zip(self.pieces, self.placement):
+            if device not in running:
+                empty = torch.empty(num_queries, 0, device=device)
+                running[device] = (empty, empty.long(), self._tables(queries, device))  # tables [Q, n, K+1]
+            best, best_labels, tables = running[device]
             for start in range(0, len(piece), chunk):
                 ids = piece[start : start + chunk].long()  # [e, n]
                 dists = sum(tables[:, j].index_select(1, ids[:, j]) for j in range(self.n))  # [Q, e]
-                labels = torch.arange(offset + start, offset + start + len(ids), device=self.device)
-                dists = torch.cat([best, dists], 1)
-                labels = torch.cat([best_labels, labels.expand(num_queries, -1)], 1)
-                best, pos = dists.topk(min(k, dists.shape[1]), dim=1, largest=False)  # sorted ascending
-                best_labels = labels.gather(1, pos)
+                labels = torch.arange(offset + start, offset + start + len(ids), device=device)
+                best, best_labels = _top_k(
+                    torch.cat([best, dists], 1), torch.cat([best_labels, labels.expand(num_queries, -1)], 1), k
+                )
+            running[device] = (best, best_labels, tables)
             offset += len(piece)
-        return best, best_labels
+        if not running:
+            empty = torch.empty(num_queries, 0, device=self.device)
+            return empty, empty.long()
+        dists = torch.cat([best.to(self.device) for best, _, _ in running.values()], 1)
+        labels = torch.cat([best_labels.to(self.device) for _, best_labels, _ in running.values()], 1)
+        return _top_k(dists, labels, k)
 
     def key_bytes(self) -> float:
         return float(self.n * torch.empty(0, dtype=self.id_dtype).element_size())
 
     def list_id_bytes(self) -> float:
         return 0.0
+
+
+def _top_k(dists: torch.Tensor, labels: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The k smallest distances per row [Q, <=k] (ascending) and their labels."""
+    best, pos = dists.topk(min(k, dists.shape[1]), dim=1, largest=False)
+    return best, labels.gather(1, pos)
 
 
 BACKENDS: dict[str, type[Backend]] = {

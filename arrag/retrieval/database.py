@@ -221,7 +221,7 @@ class PatchDatabase:
             "grid": list(self.grid),
             "tokenizer_id": self.tokenizer_id,
             "index": self.index_name,
-            "index_params": dict(self.backend.params),
+            "index_params": {k: v for k, v in self.backend.params.items() if k not in self.backend.runtime_params},
             "ntotal": len(self),
             "num_images": len(self.codes),
             "sources": self.sources,
