@@ -44,7 +44,16 @@ def _model_args(p: argparse.ArgumentParser, help: str = "model directory (save_p
     p.add_argument("--revision", default=None, help="pinned hub revision (commit) when --model is a hub id")
 
 
+def _db_devices_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--db-devices",
+        default=None,
+        help="shard a torch_compact database's entries over these devices, e.g. cuda:0,cuda:1 (default: the model's)",
+    )
+
+
 def _daid_args(p: argparse.ArgumentParser) -> None:
+    _db_devices_arg(p)
     p.add_argument("--daid-k", type=int, default=10, help="retrieved patches per step")
     p.add_argument("--daid-weight", type=float, default=0.1, help="lambda: weight of the retrieval distribution")
     p.add_argument("--daid-temperature", type=float, default=1.0, help="tau: retrieval softmax temperature")
@@ -77,14 +86,25 @@ def _pipeline(args):
     return RACM3Pipeline.from_pretrained(args.model, args.image_index, revision=args.revision, device=args.device)
 
 
+def _load_db(args, device, codebook):
+    """--db on `device`; with --db-devices its entries sharded over those devices."""
+    from arrag.retrieval.database import PatchDatabase
+
+    db = PatchDatabase.load(args.db, codebook=codebook, device=str(device))
+    if args.db_devices:
+        if db.index_name != "torch_compact":
+            raise ValueError(f"--db-devices shards a torch_compact database; {args.db} is {db.index_name!r}")
+        db.set_search_params(devices=args.db_devices)
+    return db
+
+
 def _daid_factory(args, pipe, record: bool = False):
     """A function making fresh DAiD hooks over --db with the --daid-* settings (database loaded once)."""
     from arrag.decoding.daid import DAiD
     from arrag.models.vq import VQTokenizer
-    from arrag.retrieval.database import PatchDatabase
 
     codebook = VQTokenizer.from_janus(pipe.model).codebook
-    db = PatchDatabase.load(args.db, codebook=codebook, device=str(pipe.device))
+    db = _load_db(args, pipe.device, codebook)
     settings = dict(
         k=args.daid_k,
         weight=args.daid_weight,
@@ -100,12 +120,11 @@ def _faid_factory(args, pipe, record: bool = False):
     from arrag.models.faid import FAiDHook
     from arrag.models.faid_training import load_faid
     from arrag.models.vq import VQTokenizer
-    from arrag.retrieval.database import PatchDatabase
 
     if not args.faid:
         raise ValueError("--method faid needs --faid DIR (a checkpoint written by `arrag train-faid`)")
     codebook = VQTokenizer.from_janus(pipe.model).codebook
-    db = PatchDatabase.load(args.db, codebook=codebook, device=str(pipe.device))
+    db = _load_db(args, pipe.device, codebook)
     faid = load_faid(args.faid, pipe.model, device=pipe.device).eval()
     faid.attach(pipe.model)
     return lambda: [FAiDHook(db, codebook, faid, record=record)]
@@ -385,14 +404,13 @@ def cmd_faid_trainset(args) -> None:
     from arrag.models.faid_training import build_trainset
     from arrag.models.janus import load_janus
     from arrag.models.vq import VQTokenizer
-    from arrag.retrieval.database import PatchDatabase
 
     if args.exclude_self and not args.world:
         raise ValueError("--exclude-self needs --world: code shards' image ids are not the database's")
     device = resolve_device(args.device)
     model, _ = load_janus(args.model, revision=args.revision, device=device)
     vq = VQTokenizer.from_janus(model)
-    db = PatchDatabase.load(args.db, codebook=vq.codebook, device=str(device))
+    db = _load_db(args, device, vq.codebook)
     codes, captions, pair_sources = fine_tuning_pairs(args, vq)
     refuse_shared_sources(pair_sources, db.sources, f"the database {args.db}")
     # --exclude-self: the split is the database's own source, image id = position in the split
@@ -891,6 +909,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--db", required=True, help="PatchDatabase directory (arrag build-db)")
     _pairs_args(p)
     p.add_argument("--k", type=int, default=10, help="candidates stored per position (training uses the first k)")
+    _db_devices_arg(p)
     p.add_argument(
         "--exclude-self",
         action="store_true",

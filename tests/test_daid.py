@@ -1,3 +1,4 @@
+import numpy as np
 import pytest
 import torch
 
@@ -139,6 +140,19 @@ def test_generate_command_with_daid(tiny_janus, tiny_db, tmp_path, capsys):
     from PIL import Image
 
     assert len(list((tmp_path / "o").glob("*.png"))) == 2 and Image.open(tmp_path / "o" / "prompt000_00.png")
+
+    # a torch_compact database sharded over two (logical, CPU) devices gives the same images
+    codes = db.codes.reshape(-1, *db.grid).long()
+    PatchDatabase.build(codes, db.codebook, index="torch_compact").save(tmp_path / "tdb")
+    daid = base + ["--db", str(tmp_path / "tdb"), "--daid-weight", "1"]
+    assert main(daid + ["--out", str(tmp_path / "one")]) == 0
+    assert main(daid + ["--db-devices", "cpu:0,cpu:1", "--out", str(tmp_path / "two")]) == 0
+    for name in ("prompt000_00.png", "prompt000_01.png"):
+        assert np.array_equal(
+            np.asarray(Image.open(tmp_path / "one" / name)), np.asarray(Image.open(tmp_path / "two" / name))
+        )
+    flat = base + ["--db", str(tmp_path / "db"), "--db-devices", "cpu:0,cpu:1", "--out", str(tmp_path / "f")]
+    assert main(flat) == 2 and "shards a torch_compact database" in capsys.readouterr().err
 
 
 def test_daid_generation_writes_over_copying_records(tiny_janus, tiny_db, tmp_path):

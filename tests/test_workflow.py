@@ -72,6 +72,21 @@ def test_a_hub_model_is_downloaded_at_its_pinned_commit_instead_of_trained(tmp_p
     assert unpinned.returncode != 0 and "model.revision is not set" in unpinned.stdout + unpinned.stderr
 
 
+def test_a_database_sharded_over_gpus_gives_its_jobs_that_many(tmp_path):
+    work = _workdir(tmp_path)
+    (work / "shard.yaml").write_text("retrieval: {index: torch_compact, index_params: {}, db_gpus: 2}\n")
+    result = _snakemake(work, "-n", "-p", "--configfile", "config/toy.yaml", "shard.yaml")
+    assert result.returncode == 0, result.stderr[-2000:]
+    jobs = result.stdout.split("\n\n")
+    daid = [job for job in jobs if "arrag generate-benchmark" in job and "--method daid" in job]
+    vanilla = [job for job in jobs if "arrag generate-benchmark" in job and "--method vanilla" in job]
+    assert daid and all("--db-devices cuda:0,cuda:1" in job and "gpu=2" in job for job in daid)
+    assert vanilla and all("--db-devices" not in job and "gpu=1" in job for job in vanilla)
+    (work / "shard.yaml").write_text("retrieval: {db_gpus: 2}\n")
+    refused = _snakemake(work, "-n", "--configfile", "config/toy.yaml", "shard.yaml")
+    assert refused.returncode != 0 and "only a torch_compact database is sharded" in refused.stdout + refused.stderr
+
+
 def _job_counts(dry_run_stdout: str) -> dict[str, int]:
     table = dry_run_stdout[dry_run_stdout.index("job ") : dry_run_stdout.index("total")]
     return {parts[0]: int(parts[1]) for parts in (line.split() for line in table.splitlines()[2:]) if len(parts) == 2}

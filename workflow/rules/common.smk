@@ -255,10 +255,30 @@ def bench_generate_inputs(wildcards):
 
 def bench_generate_flags(wildcards, input):
     """`arrag bench generate` adds a method's row for each of these (DAiD's whenever --db is given)."""
-    flags = [f"--db {input.db}"] if "daid" in METHODS or "faid" in METHODS else []
+    flags = [f"--db {input.db} {db_devices_flag()}"] if "daid" in METHODS or "faid" in METHODS else []
     flags += [f"--faid {input.faid}"] if "faid" in METHODS else []
     flags += [f"--racm3-model {input.racm3} --image-index {input.index}"] if "racm3" in METHODS else []
     return " ".join(flags)
+
+
+# A torch_compact database too large for one GPU is sharded over `retrieval.db_gpus` GPUs of each job that
+# searches it (arrag --db-devices): such a job asks for that many GPUs.
+DB_GPUS = RETRIEVAL["db_gpus"]
+if DB_GPUS > 1 and RETRIEVAL["index"] != "torch_compact":
+    raise ValueError(
+        f"retrieval.db_gpus is {DB_GPUS}, but only a torch_compact database is sharded over GPUs "
+        f"(retrieval.index is {RETRIEVAL['index']!r}): set index: torch_compact, or db_gpus: 1"
+    )
+
+
+def db_devices_flag():
+    """--db-devices cuda:0,...: the job's GPUs (renumbered from 0 by CUDA_VISIBLE_DEVICES)."""
+    return "--db-devices " + ",".join(f"cuda:{i}" for i in range(DB_GPUS)) if DB_GPUS > 1 else ""
+
+
+def generation_gpus(wildcards):
+    """GPUs of a generation job: the database's shards for the methods that search it."""
+    return DB_GPUS if wildcards.method in ("daid", "faid") else 1
 
 
 def method_flags(wildcards, input):
@@ -268,11 +288,11 @@ def method_flags(wildcards, input):
     if wildcards.method == "racm3":
         return f"--method racm3 --image-index {input.index}"
     if wildcards.method == "faid":
-        return f"--method faid --db {input.db} --faid {input.faid}"
+        return f"--method faid --db {input.db} --faid {input.faid} {db_devices_flag()}"
     d = config["daid"]
     return (
         f"--method daid --db {input.db} --daid-k {d['k']} --daid-weight {d['weight']} "
-        f"--daid-temperature {d['temperature']}" + (" --daid-unique" if d["unique"] else "")
+        f"--daid-temperature {d['temperature']}" + (" --daid-unique" if d["unique"] else "") + f" {db_devices_flag()}"
     )
 
 

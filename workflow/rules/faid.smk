@@ -21,6 +21,7 @@ rule faid_trainset:
             else ""
         ),
         device=config["device"],
+        db_devices=db_devices_flag(),
     log:
         log_path("faid_trainset"),
     benchmark:
@@ -29,11 +30,11 @@ rule faid_trainset:
         "../envs/arrag.yaml"
     threads: gpu_job_threads
     resources:
-        gpu=1,
+        gpu=DB_GPUS,
         mem_mb=4000,
     shell:
         "OMP_NUM_THREADS={threads} {params.gpu} arrag faid-trainset --model {input.model} --db {input.db} {params.pairs} "
-        "--k {params.k} {params.exclude_self} --device {params.device} --out {output} > {log} 2>&1"
+        "--k {params.k} {params.exclude_self} {params.db_devices} --device {params.device} --out {output} > {log} 2>&1"
 
 
 rule train_faid:
@@ -101,6 +102,7 @@ rule generate_faid_sweep:
         out=lambda wildcards, output: os.path.dirname(output[0]),
         n=FAID["sweep"]["images_per_prompt"],
         sampling=sampling_flags(),
+        db_devices=db_devices_flag(),
     log:
         f"{RESULTS}/logs/generate_faid_sweep/{FAID_SWEEP.wildcard_pattern}.log",
     benchmark:
@@ -109,12 +111,12 @@ rule generate_faid_sweep:
         "../envs/arrag.yaml"
     threads: gpu_job_threads
     resources:
-        gpu=1,
+        gpu=DB_GPUS,
         mem_mb=4000,
     shell:
         "OMP_NUM_THREADS={threads} {params.gpu} arrag generate-benchmark --model {input.model} --prompts {input.prompts} "
         "--n {params.n} --out {params.out} {params.sampling} --method faid --db {input.db} --faid {input.faid} "
-        "> {log} 2>&1"
+        "{params.db_devices} > {log} 2>&1"
 
 
 rule sweep_faid:

@@ -30,7 +30,7 @@ rule generate:
         "../envs/arrag.yaml"
     threads: gpu_job_threads
     resources:
-        gpu=1,
+        gpu=generation_gpus,
         mem_mb=8000,
     shell:
         "OMP_NUM_THREADS={threads} {params.gpu} arrag generate-benchmark --model {input.model} "
@@ -156,7 +156,7 @@ rule bench_generate:
         "../envs/arrag.yaml"
     threads: workflow.cores
     resources:
-        gpu=1,
+        gpu=DB_GPUS,
         mem_mb=4000,
     shell:
         "OMP_NUM_THREADS={threads} {params.gpu} arrag bench generate --model {input.model} {params.methods} "

@@ -16,6 +16,7 @@ rule generate_daid_sweep:
         n=config["sweeps"]["daid"]["images_per_prompt"],
         k=config["daid"]["k"],
         sampling=sampling_flags(),
+        db_devices=db_devices_flag(),
     log:
         f"{RESULTS}/logs/generate_daid_sweep/{DAID_SWEEP.wildcard_pattern}.log",
     benchmark:
@@ -24,12 +25,12 @@ rule generate_daid_sweep:
         "../envs/arrag.yaml"
     threads: gpu_job_threads
     resources:
-        gpu=1,
+        gpu=DB_GPUS,
         mem_mb=4000,
     shell:
         "OMP_NUM_THREADS={threads} {params.gpu} arrag generate-benchmark --model {input.model} --prompts {input.prompts} "
-        "--n {params.n} --out {params.out} {params.sampling} --method daid --db {input.db} --daid-k {params.k} "
-        "--daid-weight {wildcards.weight} --daid-temperature {wildcards.temperature} > {log} 2>&1"
+        "--n {params.n} --out {params.out} {params.sampling} --method daid --db {input.db} {params.db_devices} "
+        "--daid-k {params.k} --daid-weight {wildcards.weight} --daid-temperature {wildcards.temperature} > {log} 2>&1"
 
 
 rule sweep_daid:
