@@ -65,14 +65,19 @@ def test_model_snapshot_is_pinned_safetensors_only_and_atomic(tmp_path, monkeypa
     sha = "a" * 40
     seen = {}
 
-    def fake_snapshot(repo_id, revision, allow_patterns, local_dir):
-        seen.update(repo_id=repo_id, revision=revision, patterns=allow_patterns)
+    def fake_snapshot(repo_id, revision, allow_patterns, local_dir, repo_type):
+        seen.update(repo_id=repo_id, revision=revision, patterns=allow_patterns, repo_type=repo_type)
         (local_dir / "config.json").write_text("{}")
         (local_dir / "model.safetensors").write_bytes(b"weights")
 
     monkeypatch.setattr(huggingface_hub, "snapshot_download", fake_snapshot)
     out = download_model("deepseek-community/Janus-Pro-1B", sha, tmp_path / "base")
-    assert seen == {"repo_id": "deepseek-community/Janus-Pro-1B", "revision": sha, "patterns": MODEL_FILES}
+    assert seen == {
+        "repo_id": "deepseek-community/Janus-Pro-1B",
+        "revision": sha,
+        "patterns": MODEL_FILES,
+        "repo_type": "model",
+    }
     assert "*.bin" not in MODEL_FILES and (out / "SOURCE").read_text() == f"deepseek-community/Janus-Pro-1B@{sha}\n"
     assert not (tmp_path / "base.partial").exists()
     with pytest.raises(ValueError, match="40-hex-digit commit"):
@@ -81,6 +86,45 @@ def test_model_snapshot_is_pinned_safetensors_only_and_atomic(tmp_path, monkeypa
     with pytest.raises(ValueError, match="no .safetensors"):
         download_model("some/model", sha, tmp_path / "y")
     assert not (tmp_path / "y").exists()
+
+
+def test_dataset_snapshot_checks_the_published_sha256_of_each_large_file(tmp_path, monkeypatch):
+    """`download_dataset`: a pinned commit, only the files asked for, each LFS file against the hub's SHA-256; a
+    corrupt file is deleted (so a rerun fetches it again) and nothing appears under the final name."""
+    import types
+
+    import huggingface_hub
+
+    from arrag.data.downloads import download_dataset
+
+    sha, files = "b" * 40, {"data/train-00000.parquet": b"rows 0", "data/train-00001.parquet": b"rows 1"}
+    published = {name: hashlib.sha256(body).hexdigest() for name, body in files.items()}
+
+    def fake_snapshot(repo_id, revision, allow_patterns, local_dir, repo_type):
+        assert (repo_id, revision, allow_patterns, repo_type) == ("org/data", sha, ["data/*.parquet"], "dataset")
+        for name, body in files.items():
+            (local_dir / name).parent.mkdir(parents=True, exist_ok=True)
+            (local_dir / name).write_bytes(body)
+        (local_dir / "README.md").write_text("a small file kept in git")
+
+    def fake_paths_info(self, repo_id, paths, revision, repo_type):
+        lfs = lambda name: types.SimpleNamespace(sha256=published[name]) if name in published else None  # noqa: E731
+        return [types.SimpleNamespace(path=name, lfs=lfs(name)) for name in paths]
+
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", fake_snapshot)
+    monkeypatch.setattr(huggingface_hub.HfApi, "get_paths_info", fake_paths_info)
+    out = download_dataset("org/data", sha, ["data/*.parquet"], tmp_path / "mj")
+    assert (out / "data/train-00001.parquet").read_bytes() == b"rows 1" and not (tmp_path / "mj.partial").exists()
+    assert (out / "SOURCE").read_text() == f"org/data@{sha} data/*.parquet\n"
+
+    published["data/train-00001.parquet"] = "0" * 64  # the hub's record disagrees with what arrived
+    with pytest.raises(ValueError, match="rerun the download"):
+        download_dataset("org/data", sha, ["data/*.parquet"], tmp_path / "bad")
+    assert not (tmp_path / "bad").exists() and not (tmp_path / "bad.partial/data/train-00001.parquet").exists()
+    with pytest.raises(ValueError, match="40-hex-digit commit"):
+        download_dataset("org/data", "main", ["*.tar"], tmp_path / "x")
+    with pytest.raises(ValueError, match="patterns"):
+        download_dataset("org/data", sha, [], tmp_path / "x")
 
 
 class RangeHandler(http.server.BaseHTTPRequestHandler):

@@ -319,6 +319,39 @@ def test_hf_dataset_without_the_package(monkeypatch):
         iter_source({"type": "hf_dataset", "name": "org/data", "revision": "main"})
 
 
+# ----------------------------------------------------------------------------- parquet
+
+
+@pytest.fixture
+def parquet_files(tmp_path):
+    pa = pytest.importorskip("pyarrow")
+    import pyarrow.parquet as pq
+
+    rows = [
+        ({"bytes": _encode(_solid(RED)), "path": None}, "a red square", "r0"),
+        ({"bytes": b"garbage", "path": None}, "broken", "r1"),
+        ({"bytes": _encode(_solid(BLUE)), "path": None}, "a blue square", "r2"),
+    ]
+    for name, part in (("train-00001.parquet", rows[2:]), ("train-00000.parquet", rows[:2])):  # sorted on read
+        table = pa.table({"image": [r[0] for r in part], "text": [r[1] for r in part], "key": [r[2] for r in part]})
+        pq.write_table(table, tmp_path / name)
+    return tmp_path
+
+
+def test_parquet_source(parquet_files):
+    spec = {"type": "parquet", "files": str(parquet_files / "train-*.parquet"), "caption_column": "text"}
+    out = list(iter_source(spec, size=8))
+    assert [r.source_id for r in out] == ["train-00000.parquet/0", "train-00000.parquet/1", "train-00001.parquet/0"]
+    assert np.all(out[0].image == RED) and np.all(out[2].image == BLUE) and out[1].image is None
+    assert [out[0].caption, out[2].caption] == ["a red square", "a blue square"]
+    keyed = list(iter_source({**spec, "id_column": "key", "limit": 2}, shard=1, num_shards=2, size=8))
+    assert [(r.image_id, r.source_id) for r in keyed] == [(1, "r1")]
+    with pytest.raises(ValueError, match=r"no column\(s\) \['caption'\]"):
+        iter_source({**spec, "caption_column": "caption"})
+    with pytest.raises(FileNotFoundError, match="download first"):
+        iter_source({**spec, "files": str(parquet_files / "test-*.parquet")})
+
+
 # ----------------------------------------------------------------------------- sharding
 
 
@@ -372,7 +405,7 @@ def test_bad_spec_names_the_field(spec, field):
 
 
 def test_unknown_type_lists_the_allowed_ones():
-    with pytest.raises(ValueError, match="mini_world.*folder.*webdataset.*hf_dataset"):
+    with pytest.raises(ValueError, match="mini_world.*folder.*webdataset.*hf_dataset.*parquet"):
         iter_source({"type": "zip"})
 
 

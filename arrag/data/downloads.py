@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import http.client
 import os
+import re
 import shutil
 import time
 import urllib.error
@@ -112,28 +113,78 @@ def fetch(
 MODEL_FILES = ["*.json", "*.safetensors", "tokenizer*", "*.model", "*.txt"]
 
 
-def download_model(hub_id: str, revision: str, out_dir: str | Path, mirror: str | Path | None = None) -> Path:
-    """A hub model snapshot at a pinned commit into out_dir (safetensors and configs only), for compute nodes
-    without internet; `arrag.models.janus.load_janus(out_dir)` then loads it by path. The snapshot is
-    downloaded into <out_dir>.partial/ (huggingface_hub resumes there) and renamed when complete."""
-    if not revision or len(revision) != 40:
-        raise ValueError(f"model {hub_id!r}: pin `revision` to a 40-hex-digit commit, got {revision!r}")
-    out_dir = Path(out_dir)
+def _snapshot(
+    repo_id: str, revision: str, out_dir: Path, patterns: list[str], repo_type: str, mirror: str | Path | None
+) -> Path:
+    """The files of a hub repository matching `patterns` at a pinned commit, in <out_dir>.partial/ (where
+    huggingface_hub resumes an interrupted download), or copied from `mirror`/<org>--<name>/."""
+    if not revision or not re.fullmatch(r"[0-9a-f]{40}", revision):
+        raise ValueError(f"{repo_type} {repo_id!r}: pin `revision` to a 40-hex-digit commit, got {revision!r}")
     partial = out_dir.with_name(out_dir.name + ".partial")
     partial.mkdir(parents=True, exist_ok=True)
     if mirror is not None:
-        src = Path(mirror) / hub_id.replace("/", "--")
+        src = Path(mirror) / repo_id.replace("/", "--")
         if not src.is_dir():
-            raise FileNotFoundError(f"the mirror {mirror} lacks {src.name}/: snapshot {hub_id}@{revision} there first")
+            raise FileNotFoundError(f"the mirror {mirror} lacks {src.name}/: snapshot {repo_id}@{revision} there first")
         shutil.copytree(src, partial, dirs_exist_ok=True)
     else:
         from huggingface_hub import snapshot_download
 
-        snapshot_download(hub_id, revision=revision, allow_patterns=MODEL_FILES, local_dir=partial)
+        snapshot_download(repo_id, revision=revision, allow_patterns=patterns, local_dir=partial, repo_type=repo_type)
+    return partial
+
+
+def download_model(hub_id: str, revision: str, out_dir: str | Path, mirror: str | Path | None = None) -> Path:
+    """A hub model snapshot at a pinned commit into out_dir (safetensors and configs only), for compute nodes
+    without internet; `arrag.models.janus.load_janus(out_dir)` then loads it by path. The snapshot is
+    downloaded into <out_dir>.partial/ (huggingface_hub resumes there) and renamed when complete."""
+    out_dir = Path(out_dir)
+    partial = _snapshot(hub_id, revision, out_dir, MODEL_FILES, "model", mirror)
     if not list(partial.glob("*.safetensors")):
         raise ValueError(f"{hub_id}@{revision} has no .safetensors weights; arrag never loads pickled weights")
     (partial / "SOURCE").write_text(f"{hub_id}@{revision}\n")
     return promote_partial(partial, out_dir)
+
+
+def download_dataset(
+    repo_id: str, revision: str, include: list[str], out_dir: str | Path, mirror: str | Path | None = None
+) -> Path:
+    """The files of a hub dataset matching `include` (e.g. WebDataset tars or parquet shards) at a pinned
+    commit into out_dir: resumable, each large (LFS) file checked against the SHA-256 the hub publishes for
+    it, renamed into place when complete. The files keep their paths inside the repository."""
+    if not include:
+        raise ValueError(f"dataset {repo_id!r}: give the files to fetch as patterns (include), e.g. '*.tar'")
+    out_dir = Path(out_dir)
+    partial = _snapshot(repo_id, revision, out_dir, list(include), "dataset", mirror)
+    files = sorted(p.relative_to(partial).as_posix() for p in partial.rglob("*") if p.is_file())
+    files = [f for f in files if not f.startswith(".cache/") and f != "SOURCE"]
+    if not files:
+        raise ValueError(f"no file of {repo_id}@{revision} matches {list(include)}: check the patterns")
+    if mirror is None:  # a mirror is the user's own copy; the network copy is checked against the hub's record
+        verify_lfs_sha256(repo_id, revision, partial, files, repo_type="dataset")
+    (partial / "SOURCE").write_text(f"{repo_id}@{revision} {' '.join(include)}\n")
+    return promote_partial(partial, out_dir)
+
+
+def verify_lfs_sha256(repo_id: str, revision: str, root: Path, files: list[str], repo_type: str = "dataset") -> int:
+    """Check every downloaded file the hub stores in LFS against the SHA-256 it publishes; returns how many
+    were checked (small files kept in git have no published SHA-256 and are not)."""
+    from huggingface_hub import HfApi
+
+    checked = 0
+    for start in range(0, len(files), 100):
+        infos = HfApi().get_paths_info(repo_id, files[start : start + 100], revision=revision, repo_type=repo_type)
+        for info in infos:
+            lfs = getattr(info, "lfs", None)
+            if lfs is None:
+                continue
+            try:
+                check_sha256(root / info.path, lfs.sha256)
+            except ValueError as err:  # gone, so that a rerun fetches it again rather than trusting it
+                (root / info.path).unlink()
+                raise ValueError(f"{err}; deleted it: rerun the download to fetch it again") from None
+            checked += 1
+    return checked
 
 
 def promote_partial(partial: Path, out_dir: Path) -> Path:

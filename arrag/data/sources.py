@@ -1,6 +1,6 @@
 """Image sources for tokenisation: one deterministic enumeration of images, split into shards.
 
-A source is described by a small JSON-able spec (it is recorded in every code shard). Four kinds:
+A source is described by a small JSON-able spec (it is recorded in every code shard). Five kinds:
 
     {"type": "mini_world", "path": DIR}
         a split written by arrag.data.mini_world.write_split; source_id = the record's "id"; the caption is
@@ -21,6 +21,11 @@ A source is described by a small JSON-able spec (it is recorded in every code sh
      "streaming": true, "id_column": null, "caption_column": null}
         a Hugging Face dataset via datasets.load_dataset (imported lazily; never trust_remote_code).
         `revision` is required so a run is reproducible. source_id = row[id_column], else "<split>/<row>".
+    {"type": "parquet", "files": "dir/*.parquet" or [...], "image_column": "image", "caption_column": null,
+     "id_column": null}
+        local parquet files (e.g. a Hugging Face dataset's shards fetched by `arrag download dataset`), read
+        with pyarrow in sorted order of their paths; the image cell holds encoded bytes or {"bytes", "path"}
+        (the datasets Image layout). source_id = row[id_column], else "<file name>/<row>".
 
 Every type also takes "limit": N, which keeps only the first N items of the enumeration (the paper's
 fine-tuning set takes 25K pairs from each of two datasets).
@@ -34,6 +39,7 @@ directory or tar file) raises.
 from __future__ import annotations
 
 import functools
+import glob as globmod
 import io
 import itertools
 import json
@@ -61,6 +67,7 @@ SPEC_FIELDS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
         ("name", "revision"),
         ("split", "image_column", "streaming", "id_column", "caption_column", "limit"),
     ),
+    "parquet": (("files",), ("image_column", "caption_column", "id_column", "limit")),
 }
 
 # One enumerated item: where it came from, how to read its image, and how to read its caption (None when the
@@ -348,11 +355,54 @@ def _hf_caption(row: dict, column: str) -> str:
     return row[column].strip()
 
 
+def _parquet_paths(files: str | list[str]) -> list[Path]:
+    patterns = [files] if isinstance(files, (str, Path)) else list(files)
+    paths = []
+    for pattern in map(str, patterns):
+        found = sorted(Path(p) for p in globmod.glob(pattern)) if globmod.has_magic(pattern) else [Path(pattern)]
+        if not found or not all(p.is_file() for p in found):
+            raise FileNotFoundError(f"parquet source spec field 'files': nothing at {pattern} (download first)")
+        paths += found
+    return paths
+
+
+def _parquet_items(spec: dict) -> Iterator[Item]:
+    try:
+        import pyarrow.parquet as pq
+    except ImportError:
+        raise ImportError("the parquet image source needs pyarrow: pip install pyarrow (or arrag[parquet])") from None
+    column, caption_column, id_column = (
+        spec.get("image_column", "image"),
+        spec.get("caption_column"),
+        spec.get("id_column"),
+    )
+    columns = [c for c in (column, caption_column, id_column) if c]
+    paths = _parquet_paths(spec["files"])
+    for path in paths:  # schemas only: a missing column is named now, not after hours of tokenising
+        names = pq.read_schema(path).names
+        missing = [c for c in columns if c not in names]
+        if missing:
+            raise ValueError(f"parquet source: {path} has no column(s) {missing}; its columns are {names}")
+
+    def rows() -> Iterator[Item]:
+        for path in paths:
+            position = 0
+            for batch in pq.ParquetFile(path).iter_batches(batch_size=256, columns=columns):
+                for row in batch.to_pylist():
+                    source_id = str(row[id_column]) if id_column else f"{path.name}/{position}"
+                    caption = None if caption_column is None else functools.partial(_hf_caption, row, caption_column)
+                    yield source_id, functools.partial(_hf_image, row[column]), caption
+                    position += 1
+
+    return rows()
+
+
 _ITEMS: dict[str, Callable[[dict], Iterator[Item]]] = {
     "mini_world": _mini_world_items,
     "folder": _folder_items,
     "webdataset": _webdataset_items,
     "hf_dataset": _hf_items,
+    "parquet": _parquet_items,
 }
 
 
@@ -367,6 +417,8 @@ def source_locations(spec: dict) -> list[str]:
         return [str(Path(name).resolve()) for p in patterns for name in expand_braces(str(p))]
     if kind == "hf_dataset":
         return [f"hf://{spec['name']}/{spec.get('split', 'train')}"]
+    if kind == "parquet":
+        return [str(p.resolve()) for p in _parquet_paths(spec["files"])]
     return [str(Path(spec["path"]).resolve())]
 
 
