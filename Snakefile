@@ -8,7 +8,7 @@ include: "workflow/rules/common.smk"
 
 
 # Downloads run where Snakemake runs (a cluster's login node, which has internet), never as cluster jobs.
-localrules: download_geneval_detector, download_dpg_csv, download_inception, download_mjhq
+localrules: download_geneval_detector, download_dpg_csv, download_inception, download_mjhq, download_dataset
 
 include: "workflow/rules/world.smk"
 include: "workflow/rules/models.smk"

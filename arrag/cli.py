@@ -605,6 +605,12 @@ def cmd_download_model(args) -> None:
     print(download_model(args.hub_id, args.revision, args.out, mirror=args.mirror))
 
 
+def cmd_download_dataset(args) -> None:
+    from arrag.data.downloads import download_dataset
+
+    print(download_dataset(args.repo, args.revision, args.include, args.out, mirror=args.mirror))
+
+
 def cmd_download_geneval_detector(args) -> None:
     from arrag.data.downloads import fetch
     from arrag.evaluation.geneval_mask2former import CHECKPOINT_SHA256_PREFIX, CHECKPOINT_URL
@@ -1030,6 +1036,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--mirror", default=None, help="local folder holding <org>--<name>/ snapshots")
     p.add_argument("--out", required=True)
     p.set_defaults(func=cmd_download_model)
+    p = download.add_parser("dataset", help="hub dataset files (WebDataset tars, parquet) at a pinned commit, hash-checked")
+    p.add_argument("--repo", required=True, help="e.g. pixparse/cc12m-wds")
+    p.add_argument("--revision", required=True, help="40-hex-digit commit")
+    p.add_argument("--include", nargs="+", required=True, help="file patterns, e.g. 'cc12m-train-00*.tar'")
+    p.add_argument("--mirror", default=None, help="local folder holding <org>--<name>/ copies")
+    p.add_argument("--out", required=True)
+    p.set_defaults(func=cmd_download_dataset)
     p = download.add_parser("geneval-detector", help="GenEval's Mask2Former checkpoint (OpenMMLab, SHA-256 prefix)")
     p.add_argument("--mirror", default=None, help="local folder holding the checkpoint under its URL's file name")
     p.add_argument("--out", required=True)

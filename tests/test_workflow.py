@@ -106,7 +106,8 @@ def test_the_paper_profiles_resolve(tmp_path, config, tokenise, embed, generate,
     work = _workdir(tmp_path)
     shutil.copytree(REPO / "arrag" / "benchmarks", work / "arrag" / "benchmarks")  # the vendored prompt sets
     pin_model = f"model: {{revision: {'0123abcd' * 5}}}\n"
-    pin_pairs = f"finetune: {{pairs: {{midjourney_pairs: {{source: {{revision: {'4567cdef' * 5}}}}}}}}}\n"
+    pin_data = f"{{revision: {'4567cdef' * 5}}}"
+    pin_pairs = f"downloads: {{datasets: {{cc12m: {pin_data}, midjourney: {pin_data}}}}}\n"
     (work / "pin.yaml").write_text(pin_model + pin_pairs)
     result = _snakemake(work, "-n", "-p", "--configfile", config, "pin.yaml")
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
@@ -117,18 +118,19 @@ def test_the_paper_profiles_resolve(tmp_path, config, tokenise, embed, generate,
         assert jobs[rule] == 1
     assert jobs["faid_trainset"] == jobs["train_faid"] == 1 and jobs["train_faid_sweep"] == sweep
     assert jobs["embed_images"] == embed and jobs["build_image_index"] == jobs["train_racm3"] == 1
+    assert jobs["download_dataset"] == 2  # CC12M tars and midjourney-v6-llava parquet, pinned
     assert not set(jobs) & {"world", "train_vq", "train_base", "mini_dpg", "train_features"}
     trainset = next(line for line in result.stdout.splitlines() if "arrag faid-trainset" in line)
     assert "--codes results/" in trainset and "codes/midjourney_pairs/codes-00000-of-" in trainset
     assert "--world" not in trainset and "--exclude-self" not in trainset
+    download = next(line for line in result.stdout.splitlines() if "arrag download dataset" in line and "cc12m" in line)
+    assert f"--repo pixparse/cc12m-wds --revision {'4567cdef' * 5} --include" in download
     index = next(line for line in result.stdout.splitlines() if "arrag build-image-index" in line)
     assert "--embeddings results/" in index and "--clip-model ViT-B-32 --clip-pretrained openai" in index
     assert "--captions" not in index and "codes/datacomp/" not in index  # RA-CM3: CC12M + JourneyDB only
     (work / "pin.yaml").write_text(pin_model)
     unpinned = _snakemake(work, "-n", "--configfile", config, "pin.yaml")
-    assert unpinned.returncode != 0 and "'midjourney_pairs' is a Hugging Face dataset without a revision" in (
-        unpinned.stdout + unpinned.stderr
-    )
+    assert unpinned.returncode != 0 and "downloads.datasets.cc12m: set revision" in unpinned.stdout + unpinned.stderr
     unpinned = _snakemake(work, "-n", "--configfile", config)
     assert unpinned.returncode != 0 and "model.revision is not set" in unpinned.stdout + unpinned.stderr
 
@@ -137,21 +139,31 @@ def test_the_paper_profiles_resolve(tmp_path, config, tokenise, embed, generate,
 def test_a_database_over_configured_image_folders(tmp_path, tiny_clip):
     """retrieval.corpora: two image folders tokenised in their own shards into one database with disjoint image
     ids and its source table; Figure 6 from a held-out folder; attribution finds images through the table; FAiD's
-    training set from a folder of captioned pairs (finetune.pairs); RA-CM3's CLIP index over one of the corpora
-    (a tiny random-weight CLIP from a local config and weights file) and its fine-tuning on the same pairs."""
+    training set from captioned pairs in parquet, "downloaded" through rule download_dataset from a local mirror
+    (finetune.pairs, downloads.datasets); RA-CM3's CLIP index over one of the corpora (a tiny random-weight CLIP
+    from a local config and weights file) and its fine-tuning on the same pairs."""
+    import io
+
     import numpy as np
+    import pyarrow as pa
+    import pyarrow.parquet as pq
     from conftest import TINY_CLIP
 
     work = _workdir(tmp_path)
     rng = np.random.default_rng(0)
     captions = ["a photo of a red circle", "a photo of a blue square", "a photo of two green triangles"]
-    for name, n in (("photos_a", 12), ("photos_b", 8), ("held", 6), ("pairs", 5)):
+    for name, n in (("photos_a", 12), ("photos_b", 8), ("held", 6)):
         (work / "data" / name).mkdir(parents=True)
         for i in range(n):
             Image.fromarray(rng.integers(0, 256, (40, 40, 3), dtype=np.uint8)).save(work / "data" / name / f"{i}.png")
-        if name == "pairs":
-            for i in range(n):
-                (work / "data" / name / f"{i}.txt").write_text(captions[i % 3])
+    images = []
+    for i in range(5):
+        buf = io.BytesIO()
+        Image.fromarray(rng.integers(0, 256, (40, 40, 3), dtype=np.uint8)).save(buf, format="PNG")
+        images.append({"bytes": buf.getvalue(), "path": None})
+    (work / "mirror" / "org--pairs" / "data").mkdir(parents=True)  # what `download dataset --mirror` copies
+    table = pa.table({"image": images, "text": [captions[i % 3] for i in range(5)]})
+    pq.write_table(table, work / "mirror" / "org--pairs" / "data" / "train-00000.parquet")
     (work / "clip").mkdir()
     (work / "clip" / "arrag-dag-clip.json").write_text(json.dumps(TINY_CLIP))
     shutil.copy(tiny_clip[1], work / "clip" / "weights.safetensors")
@@ -162,8 +174,15 @@ def test_a_database_over_configured_image_folders(tmp_path, tiny_clip):
         "    photos_a: {source: {type: folder, path: data/photos_a}, num_shards: 2}\n"
         "    photos_b: {source: {type: folder, path: data/photos_b}}\n"
         "  heldout: {source: {type: folder, path: data/held}}\n"
+        "downloads:\n"
+        "  mirror: mirror\n"
+        f"  datasets: {{pairs: {{repo: org/pairs, revision: {'c' * 40}, include: ['data/*.parquet']}}}}\n"
         "finetune:\n"
-        "  pairs: {captioned: {source: {type: folder, path: data/pairs, caption_extension: txt}, num_shards: 2}}\n"
+        "  pairs:\n"
+        "    captioned:\n"
+        "      source: {type: parquet, files: downloads/pairs/data/train-*.parquet, caption_column: text}\n"
+        "      download: pairs\n"
+        "      num_shards: 2\n"
         "racm3:\n"
         "  corpora: [photos_b]\n"
         "  clip: {model: clip/arrag-dag-clip.json, pretrained: clip/weights.safetensors}\n"
@@ -183,6 +202,7 @@ def test_a_database_over_configured_image_folders(tmp_path, tiny_clip):
     assert [t["source"]["path"] for t in meta["sources"]] == ["data/photos_a", "data/photos_b"]
     assert len((work / "results/toy/tables/retrieval_accuracy.csv").read_text().splitlines()) == 1 + 5 + 1
     assert (work / "results/toy/figures/attribution.png").is_file()
+    assert (work / "downloads/pairs/SOURCE").read_text().startswith(f"org/pairs@{'c' * 40}")
     trainset = json.loads((work / "results/toy/retrieval/faid_trainset/trainset.json").read_text())
     assert sorted(trainset["captions"]) == sorted(captions[i % 3] for i in range(5))
     assert trainset["database"]["num_images"] == 20 and not trainset["excluded_same_image"]

@@ -38,6 +38,32 @@ for _name, _entry in {**TOKENISED}.items():
             f"source {_name!r} is a Hugging Face dataset without a revision: set its 'revision' to a commit "
             f"(the 40-hex-digit id on the page of {_spec.get('name')}, 'Files and versions' -> history)"
         )
+# Hub datasets fetched by rule download_dataset into <downloads.dir>/<name>/; a corpus or pairs entry with
+# `download: <name>` reads from there, so its tokenisation waits for the download.
+DATASETS = config["downloads"]["datasets"]
+for _name, _entry in TOKENISED.items():
+    if _entry.get("download") and _entry["download"] not in DATASETS:
+        raise ValueError(
+            f"{_name!r} has download: {_entry['download']!r}, which is not in downloads.datasets {list(DATASETS)}"
+        )
+for _name, _entry in DATASETS.items():
+    if not _entry["revision"]:
+        raise ValueError(
+            f"downloads.datasets.{_name}: set revision to a commit of {_entry['repo']} (the 40-hex-digit id on its "
+            "page, 'Files and versions' -> history): an unpinned dataset is never downloaded"
+        )
+
+
+def dataset_dir(name):
+    return os.path.join(config["downloads"]["dir"], name)
+
+
+def source_data(wildcards):
+    """The downloaded dataset a configured source reads, when it names one."""
+    name = (TOKENISED.get(wildcards.split) or {}).get("download")
+    return {"data": dataset_dir(name)} if name else {}
+
+
 # RA-CM3's image retriever: CLIP over `racm3.corpora` (default: every corpus) when corpora are configured, the
 # mini world's caption retriever otherwise
 RACM3 = config["racm3"]
@@ -103,7 +129,7 @@ def heldout_codes():
 
 def tokenise_inputs(wildcards):
     """The model, plus the mini world's split when the tokenised source is one."""
-    inputs = {"model": f"{RESULTS}/models/base"}
+    inputs = {"model": f"{RESULTS}/models/base"} | source_data(wildcards)
     if (TOKENISED.get(wildcards.split) or {}).get("source") is None:
         inputs["images"] = f"{RESULTS}/world/{wildcards.split}/images.npy"
     return inputs

@@ -5,6 +5,8 @@
 
 
 rule embed_images:
+    input:
+        unpack(source_data),
     output:
         emb=f"{RESULTS}/clip/{{split}}/clip-{{shard}}-of-{{num_shards}}.npz",
         meta=f"{RESULTS}/clip/{{split}}/clip-{{shard}}-of-{{num_shards}}.json",

@@ -1,5 +1,30 @@
 # The patch-level retrieval database: tokenise the corpus in shards (scatter), build one PatchDatabase
-# from all shards (gather), and measure retrieval accuracy on held-out images (paper Figure 6).
+# from all shards (gather), and measure retrieval accuracy on held-out images (paper Figure 6). Corpora that
+# live on the Hugging Face Hub are fetched first (download_dataset, on the login node).
+
+
+rule download_dataset:
+    output:
+        directory(os.path.join(config["downloads"]["dir"], "{dataset}")),
+    wildcard_constraints:
+        dataset="|".join(DATASETS) or "(?!)",
+    params:
+        repo=lambda wildcards: DATASETS[wildcards.dataset]["repo"],
+        revision=lambda wildcards: DATASETS[wildcards.dataset]["revision"],
+        include=lambda wildcards: " ".join(f"'{p}'" for p in DATASETS[wildcards.dataset]["include"]),
+        mirror=mirror_flag(),
+    log:
+        f"{RESULTS}/logs/download_dataset_{{dataset}}.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/download_dataset_{{dataset}}.tsv"
+    conda:
+        "../envs/arrag.yaml"
+    threads: 1
+    resources:
+        mem_mb=2000,
+    shell:
+        "arrag download dataset --repo {params.repo} --revision {params.revision} --include {params.include} "
+        "{params.mirror} --out {output} > {log} 2>&1"
 
 rule tokenise_shard:
     input:
