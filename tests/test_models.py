@@ -91,3 +91,60 @@ def test_loader_errors_name_the_problem(tmp_path):
         load_janus(tmp_path)
     with pytest.raises(ModelLoadError, match="pinned revision"):
         load_janus("deepseek-community/Janus-Pro-1B")
+
+
+def test_janus_pro_vq_architecture_loads_by_path_and_encodes_with_normalised_codes(tmp_path):
+    """A random-weight model whose VQ is Janus-Pro's own (transformers' JanusVQVAEConfig defaults: 16384 codes of
+    dimension 8, 384 px -> 24 x 24), built from the real JanusConfig class with a tiny language model, saved with
+    safetensors and loaded through load_janus (the code the hub path runs after its download); the VQ facade's
+    codes are the L2-normalised nearest neighbours, which transformers' own quantizer does not give."""
+    from transformers import (
+        JanusConfig,
+        JanusForConditionalGeneration,
+        JanusVisionConfig,
+        JanusVQVAEConfig,
+        LlamaConfig,
+    )
+
+    from arrag.models.janus import IMAGE_TOKEN, build_processor, build_word_tokenizer, configure_image_generation
+
+    tok = build_word_tokenizer("a photo of".split())
+    vq_config = JanusVQVAEConfig(projection_dim=32, image_token_embed_dim=32)  # the encoder/decoder are Janus-Pro's
+    assert (vq_config.num_embeddings, vq_config.embed_dim) == (16384, 8)
+    config = JanusConfig(
+        text_config=LlamaConfig(
+            vocab_size=len(tok),
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=1,
+            num_attention_heads=2,
+            num_key_value_heads=2,
+            pad_token_id=tok.pad_token_id,
+        ),
+        vision_config=JanusVisionConfig(
+            hidden_size=32,
+            num_hidden_layers=1,
+            num_attention_heads=2,
+            image_size=384,
+            patch_size=16,
+            projection_dim=32,
+            num_image_tokens=576,
+        ),
+        vq_config=vq_config,
+        image_token_id=tok.convert_tokens_to_ids(IMAGE_TOKEN),
+    )
+    torch.manual_seed(0)
+    model = JanusForConditionalGeneration(config).eval()
+    configure_image_generation(model, tok)
+    model.save_pretrained(tmp_path, safe_serialization=True)
+    build_processor(tok, 384, 576).save_pretrained(tmp_path)
+    loaded, _ = load_janus(tmp_path)
+    vq = VQTokenizer.from_janus(loaded)
+    assert (vq.image_size, vq.grid, vq.codebook_size) == (384, 24, 16384)
+
+    image = np.random.default_rng(0).integers(0, 256, (1, 384, 384, 3), dtype=np.uint8)
+    codes = vq.encode(image)  # [1, 24, 24]
+    z = vq.latents(to_pixel_values(image)).permute(0, 2, 3, 1).reshape(-1, 8)
+    e = vq.vqmodel.quantize.embedding.weight
+    assert torch.equal(codes.flatten(), torch.cdist(F.normalize(z, dim=-1), F.normalize(e, dim=-1)).argmin(-1))
+    assert not torch.equal(codes.flatten(), torch.cdist(z, e).argmin(-1))  # the unnormalised choice differs
