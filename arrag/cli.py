@@ -563,6 +563,15 @@ def cmd_retrieval_accuracy(args) -> None:
     print(json.dumps(result, indent=2))
 
 
+def cmd_bench_encoders(args) -> None:
+    from arrag.bench.encoders import run_encoder_bench, write_results
+    from arrag.decoding.pipeline import resolve_device
+
+    result = run_encoder_bench(str(resolve_device(args.device)), args.batch_size, args.batches, args.repeats)
+    write_results(result, args.out_json, args.out_md)
+    print(Path(args.out_md).read_text())
+
+
 def cmd_bench_scoring(args) -> None:
     """Scoring throughput of GenEval (shapes detector), DPG-Bench (ShapesVQA) and the fidelity metrics."""
     from arrag.bench.scoring import run_scoring_bench, write_results
@@ -1036,7 +1045,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--mirror", default=None, help="local folder holding <org>--<name>/ snapshots")
     p.add_argument("--out", required=True)
     p.set_defaults(func=cmd_download_model)
-    p = download.add_parser("dataset", help="hub dataset files (WebDataset tars, parquet) at a pinned commit, hash-checked")
+    p = download.add_parser(
+        "dataset", help="hub dataset files (WebDataset tars, parquet) at a pinned commit, hash-checked"
+    )
     p.add_argument("--repo", required=True, help="e.g. pixparse/cc12m-wds")
     p.add_argument("--revision", required=True, help="40-hex-digit commit")
     p.add_argument("--include", nargs="+", required=True, help="file patterns, e.g. 'cc12m-train-00*.tar'")
@@ -1078,6 +1089,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out-json", required=True)
     p.add_argument("--out-md", required=True)
     p.set_defaults(func=cmd_bench_retrieval)
+
+    p = bench.add_parser(
+        "encoders", help="images/s of the corpus encoders (Janus-Pro VQ, CLIP ViT-B/32), random weights"
+    )
+    p.add_argument("--device", default="auto")
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--batches", type=int, default=2)
+    p.add_argument("--repeats", type=int, default=2)
+    p.add_argument("--out-json", required=True)
+    p.add_argument("--out-md", required=True)
+    p.set_defaults(func=cmd_bench_encoders)
 
     p = bench.add_parser("scoring", help="images/s of the benchmark scorers on generated folders (CPU in the mini)")
     p.add_argument("--geneval", required=True, help="GenEval-layout folder")

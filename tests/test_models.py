@@ -148,3 +148,12 @@ def test_janus_pro_vq_architecture_loads_by_path_and_encodes_with_normalised_cod
     e = vq.vqmodel.quantize.embedding.weight
     assert torch.equal(codes.flatten(), torch.cdist(F.normalize(z, dim=-1), F.normalize(e, dim=-1)).argmin(-1))
     assert not torch.equal(codes.flatten(), torch.cdist(z, e).argmin(-1))  # the unnormalised choice differs
+
+
+def test_the_encoder_benchmark_builds_janus_pros_vq():
+    from arrag.bench.encoders import janus_pro_vq
+
+    with torch.device("meta"):  # the architecture only: no memory, no time
+        vq = janus_pro_vq("meta")
+    assert (vq.grid, vq.vqmodel.config.num_embeddings, vq.vqmodel.config.embed_dim) == (24, 16384, 8)
+    assert sum(p.numel() for p in vq.vqmodel.encoder.parameters()) > 20_000_000  # the full-size encoder
