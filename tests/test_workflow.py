@@ -93,13 +93,13 @@ def _job_counts(dry_run_stdout: str) -> dict[str, int]:
 
 
 @pytest.mark.parametrize(
-    "config, tokenise, embed, generate, sweep",
+    "config, tokenise, embed, generate, sweep, total",
     [
-        ("config/paper.yaml", 64 + 32 + 48 + 1 + 4 + 4, 64 + 32, 4 * 3 * 4, 3 * 3),
-        ("config/paper-1gpu.yaml", 1 + 1 + 1 + 1, 1, 4 * 3 * 1, 2 * 2),
+        ("config/paper.yaml", 64 + 32 + 48 + 1 + 4 + 4, 64 + 32, 4 * 3 * 4, 3 * 3, 421),
+        ("config/paper-1gpu.yaml", 1 + 1 + 1 + 1, 1, 4 * 3 * 1, 2 * 2, 98),
     ],
 )
-def test_the_paper_profiles_resolve(tmp_path, config, tokenise, embed, generate, sweep):
+def test_the_paper_profiles_resolve(tmp_path, config, tokenise, embed, generate, sweep, total):
     """The paper DAG (Janus-Pro-1B from the hub, three corpora, FAiD's fine-tuning pairs from two captioned
     sources, RA-CM3's CLIP index over the corpora it names, GenEval/DPG-Bench/MJHQ-30K with the benchmarks' own
     models) resolves with its expected jobs; nothing of the mini world is built."""
@@ -119,6 +119,7 @@ def test_the_paper_profiles_resolve(tmp_path, config, tokenise, embed, generate,
     assert jobs["faid_trainset"] == jobs["train_faid"] == 1 and jobs["train_faid_sweep"] == sweep
     assert jobs["embed_images"] == embed and jobs["build_image_index"] == jobs["train_racm3"] == 1
     assert jobs["download_dataset"] == 2  # CC12M tars and midjourney-v6-llava parquet, pinned
+    assert sum(jobs.values()) == total  # the figure the README quotes
     assert not set(jobs) & {"world", "train_vq", "train_base", "mini_dpg", "train_features"}
     trainset = next(line for line in result.stdout.splitlines() if "arrag faid-trainset" in line)
     assert "--codes results/" in trainset and "codes/midjourney_pairs/codes-00000-of-" in trainset
