@@ -74,6 +74,27 @@ def write_shard(npz_path: str | Path, arrays: dict, meta: dict) -> None:
     write_json(json_path, meta)
 
 
+def read_shard(npz_path: str | Path, fmt: str, names: tuple[str, ...], rerun: str) -> tuple[list[np.ndarray], dict]:
+    """The arrays `names` of a shard written by `write_shard` and its metadata, after checking the shard is
+    complete (its .json exists), of format `fmt`, and holds meta["count"] rows in every array. `rerun` says
+    what rewrites the shard, for the error messages."""
+    npz_path = Path(npz_path).with_suffix(".npz")
+    json_path = npz_path.with_suffix(".json")
+    if not json_path.is_file():
+        raise FileNotFoundError(f"{json_path} is missing: incomplete shard: {rerun} for {npz_path.name}")
+    meta = json.loads(json_path.read_text())
+    if meta.get("format") != fmt:
+        raise ValueError(f"{json_path}: field 'format' is {meta.get('format')!r}, this reader understands {fmt!r}")
+    if not npz_path.is_file():
+        raise FileNotFoundError(f"{npz_path} is missing although {json_path.name} exists: {rerun}")
+    with np.load(npz_path, allow_pickle=False) as data:
+        arrays = [data[name] for name in names]
+    counts = {name: len(a) for name, a in zip(names, arrays)}
+    if any(n != meta["count"] for n in counts.values()):
+        raise ValueError(f"{npz_path}: rows {counts} but field 'count' is {meta['count']}")
+    return arrays, meta
+
+
 def write_jsonl(path: str | Path, records) -> None:
     write_text(path, "".join(json.dumps(r) + "\n" for r in records))
 

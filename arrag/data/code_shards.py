@@ -37,7 +37,7 @@ import numpy as np
 import torch
 
 from arrag.data.sources import ImageRecord, iter_source
-from arrag.io import progress, write_shard
+from arrag.io import progress, read_shard, write_shard
 from arrag.models.vq import VQTokenizer, codebook_fingerprint
 
 log = logging.getLogger(__name__)
@@ -164,20 +164,7 @@ def write_code_shard(
 def load_code_shard(npz_path: str | Path) -> tuple[torch.Tensor, torch.Tensor, dict]:
     """One shard -> (codes LongTensor [N, H, W], image_ids LongTensor [N], metadata). Accepts the .json path too."""
     npz_path = Path(npz_path).with_suffix(".npz")
-    json_path = npz_path.with_suffix(".json")
-    if not json_path.is_file():
-        raise FileNotFoundError(f"{json_path} is missing: incomplete shard: rerun tokenisation for {npz_path.name}")
-    meta = json.loads(json_path.read_text())
-    if meta.get("format") != FORMAT:
-        raise ValueError(f"{json_path}: field 'format' is {meta.get('format')!r}, this reader understands {FORMAT!r}")
-    if not npz_path.is_file():
-        raise FileNotFoundError(f"{npz_path} is missing although {json_path.name} exists: rerun tokenisation")
-    with np.load(npz_path, allow_pickle=False) as data:
-        codes, image_ids = data["codes"], data["image_ids"]  # [N, H, W], [N]
-    if not (len(codes) == len(image_ids) == meta["count"]):
-        raise ValueError(
-            f"{npz_path}: {len(codes)} codes and {len(image_ids)} image_ids but field 'count' is {meta['count']}"
-        )
+    (codes, image_ids), meta = read_shard(npz_path, FORMAT, ("codes", "image_ids"), "rerun tokenisation")
     if list(codes.shape[1:]) != list(meta["grid"]):
         raise ValueError(f"{npz_path}: codes grid {list(codes.shape[1:])} but field 'grid' is {meta['grid']}")
     return torch.from_numpy(codes.astype(np.int64)), torch.from_numpy(image_ids.astype(np.int64)), meta

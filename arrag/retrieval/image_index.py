@@ -42,7 +42,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from arrag.io import atomic_path, progress, write_json, write_shard
+from arrag.io import atomic_path, progress, read_shard, write_json, write_shard
 
 log = logging.getLogger(__name__)
 
@@ -184,17 +184,8 @@ def embed_image_shard(
 
 def load_embedding_shard(npz_path: str | Path) -> tuple[np.ndarray, np.ndarray, dict]:
     """(embeddings float16 [N, E], image_ids int64 [N], metadata) of one CLIP embedding shard."""
-    npz_path = Path(npz_path)
-    json_path = npz_path.with_suffix(".json")
-    if not json_path.is_file():
-        raise FileNotFoundError(f"{json_path} is missing: incomplete shard: rerun `arrag embed-images` for it")
-    meta = json.loads(json_path.read_text())
-    if meta.get("format") != EMBEDDINGS_FORMAT:
-        raise ValueError(f"{json_path}: format {meta.get('format')!r}, expected {EMBEDDINGS_FORMAT!r}")
-    with np.load(npz_path, allow_pickle=False) as z:
-        embeddings, image_ids = z["embeddings"], z["image_ids"]
-    if not len(embeddings) == len(image_ids) == meta["count"]:
-        raise ValueError(f"{npz_path}: {len(embeddings)} embeddings, {len(image_ids)} ids, count {meta['count']}")
+    names = ("embeddings", "image_ids")
+    (embeddings, image_ids), meta = read_shard(npz_path, EMBEDDINGS_FORMAT, names, "rerun `arrag embed-images`")
     return embeddings, image_ids, meta
 
 
