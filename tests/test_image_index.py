@@ -118,6 +118,9 @@ def test_search_in_blocks_is_exact_with_ties_to_the_lowest_row(monkeypatch, bloc
         want = sorted(range(7), key=lambda r: (-round(float(full[q, r]), 5), r))[:4]
         assert rows[q].tolist() == want and np.allclose(scores[q], full[q, want], atol=1e-6)
     assert rows[0, :3].tolist() == [2, 4, 5]
+    monkeypatch.setattr(ii, "_keeps_resident", lambda device: True)  # the GPU path: the matrix copied once
+    resident = index.search(queries, k=4)
+    assert np.array_equal(resident[1], rows) and np.allclose(resident[0], scores) and len(index.resident) == 1
 
 
 def test_embed_and_build_commands(tiny_janus, tiny_clip, folders, tmp_path):
