@@ -435,7 +435,6 @@ def cmd_train_faid(args) -> None:
 
 def cmd_train_racm3(args) -> None:
     from arrag.baselines.racm3 import RACM3TrainingConfig, train_racm3
-    from arrag.decoding.pipeline import resolve_device
     from arrag.models.janus import load_janus
     from arrag.models.vq import VQTokenizer
     from arrag.retrieval.image_index import ImageLevelIndex
@@ -443,7 +442,7 @@ def cmd_train_racm3(args) -> None:
     # the base model's tokenizer, on the CPU, to read or check the pairs; train_racm3 loads its own copy
     vq = VQTokenizer.from_janus(load_janus(args.model, revision=args.revision)[0])
     codes, captions, pair_sources = fine_tuning_pairs(args, vq)
-    index = ImageLevelIndex.load(args.image_index, resolve_device(args.device))
+    index = ImageLevelIndex.load(args.image_index)  # train_racm3 moves its query encoder to each process' device
     refuse_shared_sources(pair_sources, index.sources, f"the image index {args.image_index}")
     stats = train_racm3(
         args.model,

@@ -61,7 +61,7 @@ def train_racm3(
     vq = VQTokenizer.from_janus(model)
     index.check_codebook(codebook_fingerprint(vq.codebook), f"the base model {base_dir}")
     codes = codes.to(device).flatten(1)  # [N, T]
-    rows = index.retrieve(captions, device)  # [N] top-1 reference per caption
+    rows = index.to(device).retrieve(captions, device)  # [N] top-1 reference per caption (on this process' GPU)
     references = index.reference_codes(rows, device)  # [N, T]
     ids, mask, uncond = caption_inputs(processor, captions, device)
 

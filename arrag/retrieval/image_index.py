@@ -118,6 +118,10 @@ class ClipTextEncoder:
     def input_size(self) -> int:
         return int(self.embedder.input_size)
 
+    def to(self, device: str | torch.device) -> "ClipTextEncoder":
+        self.embedder.to(device)
+        return self
+
     def describe(self) -> dict:
         identity = self.embedder.identity
         out = {"name": self.name, "model": self.model_name, "pretrained": identity["pretrained"]}
@@ -285,6 +289,12 @@ class ImageLevelIndex:
 
     def __len__(self) -> int:
         return len(self.codes)
+
+    def to(self, device: str | torch.device) -> "ImageLevelIndex":
+        """Encode queries on `device` (a CLIP text tower moves there; the bag of words has nothing to move)."""
+        if hasattr(self.encoder, "to"):
+            self.encoder.to(device)
+        return self
 
     @property
     def grid(self) -> tuple[int, int]:

@@ -31,7 +31,7 @@ TOKENISED = CORPORA | FINETUNE_PAIRS | {HELDOUT_NAME: RETRIEVAL["heldout"] or {"
 _clashes = sorted((set(CORPORA) | {HELDOUT_NAME}) & set(FINETUNE_PAIRS))
 if _clashes:
     raise ValueError(f"finetune.pairs names {_clashes} are also retrieval sources: give the pairs their own names")
-for _name, _entry in {**TOKENISED}.items():
+for _name, _entry in TOKENISED.items():
     _spec = _entry.get("source") or {}
     if _spec.get("type") == "hf_dataset" and not _spec.get("revision"):
         raise ValueError(
@@ -83,10 +83,9 @@ def image_index_inputs(wildcards):
     """RA-CM3's index is built from the corpus's code shards plus CLIP embedding shards, or captions (mini)."""
     if not RETRIEVAL["corpora"]:
         return {"codes": corpus_codes(), "captions": f"{RESULTS}/world/{RETRIEVAL['source']}/metadata.jsonl"}
-    counts = {name: CORPORA[name].get("num_shards", 1) for name in RACM3_CORPORA}
-    shards = [(name, s, n) for name, n in counts.items() for s in range(n)]
+    shards = source_shards({name: CORPORA[name] for name in RACM3_CORPORA})
     return {
-        "codes": [code_shard(name, s, n) for name, s, n in shards],
+        "codes": [code_shard(*shard) for shard in shards],
         "embeddings": [f"{RESULTS}/clip/{name}/clip-{s:05d}-of-{n:05d}.npz" for name, s, n in shards],
     }
 
@@ -97,15 +96,20 @@ def image_index_flags(wildcards, input):
     return f"--embeddings {input.embeddings} {clip_flags()}"
 
 
+def source_shards(entries):
+    """(name, shard, num_shards) of every tokenisation shard of the given sources (name -> {source, num_shards})."""
+    counts = {name: entry.get("num_shards", 1) for name, entry in entries.items()}
+    return [(name, s, n) for name, n in counts.items() for s in range(n)]
+
+
 def corpus_codes():
     """Every code shard of the retrieval corpus (all configured corpora)."""
-    shards = {name: c.get("num_shards", 1) for name, c in CORPORA.items()}
-    return [code_shard(name, s, n) for name, n in shards.items() for s in range(n)]
+    return [code_shard(*shard) for shard in source_shards(CORPORA)]
 
 
 def finetune_codes():
     """Every code shard of the fine-tuning pairs (`finetune.pairs`)."""
-    return [code_shard(name, s, c.get("num_shards", 1)) for name, c in FINETUNE_PAIRS.items() for s in range(c.get("num_shards", 1))]
+    return [code_shard(*shard) for shard in source_shards(FINETUNE_PAIRS)]
 
 
 def pairs_inputs(wildcards):
@@ -123,8 +127,7 @@ def pairs_flags(wildcards, input):
 
 
 def heldout_codes():
-    n = TOKENISED[HELDOUT_NAME].get("num_shards", 1)
-    return [code_shard(HELDOUT_NAME, s, n) for s in range(n)]
+    return [code_shard(*shard) for shard in source_shards({HELDOUT_NAME: TOKENISED[HELDOUT_NAME]})]
 
 
 def tokenise_inputs(wildcards):
