@@ -109,6 +109,25 @@ def test_slurm_profile_resolves_resources(tmp_path):
     assert by_rule["score_geneval"]["resources"]["gpu"] == "0"  # the toy profile's shapes detector needs no GPU
 
 
+def test_slurm_profile_sends_every_gpu_job_of_the_paper_dag_to_the_gpu_partition(tmp_path):
+    """The paper DAG has GPU jobs the toy one lacks (CLIP embedding, 4-GPU training): each gets the GPU partition
+    and its own time and memory, and the multi-GPU ones ask for 4 GPUs."""
+    work = _workdir(tmp_path)
+    shutil.copytree(REPO / "arrag" / "benchmarks", work / "arrag" / "benchmarks")
+    pin = f"{{revision: {'4567cdef' * 5}}}"
+    (work / "pin.yaml").write_text(f"model: {pin}\ndownloads: {{datasets: {{cc12m: {pin}, midjourney: {pin}}}}}\n")
+    result = _snakemake(work, "-n", "--profile", SLURM, "--configfile", "config/paper.yaml", "pin.yaml")
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    profile = _profile(SLURM)
+    gpu_partition = profile["set-resources"]["train_base"]["slurm_partition"]
+    jobs = [job for job in _jobs(result.stdout) if int(job["resources"].get("gpu", 0)) >= 1]
+    assert {"embed_images", "tokenise_shard", "train_faid", "train_racm3", "generate"} <= {j["rule"] for j in jobs}
+    for job in jobs:
+        assert job["resources"]["slurm_partition"] == gpu_partition and job["rule"] in profile["set-resources"], job
+    gpus = {job["rule"]: job["resources"]["gpu"] for job in jobs}
+    assert gpus["train_faid"] == gpus["train_racm3"] == "4" and gpus["embed_images"] == "1"
+
+
 FAKE_SLURM = """#!/bin/sh
 echo "$(basename "$0") $*" >> "{log}"
 if [ "$(basename "$0")" = sbatch ]; then cat > /dev/null; echo "sbatch: error: not a cluster (test)" >&2; exit 1; fi

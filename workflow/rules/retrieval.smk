@@ -22,6 +22,7 @@ rule download_dataset:
     threads: 1
     resources:
         mem_mb=2000,
+    retries: 3  # a dropped connection: the rerun resumes in <out>.partial/
     shell:
         "arrag download dataset --repo {params.repo} --revision {params.revision} --include {params.include} "
         "{params.mirror} --out {output} > {log} 2>&1"
