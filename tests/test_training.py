@@ -115,3 +115,28 @@ def test_caption_dropout_prompt_is_the_unconditional_prompt(tiny_janus):
     ids = tokenize_prompts(processor, ["a photo of a circle"])["input_ids"]
     u = training.unconditional_ids(ids, tok.bos_token_id, tok.convert_tokens_to_ids(tok.boi_token), tok.pad_token_id)
     assert tok.convert_ids_to_tokens(u[0].tolist()) == ["<bos>"] + ["<pad>"] * (ids.shape[1] - 2) + ["<begin_of_image>"]
+
+
+def test_gradients_are_summed_bucket_by_bucket(monkeypatch):
+    """sum_gradients packs gradients into buckets (a new one when full), sums each across processes in one
+    collective, and unpacks every parameter's share back in place; a parameter without a gradient gets zeros."""
+    import types
+
+    import arrag.models.training as tr
+
+    torch.manual_seed(0)
+    params = [torch.nn.Parameter(torch.randn(shape)) for shape in [(3, 4), (5,), (2, 2, 2), (7,), (1,)]]
+    for p in params[:-1]:
+        p.grad = torch.randn_like(p)
+    before = [None if p.grad is None else p.grad.clone() for p in params]
+    calls = []
+
+    def reduce(tensor, reduction):  # two processes holding the same gradients: the sum doubles them
+        calls.append(tensor.numel())
+        return tensor * 2
+
+    monkeypatch.setattr(tr, "REDUCE_BUCKET", 13)
+    tr.sum_gradients(params, types.SimpleNamespace(reduce=reduce))
+    assert calls == [12, 13, 8]  # [12] | [5, 8] | [7, 1]: no bucket over 13 elements, every element once
+    for p, g in zip(params, before):
+        assert torch.equal(p.grad, 2 * g if g is not None else torch.zeros_like(p))

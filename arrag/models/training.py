@@ -324,10 +324,31 @@ def accumulate_gradients(
         (loss * len(micro) / len(idx)).backward()
         total += loss.item() * len(micro) / len(idx)
     if n > 1:  # summed by hand: FAiD runs through hooks and RA-CM3 through a prefix, neither wrapped in DDP
-        for p in params:
-            p.grad = acc.reduce(p.grad if p.grad is not None else torch.zeros_like(p), reduction="sum")
+        sum_gradients(params, acc)
         total = float(acc.reduce(torch.tensor(total, device=acc.device), reduction="sum"))
     return total
+
+
+REDUCE_BUCKET = 1 << 24  # gradient elements summed across processes in one collective (64 MB of float32)
+
+
+def sum_gradients(params, acc) -> None:
+    """Sum every parameter's gradient across processes, a bucket of parameters per collective (as DDP buckets):
+    a 1B-parameter model then needs a few dozen all-reduces per step rather than one per tensor."""
+    buckets, current, size = [], [], 0
+    for p in params:
+        if p.grad is None:
+            p.grad = torch.zeros_like(p)
+        if current and (size + p.numel() > REDUCE_BUCKET or p.grad.dtype != current[0].grad.dtype):
+            buckets.append(current)
+            current, size = [], 0
+        current.append(p)
+        size += p.numel()
+    buckets += [current] if current else []
+    for bucket in buckets:
+        flat = acc.reduce(torch.cat([p.grad.flatten() for p in bucket]), reduction="sum")  # [size]
+        for p, part in zip(bucket, flat.split([p.numel() for p in bucket])):
+            p.grad.copy_(part.view_as(p.grad))
 
 
 def fit_generation_path(model, n: int, batch_loss, cfg, out_dir: Path, desc: str, acc=None):
