@@ -36,8 +36,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from arrag.data.sources import ImageRecord, iter_source
-from arrag.io import progress, read_shard, write_shard
+from arrag.data.sources import encode_shard
+from arrag.io import read_shard, write_shard
 from arrag.models.vq import VQTokenizer, codebook_fingerprint
 
 log = logging.getLogger(__name__)
@@ -61,12 +61,6 @@ def code_dtype(codebook_size: int) -> np.dtype:
 # ----------------------------------------------------------------------------- writing
 
 
-def _encode(vq: VQTokenizer, batch: list[ImageRecord], dtype: np.dtype) -> np.ndarray:
-    """Records with images -> codes [B, H, W] in the storage dtype (on CPU)."""
-    images = np.stack([r.image for r in batch])  # [B, S, S, 3] uint8
-    return vq.encode(images).cpu().numpy().astype(dtype)  # encode runs on vq.device
-
-
 def tokenise_shard(
     spec: dict,
     shard: int,
@@ -78,32 +72,15 @@ def tokenise_shard(
     tokenizer_id: str = "",
 ) -> dict:
     """Tokenise one shard of the source and write it; return its metadata (without source_ids)."""
-    if batch_size < 1:
-        raise ValueError(f"batch_size={batch_size!r} must be >= 1")
     start = time.perf_counter()
     dtype = code_dtype(vq.codebook_size)
-    records = iter_source(spec, shard, num_shards, size=vq.image_size)  # checks spec and shard now
-    chunks: list[np.ndarray] = []  # codes [b, H, W], kept in the small storage dtype
-    image_ids: list[int] = []
-    source_ids: list[str] = []
-    captions: list[str | None] = []
-    skipped: list[dict] = []
-    batch: list[ImageRecord] = []
-    for record in progress(records, desc=f"tokenise shard {shard}/{num_shards}", unit="img"):
-        if record.image is None:
-            log.warning("skipping image %d (%s): %s", record.image_id, record.source_id, record.error)
-            skipped.append({"image_id": record.image_id, "source_id": record.source_id, "error": record.error})
-            continue
-        batch.append(record)
-        image_ids.append(record.image_id)
-        source_ids.append(record.source_id)
-        captions.append(record.caption)
-        if len(batch) == batch_size:
-            chunks.append(_encode(vq, batch, dtype))
-            batch = []
-    if batch:
-        chunks.append(_encode(vq, batch, dtype))
-    codes = np.concatenate(chunks) if chunks else np.zeros((0, vq.grid, vq.grid), dtype)  # [N, H, W]
+
+    def encode(images: np.ndarray) -> np.ndarray:  # [b, S, S, 3] -> codes [b, H, W], small storage dtype
+        return vq.encode(images).cpu().numpy().astype(dtype)  # encode runs on vq.device
+
+    empty = np.zeros((0, vq.grid, vq.grid), dtype)
+    encoded = encode_shard(spec, shard, num_shards, vq.image_size, encode, empty, batch_size, desc="tokenise")
+    codes, skipped = encoded.outputs, encoded.skipped  # [N, H, W]
 
     meta = {
         "image_size": vq.image_size,
@@ -111,13 +88,13 @@ def tokenise_shard(
         "codebook_sha256": codebook_fingerprint(vq.codebook),
         "tokenizer_id": tokenizer_id,
         "source": json.loads(json.dumps(spec, default=str)),  # e.g. Path values -> str
-        "source_ids": source_ids,
+        "source_ids": encoded.source_ids,
         "skipped": skipped,
         "seconds": round(time.perf_counter() - start, 3),
     }
-    if any(c is not None for c in captions):  # a captioned source gives every kept record its caption
-        meta["captions"] = captions
-    meta = write_code_shard(out_dir, shard, num_shards, codes, np.asarray(image_ids, np.int64), meta)
+    if any(c is not None for c in encoded.captions):  # a captioned source gives every kept record its caption
+        meta["captions"] = encoded.captions
+    meta = write_code_shard(out_dir, shard, num_shards, codes, np.asarray(encoded.image_ids, np.int64), meta)
     if not len(codes):
         log.warning(
             "shard %d/%d holds no readable images (more shards than images?); wrote it empty", shard, num_shards

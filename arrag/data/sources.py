@@ -54,6 +54,8 @@ from typing import NoReturn
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from arrag.io import progress
+
 log = logging.getLogger(__name__)
 
 DEFAULT_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp")
@@ -467,3 +469,53 @@ def iter_source(spec: dict, shard: int = 0, num_shards: int = 1, size: int = 384
     limit = _check_limit(spec)
     items = itertools.islice(_ITEMS[kind](spec), limit)  # limit None: every item
     return _records(items, shard, num_shards, size)
+
+
+@dataclass
+class EncodedShard:
+    """One shard of a source run through an image encoder: its outputs and where each came from."""
+
+    outputs: np.ndarray  # [N, ...] the encoder's outputs for the readable images, in enumeration order
+    image_ids: list[int]  # [N]
+    source_ids: list[str]  # [N]
+    captions: list[str | None]  # [N]; all None for a source without captions
+    skipped: list[dict]  # {"image_id", "source_id", "error"} of the items that could not be read
+
+
+def encode_shard(
+    spec: dict,
+    shard: int,
+    num_shards: int,
+    size: int,
+    encode: Callable[[np.ndarray], np.ndarray],
+    empty: np.ndarray,
+    batch_size: int = 256,
+    desc: str = "encode",
+) -> EncodedShard:
+    """Run `encode(uint8 [b, size, size, 3]) -> [b, ...]` over this shard's readable images, `batch_size` at a
+    time (what tokenisation and CLIP embedding both do); `empty` [0, ...] stands for a shard with none.
+    Unreadable items are logged and listed, never fatal."""
+    if batch_size < 1:
+        raise ValueError(f"batch_size={batch_size!r} must be >= 1")
+    records = iter_source(spec, shard, num_shards, size=size)  # checks spec and shard now
+    kept: list[ImageRecord] = []
+    chunks, batch, skipped = [], [], []
+    for record in progress(records, desc=f"{desc} shard {shard}/{num_shards}", unit="img"):
+        if record.image is None:
+            log.warning("skipping image %d (%s): %s", record.image_id, record.source_id, record.error)
+            skipped.append({"image_id": record.image_id, "source_id": record.source_id, "error": record.error})
+            continue
+        kept.append(record)
+        batch.append(record.image)
+        if len(batch) == batch_size:
+            chunks.append(encode(np.stack(batch)))
+            batch = []
+    if batch:
+        chunks.append(encode(np.stack(batch)))
+    return EncodedShard(
+        np.concatenate(chunks) if chunks else empty,
+        [r.image_id for r in kept],
+        [r.source_id for r in kept],
+        [r.caption for r in kept],
+        skipped,
+    )

@@ -42,7 +42,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from arrag.io import atomic_path, progress, read_shard, write_json, write_shard
+from arrag.io import atomic_path, read_shard, write_json, write_shard
 
 log = logging.getLogger(__name__)
 
@@ -152,24 +152,15 @@ def embed_image_shard(
 
     Images are centre-cropped and resized to the model's input size by the sources' preprocessing (shorter
     side, bicubic), as open_clip's own transform does, then normalised by the model's mean and std."""
-    from arrag.data.sources import iter_source
+    from arrag.data.sources import encode_shard
 
     start = time.perf_counter()
-    records = iter_source(spec, shard, num_shards, size=encoder.input_size)
-    chunks, image_ids, batch, skipped = [], [], [], []
-    for record in progress(records, desc=f"CLIP-embed shard {shard}/{num_shards}", unit="img"):
-        if record.image is None:
-            skipped.append({"image_id": record.image_id, "source_id": record.source_id, "error": record.error})
-            continue
-        batch.append(record.image)
-        image_ids.append(record.image_id)
-        if len(batch) == batch_size:
-            chunks.append(encoder.embed_images(np.stack(batch)))
-            batch = []
-    if batch:
-        chunks.append(encoder.embed_images(np.stack(batch)))
     dim = int(encoder.embedder.identity["dim"])
-    embeddings = np.concatenate(chunks) if chunks else np.zeros((0, dim), np.float16)  # [N, E]
+    empty = np.zeros((0, dim), np.float16)
+    encoded = encode_shard(
+        spec, shard, num_shards, encoder.input_size, encoder.embed_images, empty, batch_size, desc="CLIP-embed"
+    )
+    embeddings = encoded.outputs  # [N, E]
     meta = {
         "format": EMBEDDINGS_FORMAT,
         "shard": shard,
@@ -178,10 +169,10 @@ def embed_image_shard(
         "dim": dim,
         "encoder": encoder.describe(),
         "source": json.loads(json.dumps(spec, default=str)),
-        "skipped": skipped,
+        "skipped": encoded.skipped,
         "seconds": round(time.perf_counter() - start, 3),
     }
-    arrays = {"embeddings": embeddings, "image_ids": np.asarray(image_ids, np.int64)}
+    arrays = {"embeddings": embeddings, "image_ids": np.asarray(encoded.image_ids, np.int64)}
     write_shard(embedding_shard_path(out_dir, shard, num_shards), arrays, meta)
     return meta
 
