@@ -363,23 +363,26 @@ def _pairs_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--split", default="finetune", help="with --world: the split")
 
 
-def fine_tuning_pairs(args, vq) -> tuple:
-    """The fine-tuning pairs as (codes LongTensor [N, H, W] under `vq`, captions [N], their source specs): code
-    shards of captioned sources (--codes), or a mini-world split (--world/--split), tokenised here."""
+def fine_tuning_pairs(args, vq_of) -> tuple:
+    """The fine-tuning pairs as (codes LongTensor [N, H, W], captions [N], their source specs, the fingerprint
+    of the codebook the codes were made with): code shards of captioned sources (--codes, read as they are),
+    or a mini-world split (--world/--split), tokenised here by the VQTokenizer `vq_of()` returns."""
+    from arrag.models.vq import codebook_fingerprint
+
     if args.codes:
         from arrag.data.code_shards import load_code_shards, shard_captions
-        from arrag.models.vq import codebook_fingerprint
 
         codes, _, metas = load_code_shards(args.codes)
-        if metas[0]["codebook_sha256"] != codebook_fingerprint(vq.codebook):
-            raise ValueError(f"{args.codes[0]} was tokenised with another codebook than {args.model}; re-tokenise")
         specs = {json.dumps(m["source"], sort_keys=True) for m in metas}
-        return codes, shard_captions(args.codes, metas), [json.loads(s) for s in sorted(specs)]
+        captions = shard_captions(args.codes, metas)
+        return codes, captions, [json.loads(s) for s in sorted(specs)], metas[0]["codebook_sha256"]
     from arrag.data.mini_world import load_split
     from arrag.models.training import encode_images
 
+    vq = vq_of()
     images, records = load_split(Path(args.world) / args.split)
-    return encode_images(vq, images).cpu(), [r["caption"] for r in records], []
+    codes = encode_images(vq, images).cpu()
+    return codes, [r["caption"] for r in records], [], codebook_fingerprint(vq.codebook)
 
 
 def refuse_shared_sources(pair_sources: list[dict], sources: list[dict], what: str) -> None:
@@ -403,7 +406,7 @@ def cmd_faid_trainset(args) -> None:
     from arrag.decoding.pipeline import resolve_device
     from arrag.models.faid_training import build_trainset
     from arrag.models.janus import load_janus
-    from arrag.models.vq import VQTokenizer
+    from arrag.models.vq import VQTokenizer, codebook_fingerprint
 
     if args.exclude_self and not args.world:
         raise ValueError("--exclude-self needs --world: code shards' image ids are not the database's")
@@ -411,7 +414,9 @@ def cmd_faid_trainset(args) -> None:
     model, _ = load_janus(args.model, revision=args.revision, device=device)
     vq = VQTokenizer.from_janus(model)
     db = _load_db(args, device, vq.codebook)
-    codes, captions, pair_sources = fine_tuning_pairs(args, vq)
+    codes, captions, pair_sources, codes_codebook = fine_tuning_pairs(args, lambda: vq)
+    if codes_codebook != codebook_fingerprint(vq.codebook):
+        raise ValueError(f"the fine-tuning codes were tokenised with another codebook than {args.model}; re-tokenise")
     refuse_shared_sources(pair_sources, db.sources, f"the database {args.db}")
     # --exclude-self: the split is the database's own source, image id = position in the split
     image_ids = np.arange(len(codes)) if args.exclude_self else None
@@ -439,9 +444,10 @@ def cmd_train_racm3(args) -> None:
     from arrag.models.vq import VQTokenizer
     from arrag.retrieval.image_index import ImageLevelIndex
 
-    # the base model's tokenizer, on the CPU, to read or check the pairs; train_racm3 loads its own copy
-    vq = VQTokenizer.from_janus(load_janus(args.model, revision=args.revision)[0])
-    codes, captions, pair_sources = fine_tuning_pairs(args, vq)
+    def vq_of():  # only a mini-world split is tokenised here; code shards are read as they are
+        return VQTokenizer.from_janus(load_janus(args.model, revision=args.revision)[0])
+
+    codes, captions, pair_sources, codes_codebook = fine_tuning_pairs(args, vq_of)
     index = ImageLevelIndex.load(args.image_index)  # train_racm3 moves its query encoder to each process' device
     refuse_shared_sources(pair_sources, index.sources, f"the image index {args.image_index}")
     stats = train_racm3(
@@ -452,6 +458,7 @@ def cmd_train_racm3(args) -> None:
         parse_overrides(args.set, RACM3TrainingConfig),
         args.out,
         device=args.device,
+        codes_codebook_sha256=codes_codebook,
     )
     print(json.dumps({k: v for k, v in stats.items() if k != "log"}, indent=2))
 

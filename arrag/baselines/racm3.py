@@ -46,11 +46,13 @@ def train_racm3(
     cfg: RACM3TrainingConfig,
     out_dir: str | Path,
     device: str | None = None,
+    codes_codebook_sha256: str | None = None,
 ) -> dict:
     """Fine-tune the base model's generation path on the pairs (codes [N, H, W] = the images' VQ tokens under
     the base model, captions [N]), each caption's retrieved reference as a prefix. Runs as one process on
     `device`, or under `accelerate launch`/torchrun as several (one per GPU; each takes its share of every
-    global batch and the gradients are summed, as FAiD's training does)."""
+    global batch and the gradients are summed, as FAiD's training does). `codes_codebook_sha256`: the
+    fingerprint of the codebook `codes` were made with, refused when it is not the base model's."""
     from accelerate import Accelerator
 
     out_dir = Path(out_dir)
@@ -59,7 +61,10 @@ def train_racm3(
     device = acc.device
     model, processor = load_janus(base_dir, device=device)
     vq = VQTokenizer.from_janus(model)
-    index.check_codebook(codebook_fingerprint(vq.codebook), f"the base model {base_dir}")
+    sha = codebook_fingerprint(vq.codebook)
+    index.check_codebook(sha, f"the base model {base_dir}")
+    if codes_codebook_sha256 is not None and codes_codebook_sha256 != sha:
+        raise ValueError(f"the fine-tuning codes were tokenised with another codebook than {base_dir}; re-tokenise")
     codes = codes.to(device).flatten(1)  # [N, T]
     rows = index.to(device).retrieve(captions, device)  # [N] top-1 reference per caption (on this process' GPU)
     references = index.reference_codes(rows, device)  # [N, T]
