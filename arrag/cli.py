@@ -125,7 +125,7 @@ def _faid_factory(args, pipe, record: bool = False):
         raise ValueError("--method faid needs --faid DIR (a checkpoint written by `arrag train-faid`)")
     codebook = VQTokenizer.from_janus(pipe.model).codebook
     db = _load_db(args, pipe.device, codebook)
-    faid = load_faid(args.faid, pipe.model, device=pipe.device).eval()
+    faid = load_faid(args.faid, pipe.model, device=pipe.device, db=db).eval()
     faid.attach(pipe.model)
     return lambda: [FAiDHook(db, codebook, faid, record=record)]
 
@@ -317,7 +317,7 @@ def cmd_finish_benchmark(args) -> None:
 
 
 def cmd_build_image_index(args) -> None:
-    from arrag.data.code_shards import load_code_shards
+    from arrag.data.code_shards import load_code_shards, require_codebook, shard_digests
     from arrag.io import read_jsonl
     from arrag.models.vq import codebook_fingerprint
     from arrag.retrieval.image_index import BagOfWordsEncoder, ClipTextEncoder, ImageLevelIndex
@@ -342,16 +342,17 @@ def cmd_build_image_index(args) -> None:
         captions = [records[i][args.caption_field] for i in image_ids.tolist()]
     except KeyError:
         raise ValueError(f"{args.captions}: records lack the field {args.caption_field!r} (--caption-field)") from None
+    sha = codebook_fingerprint(_load_codebook(args.model, args.revision))
+    require_codebook(args.codes, metas, sha, args.model)
     index = ImageLevelIndex.build(
         captions,
         codes.numpy(),
         image_ids.numpy(),
         BagOfWordsEncoder.from_captions(captions),
-        codebook_fingerprint(_load_codebook(args.model, args.revision)),
+        sha,
         tokenizer_id=metas[0].get("tokenizer_id", ""),
+        code_shards=shard_digests(metas),
     )
-    if index.codebook_sha256 != metas[0]["codebook_sha256"]:
-        raise ValueError(f"the code shards were tokenised with another codebook than {args.model}; re-tokenise")
     index.save(args.out)
     print(json.dumps(index.metadata | {"encoder": index.encoder.name}, indent=2))
 
@@ -425,14 +426,11 @@ def cmd_faid_trainset(args) -> None:
 
 
 def cmd_train_faid(args) -> None:
+    from arrag.manifest import identity
     from arrag.models.faid_training import FAiDTrainingConfig, train_faid
 
-    db = None
-    if args.db:  # only to refuse a training set built from another database: its metadata, not its index
-        path = Path(args.db) / "metadata.json"
-        if not path.is_file():
-            raise FileNotFoundError(f"{path} is missing: --db must be a directory written by `arrag build-db`")
-        db = json.loads(path.read_text())
+    # only to refuse a training set built from another database: its identity, not its index
+    db = identity(args.db) if args.db else None
     cfg = parse_overrides(args.set, FAiDTrainingConfig)
     stats = train_faid(args.model, args.trainset, cfg, args.out, db=db, cpu=args.cpu)
     print(json.dumps({k: v for k, v in stats.items() if k != "log"}, indent=2))
@@ -510,11 +508,12 @@ def cmd_tokenise(args) -> None:
 
 
 def cmd_build_db(args) -> None:
-    from arrag.data.code_shards import load_code_shards, source_table
-    from arrag.retrieval.database import PatchDatabase
+    from arrag.data.code_shards import load_code_shards, require_codebook, shard_digests, source_table
+    from arrag.retrieval.database import PatchDatabase, codebook_sha256
 
     codebook = _load_codebook(args.model, args.revision)
     codes, image_ids, metas = load_code_shards(args.codes)
+    require_codebook(args.codes, metas, codebook_sha256(codebook), args.model)
     params = {k: _number(v) for k, v in (p.split("=", 1) for p in args.param)}
     t0 = time.time()
     db = PatchDatabase.build(
@@ -526,6 +525,7 @@ def cmd_build_db(args) -> None:
         image_ids=image_ids,
         tokenizer_id=metas[0].get("tokenizer_id", ""),
         sources=source_table(metas),
+        code_shards=shard_digests(metas),
         **params,
     )
     db.save(args.out)
@@ -540,6 +540,16 @@ def cmd_build_db(args) -> None:
             indent=2,
         )
     )
+
+
+def cmd_verify(args) -> None:
+    from arrag.manifest import seal, verify_path
+
+    if args.seal:
+        print(json.dumps(seal(args.path, args.seal), indent=2))
+        return
+    for result in verify_path(args.path):
+        print(json.dumps(result))
 
 
 def _number(raw: str):
@@ -1024,6 +1034,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--param", action="append", default=[], metavar="KEY=VALUE", help="index parameter")
     p.add_argument("--out", required=True)
     p.set_defaults(func=cmd_build_db)
+
+    p = sub.add_parser("verify", help="check every byte of artefacts against their manifests (arrag.manifest)")
+    p.add_argument("path", help="an artefact directory (database, model, index, FAiD...), a shard, or a shard folder")
+    p.add_argument("--seal", metavar="KIND", help="instead: write a manifest of KIND (e.g. janus-model) for PATH")
+    p.set_defaults(func=cmd_verify)
 
     p = sub.add_parser("retrieval-accuracy", help="paper Figure 6: retrieved vs ground-truth token distances")
     _model_args(p)

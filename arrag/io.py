@@ -64,20 +64,25 @@ def write_json(path: str | Path, obj) -> None:
 
 def write_shard(npz_path: str | Path, arrays: dict, meta: dict) -> None:
     """One shard as a file pair: `npz_path` (the arrays, no pickles) and its .json metadata, both atomic and the
-    .json last, so a shard is complete exactly when its .json exists. The old .json is deleted first: a crash
-    midway never leaves an old .json vouching for a new .npz."""
+    .json last, so a shard is complete exactly when its .json exists; the .json's "manifest" (arrag.manifest)
+    holds the .npz's size and SHA-256 and its digest is the shard's identity. The old .json is deleted first: a
+    crash midway never leaves an old .json vouching for a new .npz."""
+    from arrag.manifest import make_manifest
+
     npz_path = Path(npz_path)
     json_path = npz_path.with_suffix(".json")
     json_path.unlink(missing_ok=True)
     with atomic_path(npz_path) as tmp, open(tmp, "wb") as f:  # a file object: savez would append ".npz"
         np.savez(f, **arrays)
-    write_json(json_path, meta)
+    write_json(json_path, {**meta, "manifest": make_manifest(npz_path.parent, [npz_path.name], meta["format"])})
 
 
 def read_shard(npz_path: str | Path, fmt: str, names: tuple[str, ...], rerun: str) -> tuple[list[np.ndarray], dict]:
     """The arrays `names` of a shard written by `write_shard` and its metadata, after checking the shard is
-    complete (its .json exists), of format `fmt`, and holds meta["count"] rows in every array. `rerun` says
-    what rewrites the shard, for the error messages."""
+    complete (its .json exists), of format `fmt`, matches its manifest (arrag.manifest.check_files) and holds
+    meta["count"] rows in every array. `rerun` says what rewrites the shard, for the error messages."""
+    from arrag.manifest import check_body, check_files
+
     npz_path = Path(npz_path).with_suffix(".npz")
     json_path = npz_path.with_suffix(".json")
     if not json_path.is_file():
@@ -87,6 +92,12 @@ def read_shard(npz_path: str | Path, fmt: str, names: tuple[str, ...], rerun: st
         raise ValueError(f"{json_path}: field 'format' is {meta.get('format')!r}, this reader understands {fmt!r}")
     if not npz_path.is_file():
         raise FileNotFoundError(f"{npz_path} is missing although {json_path.name} exists: {rerun}")
+    if "manifest" not in meta:
+        raise ValueError(f"{json_path}: no field 'manifest' (written by an arrag without manifests): {rerun}")
+    manifest = check_body(meta["manifest"], json_path, fmt, rerun)
+    if list(manifest["files"]) != [npz_path.name]:
+        raise ValueError(f"{json_path}: its manifest lists {list(manifest['files'])}, not {npz_path.name}: {rerun}")
+    check_files(npz_path.parent, manifest, fix=rerun)
     with np.load(npz_path, allow_pickle=False) as data:
         arrays = [data[name] for name in names]
     counts = {name: len(a) for name, a in zip(names, arrays)}

@@ -1,3 +1,5 @@
+import os
+
 import pytest
 import torch
 
@@ -8,6 +10,13 @@ from arrag.models.janus import (
     configure_image_generation,
     mini_janus_config,
 )
+
+
+@pytest.fixture(autouse=True, scope="session")
+def verified_cache(tmp_path_factory):
+    """Stamps of verified artefacts (arrag.manifest) go to a temporary folder, not the user's cache."""
+    os.environ["ARRAG_VERIFIED_CACHE"] = str(tmp_path_factory.mktemp("verified"))
+
 
 # The tests' models are tiny: one thread each is faster than two fighting over a loaded 2-core machine.
 torch.set_num_threads(1)

@@ -7,6 +7,7 @@ from PIL import Image
 from arrag.cli import main, parse_overrides
 from arrag.data.geneval_layout import read_prompt_folders, write_prompt_folder
 from arrag.decoding.pipeline import image_seed
+from arrag.models.janus import save_janus
 from arrag.models.training import BaseTrainingConfig
 
 
@@ -14,8 +15,7 @@ from arrag.models.training import BaseTrainingConfig
 def model_dir(tmp_path_factory, tiny_janus):
     model, processor, _ = tiny_janus
     path = tmp_path_factory.mktemp("model")
-    model.save_pretrained(path, safe_serialization=True)
-    processor.save_pretrained(path)
+    save_janus(model, processor, path)
     return path
 
 

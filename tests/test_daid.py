@@ -4,7 +4,7 @@ import torch
 
 from arrag.decoding.daid import DAiD, merge_distributions, retrieval_distribution
 from arrag.decoding.loop import SamplingConfig, generate_image_tokens, make_generators
-from arrag.models.janus import tokenize_prompts
+from arrag.models.janus import save_janus, tokenize_prompts
 from arrag.models.vq import VQTokenizer
 from arrag.retrieval.database import PatchDatabase
 
@@ -116,8 +116,7 @@ def test_generate_command_with_daid(tiny_janus, tiny_db, tmp_path, capsys):
 
     model, processor, _ = tiny_janus
     db, _, allowed = tiny_db
-    model.save_pretrained(tmp_path / "model", safe_serialization=True)
-    processor.save_pretrained(tmp_path / "model")
+    save_janus(model, processor, tmp_path / "model")
     db.save(tmp_path / "db")
     base = [
         "generate",

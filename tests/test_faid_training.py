@@ -9,6 +9,7 @@ import torch
 from safetensors.torch import load_file
 
 import arrag.models.faid_training as ft
+from arrag.models.janus import save_janus
 from arrag.models.vq import VQTokenizer
 from arrag.retrieval.database import PatchDatabase
 
@@ -19,12 +20,12 @@ CAPTIONS = ["a photo of a red circle", "a photo of two squares", "a photo of a t
 def setup(tiny_janus, tmp_path):
     """The tiny model saved as a base model, a database over 30 random grids, and a training set of 8 images."""
     model, processor, spec = tiny_janus
-    model.save_pretrained(tmp_path / "base", safe_serialization=True)
-    processor.save_pretrained(tmp_path / "base")
+    save_janus(model, processor, tmp_path / "base")
     vq = VQTokenizer.from_janus(model)
     gen = torch.Generator().manual_seed(0)
     corpus = torch.randint(0, spec.codebook_size, (30, spec.grid, spec.grid), generator=gen)
     db = PatchDatabase.build(corpus, vq.codebook, index="flat")
+    db.save(tmp_path / "db")  # a database has an identity (its manifest's digest) once saved
     ft.build_trainset(model, db, corpus[:8], (CAPTIONS * 2)[:8], k=4, out_dir=tmp_path / "trainset")
     return model, db, corpus[:8], tmp_path
 
@@ -39,7 +40,8 @@ def test_trainset_format_and_refusals(setup, tiny_janus):
 
     assert torch.equal(candidates, training_candidates(db, codes, VQTokenizer.from_janus(model).codebook, 4))
     other = PatchDatabase.build(codes, VQTokenizer.from_janus(model).codebook, index="flat")
-    with pytest.raises(ValueError, match="another retrieval database"):
+    other.save(tmp / "other_db")
+    with pytest.raises(ValueError, match="another database .* than the one given"):
         ft.load_trainset(tmp / "trainset", other)
     with pytest.raises(FileNotFoundError, match="arrag faid-trainset"):
         ft.load_trainset(tmp / "nothing")
@@ -56,6 +58,7 @@ def test_same_image_exclusion_in_the_trainset(setup):
     codes = torch.arange(16).view(1, 4, 4).repeat(6, 1, 1) % 7  # six identical images: every key repeats
     codes[0] = 9  # image 0 is the only one holding token 9
     db = PatchDatabase.build(codes, vq.codebook, index="flat", image_ids=torch.arange(100, 106))
+    db.save(tmp / "own_db")
     # the fine-tuning image is exactly database image 0 (id 100)
     ft.build_trainset(model, db, codes[:1], CAPTIONS[:1], k=3, out_dir=tmp / "own", image_ids=np.array([100]))
     ft.build_trainset(model, db, codes[:1], CAPTIONS[:1], k=3, out_dir=tmp / "leaky")
@@ -121,14 +124,19 @@ def test_faid_trainset_command_excludes_the_images_own_entries(tmp_path, capsys)
 
     from arrag.cli import main
     from arrag.data.mini_world import load_split, write_world
-    from arrag.models.janus import build_processor, build_word_tokenizer, configure_image_generation, mini_janus_config
+    from arrag.models.janus import (
+        build_processor,
+        build_word_tokenizer,
+        configure_image_generation,
+        mini_janus_config,
+        save_janus,
+    )
 
     spec = tiny_spec(image_size=32)
     tok = build_word_tokenizer(WORDS)
     model = JanusForConditionalGeneration(mini_janus_config(spec, tok)).eval()
     configure_image_generation(model, tok)
-    model.save_pretrained(tmp_path / "base", safe_serialization=True)
-    build_processor(tok, spec.image_size, spec.grid**2).save_pretrained(tmp_path / "base")
+    save_janus(model, build_processor(tok, spec.image_size, spec.grid**2), tmp_path / "base")
     write_world(
         tmp_path / "world",
         size=32,

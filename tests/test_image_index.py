@@ -14,6 +14,7 @@ from arrag.cli import main
 from arrag.data.code_shards import image_source, shard_paths, tokenise_shard
 from arrag.data.downloads import sha256_of
 from arrag.data.sources import iter_source
+from arrag.models.janus import save_janus
 from arrag.models.vq import VQTokenizer
 from arrag.retrieval import image_index as ii
 
@@ -125,8 +126,7 @@ def test_search_in_blocks_is_exact_with_ties_to_the_lowest_row(monkeypatch, bloc
 
 def test_embed_and_build_commands(tiny_janus, tiny_clip, folders, tmp_path):
     model, processor, _ = tiny_janus
-    model.save_pretrained(tmp_path / "base", safe_serialization=True)
-    processor.save_pretrained(tmp_path / "base")
+    save_janus(model, processor, tmp_path / "base")
     name, weights, _ = tiny_clip
     clip = ["--clip-model", name, "--clip-pretrained", str(weights), "--device", "cpu"]
     source = json.dumps(folders[0])

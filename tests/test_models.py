@@ -6,7 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from arrag.models.janus import ModelLoadError, load_janus, tokenize_prompts
+from arrag.models.janus import ModelLoadError, load_janus, save_janus, tokenize_prompts
 from arrag.models.vq import VQTokenizer, to_pixel_values, to_uint8
 
 
@@ -61,8 +61,7 @@ def test_pixel_round_trip():
 
 def test_save_and_load_by_path_round_trip(tiny_janus, tmp_path):
     model, processor, _ = tiny_janus
-    model.save_pretrained(tmp_path, safe_serialization=True)
-    processor.save_pretrained(tmp_path)
+    save_janus(model, processor, tmp_path)
     assert list(tmp_path.glob("*.safetensors")) and not list(tmp_path.glob("*.bin"))
     loaded, loaded_proc = load_janus(tmp_path)
     assert (
@@ -136,8 +135,7 @@ def test_janus_pro_vq_architecture_loads_by_path_and_encodes_with_normalised_cod
     torch.manual_seed(0)
     model = JanusForConditionalGeneration(config).eval()
     configure_image_generation(model, tok)
-    model.save_pretrained(tmp_path, safe_serialization=True)
-    build_processor(tok, 384, 576).save_pretrained(tmp_path)
+    save_janus(model, build_processor(tok, 384, 576), tmp_path)
     loaded, _ = load_janus(tmp_path)
     vq = VQTokenizer.from_janus(loaded)
     assert (vq.image_size, vq.grid, vq.codebook_size) == (384, 24, 16384)

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 
+from arrag.manifest import write_manifest
 from arrag.retrieval import PatchDatabase, neighbourhood_keys, query_from_grid
 from arrag.retrieval.backends import compact_centroids, compact_nbits, pack_codes
 from arrag.retrieval.keys import extended_codebook, neighbourhood_ids
@@ -226,7 +227,8 @@ def test_save_load_round_trip(corpus, databases, name, tmp_path):
     if "nprobe" in db.metadata["index_params"]:
         db.set_search_params(nprobe=4)
     db.save(tmp_path / "db")
-    expected = {"metadata.json", "codes.npy", "image_ids.npy"} | ({"index.faiss"} if db.backend.saves_index else set())
+    expected = {"MANIFEST.json", "metadata.json", "codes.npy", "image_ids.npy"}
+    expected |= {"index.faiss"} if db.backend.saves_index else set()
     assert {p.name for p in (tmp_path / "db").iterdir()} == expected
     loaded = PatchDatabase.load(tmp_path / "db", codebook=codebook)
     assert loaded.metadata == db.metadata
@@ -242,6 +244,9 @@ def test_load_refuses_another_codebook_or_format(corpus, databases, tmp_path):
     meta = json.loads((tmp_path / "db" / "metadata.json").read_text())
     meta["format"] = "arrag-patchdb/0"
     (tmp_path / "db" / "metadata.json").write_text(json.dumps(meta))
+    with pytest.raises(ValueError, match="metadata.json: .* bytes, the manifest says"):  # an edit is caught first
+        PatchDatabase.load(tmp_path / "db", codebook=codebook)
+    write_manifest(tmp_path / "db", "patch-database")  # an old-format database with a sound manifest
     with pytest.raises(ValueError, match=r"'format'.*arrag-patchdb/1.*arrag-patchdb/0"):
         PatchDatabase.load(tmp_path / "db", codebook=codebook)
 

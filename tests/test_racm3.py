@@ -8,7 +8,7 @@ from arrag.baselines.racm3 import RACM3Pipeline, RACM3TrainingConfig, train_racm
 from arrag.decoding.loop import SamplingConfig, generate_image_tokens
 from arrag.decoding.pipeline import generate_prompt_set
 from arrag.evaluation.over_copying import read_copying_records
-from arrag.models.janus import tokenize_prompts
+from arrag.models.janus import save_janus, tokenize_prompts
 from arrag.models.training import image_generation_loss, position_ids_from_mask, prompt_embeddings
 from arrag.models.vq import VQTokenizer, codebook_fingerprint
 from arrag.retrieval.image_index import BagOfWordsEncoder, ImageLevelIndex
@@ -122,8 +122,8 @@ def test_decoding_with_a_prefix_matches_a_full_forward(tiny_janus, index):
 
 def test_a_few_fine_tuning_steps_lower_the_loss(tiny_janus, index, tmp_path):
     model, processor, spec = tiny_janus
-    model.save_pretrained(tmp_path / "base", safe_serialization=True)
-    processor.save_pretrained(tmp_path / "base")
+    save_janus(model, processor, tmp_path / "base")
+    index.save(tmp_path / "index")  # what RA-CM3 records: the index's identity
     codes = torch.from_numpy(index.codes[[0, 1, 2, 4]].astype(np.int64))
     captions = [CAPTIONS[i] for i in (0, 1, 2, 4)]
     cfg = RACM3TrainingConfig(steps=30, batch_size=4, lr=3e-3, caption_dropout=0.0, checkpoint_every=0)
@@ -199,8 +199,7 @@ def test_two_processes_train_exactly_like_one(tiny_janus, index, tmp_path):
     from arrag.data.code_shards import shard_paths, write_code_shard
 
     model, processor, spec = tiny_janus
-    model.save_pretrained(tmp_path / "base", safe_serialization=True)
-    processor.save_pretrained(tmp_path / "base")
+    save_janus(model, processor, tmp_path / "base")
     index.save(tmp_path / "index")
     meta = {  # the fine-tuning pairs as a captioned code shard
         "codebook_size": spec.codebook_size,

@@ -19,8 +19,8 @@ import numpy as np
 import torch
 
 from arrag.decoding.pipeline import ImageGenerationPipeline, resolve_device
-from arrag.io import atomic_path, write_json
-from arrag.models.janus import load_janus
+from arrag.manifest import require_input
+from arrag.models.janus import load_janus, model_identity, save_janus
 from arrag.models.training import caption_inputs, fit_generation_path, image_generation_loss
 from arrag.models.vq import VQTokenizer, codebook_fingerprint
 from arrag.retrieval.image_index import ImageLevelIndex
@@ -60,9 +60,12 @@ def train_racm3(
     acc = Accelerator(cpu=resolve_device(device).type == "cpu")
     device = acc.device
     model, processor = load_janus(base_dir, device=device)
+    base_identity = model_identity(model)  # before training changes the weights
     vq = VQTokenizer.from_janus(model)
     sha = codebook_fingerprint(vq.codebook)
     index.check_codebook(sha, f"the base model {base_dir}")
+    if not index.identity:
+        raise ValueError("the image index has no identity: save it first (ImageLevelIndex.save)")
     if codes_codebook_sha256 is not None and codes_codebook_sha256 != sha:
         raise ValueError(f"the fine-tuning codes were tokenised with another codebook than {base_dir}; re-tokenise")
     codes = codes.to(device).flatten(1)  # [N, T]
@@ -85,16 +88,14 @@ def train_racm3(
         "log": log,
         "trainable_parameters": sum(p.numel() for p in params),
         "config": asdict(cfg),
-        "image_index": index.metadata | {"encoder": index.encoder.name},
+        "image_index": index.metadata | {"encoder": index.encoder.name, "identity": index.identity},
         "distinct_references": int(len(np.unique(rows))),
         "processes": acc.num_processes,
         "global_batch": cfg.batch_size * cfg.grad_accum * acc.num_processes,
     }
     if acc.is_main_process:
-        with atomic_path(out_dir, directory=True) as tmp:
-            model.save_pretrained(tmp, safe_serialization=True)
-            processor.save_pretrained(tmp)
-            write_json(tmp / "training.json", stats)
+        inputs = {"base_model": base_identity, "image_index": index.identity}
+        save_janus(model, processor, out_dir, inputs=inputs, extra={"training.json": stats})
         ckpt.discard()
     acc.wait_for_everyone()
     return stats
@@ -119,9 +120,18 @@ class RACM3Pipeline(ImageGenerationPipeline):
     def from_pretrained(
         cls, source: str | Path, index: str | Path, *, revision: str | None = None, device: str | None = None
     ):
+        """An RA-CM3 model and the image index it was trained with: another index is refused (its references
+        are not the ones the model learnt to copy from)."""
         device = resolve_device(device)
         model, processor = load_janus(source, revision=revision, device=device)
-        return cls(model, processor, ImageLevelIndex.load(index, device), device)
+        image_index = ImageLevelIndex.load(index, device)
+        if not image_index.identity:
+            raise ValueError(f"{index} has no manifest: rebuild it with `arrag build-image-index`")
+        fix = f"pass the index it was trained with (see {source}/MANIFEST.json) or retrain RA-CM3 with this one"
+        require_input(
+            {"inputs": model.arrag_inputs}, "image_index", image_index.identity, f"the RA-CM3 model {source}", fix
+        )
+        return cls(model, processor, image_index, device)
 
     def prefix_codes(self, prompts: list[str]) -> torch.Tensor:
         """The top-1 reference image of each prompt, flattened: [B, H*W]."""

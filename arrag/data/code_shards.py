@@ -181,6 +181,23 @@ def load_code_shards(paths: list[str | Path]) -> tuple[torch.Tensor, torch.Tenso
     return torch.cat(codes), torch.cat(image_ids), metas
 
 
+def require_codebook(paths: list[str | Path], metas: list[dict], codebook_sha256: str, model: str) -> None:
+    """Refuse shards tokenised with another VQ codebook than `model`'s (fingerprint `codebook_sha256`): their
+    token ids name other vectors, and anything built from them would carry the wrong codebook's stamp."""
+    for path, meta in zip(paths, metas):
+        if meta["codebook_sha256"] != codebook_sha256:
+            raise ValueError(
+                f"{path} was tokenised with another VQ codebook (sha256 {meta['codebook_sha256'][:12]}...) than "
+                f"{model}'s ({codebook_sha256[:12]}...): pass the model the shards were tokenised with, or "
+                "re-tokenise them with this one (arrag tokenise)"
+            )
+
+
+def shard_digests(metas: list[dict]) -> list[str]:
+    """The shards' identities (their manifests' digests), which what is built from them records."""
+    return [m["manifest"]["digest"] for m in metas]
+
+
 def shard_captions(paths: list[str | Path], metas: list[dict]) -> list[str]:
     """The captions of `load_code_shards(paths)`'s images, in the same order (fine-tuning pairs)."""
     for path, meta in zip(paths, metas):

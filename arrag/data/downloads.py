@@ -8,7 +8,6 @@ mirror folder (clusters whose compute nodes have no internet) is tried before th
 
 from __future__ import annotations
 
-import hashlib
 import http.client
 import os
 import re
@@ -19,14 +18,13 @@ import urllib.request
 from pathlib import Path
 
 from arrag.io import progress
+from arrag.manifest import write_manifest
 
 
 def sha256_of(path: str | Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
+    from arrag.manifest import file_sha256
+
+    return file_sha256(path)
 
 
 def check_sha256(path: str | Path, sha256: str | None, url: str = "") -> None:
@@ -143,6 +141,7 @@ def download_model(hub_id: str, revision: str, out_dir: str | Path, mirror: str 
     if not list(partial.glob("*.safetensors")):
         raise ValueError(f"{hub_id}@{revision} has no .safetensors weights; arrag never loads pickled weights")
     (partial / "SOURCE").write_text(f"{hub_id}@{revision}\n")
+    write_manifest(partial, "janus-model", {"hub": f"{hub_id}@{revision}"})  # last: load_janus checks it
     return promote_partial(partial, out_dir)
 
 

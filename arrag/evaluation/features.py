@@ -29,6 +29,7 @@ import torch.nn.functional as F
 from arrag.data.downloads import fetch, sha256_of
 from arrag.data.mini_world import BACKGROUNDS, COLOURS, MAX_OBJECTS, SHAPES
 from arrag.io import atomic_path, progress, write_json
+from arrag.manifest import load_weights, verify, write_manifest
 
 # ----------------------------------------------------------------------------- Inception (FID)
 
@@ -300,6 +301,7 @@ def train_feature_network(
     with atomic_path(out_dir, directory=True) as tmp:
         save_file({k: v.contiguous() for k, v in model.state_dict().items()}, tmp / "model.safetensors")
         write_json(tmp / "config.json", summary)
+        write_manifest(tmp, "feature-network")
     model.identity = {
         **model.identity,
         "path": str(out_dir),
@@ -319,11 +321,12 @@ def load_feature_network(directory: str | Path, device: str | torch.device = "cp
                 f"{directory / name} is missing: train the mini feature network first "
                 "(arrag.evaluation.features.train_feature_network, the pipeline's feature-network rule)"
             )
+    verify(directory, "feature-network", fix="train the mini feature network again")
     summary = json.loads((directory / "config.json").read_text())
     if summary.get("format") != FORMAT or [tuple(p) for p in summary["pairs"]] != PAIRS:
         raise ValueError(f"{directory} is not a {FORMAT} network for this mini world: train it again")
     cfg = MiniFeatureConfig(**summary["config"])
     model = MiniFeatureNet(cfg.width, cfg.feature_dim)
-    model.load_state_dict(load_file(directory / "model.safetensors"))
+    load_weights(model, load_file(directory / "model.safetensors"), directory / "model.safetensors")
     model.identity = {**model.identity, "path": str(directory), "sha256": sha256_of(directory / "model.safetensors")}
     return model.to(device).eval()

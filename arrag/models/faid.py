@@ -367,10 +367,14 @@ class FAiD(nn.Module):
     def load(cls, directory: str | Path, device: str | torch.device = "cpu") -> "FAiD":
         from safetensors.torch import load_file
 
+        from arrag.manifest import load_weights
+
         directory = Path(directory)
         meta = json.loads((directory / "faid_config.json").read_text())
         faid = cls(FAiDConfig(**meta["config"]), meta["hidden_size"], meta["num_layers"])
-        faid.load_state_dict(load_file(directory / "faid.safetensors", device=str(device)))
+        load_weights(
+            faid, load_file(directory / "faid.safetensors", device=str(device)), directory / "faid.safetensors"
+        )
         return faid.to(device)
 
 

@@ -8,17 +8,18 @@ Training-set format "arrag-faid-trainset/1" (a directory, written atomically):
                                                 neighbourhood as the query (-1: fewer than k hits)
                    image_ids int64 [N]           the images' ids in the database's id space, -1 when the
                                                 image is not in the database (no same-image exclusion needed)
-    trainset.json  format, count, grid, k, captions [N], database (the PatchDatabase's identity),
+    trainset.json  format, count, grid, k, captions [N], database (the PatchDatabase's digest),
                    excluded_same_image, codebook_sha256
+    MANIFEST.json  arrag.manifest, written last; inputs: base_model, database
 
 FAiD checkpoint (a directory, written atomically): `faid.safetensors` + `faid_config.json` (only the FAiD
-parameters and their layout) and `faid.json` with the base model's identity, the training set's database
-and the training statistics. `load_faid` refuses a checkpoint made for another base model or module layout.
+parameters and their layout), `faid.json` with the base model's identity, the training set's database
+and the training statistics, and MANIFEST.json last (inputs: base_model, database, trainset). `load_faid`
+refuses a checkpoint made for another base model, module layout or (given) database.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import time
 from dataclasses import asdict, dataclass
@@ -28,8 +29,10 @@ import numpy as np
 import torch
 
 from arrag.io import atomic_path, progress, write_json
+from arrag.manifest import require_input, verify, write_manifest
 from arrag.models.faid import FAiD, FAiDConfig, faid_training_loss, freeze_backbone, training_candidates
 from arrag.models.janus import load_janus
+from arrag.models.janus import model_identity as weights_identity
 from arrag.models.training import (
     ResumableCheckpoint,
     _batches,
@@ -40,28 +43,27 @@ from arrag.models.training import (
 from arrag.models.vq import VQTokenizer, codebook_fingerprint
 
 TRAINSET_FORMAT = "arrag-faid-trainset/1"
-DB_IDENTITY_FIELDS = ("codebook_sha256", "hops", "causal", "grid", "ntotal", "num_images", "index")
+DB_FIX = "rebuild the FAiD training set from this database (arrag faid-trainset) and retrain FAiD"
 
 
-def database_identity(db) -> dict:
-    """The fields that say which PatchDatabase candidates came from; `db` is a PatchDatabase or its saved
-    metadata.json as a dict (enough to check a training set without loading the index)."""
-    meta = db if isinstance(db, dict) else db.metadata
-    return {k: meta[k] for k in DB_IDENTITY_FIELDS}
+def database_identity(db) -> str:
+    """Which PatchDatabase candidates came from: its manifest's digest. `db` is a PatchDatabase or the digest
+    itself (arrag.manifest.identity(dir): enough to check a training set without loading the index)."""
+    found = db if isinstance(db, str) else db.identity
+    if not found:
+        raise ValueError("the database has no identity yet: save it (PatchDatabase.save) or load it from disk")
+    return found
 
 
 def model_identity(model) -> dict:
-    """What a FAiD checkpoint must match: the backbone's text config, VQ codebook and generation head."""
+    """What a FAiD checkpoint must match: the backbone's layout and the whole of its weights
+    (arrag.models.janus.model_identity: every file of the model directory, or every tensor)."""
     text = model.config.text_config
-    digest = hashlib.sha256()
-    digest.update(codebook_fingerprint(VQTokenizer.from_janus(model).codebook).encode())
-    for p in model.model.generation_head.parameters():
-        digest.update(p.detach().to("cpu", torch.float32).numpy().tobytes())
     return {
         "hidden_size": text.hidden_size,
         "num_hidden_layers": text.num_hidden_layers,
         "codebook_sha256": codebook_fingerprint(VQTokenizer.from_janus(model).codebook),
-        "weights_sha256": digest.hexdigest(),
+        "weights": weights_identity(model),
     }
 
 
@@ -113,26 +115,26 @@ def build_trainset(
         with open(tmp / "trainset.npz", "wb") as f:  # a file object: np.savez would append ".npz"
             np.savez(f, codes=codes.numpy().astype(np.uint16), candidates=candidates.numpy(), image_ids=ids)
         write_json(tmp / "trainset.json", meta)
+        inputs = {"base_model": weights_identity(model), "database": database_identity(db)}
+        write_manifest(tmp, "faid-trainset", inputs)
     return {k: v for k, v in meta.items() if k != "captions"}
 
 
 def load_trainset(directory: str | Path, db=None) -> tuple[torch.Tensor, torch.Tensor, list[str], dict]:
-    """(codes [N, H, W], candidates [N, T, k], captions, metadata); with `db` (a PatchDatabase or its
-    metadata dict), refuse a training set whose candidates came from another database."""
+    """(codes [N, H, W], candidates [N, T, k], captions, metadata), checked against the manifest; with `db` (a
+    PatchDatabase or its digest), refuse a training set whose candidates came from another database."""
     directory = Path(directory)
     path = directory / "trainset.json"
     if not path.is_file():
         raise FileNotFoundError(f"{path} is missing: build the FAiD training set with `arrag faid-trainset`")
+    manifest = verify(directory, "faid-trainset", fix="rebuild it with `arrag faid-trainset`")
     meta = json.loads(path.read_text())
     if meta.get("format") != TRAINSET_FORMAT:
         raise ValueError(f"{path}: format {meta.get('format')!r}, expected {TRAINSET_FORMAT!r}; rebuild it")
-    expected = None if db is None else database_identity(db)
-    if expected is not None and meta["database"] != expected:
-        diff = {k for k in DB_IDENTITY_FIELDS if meta["database"].get(k) != expected[k]}
-        raise ValueError(
-            f"{directory} was built from another retrieval database (fields differ: {sorted(diff)}); "
-            "rebuild the training set from this database with `arrag faid-trainset`"
-        )
+    if db is not None:
+        what = f"the FAiD training set {directory}"
+        require_input(manifest, "database", database_identity(db), what, DB_FIX)
+    meta["identity"] = manifest["digest"]
     with np.load(directory / "trainset.npz", allow_pickle=False) as z:
         codes = torch.from_numpy(z["codes"].astype(np.int64))
         candidates = torch.from_numpy(z["candidates"].astype(np.int64))
@@ -232,6 +234,7 @@ def train_faid(
         "base_model": str(base_dir),
         "base_identity": model_identity(model),
         "trainset": str(trainset_dir),
+        "trainset_identity": meta["identity"],
         "database": meta["database"],
         "steps": cfg.steps,
         "resumed_at": start,
@@ -246,17 +249,25 @@ def train_faid(
         with atomic_path(out_dir, directory=True) as tmp:
             faid.save(tmp)
             write_json(tmp / "faid.json", stats)
+            inputs = {"base_model": stats["base_identity"]["weights"], "database": meta["database"]}
+            write_manifest(tmp, "faid", inputs | {"trainset": meta["identity"]})
         ckpt.discard()
     acc.wait_for_everyone()
     return stats
 
 
-def load_faid(directory: str | Path, model, device: str | torch.device = "cpu") -> FAiD:
-    """The FAiD modules of a checkpoint, after checking they were trained for this base model and layout."""
+def load_faid(directory: str | Path, model, device: str | torch.device = "cpu", db=None) -> FAiD:
+    """The FAiD modules of a checkpoint, after checking them against the manifest and that they were trained
+    for this base model (all of its weights) and layout, and (given `db`, a PatchDatabase or its digest) with
+    candidates from this database: FAiD learnt to use that database's neighbours."""
     directory = Path(directory)
     info_path = directory / "faid.json"
     if not info_path.is_file():
         raise FileNotFoundError(f"{info_path} is missing: train FAiD with `arrag train-faid` first")
+    manifest = verify(directory, "faid", fix="retrain it with `arrag train-faid`")
+    if db is not None:
+        fix = "generate with the database it was trained with (--db), or retrain FAiD on this one: " + DB_FIX
+        require_input(manifest, "database", database_identity(db), f"the FAiD checkpoint {directory}", fix)
     info = json.loads(info_path.read_text())
     expected, found = info["base_identity"], model_identity(model)
     if expected != found:

@@ -21,12 +21,15 @@ from transformers import JanusForConditionalGeneration
 from transformers.models.janus.modeling_janus import JanusVQVAE
 
 from arrag.io import atomic_path, progress, write_json
+from arrag.manifest import identity, verify, write_manifest
 from arrag.models.janus import (
     MiniJanusSpec,
     build_processor,
     build_word_tokenizer,
+    check_loaded_keys,
     configure_image_generation,
     mini_janus_config,
+    save_janus,
     tokenize_prompts,
 )
 from arrag.models.vq import VQTokenizer, normalised_nearest_codes, to_pixel_values
@@ -160,6 +163,7 @@ def train_vq(images: np.ndarray, spec: MiniJanusSpec, cfg: VQTrainingConfig, out
     with atomic_path(out_dir, directory=True) as tmp:
         vq.save_pretrained(tmp, safe_serialization=True)
         write_json(tmp / "training.json", stats)
+        write_manifest(tmp, "janus-vq")
     ckpt.discard()
     return stats
 
@@ -278,7 +282,11 @@ def caption_inputs(processor, captions: list[str], device="cpu") -> tuple[torch.
 def build_base_model(spec: MiniJanusSpec, words: list[str], vq_dir: str | Path, guidance_scale: float):
     tokenizer = build_word_tokenizer(words)
     model = JanusForConditionalGeneration(mini_janus_config(spec, tokenizer))
-    vq = JanusVQVAE.from_pretrained(str(vq_dir), use_safetensors=True, local_files_only=True)
+    verify(vq_dir, "janus-vq", fix="retrain it (arrag train-vq)")
+    vq, info = JanusVQVAE.from_pretrained(
+        str(vq_dir), use_safetensors=True, local_files_only=True, output_loading_info=True
+    )
+    check_loaded_keys(info, vq_dir)
     model.model.vqmodel.load_state_dict(vq.state_dict())
     configure_image_generation(model, tokenizer, guidance_scale)
     processor = build_processor(tokenizer, spec.image_size, spec.grid**2)
@@ -418,10 +426,7 @@ def train_base_model(
         "config": asdict(cfg),
         "spec": asdict(spec),
     }
-    with atomic_path(out_dir, directory=True) as tmp:
-        model.save_pretrained(tmp, safe_serialization=True)
-        processor.save_pretrained(tmp)
-        write_json(tmp / "training.json", stats)
+    save_janus(model, processor, out_dir, inputs={"vq": identity(vq_dir)}, extra={"training.json": stats})
     ckpt.discard()
     return stats
 

@@ -16,6 +16,7 @@ import numpy as np
 import torch
 
 from arrag.io import atomic_path, write_json
+from arrag.manifest import verify, write_manifest
 from arrag.retrieval.backends import BACKENDS, make_backend
 from arrag.retrieval.keys import check_codebook, check_codes, extended_codebook, neighbour_offsets, neighbourhood_ids
 
@@ -65,6 +66,8 @@ class PatchDatabase:
         self.codes = torch.empty(0, positions, dtype=code_dtype(len(self.codebook)), device=device)  # [N, H*W]
         self.image_ids = torch.empty(0, dtype=torch.long, device=device)  # [N]
         self.sources: list[dict] = []  # [{"source": spec, "offset": first image id}], when built from code shards
+        self.code_shards: list[str] = []  # the digests of the code shards it was built from (their manifests)
+        self.identity = ""  # the digest of its manifest once saved or loaded: what FAiD records
 
     @classmethod
     def build(
@@ -78,15 +81,18 @@ class PatchDatabase:
         tokenizer_id: str = "",
         device: str = "cpu",
         sources: list[dict] | None = None,
+        code_shards: list[str] | None = None,
         **index_params,
     ) -> "PatchDatabase":
         """Index every position of codes [N, H, W] (edges included); image_ids [N] default to 0..N-1.
         `sources`: which image source each id range came from (arrag.data.code_shards.source_table), kept in
-        the metadata so a hit's image id leads back to its image."""
+        the metadata so a hit's image id leads back to its image; `code_shards`: the shards' digests, recorded in
+        the manifest as what the database was built from."""
         codes = torch.as_tensor(codes)
         check_codes(codes, codebook.shape[0] if codebook.ndim == 2 else None)
         db = cls(codebook, tuple(codes.shape[1:]), hops, causal, index, tokenizer_id, device, **index_params)
         db.sources = list(sources or [])
+        db.code_shards = list(code_shards or [])
         db.add(codes, image_ids)
         return db
 
@@ -230,7 +236,8 @@ class PatchDatabase:
     # ---- persistence --------------------------------------------------------------------------------
 
     def save(self, directory: str | Path) -> None:
-        """Write metadata.json, codes.npy [N, H, W], image_ids.npy [N] and the index file, atomically."""
+        """Write metadata.json, codes.npy [N, H, W], image_ids.npy [N] and the index file, atomically, and the
+        manifest last (arrag.manifest), recording the codebook and code shards the database was built from."""
         with atomic_path(directory, directory=True) as tmp:
             codes = self.codes.to(torch.int32).cpu().numpy().reshape(-1, *self.grid)
             np.save(tmp / "codes.npy", codes.astype(np.uint16 if self.codes.dtype == torch.uint16 else np.int32))
@@ -238,6 +245,8 @@ class PatchDatabase:
             if self.backend.saves_index:
                 self.backend.save(tmp)
             write_json(tmp / "metadata.json", self.metadata)
+            inputs = {"codebook_sha256": self.codebook_sha256, "code_shards": self.code_shards}
+            self.identity = write_manifest(tmp, "patch-database", inputs)["digest"]
 
     @classmethod
     def load(
@@ -248,12 +257,14 @@ class PatchDatabase:
         hops: int | None = None,
         causal: bool | None = None,
     ) -> "PatchDatabase":
-        """Open a saved database; refuses another codebook, another format version, or (when given) another
+        """Open a saved database after checking it against its manifest (arrag.manifest.verify: a damaged or
+        incomplete file is named); refuses another codebook, another format version, or (when given) another
         key layout (`hops`, `causal`)."""
         directory = Path(directory)
         path = directory / "metadata.json"
         if not path.is_file():
             raise FileNotFoundError(f"{path} does not exist: not a saved PatchDatabase")
+        manifest = verify(directory, "patch-database", fix="rebuild it with `arrag build-db`")
         meta = json.loads(path.read_text())
         check_codebook(codebook)
         expected = {
@@ -295,6 +306,7 @@ class PatchDatabase:
                 db.backend.add(ids)
         db._append(codes, image_ids)
         db.sources = meta.get("sources", [])
+        db.code_shards, db.identity = manifest["inputs"].get("code_shards", []), manifest["digest"]
         if db.backend.ntotal != len(db) or len(db) != meta["ntotal"]:
             raise ValueError(
                 f"{directory}: field 'ntotal' differs: expected {meta['ntotal']} (metadata), found "

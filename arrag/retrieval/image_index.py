@@ -43,6 +43,7 @@ import torch
 import torch.nn.functional as F
 
 from arrag.io import atomic_path, read_shard, write_json, write_shard
+from arrag.manifest import verify, write_manifest
 
 log = logging.getLogger(__name__)
 
@@ -222,6 +223,8 @@ class ImageLevelIndex:
         self.codebook_sha256, self.tokenizer_id = codebook_sha256, tokenizer_id
         self.sources = list(sources or [])  # [{"source": spec, "offset": first image id}] (code_shards.source_table)
         self.resident: dict[torch.device, torch.Tensor] = {}  # the embeddings copied to a GPU once, stored dtype
+        self.built_from: dict[str, list[str]] = {}  # digests of the shards it was built from, for its manifest
+        self.identity = ""  # the digest of its manifest once saved or loaded: what RA-CM3 records
 
     @classmethod
     def build(
@@ -232,9 +235,13 @@ class ImageLevelIndex:
         encoder: BagOfWordsEncoder,
         codebook_sha256: str,
         tokenizer_id: str = "",
+        code_shards: list[str] | None = None,
     ) -> "ImageLevelIndex":
-        """captions[i] describes the image with id image_ids[i] and token grid codes[i]."""
-        return cls(encoder(captions), image_ids, codes, encoder, codebook_sha256, tokenizer_id)
+        """captions[i] describes the image with id image_ids[i] and token grid codes[i]; `code_shards`: the
+        digests of the code shards they came from, recorded in the manifest."""
+        index = cls(encoder(captions), image_ids, codes, encoder, codebook_sha256, tokenizer_id)
+        index.built_from = {"code_shards": list(code_shards or [])}
+        return index
 
     @classmethod
     def from_shards(
@@ -242,14 +249,15 @@ class ImageLevelIndex:
     ) -> "ImageLevelIndex":
         """The CLIP index of a tokenised corpus: code shards (arrag tokenise) joined with the CLIP embedding
         shards of the same sources (arrag embed-images) on each image's source and position."""
-        from arrag.data.code_shards import load_code_shards, source_table
+        from arrag.data.code_shards import load_code_shards, shard_digests, source_table
 
         codes, image_ids, metas = load_code_shards(code_paths)  # global ids: each source shifted by its offset
         sources = source_table(metas)
         offsets = {json.dumps(t["source"], sort_keys=True): t["offset"] for t in sources}
-        embeddings, embedded_ids = [], []
+        embeddings, embedded_ids, embedding_digests = [], [], []
         for path in embedding_paths:
             e, ids, meta = load_embedding_shard(path)
+            embedding_digests.append(meta["manifest"]["digest"])
             if meta["encoder"] != encoder.describe():
                 raise ValueError(
                     f"{path} was embedded with {meta['encoder']}, the query encoder is {encoder.describe()}: "
@@ -268,7 +276,7 @@ class ImageLevelIndex:
         missing = len(image_ids) - len(common)
         if missing:
             log.warning("%d tokenised images have no CLIP embedding (not readable then?); left out", missing)
-        return cls(
+        index = cls(
             np.concatenate(embeddings)[emb_rows],
             common,
             codes.numpy()[code_rows].astype(np.uint16),
@@ -277,6 +285,8 @@ class ImageLevelIndex:
             metas[0].get("tokenizer_id", ""),
             sources,
         )
+        index.built_from = {"code_shards": shard_digests(metas), "embedding_shards": embedding_digests}
+        return index
 
     def __len__(self) -> int:
         return len(self.codes)
@@ -373,14 +383,18 @@ class ImageLevelIndex:
             np.save(tmp / "image_ids.npy", self.image_ids)
             np.save(tmp / "codes.npy", np.asarray(self.codes))
             write_json(tmp / "index.json", self.metadata)
+            inputs = {"codebook_sha256": self.codebook_sha256, **self.built_from}
+            self.identity = write_manifest(tmp, "image-index", inputs)["digest"]
 
     @classmethod
     def load(cls, directory: str | Path, device: str | torch.device = "cpu") -> "ImageLevelIndex":
-        """Open an index (its arrays memory-mapped); the query encoder is rebuilt on `device`."""
+        """Open an index (its arrays memory-mapped) after checking it against its manifest (arrag.manifest);
+        the query encoder is rebuilt on `device`."""
         directory = Path(directory)
         meta_path = directory / "index.json"
         if not meta_path.is_file():
             raise FileNotFoundError(f"{meta_path} is missing: build the image index with `arrag build-image-index`")
+        manifest = verify(directory, "image-index", fix="rebuild it with `arrag build-image-index`")
         meta = json.loads(meta_path.read_text())
         if meta.get("format") != FORMAT:
             raise ValueError(f"{meta_path}: format {meta.get('format')!r}, expected {FORMAT!r}; rebuild the index")
@@ -396,4 +410,6 @@ class ImageLevelIndex:
         )
         if len(index) != meta["count"]:
             raise ValueError(f"{directory}: the arrays hold {len(index)} images, index.json says {meta['count']}")
+        index.built_from = {k: v for k, v in manifest["inputs"].items() if k != "codebook_sha256"}
+        index.identity = manifest["digest"]
         return index
