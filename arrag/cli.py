@@ -272,12 +272,12 @@ def cmd_generate_benchmark(args) -> None:
 
 
 def _input_fingerprints(args) -> dict:
-    """Digests of the local artefacts the images come from (model, database, FAiD, image index): rebuilt ones
-    invalidate the images made before, even under the same paths."""
-    from arrag.io import fingerprint
+    """Identities (manifest digests) of the local artefacts the images come from (model, database, FAiD, image
+    index): rebuilt ones with other contents invalidate the images made before, even under the same paths."""
+    from arrag.manifest import identity
 
     paths = {"model": args.model, "db": args.db, "faid": args.faid, "image_index": args.image_index}
-    return {name: fingerprint(p) for name, p in paths.items() if p and Path(p).exists()}
+    return {name: identity(p) for name, p in paths.items() if p and Path(p).exists()}
 
 
 def shard_marker(out: str, shard: int, num_shards: int) -> Path:
@@ -562,7 +562,7 @@ def _number(raw: str):
 
 
 def cmd_retrieval_accuracy(args) -> None:
-    from arrag.data.code_shards import load_code_shards
+    from arrag.data.code_shards import load_code_shards, require_codebook
     from arrag.evaluation.retrieval_accuracy import plot_accuracy, retrieval_accuracy
     from arrag.evaluation.tables import RETRIEVAL_ACCURACY, retrieval_accuracy_rows, write_rows
     from arrag.io import write_json
@@ -570,7 +570,8 @@ def cmd_retrieval_accuracy(args) -> None:
 
     codebook = _load_codebook(args.model, args.revision)
     db = PatchDatabase.load(args.db, codebook=codebook)
-    codes, _, _ = load_code_shards(args.codes)
+    codes, _, metas = load_code_shards(args.codes)
+    require_codebook(args.codes, metas, db.codebook_sha256, args.model)
     result = retrieval_accuracy(db, codes, codebook, k=args.k, max_queries=args.max_queries, seed=args.seed)
     write_rows(RETRIEVAL_ACCURACY, retrieval_accuracy_rows(result), Path(args.out_csv).with_suffix(""))
     plot_accuracy(result, args.out_png)

@@ -131,18 +131,3 @@ def progress(iterable=None, **kwargs):
     from tqdm.auto import tqdm
 
     return tqdm(iterable, mininterval=0.1 if sys.stderr.isatty() else 10.0, **kwargs)
-
-
-def fingerprint(path: str | Path) -> str:
-    """A short digest of a file or directory as it is now: every file's relative name, size and modification
-    time (not its bytes: weights are large). Retraining or rebuilding rewrites the files, so the digest changes
-    and outputs made from the old artefact are not reused."""
-    import hashlib
-
-    path = Path(path)
-    files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
-    digest = hashlib.sha256()
-    for f in files:
-        st = f.stat()
-        digest.update(f"{f.relative_to(path) if path.is_dir() else f.name}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
-    return digest.hexdigest()[:16]

@@ -103,7 +103,9 @@ def check_body(body, where: str | Path, kind: str | None = None, fix: str = "") 
     return body
 
 
-def check_files(root: str | Path, body: dict, *, full: bool | None = None, exact: bool = False, fix: str = "") -> None:
+def check_files(
+    root: str | Path, body: dict, *, full: bool | None = None, exact: bool = False, fix: str = "", remember=True
+) -> None:
     """Every file of the manifest `body` present under `root` with its size; `exact`: no other file either.
     Contents (SHA-256) are checked when `full`, or, with full=None, unless this machine already checked these
     very files (same inode, size, mtime and ctime). Raises VerificationError naming the first file that differs."""
@@ -135,7 +137,8 @@ def check_files(root: str | Path, body: dict, *, full: bool | None = None, exact
                 f"{root / name}: content differs from its manifest (SHA-256 {found[:16]}..., expected "
                 f"{entry['sha256'][:16]}...): the file is corrupt or was changed; {fix}"
             )
-    _remember(root, body)
+    if remember:
+        _remember(root, body)
 
 
 def verify(directory: str | Path, kind: str | None = None, *, full: bool | None = None, fix: str = "") -> dict:
@@ -143,6 +146,15 @@ def verify(directory: str | Path, kind: str | None = None, *, full: bool | None 
     body = read_manifest(directory, kind, fix)
     check_files(directory, body, full=full, exact=True, fix=fix)
     return body
+
+
+def verify_member(directory: str | Path, name: str, kind: str | None = None, fix: str = "") -> Path:
+    """Check one (small) file of an artefact in full, for readers that need only it; returns its path."""
+    body = read_manifest(directory, kind, fix)
+    if name not in body["files"]:
+        raise VerificationError(f"{Path(directory) / NAME} lists no {name}; {fix or 'rebuild it'}")
+    check_files(directory, {**body, "files": {name: body["files"][name]}}, full=True, fix=fix, remember=False)
+    return Path(directory) / name
 
 
 def identity(directory: str | Path) -> str:

@@ -111,8 +111,10 @@ def attribution_figure(
 def load_database_images(db_dir: str | Path, image_ids: set[int], size: int) -> dict[int, np.ndarray]:
     """The images behind a database's image ids, through its source table (one or several corpora)."""
     from arrag.data.code_shards import image_source
+    from arrag.manifest import verify_member
 
-    sources = json.loads((Path(db_dir) / "metadata.json").read_text()).get("sources") or []
+    metadata = verify_member(db_dir, "metadata.json", "patch-database", fix="rebuild it with `arrag build-db`")
+    sources = json.loads(metadata.read_text()).get("sources") or []
     if not sources:
         raise ValueError(f"{db_dir} records no image sources (built before arrag kept them): pass --source instead")
     by_source: dict[str, dict[int, int]] = {}  # source spec (JSON) -> local id -> global id

@@ -20,6 +20,8 @@ File format "arrag-codes/1" (read by the retrieval stages and by users; keep it 
                          (mini world, or a spec with caption_key / caption_column / caption_extension)
         skipped          [{"image_id", "source_id", "error"}] items that could not be read
         seconds          wall time of the tokenisation
+        manifest         arrag.manifest of the .npz (size, SHA-256); its "digest" is the shard's identity,
+                         which databases and indexes built from the shard record
 
 Both files are written atomically (temporary name, then rename) and the .json last: a shard is complete
 exactly when its .json exists. Rewriting a shard first deletes its old .json, so a crash midway never

@@ -18,12 +18,14 @@ generation jobs on one machine share one copy of a large index through the page 
     codes.npy       uint16 [N, H, W] the images' VQ tokens
     index.json      format, encoder (its description: enough to rebuild the query encoder), count, grid,
                     codebook_sha256, tokenizer_id, sources (the code shards' source table, when built from them)
+    MANIFEST.json   arrag.manifest, written last; inputs: codebook_sha256, the code (and embedding) shards' digests
 
 CLIP embedding shards "arrag-clip-embeddings/1", one file pair per source shard (arrag.io.write_shard):
 
     <out_dir>/clip-SSSSS-of-TTTTT.npz   embeddings float16 [N, E], image_ids int64 [N] (positions in the
                                         source's enumeration, as in code shards)
-    <out_dir>/clip-SSSSS-of-TTTTT.json  format, shard, num_shards, count, dim, encoder, source, skipped, seconds
+    <out_dir>/clip-SSSSS-of-TTTTT.json  format, shard, num_shards, count, dim, encoder, source, skipped, seconds,
+                                        manifest (the .npz's size and SHA-256, arrag.manifest)
 
 Search is exact (brute force over every image, the corpus streamed in blocks so memory stays bounded, on the
 GPU when given one). Ties (identical bag-of-words captions are common in the mini world) go to the lowest row,
