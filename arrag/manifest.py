@@ -10,7 +10,8 @@ object in its .json under "manifest"):
     digest   SHA-256 of the fields above: the artefact's identity, which artefacts built from it record
 
 Writing it last makes its presence the mark of a complete artefact. Loading checks, always, that the manifest
-is intact (its digest) and that every file is present with its size (no other file in a directory artefact);
+is intact (its digest) and that every file is present with its size (no other file in a directory artefact,
+hidden files aside);
 the SHA-256 of every byte is checked the first time a machine loads the artefact and whenever a file has been
 written since (its inode, size, mtime or ctime changed), a stamp of the files' status after a full check being
 kept in ~/.cache/arrag/verified (or $ARRAG_VERIFIED_CACHE). `arrag verify PATH` always checks every byte.
@@ -52,8 +53,10 @@ def _digest(body: dict) -> str:
 
 
 def _artefact_files(directory: Path) -> list[str]:
-    """Relative paths of every file under `directory` except the manifest, sorted."""
-    return sorted(str(p.relative_to(directory)) for p in directory.rglob("*") if p.is_file() and p.name != NAME)
+    """Relative paths of every file under `directory` except the manifest and hidden files (Snakemake's
+    .snakemake_timestamp in directory outputs, huggingface_hub's .cache/), sorted."""
+    names = (p.relative_to(directory) for p in directory.rglob("*") if p.is_file() and p.name != NAME)
+    return sorted(str(n) for n in names if not any(part.startswith(".") for part in n.parts))
 
 
 def make_manifest(root: str | Path, names: list[str], kind: str, inputs: dict | None = None) -> dict:
