@@ -57,7 +57,7 @@ def database_identity(db) -> str:
 
 def model_identity(model) -> dict:
     """What a FAiD checkpoint must match: the backbone's layout and the whole of its weights
-    (arrag.models.janus.model_identity: every file of the model directory, or every tensor)."""
+    (arrag.models.janus.model_identity: a SHA-256 of every tensor)."""
     text = model.config.text_config
     return {
         "hidden_size": text.hidden_size,
