@@ -155,11 +155,19 @@ def test_slurm_profile_sbatch_flags(tmp_path):
     (world / "geneval").mkdir()
     (world / "geneval/evaluation_metadata.jsonl").touch()
     (world / "world.json").touch()
+    # train_faid's inputs, so that the toy profile's two-process (two-GPU) training job is submitted too
+    for folder in ("models/base", "retrieval/db", "retrieval/faid_trainset"):
+        (work / "results/toy" / folder).mkdir(parents=True)
 
     result = _snakemake(
         work,
         "results/toy/models/vq",
         "results/toy/models/features",
+        "results/toy/models/faid",
+        "--allowed-rules",
+        "train_vq",
+        "train_features",
+        "train_faid",
         "--profile",
         SLURM,
         "--configfile",
@@ -176,7 +184,7 @@ def test_slurm_profile_sbatch_flags(tmp_path):
     for line in calls.read_text().splitlines():
         if line.startswith("sbatch ") and (m := re.search(r"--comment (?:'?)rule_(\w+?)(?:'?) ", line)):
             submissions[m[1]] = line.split(" --wrap")[0]
-    assert set(submissions) == {"train_vq", "train_features"}, calls.read_text()[-2000:]
+    assert set(submissions) == {"train_vq", "train_features", "train_faid"}, calls.read_text()[-2000:]
 
     profile = _profile(SLURM)
     vq, features = submissions["train_vq"], submissions["train_features"]
@@ -187,3 +195,8 @@ def test_slurm_profile_sbatch_flags(tmp_path):
     assert "--gpus=1" in vq and "--cpus-per-task=8" in vq
     assert f"-p {profile['default-resources']['slurm_partition']}" in features
     assert "--gpus" not in features and "--cpus-per-task=8" in features
+    # every job on one node: torchrun's processes of a multi-GPU job must see all of the job's GPUs
+    faid = submissions["train_faid"]
+    assert "--gpus=2" in faid
+    for call in submissions.values():
+        assert re.findall(r"--nodes[= ](\d+)", call) == ["1"], call
