@@ -117,7 +117,7 @@ rule attribution:
         folders=lambda wildcards, input: " ".join(f"--images {os.path.dirname(p)}" for p in input[:-1]),
         labels=" ".join(f"--label {m}" for m in RETRIEVAL_METHODS),
         corpus=attribution_corpus,
-        size=config["world"]["image_size"],
+        size=ATTRIBUTION_SIZE,
     log:
         log_path("attribution"),
     benchmark:

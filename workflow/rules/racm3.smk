@@ -7,6 +7,7 @@
 rule embed_images:
     input:
         unpack(source_data),
+        unpack(racm3_clip_input),
     output:
         emb=f"{RESULTS}/clip/{{split}}/clip-{{shard}}-of-{{num_shards}}.npz",
         meta=f"{RESULTS}/clip/{{split}}/clip-{{shard}}-of-{{num_shards}}.json",

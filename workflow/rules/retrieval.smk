@@ -12,6 +12,7 @@ rule download_dataset:
         repo=lambda wildcards: DATASETS[wildcards.dataset]["repo"],
         revision=lambda wildcards: DATASETS[wildcards.dataset]["revision"],
         include=lambda wildcards: " ".join(f"'{p}'" for p in DATASETS[wildcards.dataset]["include"]),
+        lock=lambda wildcards: lock_path(f"dataset-{wildcards.dataset}"),
         mirror=mirror_flag(),
     log:
         f"{RESULTS}/logs/download_dataset_{{dataset}}.log",
@@ -25,7 +26,7 @@ rule download_dataset:
     retries: 3  # a dropped connection: the rerun resumes in <out>.partial/
     shell:
         "arrag download dataset --repo {params.repo} --revision {params.revision} --include {params.include} "
-        "{params.mirror} --out {output} > {log} 2>&1"
+        "--lock {params.lock} {params.mirror} --out {output} > {log} 2>&1"
 
 rule tokenise_shard:
     input:
