@@ -1,6 +1,7 @@
 """The Snakemake profiles (workflow/profiles/): dry runs on the toy config, and the sbatch calls of the SLURM one."""
 
 import importlib.util
+import json
 import os
 import re
 import shutil
@@ -114,9 +115,7 @@ def test_slurm_profile_sends_every_gpu_job_of_the_paper_dag_to_the_gpu_partition
     and its own time and memory, and the multi-GPU ones ask for 4 GPUs."""
     work = _workdir(tmp_path)
     shutil.copytree(REPO / "arrag" / "benchmarks", work / "arrag" / "benchmarks")
-    pin = f"{{revision: {'4567cdef' * 5}}}"
-    (work / "pin.yaml").write_text(f"model: {pin}\ndownloads: {{datasets: {{cc12m: {pin}, midjourney: {pin}}}}}\n")
-    result = _snakemake(work, "-n", "--profile", SLURM, "--configfile", "config/paper.yaml", "pin.yaml")
+    result = _snakemake(work, "-n", "--profile", SLURM, "--configfile", "config/paper.yaml")
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     profile = _profile(SLURM)
     gpu_partition = profile["set-resources"]["train_base"]["slurm_partition"]
@@ -200,3 +199,105 @@ def test_slurm_profile_sbatch_flags(tmp_path):
     assert "--gpus=2" in faid
     for call in submissions.values():
         assert re.findall(r"--nodes[= ](\d+)", call) == ["1"], call
+
+
+PAPER_CONFIGS = ["config/paper.yaml", "config/paper-1gpu.yaml"]
+
+
+def _paper_workdir(tmp_path: Path) -> Path:
+    work = _workdir(tmp_path)
+    shutil.copytree(REPO / "arrag" / "benchmarks", work / "arrag" / "benchmarks")
+    return work
+
+
+def _planned(dry_run_output: str) -> list[dict]:
+    """[{rule, local, input: [paths], shell}] of the jobs a `snakemake -n -p` run lists."""
+    jobs = []
+    for line in dry_run_output.splitlines():
+        if m := re.match(r"(local)?rule (\w+):$", line):
+            jobs.append({"rule": m[2], "local": bool(m[1]), "input": [], "shell": ""})
+        elif jobs and (m := re.match(r"\s+input: (.*)$", line)):
+            jobs[-1]["input"] = m[1].split(", ")
+        elif jobs and line.startswith("Shell command: "):
+            jobs[-1]["shell"] = line[len("Shell command: ") :]
+    return jobs
+
+
+@pytest.mark.parametrize("configfile", PAPER_CONFIGS)
+def test_paper_config_is_its_file_and_the_schema_defaults_alone(tmp_path, configfile):
+    """No value of the mini profile (config/config.yaml) reaches a paper job: the config every rule reads is the
+    paper file completed by the schema's defaults, nothing more (Snakemake would otherwise merge it under it)."""
+    from snakemake.utils import validate
+
+    work = _paper_workdir(tmp_path)
+    (work / "dump.smk").write_text(
+        'include: "Snakefile"\n\nimport json as _json\n\n_json.dump(config, open("used_config.json", "w"))\n'
+        '_json.dump(sorted(workflow._localrules), open("localrules.json", "w"))\n'
+    )
+    result = _snakemake(work, "-n", "-s", "dump.smk", "--configfile", configfile)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    expected = yaml.safe_load((REPO / configfile).read_text())
+    validate(expected, str(REPO / "workflow/schemas/config.schema.yaml"))  # fills the defaults, as common.smk does
+    used = json.loads((work / "used_config.json").read_text())
+    assert used == json.loads(json.dumps(expected))
+    assert used["world"]["splits"] == {}  # (the mini world's splits were the first thing to leak)
+    # downloads run where Snakemake runs (the login node), never as cluster jobs
+    listed = _snakemake(work, "-s", "dump.smk", "--list-rules", "--configfile", configfile).stdout
+    rules = {line.strip() for line in listed.splitlines()}
+    downloads = {rule for rule in rules if rule.startswith("download_")}
+    assert downloads and downloads <= set(json.loads((work / "localrules.json").read_text()))
+
+    # without --configfile the mini profile is the config, as before
+    result = _snakemake(work, "-n", "-s", "dump.smk")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert json.loads((work / "used_config.json").read_text())["profile"] == "mini"
+
+
+@pytest.mark.parametrize("configfile", PAPER_CONFIGS)
+def test_paper_jobs_load_local_files_that_download_rules_fetch(tmp_path, configfile):
+    """The paper profiles plan as shipped; every weight a job loads is a local path that is one of its inputs and
+    comes from a download rule (a localrule, locked, mirror-aware); no other job names a hub tag or a URL."""
+    work = _paper_workdir(tmp_path)
+    result = _snakemake(work, "-n", "-p", "--configfile", configfile)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    jobs = _planned(result.stdout)
+    profile = yaml.safe_load((REPO / configfile).read_text())["profile"]
+    downloads = [job for job in jobs if job["rule"].startswith("download_")]
+    assert {job["rule"] for job in downloads} == {
+        "download_model", "download_dataset", "download_clip", "download_mplug", "download_geneval_detector",
+        "download_inception", "download_mjhq", "download_dpg_csv",
+    }  # fmt: skip
+    assert all(job["shell"].startswith("arrag download ") for job in downloads)
+    for job in downloads:  # hub downloads: a lock file beside the config
+        if job["rule"] in ("download_model", "download_dataset", "download_clip", "download_mplug"):
+            assert f"--lock config/locks/{profile}/" in job["shell"], job
+    produced = {out for job in downloads for out in _outputs(result.stdout, job)}
+
+    loaded = []
+    for job in jobs:
+        if job["rule"].startswith("download_"):
+            continue
+        assert not re.search(r"https?://|openai|hf-hub:|arrag download", job["shell"]), job
+        weights = r"(--clip-pretrained|clip:|--mplug-model|--checkpoint|inception:)\s?(\S+)"
+        for flag, path in re.findall(weights, job["shell"]):
+            loaded.append((job["rule"], path))
+            assert any(path == i or path.startswith(i + "/") for i in job["input"]), (flag, path, job)
+            assert any(path == o or path.startswith(o + "/") for o in produced), (flag, path, job)
+    assert {rule for rule, _ in loaded} >= {"embed_images", "build_image_index", "score_geneval", "score_fidelity",
+                                            "score_dpg"}  # fmt: skip
+    assert f"results/{profile}/downloads/mplug" in {path for _, path in loaded}
+
+    # a mirror folder (clusters without internet on the login node either) reaches every download command
+    (work / "mirror.yaml").write_text("downloads: {mirror: /srv/mirror}\n")
+    result = _snakemake(work, "-n", "-p", "--configfile", configfile, "mirror.yaml")
+    assert result.returncode == 0, result.stderr[-3000:]
+    for job in _planned(result.stdout):
+        if job["rule"].startswith("download_"):
+            assert "--mirror /srv/mirror" in job["shell"], job
+
+
+def _outputs(dry_run_output: str, job: dict) -> list[str]:
+    """The outputs of the job whose shell command is job["shell"]."""
+    block = dry_run_output[: dry_run_output.index(job["shell"])]
+    block = block[block.rindex(f"rule {job['rule']}:") :]
+    return re.search(r"\n\s+output: (.*)\n", block)[1].split(", ")
