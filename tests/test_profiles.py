@@ -38,6 +38,27 @@ def _snakemake(workdir: Path, *args: str, path_prefix: str = "") -> subprocess.C
     )
 
 
+# conda as Snakemake asks it before a run that deploys conda envs (conda is not on the test machines; a dry run
+# builds no env, so these answers are all it needs)
+FAKE_CONDA = """#!/bin/sh
+case "$*" in
+  "info --json") echo '{{"conda_prefix": "{prefix}", "platform": "linux-64"}}' ;;
+  "--version") echo "conda 25.1.1" ;;
+  "config --get channel_priority --json") echo '{{"get": {{"channel_priority": "strict"}}}}' ;;
+  *) echo "fake conda: $*" >&2; exit 1 ;;
+esac
+"""
+
+
+def _conda_bin(tmp_path: Path) -> str:
+    bin_dir = tmp_path / "conda-bin"
+    bin_dir.mkdir(exist_ok=True)
+    script = bin_dir / "conda"
+    script.write_text(FAKE_CONDA.format(prefix=tmp_path / "conda"))
+    script.chmod(script.stat().st_mode | stat.S_IXUSR)
+    return str(bin_dir)
+
+
 def _profile(name: str) -> dict:
     return yaml.safe_load((REPO / name / "profile.yaml").read_text())
 
@@ -115,7 +136,9 @@ def test_slurm_profile_sends_every_gpu_job_of_the_paper_dag_to_the_gpu_partition
     and its own time and memory, and the multi-GPU ones ask for 4 GPUs."""
     work = _workdir(tmp_path)
     shutil.copytree(REPO / "arrag" / "benchmarks", work / "arrag" / "benchmarks")
-    result = _snakemake(work, "-n", "--profile", SLURM, "--configfile", "config/paper.yaml")
+    result = _snakemake(
+        work, "-n", "--profile", SLURM, "--configfile", "config/paper.yaml", path_prefix=_conda_bin(tmp_path)
+    )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     profile = _profile(SLURM)
     gpu_partition = profile["set-resources"]["train_base"]["slurm_partition"]
@@ -175,7 +198,7 @@ def test_slurm_profile_sbatch_flags(tmp_path):
         "0",
         "--slurm-init-seconds-before-status-checks",
         "1",
-        path_prefix=str(bin_dir),
+        path_prefix=f"{bin_dir}{os.pathsep}{_conda_bin(tmp_path)}",  # the profile deploys conda envs
     )
     out = result.stdout + result.stderr
     assert "not a cluster (test)" in out, out[-3000:]
@@ -301,3 +324,29 @@ def _outputs(dry_run_output: str, job: dict) -> list[str]:
     block = dry_run_output[: dry_run_output.index(job["shell"])]
     block = block[block.rindex(f"rule {job['rule']}:") :]
     return re.search(r"\n\s+output: (.*)\n", block)[1].split(", ")
+
+
+@pytest.mark.parametrize("profile", [LOCAL, SLURM])
+def test_the_profiles_run_only_the_benchmark_scorers_in_conda_envs(tmp_path, profile):
+    """The profiles deploy conda envs, and only the paper's two scorers declare one: they run in the benchmarks' own
+    environments while every other job runs where Snakemake runs (turning conda on re-plans nothing else)."""
+    if profile == SLURM and importlib.util.find_spec("snakemake_executor_plugin_slurm") is None:
+        pytest.skip("snakemake-executor-plugin-slurm is not installed")
+    assert _profile(profile)["software-deployment-method"] == "conda"
+    work = _paper_workdir(tmp_path)
+    (work / "envs.smk").write_text(
+        'include: "Snakefile"\n\nimport json as _json\n\n'
+        '_json.dump(sorted(r.name for r in workflow.rules if r.conda_env), open("rules_in_envs.json", "w"))\n'
+    )
+    conda = _conda_bin(tmp_path)
+    for config, rules, envs in [
+        ("config/paper.yaml", ["score_dpg", "score_geneval"], {"workflow/envs/geneval.yaml", "workflow/envs/dpg.yaml"}),
+        ("config/toy.yaml", [], set()),  # the mini scorers (shapes detector) need no conda
+    ]:
+        args = ("--profile", profile, "--configfile", config)
+        result = _snakemake(work, "--list-conda-envs", *args, path_prefix=conda)  # the envs the DAG's jobs use
+        assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+        listed = {line.split("\t")[0] for line in result.stdout.splitlines() if line.startswith("workflow/envs/")}
+        assert listed == envs
+        assert _snakemake(work, "-n", *args, "-s", "envs.smk", path_prefix=conda).returncode == 0
+        assert json.loads((work / "rules_in_envs.json").read_text()) == rules

@@ -17,8 +17,6 @@ rule mini_dpg:
         log_path("mini_dpg"),
     benchmark:
         benchmark_path("mini_dpg")
-    conda:
-        "../envs/arrag.yaml"
     threads: 1
     resources:
         mem_mb=1000,
@@ -37,8 +35,6 @@ rule download_dpg_csv:
         log_path("download_dpg_csv"),
     benchmark:
         benchmark_path("download_dpg_csv")
-    conda:
-        "../envs/arrag.yaml"
     threads: 1
     resources:
         mem_mb=500,
@@ -57,8 +53,6 @@ rule dpg_prompts:
         log_path("dpg_prompts"),
     benchmark:
         benchmark_path("dpg_prompts")
-    conda:
-        "../envs/arrag.yaml"
     threads: 1
     resources:
         mem_mb=500,
@@ -77,8 +71,6 @@ rule tile_dpg:
         f"{RESULTS}/logs/tile_dpg_{{method}}.log",
     benchmark:
         f"{RESULTS}/benchmarks/tile_dpg_{{method}}.tsv"
-    conda:
-        "../envs/arrag.yaml"
     threads: 1
     resources:
         mem_mb=1000,
@@ -126,7 +118,7 @@ rule score_dpg:
     benchmark:
         f"{RESULTS}/benchmarks/score_dpg/{{method}}.tsv"
     conda:
-        "../envs/arrag.yaml" if DPG["vqa"] == "shapes" else "../envs/dpg.yaml"
+        None if DPG["vqa"] == "shapes" else "../envs/dpg.yaml"  # the benchmark's own environment
     threads: 1
     resources:
         mem_mb=1000 if DPG["vqa"] == "shapes" else 16000,
@@ -151,8 +143,6 @@ rule dpg_table:
         log_path("dpg_table"),
     benchmark:
         benchmark_path("dpg_table")
-    conda:
-        "../envs/arrag.yaml"
     threads: 1
     resources:
         mem_mb=500,

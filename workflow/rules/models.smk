@@ -19,8 +19,6 @@ if config["model"]["source"] == "hub":
             log_path("download_model"),
         benchmark:
             benchmark_path("download_model")
-        conda:
-            "../envs/arrag.yaml"
         threads: 1
         resources:
             mem_mb=2000,
@@ -44,8 +42,6 @@ else:
             log_path("train_vq"),
         benchmark:
             benchmark_path("train_vq")
-        conda:
-            "../envs/arrag.yaml"
         threads: gpu_job_threads
         resources:
             gpu=1,
@@ -70,8 +66,6 @@ else:
             log_path("train_base"),
         benchmark:
             benchmark_path("train_base")
-        conda:
-            "../envs/arrag.yaml"
         threads: gpu_job_threads
         resources:
             gpu=1,
@@ -95,6 +89,7 @@ rule download_clip:
             f"--sha256 {CLIP_FILE}={CLIP_WEIGHTS[wildcards.model]['sha256']}" if CLIP_WEIGHTS[wildcards.model]["sha256"] else ""
         ),
         lock=lambda wildcards: lock_path(f"clip-{wildcards.model}"),
+        file=CLIP_FILE,
         mirror=mirror_flag(),
     log:
         f"{RESULTS}/logs/download_clip_{{model}}.log",
@@ -105,5 +100,5 @@ rule download_clip:
         mem_mb=1000,
     retries: 3  # a dropped connection: the rerun resumes in <out>.partial/
     shell:
-        "arrag download model --hub-id {params.repo} --revision {params.revision} --include " + CLIP_FILE + " "
+        "arrag download model --hub-id {params.repo} --revision {params.revision} --include {params.file} "
         "{params.sha256} --lock {params.lock} {params.mirror} --out {output} > {log} 2>&1"

@@ -25,8 +25,6 @@ rule embed_images:
         f"{RESULTS}/logs/embed_images_{{split}}_{{shard}}-of-{{num_shards}}.log",
     benchmark:
         f"{RESULTS}/benchmarks/embed_images_{{split}}_{{shard}}-of-{{num_shards}}.tsv"
-    conda:
-        "../envs/arrag.yaml"
     threads: 1
     resources:
         gpu=1,
@@ -49,8 +47,6 @@ rule build_image_index:
         log_path("build_image_index"),
     benchmark:
         benchmark_path("build_image_index")
-    conda:
-        "../envs/arrag.yaml"
     threads: 1
     resources:
         mem_mb=2000,
@@ -76,8 +72,6 @@ rule train_racm3:
         log_path("train_racm3"),
     benchmark:
         benchmark_path("train_racm3")
-    conda:
-        "../envs/arrag.yaml"
     threads: gpu_job_threads
     resources:
         gpu=RACM3["processes"],

@@ -18,8 +18,6 @@ rule download_dataset:
         f"{RESULTS}/logs/download_dataset_{{dataset}}.log",
     benchmark:
         f"{RESULTS}/benchmarks/download_dataset_{{dataset}}.tsv"
-    conda:
-        "../envs/arrag.yaml"
     threads: 1
     resources:
         mem_mb=2000,
@@ -47,8 +45,6 @@ rule tokenise_shard:
         f"{RESULTS}/logs/tokenise_{{split}}_{{shard}}-of-{{num_shards}}.log",
     benchmark:
         f"{RESULTS}/benchmarks/tokenise_{{split}}_{{shard}}-of-{{num_shards}}.tsv"
-    conda:
-        "../envs/arrag.yaml"
     threads: 1
     resources:
         gpu=1,
@@ -73,8 +69,6 @@ rule build_database:
         log_path("build_database"),
     benchmark:
         benchmark_path("build_database")
-    conda:
-        "../envs/arrag.yaml"
     threads: workflow.cores
     resources:
         mem_mb=8000,
@@ -102,8 +96,6 @@ rule retrieval_accuracy:
         log_path("retrieval_accuracy"),
     benchmark:
         benchmark_path("retrieval_accuracy")
-    conda:
-        "../envs/arrag.yaml"
     threads: workflow.cores
     resources:
         mem_mb=4000,
@@ -130,8 +122,6 @@ rule bench_retrieval:
         log_path("bench_retrieval"),
     benchmark:
         benchmark_path("bench_retrieval")
-    conda:
-        "../envs/arrag.yaml"
     threads: workflow.cores
     resources:
         mem_mb=16000,
