@@ -306,8 +306,10 @@ def generation_shards(wildcards):
 
 def generation_inputs(wildcards):
     """The backbone (RA-CM3's fine-tuned one for racm3), plus what the method retrieves from."""
-    if wildcards.method == "racm3":
-        return {"model": f"{RESULTS}/models/racm3", "index": f"{RESULTS}/retrieval/image_index"}
+    if wildcards.method == "racm3":  # (the index reloads its CLIP from the weights it was built with)
+        return {"model": f"{RESULTS}/models/racm3", "index": f"{RESULTS}/retrieval/image_index"} | racm3_clip_input(
+            wildcards
+        )
     inputs = {"model": f"{RESULTS}/models/base"}
     if wildcards.method in ("daid", "faid"):
         inputs["db"] = f"{RESULTS}/retrieval/db"
@@ -325,6 +327,7 @@ def bench_generate_inputs(wildcards):
         inputs["faid"] = f"{RESULTS}/models/faid"
     if "racm3" in METHODS:
         inputs |= {"racm3": f"{RESULTS}/models/racm3", "index": f"{RESULTS}/retrieval/image_index"}
+        inputs |= racm3_clip_input(wildcards)
     return inputs
 
 

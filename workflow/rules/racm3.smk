@@ -58,6 +58,7 @@ rule build_image_index:
 rule train_racm3:
     input:
         unpack(pairs_inputs),
+        unpack(racm3_clip_input),  # the index reloads its CLIP from these weights
         model=f"{RESULTS}/models/base",
         index=f"{RESULTS}/retrieval/image_index",
     output:
