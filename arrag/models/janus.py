@@ -206,7 +206,8 @@ def load_janus(
         if not path.is_dir():
             raise ModelLoadError(f"model directory {path} does not exist")
         _check_model_dir(path)
-        manifest = verify(path, "janus-model", fix=f"retrain or re-download it; {SEAL_HINT}")
+        # any kind: arrag's own models ("janus-model") and downloaded snapshots ("hub-model"); config.json says Janus
+        manifest = verify(path, fix=f"retrain or re-download it; {SEAL_HINT}")
         inputs = manifest["inputs"]
         location, kwargs = str(path), {"local_files_only": True}
     else:
