@@ -35,11 +35,10 @@ def test_the_refusal_works(no_network):
 
 
 def test_janus_loads_from_its_download_folder(no_network, tiny_janus, tmp_path):
-    from arrag.models.janus import load_janus
+    from arrag.models.janus import load_janus, save_janus
 
     model, processor, _ = tiny_janus
-    model.save_pretrained(tmp_path / "base", safe_serialization=True)
-    processor.save_pretrained(tmp_path / "base")
+    save_janus(model, processor, tmp_path / "base")
     loaded, _ = load_janus(tmp_path / "base")
     first = next(iter(model.state_dict()))
     assert torch.equal(loaded.state_dict()[first], model.state_dict()[first])
