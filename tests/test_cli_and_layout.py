@@ -2,12 +2,13 @@ import json
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from arrag.cli import main, parse_overrides
 from arrag.data.geneval_layout import read_prompt_folders, write_prompt_folder
 from arrag.decoding.pipeline import image_seed
-from arrag.models.janus import save_janus
+from arrag.models.janus import load_janus, save_janus
 from arrag.models.training import BaseTrainingConfig
 
 
@@ -174,9 +175,17 @@ def test_other_prompts_or_a_rebuilt_model_are_never_served_old_images(model_dir,
     assert main(base) == 0
     assert json.loads((out / "shards" / "00000-of-00001.json").read_text())["generated"] == 2
     assert json.loads((out / "00000" / "metadata.jsonl").read_text())["prompt"] == "a photo of a triangle"
-    # a rebuilt model under the same path (its files rewritten): the images are made again too
+    # files rewritten with the same bytes: the same model (its identity is its manifest's digest), images kept
     for f in model_dir.glob("*.json"):
-        f.write_text(f.read_text())
+        if f.name != "MANIFEST.json":
+            f.write_text(f.read_text())
+    assert main(base) == 0
+    assert json.loads((out / "shards" / "00000-of-00001.json").read_text())["generated"] == 0
+    # a rebuilt model under the same path (other weights): the images are made again
+    model, processor = load_janus(model_dir)
+    with torch.no_grad():
+        model.model.generation_head.vision_head.weight.add_(0.1)
+    save_janus(model, processor, model_dir)
     assert main(base) == 0
     assert json.loads((out / "shards" / "00000-of-00001.json").read_text())["generated"] == 2
     # a shard marker left by another run is refused, and so is a folder made for other prompts
