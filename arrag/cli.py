@@ -7,12 +7,14 @@ import dataclasses
 import json
 import sys
 import time
+import typing
 from pathlib import Path
 
 
 def parse_overrides(pairs: list[str], cls):
     """`key=value` strings -> an instance of dataclass `cls`, values converted to the field's type."""
     fields = {f.name: f for f in dataclasses.fields(cls)}
+    hints = typing.get_type_hints(cls)
     values = {}
     for pair in pairs or []:
         key, sep, raw = pair.partition("=")
@@ -20,8 +22,15 @@ def parse_overrides(pairs: list[str], cls):
             raise SystemExit(
                 f"error: bad setting {pair!r} for {cls.__name__}; expected key=value with key in {sorted(fields)}"
             )
+        kinds = [t for t in typing.get_args(hints[key]) or (hints[key],) if t is not type(None)]
+        if raw in ("None", "null") and type(None) in typing.get_args(hints[key]):
+            values[key] = None  # an optional field left unset (YAML null)
+            continue
         default = fields[key].default
-        kind = type(default) if default is not None and default is not dataclasses.MISSING else str
+        if len(kinds) == 1 and kinds[0] in (int, float, str, bool):
+            kind = kinds[0]
+        else:
+            kind = type(default) if default is not None and default is not dataclasses.MISSING else str
         try:
             values[key] = kind(raw) if kind is not bool else raw.lower() in ("1", "true", "yes")
         except ValueError:
@@ -484,7 +493,9 @@ def cmd_embed_images(args) -> None:
 
 
 def _clip_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--clip-model", default="ViT-B-32", help="open_clip model name (ViT-B-32: the paper's 512-d)")
+    p.add_argument(
+        "--clip-model", default="ViT-B-32-quickgelu", help="open_clip model name (OpenAI ViT-B/32: the paper's 512-d)"
+    )
     p.add_argument("--clip-pretrained", default="openai", help="open_clip pretrained tag or a local weights file")
     p.add_argument("--clip-sha256", default=None, help="expected SHA-256 of a local weights file")
 

@@ -127,7 +127,7 @@ def test_the_paper_profiles_resolve(tmp_path, config, tokenise, embed, generate,
     download = next(line for line in result.stdout.splitlines() if "arrag download dataset" in line and "cc12m" in line)
     assert f"--repo pixparse/cc12m-wds --revision {'4567cdef' * 5} --include" in download
     index = next(line for line in result.stdout.splitlines() if "arrag build-image-index" in line)
-    assert "--embeddings results/" in index and "--clip-model ViT-B-32 --clip-pretrained openai" in index
+    assert "--embeddings results/" in index and "--clip-model ViT-B-32-quickgelu --clip-pretrained openai" in index
     assert "--captions" not in index and "codes/datacomp/" not in index  # RA-CM3: CC12M + JourneyDB only
     (work / "pin.yaml").write_text(pin_model)
     unpinned = _snakemake(work, "-n", "--configfile", config, "pin.yaml")
