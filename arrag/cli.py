@@ -817,11 +817,11 @@ def cmd_table(args) -> None:
 
 
 def cmd_sweep_table(args) -> None:
-    from arrag.evaluation.tables import read_summary, write_sweep
+    from arrag.evaluation.tables import best_sweep_row, read_summary, write_sweep
 
     summaries = {path: read_summary(path) for path in args.summary}
-    rows = write_sweep(summaries, args.out_csv, args.out_png, args.x, args.y, args.title)
-    best = max(rows, key=lambda r: r["overall"])
+    rows = write_sweep(summaries, args.out_csv, args.out_png, args.x, args.y, args.title, args.metric)
+    best = best_sweep_row(rows, args.metric)
     print(json.dumps({"runs": len(rows), "best": best}, indent=2))
 
 
@@ -1222,8 +1222,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="output prefix, e.g. results/mini/tables/geneval")
     p.set_defaults(func=cmd_table)
 
-    p = sub.add_parser("sweep-table", help="a 2-D hyper-parameter sweep's GenEval scores: CSV + heatmap")
-    p.add_argument("--summary", nargs="+", required=True, help="summaries under .../name~value/ folders")
+    p = sub.add_parser("sweep-table", help="a 2-D hyper-parameter sweep's scores: CSV + heatmap")
+    p.add_argument("--summary", nargs="+", required=True, help="score records under .../name~value/ folders")
+    p.add_argument(
+        "--metric",
+        choices=["geneval", "fid"],
+        default="geneval",
+        help="geneval: GenEval summaries' overall; fid: `arrag fidelity` records' FID (the paper's Figure 7)",
+    )
     p.add_argument("--x", required=True, help="parameter across the heatmap")
     p.add_argument("--y", required=True, help="parameter down the heatmap")
     p.add_argument("--title", default="")

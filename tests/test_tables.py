@@ -101,6 +101,31 @@ def test_sweep_rows_take_parameters_from_the_paths(tmp_path):
     assert r"\begin{tabular}{lrr}" in (tmp_path / "s.tex").read_text()
 
 
+def test_a_sweep_scored_by_fid_reads_fidelity_records_and_prefers_the_lowest(tmp_path):
+    """Figure 7 as the paper scores it: FID per point from `arrag fidelity` records; the best point is the lowest."""
+    from arrag.evaluation.tables import best_sweep_row
+
+    records = {
+        f"s/weight~{w}/temperature~1.0/sweep_fid.json": {"fid": 10 + 20 * w, "fwd": 3.0, "images": 10000}
+        for w in (0.05, 0.1, 0.3)
+    }
+    rows = write_sweep(records, tmp_path / "f.csv", tmp_path / "f.png", "weight", "temperature", "FID", "fid")
+    assert [r["fid"] for r in rows] == [11.0, 12.0, 16.0] and "overall" not in rows[0]
+    assert best_sweep_row(rows, "fid")["weight"] == 0.05 and best_sweep_row(rows, "fid")["fid"] == 11.0
+    assert "| 1 | 11.000 | 12.000 | 16.000 |" in (tmp_path / "f.md").read_text()
+    assert (tmp_path / "f.csv").read_text().splitlines()[0] == "weight,temperature,fid,fwd,images"
+    with pytest.raises(ValueError, match="holds no FID"):
+        write_sweep(
+            {"s/weight~0.1/x.json": {"fwd": 1.0, "images": 4}},
+            tmp_path / "g.csv",
+            tmp_path / "g.png",
+            "weight",
+            "weight",
+            "",
+            "fid",
+        )
+
+
 def test_scoring_bench_times_each_scorer_after_a_warm_up(tmp_path):
     from arrag.bench.scoring import run_scoring_bench, write_results
 

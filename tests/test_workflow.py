@@ -93,13 +93,13 @@ def _job_counts(dry_run_stdout: str) -> dict[str, int]:
 
 
 @pytest.mark.parametrize(
-    "config, tokenise, embed, generate, sweep, total",
+    "config, tokenise, embed, generate, sweep, daid_sweep, total",
     [
-        ("config/paper.yaml", 64 + 32 + 48 + 1 + 4 + 4, 64 + 32, 4 * 3 * 4, 3 * 3, 421),
-        ("config/paper-1gpu.yaml", 1 + 1 + 1 + 1, 1, 4 * 3 * 1, 2 * 2, 98),
+        ("config/paper.yaml", 64 + 32 + 48 + 1 + 4 + 4, 64 + 32, 4 * 3 * 4, 3 * 3, 5 * 4, 422),
+        ("config/paper-1gpu.yaml", 1 + 1 + 1 + 1, 1, 4 * 3 * 1, 2 * 2, 3 * 2, 99),
     ],
 )
-def test_the_paper_profiles_resolve(tmp_path, config, tokenise, embed, generate, sweep, total):
+def test_the_paper_profiles_resolve(tmp_path, config, tokenise, embed, generate, sweep, daid_sweep, total):
     """The paper DAG (Janus-Pro-1B from the hub, three corpora, FAiD's fine-tuning pairs from two captioned
     sources, RA-CM3's CLIP index over the corpora it names, GenEval/DPG-Bench/MJHQ-30K with the benchmarks' own
     models) resolves with its expected jobs; nothing of the mini world is built."""
@@ -129,6 +129,24 @@ def test_the_paper_profiles_resolve(tmp_path, config, tokenise, embed, generate,
     index = next(line for line in result.stdout.splitlines() if "arrag build-image-index" in line)
     assert "--embeddings results/" in index and "--clip-model ViT-B-32-quickgelu --clip-pretrained openai" in index
     assert "--captions" not in index and "codes/datacomp/" not in index  # RA-CM3: CC12M + JourneyDB only
+    # Figure 7 as the paper scores it (appendix C.2): every sweep point generates the first 10K MJHQ-30K prompts,
+    # one image each, and is scored by FID (Inception) against their real images; no sweep point runs GenEval
+    profile = config.removeprefix("config/").removesuffix(".yaml")
+    jobs_text = result.stdout.split("\n\n")
+    points = [j for j in jobs_text if "rule generate_daid_sweep:" in j or "rule generate_faid_sweep:" in j]
+    assert len(points) == daid_sweep + sweep
+    assert all(f"--prompts results/{profile}/prompts/mjhq_sweep.jsonl --n 1 " in j for j in points)
+    assert jobs["score_sweep_fid"] == daid_sweep + sweep and jobs["score_geneval"] == 4  # the methods' own runs
+    scores = [j for j in jobs_text if "rule score_sweep_fid:" in j]
+    assert len(scores) == daid_sweep + sweep
+    assert all(
+        "--fid-network inception:" in j and f"--reference results/{profile}/mjhq_sweep/reference" in j for j in scores
+    )
+    assert jobs["mjhq_prompts"] == 2
+    sweep_set = next(line for line in result.stdout.splitlines() if "mjhq_sweep.jsonl --out-reference" in line)
+    assert "arrag mjhq-prompts" in sweep_set and "--limit 10000 " in sweep_set
+    tables = [line for line in result.stdout.splitlines() if "arrag sweep-table" in line]
+    assert len(tables) == 2 and all("--metric fid " in t and "FID on the first 10000 MJHQ-30K" in t for t in tables)
     (work / "pin.yaml").write_text(pin_model)
     unpinned = _snakemake(work, "-n", "--configfile", config, "pin.yaml")
     assert unpinned.returncode != 0 and "downloads.datasets.cc12m: set revision" in unpinned.stdout + unpinned.stderr
@@ -343,3 +361,18 @@ def test_whole_dag_on_the_toy_profile(tmp_path):
     report = _snakemake(work, "--cores", "1", "--configfile", "config/toy.yaml", "--report", "report.html")
     assert report.returncode == 0, report.stdout[-3000:] + report.stderr[-3000:]
     assert (work / "report.html").stat().st_size > 100_000
+
+
+def test_the_mini_sweeps_keep_their_labelled_stand_in_and_fid_needs_mjhq(tmp_path):
+    """The mini profile has no MJHQ-30K: its sweeps are scored by mini-GenEval and their tables say it stands in for
+    the paper's FID; asking it for FID is refused with the keys to change."""
+    work = _workdir(tmp_path)
+    result = _snakemake(work, "-n", "-p", "--configfile", "config/toy.yaml")
+    assert result.returncode == 0, result.stderr[-2000:]
+    tables = [line for line in result.stdout.splitlines() if "arrag sweep-table" in line]
+    assert len(tables) == 2 and all(
+        "--metric geneval " in t and "mini-GenEval overall, a stand-in" in t for t in tables
+    )
+    (work / "fid.yaml").write_text("sweeps: {score: fid}\n")
+    refused = _snakemake(work, "-n", "--configfile", "config/toy.yaml", "fid.yaml")
+    assert refused.returncode != 0 and "evaluation.fidelity.benchmark is 'mini'" in refused.stdout + refused.stderr

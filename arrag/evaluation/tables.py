@@ -262,13 +262,21 @@ RETRIEVAL_ACCURACY = TableSpec(
 )
 
 
-def sweep_pivot(rows: list[dict], x: str, y: str, name: str, title: str) -> tuple[TableSpec, list[dict]]:
-    """A sweep's overall scores as a grid: one row per value of y, one column per value of x (Figure 7)."""
+# How a sweep point is scored (`arrag sweep-table --metric`): the value column of its rows, the heatmap's label,
+# and whether higher is better. geneval: the overall score of a GenEval summary; fid: the FID of an `arrag
+# fidelity` record (the paper's Figure 7: FID on 10K MJHQ-30K prompts).
+SWEEP_METRICS = {"geneval": ("overall", "GenEval overall", True), "fid": ("fid", "FID (lower is better)", False)}
+
+
+def sweep_pivot(
+    rows: list[dict], x: str, y: str, name: str, title: str, value: str = "overall"
+) -> tuple[TableSpec, list[dict]]:
+    """A sweep's scores as a grid: one row per value of y, one column per value of x (Figure 7)."""
     xs = sorted({r[x] for r in rows})
     spec = TableSpec(name, title, tuple(Column(f"{x}={v:g}", f"{x} {v:g}", 3) for v in xs), label=(y, y))
     grid: dict = {}
     for r in rows:
-        grid.setdefault(r[y], {y: r[y]})[f"{x}={r[x]:g}"] = r["overall"]
+        grid.setdefault(r[y], {y: r[y]})[f"{x}={r[x]:g}"] = r[value]
     return spec, [grid[v] for v in sorted(grid)]
 
 
@@ -286,29 +294,38 @@ def _number(text: str) -> int | float:
     return int(text) if text.lstrip("-").isdigit() else float(text)
 
 
-def sweep_rows(summaries: dict[str, dict]) -> list[dict]:
-    """path -> GenEval summary  =>  one row per run: its parameters, overall and per-tag accuracies."""
+def sweep_rows(summaries: dict[str, dict], metric: str = "geneval") -> list[dict]:
+    """path -> score record  =>  one row per run: its parameters and its score (geneval: overall and per-tag
+    accuracies of a GenEval summary; fid: FID, and FWD beside it, of an `arrag fidelity` record)."""
+    if metric not in SWEEP_METRICS:
+        raise ValueError(f"unknown sweep metric {metric!r}: use one of {sorted(SWEEP_METRICS)}")
     rows = []
     for path, s in summaries.items():
         row = {k: _number(v) for k, v in params_from_path(path).items()}
-        row |= {"overall": s["overall"], **{tag: s["tags"][tag]["accuracy"] for tag, _ in GENEVAL_COLUMNS}}
+        if metric == "fid":
+            if s.get("fid") is None:
+                raise ValueError(f"{path} holds no FID: score the sweep point with `arrag fidelity --fid-network ...`")
+            row |= {"fid": s["fid"], "fwd": s.get("fwd"), "images": s["images"]}
+        else:
+            row |= {"overall": s["overall"], **{tag: s["tags"][tag]["accuracy"] for tag, _ in GENEVAL_COLUMNS}}
         rows.append(row)
     return rows
 
 
-def sweep_heatmap(rows: list[dict], x: str, y: str, out_png, title: str) -> Path:
-    """Overall GenEval score over a 2-D grid of parameters (x across, y down), each cell annotated."""
+def sweep_heatmap(rows: list[dict], x: str, y: str, out_png, title: str, metric: str = "geneval") -> Path:
+    """A sweep's score over a 2-D grid of parameters (x across, y down), each cell annotated."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    value, label, _ = SWEEP_METRICS[metric]
     xs, ys = sorted({r[x] for r in rows}), sorted({r[y] for r in rows})
     grid = np.full((len(ys), len(xs)), np.nan)
     for r in rows:
-        grid[ys.index(r[y]), xs.index(r[x])] = r["overall"]
+        grid[ys.index(r[y]), xs.index(r[x])] = r[value]
     fig, ax = plt.subplots(figsize=(1.2 + 1.1 * len(xs), 1.0 + 0.8 * len(ys)))
-    image = ax.imshow(grid, cmap="viridis", aspect="auto")
+    image = ax.imshow(grid, cmap="viridis" if SWEEP_METRICS[metric][2] else "viridis_r", aspect="auto")
     for i in range(len(ys)):
         for j in range(len(xs)):
             if not np.isnan(grid[i, j]):
@@ -318,7 +335,7 @@ def sweep_heatmap(rows: list[dict], x: str, y: str, out_png, title: str) -> Path
     ax.set_xlabel(x)
     ax.set_ylabel(y)
     ax.set_title(title, fontsize=9)
-    fig.colorbar(image, ax=ax, label="GenEval overall")
+    fig.colorbar(image, ax=ax, label=label)
     fig.tight_layout()
     out_png = Path(out_png)
     with atomic_path(out_png) as tmp:
@@ -327,11 +344,19 @@ def sweep_heatmap(rows: list[dict], x: str, y: str, out_png, title: str) -> Path
     return out_png
 
 
-def write_sweep(summaries: dict[str, dict], out_csv, out_png, x: str, y: str, title: str) -> list[dict]:
-    """The sweep's runs as a long CSV, its overall scores as a Markdown/LaTeX grid beside it, and a heatmap."""
-    rows = sorted(sweep_rows(summaries), key=lambda r: (r[y], r[x]))
+def best_sweep_row(rows: list[dict], metric: str = "geneval") -> dict:
+    """The best run of a sweep: the highest GenEval overall, or the lowest FID."""
+    value, _, higher_is_better = SWEEP_METRICS[metric]
+    return (max if higher_is_better else min)(rows, key=lambda r: r[value])
+
+
+def write_sweep(
+    summaries: dict[str, dict], out_csv, out_png, x: str, y: str, title: str, metric: str = "geneval"
+) -> list[dict]:
+    """The sweep's runs as a long CSV, its scores as a Markdown/LaTeX grid beside it, and a heatmap."""
+    rows = sorted(sweep_rows(summaries, metric), key=lambda r: (r[y], r[x]))
     write_text(out_csv, render_csv(rows))
-    spec, grid = sweep_pivot(rows, x, y, Path(out_csv).stem, title)
+    spec, grid = sweep_pivot(rows, x, y, Path(out_csv).stem, title, SWEEP_METRICS[metric][0])
     write_rows(spec, grid, Path(out_csv).with_suffix(""), csv=False)
-    sweep_heatmap(rows, x, y, out_png, title)
+    sweep_heatmap(rows, x, y, out_png, title, metric)
     return rows

@@ -456,6 +456,32 @@ def fidelity_inputs(wildcards):
     }
 
 
+# How the sweeps (Figure 7) are scored, `sweeps.score`. fid, the paper's (appendix C.2): FID against the real images
+# of the first `sweeps.mjhq_prompts` MJHQ-30K prompts, generated one image each; geneval: GenEval overall on the
+# GenEval prompts, the mini profile's stand-in (it has no MJHQ). -> the prompt set a sweep point generates, the
+# score file it writes, the `arrag sweep-table --metric` and the label of the tables and heatmaps (no apostrophe:
+# the rules quote it in the shell).
+SWEEPS = config["sweeps"]
+if SWEEPS["score"] == "fid" and FIDELITY["benchmark"] != "mjhq":
+    raise ValueError(
+        "sweeps.score is fid, which reads MJHQ-30K, but evaluation.fidelity.benchmark is "
+        f"{FIDELITY['benchmark']!r}: set it to mjhq, or sweeps.score to geneval"
+    )
+PROMPT_SETS["mjhq_sweep"] = {"file": f"{RESULTS}/prompts/mjhq_sweep.jsonl", "n": 1}
+MJHQ_LIMITS = {"mjhq": FIDELITY["mjhq_prompts"], "mjhq_sweep": SWEEPS["mjhq_prompts"]}
+SWEEP_PROMPTS = "mjhq_sweep" if SWEEPS["score"] == "fid" else "geneval"
+SWEEP_SCORE_FILE = "sweep_fid.json" if SWEEPS["score"] == "fid" else "geneval_summary.json"
+SWEEP_METRIC_LABEL = (
+    f"FID on the first {SWEEPS['mjhq_prompts']} MJHQ-30K prompts, lower is better"
+    if SWEEPS["score"] == "fid"
+    else (
+        "mini-GenEval overall, a stand-in for the FID on 10K MJHQ-30K prompts of the paper"
+        if GENEVAL["detector"] == "shapes"
+        else "GenEval overall, not the FID on 10K MJHQ-30K prompts of the paper"
+    )
+)
+
+
 def fidelity_network_flags(input):
     if FIDELITY["benchmark"] == "mini":
         return f"--fid-network mini:{input.features} --cmmd-network mini:{input.features}"

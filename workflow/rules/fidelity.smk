@@ -64,17 +64,21 @@ rule download_mjhq:
 
 
 rule mjhq_prompts:
+    # Table 3's prompt set (mjhq: `evaluation.fidelity.mjhq_prompts`) and the sweeps' (mjhq_sweep: the first
+    # `sweeps.mjhq_prompts`), each with the real images of its prompts
     input:
         f"{RESULTS}/downloads/mjhq30k",
     output:
-        prompts=f"{RESULTS}/prompts/mjhq.jsonl",
-        reference=directory(f"{RESULTS}/mjhq/reference"),
+        prompts=f"{RESULTS}/prompts/{{mjhq}}.jsonl",
+        reference=directory(f"{RESULTS}/{{mjhq}}/reference"),
+    wildcard_constraints:
+        mjhq="mjhq|mjhq_sweep",
     params:
-        limit=f"--limit {FIDELITY['mjhq_prompts']}" if FIDELITY["mjhq_prompts"] else "",
+        limit=lambda wildcards: f"--limit {MJHQ_LIMITS[wildcards.mjhq]}" if MJHQ_LIMITS[wildcards.mjhq] else "",
     log:
-        log_path("mjhq_prompts"),
+        f"{RESULTS}/logs/mjhq_prompts/{{mjhq}}.log",
     benchmark:
-        benchmark_path("mjhq_prompts")
+        f"{RESULTS}/benchmarks/mjhq_prompts/{{mjhq}}.tsv"
     conda:
         "../envs/arrag.yaml"
     threads: 1
@@ -111,6 +115,38 @@ rule score_fidelity:
         "OMP_NUM_THREADS={threads} {params.gpu} arrag fidelity --images {params.images} --reference {input.reference} "
         "{params.networks} --fwd-level {params.level} --fwd-size {params.size} --device {params.device} "
         "--out-json {output} > {log} 2>&1"
+
+
+rule score_sweep_fid:
+    # a sweep point (Figure 7) as the paper scores it: FID (Inception) against the real images of its MJHQ-30K prompts
+    input:
+        images=f"{RESULTS}/images/{{run}}/mjhq_sweep/generation.json",
+        reference=f"{RESULTS}/mjhq_sweep/reference",
+        inception=f"{RESULTS}/downloads/inception-2015-12-05.pt",
+    output:
+        f"{RESULTS}/scores/{{run}}/sweep_fid.json",
+    wildcard_constraints:
+        run=r"sweep_(daid|faid)/.+",
+    params:
+        gpu=on_gpu,
+        images=lambda wildcards, input: os.path.dirname(input.images),
+        level=config["evaluation"]["fwd"]["level"],
+        size=config["evaluation"]["fwd"]["size"],
+        device=config["device"],
+    log:
+        f"{RESULTS}/logs/score_sweep_fid/{{run}}.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/score_sweep_fid/{{run}}.tsv"
+    conda:
+        "../envs/arrag.yaml"
+    threads: gpu_job_threads
+    resources:
+        gpu=1,
+        mem_mb=8000,
+    shell:
+        "OMP_NUM_THREADS={threads} {params.gpu} arrag fidelity --images {params.images} --reference {input.reference} "
+        "--fid-network inception:{input.inception} --fwd-level {params.level} --fwd-size {params.size} "
+        "--device {params.device} --out-json {output} > {log} 2>&1"
 
 
 rule fidelity_table:
