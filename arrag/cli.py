@@ -252,11 +252,12 @@ def cmd_generate(args) -> None:
 
 
 def cmd_generate_benchmark(args) -> None:
-    from arrag.decoding.pipeline import generate_prompt_set
+    from arrag.decoding.pipeline import generate_prompt_set, method_parameters
     from arrag.io import read_jsonl, write_json
 
     records = read_jsonl(args.prompts)[: args.limit] if args.limit else read_jsonl(args.prompts)
     pipe = _pipeline(args)
+    hooks = _hooks(args, pipe)
     t0 = time.time()
     summary = generate_prompt_set(
         pipe,
@@ -267,12 +268,13 @@ def cmd_generate_benchmark(args) -> None:
         seed=args.seed,
         batch_size=args.batch_size,
         prompt_field=args.prompt_field,
-        hooks=_hooks(args, pipe),
+        hooks=hooks,
         settings={"model": str(args.model), **_method_settings(args), "inputs": _input_fingerprints(args)},
         shard=args.shard,
         num_shards=args.num_shards or 1,
     )
     summary["seconds"] = time.time() - t0
+    summary["parameters"] = method_parameters(pipe.model, hooks)  # the tables' Params column
     if args.num_shards is None:
         write_json(Path(args.out) / "generation.json", summary)  # written last: marks the folder complete
     else:  # this shard is done; `arrag finish-benchmark` checks the whole folder and writes generation.json
@@ -314,11 +316,12 @@ def cmd_finish_benchmark(args) -> None:
             raise ValueError(f"{args.out}/{i:05d} was made for another prompt record than {args.prompts} line {i + 1}")
     # every shard must have run with the settings the folder holds now (not a marker left by an older run)
     shards = [json.loads(m.read_text()) for m in markers]
+    per_shard = ("shard", "num_shards", "generated", "reused", "seconds", "parameters")
     for marker, shard in zip(markers, shards):
-        own = {k: v for k, v in shard.items() if k not in ("shard", "num_shards", "generated", "reused", "seconds")}
-        if own != current:
+        own = {k: v for k, v in shard.items() if k not in per_shard}
+        if own != current or shard.get("parameters") != shards[0].get("parameters"):
             raise ValueError(f"{marker} was written under other settings than {args.out}/{SETTINGS}: rerun that shard")
-    summary = dict(current)
+    summary = dict(current) | {"parameters": shards[0].get("parameters")}
     summary |= {k: sum(s[k] for s in shards) for k in ("generated", "reused", "seconds")}
     summary |= {"num_shards": args.num_shards}
     write_json(Path(args.out) / "generation.json", summary)
@@ -812,6 +815,9 @@ def cmd_table(args) -> None:
     else:
         results = _labelled(args.label, args.result, "result")
         measured = {label: tables.measured_row(args.kind, path, label) for label, path in results.items()}
+        if args.params:  # the generation.json of each result's images: the Params column
+            for label, path in _labelled(args.label, args.params, "params").items():
+                measured[label]["params"] = tables.generation_parameters(path)
     tables.write_table(spec, measured, args.out, note=args.note, paper=args.paper_rows)
     print(Path(args.out).with_suffix(".md").read_text())
 
@@ -1217,6 +1223,12 @@ def build_parser() -> argparse.ArgumentParser:
         "inference_time: the one JSON of `arrag bench generate`",
     )
     p.add_argument("--label", action="append", default=[], help="method name of each --result")
+    p.add_argument(
+        "--params",
+        action="append",
+        default=[],
+        help="per --result: the generation.json of its images, whose parameter count fills the Params column",
+    )
     p.add_argument("--paper-rows", action="store_true", help="add the paper's published rows for reference")
     p.add_argument("--note", default="", help="sentence appended to the caption")
     p.add_argument("--out", required=True, help="output prefix, e.g. results/mini/tables/geneval")

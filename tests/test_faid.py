@@ -335,3 +335,14 @@ def test_the_paper_profiles_add_the_papers_faid_parameters(profile):
     print(f"\n{profile}: {len(faid_layers(24, cfg.every))} FAiD modules, {added / 1e6:.1f}M parameters")
     assert cfg.budget == "paper" and cfg.hops == "12" and len(faid_layers(24, cfg.every)) == 2
     assert 0.15e9 <= added < 0.25e9  # rounds to the paper's 0.2B
+
+
+def test_a_faid_model_counts_its_modules_beside_the_backbone(model, db, attach):
+    """The tables' Params column: every loaded backbone parameter plus the FAiD modules the hook decodes with."""
+    from arrag.decoding.pipeline import method_parameters
+
+    faid = attach(FAiD.for_model(model, TINY))
+    backbone = sum(p.numel() for p in model.parameters())
+    added = sum(p.numel() for p in faid.parameters())
+    assert added > 0 and method_parameters(model, []) == backbone
+    assert method_parameters(model, [FAiDHook(*db, faid)]) == backbone + added

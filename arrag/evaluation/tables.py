@@ -33,6 +33,12 @@ class Column:
     header: str
     digits: int = 2
     percent: bool = False  # a fraction shown as a signed percentage
+    count: bool = False  # a parameter count shown as 1.2B / 3.4M / 5.6K
+    delta: bool = False  # shown with its difference to the base model's row, "0.72 (+0.01)" (CSV: <key>_delta)
+
+
+# The paper's Params column: parameters of what makes each method's images (arrag.decoding.pipeline.method_parameters)
+PARAMS = Column("params", "Params", 1, count=True)
 
 
 @dataclass(frozen=True)
@@ -59,22 +65,28 @@ TABLES = {
     "geneval": TableSpec(
         "geneval",
         "GenEval (Table 1): accuracy per tag; overall is the unweighted mean of the six tags.",
-        tuple(Column(k, h) for k, h in GENEVAL_COLUMNS) + (Column("overall", "Overall", 3),),
+        (PARAMS,) + tuple(Column(k, h) for k, h in GENEVAL_COLUMNS) + (Column("overall", "Overall", 3, delta=True),),
     ),
     "dpg": TableSpec(
         "dpg",
         "DPG-Bench (Table 2): VQA accuracy x 100 per L1 category; overall is the mean image score.",
-        tuple(Column(k, h) for k, h in DPG_CATEGORIES) + (Column("overall", "Overall"),),
+        (PARAMS,) + tuple(Column(k, h) for k, h in DPG_CATEGORIES) + (Column("overall", "Overall", delta=True),),
     ),
     "fidelity": TableSpec(
         "fidelity",
         "Fidelity against real images (Table 3): lower is better.",
-        (Column("cmmd", "CMMD", 3), Column("fid", "FID"), Column("fwd", "FWD", 3)),
+        (PARAMS, Column("cmmd", "CMMD", 3), Column("fid", "FID"), Column("fwd", "FWD", 3)),
     ),
     "inference_time": TableSpec(
         "inference_time",
-        "Inference time (Table 4): seconds per image, and the overhead against the base model in the same run.",
-        (Column("seconds_per_image", "Average (s)", 4), Column("overhead", "vs base", 1, percent=True)),
+        "Inference time (Table 4): all timed images, seconds per image, and the overhead against the base model "
+        "in the same run.",
+        (
+            PARAMS,
+            Column("total_s", "Total (s)", 2),
+            Column("seconds_per_image", "Average (s)", 4),
+            Column("overhead", "vs base", 1, percent=True),
+        ),
     ),
     "over_copying": TableSpec(
         "over_copying",
@@ -118,6 +130,9 @@ def inference_rows(bench: dict) -> dict[str, dict]:
     """`arrag bench generate` result -> method -> row (the overhead is against vanilla in the same run)."""
     return {
         r["method"]: {
+            "params": r["parameters"],
+            "total_s": r["total_seconds"],
+            "images": r["images"],
             "seconds_per_image": 1.0 / r["images_per_second"],
             "images_per_second": r["images_per_second"],
             "overhead": r["overhead_vs_vanilla"],
@@ -125,6 +140,30 @@ def inference_rows(bench: dict) -> dict[str, dict]:
         }
         for r in bench["rows"]
     }
+
+
+def generation_parameters(path: str | Path) -> int:
+    """The parameter count `arrag generate-benchmark` recorded in a prompt set's generation.json."""
+    record = read_summary(path)
+    if not isinstance(record.get("parameters"), int):
+        raise ValueError(f"{path} records no parameter count: regenerate it with this version of arrag")
+    return record["parameters"]
+
+
+def add_deltas(spec: TableSpec, rows: list[dict]) -> list[dict]:
+    """Each delta column's difference to the base model of the row's backbone, as <key>_delta: our rows against
+    our vanilla row, the paper's against its row named after their group (Janus-Pro, Show-o)."""
+    keys = [c.key for c in spec.columns if c.delta]
+    measured_base = next((r for r in rows if r.get("source") == "measured" and r["method"] == "vanilla"), None)
+    paper_bases = {r["method"]: r for r in rows if r.get("source") == "paper"}
+    for r in rows:
+        base = measured_base if r.get("source") == "measured" else paper_bases.get(r.get("group"))
+        if base is None or base is r:
+            continue
+        for key in keys:
+            if r.get(key) is not None and base.get(key) is not None:
+                r[f"{key}_delta"] = r[key] - base[key]
+    return rows
 
 
 def measured_row(kind: str, path: str | Path, label: str) -> dict:
@@ -149,12 +188,28 @@ def paper_rows(name: str) -> list[dict]:
     for raw in csv.DictReader(path.open(encoding="utf-8")):
         row = {"method": raw.pop("method"), "source": "paper"}
         row |= {k: (float(v) if _is_number(v) else (v or None)) for k, v in raw.items()}
+        row["params"] = _count_from_text(raw.get("params"))
         rows.append(row)
     if name == "inference_time":  # the paper states overheads against Janus-Pro's seconds per image
         base = next(r["seconds_per_image"] for r in rows if r["method"] == "Janus-Pro")
         for r in rows:
             r["overhead"] = r["seconds_per_image"] / base - 1
     return rows
+
+
+def _count_from_text(text: str | None) -> float | None:
+    """The paper's Params cells ("1.2B", "1B", "-") as numbers of parameters (None when not given)."""
+    units = {"B": 1e9, "M": 1e6, "K": 1e3}
+    if not text or text[-1] not in units or not _is_number(text[:-1]):
+        return None
+    return float(text[:-1]) * units[text[-1]]
+
+
+def _count(value: float) -> str:
+    for unit, size in (("B", 1e9), ("M", 1e6), ("K", 1e3)):
+        if value >= size:
+            return f"{value / size:.1f}{unit}"
+    return f"{value:.0f}"
 
 
 def _is_number(text: str) -> bool:
@@ -165,12 +220,18 @@ def _is_number(text: str) -> bool:
         return False
 
 
-def _cell(value, column: Column) -> str:
+def _cell(value, column: Column, delta=None) -> str:
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return "–"
+    if column.count:
+        return _count(value)
     if column.percent:
         return f"{100 * value:+.{column.digits}f}%" if column.key == "overhead" else f"{100 * value:.{column.digits}f}%"
-    return f"{value:.{column.digits}f}"
+    return f"{value:.{column.digits}f}" + ("" if delta is None else f" ({delta:+.{column.digits}f})")
+
+
+def _cells(row: dict, spec: TableSpec) -> list[str]:
+    return [_cell(row.get(c.key), c, row.get(f"{c.key}_delta")) for c in spec.columns]
 
 
 def _name(row: dict, key: str = "method") -> str:
@@ -193,8 +254,7 @@ def render_markdown(spec: TableSpec, rows: list[dict], note: str = "") -> str:
     headers = [spec.label[1]] + [c.header for c in spec.columns]
     lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
     for r in rows:
-        cells = [_cell(r.get(c.key), c) for c in spec.columns]
-        lines.append(f"| {_name(r, spec.label[0])} | " + " | ".join(cells) + " |")
+        lines.append(f"| {_name(r, spec.label[0])} | " + " | ".join(_cells(r, spec)) + " |")
     return "\n".join(lines) + f"\n\n{spec.caption}" + (f" {note}" if note else "") + "\n"
 
 
@@ -218,7 +278,7 @@ def render_latex(spec: TableSpec, rows: list[dict], note: str = "") -> str:
         if previous is not None and r.get("source") != previous:
             lines.append(r"\midrule")
         previous = r.get("source")
-        cells = [_latex_escape(_name(r, spec.label[0]))] + [_latex_escape(_cell(r.get(c.key), c)) for c in spec.columns]
+        cells = [_latex_escape(_name(r, spec.label[0]))] + [_latex_escape(cell) for cell in _cells(r, spec)]
         lines.append(" & ".join(cells) + r" \\")
     caption = _latex_escape(spec.caption + (f" {note}" if note else ""))
     lines += [r"\bottomrule", r"\end{tabular}", rf"\caption{{{caption}}}", rf"\label{{tab:{spec.name}}}"]
@@ -233,6 +293,7 @@ def write_table(
     rows += [{"method": label, "source": "measured", **row} for label, row in measured.items()]
     if not rows:
         raise ValueError(f"no rows for the {spec.name} table: give at least one result")
+    add_deltas(spec, rows)
     write_rows(spec, rows, out_prefix, note)
     return rows
 

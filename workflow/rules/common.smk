@@ -192,6 +192,22 @@ def table_prefix(output):
     return os.path.splitext(output.csv)[0]
 
 
+def table_inputs(score_file, prompts):
+    """A table's inputs: each method's score file, and the generation.json of the images it scored (the Params
+    column: `arrag generate-benchmark` records the generating model's parameter count there)."""
+    return {
+        "results": expand(f"{RESULTS}/scores/{{method}}/{score_file}", method=METHODS),
+        "generations": expand(f"{RESULTS}/images/{{method}}/{prompts}/generation.json", method=METHODS),
+    }
+
+
+def table_flags(wildcards, input):
+    """`--result R --label METHOD --params GENERATION` per method, for `arrag table`."""
+    return " ".join(
+        f"--result {r} --label {m} --params {g}" for r, m, g in zip(input.results, METHODS, input.generations)
+    )
+
+
 # The paper's published rows beside ours (paper profile): `arrag table ... --paper-rows`.
 PAPER_ROWS = "--paper-rows" if config["tables"]["paper_rows"] else ""
 
@@ -441,16 +457,19 @@ FIDELITY_NOTE = (
 )
 
 
+FIDELITY_PROMPTS = "reference" if FIDELITY["benchmark"] == "mini" else "mjhq"  # the prompt set Table 3 scores
+
+
 def fidelity_inputs(wildcards):
     """Generated and real images, and the feature networks' weights."""
     if FIDELITY["benchmark"] == "mini":
         return {
-            "images": f"{RESULTS}/images/{wildcards.method}/reference/generation.json",
+            "images": f"{RESULTS}/images/{wildcards.method}/{FIDELITY_PROMPTS}/generation.json",
             "reference": f"{RESULTS}/world/reference/images.npy",
             "features": f"{RESULTS}/models/features",
         }
     return {
-        "images": f"{RESULTS}/images/{wildcards.method}/mjhq/generation.json",
+        "images": f"{RESULTS}/images/{wildcards.method}/{FIDELITY_PROMPTS}/generation.json",
         "reference": f"{RESULTS}/mjhq/reference",
         "inception": f"{RESULTS}/downloads/inception-2015-12-05.pt",
     }

@@ -151,12 +151,11 @@ rule score_sweep_fid:
 
 rule fidelity_table:
     input:
-        expand("{results}/scores/{method}/fidelity.json", results=RESULTS, method=METHODS),
+        **table_inputs("fidelity.json", FIDELITY_PROMPTS),
     output:
         **table_outputs("fidelity", caption="../report/fidelity.rst"),
     params:
-        results=lambda wildcards, input: " ".join(f"--result {p}" for p in input),
-        labels=" ".join(f"--label {m}" for m in METHODS),
+        results=table_flags,
         note=FIDELITY_NOTE,
         paper=PAPER_ROWS,
         out=lambda wildcards, output: table_prefix(output),
@@ -170,5 +169,5 @@ rule fidelity_table:
     resources:
         mem_mb=500,
     shell:
-        "arrag table fidelity {params.results} {params.labels} {params.paper} --note '{params.note}' "
+        "arrag table fidelity {params.results} {params.paper} --note '{params.note}' "
         "--out {params.out} > {log} 2>&1"
