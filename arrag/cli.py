@@ -567,17 +567,29 @@ def _number(raw: str):
 
 def cmd_retrieval_accuracy(args) -> None:
     from arrag.data.code_shards import load_code_shards
-    from arrag.evaluation.retrieval_accuracy import plot_accuracy, retrieval_accuracy
+    from arrag.evaluation import retrieval_accuracy as ra
     from arrag.evaluation.tables import RETRIEVAL_ACCURACY, retrieval_accuracy_rows, write_rows
     from arrag.io import write_json
     from arrag.retrieval.database import PatchDatabase
 
     codebook = _load_codebook(args.model, args.revision)
-    db = PatchDatabase.load(args.db, codebook=codebook)
-    codes, _, _ = load_code_shards(args.codes)
-    result = retrieval_accuracy(db, codes, codebook, k=args.k, max_queries=args.max_queries, seed=args.seed)
-    write_rows(RETRIEVAL_ACCURACY, retrieval_accuracy_rows(result), Path(args.out_csv).with_suffix(""))
-    plot_accuracy(result, args.out_png)
+    if args.queries == "train":  # the paper's: FAiD's training set with the candidates retrieved for it
+        from arrag.models.faid_training import load_trainset
+
+        if not args.trainset:
+            raise ValueError("--queries train needs --trainset DIR (written by `arrag faid-trainset`)")
+        meta = json.loads((Path(args.db) / "metadata.json").read_text())
+        codes, candidates, _, _ = load_trainset(args.trainset, meta)  # refuses another database's candidates
+        result = ra.trainset_accuracy(codes, candidates, codebook, args.k, args.max_queries, args.seed)
+    else:
+        if not args.codes:
+            raise ValueError("--queries heldout needs --codes SHARDS (held-out images' code shards)")
+        db = PatchDatabase.load(args.db, codebook=codebook)
+        codes, _, _ = load_code_shards(args.codes)
+        result = ra.retrieval_accuracy(db, codes, codebook, k=args.k, max_queries=args.max_queries, seed=args.seed)
+    note = f"Queries: {result['queries']} positions of {ra.QUERY_SETS[args.queries]}."
+    write_rows(RETRIEVAL_ACCURACY, retrieval_accuracy_rows(result), Path(args.out_csv).with_suffix(""), note)
+    ra.plot_accuracy(result, args.out_png)
     if args.out_json:
         write_json(args.out_json, result)
     print(json.dumps(result, indent=2))
@@ -1045,7 +1057,14 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("retrieval-accuracy", help="paper Figure 6: retrieved vs ground-truth token distances")
     _model_args(p)
     p.add_argument("--db", required=True)
-    p.add_argument("--codes", nargs="+", required=True, help="held-out code shards")
+    p.add_argument(
+        "--queries",
+        choices=["heldout", "train"],
+        default="heldout",
+        help="heldout: --codes of images not in the database; train: FAiD's --trainset (the paper's appendix C.1)",
+    )
+    p.add_argument("--codes", nargs="+", default=None, help="held-out code shards (--queries heldout)")
+    p.add_argument("--trainset", default=None, help="directory of `arrag faid-trainset` (--queries train)")
     p.add_argument("--k", type=int, default=10)
     p.add_argument("--max-queries", type=int, default=20000)
     p.add_argument("--seed", type=int, default=0)

@@ -317,7 +317,7 @@ def retrieval_accuracy_rows(result: dict) -> list[dict]:
 RETRIEVAL_ACCURACY = TableSpec(
     "retrieval_accuracy",
     "Retrieval accuracy (Figure 6): distance from the i-th retrieved token to the ground-truth token, and how "
-    "often it is that token, on held-out positions; a random token for comparison.",
+    "often it is that token; a random token for comparison.",
     (Column("mean_distance", "Mean distance", 3), Column("std_distance", "Std", 3), Column("exact_match", "Exact", 3)),
     label=("rank", "Rank"),
 )

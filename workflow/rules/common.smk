@@ -130,6 +130,19 @@ def heldout_codes():
     return [code_shard(*shard) for shard in source_shards({HELDOUT_NAME: TOKENISED[HELDOUT_NAME]})]
 
 
+def retrieval_accuracy_inputs(wildcards):
+    """Figure 6's queries: FAiD's training set (`retrieval.accuracy.queries: train`) or held-out code shards."""
+    if RETRIEVAL["accuracy"]["queries"] == "train":
+        return {"trainset": f"{RESULTS}/retrieval/faid_trainset"}
+    return {"codes": heldout_codes()}
+
+
+def retrieval_accuracy_flags(wildcards, input):
+    if RETRIEVAL["accuracy"]["queries"] == "train":
+        return f"--queries train --trainset {input.trainset}"
+    return f"--queries heldout --codes {input.codes}"
+
+
 def tokenise_inputs(wildcards):
     """The model, plus the mini world's split when the tokenised source is one."""
     inputs = {"model": f"{RESULTS}/models/base"} | source_data(wildcards)
