@@ -93,14 +93,17 @@ def _job_counts(dry_run_stdout: str) -> dict[str, int]:
 
 
 @pytest.mark.parametrize(
-    "config, tokenise, embed, generate, sweep, daid_sweep, total",
+    "config, tokenise, embed, generate, sweep, daid_sweep, sweep_prompts, total",
     [
         # tokenised: the corpora and the pairs (Figure 6 reads FAiD's training set, so no held-out images)
-        ("config/paper.yaml", 64 + 32 + 48 + 4 + 4, 64 + 32, 4 * 3 * 4, 3 * 3, 5 * 4, 421),
-        ("config/paper-1gpu.yaml", 1 + 1 + 1, 1, 4 * 3 * 1, 2 * 2, 3 * 2, 98),
+        # the sweeps' 10K MJHQ-30K prompts: their own set beside Table 3's 30K, or Table 3's own first 10K
+        ("config/paper.yaml", 64 + 32 + 48 + 4 + 4, 64 + 32, 4 * 3 * 4, 3 * 3, 5 * 4, "mjhq_sweep", 421),
+        ("config/paper-1gpu.yaml", 1 + 1 + 1, 1, 4 * 3 * 1, 2 * 2, 3 * 2, "mjhq", 97),
     ],
 )
-def test_the_paper_profiles_resolve(tmp_path, config, tokenise, embed, generate, sweep, daid_sweep, total):
+def test_the_paper_profiles_resolve(
+    tmp_path, config, tokenise, embed, generate, sweep, daid_sweep, sweep_prompts, total
+):
     """The paper DAG (Janus-Pro-1B from the hub, three corpora, FAiD's fine-tuning pairs from two captioned
     sources, RA-CM3's CLIP index over the corpora it names, GenEval/DPG-Bench/MJHQ-30K with the benchmarks' own
     models) resolves with its expected jobs; nothing of the mini world is built."""
@@ -136,15 +139,14 @@ def test_the_paper_profiles_resolve(tmp_path, config, tokenise, embed, generate,
     jobs_text = result.stdout.split("\n\n")
     points = [j for j in jobs_text if "rule generate_daid_sweep:" in j or "rule generate_faid_sweep:" in j]
     assert len(points) == daid_sweep + sweep
-    assert all(f"--prompts results/{profile}/prompts/mjhq_sweep.jsonl --n 1 " in j for j in points)
+    assert all(f"--prompts results/{profile}/prompts/{sweep_prompts}.jsonl --n 1 " in j for j in points)
     assert jobs["score_sweep_fid"] == daid_sweep + sweep and jobs["score_geneval"] == 4  # the methods' own runs
     scores = [j for j in jobs_text if "rule score_sweep_fid:" in j]
     assert len(scores) == daid_sweep + sweep
-    assert all(
-        "--fid-network inception:" in j and f"--reference results/{profile}/mjhq_sweep/reference" in j for j in scores
-    )
-    assert jobs["mjhq_prompts"] == 2
-    sweep_set = next(line for line in result.stdout.splitlines() if "mjhq_sweep.jsonl --out-reference" in line)
+    reference = f"--reference results/{profile}/{sweep_prompts}/reference"
+    assert all("--fid-network inception:" in j and reference in j for j in scores)
+    assert jobs["mjhq_prompts"] == (2 if sweep_prompts == "mjhq_sweep" else 1)
+    sweep_set = next(line for line in result.stdout.splitlines() if f"{sweep_prompts}.jsonl --out-reference" in line)
     assert "arrag mjhq-prompts" in sweep_set and "--limit 10000 " in sweep_set
     tables = [line for line in result.stdout.splitlines() if "arrag sweep-table" in line]
     assert len(tables) == 2 and all("--metric fid " in t and "FID on the first 10000 MJHQ-30K" in t for t in tables)
@@ -300,6 +302,14 @@ def test_whole_dag_on_the_toy_profile(tmp_path):
         assert r"\begin{tabular}" in (res / f"tables/{name}.tex").read_text()
     fidelity = (res / "tables/fidelity.csv").read_text().splitlines()
     assert fidelity[0].startswith("method,source,") and len(fidelity) == 5
+    # the Params column from the generation records (FAiD adds its modules), Overall against vanilla, Total (s)
+    import csv
+
+    params = {r["method"]: float(r["params"]) for r in csv.DictReader((res / "tables/geneval.csv").open())}
+    assert params["daid"] == params["vanilla"] > 0 and params["faid"] > params["vanilla"]
+    assert "(+" in (res / "tables/geneval.md").read_text() or "(-" in (res / "tables/geneval.md").read_text()
+    times = list(csv.DictReader((res / "tables/inference_time.csv").open()))
+    assert all(float(r["total_s"]) > 0 and float(r["params"]) > 0 for r in times)
     inference = (res / "tables/inference_time.csv").read_text().splitlines()
     assert [line.split(",")[0] for line in inference[1:]] == ["vanilla", "daid", "faid", "racm3"]
 

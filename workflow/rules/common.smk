@@ -501,7 +501,10 @@ if SWEEPS["score"] == "fid" and FIDELITY["benchmark"] != "mjhq":
     )
 PROMPT_SETS["mjhq_sweep"] = {"file": f"{RESULTS}/prompts/mjhq_sweep.jsonl", "n": 1}
 MJHQ_LIMITS = {"mjhq": FIDELITY["mjhq_prompts"], "mjhq_sweep": SWEEPS["mjhq_prompts"]}
-SWEEP_PROMPTS = "mjhq_sweep" if SWEEPS["score"] == "fid" else "geneval"
+if SWEEPS["score"] != "fid":
+    SWEEP_PROMPTS = "geneval"
+else:  # Table 3's own prompt set when it is the same first N prompts (config/paper-1gpu.yaml: 10K for both)
+    SWEEP_PROMPTS = "mjhq" if MJHQ_LIMITS["mjhq"] == MJHQ_LIMITS["mjhq_sweep"] else "mjhq_sweep"
 SWEEP_SCORE_FILE = "sweep_fid.json" if SWEEPS["score"] == "fid" else "geneval_summary.json"
 SWEEP_METRIC_LABEL = (
     f"FID on the first {SWEEPS['mjhq_prompts']} MJHQ-30K prompts, lower is better"

@@ -120,8 +120,8 @@ rule score_fidelity:
 rule score_sweep_fid:
     # a sweep point (Figure 7) as the paper scores it: FID (Inception) against the real images of its MJHQ-30K prompts
     input:
-        images=f"{RESULTS}/images/{{run}}/mjhq_sweep/generation.json",
-        reference=f"{RESULTS}/mjhq_sweep/reference",
+        images=f"{RESULTS}/images/{{run}}/{SWEEP_PROMPTS}/generation.json",
+        reference=f"{RESULTS}/{SWEEP_PROMPTS}/reference",
         inception=f"{RESULTS}/downloads/inception-2015-12-05.pt",
     output:
         f"{RESULTS}/scores/{{run}}/sweep_fid.json",
