@@ -86,11 +86,11 @@ def test_figure_6_on_the_training_set_reads_its_candidates(tiny_janus, tmp_path)
 
     import arrag.models.faid_training as ft
     from arrag.cli import main
+    from arrag.models.janus import save_janus
     from arrag.models.vq import VQTokenizer
 
     model, processor, spec = tiny_janus
-    model.save_pretrained(tmp_path / "base", safe_serialization=True)
-    processor.save_pretrained(tmp_path / "base")
+    save_janus(model, processor, tmp_path / "base")
     codebook = VQTokenizer.from_janus(model).codebook
     corpus = _smooth_codes(30, k=spec.codebook_size, side=spec.grid)
     db = PatchDatabase.build(corpus, codebook, index="flat")
