@@ -9,6 +9,11 @@ import sys
 import time
 from pathlib import Path
 
+from arrag.validation import COUNT, FRACTION, INDEX, POSITIVE, cli_number
+
+_COUNT = cli_number(int, **COUNT)  # argparse types: counts >= 1, indices >= 0 (seeds, shards)
+_INDEX = cli_number(int, **INDEX)
+
 
 def parse_overrides(pairs: list[str], cls):
     """`key=value` strings -> an instance of dataclass `cls`, values converted to the field's type."""
@@ -30,12 +35,14 @@ def parse_overrides(pairs: list[str], cls):
 
 
 def _sampling_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--guidance-scale", type=float, default=5.0, help="classifier-free guidance scale (1 = off)")
-    p.add_argument("--temperature", type=float, default=1.0)
-    p.add_argument("--top-k", type=int, default=None)
+    p.add_argument(
+        "--guidance-scale", type=cli_number(float, low=1), default=5.0, help="classifier-free guidance scale (1 = off)"
+    )
+    p.add_argument("--temperature", type=cli_number(float, **POSITIVE), default=1.0)
+    p.add_argument("--top-k", type=_COUNT, default=None)
     p.add_argument("--greedy", action="store_true", help="argmax decoding instead of sampling")
-    p.add_argument("--seed", type=int, default=0, help="run seed; each image's seed derives from it and its prompt")
-    p.add_argument("--batch-size", type=int, default=32, help="images decoded together")
+    p.add_argument("--seed", type=_INDEX, default=0, help="run seed; each image's seed derives from it and its prompt")
+    p.add_argument("--batch-size", type=_COUNT, default=32, help="images decoded together")
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:1, ... (auto: cuda when available)")
 
 
@@ -54,9 +61,16 @@ def _db_devices_arg(p: argparse.ArgumentParser) -> None:
 
 def _daid_args(p: argparse.ArgumentParser) -> None:
     _db_devices_arg(p)
-    p.add_argument("--daid-k", type=int, default=10, help="retrieved patches per step")
-    p.add_argument("--daid-weight", type=float, default=0.1, help="lambda: weight of the retrieval distribution")
-    p.add_argument("--daid-temperature", type=float, default=1.0, help="tau: retrieval softmax temperature")
+    p.add_argument("--daid-k", type=_COUNT, default=10, help="retrieved patches per step")
+    p.add_argument(
+        "--daid-weight",
+        type=cli_number(float, **FRACTION),
+        default=0.1,
+        help="lambda: weight of the retrieval distribution",
+    )
+    p.add_argument(
+        "--daid-temperature", type=cli_number(float, **POSITIVE), default=1.0, help="tau: retrieval softmax temperature"
+    )
     p.add_argument("--daid-unique", action="store_true", help="keep only the closest hit of each token")
 
 
@@ -196,10 +210,9 @@ def cmd_train_vq(args) -> None:
     from arrag.models.janus import MiniJanusSpec
     from arrag.models.training import VQTrainingConfig, train_vq
 
+    spec, cfg = parse_overrides(args.spec, MiniJanusSpec), parse_overrides(args.set, VQTrainingConfig)  # checked first
     images, _ = load_split(Path(args.world) / args.split)
-    stats = train_vq(
-        images, parse_overrides(args.spec, MiniJanusSpec), parse_overrides(args.set, VQTrainingConfig), args.out
-    )
+    stats = train_vq(images, spec, cfg, args.out)
     print(json.dumps({k: v for k, v in stats.items() if k != "log"}, indent=2))
 
 
@@ -208,16 +221,10 @@ def cmd_train_base(args) -> None:
     from arrag.models.janus import MiniJanusSpec
     from arrag.models.training import BaseTrainingConfig, train_base_model
 
+    spec, cfg = parse_overrides(args.spec, MiniJanusSpec), parse_overrides(args.set, BaseTrainingConfig)
     images, records = load_split(Path(args.world) / args.split)
-    stats = train_base_model(
-        images,
-        [r["caption"] for r in records],
-        caption_vocabulary(),
-        parse_overrides(args.spec, MiniJanusSpec),
-        args.vq,
-        parse_overrides(args.set, BaseTrainingConfig),
-        args.out,
-    )
+    captions = [r["caption"] for r in records]
+    stats = train_base_model(images, captions, caption_vocabulary(), spec, args.vq, cfg, args.out)
     print(json.dumps({k: v for k, v in stats.items() if k != "log"}, indent=2))
 
 
@@ -888,12 +895,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("world", help="render the mini world's splits and GenEval-schema prompts")
     p.add_argument("--out", required=True)
-    p.add_argument("--size", type=int, default=32)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--size", type=_COUNT, default=32)
+    p.add_argument("--seed", type=_INDEX, default=0)
     p.add_argument("--split", action="append", default=[], metavar="NAME=COUNT")
     p.add_argument("--underrepresented", action="append", default=[], metavar="COLOUR:SHAPE")
-    p.add_argument("--keep-fraction", type=float, default=0.05)
-    p.add_argument("--geneval-prompts", type=int, default=180)
+    p.add_argument("--keep-fraction", type=cli_number(float, **FRACTION), default=0.05)
+    p.add_argument("--geneval-prompts", type=_COUNT, default=180)
     p.set_defaults(func=cmd_world)
 
     for name, func, helptext in [
@@ -929,7 +936,7 @@ def build_parser() -> argparse.ArgumentParser:
     _model_args(p, help="the base model")
     p.add_argument("--db", required=True, help="PatchDatabase directory (arrag build-db)")
     _pairs_args(p)
-    p.add_argument("--k", type=int, default=10, help="candidates stored per position (training uses the first k)")
+    p.add_argument("--k", type=_COUNT, default=10, help="candidates stored per position (training uses the first k)")
     _db_devices_arg(p)
     p.add_argument(
         "--exclude-self",
@@ -961,7 +968,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("generate", help="generate images for your own prompts")
     _model_args(p)
     p.add_argument("--prompt", action="append", required=True)
-    p.add_argument("--n", type=int, default=4, help="images per prompt")
+    p.add_argument("--n", type=_COUNT, default=4, help="images per prompt")
     p.add_argument("--out", required=True)
     _sampling_args(p)
     _method_args(p)
@@ -971,15 +978,15 @@ def build_parser() -> argparse.ArgumentParser:
     _model_args(p)
     p.add_argument("--prompts", required=True, help="JSONL of prompt records (GenEval metadata or split metadata)")
     p.add_argument("--prompt-field", default="prompt")
-    p.add_argument("--limit", type=int, default=None, help="use the first N records only")
-    p.add_argument("--n", type=int, default=4)
+    p.add_argument("--limit", type=_COUNT, default=None, help="use the first N records only")
+    p.add_argument("--n", type=_COUNT, default=4)
     p.add_argument("--out", required=True)
     _sampling_args(p)
     _method_args(p)
-    p.add_argument("--shard", type=int, default=0, help="make only prompts with index %% num-shards == shard")
+    p.add_argument("--shard", type=_INDEX, default=0, help="make only prompts with index %% num-shards == shard")
     p.add_argument(
         "--num-shards",
-        type=int,
+        type=_COUNT,
         default=None,
         help="shards of this prompt set run as separate jobs; each marks itself done in OUT/shards/ and "
         "`arrag finish-benchmark` writes generation.json (without it: one job, generation.json at once)",
@@ -988,18 +995,18 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("finish-benchmark", help="after all shards: check the prompt-set folder, write generation.json")
     p.add_argument("--prompts", required=True)
-    p.add_argument("--limit", type=int, default=None)
-    p.add_argument("--n", type=int, required=True, help="images per prompt")
-    p.add_argument("--num-shards", type=int, required=True)
+    p.add_argument("--limit", type=_COUNT, default=None)
+    p.add_argument("--n", type=_COUNT, required=True, help="images per prompt")
+    p.add_argument("--num-shards", type=_COUNT, required=True)
     p.add_argument("--out", required=True)
     p.set_defaults(func=cmd_finish_benchmark)
 
     p = sub.add_parser("embed-images", help="CLIP-embed one shard of an image source (RA-CM3's image retriever)")
     p.add_argument("--source", required=True, help='JSON source spec, e.g. \'{"type": "folder", "path": "imgs/"}\'')
-    p.add_argument("--shard", type=int, default=0)
-    p.add_argument("--num-shards", type=int, default=1)
+    p.add_argument("--shard", type=_INDEX, default=0)
+    p.add_argument("--num-shards", type=_COUNT, default=1)
     _clip_args(p)
-    p.add_argument("--batch-size", type=int, default=256)
+    p.add_argument("--batch-size", type=_COUNT, default=256)
     p.add_argument("--device", default="auto")
     p.add_argument("--out", required=True, help="directory of embedding shards")
     p.set_defaults(func=cmd_embed_images)
@@ -1007,10 +1014,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("tokenise", help="encode one shard of an image source into a code shard")
     _model_args(p)
     p.add_argument("--source", required=True, help='JSON source spec, e.g. \'{"type": "folder", "path": "imgs/"}\'')
-    p.add_argument("--shard", type=int, default=0)
-    p.add_argument("--num-shards", type=int, default=1)
+    p.add_argument("--shard", type=_INDEX, default=0)
+    p.add_argument("--num-shards", type=_COUNT, default=1)
     p.add_argument("--out", required=True, help="directory of code shards")
-    p.add_argument("--batch-size", type=int, default=256)
+    p.add_argument("--batch-size", type=_COUNT, default=256)
     p.add_argument("--tokenizer-id", default=None, help="recorded in the shard (default: --model)")
     p.add_argument("--device", default="auto")
     p.set_defaults(func=cmd_tokenise)
@@ -1018,7 +1025,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("build-db", help="build a PatchDatabase from code shards")
     _model_args(p, help="the backbone whose codebook the keys use")
     p.add_argument("--codes", nargs="+", required=True, help="code shards (.npz)")
-    p.add_argument("--hops", type=int, default=1)
+    p.add_argument("--hops", type=_COUNT, default=1)
     p.add_argument("--full", action="store_true", help="full-ring keys (masked models) instead of causal")
     p.add_argument("--index", default="compact")
     p.add_argument("--param", action="append", default=[], metavar="KEY=VALUE", help="index parameter")
@@ -1029,9 +1036,9 @@ def build_parser() -> argparse.ArgumentParser:
     _model_args(p)
     p.add_argument("--db", required=True)
     p.add_argument("--codes", nargs="+", required=True, help="held-out code shards")
-    p.add_argument("--k", type=int, default=10)
-    p.add_argument("--max-queries", type=int, default=20000)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--k", type=_COUNT, default=10)
+    p.add_argument("--max-queries", type=_COUNT, default=20000)
+    p.add_argument("--seed", type=_INDEX, default=0)
     p.add_argument("--out-csv", required=True)
     p.add_argument("--out-png", required=True)
     p.add_argument("--out-json", default=None)
@@ -1077,7 +1084,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("mjhq-prompts", help="MJHQ-30K prompt records (and their real images, for the metrics)")
     p.add_argument("--dataset", required=True, help="folder written by `arrag download mjhq`")
     p.add_argument("--category", action="append", default=[], help="keep these categories (default: all 10)")
-    p.add_argument("--limit", type=int, default=None, help="first N prompts in id order")
+    p.add_argument("--limit", type=_COUNT, default=None, help="first N prompts in id order")
     p.add_argument("--out-prompts", required=True, help="JSONL for `arrag generate-benchmark`")
     p.add_argument("--out-reference", default=None, help="folder for the real images of those prompts")
     p.set_defaults(func=cmd_mjhq_prompts)
@@ -1089,9 +1096,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--query-codes", nargs="+", required=True, help="held-out code shards for queries")
     p.add_argument("--backend", action="append", required=True, metavar="NAME[:k=v,...]")
     p.add_argument("--authors-baseline", action="store_true", help="add OPQ8+IVF800+PQ8 with nprobe 1")
-    p.add_argument("--hops", type=int, default=1)
-    p.add_argument("--queries", type=int, default=2048)
-    p.add_argument("--min-entries", type=int, default=2_000_000)
+    p.add_argument("--hops", type=_COUNT, default=1)
+    p.add_argument("--queries", type=_COUNT, default=2048)
+    p.add_argument("--min-entries", type=_COUNT, default=2_000_000)
     p.add_argument("--out-json", required=True)
     p.add_argument("--out-md", required=True)
     p.set_defaults(func=cmd_bench_retrieval)
@@ -1100,9 +1107,9 @@ def build_parser() -> argparse.ArgumentParser:
         "encoders", help="images/s of the corpus encoders (Janus-Pro VQ, CLIP ViT-B/32), random weights"
     )
     p.add_argument("--device", default="auto")
-    p.add_argument("--batch-size", type=int, default=8)
-    p.add_argument("--batches", type=int, default=2)
-    p.add_argument("--repeats", type=int, default=2)
+    p.add_argument("--batch-size", type=_COUNT, default=8)
+    p.add_argument("--batches", type=_COUNT, default=2)
+    p.add_argument("--repeats", type=_COUNT, default=2)
     p.add_argument("--out-json", required=True)
     p.add_argument("--out-md", required=True)
     p.set_defaults(func=cmd_bench_encoders)
@@ -1114,9 +1121,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--fidelity-images", default=None, help="generated folder for the fidelity metrics")
     p.add_argument("--reference", default=None, help="reference images (.npy or folder)")
     p.add_argument("--features", default=None, help="mini feature network (arrag train-features)")
-    p.add_argument("--fwd-level", type=int, default=4)
-    p.add_argument("--fwd-size", type=int, default=256)
-    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--fwd-level", type=_COUNT, default=4)
+    p.add_argument("--fwd-size", type=_COUNT, default=256)
+    p.add_argument("--repeats", type=_COUNT, default=3)
     p.add_argument("--out-json", required=True)
     p.add_argument("--out-md", required=True)
     p.set_defaults(func=cmd_bench_scoring)
@@ -1130,7 +1137,7 @@ def build_parser() -> argparse.ArgumentParser:
     _daid_args(p)
     p.add_argument("--prompts", default=None, help="JSONL of prompt records")
     p.add_argument("--prompt-field", default="prompt")
-    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--repeats", type=_COUNT, default=3)
     p.add_argument("--out-json", required=True)
     p.add_argument("--out-md", required=True)
     _sampling_args(p)
@@ -1148,16 +1155,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--detector-config", default=None, help="Mask2Former config (default: the one in mmdet)")
     p.add_argument("--clip-pretrained", default="openai", help="open_clip weights tag or local file for colours")
     p.add_argument("--device", default="cuda", help="device of the mask2former backend")
-    p.add_argument("--images-per-prompt", type=int, default=None, help="refuse folders with another sample count")
-    p.add_argument("--workers", type=int, default=1, help="processes scoring prompt folders in parallel")
+    p.add_argument("--images-per-prompt", type=_COUNT, default=None, help="refuse folders with another sample count")
+    p.add_argument("--workers", type=_COUNT, default=1, help="processes scoring prompt folders in parallel")
     p.add_argument("--out-jsonl", required=True, help="per-image records, the official evaluator's schema")
     p.add_argument("--out-json", required=True, help="per-tag accuracies and the overall score")
     p.set_defaults(func=cmd_geneval)
 
     p = sub.add_parser("mini-dpg", help="a DPG-Bench-style prompt set and question CSV from the mini world")
     p.add_argument("--world", required=True, help="directory written by `arrag world` (uses its reference split)")
-    p.add_argument("--n", type=int, default=200, help="prompts (distinct reference captions)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--n", type=_COUNT, default=200, help="prompts (distinct reference captions)")
+    p.add_argument("--seed", type=_INDEX, default=0)
     p.add_argument("--out", required=True, help="folder: prompts/<id>.txt + dpg_bench.csv")
     p.set_defaults(func=cmd_mini_dpg)
 
@@ -1225,9 +1232,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--reference", required=True, help="real images: a folder of images or an images .npy")
     p.add_argument("--fid-network", default=None, help="mini:DIR (arrag train-features), inception:FILE, or none")
     p.add_argument("--cmmd-network", default=None, help="clip:WEIGHTS (file or open_clip tag), mini:DIR, or none")
-    p.add_argument("--fwd-level", type=int, default=4, help="wavelet packet level (paper: 4)")
-    p.add_argument("--fwd-size", type=int, default=256, help="images resized to this for FWD (paper: 256)")
-    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--fwd-level", type=_COUNT, default=4, help="wavelet packet level (paper: 4)")
+    p.add_argument("--fwd-size", type=_COUNT, default=256, help="images resized to this for FWD (paper: 256)")
+    p.add_argument("--batch-size", type=_COUNT, default=64)
     p.add_argument("--device", default="auto")
     p.add_argument("--out-json", default=None)
     p.set_defaults(func=cmd_fidelity)
@@ -1244,16 +1251,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--label", action="append", required=True, help="method name of each --images folder")
     p.add_argument("--db", default=None, help="the PatchDatabase: its images through its source table")
     p.add_argument("--source", default=None, help="or: JSON source spec of a one-source corpus (arrag tokenise)")
-    p.add_argument("--size", type=int, default=32, help="pixel side the corpus images are shown at")
-    p.add_argument("--n", type=int, default=4, help="images per method: those with the largest copied region")
+    p.add_argument("--size", type=_COUNT, default=32, help="pixel side the corpus images are shown at")
+    p.add_argument("--n", type=_COUNT, default=4, help="images per method: those with the largest copied region")
     p.add_argument("--out", required=True)
     p.set_defaults(func=cmd_attribution)
 
     p = sub.add_parser("grid", help="tile generated images (GenEval layout) with their prompts into one PNG")
     p.add_argument("--images", required=True)
     p.add_argument("--out", required=True)
-    p.add_argument("--max-prompts", type=int, default=16)
-    p.add_argument("--upscale", type=int, default=4)
+    p.add_argument("--max-prompts", type=_COUNT, default=16)
+    p.add_argument("--upscale", type=_COUNT, default=4)
     p.set_defaults(func=cmd_grid)
     return parser
 

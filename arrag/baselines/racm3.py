@@ -24,6 +24,7 @@ from arrag.models.janus import load_janus
 from arrag.models.training import caption_inputs, fit_generation_path, image_generation_loss
 from arrag.models.vq import VQTokenizer, codebook_fingerprint
 from arrag.retrieval.image_index import ImageLevelIndex
+from arrag.validation import COUNT, INDEX, POSITIVE, check_fields
 
 
 @dataclass
@@ -36,6 +37,21 @@ class RACM3TrainingConfig:
     checkpoint_every: int = 100
     seed: int = 0
     grad_accum: int = 1  # global batch = batch_size * grad_accum * processes
+
+    def __post_init__(self):
+        check_fields(
+            self,
+            {
+                "steps": COUNT,
+                "batch_size": COUNT,
+                "lr": POSITIVE,
+                "weight_decay": dict(low=0),
+                "caption_dropout": dict(low=0, high=1, high_open=True),
+                "checkpoint_every": INDEX,
+                "seed": INDEX,
+                "grad_accum": COUNT,
+            },
+        )
 
 
 def train_racm3(
@@ -122,6 +138,9 @@ class RACM3Pipeline(ImageGenerationPipeline):
         device = resolve_device(device)
         model, processor = load_janus(source, revision=revision, device=device)
         return cls(model, processor, ImageLevelIndex.load(index, device), device)
+
+    def prefix_length(self) -> int:
+        return self.vq.grid**2
 
     def prefix_codes(self, prompts: list[str]) -> torch.Tensor:
         """The top-1 reference image of each prompt, flattened: [B, H*W]."""

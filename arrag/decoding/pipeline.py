@@ -64,6 +64,25 @@ class ImageGenerationPipeline:
             prefix_codes=self.prefix_codes(prompts),
         )
 
+    def check_prompt_lengths(self, prompts: list[str]) -> None:
+        """Refuse prompts whose tokens, with the image's tokens and any reference prefix, do not fit the model's
+        context: positions past it were never trained, and the images would be silently wrong."""
+        context = self.model.config.text_config.max_position_embeddings
+        reserved = self.vq.grid**2 * (2 if self.prefix_length() else 1)  # the image, and RA-CM3's reference
+        for start in range(0, len(prompts), 1024):
+            chunk = list(prompts[start : start + 1024])
+            lengths = tokenize_prompts(self.processor, chunk)["attention_mask"].sum(1).tolist()
+            for prompt, length in zip(chunk, lengths):
+                if length + reserved > context:
+                    raise ValueError(
+                        f"prompt {prompt[:60]!r}{'...' if len(prompt) > 60 else ''} is {length} tokens; with the "
+                        f"{reserved} image tokens it exceeds the model's context of {context} positions: shorten it"
+                    )
+
+    def prefix_length(self) -> int:
+        """Image tokens placed before each prompt: none here (RA-CM3's pipeline places its reference)."""
+        return 0
+
     def prefix_codes(self, prompts: list[str]) -> torch.Tensor | None:
         """Image tokens [B, P] to place before each prompt: none here (RA-CM3's pipeline adds its reference)."""
         return None
@@ -86,6 +105,7 @@ class ImageGenerationPipeline:
         """n images per prompt; `first_sample[j]` offsets prompt j's sample indices (so a prompt listed twice
         in a benchmark gets new samples rather than the same images again)."""
         prompts = [prompts] if isinstance(prompts, str) else list(prompts)
+        self.check_prompt_lengths(sorted(set(prompts)))
         offsets = first_sample or [0] * len(prompts)
         jobs = [(p, image_seed(seed, p, o + i)) for p, o in zip(prompts, offsets) for i in range(n)]
         images, codes = [], []
@@ -134,6 +154,7 @@ def generate_prompt_set(
         "prompts_sha256": hashlib.sha256(json.dumps(records, sort_keys=True).encode()).hexdigest()[:16],
         **(settings or {}),
     }
+    pipe.check_prompt_lengths(sorted({r[prompt_field] for r in records}))  # all of them, before any image
     prepare_output(root, run_settings)
     # the k-th repeat of a prompt text draws samples k*n .. k*n+n-1, not the first prompt's images again
     seen: dict[str, int] = {}

@@ -38,6 +38,7 @@ from arrag.models.training import (
     caption_inputs,
 )
 from arrag.models.vq import VQTokenizer, codebook_fingerprint
+from arrag.validation import COUNT, FRACTION, INDEX, POSITIVE, check_fields
 
 TRAINSET_FORMAT = "arrag-faid-trainset/1"
 DB_IDENTITY_FIELDS = ("codebook_sha256", "hops", "causal", "grid", "ntotal", "num_images", "index")
@@ -158,6 +159,24 @@ class FAiDTrainingConfig:
     k: int = 10
     budget: str = "lowrank"
     rank: int = 32
+
+    def __post_init__(self):
+        check_fields(
+            self,
+            {
+                "steps": COUNT,
+                "batch_size": COUNT,
+                "grad_accum": COUNT,
+                "lr": POSITIVE,
+                "warmup_frac": FRACTION,
+                "caption_dropout": dict(low=0, high=1, high_open=True),
+                "checkpoint_every": INDEX,
+                "seed": INDEX,
+                "every": COUNT,
+                "k": COUNT,
+                "rank": COUNT,
+            },
+        )
 
 
 def lr_at(step: int, cfg: FAiDTrainingConfig) -> float:

@@ -30,6 +30,7 @@ from arrag.models.janus import (
     tokenize_prompts,
 )
 from arrag.models.vq import VQTokenizer, normalised_nearest_codes, to_pixel_values
+from arrag.validation import COUNT, INDEX, POSITIVE, check_fields
 
 # ---------------------------------------------------------------- checkpoints
 
@@ -96,6 +97,20 @@ class VQTrainingConfig:
     restart_every: int = 100  # re-seed unused codes from current latents (dead-code restart)
     checkpoint_every: int = 200
     seed: int = 0
+
+    def __post_init__(self):
+        check_fields(
+            self,
+            {
+                "steps": COUNT,
+                "batch_size": COUNT,
+                "lr": POSITIVE,
+                "commitment": dict(low=0),
+                "restart_every": INDEX,
+                "checkpoint_every": INDEX,
+                "seed": INDEX,
+            },
+        )
 
 
 def quantise_normalised(z: torch.Tensor, codebook: torch.Tensor, commitment: float):
@@ -188,6 +203,22 @@ class BaseTrainingConfig:
     checkpoint_every: int = 250
     seed: int = 0
     grad_accum: int = 1  # micro-batches per step (fit_generation_path)
+
+    def __post_init__(self):
+        check_fields(
+            self,
+            {
+                "steps": COUNT,
+                "batch_size": COUNT,
+                "lr": POSITIVE,
+                "weight_decay": dict(low=0),
+                "caption_dropout": dict(low=0, high=1, high_open=True),
+                "guidance_scale": dict(low=1),
+                "checkpoint_every": INDEX,
+                "seed": INDEX,
+                "grad_accum": COUNT,
+            },
+        )
 
 
 def unconditional_ids(input_ids: torch.Tensor, bos_id: int, boi_id: int, pad_id: int) -> torch.Tensor:

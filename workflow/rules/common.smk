@@ -6,8 +6,11 @@ import os
 import pandas as pd
 from snakemake.utils import Paramspace, validate
 
+from arrag.validation import check_config_finite
+
 
 validate(config, schema="../schemas/config.schema.yaml")
+check_config_finite(config)  # YAML's .nan and .inf pass the schema's minimum and maximum
 
 RESULTS = f"results/{config['profile']}"
 if config["model"]["source"] == "hub" and not config["model"]["revision"]:
