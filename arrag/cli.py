@@ -250,6 +250,7 @@ def cmd_generate(args) -> None:
 
 
 def cmd_generate_benchmark(args) -> None:
+    from arrag.data.geneval_layout import finish_output
     from arrag.decoding.pipeline import generate_prompt_set
     from arrag.io import read_jsonl, write_json
 
@@ -271,8 +272,8 @@ def cmd_generate_benchmark(args) -> None:
         num_shards=args.num_shards or 1,
     )
     summary["seconds"] = time.time() - t0
-    if args.num_shards is None:
-        write_json(Path(args.out) / "generation.json", summary)  # written last: marks the folder complete
+    if args.num_shards is None:  # generation.json last; a staged run replaces the old images only now
+        finish_output(args.out, summary)
     else:  # this shard is done; `arrag finish-benchmark` checks the whole folder and writes generation.json
         write_json(shard_marker(args.out, args.shard, args.num_shards), summary)
     print(json.dumps(summary, indent=2))
@@ -293,33 +294,34 @@ def shard_marker(out: str, shard: int, num_shards: int) -> Path:
 
 def cmd_finish_benchmark(args) -> None:
     """After every shard of a prompt set: check the folder is complete, then write generation.json."""
-    from arrag.data.geneval_layout import SETTINGS, read_prompt_folders
+    from arrag.data.geneval_layout import SETTINGS, finish_output, output_folder, read_prompt_folders
     from arrag.evaluation.geneval import check_benchmark_folder
-    from arrag.io import read_jsonl, write_json
+    from arrag.io import read_jsonl
 
     records = read_jsonl(args.prompts)[: args.limit] if args.limit else read_jsonl(args.prompts)
     markers = [shard_marker(args.out, i, args.num_shards) for i in range(args.num_shards)]
     missing = [str(m) for m in markers if not m.is_file()]
     if missing:
         raise ValueError(f"shards not finished: {missing}; rerun their `arrag generate-benchmark --shard` jobs")
-    check_benchmark_folder(args.out, images_per_prompt=args.n)
-    folders = read_prompt_folders(args.out)
+    work = output_folder(args.out)  # a staged run's folder, or args.out
+    check_benchmark_folder(work, images_per_prompt=args.n)
+    folders = read_prompt_folders(work)
     if len(folders) != len(records):
-        raise ValueError(f"{args.out} holds {len(folders)} prompt folders, {args.prompts} has {len(records)} prompts")
-    current = json.loads((Path(args.out) / SETTINGS).read_text())
+        raise ValueError(f"{work} holds {len(folders)} prompt folders, {args.prompts} has {len(records)} prompts")
+    current = json.loads((Path(work) / SETTINGS).read_text())
     for i, ((meta, _), record) in enumerate(zip(folders, records)):
         if meta != {**record, "prompt": record[current["prompt_field"]]}:
-            raise ValueError(f"{args.out}/{i:05d} was made for another prompt record than {args.prompts} line {i + 1}")
+            raise ValueError(f"{work}/{i:05d} was made for another prompt record than {args.prompts} line {i + 1}")
     # every shard must have run with the settings the folder holds now (not a marker left by an older run)
     shards = [json.loads(m.read_text()) for m in markers]
     for marker, shard in zip(markers, shards):
         own = {k: v for k, v in shard.items() if k not in ("shard", "num_shards", "generated", "reused", "seconds")}
         if own != current:
-            raise ValueError(f"{marker} was written under other settings than {args.out}/{SETTINGS}: rerun that shard")
+            raise ValueError(f"{marker} was written under other settings than {work}/{SETTINGS}: rerun that shard")
     summary = dict(current)
     summary |= {k: sum(s[k] for s in shards) for k in ("generated", "reused", "seconds")}
     summary |= {"num_shards": args.num_shards}
-    write_json(Path(args.out) / "generation.json", summary)
+    finish_output(args.out, summary, carry=("shards",))  # the markers go along: the workflow expects them
     print(json.dumps(summary, indent=2))
 
 
@@ -657,9 +659,9 @@ def cmd_mjhq_prompts(args) -> None:
     from arrag.io import write_jsonl
 
     records = mjhq_records(Path(args.dataset) / "meta_data.json", args.category or None, args.limit)
-    write_jsonl(args.out_prompts, records)
-    if args.out_reference:
+    if args.out_reference:  # first: a failed extraction leaves the old prompts with their old images
         extract_reference(Path(args.dataset) / "mjhq30k_imgs.zip", records, args.out_reference)
+    write_jsonl(args.out_prompts, records)
     print(f"{len(records)} MJHQ-30K prompts -> {args.out_prompts}")
 
 

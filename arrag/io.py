@@ -36,13 +36,7 @@ def atomic_path(final: str | Path, *, directory: bool = False) -> Iterator[Path]
     try:
         yield tmp
         if directory:
-            if final.exists():
-                old = final.with_name(f".{final.name}.old-{os.getpid()}")
-                final.rename(old)
-                tmp.rename(final)
-                shutil.rmtree(old, ignore_errors=True)
-            else:
-                tmp.rename(final)
+            replace_directory(tmp, final)
         else:
             os.replace(tmp, final)
     except BaseException:
@@ -51,6 +45,18 @@ def atomic_path(final: str | Path, *, directory: bool = False) -> Iterator[Path]
         else:
             tmp.unlink(missing_ok=True)
         raise
+
+
+def replace_directory(new: Path, final: Path) -> None:
+    """Give the complete directory `new` the name `final`; an existing `final` is renamed aside first and deleted
+    only after the swap, so the old one is never deleted before its replacement is in place."""
+    if final.exists():
+        old = final.with_name(f".{final.name}.old-{os.getpid()}")
+        final.rename(old)
+        new.rename(final)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        new.rename(final)
 
 
 def write_text(path: str | Path, text: str) -> None:

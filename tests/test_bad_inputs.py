@@ -150,3 +150,126 @@ def test_workflow_config_refuses_nan_and_inf(yaml, tmp_path):
     out = result.stdout + result.stderr
     key = yaml.split(":")[0] + "." + yaml.split("{")[1].split(":")[0]
     assert result.returncode != 0 and key in out and "finite" in out
+
+
+# ------------------------------------------------------------------ finished work is replaced only on success
+
+
+def _snapshot(folder) -> dict:
+    """Every file under `folder` with its bytes: what a failed run must leave untouched."""
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+@pytest.fixture()
+def finished_benchmark(model_dir, tmp_path):
+    prompts = tmp_path / "prompts.jsonl"
+    prompts.write_text("".join(json.dumps({"prompt": f"a photo of a {s}"}) + "\n" for s in ("circle", "square")))
+    out = tmp_path / "out"
+    base = ["generate-benchmark", "--model", model_dir, "--prompts", prompts, "--n", 1, "--device", "cpu"]
+    base = [str(a) for a in base]
+    assert main(base + ["--out", str(out)]) == 0
+    return base, out, prompts
+
+
+def _fail_after_first_folder(monkeypatch):
+    import arrag.decoding.pipeline as pipeline
+
+    real, calls = pipeline.write_prompt_folder, []
+
+    def flaky(*args, **kwargs):
+        calls.append(1)
+        if len(calls) > 1:
+            raise KeyboardInterrupt  # a kill midway through the new run
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(pipeline, "write_prompt_folder", flaky)
+
+
+def test_a_failed_rerun_with_other_settings_leaves_the_finished_images(finished_benchmark, monkeypatch):
+    base, out, _ = finished_benchmark
+    before = _snapshot(out)
+    _fail_after_first_folder(monkeypatch)
+    with pytest.raises(KeyboardInterrupt):
+        main(base + ["--out", str(out), "--seed", "7", "--batch-size", "1"])
+    after = {k: v for k, v in _snapshot(out).items() if k != ".settings.lock"}
+    assert after == {
+        k: v for k, v in before.items() if k != ".settings.lock"
+    }  # images and generation.json as they were
+
+
+def test_a_successful_rerun_with_other_settings_replaces_the_images_at_the_end(finished_benchmark, monkeypatch):
+    base, out, _ = finished_benchmark
+    _fail_after_first_folder(monkeypatch)
+    with pytest.raises(KeyboardInterrupt):
+        main(base + ["--out", str(out), "--seed", "7", "--batch-size", "1"])
+    monkeypatch.undo()
+    assert main(base + ["--out", str(out), "--seed", "7", "--batch-size", "1"]) == 0  # resumes the staged run
+    summary = json.loads((out / "generation.json").read_text())
+    assert summary["seed"] == 7 and (summary["generated"], summary["reused"]) == (1, 1)
+    assert json.loads((out / "settings.json").read_text())["seed"] == 7
+    assert not list(out.parent.glob(".out.*"))  # no staging or old folder left behind
+
+
+def test_a_sharded_rerun_with_other_settings_swaps_only_when_finished(finished_benchmark):
+    base, out, prompts = finished_benchmark
+    before = _snapshot(out)
+    shard = base + ["--out", str(out), "--seed", "3", "--num-shards", "2"]
+    finish = ["finish-benchmark", "--prompts", str(prompts), "--n", "1", "--num-shards", "2", "--out", str(out)]
+    assert main(shard + ["--shard", "0"]) == 0
+    assert main(finish) == 2  # shard 1 missing: nothing replaced
+    assert {k: v for k, v in _snapshot(out).items() if not k.startswith((".", "shards"))} == {
+        k: v for k, v in before.items() if not k.startswith(".")
+    }
+    assert main(shard + ["--shard", "1"]) == 0
+    assert main(finish) == 0
+    assert json.loads((out / "generation.json").read_text())["seed"] == 3
+    assert sorted(p.name for p in (out / "shards").iterdir()) == ["00000-of-00002.json", "00001-of-00002.json"]
+
+
+def test_images_of_unknown_settings_are_not_reused_or_deleted(model_dir, tmp_path):
+    from arrag.data.geneval_layout import write_prompt_folder
+
+    out = tmp_path / "out"
+    write_prompt_folder(out, 0, {"prompt": "a photo of a circle"}, np.zeros((1, 16, 16, 3), np.uint8))
+    prompts = tmp_path / "p.jsonl"
+    prompts.write_text(json.dumps({"prompt": "a photo of a circle"}) + "\n")
+    args = ["generate-benchmark", "--model", model_dir, "--prompts", prompts, "--n", 1, "--out", out, "--device", "cpu"]
+    assert main([str(a) for a in args]) == 0
+    assert json.loads((out / "generation.json").read_text())["generated"] == 1  # not the foreign black image
+
+
+def test_a_table_that_fails_to_render_leaves_the_old_files(tmp_path, monkeypatch):
+    from arrag.evaluation import tables
+
+    measured = {"vanilla": {"fid": 1.0, "cmmd": 0.1, "fwd": 2.0}}
+    tables.write_table(tables.TABLES["fidelity"], measured, tmp_path / "fidelity")
+    before = _snapshot(tmp_path)
+
+    def broken(*args, **kwargs):
+        raise ValueError("cannot render")
+
+    monkeypatch.setattr(tables, "render_latex", broken)
+    with pytest.raises(ValueError, match="cannot render"):
+        tables.write_table(
+            tables.TABLES["fidelity"], {"daid": {"fid": 9.0, "cmmd": 0.9, "fwd": 9.0}}, tmp_path / "fidelity"
+        )
+    assert _snapshot(tmp_path) == before  # not a new .csv beside an old .tex
+
+
+def test_a_failed_mjhq_extraction_leaves_the_old_prompts_and_images(tmp_path, capsys):
+    import zipfile
+
+    from arrag.data import mjhq
+
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / mjhq.META).write_text(json.dumps({"a1": {"category": "animals", "prompt": "a fox"}}))
+    with zipfile.ZipFile(src / mjhq.IMAGES, "w") as z:
+        z.writestr("animals/a1.jpg", b"jpeg")
+    out = tmp_path / "out"
+    args = ["mjhq-prompts", "--dataset", src, "--out-prompts", out / "p.jsonl", "--out-reference", out / "ref"]
+    assert main([str(a) for a in args]) == 0
+    before = _snapshot(out)
+    (src / mjhq.META).write_text(json.dumps({"b2": {"category": "animals", "prompt": "a cat"}}))  # not in the zip
+    assert "has no animals/b2.jpg" in cli_error(args, capsys)
+    assert _snapshot(out) == before

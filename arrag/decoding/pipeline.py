@@ -155,7 +155,7 @@ def generate_prompt_set(
         **(settings or {}),
     }
     pipe.check_prompt_lengths(sorted({r[prompt_field] for r in records}))  # all of them, before any image
-    prepare_output(root, run_settings)
+    root = prepare_output(root, run_settings)  # a staging folder when root holds images of other settings
     # the k-th repeat of a prompt text draws samples k*n .. k*n+n-1, not the first prompt's images again
     seen: dict[str, int] = {}
     occurrence = []
