@@ -273,3 +273,135 @@ def test_a_failed_mjhq_extraction_leaves_the_old_prompts_and_images(tmp_path, ca
     (src / mjhq.META).write_text(json.dumps({"b2": {"category": "animals", "prompt": "a cat"}}))  # not in the zip
     assert "has no animals/b2.jpg" in cli_error(args, capsys)
     assert _snapshot(out) == before
+
+
+# ------------------------------------------------------------------ archives and folders: complete or refused
+
+
+def _png(value: int) -> bytes:
+    import io
+
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.fromarray(np.full((8, 8, 3), value, np.uint8)).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def _webdataset(path, n: int = 3, mode: str = "w"):
+    import io
+    import tarfile
+
+    with tarfile.open(path, mode) as tar:
+        for i in range(n):
+            for ext, data in (("png", _png(20 * i)), ("txt", f"caption {i}".encode())):
+                info = tarfile.TarInfo(f"{i:06d}.{ext}")
+                info.size = len(data)
+                tar.addfile(info, io.BytesIO(data))
+    return path
+
+
+def _cut_points(path) -> dict[str, int]:
+    """Byte offsets cutting a tar at a member boundary, inside a member's data and inside a header."""
+    import tarfile
+
+    with tarfile.open(path) as tar:
+        members = tar.getmembers()
+    end_of = lambda m: m.offset_data + -(-m.size // 512) * 512  # noqa: E731
+    return {
+        "member boundary": end_of(members[3]),
+        "inside a member": members[4].offset_data + 10,
+        "inside a header": end_of(members[3]) + 100,
+        "end blocks missing": end_of(members[-1]),
+    }
+
+
+@pytest.mark.parametrize("cut", ["member boundary", "inside a member", "inside a header", "end blocks missing"])
+def test_a_truncated_tar_is_skipped_and_reported_naming_the_file(cut, tmp_path):
+    from arrag.data.sources import iter_source
+
+    whole = _webdataset(tmp_path / "whole.tar")
+    good = _webdataset(tmp_path / "good.tar")
+    data = whole.read_bytes()
+    cut_tar = tmp_path / "cut.tar"
+    cut_tar.write_bytes(data[: _cut_points(whole)[cut]])
+    spec = {"type": "webdataset", "urls": [str(cut_tar), str(good)], "caption_key": "txt"}
+    records = list(iter_source(spec, size=8))
+    bad = [r for r in records if r.image is None]
+    assert (
+        len(bad) == 1 and str(cut_tar) in bad[0].error and ("truncated" in bad[0].error or "unreadable" in bad[0].error)
+    )
+    assert [r.caption for r in records if r.image is not None] == ["caption 0", "caption 1", "caption 2"]  # good.tar
+
+
+def test_a_cut_compressed_tar_is_skipped_and_reported(tmp_path):
+    from arrag.data.sources import iter_source
+
+    whole = _webdataset(tmp_path / "whole.tar.gz", mode="w:gz")
+    cut = tmp_path / "cut.tar.gz"
+    cut.write_bytes(whole.read_bytes()[:-20])
+    records = list(iter_source({"type": "webdataset", "urls": str(cut)}, size=8))
+    assert [r.image for r in records] == [None] and str(cut) in records[0].error
+    assert [r.image is not None for r in iter_source({"type": "webdataset", "urls": str(whole)}, size=8)] == [True] * 3
+
+
+def test_a_skipped_tar_is_logged_and_listed_in_the_shard(tmp_path, caplog):
+    from arrag.data.sources import encode_shard
+
+    whole = _webdataset(tmp_path / "whole.tar")
+    (tmp_path / "cut.tar").write_bytes(whole.read_bytes()[:1500])
+    spec = {"type": "webdataset", "urls": [str(tmp_path / "cut.tar"), str(whole)]}
+    shard = encode_shard(spec, 0, 1, 8, lambda x: x.reshape(len(x), -1)[:, :2], np.zeros((0, 2), np.uint8))
+    assert len(shard.outputs) == 3 and len(shard.skipped) == 1 and "cut.tar" in shard.skipped[0]["error"]
+    assert "cut.tar" in caplog.text
+
+
+def test_an_empty_source_is_an_error_unless_asked_for(tmp_path):
+    from arrag.data.sources import iter_source
+
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ValueError, match=r"holds no items.*allow_empty"):
+        list(iter_source({"type": "folder", "path": str(tmp_path / "empty")}))
+    assert list(iter_source({"type": "folder", "path": str(tmp_path / "empty"), "allow_empty": True})) == []
+
+
+def test_a_database_of_no_images_is_refused_before_it_is_built(model_dir, tmp_path, capsys):
+    (tmp_path / "empty").mkdir()
+    source = json.dumps({"type": "folder", "path": str(tmp_path / "empty"), "allow_empty": True})
+    codes = tmp_path / "codes"
+    tokenise = ["tokenise", "--model", model_dir, "--source", source, "--out", codes, "--device", "cpu"]
+    assert main([str(a) for a in tokenise]) == 0
+    shard = next(codes.glob("*.npz"))
+    err = cli_error(["build-db", "--model", model_dir, "--codes", shard, "--out", tmp_path / "db"], capsys)
+    assert "hold no images" in err and not (tmp_path / "db").exists()
+
+
+@pytest.fixture()
+def cut_benchmark(finished_benchmark):
+    """A finished two-prompt folder whose last prompt folder is gone (a copy cut short)."""
+    import shutil
+
+    _, out, _ = finished_benchmark
+    shutil.rmtree(out / "00001")
+    return out
+
+
+def test_geneval_refuses_a_folder_missing_its_last_prompts(cut_benchmark, tmp_path, capsys):
+    args = [
+        "geneval",
+        "--images",
+        cut_benchmark,
+        "--out-jsonl",
+        tmp_path / "r.jsonl",
+        "--out-json",
+        tmp_path / "s.json",
+    ]
+    err = cli_error(args, capsys)
+    assert "00001" in err and "of the 2 prompts" in err and not (tmp_path / "s.json").exists()
+
+
+def test_fidelity_refuses_a_folder_missing_its_last_prompts(cut_benchmark):
+    from arrag.evaluation.fidelity import image_count
+
+    with pytest.raises(ValueError, match="00001"):
+        image_count(cut_benchmark)

@@ -129,6 +129,9 @@ def _image_files(folder: Path) -> list[str]:
     from arrag.data.geneval_layout import read_prompt_folders
 
     if any(p.is_dir() and p.name.isdigit() for p in folder.iterdir()):
+        from arrag.evaluation.geneval import check_benchmark_folder
+
+        check_benchmark_folder(folder)  # every prompt's folder, every sample: never a partial set's statistics
         return [str(p) for _, paths in read_prompt_folders(folder) for p in paths]
     return sorted(f for ext in EXTENSIONS for f in glob(str(folder / f"**/*.{ext}"), recursive=True))
 

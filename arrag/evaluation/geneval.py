@@ -32,7 +32,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from arrag.data.geneval_layout import read_prompt_folders
+from arrag.data.geneval_layout import SETTINGS, read_prompt_folders
 from arrag.data.mini_world import relations_between
 from arrag.io import progress, write_jsonl, write_text
 
@@ -173,9 +173,13 @@ def check_benchmark_folder(root: str | Path, images_per_prompt: int | None = Non
     folders = sorted(p for p in root.iterdir() if p.is_dir() and p.name.isdigit())
     if not folders:
         raise ValueError(f"{root} holds no prompt folders ({layout}): {fix}")
-    gaps = sorted(set(range(len(folders))) - {int(p.name) for p in folders})
+    # settings.json (arrag generate-benchmark) records how many prompts the prompt file had: missing folders at
+    # the end are refused like missing ones in the middle
+    made_for = json.loads((root / SETTINGS).read_text()).get("prompts") if (root / SETTINGS).is_file() else None
+    gaps = sorted(set(range(max(len(folders), made_for or 0))) - {int(p.name) for p in folders})
     if gaps:
-        raise ValueError(f"{root}: prompt folders {[f'{i:05d}' for i in gaps[:5]]} are missing: {fix}")
+        of = f" of the {made_for} prompts in {root / SETTINGS}" if made_for else ""
+        raise ValueError(f"{root}: prompt folders {[f'{i:05d}' for i in gaps[:5]]}{of} are missing: {fix}")
     counts = {}
     for folder in folders:
         if not (folder / "metadata.jsonl").is_file():
