@@ -405,3 +405,130 @@ def test_fidelity_refuses_a_folder_missing_its_last_prompts(cut_benchmark):
 
     with pytest.raises(ValueError, match="00001"):
         image_count(cut_benchmark)
+
+
+# ------------------------------------------------------------------ no shell from data
+
+HOSTILE = "x'y\"PWN; touch PWN $(touch PWN) `touch PWN` a  b"
+
+
+def _unquoted(command: str) -> str:
+    """The text of a shell command outside single quotes (double quotes do not stop `$()`, so they count)."""
+    out, single, double, escaped = [], False, False, False
+    for ch in command:
+        if single:
+            single = ch != "'"
+        elif escaped:
+            escaped = False
+            out.append(ch)
+        elif ch == "\\":
+            escaped = True
+        elif ch == '"':
+            double = not double
+        elif ch == "'" and not double:
+            single = True
+        else:
+            out.append(ch)
+    return "".join(out)
+
+
+def _hostile_config(config: dict, schema: dict) -> dict:
+    """Every string value the schema lets through replaced by HOSTILE (values it refuses are put back)."""
+    import copy
+
+    import jsonschema
+
+    def replace(node):
+        if isinstance(node, dict):
+            return {k: replace(v) for k, v in node.items()}
+        if isinstance(node, list):
+            return [replace(v) for v in node]
+        return HOSTILE if isinstance(node, str) else node
+
+    hostile = replace(copy.deepcopy(config))
+    validator = jsonschema.Draft202012Validator(schema)
+    while errors := list(validator.iter_errors(hostile)):
+        for error in errors:  # a pattern or an enum refused it: that field cannot carry shell text at all
+            *parents, last = error.absolute_path
+            good, bad = config, hostile
+            for key in parents:
+                good, bad = good[key], bad[key]
+            bad[last] = copy.deepcopy(good[last])
+    return hostile
+
+
+def test_config_strings_reach_commands_as_one_quoted_word(tmp_path):
+    import shutil
+
+    import yaml
+    from snakemake.utils import validate
+    from test_workflow import REPO, _snakemake, _workdir
+
+    work = _workdir(tmp_path)
+    shutil.copytree(REPO / "arrag" / "benchmarks", work / "arrag" / "benchmarks")
+
+    def merge(base: dict, over: dict) -> dict:  # as Snakemake layers --configfile over the Snakefile's
+        return base | {
+            k: merge(base[k], v) if isinstance(v, dict) and isinstance(base.get(k), dict) else v
+            for k, v in over.items()
+        }
+
+    config = merge(*(yaml.safe_load((work / "config" / f).read_text()) for f in ("config.yaml", "paper.yaml")))
+    config["model"]["revision"] = "0123abcd" * 5
+    for entry in config["downloads"]["datasets"].values():
+        entry["revision"] = "4567cdef" * 5
+    # nullable strings given a value, so that they reach their commands too
+    config["downloads"]["mirror"] = "m"
+    config["racm3"]["clip"]["sha256"] = "s"
+    config["evaluation"]["dpg"] |= {"mplug_revision": "r", "csv_sha256": "s"}
+    config["evaluation"]["fidelity"]["mjhq_revision"] = "r"
+    validate(config, str(work / "workflow" / "schemas" / "config.schema.yaml"))  # fills every default
+    schema = yaml.safe_load((work / "workflow" / "schemas" / "config.schema.yaml").read_text())
+    hostile = _hostile_config(config, schema)
+    (work / "hostile.yaml").write_text(yaml.safe_dump(hostile))
+    result = _snakemake(work, "-n", "-p", "--configfile", "hostile.yaml")
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    commands = [line for line in result.stdout.splitlines() if "arrag" in line and ">" in line]
+    reached = [c for c in commands if "PWN" in c]
+    for flag in (
+        "--hub-id",
+        "--mirror",
+        "--clip-model",
+        "--clip-pretrained",
+        "--source",
+        "--url",
+        "--repo",
+        "--include",
+        "--mplug-revision",
+        "--revision",
+        "--cmmd-network",
+        "--out",
+    ):
+        assert any(flag in c for c in reached), f"no command carries the hostile value of {flag}"
+    for command in reached:
+        assert "PWN" not in _unquoted(command), command
+
+
+@pytest.mark.parametrize(
+    "where",
+    [
+        {"retrieval": {"corpora": {"a;b": {"source": {"type": "folder", "path": "x"}}}}},
+        {"finetune": {"pairs": {"$(x)": {"source": {"type": "folder", "path": "x"}}}}},
+        {"downloads": {"datasets": {"a b": {"repo": "r", "revision": None, "include": ["*"]}}}},
+        {"faid": {"trainset_split": "finetune;rm"}},
+        {"racm3": {"corpora": ["a'b"]}},
+    ],
+)
+def test_names_that_become_paths_refuse_shell_characters(where):
+    """Corpus, pairs, dataset and split names become folder names and wildcards in every command: the schema
+    allows letters, digits, '_' and '-' only."""
+    from pathlib import Path
+
+    import jsonschema
+    import yaml
+
+    schema = yaml.safe_load((Path(__file__).parents[1] / "workflow/schemas/config.schema.yaml").read_text())
+    errors = list(
+        jsonschema.Draft202012Validator(schema).iter_errors({"profile": "p", "world": {"splits": {}}} | where)
+    )
+    assert any("does not match" in e.message for e in errors), [e.message for e in errors]

@@ -31,7 +31,7 @@ rule download_dpg_csv:
         f"{RESULTS}/downloads/dpg_bench.csv",
     params:
         url=DPG["csv_url"],
-        sha256=f"--sha256 {DPG['csv_sha256']}" if DPG["csv_sha256"] else "",
+        sha256=flag("--sha256", DPG["csv_sha256"]) if DPG["csv_sha256"] else "",
         mirror=mirror_flag(),
     log:
         log_path("download_dpg_csv"),
@@ -43,7 +43,7 @@ rule download_dpg_csv:
     resources:
         mem_mb=500,
     shell:
-        "arrag download file --url {params.url} {params.sha256} {params.mirror} --out {output} > {log} 2>&1"
+        "arrag download file --url {params.url:q} {params.sha256} {params.mirror} --out {output} > {log} 2>&1"
 
 
 rule dpg_prompts:
@@ -97,7 +97,7 @@ rule score_dpg:
         csv=lambda wildcards, input: dpg_question_csv(input.questions),
         vqa=DPG["vqa"],
         quirks="" if DPG_SKIP_FIRST_ROW else "--keep-first-row",
-        mplug=f"--mplug-revision {DPG['mplug_revision']}" if DPG["mplug_revision"] else "",
+        mplug=flag("--mplug-revision", DPG["mplug_revision"]) if DPG["mplug_revision"] else "",
         arrag=arrag_on_gpu,
     log:
         f"{RESULTS}/logs/score_dpg/{{method}}.log",
@@ -135,5 +135,5 @@ rule dpg_table:
     resources:
         mem_mb=500,
     shell:
-        "arrag table dpg {params.results} {params.labels} {params.paper} --note '{params.note}' "
+        "arrag table dpg {params.results} {params.labels} {params.paper} --note {params.note:q} "
         "--out {params.out} > {log} 2>&1"

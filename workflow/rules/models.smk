@@ -24,7 +24,7 @@ if config["model"]["source"] == "hub":
         resources:
             mem_mb=2000,
         shell:
-            "arrag download model --hub-id {params.hub_id} --revision {params.revision} {params.mirror} "
+            "arrag download model --hub-id {params.hub_id:q} --revision {params.revision:q} {params.mirror} "
             "--out {output} > {log} 2>&1"
 
 else:
