@@ -46,6 +46,10 @@ def _sampling_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:1, ... (auto: cuda when available)")
 
 
+def _restart_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--restart", action="store_true", help="discard a checkpoint (<out>.partial/) and start over")
+
+
 def _model_args(p: argparse.ArgumentParser, help: str = "model directory (save_pretrained) or hub id") -> None:
     p.add_argument("--model", required=True, help=help)
     p.add_argument("--revision", default=None, help="pinned hub revision (commit) when --model is a hub id")
@@ -212,7 +216,7 @@ def cmd_train_vq(args) -> None:
 
     spec, cfg = parse_overrides(args.spec, MiniJanusSpec), parse_overrides(args.set, VQTrainingConfig)  # checked first
     images, _ = load_split(Path(args.world) / args.split)
-    stats = train_vq(images, spec, cfg, args.out)
+    stats = train_vq(images, spec, cfg, args.out, restart=args.restart)
     print(json.dumps({k: v for k, v in stats.items() if k != "log"}, indent=2))
 
 
@@ -224,7 +228,7 @@ def cmd_train_base(args) -> None:
     spec, cfg = parse_overrides(args.spec, MiniJanusSpec), parse_overrides(args.set, BaseTrainingConfig)
     images, records = load_split(Path(args.world) / args.split)
     captions = [r["caption"] for r in records]
-    stats = train_base_model(images, captions, caption_vocabulary(), spec, args.vq, cfg, args.out)
+    stats = train_base_model(images, captions, caption_vocabulary(), spec, args.vq, cfg, args.out, args.restart)
     print(json.dumps({k: v for k, v in stats.items() if k != "log"}, indent=2))
 
 
@@ -443,7 +447,7 @@ def cmd_train_faid(args) -> None:
             raise FileNotFoundError(f"{path} is missing: --db must be a directory written by `arrag build-db`")
         db = json.loads(path.read_text())
     cfg = parse_overrides(args.set, FAiDTrainingConfig)
-    stats = train_faid(args.model, args.trainset, cfg, args.out, db=db, cpu=args.cpu)
+    stats = train_faid(args.model, args.trainset, cfg, args.out, db=db, cpu=args.cpu, restart=args.restart)
     print(json.dumps({k: v for k, v in stats.items() if k != "log"}, indent=2))
 
 
@@ -468,6 +472,7 @@ def cmd_train_racm3(args) -> None:
         args.out,
         device=args.device,
         codes_codebook_sha256=codes_codebook,
+        restart=args.restart,
     )
     print(json.dumps({k: v for k, v in stats.items() if k != "log"}, indent=2))
 
@@ -917,6 +922,7 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="training setting")
         if name == "train-base":
             p.add_argument("--vq", required=True, help="directory written by `arrag train-vq`")
+        _restart_arg(p)
         p.set_defaults(func=func)
 
     p = sub.add_parser("build-image-index", help="RA-CM3's image-level retriever over a tokenised corpus")
@@ -956,6 +962,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="FAiDTrainingConfig field")
     p.add_argument("--cpu", action="store_true", help="train on the CPU even when a GPU is visible")
     p.add_argument("--out", required=True)
+    _restart_arg(p)
     p.set_defaults(func=cmd_train_faid)
 
     p = sub.add_parser("train-racm3", help="fine-tune the RA-CM3 baseline (reference image prefix)")
@@ -965,6 +972,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="RACM3TrainingConfig field")
     p.add_argument("--device", default="auto")
     p.add_argument("--out", required=True)
+    _restart_arg(p)
     p.set_defaults(func=cmd_train_racm3)
 
     p = sub.add_parser("generate", help="generate images for your own prompts")

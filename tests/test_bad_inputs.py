@@ -532,3 +532,129 @@ def test_names_that_become_paths_refuse_shell_characters(where):
         jsonschema.Draft202012Validator(schema).iter_errors({"profile": "p", "world": {"splits": {}}} | where)
     )
     assert any("does not match" in e.message for e in errors), [e.message for e in errors]
+
+
+# ------------------------------------------------------------------ resume only what matches
+
+
+@pytest.fixture(scope="module")
+def vq_images():
+    from arrag.data.mini_world import make_split
+
+    return make_split("train", 24, seed=3, size=32)[0]
+
+
+def _vq_run(images, out, monkeypatch=None, kill_at=None, restart=False, **changes):
+    """train_vq on the tiny spec with dead-code restarts every 2 steps; killed after saving step `kill_at`."""
+    from conftest import tiny_spec
+
+    from arrag.models import training
+
+    cfg = training.VQTrainingConfig(
+        **({"steps": 10, "batch_size": 8, "restart_every": 2, "checkpoint_every": 3} | changes)
+    )
+    if kill_at is not None:
+        real = training.ResumableCheckpoint.maybe_save
+
+        def killed(self, step, *args):
+            real(self, step, *args)
+            if step == kill_at:
+                raise KeyboardInterrupt
+
+        monkeypatch.setattr(training.ResumableCheckpoint, "maybe_save", killed)
+        with pytest.raises(KeyboardInterrupt):
+            training.train_vq(images, tiny_spec(image_size=32, codebook_size=64), cfg, out)
+        monkeypatch.undo()
+        return None
+    return training.train_vq(
+        images, tiny_spec(image_size=32, codebook_size=64), cfg, out, **({"restart": True} if restart else {})
+    )
+
+
+def _weights(folder) -> dict:
+    from safetensors.torch import load_file
+
+    return load_file(next(folder.glob("*.safetensors")))
+
+
+def test_vq_resume_is_bit_identical_with_dead_code_restarts(vq_images, tmp_path, monkeypatch):
+    _vq_run(vq_images, tmp_path / "whole")
+    _vq_run(vq_images, tmp_path / "killed", monkeypatch, kill_at=6)
+    assert _vq_run(vq_images, tmp_path / "killed")["resumed_at"] == 6
+    whole, resumed = _weights(tmp_path / "whole"), _weights(tmp_path / "killed")
+    assert all(torch_equal(whole[k], resumed[k]) for k in whole)
+
+
+def torch_equal(a, b) -> bool:
+    import torch
+
+    return bool(torch.equal(a, b))
+
+
+def test_resuming_with_other_settings_is_refused_and_restart_starts_over(vq_images, tmp_path, monkeypatch):
+    out = tmp_path / "vq"
+    _vq_run(vq_images, out, monkeypatch, kill_at=3)
+    partial = _snapshot(tmp_path / "vq.partial")
+    with pytest.raises(ValueError, match=r"other settings \(config\.lr: 0\.001 then, 0\.002 now\).*--restart"):
+        _vq_run(vq_images, out, lr=2e-3)
+    assert not out.exists() and _snapshot(tmp_path / "vq.partial") == partial  # nothing recorded, nothing lost
+    assert _vq_run(vq_images, out, restart=True, lr=2e-3)["resumed_at"] == 0
+    _vq_run(vq_images, tmp_path / "fresh", lr=2e-3)
+    fresh, restarted = _weights(tmp_path / "fresh"), _weights(out)
+    assert all(torch_equal(fresh[k], restarted[k]) for k in fresh)  # as if the old checkpoint never was
+
+
+def test_saving_more_often_is_not_other_settings(vq_images, tmp_path, monkeypatch):
+    _vq_run(vq_images, tmp_path / "vq", monkeypatch, kill_at=3)
+    assert _vq_run(vq_images, tmp_path / "vq", checkpoint_every=5)["resumed_at"] == 3
+
+
+@pytest.mark.parametrize(
+    "stale, message",
+    [
+        (lambda path: path.write_bytes(path.read_bytes()[:200]), "cannot be read"),  # a truncated checkpoint
+        (lambda path: _drop_settings(path), "made by an older version"),
+    ],
+)
+def test_a_stale_or_broken_partial_gets_a_clear_message(stale, message, vq_images, tmp_path, monkeypatch, capsys):
+    _vq_run(vq_images, tmp_path / "vq", monkeypatch, kill_at=3)
+    stale(tmp_path / "vq.partial" / "state.pt")
+    with pytest.raises(ValueError, match=f"{message}.*delete .*vq.partial to start over, or rerun with --restart"):
+        _vq_run(vq_images, tmp_path / "vq")
+
+
+def _drop_settings(path):
+    import torch
+
+    state = torch.load(path, weights_only=True)
+    del state["settings"]
+    torch.save(state, path)
+
+
+def test_train_vq_cli_refuses_an_incompatible_partial(vq_images, tmp_path, monkeypatch, capsys):
+    """A stale .partial of another model size: one clear line naming the field, not a load_state_dict traceback."""
+    from arrag.data.mini_world import write_world
+
+    world = tmp_path / "world"
+    write_world(
+        world, size=32, seed=0, splits={"train": 8}, underrepresented=[], keep_fraction=1.0, n_geneval_prompts=6
+    )
+    base = ["train-vq", "--world", world, "--out", tmp_path / "vq", "--set", "steps=4", "--set", "batch_size=4"]
+    base += ["--set", "checkpoint_every=2", "--spec", "codebook_size=32"]
+    from arrag.models import training
+
+    real = training.ResumableCheckpoint.maybe_save
+
+    def killed(self, step, *args):
+        real(self, step, *args)
+        if step == 2:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(training.ResumableCheckpoint, "maybe_save", killed)
+    with pytest.raises(KeyboardInterrupt):
+        main([str(a) for a in base])
+    assert (tmp_path / "vq.partial" / "state.pt").is_file()
+    monkeypatch.undo()
+    err = cli_error(base[:-1] + ["codebook_size=64"], capsys)
+    assert "spec.codebook_size: 32 then, 64 now" in err and "--restart" in err
+    assert main([str(a) for a in base[:-1] + ["codebook_size=64", "--restart"]]) == 0

@@ -21,7 +21,13 @@ import torch
 from arrag.decoding.pipeline import ImageGenerationPipeline, resolve_device
 from arrag.io import atomic_path, write_json
 from arrag.models.janus import load_janus
-from arrag.models.training import caption_inputs, fit_generation_path, image_generation_loss
+from arrag.models.training import (
+    artefact_id,
+    caption_inputs,
+    captions_digest,
+    fit_generation_path,
+    image_generation_loss,
+)
 from arrag.models.vq import VQTokenizer, codebook_fingerprint
 from arrag.retrieval.image_index import ImageLevelIndex
 from arrag.validation import COUNT, INDEX, POSITIVE, check_fields
@@ -63,6 +69,7 @@ def train_racm3(
     out_dir: str | Path,
     device: str | None = None,
     codes_codebook_sha256: str | None = None,
+    restart: bool = False,
 ) -> dict:
     """Fine-tune the base model's generation path on the pairs (codes [N, H, W] = the images' VQ tokens under
     the base model, captions [N]), each caption's retrieved reference as a prefix. Runs as one process on
@@ -91,7 +98,11 @@ def train_racm3(
         batch_ids = torch.where(drop[:, None], uncond[idx], ids[idx])
         return image_generation_loss(model, batch_ids, mask[idx], codes[idx], references[idx], prefix_visible=~drop)
 
-    params, start, log, t0, ckpt = fit_generation_path(model, len(codes), batch_loss, cfg, out_dir, "RA-CM3", acc)
+    settings = {"trainer": "racm3", "base": artefact_id(base_dir), "captions": captions_digest(captions)}
+    settings |= {"index": index.metadata, "processes": acc.num_processes}
+    params, start, log, t0, ckpt = fit_generation_path(
+        model, len(codes), batch_loss, cfg, out_dir, "RA-CM3", acc, settings=settings, restart=restart
+    )
     stats = {
         "method": "racm3",
         "base_model": str(base_dir),

@@ -34,6 +34,7 @@ from arrag.models.training import (
     ResumableCheckpoint,
     _batches,
     accumulate_gradients,
+    artefact_id,
     caption_dropout_mask,
     caption_inputs,
 )
@@ -192,6 +193,7 @@ def train_faid(
     out_dir: str | Path,
     db=None,
     cpu: bool = False,
+    restart: bool = False,
 ) -> dict:
     """Fine-tune FAiD's parameters on the training set; the backbone stays frozen. Runs under
     `accelerate launch` on several GPUs (each process takes its share of every global batch; gradients are
@@ -217,7 +219,13 @@ def train_faid(
     ids, mask, uncond = caption_inputs(processor, captions, acc.device)
     params = list(faid.parameters())
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=0.0)
-    ckpt = ResumableCheckpoint(out_dir, cfg.checkpoint_every)
+    settings = {
+        "trainer": "faid",
+        "config": asdict(cfg),
+        "base": artefact_id(base_dir),
+        "trainset": artefact_id(trainset_dir),
+    }
+    ckpt = ResumableCheckpoint(out_dir, cfg.checkpoint_every, settings | {"processes": acc.num_processes}, restart)
     start = ckpt.load(faid, opt)
     global_batch = cfg.batch_size * cfg.grad_accum * acc.num_processes
 
