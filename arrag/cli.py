@@ -235,6 +235,9 @@ def cmd_train_base(args) -> None:
 def cmd_generate(args) -> None:
     from PIL import Image
 
+    from arrag.io import check_output_path
+
+    check_output_path(args.out)  # now, not after every image is made
     pipe = _pipeline(args)
     images, _ = pipe(
         args.prompt,
@@ -846,12 +849,11 @@ def _feature_network(spec: str | None, device: str):
 
 
 def cmd_fidelity(args) -> None:
-    import torch
-
+    from arrag.decoding.pipeline import resolve_device
     from arrag.evaluation.fidelity import fidelity_scores
     from arrag.io import write_json
 
-    device = args.device if args.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
+    device = str(resolve_device(args.device))
     result = fidelity_scores(
         args.images,
         args.reference,
@@ -1279,7 +1281,8 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         args.func(args)
-    except (ValueError, FileNotFoundError) as err:  # bad input: one clear line, no traceback
+    except (ValueError, FileNotFoundError, NotADirectoryError, IsADirectoryError, PermissionError) as err:
+        # bad input: one clear line, no traceback
         print(f"arrag {args.command}: error: {err}", file=sys.stderr)
         return 2
     return 0

@@ -21,6 +21,7 @@ def atomic_path(final: str | Path, *, directory: bool = False) -> Iterator[Path]
     An existing `final` is replaced only once the new one is complete.
     """
     final = Path(final)
+    check_output_path(final, directory)
     final.parent.mkdir(parents=True, exist_ok=True)
     prefix = f".{final.name}.tmp-"
     if directory:
@@ -45,6 +46,20 @@ def atomic_path(final: str | Path, *, directory: bool = False) -> Iterator[Path]
         else:
             tmp.unlink(missing_ok=True)
         raise
+
+
+def check_output_path(path: str | Path, directory: bool = True) -> Path:
+    """Refuse an output folder that exists as a file (or an output file that exists as a folder), before any
+    work is done, rather than failing at the end and losing that work."""
+    path = Path(path)
+    if directory and path.exists() and not path.is_dir():
+        raise ValueError(f"{path} is a file, but a folder is written there: give a folder path (or remove the file)")
+    if not directory and path.is_dir():
+        raise ValueError(f"{path} is a folder, but a file is written there: give a file path")
+    for parent in path.parents:
+        if parent.exists() and not parent.is_dir():
+            raise ValueError(f"{path}: {parent} is a file, not a folder")
+    return path
 
 
 def replace_directory(new: Path, final: Path) -> None:

@@ -658,3 +658,102 @@ def test_train_vq_cli_refuses_an_incompatible_partial(vq_images, tmp_path, monke
     err = cli_error(base[:-1] + ["codebook_size=64"], capsys)
     assert "spec.codebook_size: 32 then, 64 now" in err and "--restart" in err
     assert main([str(a) for a in base[:-1] + ["codebook_size=64", "--restart"]]) == 0
+
+
+# ------------------------------------------------------------------ faults: one clear line, not a traceback
+
+
+def _damaged_model(model_dir, tmp_path, damage: str):
+    import shutil
+
+    copy = tmp_path / "model"
+    shutil.copytree(model_dir, copy)
+    if damage == "truncated weights":
+        weights = next(copy.glob("*.safetensors"))
+        weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
+    elif damage == "no tokenizer":
+        (copy / "tokenizer.json").unlink()
+    elif damage == "no weights":
+        next(copy.glob("*.safetensors")).unlink()
+    elif damage == "broken config":
+        (copy / "config.json").write_text('{"model_type": "janus", ')
+    return copy
+
+
+@pytest.mark.parametrize("damage", ["truncated weights", "no tokenizer", "no weights", "broken config"])
+def test_a_half_written_model_folder_is_refused_naming_it(damage, model_dir, tmp_path, capsys):
+    model = _damaged_model(model_dir, tmp_path, damage)
+    err = cli_error(["generate", "--model", model, "--prompt", "a red circle", "--out", tmp_path / "o"], capsys)
+    assert str(model) in err and not (tmp_path / "o").exists()
+
+
+@pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="needs a machine without a CUDA GPU")
+def test_device_cuda_without_a_gpu_is_refused_before_any_work(model_dir, tmp_path, capsys):
+    err = cli_error(
+        ["generate", "--model", model_dir, "--prompt", "x", "--out", tmp_path / "o", "--device", "cuda"], capsys
+    )
+    assert "--device cuda" in err and "cpu" in err and not (tmp_path / "o").exists()
+
+
+def test_a_device_index_past_the_gpus_is_refused():
+    import torch
+
+    from arrag.decoding.pipeline import resolve_device
+
+    with pytest.raises(ValueError, match="CUDA GPU"):
+        resolve_device(f"cuda:{torch.cuda.device_count()}")
+    with pytest.raises(ValueError, match="not a device"):
+        resolve_device("gpu0")
+
+
+@pytest.mark.parametrize("command", ["generate", "generate-benchmark"])
+def test_out_pointing_at_a_file_is_refused_before_any_image(command, model_dir, tmp_path, capsys, monkeypatch):
+    import arrag.decoding.pipeline as pipeline
+
+    def no_generation(*args, **kwargs):
+        raise AssertionError("images were generated before --out was checked")
+
+    monkeypatch.setattr(pipeline.ImageGenerationPipeline, "__call__", no_generation)
+    target = tmp_path / "a-file"
+    target.write_text("keep me")
+    prompts = tmp_path / "p.jsonl"
+    prompts.write_text(json.dumps({"prompt": "a red circle"}) + "\n")
+    what = ["--prompt", "a red circle"] if command == "generate" else ["--prompts", prompts]
+    err = cli_error([command, "--model", model_dir, *what, "--out", target, "--device", "cpu"], capsys)
+    assert "is a file" in err and target.read_text() == "keep me"
+
+
+@pytest.fixture()
+def damaged_sample(finished_benchmark):
+    _, out, _ = finished_benchmark
+    sample = out / "00001" / "samples" / "0000.png"
+    sample.write_bytes(sample.read_bytes()[:40])  # a copy cut short
+    return out, sample
+
+
+def test_geneval_refuses_prompts_that_are_not_genevals(finished_benchmark, tmp_path, capsys):
+    _, out, _ = finished_benchmark
+    err = cli_error(
+        ["geneval", "--images", out, "--out-jsonl", tmp_path / "r.jsonl", "--out-json", tmp_path / "s.json"], capsys
+    )
+    assert "00000/metadata.jsonl has no GenEval 'tag'" in err
+
+
+def test_geneval_names_a_damaged_sample(damaged_sample, tmp_path, capsys):
+    out, sample = damaged_sample
+    for folder in ("00000", "00001"):  # GenEval records, so that scoring reaches the images
+        meta = {"tag": "single_object", "include": [{"class": "circle", "count": 1}], "prompt": "a photo of a circle"}
+        (out / folder / "metadata.jsonl").write_text(json.dumps(meta) + "\n")
+    err = cli_error(
+        ["geneval", "--images", out, "--out-jsonl", tmp_path / "r.jsonl", "--out-json", tmp_path / "s.json"], capsys
+    )
+    assert str(sample) in err and "not a readable image" in err and not (tmp_path / "s.json").exists()
+
+
+def test_grid_and_fidelity_name_a_damaged_sample(damaged_sample, tmp_path, capsys):
+    from arrag.evaluation.fidelity import load_images
+
+    out, sample = damaged_sample
+    assert str(sample) in cli_error(["grid", "--images", out, "--out", tmp_path / "g.png"], capsys)
+    with pytest.raises(ValueError, match="not a readable image"):
+        load_images(out)[0:2]

@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from arrag.io import atomic_path, replace_directory, write_json
+from arrag.io import atomic_path, check_output_path, replace_directory, write_json
 
 SETTINGS = "settings.json"
 GENERATION = "generation.json"  # written last: marks a prompt-set folder complete
@@ -74,7 +74,7 @@ def prepare_output(root: str | Path, settings: dict) -> Path:
     generation.json, stay exactly as they are until the new run is complete. Never deletes finished work.
 
     Shards of one run call this at the same time: a lock makes the decision and the settings file one step."""
-    root = Path(root)
+    root = check_output_path(root)
     root.mkdir(parents=True, exist_ok=True)
     staging = staging_folder(root)
     with open(root / ".settings.lock", "w") as lock:

@@ -24,9 +24,21 @@ def image_seed(base_seed: int, prompt: str, sample: int) -> int:
 
 
 def resolve_device(device: str | None) -> torch.device:
+    """auto/None: cuda when available; else the device named, refused when it is not there (a clear error rather
+    than a driver traceback halfway into a run)."""
     if device in (None, "auto"):
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
+    try:
+        resolved = torch.device(device)
+    except RuntimeError:
+        raise ValueError(f"--device {device!r} is not a device: use cpu, cuda, cuda:N or auto") from None
+    if resolved.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if count == 0 or (resolved.index or 0) >= count:
+            raise ValueError(
+                f"--device {device}: this machine has {count} CUDA GPU(s) visible; use --device cpu or auto"
+            )
+    return resolved
 
 
 class ImageGenerationPipeline:

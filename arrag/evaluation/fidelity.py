@@ -269,13 +269,10 @@ class ImageFiles:
         return len(self.paths)
 
     def __getitem__(self, index: slice) -> np.ndarray:
-        from PIL import Image
 
-        images = []
-        for path in self.paths[index]:
-            with Image.open(path) as im:
-                images.append(np.asarray(im.convert("RGB")))
-        return np.stack(images)
+        from arrag.evaluation.geneval import load_image
+
+        return np.stack([load_image(path) for path in self.paths[index]])  # damaged files refused by name
 
 
 def load_images(source: ImageSource) -> np.ndarray | ImageFiles:

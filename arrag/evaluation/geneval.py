@@ -138,8 +138,15 @@ def evaluate_image(metadata: dict, detections: Sequence[Detection], rules: Rules
 
 
 def load_image(path: str | Path) -> np.ndarray:
-    with Image.open(path) as im:
-        return np.asarray(im.convert("RGB"))
+    """uint8 [H, W, 3]; a damaged file is refused naming it (never a PIL traceback, never scored as something)."""
+    try:
+        with Image.open(path) as im:
+            return np.asarray(im.convert("RGB"))
+    except (OSError, SyntaxError, ValueError) as err:  # PIL's UnidentifiedImageError, truncated data
+        raise ValueError(
+            f"{path} is not a readable image ({type(err).__name__}: {err}): delete its prompt folder and rerun "
+            "`arrag generate-benchmark` to make it again"
+        ) from None
 
 
 def score_image(path: str | Path, metadata: dict, detector: Detector, rules: Rules = OFFICIAL) -> dict:
@@ -230,6 +237,12 @@ def score_folder(
     """
     check_benchmark_folder(root, images_per_prompt)
     jobs = [(meta, paths, detector, rules) for meta, paths in read_prompt_folders(root)]
+    for i, (meta, *_) in enumerate(jobs):  # before any scoring: a folder of another benchmark's prompts
+        if not {"tag", "include"} <= set(meta):
+            raise ValueError(
+                f"{Path(root) / f'{i:05d}'}/metadata.jsonl has no GenEval 'tag' and 'include' (fields: {sorted(meta)}): "
+                "generate from GenEval's evaluation_metadata.jsonl"
+            )
     bar = dict(total=len(jobs), desc=f"GenEval {Path(root).name}", unit="prompt")
     if workers <= 1:
         per_prompt = [_score_prompt(job) for job in progress(jobs, **bar)]
