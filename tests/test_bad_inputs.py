@@ -485,6 +485,11 @@ def test_config_strings_reach_commands_as_one_quoted_word(tmp_path):
     validate(config, str(work / "workflow" / "schemas" / "config.schema.yaml"))  # fills every default
     schema = yaml.safe_load((work / "workflow" / "schemas" / "config.schema.yaml").read_text())
     hostile = _hostile_config(config, schema)
+    # CLIP models and the `openai` tag select which downloaded weights a job reads: names, not free text
+    hostile["racm3"]["clip"] |= {"model": config["racm3"]["clip"]["model"], "pretrained": "openai"}
+    hostile["evaluation"]["geneval"]["clip_pretrained"] = hostile["evaluation"]["fidelity"]["clip_pretrained"] = (
+        "openai"
+    )
     (work / "hostile.yaml").write_text(yaml.safe_dump(hostile))
     result = _snakemake(work, "-n", "-p", "--configfile", "hostile.yaml")
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
@@ -493,15 +498,14 @@ def test_config_strings_reach_commands_as_one_quoted_word(tmp_path):
     for flag in (
         "--hub-id",
         "--mirror",
-        "--clip-model",
-        "--clip-pretrained",
         "--source",
         "--url",
         "--repo",
         "--include",
-        "--mplug-revision",
         "--revision",
-        "--cmmd-network",
+        "--sha256",
+        "--lock",
+        "--model-id",
         "--out",
     ):
         assert any(flag in c for c in reached), f"no command carries the hostile value of {flag}"

@@ -240,8 +240,8 @@ def score_folder(
     for i, (meta, *_) in enumerate(jobs):  # before any scoring: a folder of another benchmark's prompts
         if not {"tag", "include"} <= set(meta):
             raise ValueError(
-                f"{Path(root) / f'{i:05d}'}/metadata.jsonl has no GenEval 'tag' and 'include' (fields: {sorted(meta)}): "
-                "generate from GenEval's evaluation_metadata.jsonl"
+                f"{Path(root) / f'{i:05d}'}/metadata.jsonl has no GenEval 'tag' and 'include' (fields: "
+                f"{sorted(meta)}): generate from GenEval's evaluation_metadata.jsonl"
             )
     bar = dict(total=len(jobs), desc=f"GenEval {Path(root).name}", unit="prompt")
     if workers <= 1:

@@ -12,20 +12,19 @@ rule download_dataset:
         repo=lambda wildcards: DATASETS[wildcards.dataset]["repo"],
         revision=lambda wildcards: DATASETS[wildcards.dataset]["revision"],
         include=lambda wildcards: DATASETS[wildcards.dataset]["include"],
+        lock=lambda wildcards: lock_path(f"dataset-{wildcards.dataset}"),
         mirror=mirror_flag(),
     log:
         f"{RESULTS}/logs/download_dataset_{{dataset}}.log",
     benchmark:
         f"{RESULTS}/benchmarks/download_dataset_{{dataset}}.tsv"
-    conda:
-        "../envs/arrag.yaml"
     threads: 1
     resources:
         mem_mb=2000,
     retries: 3  # a dropped connection: the rerun resumes in <out>.partial/
     shell:
         "arrag download dataset --repo {params.repo:q} --revision {params.revision:q} --include {params.include:q} "
-        "{params.mirror} --out {output:q} > {log} 2>&1"
+        "--lock {params.lock:q} {params.mirror} --out {output:q} > {log} 2>&1"
 
 rule tokenise_shard:
     input:
@@ -46,8 +45,6 @@ rule tokenise_shard:
         f"{RESULTS}/logs/tokenise_{{split}}_{{shard}}-of-{{num_shards}}.log",
     benchmark:
         f"{RESULTS}/benchmarks/tokenise_{{split}}_{{shard}}-of-{{num_shards}}.tsv"
-    conda:
-        "../envs/arrag.yaml"
     threads: 1
     resources:
         gpu=1,
@@ -72,8 +69,6 @@ rule build_database:
         log_path("build_database"),
     benchmark:
         benchmark_path("build_database")
-    conda:
-        "../envs/arrag.yaml"
     threads: workflow.cores
     resources:
         mem_mb=8000,
@@ -101,8 +96,6 @@ rule retrieval_accuracy:
         log_path("retrieval_accuracy"),
     benchmark:
         benchmark_path("retrieval_accuracy")
-    conda:
-        "../envs/arrag.yaml"
     threads: workflow.cores
     resources:
         mem_mb=4000,
@@ -129,8 +122,6 @@ rule bench_retrieval:
         log_path("bench_retrieval"),
     benchmark:
         benchmark_path("bench_retrieval")
-    conda:
-        "../envs/arrag.yaml"
     threads: workflow.cores
     resources:
         mem_mb=16000,
