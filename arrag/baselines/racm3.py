@@ -27,6 +27,7 @@ from arrag.models.training import (
     captions_digest,
     fit_generation_path,
     image_generation_loss,
+    resolve_steps,
 )
 from arrag.models.vq import VQTokenizer, codebook_fingerprint
 from arrag.retrieval.image_index import ImageLevelIndex
@@ -35,7 +36,8 @@ from arrag.validation import COUNT, INDEX, POSITIVE, check_fields
 
 @dataclass
 class RACM3TrainingConfig:
-    steps: int = 300
+    steps: int | None = 300  # optimiser steps; None: derived from `epochs` and the pairs read
+    epochs: float | None = None  # passes over the fine-tuning pairs; then `steps` must be None
     batch_size: int = 32
     lr: float = 2e-4
     weight_decay: float = 0.0
@@ -48,7 +50,8 @@ class RACM3TrainingConfig:
         check_fields(
             self,
             {
-                "steps": COUNT,
+                "steps": COUNT | {"optional": True},  # None: derived from epochs
+                "epochs": POSITIVE | {"optional": True},
                 "batch_size": COUNT,
                 "lr": POSITIVE,
                 "weight_decay": dict(low=0),
@@ -98,6 +101,7 @@ def train_racm3(
         batch_ids = torch.where(drop[:, None], uncond[idx], ids[idx])
         return image_generation_loss(model, batch_ids, mask[idx], codes[idx], references[idx], prefix_visible=~drop)
 
+    cfg, schedule = resolve_steps(cfg, len(codes), cfg.batch_size * cfg.grad_accum * acc.num_processes)
     settings = {"trainer": "racm3", "base": artefact_id(base_dir), "captions": captions_digest(captions)}
     settings |= {"index": index.metadata, "processes": acc.num_processes}
     params, start, log, t0, ckpt = fit_generation_path(
@@ -107,6 +111,7 @@ def train_racm3(
         "method": "racm3",
         "base_model": str(base_dir),
         "steps": cfg.steps,
+        "schedule": schedule,
         "resumed_at": start,
         "seconds": time.time() - t0,
         "log": log,
