@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 from arrag.cli import main
+from arrag.models.janus import save_janus
 
 NAN, INF = float("nan"), float("inf")
 
@@ -19,8 +20,7 @@ NAN, INF = float("nan"), float("inf")
 def model_dir(tmp_path_factory, tiny_janus):
     model, processor, _ = tiny_janus
     path = tmp_path_factory.mktemp("model")
-    model.save_pretrained(path, safe_serialization=True)
-    processor.save_pretrained(path)
+    save_janus(model, processor, path)
     return path
 
 
