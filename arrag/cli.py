@@ -876,6 +876,24 @@ def cmd_attribution(args) -> None:
     print(attribution_figure(panels, sources, args.out))
 
 
+def cmd_rehearsal_mirror(args) -> None:
+    from arrag.rehearsal import build_mirror
+
+    sizes = dict(cc12m=args.cc12m, cc12m_per_tar=args.cc12m_per_tar, midjourney=args.midjourney, mjhq=args.mjhq)
+    summary = build_mirror(args.out, **sizes, depth=args.depth, toy=args.toy, clip_model=args.clip_model or None)
+    print(json.dumps(summary, indent=2))
+
+
+def cmd_scale_table(args) -> None:
+    from arrag.bench.scale import scale_markdown, scale_rows
+    from arrag.io import write_json, write_text
+
+    rows = scale_rows(args.results)
+    write_text(args.out, scale_markdown(rows, args.results))
+    write_json(Path(args.out).with_suffix(".json"), rows)
+    print(Path(args.out).read_text())
+
+
 def cmd_grid(args) -> None:
     from arrag.visualise import sample_grid
 
@@ -1081,6 +1099,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out-prompts", required=True, help="JSONL for `arrag generate-benchmark`")
     p.add_argument("--out-reference", default=None, help="folder for the real images of those prompts")
     p.set_defaults(func=cmd_mjhq_prompts)
+
+    p = sub.add_parser("rehearsal", help="the paper path rehearsed on a CPU: stand-in downloads")
+    p = p.add_subparsers(dest="rehearsal", required=True).add_parser(
+        "mirror", help="a downloads.mirror folder of stand-ins (random-weight Janus-Pro-1B, 384 px tars, parquet, MJHQ)"
+    )
+    p.add_argument("--out", required=True)
+    p.add_argument("--cc12m", type=int, default=64, help="images in the CC12M-shaped tars")
+    p.add_argument("--cc12m-per-tar", type=int, default=16)
+    p.add_argument("--midjourney", type=int, default=32, help="images in the midjourney-v6-llava-shaped parquet")
+    p.add_argument("--mjhq", type=int, default=20, help="images in the MJHQ-30K-shaped zip")
+    p.add_argument("--depth", type=int, default=2, help="layers of the language model and SigLIP (Janus-Pro-1B: 24)")
+    p.add_argument("--toy", action="store_true", help="narrow widths (same 384 px, 24 x 24, 16384 x 8): tests")
+    p.add_argument("--clip-model", default="ViT-B-32", help="open_clip model of RA-CM3's retriever ('' for none)")
+    p.set_defaults(func=cmd_rehearsal_mirror)
+    p = sub.add_parser("scale-table", help="per-rule cost per item of a run, extrapolated to the paper's counts")
+    p.add_argument("--results", required=True, help="results/<profile> of a finished run (its benchmarks/*.tsv)")
+    p.add_argument("--out", required=True, help="Markdown file (a .json of the rows beside it)")
+    p.set_defaults(func=cmd_scale_table)
 
     bench = sub.add_parser("bench", help="performance benchmarks").add_subparsers(dest="bench", required=True)
     p = bench.add_parser("retrieval", help="index backends side by side: build time, bytes/entry, QPS, recall")
