@@ -102,6 +102,7 @@ def test_benchmarks_are_grouped_by_rule_and_scaled_by_the_items_of_the_run(tmp_p
     disk = sum(p.stat().st_size for p in (results / "codes").rglob("*") if p.is_file())
     assert tok["paper_disk_gb"] == pytest.approx(disk / 8 * tok["paper_items"] / 1e9)
     assert "items" not in rows["world"]  # a fixed-cost job: no paper count
+    assert tok["paper_cpu_hours"] == pytest.approx(20.0 / 8 * tok["paper_items"] / 3600)
     assert "| `tokenise_shard` | 2 |" in scale_markdown(list(rows.values()), "x")
     with pytest.raises(FileNotFoundError, match="no benchmark"):
         read_benchmarks(tmp_path / "empty")
@@ -117,8 +118,8 @@ def test_the_network_guard_refuses_outside_connections(tmp_path):
 
 @pytest.mark.smoke
 def test_the_rehearsal_runs_the_paper_path_offline(tmp_path, tiny_clip):
-    """config/rehearsal.yaml at toy counts: Janus-Pro-1B's stand-in (384 px, 24 x 24, 16384 x 8; narrow widths, one
-    layer) downloaded from the mirror, CC12M-shaped tars and midjourney-shaped parquet through download_dataset,
+    """config/rehearsal.yaml at toy counts: Janus-Pro-1B's stand-in (384 px, 24 x 24, 16384 x 8; narrow widths, two
+    layers: FAiD's paper layout puts a module after every 2nd) downloaded from the mirror, CC12M-shaped tars and midjourney-shaped parquet through download_dataset,
     tokenisation, the database, FAiD at the paper's layout, RA-CM3 with a CLIP index, generation with each,
     scoring, MJHQ's zip; no connection leaves the machine. Then the scale table of the run."""
     from conftest import TINY_CLIP
@@ -126,10 +127,11 @@ def test_the_rehearsal_runs_the_paper_path_offline(tmp_path, tiny_clip):
     from arrag.rehearsal import build_mirror
 
     work = tmp_path / "work"
+    work.mkdir()
     for name in ("Snakefile", "workflow", "config"):
         src = REPO / name
         (shutil.copytree if src.is_dir() else shutil.copy)(src, work / name)
-    build_mirror(work / "rehearsal-mirror", cc12m=6, cc12m_per_tar=2, midjourney=2, mjhq=2, depth=1, toy=True,
+    build_mirror(work / "rehearsal-mirror", cc12m=6, cc12m_per_tar=2, midjourney=2, mjhq=2, depth=2, toy=True,
                  clip_model=None)
     (work / "clip").mkdir()
     (work / "clip" / "arrag-dag-clip.json").write_text(json.dumps(TINY_CLIP))

@@ -164,7 +164,8 @@ def scale_rows(results: str | Path) -> list[dict]:
             paper = PAPER_ITEMS.get(rule.split(" ")[0])
             if items and paper:
                 row.update(unit=unit, items=items, paper_items=paper, seconds_per_item=m.seconds / items,
-                           paper_hours=m.seconds / items * paper / 3600)
+                           cpu_seconds_per_item=m.cpu_seconds / items, paper_hours=m.seconds / items * paper / 3600,
+                           paper_cpu_hours=m.cpu_seconds / items * paper / 3600)
                 if folder is not None and folder.exists():
                     row["paper_disk_gb"] = _folder_bytes(folder) / items * paper / 1e9
         rows.append(row)
@@ -182,19 +183,22 @@ def _fmt(value, digits: int = 3) -> str:
 def scale_markdown(rows: list[dict], source: str) -> str:
     """The table as Markdown, rules with a paper count first."""
     head = (
-        "| rule | jobs | wall s | peak RSS GB (largest job) | unit | items here | s per item | paper items "
-        "| paper hours (this machine) | paper disk GB |\n|---|---|---|---|---|---|---|---|---|---|\n"
+        "| rule | jobs | wall s | CPU s | peak RSS GB (largest job) | unit | items here | s per item | CPU s per item "
+        "| paper items | paper hours (this machine) | paper CPU-hours | paper disk GB |\n"
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|\n"
     )
     scaled = [r for r in rows if "items" in r] + [r for r in rows if "items" not in r]
     body = "".join(
-        f"| `{r['rule']}` | {r['jobs']} | {_fmt(r['seconds'])} | {_fmt(r['max_rss_gb'])} | {r.get('unit', '')} "
-        f"| {_fmt(r.get('items'))} | {_fmt(r.get('seconds_per_item'))} | {_fmt(r.get('paper_items'))} "
-        f"| {_fmt(r.get('paper_hours'))} | {_fmt(r.get('paper_disk_gb'))} |\n"
+        f"| `{r['rule']}` | {r['jobs']} | {_fmt(r['seconds'])} | {_fmt(r['cpu_seconds'])} | {_fmt(r['max_rss_gb'])} "
+        f"| {r.get('unit', '')} | {_fmt(r.get('items'))} | {_fmt(r.get('seconds_per_item'))} "
+        f"| {_fmt(r.get('cpu_seconds_per_item'))} | {_fmt(r.get('paper_items'))} | {_fmt(r.get('paper_hours'))} "
+        f"| {_fmt(r.get('paper_cpu_hours'))} | {_fmt(r.get('paper_disk_gb'))} |\n"
         for r in scaled
     )
     note = (
         f"\nMeasured from `{source}` (wall time per job summed over the rule's jobs; peak RSS of its largest job). "
-        "Paper hours = seconds per item x the paper's items / 3600, on the machine that ran it (not GPU-hours "
+        "Paper hours = wall seconds per item x the paper's items / 3600 (CPU-hours likewise from the jobs' CPU "
+        "time, the better measure on a shared, loaded machine), on the machine that ran it (not GPU-hours "
         "unless it ran on GPUs); disk = the rule's output bytes per item x the paper's items. Both include each job's "
         "fixed cost (start-up, an index's centroids), so at a rehearsal's small counts they are upper bounds. Rows "
         "without a paper count are fixed-cost jobs.\n"
