@@ -26,7 +26,6 @@ import tarfile
 import zipfile
 from pathlib import Path
 
-import numpy as np
 import torch
 from PIL import Image
 

@@ -16,7 +16,7 @@ from arrag.bench.scale import _rule_of, read_benchmarks, rule_names, scale_markd
 REPO = Path(__file__).resolve().parents[1]
 
 # Refuses every connection that leaves the machine, in every Python process started with it on PYTHONPATH.
-NO_NETWORK = '''
+NO_NETWORK = """
 import ipaddress, socket
 
 _connect, _connect_ex = socket.socket.connect, socket.socket.connect_ex
@@ -44,7 +44,7 @@ def connect_ex(self, address):
 
 
 socket.socket.connect, socket.socket.connect_ex = connect, connect_ex
-'''
+"""
 
 
 def test_janus_pro_1b_config_is_the_real_one():
@@ -119,9 +119,10 @@ def test_the_network_guard_refuses_outside_connections(tmp_path):
 @pytest.mark.smoke
 def test_the_rehearsal_runs_the_paper_path_offline(tmp_path, tiny_clip):
     """config/rehearsal.yaml at toy counts: Janus-Pro-1B's stand-in (384 px, 24 x 24, 16384 x 8; narrow widths, two
-    layers: FAiD's paper layout puts a module after every 2nd) downloaded from the mirror, CC12M-shaped tars and midjourney-shaped parquet through download_dataset,
-    tokenisation, the database, FAiD at the paper's layout, RA-CM3 with a CLIP index, generation with each,
-    scoring, MJHQ's zip; no connection leaves the machine. Then the scale table of the run."""
+    layers: FAiD's paper layout puts a module after every 2nd) downloaded from the mirror, CC12M-shaped tars and
+    midjourney-shaped parquet through download_dataset, tokenisation, the database, FAiD at the paper's layout, RA-
+    CM3 with a CLIP index, generation with each, scoring, MJHQ's zip; no connection leaves the machine. Then the
+    scale table of the run."""
     from conftest import TINY_CLIP
 
     from arrag.rehearsal import build_mirror
@@ -131,8 +132,9 @@ def test_the_rehearsal_runs_the_paper_path_offline(tmp_path, tiny_clip):
     for name in ("Snakefile", "workflow", "config"):
         src = REPO / name
         (shutil.copytree if src.is_dir() else shutil.copy)(src, work / name)
-    build_mirror(work / "rehearsal-mirror", cc12m=6, cc12m_per_tar=2, midjourney=2, mjhq=2, depth=2, toy=True,
-                 clip_model=None)
+    build_mirror(
+        work / "rehearsal-mirror", cc12m=6, cc12m_per_tar=2, midjourney=2, mjhq=2, depth=2, toy=True, clip_model=None
+    )
     (work / "clip").mkdir()
     (work / "clip" / "arrag-dag-clip.json").write_text(json.dumps(TINY_CLIP))
     shutil.copy(tiny_clip[1], work / "clip" / "weights.safetensors")
@@ -164,9 +166,24 @@ def test_the_rehearsal_runs_the_paper_path_offline(tmp_path, tiny_clip):
     targets = [f"results/rehearsal/images/{m}/geneval/generation.json" for m in ("vanilla", "daid", "faid", "racm3")]
     targets += ["results/rehearsal/scores/faid/geneval_summary.json", "results/rehearsal/prompts/mjhq.jsonl"]
     result = subprocess.run(
-        [sys.executable, "-m", "snakemake", *targets, "--cores", "2", "--max-threads", "1",
-         "--configfile", "config/rehearsal.yaml", "toy.yaml"],
-        cwd=work, env=env, capture_output=True, text=True, timeout=900,
+        [
+            sys.executable,
+            "-m",
+            "snakemake",
+            *targets,
+            "--cores",
+            "2",
+            "--max-threads",
+            "1",
+            "--configfile",
+            "config/rehearsal.yaml",
+            "toy.yaml",
+        ],
+        cwd=work,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=900,
     )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     results = work / "results" / "rehearsal"
@@ -178,5 +195,6 @@ def test_the_rehearsal_runs_the_paper_path_offline(tmp_path, tiny_clip):
     assert (results / "mjhq" / "reference").is_dir()
     rows = {r["rule"]: r for r in scale_rows(results)}
     assert rows["tokenise_shard"]["items"] == 4 + 2 + 2  # the corpus and two pair sources
+    assert rows["faid_trainset"]["items"] == 2 + 2  # the two pair sources
     assert rows["train_faid"]["items"] == 2 and rows["generate (faid)"]["items"] == 6
     assert rows["build_database"]["paper_hours"] > 0 and rows["download_model"]["jobs"] == 1

@@ -131,6 +131,11 @@ def item_counters(results: Path) -> dict[str, tuple[str, Callable[[], int], Path
         "embed_images": ("images", lambda: _shard_counts(results / "clip"), results / "clip"),
         "build_database": ("images", corpus_codes, results / "retrieval" / "db"),
         "build_image_index": ("images", lambda: _shard_counts(results / "clip"), results / "retrieval" / "image_index"),
+        "faid_trainset": (
+            "pairs",
+            lambda: _shard_counts(results / "retrieval" / "faid_trainset"),
+            results / "retrieval" / "faid_trainset",
+        ),
         "train_faid": ("sequences", lambda: _sequences(results / "models" / "faid" / "faid.json"), None),
         "train_racm3": ("sequences", lambda: _sequences(results / "models" / "racm3" / "training.json"), None),
         "score_geneval": ("images", lambda: _generated(results, sets=("geneval",)), None),
@@ -153,8 +158,13 @@ def scale_rows(results: str | Path) -> list[dict]:
     counters = item_counters(results)
     rows = []
     for rule, m in sorted(measured.items()):
-        row = {"rule": rule, "jobs": m.jobs, "seconds": m.seconds, "cpu_seconds": m.cpu_seconds,
-               "max_rss_gb": m.max_rss_mb / 1024}
+        row = {
+            "rule": rule,
+            "jobs": m.jobs,
+            "seconds": m.seconds,
+            "cpu_seconds": m.cpu_seconds,
+            "max_rss_gb": m.max_rss_mb / 1024,
+        }
         if rule in counters:
             unit, count, folder = counters[rule]
             try:
@@ -163,9 +173,15 @@ def scale_rows(results: str | Path) -> list[dict]:
                 items = 0
             paper = PAPER_ITEMS.get(rule.split(" ")[0])
             if items and paper:
-                row.update(unit=unit, items=items, paper_items=paper, seconds_per_item=m.seconds / items,
-                           cpu_seconds_per_item=m.cpu_seconds / items, paper_hours=m.seconds / items * paper / 3600,
-                           paper_cpu_hours=m.cpu_seconds / items * paper / 3600)
+                row.update(
+                    unit=unit,
+                    items=items,
+                    paper_items=paper,
+                    seconds_per_item=m.seconds / items,
+                    cpu_seconds_per_item=m.cpu_seconds / items,
+                    paper_hours=m.seconds / items * paper / 3600,
+                    paper_cpu_hours=m.cpu_seconds / items * paper / 3600,
+                )
                 if folder is not None and folder.exists():
                     row["paper_disk_gb"] = _folder_bytes(folder) / items * paper / 1e9
         rows.append(row)
