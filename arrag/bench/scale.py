@@ -36,6 +36,10 @@ PAPER_ITEMS = {
     "score_geneval": 553 * 4,  # images per method
     "score_dpg": 1065 * 4,  # images per method
     "score_fidelity": 30_000,  # images per method
+    # Figure 7: DAiD's 5 x 4 grid of (lambda, tau) and FAiD's 3 x 3 grid of (hops, spacing), GenEval x 1 image each
+    "generate_daid_sweep": 20 * 553,  # images
+    "generate_faid_sweep": 9 * 553,  # images
+    "train_faid_sweep": 9 * 196 * 256,  # training sequences
 }
 
 
@@ -113,6 +117,10 @@ def _generated(results: Path, method: str | None = None, sets: tuple[str, ...] |
     return total
 
 
+def _sweep_images(folder: Path) -> int:
+    return sum(_json(p)["generated"] for p in folder.rglob("generation.json"))
+
+
 def _sequences(record: Path) -> int:
     """Training sequences a model saw: steps x global batch, from the record it saved (faid.json, training.json)."""
     rec = _json(record)
@@ -142,6 +150,13 @@ def item_counters(results: Path) -> dict[str, tuple[str, Callable[[], int], Path
         "score_dpg": ("images", lambda: _generated(results, sets=("dpg",)), None),
         "score_fidelity": ("images", lambda: _generated(results, sets=("reference", "mjhq")), None),
     }
+    counters["generate_daid_sweep"] = ("images", lambda: _sweep_images(results / "images" / "sweep_daid"), None)
+    counters["generate_faid_sweep"] = ("images", lambda: _sweep_images(results / "images" / "sweep_faid"), None)
+    counters["train_faid_sweep"] = (
+        "sequences",
+        lambda: sum(_sequences(p) for p in (results / "models" / "sweep_faid").rglob("faid.json")),
+        None,
+    )
     for method in ("vanilla", "daid", "faid", "racm3"):
         counters[f"generate ({method})"] = (
             "images",
