@@ -70,6 +70,46 @@ def test_janus_pro_1b_config_is_the_real_one():
         janus_pro_1b_config(tok, depth=0)
 
 
+def test_the_mirror_is_what_each_download_command_reads(tmp_path):
+    """Every stand-in lies where `arrag download model|dataset|mjhq --mirror` looks, and what they produce is read by
+    the loaders the paper path uses: Janus by path with Janus-Pro's VQ, captioned 384 px images from the tars and the
+    parquet, MJHQ-30K's prompts and reference images."""
+    from arrag.data.downloads import download_dataset, download_model
+    from arrag.data.mjhq import download_mjhq, extract_reference, mjhq_records
+    from arrag.data.sources import iter_source
+    from arrag.models.janus import load_janus
+    from arrag.models.vq import VQTokenizer
+    from arrag.rehearsal import CC12M_REPO, HUB_ID, MIDJOURNEY_REPO, build_mirror
+
+    mirror = tmp_path / "mirror"
+    summary = build_mirror(mirror, cc12m=5, cc12m_per_tar=2, midjourney=3, mjhq=4, depth=1, toy=True, clip_model=None)
+    assert (summary["cc12m_tars"], summary["midjourney_parquet"], summary["mjhq_images"]) == (3, 1, 4)
+    model_dir = download_model(HUB_ID, "a" * 40, tmp_path / "base", mirror=mirror)
+    model, processor = load_janus(model_dir)
+    vq = VQTokenizer.from_janus(model)
+    assert (vq.image_size, vq.grid, vq.codebook_size) == (384, 24, 16384)
+    assert processor.tokenizer("a photo of a red circle")["input_ids"][0] == processor.tokenizer.bos_token_id
+
+    cc12m = download_dataset(CC12M_REPO, "b" * 40, ["cc12m-train-*.tar"], tmp_path / "cc12m", mirror=mirror)
+    spec = {"type": "webdataset", "urls": str(cc12m / "cc12m-train-{0000..0002}.tar"), "caption_key": "txt"}
+    records = list(iter_source(spec))
+    assert len(records) == 5 and all(r.error is None and r.image.shape == (384, 384, 3) for r in records)
+    assert all(r.caption.startswith("a photo of") for r in records)
+    mj = download_dataset(MIDJOURNEY_REPO, "c" * 40, ["data/train-*.parquet"], tmp_path / "mj", mirror=mirror)
+    spec = {
+        "type": "parquet",
+        "files": str(mj / "data" / "train-*.parquet"),
+        "image_column": "image",
+        "caption_column": "llava",
+    }
+    assert [r.caption is not None and r.image.shape == (384, 384, 3) for r in iter_source(spec)] == [True] * 3
+
+    mjhq = tmp_path / "mjhq"
+    download_mjhq(mjhq, mirror=mirror / "mjhq30k")
+    prompts = mjhq_records(mjhq / "meta_data.json")
+    assert len(prompts) == 4 and extract_reference(mjhq / "mjhq30k_imgs.zip", prompts, tmp_path / "ref") == 4
+
+
 def _bench(path: Path, seconds: float, rss: float) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(
