@@ -95,8 +95,8 @@ def _job_counts(dry_run_stdout: str) -> dict[str, int]:
 @pytest.mark.parametrize(
     "config, tokenise, embed, generate, sweep, total",
     [
-        ("config/paper.yaml", 64 + 32 + 48 + 1 + 4 + 4, 64 + 32, 4 * 3 * 4, 3 * 3, 421),
-        ("config/paper-1gpu.yaml", 1 + 1 + 1 + 1, 1, 4 * 3 * 1, 2 * 2, 98),
+        ("config/paper.yaml", 64 + 32 + 48 + 1 + 4 + 4, 64 + 32, 4 * 3 * 4, 3 * 3, 576),
+        ("config/paper-1gpu.yaml", 1 + 1 + 1 + 1, 1, 4 * 3 * 1, 2 * 2, 104),
     ],
 )
 def test_the_paper_profiles_resolve(tmp_path, config, tokenise, embed, generate, sweep, total):
@@ -119,6 +119,7 @@ def test_the_paper_profiles_resolve(tmp_path, config, tokenise, embed, generate,
     assert jobs["faid_trainset"] == jobs["train_faid"] == 1 and jobs["train_faid_sweep"] == sweep
     assert jobs["embed_images"] == embed and jobs["build_image_index"] == jobs["train_racm3"] == 1
     assert jobs["download_dataset"] == 2  # CC12M tars and midjourney-v6-llava parquet, pinned
+    assert jobs["hash_images"] == tokenise + 1 and jobs["contamination"] == 1  # every tokenised shard + MJHQ-30K
     assert sum(jobs.values()) == total  # the figure the README quotes
     assert not set(jobs) & {"world", "train_vq", "train_base", "mini_dpg", "train_features"}
     trainset = next(line for line in result.stdout.splitlines() if "arrag faid-trainset" in line)
@@ -129,6 +130,10 @@ def test_the_paper_profiles_resolve(tmp_path, config, tokenise, embed, generate,
     index = next(line for line in result.stdout.splitlines() if "arrag build-image-index" in line)
     assert "--embeddings results/" in index and "--clip-model ViT-B-32 --clip-pretrained openai" in index
     assert "--captions" not in index and "codes/datacomp/" not in index  # RA-CM3: CC12M + JourneyDB only
+    check = next(line for line in result.stdout.splitlines() if "arrag contamination" in line)
+    assert "--reference mjhq " in check and "--source midjourney_pairs " in check and "--source cc12m " in check
+    exclusions = f"--exclude results/{config.split('/')[1][:-5]}/contamination/exclusions.json"
+    assert exclusions in index and exclusions in trainset
     (work / "pin.yaml").write_text(pin_model)
     unpinned = _snakemake(work, "-n", "--configfile", config, "pin.yaml")
     assert unpinned.returncode != 0 and "downloads.datasets.cc12m: set revision" in unpinned.stdout + unpinned.stderr

@@ -181,22 +181,35 @@ def load_hash_shard(path: str | Path) -> HashSet:
     return HashSet(*arrays, meta)
 
 
-def load_hash_set(paths: list[str | Path]) -> HashSet:
-    """Every shard of one source, concatenated. Refuses shards of several sources or image sizes, and an
-    incomplete set of shards (an unchecked shard would leak)."""
+def check_shard_set(paths: list[str | Path]) -> dict:
+    """The metadata of the first of one source's hash shards, after checking from the .json files that they are
+    all of its shards (an unchecked shard would leak) with one source spec and image size."""
     if not paths:
         raise ValueError("no hash shards given")
-    shards = [load_hash_shard(p) for p in paths]
-    first = shards[0].meta
-    for path, s in zip(paths, shards):
+    metas = []
+    for path in paths:
+        json_path = Path(path).with_suffix(".json")
+        if not json_path.is_file():
+            raise FileNotFoundError(f"{json_path} is missing: incomplete hash shard: rerun hashing for {path}")
+        metas.append(json.loads(json_path.read_text()))
+    first = metas[0]
+    for path, meta in zip(paths, metas):
         for field in ("source", "image_size", "num_shards"):
-            if s.meta[field] != first[field]:
+            if meta.get(field) != first.get(field):
                 raise ValueError(
-                    f"hash shards disagree on {field!r}: {paths[0]} has {first[field]!r}, {path} has {s.meta[field]!r}"
+                    f"hash shards disagree on {field!r}: {paths[0]} has {first.get(field)!r}, {path} has "
+                    f"{meta.get(field)!r}"
                 )
-    if sorted(s.meta["shard"] for s in shards) != list(range(first["num_shards"])):
+    if sorted(m.get("shard") for m in metas) != list(range(first["num_shards"])):
         raise ValueError(f"{[str(p) for p in paths]} are not the shards 0..{first['num_shards'] - 1} of one source")
-    meta = {**first, "source_ids": [i for s in shards for i in s.meta["source_ids"]]}
+    return first
+
+
+def load_hash_set(paths: list[str | Path]) -> HashSet:
+    """Every shard of one source (check_shard_set), concatenated."""
+    check_shard_set(paths)
+    shards = [load_hash_shard(p) for p in paths]
+    meta = {**shards[0].meta, "source_ids": [i for s in shards for i in s.meta["source_ids"]]}
     names = ("image_ids", *HASH_ARRAYS)
     return HashSet(*(np.concatenate([getattr(s, n) for s in shards]) for n in names), meta)
 
@@ -268,7 +281,7 @@ def match(source: HashSet, reference: HashSet, t: Thresholds) -> dict[str, np.nd
 def find_contamination(references: dict[str, list], sources: dict[str, list], thresholds: Thresholds) -> dict:
     """name -> hash shards, for the evaluation reference sets and the checked sources -> the exclusion list
     (format above). A source image matched by any reference set is excluded once; the rows count each pair.
-    Memory: the reference sets' hashes plus one source's (216 B per image)."""
+    Sources stream a shard at a time: memory is the reference sets' hashes plus one shard's (216 B per image)."""
     if not references or not sources:
         raise ValueError("give at least one reference set and one source to check")
     refs = {name: load_hash_set(paths) for name, paths in references.items()}
@@ -283,48 +296,47 @@ def find_contamination(references: dict[str, list], sources: dict[str, list], th
         "pairs": [],
     }
     for name, paths in sources.items():
-        src = load_hash_set(paths)
-        size = src.meta["image_size"]
-        if sizes != {size}:
+        first = check_shard_set(paths)
+        if sizes != {first["image_size"]}:
             raise ValueError(
-                f"source {name!r} was hashed at {size} px and the reference sets at {sorted(sizes)} px: hash every "
-                "set at the tokenizer's image size"
+                f"source {name!r} was hashed at {first['image_size']} px and the reference sets at {sorted(sizes)} "
+                "px: hash every set at the tokenizer's image size"
             )
-        excluded = {}  # source row -> its first match
-        for ref_name, ref in refs.items():
-            m = match(src, ref, thresholds)
-            for row in np.flatnonzero(m["matched"]):
-                excluded.setdefault(
-                    int(row),
-                    {
-                        "image_id": int(src.image_ids[row]),
-                        "source_id": src.meta["source_ids"][row],
-                        "reference": ref_name,
-                        "reference_id": ref.meta["source_ids"][m["rows"][row]],
-                        "exact": bool(m["exact"][row]),
-                        "phash_bits": int(m["bits"][row]),
-                        "thumbnail_rms": round(float(m["rms"][row]), 3),
-                    },
-                )
-            out["pairs"].append(
-                {
-                    "pair": f"{ref_name} / {name}",
-                    "reference": ref_name,
-                    "source": name,
-                    "reference_images": len(ref.image_ids),
-                    "source_images": len(src.image_ids),
-                    "exact": int(m["exact"].sum()),
-                    "near": int((m["matched"] & ~m["exact"]).sum()),
-                    "removed": int(m["matched"].sum()),
-                }
-            )
+        excluded = {}  # image id -> its first match
+        counts = {ref_name: {"source_images": 0, "exact": 0, "near": 0, "removed": 0} for ref_name in refs}
+        for path in paths:
+            shard = load_hash_shard(path)
+            for ref_name, ref in refs.items():
+                m = match(shard, ref, thresholds)
+                for row in np.flatnonzero(m["matched"]):
+                    excluded.setdefault(
+                        int(shard.image_ids[row]),
+                        {
+                            "image_id": int(shard.image_ids[row]),
+                            "source_id": shard.meta["source_ids"][row],
+                            "reference": ref_name,
+                            "reference_id": ref.meta["source_ids"][m["rows"][row]],
+                            "exact": bool(m["exact"][row]),
+                            "phash_bits": int(m["bits"][row]),
+                            "thumbnail_rms": round(float(m["rms"][row]), 3),
+                        },
+                    )
+                c = counts[ref_name]
+                c["source_images"] += len(shard.image_ids)
+                c["exact"] += int(m["exact"].sum())
+                c["near"] += int((m["matched"] & ~m["exact"]).sum())
+                c["removed"] += int(m["matched"].sum())
+        for ref_name, c in counts.items():
+            pair = {"pair": f"{ref_name} / {name}", "reference": ref_name, "source": name}
+            out["pairs"].append(pair | {"reference_images": len(refs[ref_name].image_ids)} | c)
+        images = counts[next(iter(refs))]["source_images"]
         out["sources"][name] = {
-            "source": src.meta["source"],
-            "image_size": size,
-            "images": len(src.image_ids),
+            "source": first["source"],
+            "image_size": first["image_size"],
+            "images": images,
             "excluded": sorted(excluded.values(), key=lambda e: e["image_id"]),
         }
-        log.info("%s: %d of %d images match a reference set", name, len(excluded), len(src.image_ids))
+        log.info("%s: %d of %d images match a reference set", name, len(excluded), images)
     return out
 
 
@@ -415,8 +427,8 @@ def contamination_table():
     return TableSpec(
         "contamination",
         "Benchmark images found in the retrieval corpora and fine-tuning pairs, and removed from them: exact "
-        "(identical pixels after the tokenizer's resize and crop) and near duplicates (perceptual-hash Hamming "
-        "distance at most the threshold, exact ones not counted again).",
+        "(identical pixels after the tokenizer's resize and crop) and near duplicates (not counted again); an image "
+        "of several pairs is removed once.",
         (
             Column("reference_images", "Reference images", 0),
             Column("source_images", "Source images", 0),
@@ -431,7 +443,10 @@ def contamination_table():
 def write_contamination_table(exclusions: dict, out_prefix: str | Path) -> None:
     from arrag.evaluation.tables import write_rows
 
-    note = f"Threshold: {exclusions['threshold']} of 64 bits."
+    note = (
+        f"Near: pHash within {exclusions['phash_bits']} of 64 bits and 8 x 8 colour thumbnails within "
+        f"{exclusions['thumbnail_rms']:g} grey levels (RMS)."
+    )
     write_rows(contamination_table(), exclusions["pairs"], out_prefix, note)
 
 
