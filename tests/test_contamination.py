@@ -324,3 +324,30 @@ def test_refusals(planted, tmp_path):
         ]
     )
     assert rc == 2 and not (tmp_path / "x.json").exists()
+
+
+def test_pairs_from_code_shards_lose_the_excluded_images_and_their_captions(planted, tmp_path):
+    """faid-trainset / train-racm3 with --codes: each kept pair keeps its own caption."""
+    import argparse
+
+    from arrag.cli import fine_tuning_pairs
+
+    hashed = ct.load_hash_shard(planted["paths"]["finetune"][0])
+    n = len(hashed.image_ids)
+    codes = (np.arange(n, dtype=np.uint16)[:, None, None] % 4) * np.ones((1, 2, 2), np.uint16)
+    meta = {
+        "codebook_size": 4,
+        "codebook_sha256": "x",
+        "tokenizer_id": "",
+        "image_size": 32,
+        "source": planted["specs"]["finetune"],
+        "source_ids": hashed.meta["source_ids"],
+        "captions": [f"caption of {i}" for i in hashed.meta["source_ids"]],
+    }
+    cs.write_code_shard(tmp_path, 0, 1, codes, hashed.image_ids, meta)
+    args = argparse.Namespace(codes=[str(cs.shard_paths(tmp_path, 0, 1)[0])], exclude=str(planted["exclusions"]))
+    pair_codes, captions, _, _, _ = fine_tuning_pairs(args, None)
+    kept = [i for i in hashed.meta["source_ids"] if not i.startswith("planted-")]
+    assert captions == [f"caption of {i}" for i in kept] and len(pair_codes) == n - 4 == 100
+    rows = [hashed.meta["source_ids"].index(i) for i in kept]
+    assert (pair_codes[:, 0, 0].numpy() == np.asarray(rows) % 4).all()
