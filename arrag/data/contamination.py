@@ -3,30 +3,32 @@ included in the testing set are excluded to prevent data leakage").
 
 Three steps, each a DAG rule:
 
-1. `hash_source_shard`: one shard of an image source (the same shards as tokenisation) is decoded, resized and
-   centre-cropped exactly as the tokenizer sees it (arrag.data.sources.preprocess at the VQ's image size), and
-   each image gets two hashes: a digest of its pixels (exact copies) and a 64-bit DCT perceptual hash
-   (re-encoded, rescaled copies). It streams: only the hashes (24 B per image) stay in memory.
-2. `find_contamination`: every checked source's hashes are compared with every evaluation reference set's; a
-   source image is contaminated when its pixel digest equals a reference image's, or the Hamming distance of
-   their perceptual hashes is at most `threshold`. Writes the exclusion list and the counts per pair of sets.
-3. `Exclusions.keep`: the readers of code shards and fine-tuning pairs drop the listed images.
+1. `hash_source_shard` (rule hash_images): one shard of an image source (the same shards as tokenisation) is
+   decoded, resized and centre-cropped exactly as the tokenizer sees it (arrag.data.sources.preprocess at the
+   VQ's image size), and each image gets three hashes: a digest of its pixels (exact copies), a 64-bit DCT
+   perceptual hash and an 8 x 8 colour thumbnail (re-encoded or rescaled copies). It streams: a batch of
+   images at a time, and 216 B of hashes per image kept.
+2. `find_contamination` (rule contamination): every checked source is compared with every evaluation reference
+   set. A source image is a copy when its pixel digest equals a reference image's (exact), or when their pHashes
+   are at most `phash_bits` apart (Hamming) and their thumbnails at most `thumbnail_rms` grey levels (near).
+   Writes the exclusion list and the counts per pair of sets (the table).
+3. `Exclusions.keep` / `kept_rows`: the readers of code shards and fine-tuning pairs drop the listed images.
 
 Hash shard format "arrag-hashes/1" (arrag.io.write_shard: .npz of arrays, then its .json):
     hashes-SSSSS-of-TTTTT.npz   image_ids int64 [N] (positions in the source's enumeration),
                                 digests uint8 [N, 16] (first 16 bytes of SHA-256 of the uint8 [S, S, 3] pixels),
-                                phash uint64 [N]
-    hashes-SSSSS-of-TTTTT.json  format, shard, num_shards, count, image_size, phash (the hash's name), source
-                                (the spec), source_ids [N], skipped [{image_id, source_id, error}], seconds
+                                phash uint64 [N], thumbs uint8 [N, 192] (8 x 8 x RGB)
+    hashes-SSSSS-of-TTTTT.json  format, shard, num_shards, count, image_size, phash (the hashes' definition),
+                                source (the spec), source_ids [N], skipped [{image_id, source_id, error}], seconds
 
-Exclusion list format "arrag-exclusions/1" (JSON): threshold, phash, references {name: {source, images}},
-sources {name: {source, image_size, images, excluded: [{image_id, source_id, reference, reference_id,
-distance}]}} (distance 0 with "exact": true for a pixel-identical copy), and pairs (the table's rows).
+Exclusion list format "arrag-exclusions/1" (JSON): phash, phash_bits, thumbnail_rms, references {name: {source,
+images}}, sources {name: {source, image_size, images, excluded: [{image_id, source_id, reference, reference_id,
+exact, phash_bits, thumbnail_rms}]}}, and pairs (the table's rows).
 
-Cost of the comparison: brute force over 64-bit hashes, XOR + popcount, chunked so that a chunk's distance
-matrix stays in cache: about 1e9 pairs per second on one CPU core, so MJHQ-30K's 30K references against the
-paper's 13.6M corpus images plus 50K pairs (4.1e11 pairs) take about 7 core-minutes; memory is the references'
-hashes plus one source shard's.
+Cost of the comparison: brute force over the 64-bit pHashes, XOR + popcount, in chunks that keep the distance
+matrix in cache (about 1e9 pairs per second on one CPU core, measured), then the thumbnails of the few pairs
+within phash_bits: MJHQ-30K's 30K references against the paper's 13.6M corpus images (4.1e11 pairs) take
+about 7 core-minutes; memory is the references' hashes plus one source shard's.
 """
 
 from __future__ import annotations

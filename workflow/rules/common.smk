@@ -469,7 +469,6 @@ def fidelity_network_flags(input):
     return f"--fid-network inception:{input.inception} --cmmd-network clip:{FIDELITY['clip_pretrained']}"
 
 
-
 # The contamination check (rules/contamination.smk): the evaluation reference sets, whose images must not be in
 # the database or the fine-tuning pairs (Table 3's real images: the mini world's reference split or MJHQ-30K's;
 # Figure 6's held-out images when configured apart), and the sources checked against them (every corpus, and the
@@ -518,7 +517,8 @@ def hash_source(wildcards, input):
 def contamination_flags(wildcards, input):
     """--reference NAME SHARDS... --source NAME SHARDS... of `arrag contamination`."""
     groups = [("--reference", REFERENCE_SETS), ("--source", CHECKED_SOURCES)]
-    return " ".join(f"{option} {name} {' '.join(hash_shards({name: sets[name]}))}" for option, sets in groups for name in sets)
+    flags = [f"{option} {name} {' '.join(hash_shards({name: sets[name]}))}" for option, sets in groups for name in sets]
+    return " ".join(flags)
 
 
 EXCLUSIONS = f"{RESULTS}/contamination/exclusions.json"
