@@ -208,6 +208,7 @@ def test_build_db_and_the_fine_tuning_pairs_apply_the_exclusions(planted, tiny_j
     from arrag.models import training
     from arrag.models.vq import VQTokenizer
     from arrag.retrieval.database import PatchDatabase
+    from arrag.retrieval.image_index import ImageLevelIndex
 
     model, processor, _ = tiny_janus
     model.save_pretrained(tmp_path / "model", safe_serialization=True)
@@ -278,6 +279,21 @@ def test_build_db_and_the_fine_tuning_pairs_apply_the_exclusions(planted, tiny_j
     kept_ids = set(clean.image_ids.tolist())
     assert not kept_ids & set(excluded.values()) and len(kept_ids) == 320 - len(excluded)
     assert set(full.image_ids.tolist()) == kept_ids | set(excluded.values())  # the others keep their ids
+
+    captions = tmp_path / "captions.jsonl"  # RA-CM3's mini retriever over the same corpus
+    captions.write_text("".join(json.dumps({"caption": f"image {i}"}) + "\n" for i in range(320)))
+    index_args = [
+        "build-image-index",
+        "--model",
+        str(tmp_path / "model"),
+        "--codes",
+        codes,
+        "--captions",
+        str(captions),
+    ]
+    assert main([*index_args, "--exclude", str(exclusions), "--out", str(tmp_path / "index")]) == 0
+    index_ids = set(ImageLevelIndex.load(tmp_path / "index").image_ids.tolist())
+    assert index_ids == kept_ids
 
     # the world split is 32 px and this tokenizer 16 px: record what would be encoded instead of encoding it
     encoded = []
