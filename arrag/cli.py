@@ -668,13 +668,20 @@ def cmd_download_file(args) -> None:
 def cmd_download_model(args) -> None:
     from arrag.data.downloads import download_model
 
-    print(download_model(args.hub_id, args.revision, args.out, mirror=args.mirror))
+    pins = dict(pin.partition("=")[::2] for pin in args.sha256)
+    print(download_model(args.hub_id, args.revision, args.out, args.mirror, args.include, args.lock, pins))
 
 
 def cmd_download_dataset(args) -> None:
     from arrag.data.downloads import download_dataset
 
-    print(download_dataset(args.repo, args.revision, args.include, args.out, mirror=args.mirror))
+    print(download_dataset(args.repo, args.revision, args.include, args.out, mirror=args.mirror, lock=args.lock))
+
+
+def cmd_download_modelscope(args) -> None:
+    from arrag.data.downloads import download_modelscope
+
+    print(download_modelscope(args.model_id, args.revision, args.out, mirror=args.mirror, lock=args.lock))
 
 
 def cmd_download_geneval_detector(args) -> None:
@@ -933,6 +940,9 @@ def cmd_grid(args) -> None:
     print(sample_grid(args.images, args.out, max_prompts=args.max_prompts, upscale=args.upscale))
 
 
+LOCK_HELP = "lock file: written by the first download (commit + SHA-256 of each file), enforced by every later one"
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="arrag", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -1118,7 +1128,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_download_file)
     p = download.add_parser("model", help="a hub model snapshot at a pinned commit (safetensors and configs only)")
     p.add_argument("--hub-id", required=True, help="e.g. deepseek-community/Janus-Pro-1B")
-    p.add_argument("--revision", required=True, help="40-hex-digit commit")
+    p.add_argument("--revision", required=True, help="40-hex-digit commit, or a branch locked by --lock")
+    p.add_argument("--include", nargs="+", default=None, help="file patterns (default: safetensors and configs)")
+    p.add_argument("--sha256", action="append", default=[], help="FILE=DIGEST: a file's pinned SHA-256")
+    p.add_argument("--lock", default=None, help=LOCK_HELP)
     p.add_argument("--mirror", default=None, help="local folder holding <org>--<name>/ snapshots")
     p.add_argument("--out", required=True)
     p.set_defaults(func=cmd_download_model)
@@ -1128,9 +1141,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--repo", required=True, help="e.g. pixparse/cc12m-wds")
     p.add_argument("--revision", required=True, help="40-hex-digit commit")
     p.add_argument("--include", nargs="+", required=True, help="file patterns, e.g. 'cc12m-train-00*.tar'")
+    p.add_argument("--lock", default=None, help=LOCK_HELP)
     p.add_argument("--mirror", default=None, help="local folder holding <org>--<name>/ copies")
     p.add_argument("--out", required=True)
     p.set_defaults(func=cmd_download_dataset)
+    p = download.add_parser("modelscope", help="every file of a ModelScope model (DPG-Bench's mPLUG), locked")
+    p.add_argument("--model-id", required=True, help="e.g. damo/mplug_visual-question-answering_coco_large_en")
+    p.add_argument("--revision", required=True, help="a ModelScope tag or branch, e.g. master")
+    p.add_argument("--lock", default=None, help=LOCK_HELP)
+    p.add_argument("--mirror", default=None, help="local folder holding <org>--<name>/ copies")
+    p.add_argument("--out", required=True)
+    p.set_defaults(func=cmd_download_modelscope)
     p = download.add_parser("geneval-detector", help="GenEval's Mask2Former checkpoint (OpenMMLab, SHA-256 prefix)")
     p.add_argument("--mirror", default=None, help="local folder holding the checkpoint under its URL's file name")
     p.add_argument("--out", required=True)
@@ -1331,6 +1352,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.command != "download":  # only download rules reach the network; every other job loads local files
+        from arrag.data.downloads import go_offline
+
+        go_offline()
     try:
         args.func(args)
     except (ValueError, FileNotFoundError) as err:  # bad input: one clear line, no traceback

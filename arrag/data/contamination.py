@@ -95,9 +95,20 @@ def thumbnails(images: np.ndarray) -> np.ndarray:
     return thumbs.reshape(len(images), THUMB_VALUES)
 
 
+_BYTE_BITS = np.array([bin(i).count("1") for i in range(256)], np.uint8)
+
+
+def popcount(x: np.ndarray) -> np.ndarray:
+    """Set bits of each uint64 -> uint8, same shape: numpy >= 2's bitwise_count, else a byte lookup table
+    (numpy 1.26 is still allowed by the environment)."""
+    if hasattr(np, "bitwise_count"):
+        return np.bitwise_count(x)
+    return _BYTE_BITS[np.ascontiguousarray(x).view(np.uint8)].reshape(*x.shape, 8).sum(-1, dtype=np.uint8)
+
+
 def hamming(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """Hamming distances of uint64 hashes a [N] and b [M] -> uint8 [N, M]."""
-    return np.bitwise_count(a[:, None] ^ b[None, :])
+    return popcount(a[:, None] ^ b[None, :])
 
 
 def thumbnail_rms(a: np.ndarray, b: np.ndarray) -> np.ndarray:

@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 
 import pandas as pd
 from snakemake.utils import Paramspace, validate
@@ -12,10 +13,22 @@ validate(config, schema="../schemas/config.schema.yaml")
 RESULTS = f"results/{config['profile']}"
 if config["model"]["source"] == "hub" and not config["model"]["revision"]:
     raise ValueError(
-        f"model.source is hub but model.revision is not set: pin {config['model']['hub_id']} to a commit "
-        "(the 40-hex-digit id on its Hugging Face page, 'Files and versions' -> history)"
+        f"model.source is hub but model.revision is not set: pin {config['model']['hub_id']} to a commit (the "
+        "40-hex-digit id on its Hugging Face page, 'Files and versions' -> history), or set it to main: the download "
+        f"then resolves it once and locks it in {config['downloads']['locks']}/{config['profile']}/model.json"
     )
 SPLITS = list(config["world"]["splits"])
+if SPLITS and sorted(SPLITS) != ["corpus", "finetune", "reference", "train"]:
+    raise ValueError(f"world.splits has {sorted(SPLITS)}: give all of corpus, train, finetune and reference, or none")
+
+
+def lock_path(name):
+    """The lock file of download `name` (arrag.data.locks): commit it beside the config, as a package lock."""
+    return os.path.join(config["downloads"]["locks"], config["profile"], f"{name}.json")
+
+
+# Only download rules reach the network (they run on the login node, as localrules); every job loads local files,
+# and the `arrag` CLI sets the hubs' offline switches for every command but `download` (arrag.data.downloads).
 RETRIEVAL = config["retrieval"]
 NUM_SHARDS = RETRIEVAL["num_shards"]
 
@@ -33,10 +46,11 @@ if _clashes:
     raise ValueError(f"finetune.pairs names {_clashes} are also retrieval sources: give the pairs their own names")
 for _name, _entry in TOKENISED.items():
     _spec = _entry.get("source") or {}
-    if _spec.get("type") == "hf_dataset" and not _spec.get("revision"):
+    if _spec.get("type") == "hf_dataset":  # it would stream from the hub inside a job, where there is no internet
         raise ValueError(
-            f"source {_name!r} is a Hugging Face dataset without a revision: set its 'revision' to a commit "
-            f"(the 40-hex-digit id on the page of {_spec.get('name')}, 'Files and versions' -> history)"
+            f"source {_name!r} is a Hugging Face dataset read at job time: fetch its files with downloads.datasets "
+            f"(repo {_spec.get('name')}, a revision and file patterns) and read them as a parquet or webdataset "
+            "source with download: <that name>"
         )
 # Hub datasets fetched by rule download_dataset into <downloads.dir>/<name>/; a corpus or pairs entry with
 # `download: <name>` reads from there, so its tokenisation waits for the download.
@@ -45,12 +59,6 @@ for _name, _entry in TOKENISED.items():
     if _entry.get("download") and _entry["download"] not in DATASETS:
         raise ValueError(
             f"{_name!r} has download: {_entry['download']!r}, which is not in downloads.datasets {list(DATASETS)}"
-        )
-for _name, _entry in DATASETS.items():
-    if not _entry["revision"]:
-        raise ValueError(
-            f"downloads.datasets.{_name}: set revision to a commit of {_entry['repo']} (the 40-hex-digit id on its "
-            "page, 'Files and versions' -> history): an unpinned dataset is never downloaded"
         )
 
 
@@ -73,10 +81,43 @@ if RETRIEVAL["corpora"] and _unknown:
     raise ValueError(f"racm3.corpora names {_unknown}, which are not retrieval.corpora: use some of {list(CORPORA)}")
 
 
+# CLIP weights: the tag `openai` of an open_clip model stands for the safetensors file that downloads.clip names
+# for it, fetched by rule download_clip into <results>/downloads/clip/<model>/; anything else is a local file.
+CLIP_WEIGHTS = config["downloads"]["clip"]
+CLIP_FILE = "open_clip_model.safetensors"
+
+
+def clip_input(model, pretrained):
+    """What a job using the CLIP `model` declares as input: the download folder of its OpenAI weights, or the file."""
+    if pretrained != "openai":
+        return pretrained
+    if model not in CLIP_WEIGHTS:
+        raise ValueError(
+            f"no download of the OpenAI weights of {model}: add it to downloads.clip ({sorted(CLIP_WEIGHTS)}), or give "
+            "a local weights file as pretrained"
+        )
+    return f"{RESULTS}/downloads/clip/{model}"
+
+
+def clip_file(model, pretrained):
+    """The weights file a job loads (never an open_clip tag: a tag would download at job time)."""
+    return f"{clip_input(model, pretrained)}/{CLIP_FILE}" if pretrained == "openai" else pretrained
+
+
+def clip_sha256(model, pretrained):
+    return CLIP_WEIGHTS[model]["sha256"] if pretrained == "openai" else RACM3["clip"]["sha256"]
+
+
 def clip_flags():
     clip = RACM3["clip"]
-    flags = f"--clip-model {clip['model']} --clip-pretrained {clip['pretrained']}"
-    return flags + (f" --clip-sha256 {clip['sha256']}" if clip["sha256"] else "")
+    flags = f"--clip-model {clip['model']} --clip-pretrained {clip_file(clip['model'], clip['pretrained'])}"
+    sha256 = clip_sha256(clip["model"], clip["pretrained"])
+    return flags + (f" --clip-sha256 {sha256}" if sha256 else "")
+
+
+def racm3_clip_input(wildcards):
+    """The CLIP weights of RA-CM3's retriever (configured corpora only)."""
+    return {"clip": clip_input(RACM3["clip"]["model"], RACM3["clip"]["pretrained"])} if RETRIEVAL["corpora"] else {}
 
 
 def image_index_inputs(wildcards):
@@ -92,7 +133,7 @@ def image_index_inputs(wildcards):
         "codes": [code_shard(*shard) for shard in shards],
         "embeddings": [f"{RESULTS}/clip/{name}/clip-{s:05d}-of-{n:05d}.npz" for name, s, n in shards],
         "exclusions": EXCLUSIONS,
-    }
+    } | racm3_clip_input(wildcards)
 
 
 def image_index_flags(wildcards, input):
@@ -158,6 +199,11 @@ def attribution_corpus(wildcards, input):
         return f"--db {input.db}"
     source = {"type": "mini_world", "path": f"{RESULTS}/world/{RETRIEVAL['source']}"}
     return f"--source '{json.dumps(source)}'"
+
+
+# Thumbnail side of the retrieved images in the attribution figure: the mini world's native size, or 128 px for
+# real corpora (images of any size, shown beside the generated ones).
+ATTRIBUTION_SIZE = 128 if RETRIEVAL["corpora"] else config["world"]["image_size"]
 
 
 def code_shard(split, shard, num_shards):
@@ -267,8 +313,10 @@ def generation_shards(wildcards):
 
 def generation_inputs(wildcards):
     """The backbone (RA-CM3's fine-tuned one for racm3), plus what the method retrieves from."""
-    if wildcards.method == "racm3":
-        return {"model": f"{RESULTS}/models/racm3", "index": f"{RESULTS}/retrieval/image_index"}
+    if wildcards.method == "racm3":  # (the index reloads its CLIP from the weights it was built with)
+        return {"model": f"{RESULTS}/models/racm3", "index": f"{RESULTS}/retrieval/image_index"} | racm3_clip_input(
+            wildcards
+        )
     inputs = {"model": f"{RESULTS}/models/base"}
     if wildcards.method in ("daid", "faid"):
         inputs["db"] = f"{RESULTS}/retrieval/db"
@@ -286,6 +334,7 @@ def bench_generate_inputs(wildcards):
         inputs["faid"] = f"{RESULTS}/models/faid"
     if "racm3" in METHODS:
         inputs |= {"racm3": f"{RESULTS}/models/racm3", "index": f"{RESULTS}/retrieval/image_index"}
+        inputs |= racm3_clip_input(wildcards)
     return inputs
 
 
@@ -341,6 +390,7 @@ DAID_SWEEP = Paramspace(
 )
 
 GENEVAL = config["evaluation"]["geneval"]
+GENEVAL_CLIP = "ViT-L-14-quickgelu"  # the evaluator's colour classifier (arrag.evaluation.geneval_mask2former)
 
 
 def geneval_scoring_inputs(wildcards):
@@ -348,6 +398,7 @@ def geneval_scoring_inputs(wildcards):
     inputs = {"images": f"{RESULTS}/images/{wildcards.run}/geneval/generation.json"}
     if GENEVAL["detector"] == "mask2former":
         inputs["checkpoint"] = f"{RESULTS}/downloads/mask2former_swin-s-p4-w7-224_lsj_8x2_50e_coco.pth"
+        inputs["clip"] = clip_input(GENEVAL_CLIP, GENEVAL["clip_pretrained"])
     return inputs
 
 
@@ -359,7 +410,8 @@ def geneval_detector_flags(wildcards, input):
     if GENEVAL["detector"] == "shapes":
         return f"--detector shapes {n}"
     return (
-        f"--detector mask2former --checkpoint {input.checkpoint} --clip-pretrained {GENEVAL['clip_pretrained']} "
+        f"--detector mask2former --checkpoint {input.checkpoint} "
+        f"--clip-pretrained {clip_file(GENEVAL_CLIP, GENEVAL['clip_pretrained'])} "
         f"--device cuda {n}"
     )
 
@@ -434,6 +486,12 @@ def dpg_question_source(wildcards):
     return f"{RESULTS}/world/dpg" if DPG["questions"] == "mini" else f"{RESULTS}/downloads/dpg_bench.csv"
 
 
+def dpg_scoring_inputs(wildcards):
+    """The tiles and questions, plus the downloaded mPLUG checkpoint (with its tokenizer) for the paper's VQA."""
+    inputs = {"tiles": f"{RESULTS}/images/{wildcards.method}/dpg_tiles", "questions": dpg_question_source(wildcards)}
+    return inputs | ({"mplug": f"{RESULTS}/downloads/mplug"} if DPG["vqa"] == "mplug" else {})
+
+
 def dpg_question_csv(source):
     return f"{source}/dpg_bench.csv" if DPG["questions"] == "mini" else source
 
@@ -460,13 +518,18 @@ def fidelity_inputs(wildcards):
         "images": f"{RESULTS}/images/{wildcards.method}/mjhq/generation.json",
         "reference": f"{RESULTS}/mjhq/reference",
         "inception": f"{RESULTS}/downloads/inception-2015-12-05.pt",
+        "clip": clip_input(CMMD_CLIP, FIDELITY["clip_pretrained"]),
     }
+
+
+CMMD_CLIP = "ViT-L-14-336-quickgelu"  # CMMD's CLIP (arrag.evaluation.features.CMMD_CLIP)
 
 
 def fidelity_network_flags(input):
     if FIDELITY["benchmark"] == "mini":
         return f"--fid-network mini:{input.features} --cmmd-network mini:{input.features}"
-    return f"--fid-network inception:{input.inception} --cmmd-network clip:{FIDELITY['clip_pretrained']}"
+    clip = clip_file(CMMD_CLIP, FIDELITY["clip_pretrained"])
+    return f"--fid-network inception:{input.inception} --cmmd-network clip:{clip}"
 
 
 # The contamination check (rules/contamination.smk): the evaluation reference sets, whose images must not be in

@@ -22,8 +22,6 @@ rule hash_images:
         f"{RESULTS}/logs/hash_images_{{split}}_{{shard}}-of-{{num_shards}}.log",
     benchmark:
         f"{RESULTS}/benchmarks/hash_images_{{split}}_{{shard}}-of-{{num_shards}}.tsv"
-    conda:
-        "../envs/arrag.yaml"
     threads: 1
     resources:
         mem_mb=2000,
@@ -49,8 +47,6 @@ rule contamination:
         log_path("contamination"),
     benchmark:
         benchmark_path("contamination")
-    conda:
-        "../envs/arrag.yaml"
     threads: 1
     resources:
         mem_mb=4000,

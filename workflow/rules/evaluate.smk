@@ -11,8 +11,6 @@ rule download_geneval_detector:
         log_path("download_geneval_detector"),
     benchmark:
         benchmark_path("download_geneval_detector")
-    conda:
-        "../envs/arrag.yaml"
     threads: 1
     resources:
         mem_mb=500,
@@ -37,7 +35,7 @@ rule score_geneval:
     benchmark:
         f"{RESULTS}/benchmarks/score_geneval/{{run}}.tsv"
     conda:
-        "../envs/arrag.yaml" if GENEVAL["detector"] == "shapes" else "../envs/geneval.yaml"
+        None if GENEVAL["detector"] == "shapes" else "../envs/geneval.yaml"  # the benchmark's own environment
     threads: 1
     resources:
         mem_mb=1000 if GENEVAL["detector"] == "shapes" else 16000,
@@ -62,8 +60,6 @@ rule geneval_table:
         log_path("geneval_table"),
     benchmark:
         benchmark_path("geneval_table")
-    conda:
-        "../envs/arrag.yaml"
     threads: 1
     resources:
         mem_mb=500,
@@ -93,8 +89,6 @@ rule bench_scoring:
         log_path("bench_scoring"),
     benchmark:
         benchmark_path("bench_scoring")
-    conda:
-        "../envs/arrag.yaml"
     threads: workflow.cores
     resources:
         mem_mb=4000,

@@ -26,8 +26,6 @@ rule faid_trainset:
         log_path("faid_trainset"),
     benchmark:
         benchmark_path("faid_trainset")
-    conda:
-        "../envs/arrag.yaml"
     threads: gpu_job_threads
     resources:
         gpu=DB_GPUS,
@@ -52,8 +50,6 @@ rule train_faid:
         log_path("train_faid"),
     benchmark:
         benchmark_path("train_faid")
-    conda:
-        "../envs/arrag.yaml"
     threads: gpu_job_threads
     resources:
         gpu=FAID["processes"],
@@ -77,8 +73,6 @@ rule train_faid_sweep:
         f"{RESULTS}/logs/train_faid_sweep/{FAID_SWEEP.wildcard_pattern}.log",
     benchmark:
         f"{RESULTS}/benchmarks/train_faid_sweep/{FAID_SWEEP.wildcard_pattern}.tsv"
-    conda:
-        "../envs/arrag.yaml"
     threads: gpu_job_threads
     resources:
         gpu=1,
@@ -107,8 +101,6 @@ rule generate_faid_sweep:
         f"{RESULTS}/logs/generate_faid_sweep/{FAID_SWEEP.wildcard_pattern}.log",
     benchmark:
         f"{RESULTS}/benchmarks/generate_faid_sweep/{FAID_SWEEP.wildcard_pattern}.tsv"
-    conda:
-        "../envs/arrag.yaml"
     threads: gpu_job_threads
     resources:
         gpu=DB_GPUS,
@@ -133,8 +125,6 @@ rule sweep_faid:
         log_path("sweep_faid"),
     benchmark:
         benchmark_path("sweep_faid")
-    conda:
-        "../envs/arrag.yaml"
     threads: 1
     resources:
         mem_mb=1000,

@@ -16,8 +16,6 @@ rule train_features:
         log_path("train_features"),
     benchmark:
         benchmark_path("train_features")
-    conda:
-        "../envs/arrag.yaml"
     threads: workflow.cores
     resources:
         mem_mb=4000,
@@ -35,8 +33,6 @@ rule download_inception:
         log_path("download_inception"),
     benchmark:
         benchmark_path("download_inception")
-    conda:
-        "../envs/arrag.yaml"
     threads: 1
     resources:
         mem_mb=500,
@@ -54,8 +50,6 @@ rule download_mjhq:
         log_path("download_mjhq"),
     benchmark:
         benchmark_path("download_mjhq")
-    conda:
-        "../envs/arrag.yaml"
     threads: 1
     resources:
         mem_mb=2000,
@@ -75,8 +69,6 @@ rule mjhq_prompts:
         log_path("mjhq_prompts"),
     benchmark:
         benchmark_path("mjhq_prompts")
-    conda:
-        "../envs/arrag.yaml"
     threads: 1
     resources:
         mem_mb=2000,
@@ -101,8 +93,6 @@ rule score_fidelity:
         f"{RESULTS}/logs/score_fidelity/{{method}}.log",
     benchmark:
         f"{RESULTS}/benchmarks/score_fidelity/{{method}}.tsv"
-    conda:
-        "../envs/arrag.yaml"
     threads: gpu_job_threads
     resources:
         gpu=1,
@@ -128,8 +118,6 @@ rule fidelity_table:
         log_path("fidelity_table"),
     benchmark:
         benchmark_path("fidelity_table")
-    conda:
-        "../envs/arrag.yaml"
     threads: 1
     resources:
         mem_mb=500,

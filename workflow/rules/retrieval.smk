@@ -12,20 +12,19 @@ rule download_dataset:
         repo=lambda wildcards: DATASETS[wildcards.dataset]["repo"],
         revision=lambda wildcards: DATASETS[wildcards.dataset]["revision"],
         include=lambda wildcards: " ".join(f"'{p}'" for p in DATASETS[wildcards.dataset]["include"]),
+        lock=lambda wildcards: lock_path(f"dataset-{wildcards.dataset}"),
         mirror=mirror_flag(),
     log:
         f"{RESULTS}/logs/download_dataset_{{dataset}}.log",
     benchmark:
         f"{RESULTS}/benchmarks/download_dataset_{{dataset}}.tsv"
-    conda:
-        "../envs/arrag.yaml"
     threads: 1
     resources:
         mem_mb=2000,
     retries: 3  # a dropped connection: the rerun resumes in <out>.partial/
     shell:
         "arrag download dataset --repo {params.repo} --revision {params.revision} --include {params.include} "
-        "{params.mirror} --out {output} > {log} 2>&1"
+        "--lock {params.lock} {params.mirror} --out {output} > {log} 2>&1"
 
 rule tokenise_shard:
     input:
@@ -46,8 +45,6 @@ rule tokenise_shard:
         f"{RESULTS}/logs/tokenise_{{split}}_{{shard}}-of-{{num_shards}}.log",
     benchmark:
         f"{RESULTS}/benchmarks/tokenise_{{split}}_{{shard}}-of-{{num_shards}}.tsv"
-    conda:
-        "../envs/arrag.yaml"
     threads: 1
     resources:
         gpu=1,
@@ -73,8 +70,6 @@ rule build_database:
         log_path("build_database"),
     benchmark:
         benchmark_path("build_database")
-    conda:
-        "../envs/arrag.yaml"
     threads: workflow.cores
     resources:
         mem_mb=8000,
@@ -102,8 +97,6 @@ rule retrieval_accuracy:
         log_path("retrieval_accuracy"),
     benchmark:
         benchmark_path("retrieval_accuracy")
-    conda:
-        "../envs/arrag.yaml"
     threads: workflow.cores
     resources:
         mem_mb=4000,
@@ -130,8 +123,6 @@ rule bench_retrieval:
         log_path("bench_retrieval"),
     benchmark:
         benchmark_path("bench_retrieval")
-    conda:
-        "../envs/arrag.yaml"
     threads: workflow.cores
     resources:
         mem_mb=16000,

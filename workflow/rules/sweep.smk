@@ -21,8 +21,6 @@ rule generate_daid_sweep:
         f"{RESULTS}/logs/generate_daid_sweep/{DAID_SWEEP.wildcard_pattern}.log",
     benchmark:
         f"{RESULTS}/benchmarks/generate_daid_sweep/{DAID_SWEEP.wildcard_pattern}.tsv"
-    conda:
-        "../envs/arrag.yaml"
     threads: gpu_job_threads
     resources:
         gpu=DB_GPUS,
@@ -47,8 +45,6 @@ rule sweep_daid:
         log_path("sweep_daid"),
     benchmark:
         benchmark_path("sweep_daid")
-    conda:
-        "../envs/arrag.yaml"
     threads: 1
     resources:
         mem_mb=1000,
