@@ -7,12 +7,14 @@ import dataclasses
 import json
 import sys
 import time
+import typing
 from pathlib import Path
 
 
 def parse_overrides(pairs: list[str], cls):
     """`key=value` strings -> an instance of dataclass `cls`, values converted to the field's type."""
     fields = {f.name: f for f in dataclasses.fields(cls)}
+    hints = typing.get_type_hints(cls)
     values = {}
     for pair in pairs or []:
         key, sep, raw = pair.partition("=")
@@ -20,8 +22,15 @@ def parse_overrides(pairs: list[str], cls):
             raise SystemExit(
                 f"error: bad setting {pair!r} for {cls.__name__}; expected key=value with key in {sorted(fields)}"
             )
+        kinds = [t for t in typing.get_args(hints[key]) or (hints[key],) if t is not type(None)]
+        if raw in ("None", "null") and type(None) in typing.get_args(hints[key]):
+            values[key] = None  # an optional field left unset (YAML null)
+            continue
         default = fields[key].default
-        kind = type(default) if default is not None and default is not dataclasses.MISSING else str
+        if len(kinds) == 1 and kinds[0] in (int, float, str, bool):
+            kind = kinds[0]
+        else:
+            kind = type(default) if default is not None and default is not dataclasses.MISSING else str
         try:
             values[key] = kind(raw) if kind is not bool else raw.lower() in ("1", "true", "yes")
         except ValueError:
@@ -243,11 +252,12 @@ def cmd_generate(args) -> None:
 
 
 def cmd_generate_benchmark(args) -> None:
-    from arrag.decoding.pipeline import generate_prompt_set
+    from arrag.decoding.pipeline import generate_prompt_set, method_parameters
     from arrag.io import read_jsonl, write_json
 
     records = read_jsonl(args.prompts)[: args.limit] if args.limit else read_jsonl(args.prompts)
     pipe = _pipeline(args)
+    hooks = _hooks(args, pipe)
     t0 = time.time()
     summary = generate_prompt_set(
         pipe,
@@ -258,12 +268,13 @@ def cmd_generate_benchmark(args) -> None:
         seed=args.seed,
         batch_size=args.batch_size,
         prompt_field=args.prompt_field,
-        hooks=_hooks(args, pipe),
+        hooks=hooks,
         settings={"model": str(args.model), **_method_settings(args), "inputs": _input_fingerprints(args)},
         shard=args.shard,
         num_shards=args.num_shards or 1,
     )
     summary["seconds"] = time.time() - t0
+    summary["parameters"] = method_parameters(pipe.model, hooks)  # the tables' Params column
     if args.num_shards is None:
         write_json(Path(args.out) / "generation.json", summary)  # written last: marks the folder complete
     else:  # this shard is done; `arrag finish-benchmark` checks the whole folder and writes generation.json
@@ -305,11 +316,12 @@ def cmd_finish_benchmark(args) -> None:
             raise ValueError(f"{args.out}/{i:05d} was made for another prompt record than {args.prompts} line {i + 1}")
     # every shard must have run with the settings the folder holds now (not a marker left by an older run)
     shards = [json.loads(m.read_text()) for m in markers]
+    per_shard = ("shard", "num_shards", "generated", "reused", "seconds", "parameters")
     for marker, shard in zip(markers, shards):
-        own = {k: v for k, v in shard.items() if k not in ("shard", "num_shards", "generated", "reused", "seconds")}
-        if own != current:
+        own = {k: v for k, v in shard.items() if k not in per_shard}
+        if own != current or shard.get("parameters") != shards[0].get("parameters"):
             raise ValueError(f"{marker} was written under other settings than {args.out}/{SETTINGS}: rerun that shard")
-    summary = dict(current)
+    summary = dict(current) | {"parameters": shards[0].get("parameters")}
     summary |= {k: sum(s[k] for s in shards) for k in ("generated", "reused", "seconds")}
     summary |= {"num_shards": args.num_shards}
     write_json(Path(args.out) / "generation.json", summary)
@@ -503,7 +515,9 @@ def cmd_embed_images(args) -> None:
 
 
 def _clip_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--clip-model", default="ViT-B-32", help="open_clip model name (ViT-B-32: the paper's 512-d)")
+    p.add_argument(
+        "--clip-model", default="ViT-B-32-quickgelu", help="open_clip model name (OpenAI ViT-B/32: the paper's 512-d)"
+    )
     p.add_argument("--clip-pretrained", default="openai", help="open_clip pretrained tag or a local weights file")
     p.add_argument("--clip-sha256", default=None, help="expected SHA-256 of a local weights file")
 
@@ -604,17 +618,29 @@ def _number(raw: str):
 
 def cmd_retrieval_accuracy(args) -> None:
     from arrag.data.code_shards import load_code_shards
-    from arrag.evaluation.retrieval_accuracy import plot_accuracy, retrieval_accuracy
+    from arrag.evaluation import retrieval_accuracy as ra
     from arrag.evaluation.tables import RETRIEVAL_ACCURACY, retrieval_accuracy_rows, write_rows
     from arrag.io import write_json
     from arrag.retrieval.database import PatchDatabase
 
     codebook = _load_codebook(args.model, args.revision)
-    db = PatchDatabase.load(args.db, codebook=codebook)
-    codes, _, _ = load_code_shards(args.codes)
-    result = retrieval_accuracy(db, codes, codebook, k=args.k, max_queries=args.max_queries, seed=args.seed)
-    write_rows(RETRIEVAL_ACCURACY, retrieval_accuracy_rows(result), Path(args.out_csv).with_suffix(""))
-    plot_accuracy(result, args.out_png)
+    if args.queries == "train":  # the paper's: FAiD's training set with the candidates retrieved for it
+        from arrag.models.faid_training import load_trainset
+
+        if not args.trainset:
+            raise ValueError("--queries train needs --trainset DIR (written by `arrag faid-trainset`)")
+        meta = json.loads((Path(args.db) / "metadata.json").read_text())
+        codes, candidates, _, _ = load_trainset(args.trainset, meta)  # refuses another database's candidates
+        result = ra.trainset_accuracy(codes, candidates, codebook, args.k, args.max_queries, args.seed)
+    else:
+        if not args.codes:
+            raise ValueError("--queries heldout needs --codes SHARDS (held-out images' code shards)")
+        db = PatchDatabase.load(args.db, codebook=codebook)
+        codes, _, _ = load_code_shards(args.codes)
+        result = ra.retrieval_accuracy(db, codes, codebook, k=args.k, max_queries=args.max_queries, seed=args.seed)
+    note = f"Queries: {result['queries']} positions of {ra.QUERY_SETS[args.queries]}."
+    write_rows(RETRIEVAL_ACCURACY, retrieval_accuracy_rows(result), Path(args.out_csv).with_suffix(""), note)
+    ra.plot_accuracy(result, args.out_png)
     if args.out_json:
         write_json(args.out_json, result)
     print(json.dumps(result, indent=2))
@@ -859,16 +885,19 @@ def cmd_table(args) -> None:
     else:
         results = _labelled(args.label, args.result, "result")
         measured = {label: tables.measured_row(args.kind, path, label) for label, path in results.items()}
+        if args.params:  # the generation.json of each result's images: the Params column
+            for label, path in _labelled(args.label, args.params, "params").items():
+                measured[label]["params"] = tables.generation_parameters(path)
     tables.write_table(spec, measured, args.out, note=args.note, paper=args.paper_rows)
     print(Path(args.out).with_suffix(".md").read_text())
 
 
 def cmd_sweep_table(args) -> None:
-    from arrag.evaluation.tables import read_summary, write_sweep
+    from arrag.evaluation.tables import best_sweep_row, read_summary, write_sweep
 
     summaries = {path: read_summary(path) for path in args.summary}
-    rows = write_sweep(summaries, args.out_csv, args.out_png, args.x, args.y, args.title)
-    best = max(rows, key=lambda r: r["overall"])
+    rows = write_sweep(summaries, args.out_csv, args.out_png, args.x, args.y, args.title, args.metric)
+    best = best_sweep_row(rows, args.metric)
     print(json.dumps({"runs": len(rows), "best": best}, indent=2))
 
 
@@ -1109,7 +1138,14 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("retrieval-accuracy", help="paper Figure 6: retrieved vs ground-truth token distances")
     _model_args(p)
     p.add_argument("--db", required=True)
-    p.add_argument("--codes", nargs="+", required=True, help="held-out code shards")
+    p.add_argument(
+        "--queries",
+        choices=["heldout", "train"],
+        default="heldout",
+        help="heldout: --codes of images not in the database; train: FAiD's --trainset (the paper's appendix C.1)",
+    )
+    p.add_argument("--codes", nargs="+", default=None, help="held-out code shards (--queries heldout)")
+    p.add_argument("--trainset", default=None, help="directory of `arrag faid-trainset` (--queries train)")
     p.add_argument("--k", type=int, default=10)
     p.add_argument("--max-queries", type=int, default=20000)
     p.add_argument("--seed", type=int, default=0)
@@ -1298,13 +1334,25 @@ def build_parser() -> argparse.ArgumentParser:
         "inference_time: the one JSON of `arrag bench generate`",
     )
     p.add_argument("--label", action="append", default=[], help="method name of each --result")
+    p.add_argument(
+        "--params",
+        action="append",
+        default=[],
+        help="per --result: the generation.json of its images, whose parameter count fills the Params column",
+    )
     p.add_argument("--paper-rows", action="store_true", help="add the paper's published rows for reference")
     p.add_argument("--note", default="", help="sentence appended to the caption")
     p.add_argument("--out", required=True, help="output prefix, e.g. results/mini/tables/geneval")
     p.set_defaults(func=cmd_table)
 
-    p = sub.add_parser("sweep-table", help="a 2-D hyper-parameter sweep's GenEval scores: CSV + heatmap")
-    p.add_argument("--summary", nargs="+", required=True, help="summaries under .../name~value/ folders")
+    p = sub.add_parser("sweep-table", help="a 2-D hyper-parameter sweep's scores: CSV + heatmap")
+    p.add_argument("--summary", nargs="+", required=True, help="score records under .../name~value/ folders")
+    p.add_argument(
+        "--metric",
+        choices=["geneval", "fid"],
+        default="geneval",
+        help="geneval: GenEval summaries' overall; fid: `arrag fidelity` records' FID (the paper's Figure 7)",
+    )
     p.add_argument("--x", required=True, help="parameter across the heatmap")
     p.add_argument("--y", required=True, help="parameter down the heatmap")
     p.add_argument("--title", default="")

@@ -309,7 +309,7 @@ def test_paper_jobs_load_local_files_that_download_rules_fetch(tmp_path, configf
     assert {rule for rule, _ in loaded} >= {"embed_images", "build_image_index", "score_geneval", "score_fidelity",
                                             "score_dpg"}  # fmt: skip
     assert f"results/{profile}/downloads/mplug" in {path for _, path in loaded}
-    clip = f"results/{profile}/downloads/clip/ViT-B-32"  # a job reading RA-CM3's index reloads its CLIP
+    clip = f"results/{profile}/downloads/clip/ViT-B-32-quickgelu"  # a job reading RA-CM3's index reloads its CLIP
     index_jobs = [job for job in jobs if "--image-index" in job["shell"]]
     assert index_jobs and all(clip in job["input"] for job in index_jobs), [j["rule"] for j in index_jobs]
 

@@ -21,14 +21,15 @@ import torch
 from arrag.decoding.pipeline import ImageGenerationPipeline, resolve_device
 from arrag.io import atomic_path, write_json
 from arrag.models.janus import load_janus
-from arrag.models.training import caption_inputs, fit_generation_path, image_generation_loss
+from arrag.models.training import caption_inputs, fit_generation_path, image_generation_loss, resolve_steps
 from arrag.models.vq import VQTokenizer, codebook_fingerprint
 from arrag.retrieval.image_index import ImageLevelIndex
 
 
 @dataclass
 class RACM3TrainingConfig:
-    steps: int = 300
+    steps: int | None = 300  # optimiser steps; None: derived from `epochs` and the pairs read
+    epochs: float | None = None  # passes over the fine-tuning pairs; then `steps` must be None
     batch_size: int = 32
     lr: float = 2e-4
     weight_decay: float = 0.0
@@ -75,11 +76,13 @@ def train_racm3(
         batch_ids = torch.where(drop[:, None], uncond[idx], ids[idx])
         return image_generation_loss(model, batch_ids, mask[idx], codes[idx], references[idx], prefix_visible=~drop)
 
+    cfg, schedule = resolve_steps(cfg, len(codes), cfg.batch_size * cfg.grad_accum * acc.num_processes)
     params, start, log, t0, ckpt = fit_generation_path(model, len(codes), batch_loss, cfg, out_dir, "RA-CM3", acc)
     stats = {
         "method": "racm3",
         "base_model": str(base_dir),
         "steps": cfg.steps,
+        "schedule": schedule,
         "resumed_at": start,
         "seconds": time.time() - t0,
         "log": log,

@@ -55,6 +55,10 @@ class DecodingHook:
 
     wants_hidden_states = False
 
+    def added_parameters(self) -> list[torch.nn.Parameter]:
+        """Parameters the hook adds to the backbone (FAiD's modules); counted in the tables' Params column."""
+        return []
+
     def before_forward(self, state: StepState) -> None:
         pass
 

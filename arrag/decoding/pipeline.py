@@ -29,6 +29,15 @@ def resolve_device(device: str | None) -> torch.device:
     return torch.device(device)
 
 
+def method_parameters(model, hooks: list[DecodingHook]) -> int:
+    """Parameters of what makes a method's images: every parameter of the loaded model plus those its hooks add
+    (FAiD's modules). Retrievers are not counted (a database holds no parameters; RA-CM3's CLIP text encoder is
+    left out as the paper leaves it out: RA-CM3 at Janus-Pro's 1.0B)."""
+    params = {id(p): p for p in model.parameters()}
+    params |= {id(p): p for hook in hooks for p in hook.added_parameters()}
+    return sum(p.numel() for p in params.values())
+
+
 class ImageGenerationPipeline:
     """model + processor + VQ decoder. `pipe(prompts, n=4)` -> (uint8 images [P*n, S, S, 3], codes [P*n, H, W])."""
 

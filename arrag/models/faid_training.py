@@ -31,11 +31,13 @@ from arrag.io import atomic_path, progress, write_json
 from arrag.models.faid import FAiD, FAiDConfig, faid_training_loss, freeze_backbone, training_candidates
 from arrag.models.janus import load_janus
 from arrag.models.training import (
+    GRAD_CLIP,
     ResumableCheckpoint,
     _batches,
     accumulate_gradients,
     caption_dropout_mask,
     caption_inputs,
+    resolve_steps,
 )
 from arrag.models.vq import VQTokenizer, codebook_fingerprint
 
@@ -144,7 +146,8 @@ def load_trainset(directory: str | Path, db=None) -> tuple[torch.Tensor, torch.T
 
 @dataclass
 class FAiDTrainingConfig:
-    steps: int = 500  # optimiser steps
+    steps: int | None = 500  # optimiser steps; None: derived from `epochs` and the pairs read
+    epochs: float | None = None  # passes over the training set (appendix B.3: one); then `steps` must be None
     batch_size: int = 16  # per process and micro-batch
     grad_accum: int = 1  # global batch = batch_size * grad_accum * processes
     lr: float = 2e-4
@@ -201,6 +204,7 @@ def train_faid(
     ckpt = ResumableCheckpoint(out_dir, cfg.checkpoint_every)
     start = ckpt.load(faid, opt)
     global_batch = cfg.batch_size * cfg.grad_accum * acc.num_processes
+    cfg, schedule = resolve_steps(cfg, len(codes), global_batch)
 
     def micro_loss(rows: torch.Tensor, dropped: torch.Tensor) -> torch.Tensor:
         # rows index the CPU-held codes and candidates; `on` the device-held prompts
@@ -218,7 +222,8 @@ def train_faid(
         idx = torch.as_tensor(idx)
         drop = caption_dropout_mask(len(idx), cfg.caption_dropout, cfg.seed, step)  # same on every process
         total = accumulate_gradients(idx, drop, cfg.batch_size, micro_loss, params, acc)
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        # not in the paper's text; the authors' train_FAiD.py sets max_grad_norm=1.0 (arrag.models.training)
+        torch.nn.utils.clip_grad_norm_(params, GRAD_CLIP)
         opt.step()
         opt.zero_grad(set_to_none=True)
         if step % 25 == 0 or step == cfg.steps - 1:
@@ -234,6 +239,7 @@ def train_faid(
         "trainset": str(trainset_dir),
         "database": meta["database"],
         "steps": cfg.steps,
+        "schedule": schedule,
         "resumed_at": start,
         "seconds": time.time() - t0,
         "global_batch": global_batch,

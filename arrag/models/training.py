@@ -11,7 +11,7 @@ import math
 import time
 from collections.abc import Callable
 from contextlib import AbstractContextManager, nullcontext
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -69,6 +69,46 @@ def _lr_at(step: int, total: int, peak: float, warmup_frac: float = 0.05) -> flo
         return peak * (step + 1) / warmup
     done = (step - warmup) / max(1, total - warmup)
     return peak * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * done)))
+
+
+# Gradient-norm clipping of every fine-tuning step. The paper does not mention it; the authors' released training
+# script (PLUM-Lab/AR-RAG, arrag/train/train_FAiD.py) runs transformers' Trainer with max_grad_norm=1.0, so
+# their fine-tuning clipped at 1.0 and ours does too.
+GRAD_CLIP = 1.0
+
+
+def epoch_steps(pairs: int, global_batch: int, epochs: float) -> int:
+    """Optimiser steps of `epochs` passes over `pairs` examples at `global_batch` per step.
+
+    An epoch is the full global batches of one shuffle (`_batches` drops the remainder, as the authors'
+    Trainer does with dataloader_drop_last): 50,000 pairs at 256 make 195 steps, and a 196th would start a
+    second shuffle. `pairs` is what the training set holds, after any pair the sources skipped."""
+    if not (isinstance(epochs, (int, float)) and math.isfinite(epochs) and epochs > 0):
+        raise ValueError(f"epochs must be a finite number > 0, got {epochs!r}")
+    per_epoch = pairs // global_batch
+    if per_epoch < 1:
+        raise ValueError(
+            f"{pairs} training pairs are fewer than one global batch of {global_batch} (batch_size x grad_accum x "
+            "processes): lower batch_size or grad_accum, or give more pairs"
+        )
+    return max(1, round(epochs * per_epoch))
+
+
+def resolve_steps(cfg, pairs: int, global_batch: int):
+    """`cfg` with its number of steps fixed: derived from `cfg.epochs` when set (then `cfg.steps` must be unset),
+    else `cfg.steps` as given. -> (cfg, record for the training statistics)."""
+    if cfg.epochs is None:
+        if cfg.steps is None:
+            raise ValueError("set either steps or epochs in the training settings")
+        return cfg, {"steps": cfg.steps, "epochs": None, "pairs": pairs, "global_batch": global_batch}
+    if cfg.steps is not None:
+        raise ValueError(
+            f"the training settings give both steps={cfg.steps} and epochs={cfg.epochs}: set steps to null to "
+            "derive the steps from the epochs, or epochs to null"
+        )
+    steps = epoch_steps(pairs, global_batch, cfg.epochs)
+    record = {"steps": steps, "epochs": cfg.epochs, "pairs": pairs, "global_batch": global_batch}
+    return replace(cfg, steps=steps), record | {"steps_per_epoch": pairs // global_batch}
 
 
 def _batches(n: int, batch_size: int, steps: int, start: int, seed: int):
@@ -375,7 +415,7 @@ def fit_generation_path(model, n: int, batch_loss, cfg, out_dir: Path, desc: str
         idx = torch.as_tensor(idx)
         drop = caption_dropout_mask(len(idx), cfg.caption_dropout, cfg.seed, step)  # same on every process
         loss = accumulate_gradients(idx, drop, cfg.batch_size, batch_loss, params, acc)
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        torch.nn.utils.clip_grad_norm_(params, GRAD_CLIP)
         opt.step()
         opt.zero_grad(set_to_none=True)
         if step % 50 == 0 or step == cfg.steps - 1:

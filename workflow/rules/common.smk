@@ -91,6 +91,11 @@ def clip_input(model, pretrained):
     """What a job using the CLIP `model` declares as input: the download folder of its OpenAI weights, or the file."""
     if pretrained != "openai":
         return pretrained
+    if model not in CLIP_WEIGHTS and f"{model}-quickgelu" in CLIP_WEIGHTS:  # open_clip would only warn
+        raise ValueError(
+            f"{model} is built with standard GELU, but OpenAI's weights were trained with QuickGELU: use the model "
+            f"name {model}-quickgelu (e.g. racm3.clip.model)"
+        )
     if model not in CLIP_WEIGHTS:
         raise ValueError(
             f"no download of the OpenAI weights of {model}: add it to downloads.clip ({sorted(CLIP_WEIGHTS)}), or give "
@@ -178,6 +183,19 @@ def heldout_codes():
     return [code_shard(*shard) for shard in source_shards({HELDOUT_NAME: TOKENISED[HELDOUT_NAME]})]
 
 
+def retrieval_accuracy_inputs(wildcards):
+    """Figure 6's queries: FAiD's training set (`retrieval.accuracy.queries: train`) or held-out code shards."""
+    if RETRIEVAL["accuracy"]["queries"] == "train":
+        return {"trainset": f"{RESULTS}/retrieval/faid_trainset"}
+    return {"codes": heldout_codes()}
+
+
+def retrieval_accuracy_flags(wildcards, input):
+    if RETRIEVAL["accuracy"]["queries"] == "train":
+        return f"--queries train --trainset {input.trainset}"
+    return f"--queries heldout --codes {input.codes}"
+
+
 def tokenise_inputs(wildcards):
     """The model, plus the mini world's split when the tokenised source is one."""
     inputs = {"model": f"{RESULTS}/models/base"} | source_data(wildcards)
@@ -243,6 +261,22 @@ def table_outputs(name, caption):
 def table_prefix(output):
     """The --out prefix of `arrag table` from a rule's table outputs."""
     return os.path.splitext(output.csv)[0]
+
+
+def table_inputs(score_file, prompts):
+    """A table's inputs: each method's score file, and the generation.json of the images it scored (the Params
+    column: `arrag generate-benchmark` records the generating model's parameter count there)."""
+    return {
+        "results": expand(f"{RESULTS}/scores/{{method}}/{score_file}", method=METHODS),
+        "generations": expand(f"{RESULTS}/images/{{method}}/{prompts}/generation.json", method=METHODS),
+    }
+
+
+def table_flags(wildcards, input):
+    """`--result R --label METHOD --params GENERATION` per method, for `arrag table`."""
+    return " ".join(
+        f"--result {r} --label {m} --params {g}" for r, m, g in zip(input.results, METHODS, input.generations)
+    )
 
 
 # The paper's published rows beside ours (paper profile): `arrag table ... --paper-rows`.
@@ -506,16 +540,19 @@ FIDELITY_NOTE = (
 )
 
 
+FIDELITY_PROMPTS = "reference" if FIDELITY["benchmark"] == "mini" else "mjhq"  # the prompt set Table 3 scores
+
+
 def fidelity_inputs(wildcards):
     """Generated and real images, and the feature networks' weights."""
     if FIDELITY["benchmark"] == "mini":
         return {
-            "images": f"{RESULTS}/images/{wildcards.method}/reference/generation.json",
+            "images": f"{RESULTS}/images/{wildcards.method}/{FIDELITY_PROMPTS}/generation.json",
             "reference": f"{RESULTS}/world/reference/images.npy",
             "features": f"{RESULTS}/models/features",
         }
     return {
-        "images": f"{RESULTS}/images/{wildcards.method}/mjhq/generation.json",
+        "images": f"{RESULTS}/images/{wildcards.method}/{FIDELITY_PROMPTS}/generation.json",
         "reference": f"{RESULTS}/mjhq/reference",
         "inception": f"{RESULTS}/downloads/inception-2015-12-05.pt",
         "clip": clip_input(CMMD_CLIP, FIDELITY["clip_pretrained"]),
@@ -523,6 +560,35 @@ def fidelity_inputs(wildcards):
 
 
 CMMD_CLIP = "ViT-L-14-336-quickgelu"  # CMMD's CLIP (arrag.evaluation.features.CMMD_CLIP)
+
+
+# How the sweeps (Figure 7) are scored, `sweeps.score`. fid, the paper's (appendix C.2): FID against the real images
+# of the first `sweeps.mjhq_prompts` MJHQ-30K prompts, generated one image each; geneval: GenEval overall on the
+# GenEval prompts, the mini profile's stand-in (it has no MJHQ). -> the prompt set a sweep point generates, the
+# score file it writes, the `arrag sweep-table --metric` and the label of the tables and heatmaps (no apostrophe:
+# the rules quote it in the shell).
+SWEEPS = config["sweeps"]
+if SWEEPS["score"] == "fid" and FIDELITY["benchmark"] != "mjhq":
+    raise ValueError(
+        "sweeps.score is fid, which reads MJHQ-30K, but evaluation.fidelity.benchmark is "
+        f"{FIDELITY['benchmark']!r}: set it to mjhq, or sweeps.score to geneval"
+    )
+PROMPT_SETS["mjhq_sweep"] = {"file": f"{RESULTS}/prompts/mjhq_sweep.jsonl", "n": 1}
+MJHQ_LIMITS = {"mjhq": FIDELITY["mjhq_prompts"], "mjhq_sweep": SWEEPS["mjhq_prompts"]}
+if SWEEPS["score"] != "fid":
+    SWEEP_PROMPTS = "geneval"
+else:  # Table 3's own prompt set when it is the same first N prompts (config/paper-1gpu.yaml: 10K for both)
+    SWEEP_PROMPTS = "mjhq" if MJHQ_LIMITS["mjhq"] == MJHQ_LIMITS["mjhq_sweep"] else "mjhq_sweep"
+SWEEP_SCORE_FILE = "sweep_fid.json" if SWEEPS["score"] == "fid" else "geneval_summary.json"
+SWEEP_METRIC_LABEL = (
+    f"FID on the first {SWEEPS['mjhq_prompts']} MJHQ-30K prompts, lower is better"
+    if SWEEPS["score"] == "fid"
+    else (
+        "mini-GenEval overall, a stand-in for the FID on 10K MJHQ-30K prompts of the paper"
+        if GENEVAL["detector"] == "shapes"
+        else "GenEval overall, not the FID on 10K MJHQ-30K prompts of the paper"
+    )
+)
 
 
 def fidelity_network_flags(input):
@@ -534,14 +600,15 @@ def fidelity_network_flags(input):
 
 # The contamination check (rules/contamination.smk): the evaluation reference sets, whose images must not be in
 # the database or the fine-tuning pairs (Table 3's real images: the mini world's reference split or MJHQ-30K's;
-# Figure 6's held-out images when configured apart), and the sources checked against them (every corpus, and the
+# Figure 6's held-out images when it searches them), and the sources checked against them (every corpus, and the
 # fine-tuning pairs or the mini world's fine-tuning split). name -> {source: spec or None (a world split), num_shards}
 CONTAMINATION = config["contamination"]
+_SEARCHES_HELDOUT = RETRIEVAL["heldout"] and RETRIEVAL["accuracy"]["queries"] == "heldout"
 REFERENCE_SETS = (
     {"reference": {"source": None, "num_shards": 1}}
     if FIDELITY["benchmark"] == "mini"
     else {"mjhq": {"source": {"type": "folder", "path": f"{RESULTS}/mjhq/reference"}, "num_shards": 1}}
-) | ({HELDOUT_NAME: TOKENISED[HELDOUT_NAME]} if RETRIEVAL["heldout"] else {})
+) | ({HELDOUT_NAME: TOKENISED[HELDOUT_NAME]} if _SEARCHES_HELDOUT else {})
 CHECKED_SOURCES = CORPORA | (FINETUNE_PAIRS or {FAID["trainset_split"]: {"source": None, "num_shards": 1}})
 HASHED = CHECKED_SOURCES | REFERENCE_SETS
 _clashes = sorted(set(CHECKED_SOURCES) & set(REFERENCE_SETS))

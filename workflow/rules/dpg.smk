@@ -130,12 +130,11 @@ rule score_dpg:
 
 rule dpg_table:
     input:
-        expand("{results}/scores/{method}/dpg_summary.json", results=RESULTS, method=METHODS),
+        **table_inputs("dpg_summary.json", "dpg"),
     output:
         **table_outputs("dpg", caption="../report/dpg.rst"),
     params:
-        results=lambda wildcards, input: " ".join(f"--result {p}" for p in input),
-        labels=" ".join(f"--label {m}" for m in METHODS),
+        results=table_flags,
         note=DPG_NOTE,
         paper=PAPER_ROWS,
         out=lambda wildcards, output: table_prefix(output),
@@ -147,5 +146,5 @@ rule dpg_table:
     resources:
         mem_mb=500,
     shell:
-        "arrag table dpg {params.results} {params.labels} {params.paper} --note '{params.note}' "
+        "arrag table dpg {params.results} {params.paper} --note '{params.note}' "
         "--out {params.out} > {log} 2>&1"

@@ -47,12 +47,11 @@ rule score_geneval:
 
 rule geneval_table:
     input:
-        expand("{results}/scores/{method}/geneval_summary.json", results=RESULTS, method=METHODS),
+        **table_inputs("geneval_summary.json", "geneval"),
     output:
         **table_outputs("geneval", caption="../report/geneval.rst"),
     params:
-        results=lambda wildcards, input: " ".join(f"--result {p}" for p in input),
-        labels=" ".join(f"--label {m}" for m in METHODS),
+        results=table_flags,
         note=GENEVAL_NOTE,
         paper=PAPER_ROWS,
         out=lambda wildcards, output: table_prefix(output),
@@ -64,7 +63,7 @@ rule geneval_table:
     resources:
         mem_mb=500,
     shell:
-        "arrag table geneval {params.results} {params.labels} {params.paper} --note '{params.note}' "
+        "arrag table geneval {params.results} {params.paper} --note '{params.note}' "
         "--out {params.out} > {log} 2>&1"
 
 

@@ -58,17 +58,21 @@ rule download_mjhq:
 
 
 rule mjhq_prompts:
+    # Table 3's prompt set (mjhq: `evaluation.fidelity.mjhq_prompts`) and the sweeps' (mjhq_sweep: the first
+    # `sweeps.mjhq_prompts`), each with the real images of its prompts
     input:
         f"{RESULTS}/downloads/mjhq30k",
     output:
-        prompts=f"{RESULTS}/prompts/mjhq.jsonl",
-        reference=directory(f"{RESULTS}/mjhq/reference"),
+        prompts=f"{RESULTS}/prompts/{{mjhq}}.jsonl",
+        reference=directory(f"{RESULTS}/{{mjhq}}/reference"),
+    wildcard_constraints:
+        mjhq="mjhq|mjhq_sweep",
     params:
-        limit=f"--limit {FIDELITY['mjhq_prompts']}" if FIDELITY["mjhq_prompts"] else "",
+        limit=lambda wildcards: f"--limit {MJHQ_LIMITS[wildcards.mjhq]}" if MJHQ_LIMITS[wildcards.mjhq] else "",
     log:
-        log_path("mjhq_prompts"),
+        f"{RESULTS}/logs/mjhq_prompts/{{mjhq}}.log",
     benchmark:
-        benchmark_path("mjhq_prompts")
+        f"{RESULTS}/benchmarks/mjhq_prompts/{{mjhq}}.tsv"
     threads: 1
     resources:
         mem_mb=2000,
@@ -103,14 +107,43 @@ rule score_fidelity:
         "--out-json {output} > {log} 2>&1"
 
 
+rule score_sweep_fid:
+    # a sweep point (Figure 7) as the paper scores it: FID (Inception) against the real images of its MJHQ-30K prompts
+    input:
+        images=f"{RESULTS}/images/{{run}}/{SWEEP_PROMPTS}/generation.json",
+        reference=f"{RESULTS}/{SWEEP_PROMPTS}/reference",
+        inception=f"{RESULTS}/downloads/inception-2015-12-05.pt",
+    output:
+        f"{RESULTS}/scores/{{run}}/sweep_fid.json",
+    wildcard_constraints:
+        run=r"sweep_(daid|faid)/.+",
+    params:
+        gpu=on_gpu,
+        images=lambda wildcards, input: os.path.dirname(input.images),
+        level=config["evaluation"]["fwd"]["level"],
+        size=config["evaluation"]["fwd"]["size"],
+        device=config["device"],
+    log:
+        f"{RESULTS}/logs/score_sweep_fid/{{run}}.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/score_sweep_fid/{{run}}.tsv"
+    threads: gpu_job_threads
+    resources:
+        gpu=1,
+        mem_mb=8000,
+    shell:
+        "OMP_NUM_THREADS={threads} {params.gpu} arrag fidelity --images {params.images} --reference {input.reference} "
+        "--fid-network inception:{input.inception} --fwd-level {params.level} --fwd-size {params.size} "
+        "--device {params.device} --out-json {output} > {log} 2>&1"
+
+
 rule fidelity_table:
     input:
-        expand("{results}/scores/{method}/fidelity.json", results=RESULTS, method=METHODS),
+        **table_inputs("fidelity.json", FIDELITY_PROMPTS),
     output:
         **table_outputs("fidelity", caption="../report/fidelity.rst"),
     params:
-        results=lambda wildcards, input: " ".join(f"--result {p}" for p in input),
-        labels=" ".join(f"--label {m}" for m in METHODS),
+        results=table_flags,
         note=FIDELITY_NOTE,
         paper=PAPER_ROWS,
         out=lambda wildcards, output: table_prefix(output),
@@ -122,5 +155,5 @@ rule fidelity_table:
     resources:
         mem_mb=500,
     shell:
-        "arrag table fidelity {params.results} {params.labels} {params.paper} --note '{params.note}' "
+        "arrag table fidelity {params.results} {params.paper} --note '{params.note}' "
         "--out {params.out} > {log} 2>&1"

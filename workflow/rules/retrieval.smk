@@ -79,10 +79,11 @@ rule build_database:
 
 
 rule retrieval_accuracy:
+    # Figure 6 on `retrieval.accuracy.queries`: held-out images searched here, or FAiD's training set (the paper's)
     input:
+        unpack(retrieval_accuracy_inputs),
         model=f"{RESULTS}/models/base",
         db=f"{RESULTS}/retrieval/db",
-        codes=heldout_codes(),
     output:
         csv=f"{RESULTS}/tables/retrieval_accuracy.csv",
         md=f"{RESULTS}/tables/retrieval_accuracy.md",
@@ -93,6 +94,7 @@ rule retrieval_accuracy:
     params:
         k=RETRIEVAL["accuracy"]["k"],
         max_queries=RETRIEVAL["accuracy"]["max_queries"],
+        queries=retrieval_accuracy_flags,
     log:
         log_path("retrieval_accuracy"),
     benchmark:
@@ -102,7 +104,7 @@ rule retrieval_accuracy:
         mem_mb=4000,
     shell:
         "OMP_NUM_THREADS={threads} arrag retrieval-accuracy --model {input.model} --db {input.db} "
-        "--codes {input.codes} --k {params.k} --max-queries {params.max_queries} --out-csv {output.csv} "
+        "{params.queries} --k {params.k} --max-queries {params.max_queries} --out-csv {output.csv} "
         "--out-json {output.json} --out-png {output.png} > {log} 2>&1"
 
 
