@@ -10,6 +10,11 @@ import time
 import typing
 from pathlib import Path
 
+from arrag.validation import COUNT, FRACTION, INDEX, POSITIVE, cli_number
+
+_COUNT = cli_number(int, **COUNT)  # argparse types: counts >= 1, indices >= 0 (seeds, shards)
+_INDEX = cli_number(int, **INDEX)
+
 
 def parse_overrides(pairs: list[str], cls):
     """`key=value` strings -> an instance of dataclass `cls`, values converted to the field's type."""
@@ -39,13 +44,19 @@ def parse_overrides(pairs: list[str], cls):
 
 
 def _sampling_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--guidance-scale", type=float, default=5.0, help="classifier-free guidance scale (1 = off)")
-    p.add_argument("--temperature", type=float, default=1.0)
-    p.add_argument("--top-k", type=int, default=None)
+    p.add_argument(
+        "--guidance-scale", type=cli_number(float, low=1), default=5.0, help="classifier-free guidance scale (1 = off)"
+    )
+    p.add_argument("--temperature", type=cli_number(float, **POSITIVE), default=1.0)
+    p.add_argument("--top-k", type=_COUNT, default=None)
     p.add_argument("--greedy", action="store_true", help="argmax decoding instead of sampling")
-    p.add_argument("--seed", type=int, default=0, help="run seed; each image's seed derives from it and its prompt")
-    p.add_argument("--batch-size", type=int, default=32, help="images decoded together")
+    p.add_argument("--seed", type=_INDEX, default=0, help="run seed; each image's seed derives from it and its prompt")
+    p.add_argument("--batch-size", type=_COUNT, default=32, help="images decoded together")
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:1, ... (auto: cuda when available)")
+
+
+def _restart_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--restart", action="store_true", help="discard a checkpoint (<out>.partial/) and start over")
 
 
 def _model_args(p: argparse.ArgumentParser, help: str = "model directory (save_pretrained) or hub id") -> None:
@@ -63,9 +74,16 @@ def _db_devices_arg(p: argparse.ArgumentParser) -> None:
 
 def _daid_args(p: argparse.ArgumentParser) -> None:
     _db_devices_arg(p)
-    p.add_argument("--daid-k", type=int, default=10, help="retrieved patches per step")
-    p.add_argument("--daid-weight", type=float, default=0.1, help="lambda: weight of the retrieval distribution")
-    p.add_argument("--daid-temperature", type=float, default=1.0, help="tau: retrieval softmax temperature")
+    p.add_argument("--daid-k", type=_COUNT, default=10, help="retrieved patches per step")
+    p.add_argument(
+        "--daid-weight",
+        type=cli_number(float, **FRACTION),
+        default=0.1,
+        help="lambda: weight of the retrieval distribution",
+    )
+    p.add_argument(
+        "--daid-temperature", type=cli_number(float, **POSITIVE), default=1.0, help="tau: retrieval softmax temperature"
+    )
     p.add_argument("--daid-unique", action="store_true", help="keep only the closest hit of each token")
 
 
@@ -205,10 +223,9 @@ def cmd_train_vq(args) -> None:
     from arrag.models.janus import MiniJanusSpec
     from arrag.models.training import VQTrainingConfig, train_vq
 
+    spec, cfg = parse_overrides(args.spec, MiniJanusSpec), parse_overrides(args.set, VQTrainingConfig)  # checked first
     images, _ = load_split(Path(args.world) / args.split)
-    stats = train_vq(
-        images, parse_overrides(args.spec, MiniJanusSpec), parse_overrides(args.set, VQTrainingConfig), args.out
-    )
+    stats = train_vq(images, spec, cfg, args.out, restart=args.restart)
     print(json.dumps({k: v for k, v in stats.items() if k != "log"}, indent=2))
 
 
@@ -217,22 +234,19 @@ def cmd_train_base(args) -> None:
     from arrag.models.janus import MiniJanusSpec
     from arrag.models.training import BaseTrainingConfig, train_base_model
 
+    spec, cfg = parse_overrides(args.spec, MiniJanusSpec), parse_overrides(args.set, BaseTrainingConfig)
     images, records = load_split(Path(args.world) / args.split)
-    stats = train_base_model(
-        images,
-        [r["caption"] for r in records],
-        caption_vocabulary(),
-        parse_overrides(args.spec, MiniJanusSpec),
-        args.vq,
-        parse_overrides(args.set, BaseTrainingConfig),
-        args.out,
-    )
+    captions = [r["caption"] for r in records]
+    stats = train_base_model(images, captions, caption_vocabulary(), spec, args.vq, cfg, args.out, args.restart)
     print(json.dumps({k: v for k, v in stats.items() if k != "log"}, indent=2))
 
 
 def cmd_generate(args) -> None:
     from PIL import Image
 
+    from arrag.io import check_output_path
+
+    check_output_path(args.out)  # now, not after every image is made
     pipe = _pipeline(args)
     images, _ = pipe(
         args.prompt,
@@ -252,6 +266,7 @@ def cmd_generate(args) -> None:
 
 
 def cmd_generate_benchmark(args) -> None:
+    from arrag.data.geneval_layout import finish_output
     from arrag.decoding.pipeline import generate_prompt_set, method_parameters
     from arrag.io import read_jsonl, write_json
 
@@ -275,8 +290,8 @@ def cmd_generate_benchmark(args) -> None:
     )
     summary["seconds"] = time.time() - t0
     summary["parameters"] = method_parameters(pipe.model, hooks)  # the tables' Params column
-    if args.num_shards is None:
-        write_json(Path(args.out) / "generation.json", summary)  # written last: marks the folder complete
+    if args.num_shards is None:  # generation.json last; a staged run replaces the old images only now
+        finish_output(args.out, summary)
     else:  # this shard is done; `arrag finish-benchmark` checks the whole folder and writes generation.json
         write_json(shard_marker(args.out, args.shard, args.num_shards), summary)
     print(json.dumps(summary, indent=2))
@@ -297,34 +312,35 @@ def shard_marker(out: str, shard: int, num_shards: int) -> Path:
 
 def cmd_finish_benchmark(args) -> None:
     """After every shard of a prompt set: check the folder is complete, then write generation.json."""
-    from arrag.data.geneval_layout import SETTINGS, read_prompt_folders
+    from arrag.data.geneval_layout import SETTINGS, finish_output, output_folder, read_prompt_folders
     from arrag.evaluation.geneval import check_benchmark_folder
-    from arrag.io import read_jsonl, write_json
+    from arrag.io import read_jsonl
 
     records = read_jsonl(args.prompts)[: args.limit] if args.limit else read_jsonl(args.prompts)
     markers = [shard_marker(args.out, i, args.num_shards) for i in range(args.num_shards)]
     missing = [str(m) for m in markers if not m.is_file()]
     if missing:
         raise ValueError(f"shards not finished: {missing}; rerun their `arrag generate-benchmark --shard` jobs")
-    check_benchmark_folder(args.out, images_per_prompt=args.n)
-    folders = read_prompt_folders(args.out)
+    work = output_folder(args.out)  # a staged run's folder, or args.out
+    check_benchmark_folder(work, images_per_prompt=args.n)
+    folders = read_prompt_folders(work)
     if len(folders) != len(records):
-        raise ValueError(f"{args.out} holds {len(folders)} prompt folders, {args.prompts} has {len(records)} prompts")
-    current = json.loads((Path(args.out) / SETTINGS).read_text())
+        raise ValueError(f"{work} holds {len(folders)} prompt folders, {args.prompts} has {len(records)} prompts")
+    current = json.loads((Path(work) / SETTINGS).read_text())
     for i, ((meta, _), record) in enumerate(zip(folders, records)):
         if meta != {**record, "prompt": record[current["prompt_field"]]}:
-            raise ValueError(f"{args.out}/{i:05d} was made for another prompt record than {args.prompts} line {i + 1}")
+            raise ValueError(f"{work}/{i:05d} was made for another prompt record than {args.prompts} line {i + 1}")
     # every shard must have run with the settings the folder holds now (not a marker left by an older run)
     shards = [json.loads(m.read_text()) for m in markers]
     per_shard = ("shard", "num_shards", "generated", "reused", "seconds", "parameters")
     for marker, shard in zip(markers, shards):
         own = {k: v for k, v in shard.items() if k not in per_shard}
         if own != current or shard.get("parameters") != shards[0].get("parameters"):
-            raise ValueError(f"{marker} was written under other settings than {args.out}/{SETTINGS}: rerun that shard")
+            raise ValueError(f"{marker} was written under other settings than {work}/{SETTINGS}: rerun that shard")
     summary = dict(current) | {"parameters": shards[0].get("parameters")}
     summary |= {k: sum(s[k] for s in shards) for k in ("generated", "reused", "seconds")}
     summary |= {"num_shards": args.num_shards}
-    write_json(Path(args.out) / "generation.json", summary)
+    finish_output(args.out, summary, carry=("shards",))  # the markers go along: the workflow expects them
     print(json.dumps(summary, indent=2))
 
 
@@ -465,7 +481,7 @@ def cmd_train_faid(args) -> None:
             raise FileNotFoundError(f"{path} is missing: --db must be a directory written by `arrag build-db`")
         db = json.loads(path.read_text())
     cfg = parse_overrides(args.set, FAiDTrainingConfig)
-    stats = train_faid(args.model, args.trainset, cfg, args.out, db=db, cpu=args.cpu)
+    stats = train_faid(args.model, args.trainset, cfg, args.out, db=db, cpu=args.cpu, restart=args.restart)
     print(json.dumps({k: v for k, v in stats.items() if k != "log"}, indent=2))
 
 
@@ -490,6 +506,7 @@ def cmd_train_racm3(args) -> None:
         args.out,
         device=args.device,
         codes_codebook_sha256=codes_codebook,
+        restart=args.restart,
     )
     print(json.dumps({k: v for k, v in stats.items() if k != "log"}, indent=2))
 
@@ -734,9 +751,9 @@ def cmd_mjhq_prompts(args) -> None:
     from arrag.io import write_jsonl
 
     records = mjhq_records(Path(args.dataset) / "meta_data.json", args.category or None, args.limit)
-    write_jsonl(args.out_prompts, records)
-    if args.out_reference:
+    if args.out_reference:  # first: a failed extraction leaves the old prompts with their old images
         extract_reference(Path(args.dataset) / "mjhq30k_imgs.zip", records, args.out_reference)
+    write_jsonl(args.out_prompts, records)
     print(f"{len(records)} MJHQ-30K prompts -> {args.out_prompts}")
 
 
@@ -919,12 +936,11 @@ def _feature_network(spec: str | None, device: str):
 
 
 def cmd_fidelity(args) -> None:
-    import torch
-
+    from arrag.decoding.pipeline import resolve_device
     from arrag.evaluation.fidelity import fidelity_scores
     from arrag.io import write_json
 
-    device = args.device if args.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
+    device = str(resolve_device(args.device))
     result = fidelity_scores(
         args.images,
         args.reference,
@@ -978,12 +994,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("world", help="render the mini world's splits and GenEval-schema prompts")
     p.add_argument("--out", required=True)
-    p.add_argument("--size", type=int, default=32)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--size", type=_COUNT, default=32)
+    p.add_argument("--seed", type=_INDEX, default=0)
     p.add_argument("--split", action="append", default=[], metavar="NAME=COUNT")
     p.add_argument("--underrepresented", action="append", default=[], metavar="COLOUR:SHAPE")
-    p.add_argument("--keep-fraction", type=float, default=0.05)
-    p.add_argument("--geneval-prompts", type=int, default=180)
+    p.add_argument("--keep-fraction", type=cli_number(float, **FRACTION), default=0.05)
+    p.add_argument("--geneval-prompts", type=_COUNT, default=180)
     p.set_defaults(func=cmd_world)
 
     for name, func, helptext in [
@@ -998,6 +1014,7 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="training setting")
         if name == "train-base":
             p.add_argument("--vq", required=True, help="directory written by `arrag train-vq`")
+        _restart_arg(p)
         p.set_defaults(func=func)
 
     p = sub.add_parser("build-image-index", help="RA-CM3's image-level retriever over a tokenised corpus")
@@ -1020,7 +1037,7 @@ def build_parser() -> argparse.ArgumentParser:
     _model_args(p, help="the base model")
     p.add_argument("--db", required=True, help="PatchDatabase directory (arrag build-db)")
     _pairs_args(p)
-    p.add_argument("--k", type=int, default=10, help="candidates stored per position (training uses the first k)")
+    p.add_argument("--k", type=_COUNT, default=10, help="candidates stored per position (training uses the first k)")
     _db_devices_arg(p)
     p.add_argument(
         "--exclude-self",
@@ -1038,6 +1055,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="FAiDTrainingConfig field")
     p.add_argument("--cpu", action="store_true", help="train on the CPU even when a GPU is visible")
     p.add_argument("--out", required=True)
+    _restart_arg(p)
     p.set_defaults(func=cmd_train_faid)
 
     p = sub.add_parser("train-racm3", help="fine-tune the RA-CM3 baseline (reference image prefix)")
@@ -1047,12 +1065,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="RACM3TrainingConfig field")
     p.add_argument("--device", default="auto")
     p.add_argument("--out", required=True)
+    _restart_arg(p)
     p.set_defaults(func=cmd_train_racm3)
 
     p = sub.add_parser("generate", help="generate images for your own prompts")
     _model_args(p)
     p.add_argument("--prompt", action="append", required=True)
-    p.add_argument("--n", type=int, default=4, help="images per prompt")
+    p.add_argument("--n", type=_COUNT, default=4, help="images per prompt")
     p.add_argument("--out", required=True)
     _sampling_args(p)
     _method_args(p)
@@ -1062,15 +1081,15 @@ def build_parser() -> argparse.ArgumentParser:
     _model_args(p)
     p.add_argument("--prompts", required=True, help="JSONL of prompt records (GenEval metadata or split metadata)")
     p.add_argument("--prompt-field", default="prompt")
-    p.add_argument("--limit", type=int, default=None, help="use the first N records only")
-    p.add_argument("--n", type=int, default=4)
+    p.add_argument("--limit", type=_COUNT, default=None, help="use the first N records only")
+    p.add_argument("--n", type=_COUNT, default=4)
     p.add_argument("--out", required=True)
     _sampling_args(p)
     _method_args(p)
-    p.add_argument("--shard", type=int, default=0, help="make only prompts with index %% num-shards == shard")
+    p.add_argument("--shard", type=_INDEX, default=0, help="make only prompts with index %% num-shards == shard")
     p.add_argument(
         "--num-shards",
-        type=int,
+        type=_COUNT,
         default=None,
         help="shards of this prompt set run as separate jobs; each marks itself done in OUT/shards/ and "
         "`arrag finish-benchmark` writes generation.json (without it: one job, generation.json at once)",
@@ -1079,18 +1098,18 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("finish-benchmark", help="after all shards: check the prompt-set folder, write generation.json")
     p.add_argument("--prompts", required=True)
-    p.add_argument("--limit", type=int, default=None)
-    p.add_argument("--n", type=int, required=True, help="images per prompt")
-    p.add_argument("--num-shards", type=int, required=True)
+    p.add_argument("--limit", type=_COUNT, default=None)
+    p.add_argument("--n", type=_COUNT, required=True, help="images per prompt")
+    p.add_argument("--num-shards", type=_COUNT, required=True)
     p.add_argument("--out", required=True)
     p.set_defaults(func=cmd_finish_benchmark)
 
     p = sub.add_parser("embed-images", help="CLIP-embed one shard of an image source (RA-CM3's image retriever)")
     p.add_argument("--source", required=True, help='JSON source spec, e.g. \'{"type": "folder", "path": "imgs/"}\'')
-    p.add_argument("--shard", type=int, default=0)
-    p.add_argument("--num-shards", type=int, default=1)
+    p.add_argument("--shard", type=_INDEX, default=0)
+    p.add_argument("--num-shards", type=_COUNT, default=1)
     _clip_args(p)
-    p.add_argument("--batch-size", type=int, default=256)
+    p.add_argument("--batch-size", type=_COUNT, default=256)
     p.add_argument("--device", default="auto")
     p.add_argument("--out", required=True, help="directory of embedding shards")
     p.set_defaults(func=cmd_embed_images)
@@ -1098,10 +1117,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("tokenise", help="encode one shard of an image source into a code shard")
     _model_args(p)
     p.add_argument("--source", required=True, help='JSON source spec, e.g. \'{"type": "folder", "path": "imgs/"}\'')
-    p.add_argument("--shard", type=int, default=0)
-    p.add_argument("--num-shards", type=int, default=1)
+    p.add_argument("--shard", type=_INDEX, default=0)
+    p.add_argument("--num-shards", type=_COUNT, default=1)
     p.add_argument("--out", required=True, help="directory of code shards")
-    p.add_argument("--batch-size", type=int, default=256)
+    p.add_argument("--batch-size", type=_COUNT, default=256)
     p.add_argument("--tokenizer-id", default=None, help="recorded in the shard (default: --model)")
     p.add_argument("--device", default="auto")
     p.set_defaults(func=cmd_tokenise)
@@ -1128,7 +1147,7 @@ def build_parser() -> argparse.ArgumentParser:
     _model_args(p, help="the backbone whose codebook the keys use")
     p.add_argument("--codes", nargs="+", required=True, help="code shards (.npz)")
     _exclude_arg(p)
-    p.add_argument("--hops", type=int, default=1)
+    p.add_argument("--hops", type=_COUNT, default=1)
     p.add_argument("--full", action="store_true", help="full-ring keys (masked models) instead of causal")
     p.add_argument("--index", default="compact")
     p.add_argument("--param", action="append", default=[], metavar="KEY=VALUE", help="index parameter")
@@ -1146,9 +1165,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--codes", nargs="+", default=None, help="held-out code shards (--queries heldout)")
     p.add_argument("--trainset", default=None, help="directory of `arrag faid-trainset` (--queries train)")
-    p.add_argument("--k", type=int, default=10)
-    p.add_argument("--max-queries", type=int, default=20000)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--k", type=_COUNT, default=10)
+    p.add_argument("--max-queries", type=_COUNT, default=20000)
+    p.add_argument("--seed", type=_INDEX, default=0)
     p.add_argument("--out-csv", required=True)
     p.add_argument("--out-png", required=True)
     p.add_argument("--out-json", default=None)
@@ -1205,7 +1224,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("mjhq-prompts", help="MJHQ-30K prompt records (and their real images, for the metrics)")
     p.add_argument("--dataset", required=True, help="folder written by `arrag download mjhq`")
     p.add_argument("--category", action="append", default=[], help="keep these categories (default: all 10)")
-    p.add_argument("--limit", type=int, default=None, help="first N prompts in id order")
+    p.add_argument("--limit", type=_COUNT, default=None, help="first N prompts in id order")
     p.add_argument("--out-prompts", required=True, help="JSONL for `arrag generate-benchmark`")
     p.add_argument("--out-reference", default=None, help="folder for the real images of those prompts")
     p.set_defaults(func=cmd_mjhq_prompts)
@@ -1217,9 +1236,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--query-codes", nargs="+", required=True, help="held-out code shards for queries")
     p.add_argument("--backend", action="append", required=True, metavar="NAME[:k=v,...]")
     p.add_argument("--authors-baseline", action="store_true", help="add OPQ8+IVF800+PQ8 with nprobe 1")
-    p.add_argument("--hops", type=int, default=1)
-    p.add_argument("--queries", type=int, default=2048)
-    p.add_argument("--min-entries", type=int, default=2_000_000)
+    p.add_argument("--hops", type=_COUNT, default=1)
+    p.add_argument("--queries", type=_COUNT, default=2048)
+    p.add_argument("--min-entries", type=_COUNT, default=2_000_000)
     p.add_argument("--out-json", required=True)
     p.add_argument("--out-md", required=True)
     p.set_defaults(func=cmd_bench_retrieval)
@@ -1228,9 +1247,9 @@ def build_parser() -> argparse.ArgumentParser:
         "encoders", help="images/s of the corpus encoders (Janus-Pro VQ, CLIP ViT-B/32), random weights"
     )
     p.add_argument("--device", default="auto")
-    p.add_argument("--batch-size", type=int, default=8)
-    p.add_argument("--batches", type=int, default=2)
-    p.add_argument("--repeats", type=int, default=2)
+    p.add_argument("--batch-size", type=_COUNT, default=8)
+    p.add_argument("--batches", type=_COUNT, default=2)
+    p.add_argument("--repeats", type=_COUNT, default=2)
     p.add_argument("--out-json", required=True)
     p.add_argument("--out-md", required=True)
     p.set_defaults(func=cmd_bench_encoders)
@@ -1242,9 +1261,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--fidelity-images", default=None, help="generated folder for the fidelity metrics")
     p.add_argument("--reference", default=None, help="reference images (.npy or folder)")
     p.add_argument("--features", default=None, help="mini feature network (arrag train-features)")
-    p.add_argument("--fwd-level", type=int, default=4)
-    p.add_argument("--fwd-size", type=int, default=256)
-    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--fwd-level", type=_COUNT, default=4)
+    p.add_argument("--fwd-size", type=_COUNT, default=256)
+    p.add_argument("--repeats", type=_COUNT, default=3)
     p.add_argument("--out-json", required=True)
     p.add_argument("--out-md", required=True)
     p.set_defaults(func=cmd_bench_scoring)
@@ -1258,7 +1277,7 @@ def build_parser() -> argparse.ArgumentParser:
     _daid_args(p)
     p.add_argument("--prompts", default=None, help="JSONL of prompt records")
     p.add_argument("--prompt-field", default="prompt")
-    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--repeats", type=_COUNT, default=3)
     p.add_argument("--out-json", required=True)
     p.add_argument("--out-md", required=True)
     _sampling_args(p)
@@ -1276,16 +1295,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--detector-config", default=None, help="Mask2Former config (default: the one in mmdet)")
     p.add_argument("--clip-pretrained", default="openai", help="open_clip weights tag or local file for colours")
     p.add_argument("--device", default="cuda", help="device of the mask2former backend")
-    p.add_argument("--images-per-prompt", type=int, default=None, help="refuse folders with another sample count")
-    p.add_argument("--workers", type=int, default=1, help="processes scoring prompt folders in parallel")
+    p.add_argument("--images-per-prompt", type=_COUNT, default=None, help="refuse folders with another sample count")
+    p.add_argument("--workers", type=_COUNT, default=1, help="processes scoring prompt folders in parallel")
     p.add_argument("--out-jsonl", required=True, help="per-image records, the official evaluator's schema")
     p.add_argument("--out-json", required=True, help="per-tag accuracies and the overall score")
     p.set_defaults(func=cmd_geneval)
 
     p = sub.add_parser("mini-dpg", help="a DPG-Bench-style prompt set and question CSV from the mini world")
     p.add_argument("--world", required=True, help="directory written by `arrag world` (uses its reference split)")
-    p.add_argument("--n", type=int, default=200, help="prompts (distinct reference captions)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--n", type=_COUNT, default=200, help="prompts (distinct reference captions)")
+    p.add_argument("--seed", type=_INDEX, default=0)
     p.add_argument("--out", required=True, help="folder: prompts/<id>.txt + dpg_bench.csv")
     p.set_defaults(func=cmd_mini_dpg)
 
@@ -1365,9 +1384,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--reference", required=True, help="real images: a folder of images or an images .npy")
     p.add_argument("--fid-network", default=None, help="mini:DIR (arrag train-features), inception:FILE, or none")
     p.add_argument("--cmmd-network", default=None, help="clip:WEIGHTS (file or open_clip tag), mini:DIR, or none")
-    p.add_argument("--fwd-level", type=int, default=4, help="wavelet packet level (paper: 4)")
-    p.add_argument("--fwd-size", type=int, default=256, help="images resized to this for FWD (paper: 256)")
-    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--fwd-level", type=_COUNT, default=4, help="wavelet packet level (paper: 4)")
+    p.add_argument("--fwd-size", type=_COUNT, default=256, help="images resized to this for FWD (paper: 256)")
+    p.add_argument("--batch-size", type=_COUNT, default=64)
     p.add_argument("--device", default="auto")
     p.add_argument("--out-json", default=None)
     p.set_defaults(func=cmd_fidelity)
@@ -1384,16 +1403,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--label", action="append", required=True, help="method name of each --images folder")
     p.add_argument("--db", default=None, help="the PatchDatabase: its images through its source table")
     p.add_argument("--source", default=None, help="or: JSON source spec of a one-source corpus (arrag tokenise)")
-    p.add_argument("--size", type=int, default=32, help="pixel side the corpus images are shown at")
-    p.add_argument("--n", type=int, default=4, help="images per method: those with the largest copied region")
+    p.add_argument("--size", type=_COUNT, default=32, help="pixel side the corpus images are shown at")
+    p.add_argument("--n", type=_COUNT, default=4, help="images per method: those with the largest copied region")
     p.add_argument("--out", required=True)
     p.set_defaults(func=cmd_attribution)
 
     p = sub.add_parser("grid", help="tile generated images (GenEval layout) with their prompts into one PNG")
     p.add_argument("--images", required=True)
     p.add_argument("--out", required=True)
-    p.add_argument("--max-prompts", type=int, default=16)
-    p.add_argument("--upscale", type=int, default=4)
+    p.add_argument("--max-prompts", type=_COUNT, default=16)
+    p.add_argument("--upscale", type=_COUNT, default=4)
     p.set_defaults(func=cmd_grid)
     return parser
 
@@ -1406,7 +1425,8 @@ def main(argv: list[str] | None = None) -> int:
         go_offline()
     try:
         args.func(args)
-    except (ValueError, FileNotFoundError) as err:  # bad input: one clear line, no traceback
+    except (ValueError, FileNotFoundError, NotADirectoryError, IsADirectoryError, PermissionError) as err:
+        # bad input: one clear line, no traceback
         print(f"arrag {args.command}: error: {err}", file=sys.stderr)
         return 2
     return 0

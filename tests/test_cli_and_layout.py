@@ -6,7 +6,7 @@ import pytest
 from PIL import Image
 
 from arrag.cli import main, parse_overrides
-from arrag.data.geneval_layout import read_prompt_folders, write_prompt_folder
+from arrag.data.geneval_layout import output_folder, read_prompt_folders, write_prompt_folder
 from arrag.decoding.pipeline import image_seed
 from arrag.evaluation.tables import GENEVAL_COLUMNS
 from arrag.models.training import BaseTrainingConfig
@@ -182,7 +182,8 @@ def test_other_prompts_or_a_rebuilt_model_are_never_served_old_images(model_dir,
     prompts.write_text("".join(json.dumps({"prompt": f"a photo of a {s}"}) + "\n" for s in ("triangle", "diamond")))
     assert main(base) == 0
     assert json.loads((out / "shards" / "00000-of-00001.json").read_text())["generated"] == 2
-    assert json.loads((out / "00000" / "metadata.jsonl").read_text())["prompt"] == "a photo of a triangle"
+    staged = output_folder(out)  # the finished folder stays until finish-benchmark swaps the new one in
+    assert json.loads((staged / "00000" / "metadata.jsonl").read_text())["prompt"] == "a photo of a triangle"
     # a rebuilt model under the same path (its files rewritten): the images are made again too
     for f in model_dir.glob("*.json"):
         f.write_text(f.read_text())

@@ -43,8 +43,8 @@ def test_vq_training_interrupted_leaves_no_model_and_resumes(tmp_path, data, mon
     real_save = training.ResumableCheckpoint.maybe_save
     calls = {"n": 0}
 
-    def crash_after_first_checkpoint(self, step, module, opt):
-        real_save(self, step, module, opt)
+    def crash_after_first_checkpoint(self, step, module, opt, *extra):
+        real_save(self, step, module, opt, *extra)
         calls["n"] += 1
         if step == 4:
             raise KeyboardInterrupt

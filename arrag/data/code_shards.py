@@ -168,6 +168,11 @@ def load_code_shards(paths: list[str | Path]) -> tuple[torch.Tensor, torch.Tenso
         codes.append(c)
         local_ids.append(ids)
         metas.append(meta)
+    if sum(len(c) for c in codes) == 0:  # a database or training set of nothing could never be used
+        raise ValueError(
+            f"the code shards {[str(p) for p in paths[:3]]}{' ...' if len(paths) > 3 else ''} hold no images: their "
+            "sources are empty or every image was skipped (see 'skipped' in their .json); fix the sources"
+        )
     keys = [json.dumps(m.get("source"), sort_keys=True) for m in metas]
     sizes: dict[str, int] = {}  # per source: 1 + its largest image id (ids are positions in its enumeration)
     for key, ids in zip(keys, local_ids):

@@ -17,7 +17,7 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
-from arrag.io import progress
+from arrag.io import progress, replace_directory
 
 # The hubs' offline switches. Every job but a download runs with them (arrag.cli.main sets them before any hub
 # library is imported): compute nodes have no internet, and a job loads only what a download rule fetched.
@@ -301,7 +301,5 @@ def verify_lfs_sha256(
 def promote_partial(partial: Path, out_dir: Path) -> Path:
     """A download folder completed in <out>.partial/ (where an interrupted download resumes) takes its final
     name only now, replacing an older copy: a folder under the final name is always complete."""
-    if out_dir.exists():
-        shutil.rmtree(out_dir)
-    partial.rename(out_dir)
+    replace_directory(partial, out_dir)
     return out_dir

@@ -29,6 +29,7 @@ import torch.nn.functional as F
 from arrag.data.downloads import fetch, sha256_of
 from arrag.data.mini_world import BACKGROUNDS, COLOURS, MAX_OBJECTS, SHAPES
 from arrag.io import atomic_path, progress, write_json
+from arrag.validation import COUNT, INDEX, POSITIVE, check_fields
 
 # ----------------------------------------------------------------------------- Inception (FID)
 
@@ -188,6 +189,20 @@ class MiniFeatureConfig:
     feature_dim: int = 64
     seed: int = 0
     heldout_fraction: float = 0.1  # images kept out of training to report the heads' accuracy
+
+    def __post_init__(self):
+        check_fields(
+            self,
+            {
+                "steps": COUNT,
+                "batch_size": COUNT,
+                "lr": POSITIVE,
+                "width": COUNT,
+                "feature_dim": COUNT,
+                "seed": INDEX,
+                "heldout_fraction": dict(low=0, high=1, low_open=True, high_open=True),
+            },
+        )
 
 
 def scene_targets(records: list[dict]) -> dict[str, np.ndarray]:

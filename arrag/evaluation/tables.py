@@ -299,12 +299,13 @@ def write_table(
 
 
 def write_rows(spec: TableSpec, rows: list[dict], out_prefix: str | Path, note: str = "", csv: bool = True) -> None:
-    """Rows as <out_prefix>.md and .tex (and .csv unless csv=False), each written atomically."""
+    """Rows as <out_prefix>.md and .tex (and .csv unless csv=False), each written atomically, and only once all
+    are rendered: a table that fails to render leaves the old files as they were, not a mix."""
     out_prefix = Path(out_prefix)
-    if csv:
-        write_text(out_prefix.with_suffix(".csv"), render_csv(rows))
-    write_text(out_prefix.with_suffix(".md"), render_markdown(spec, rows, note))
-    write_text(out_prefix.with_suffix(".tex"), render_latex(spec, rows, note))
+    texts = {".csv": render_csv(rows)} if csv else {}
+    texts |= {".md": render_markdown(spec, rows, note), ".tex": render_latex(spec, rows, note)}
+    for suffix, text in texts.items():
+        write_text(out_prefix.with_suffix(suffix), text)
 
 
 def retrieval_accuracy_rows(result: dict) -> list[dict]:

@@ -35,11 +35,13 @@ from arrag.models.training import (
     ResumableCheckpoint,
     _batches,
     accumulate_gradients,
+    artefact_id,
     caption_dropout_mask,
     caption_inputs,
     resolve_steps,
 )
 from arrag.models.vq import VQTokenizer, codebook_fingerprint
+from arrag.validation import COUNT, FRACTION, INDEX, POSITIVE, check_fields
 
 TRAINSET_FORMAT = "arrag-faid-trainset/1"
 DB_IDENTITY_FIELDS = ("codebook_sha256", "hops", "causal", "grid", "ntotal", "num_images", "index")
@@ -162,6 +164,25 @@ class FAiDTrainingConfig:
     budget: str = "lowrank"
     rank: int = 32
 
+    def __post_init__(self):
+        check_fields(
+            self,
+            {
+                "steps": COUNT | {"optional": True},  # None: derived from epochs
+                "epochs": POSITIVE | {"optional": True},
+                "batch_size": COUNT,
+                "grad_accum": COUNT,
+                "lr": POSITIVE,
+                "warmup_frac": FRACTION,
+                "caption_dropout": dict(low=0, high=1, high_open=True),
+                "checkpoint_every": INDEX,
+                "seed": INDEX,
+                "every": COUNT,
+                "k": COUNT,
+                "rank": COUNT,
+            },
+        )
+
 
 def lr_at(step: int, cfg: FAiDTrainingConfig) -> float:
     """Appendix B.3: linear warm-up over the first warmup_frac of the steps, then constant."""
@@ -176,6 +197,7 @@ def train_faid(
     out_dir: str | Path,
     db=None,
     cpu: bool = False,
+    restart: bool = False,
 ) -> dict:
     """Fine-tune FAiD's parameters on the training set; the backbone stays frozen. Runs under
     `accelerate launch` on several GPUs (each process takes its share of every global batch; gradients are
@@ -201,7 +223,13 @@ def train_faid(
     ids, mask, uncond = caption_inputs(processor, captions, acc.device)
     params = list(faid.parameters())
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=0.0)
-    ckpt = ResumableCheckpoint(out_dir, cfg.checkpoint_every)
+    settings = {
+        "trainer": "faid",
+        "config": asdict(cfg),
+        "base": artefact_id(base_dir),
+        "trainset": artefact_id(trainset_dir),
+    }
+    ckpt = ResumableCheckpoint(out_dir, cfg.checkpoint_every, settings | {"processes": acc.num_processes}, restart)
     start = ckpt.load(faid, opt)
     global_batch = cfg.batch_size * cfg.grad_accum * acc.num_processes
     cfg, schedule = resolve_steps(cfg, len(codes), global_batch)

@@ -3,12 +3,23 @@
 import json
 import os
 import re
+from shlex import quote
 
 import pandas as pd
 from snakemake.utils import Paramspace, validate
 
+from arrag.validation import check_config_finite
+
 
 validate(config, schema="../schemas/config.schema.yaml")
+check_config_finite(config)  # YAML's .nan and .inf pass the schema's minimum and maximum
+
+# Config strings reach a shell only as one quoted word: through flag() here, or `{params.x:q}` in a rule (names
+# that become paths are restricted by the schema's patterns instead).
+def flag(option, value):
+    """`--option 'value'`: whatever the value holds (quotes, spaces, `;`, `$()`), the command gets one argument."""
+    return f"{option} {quote(str(value))}"
+
 
 RESULTS = f"results/{config['profile']}"
 if config["model"]["source"] == "hub" and not config["model"]["revision"]:
@@ -115,9 +126,9 @@ def clip_sha256(model, pretrained):
 
 def clip_flags():
     clip = RACM3["clip"]
-    flags = f"--clip-model {clip['model']} --clip-pretrained {clip_file(clip['model'], clip['pretrained'])}"
+    flags = f"{flag('--clip-model', clip['model'])} {flag('--clip-pretrained', clip_file(clip['model'], clip['pretrained']))}"
     sha256 = clip_sha256(clip["model"], clip["pretrained"])
-    return flags + (f" --clip-sha256 {sha256}" if sha256 else "")
+    return flags + (f" {flag('--clip-sha256', sha256)}" if sha256 else "")
 
 
 def racm3_clip_input(wildcards):
@@ -144,8 +155,8 @@ def image_index_inputs(wildcards):
 def image_index_flags(wildcards, input):
     """The retriever's inputs, without the benchmark images the contamination check found."""
     if not RETRIEVAL["corpora"]:
-        return f"--captions {input.captions} --exclude {input.exclusions}"
-    return f"--embeddings {input.embeddings} {clip_flags()} --exclude {input.exclusions}"
+        return f"{flag('--captions', input.captions)} {flag('--exclude', input.exclusions)}"
+    return f"--embeddings {' '.join(map(quote, input.embeddings))} {clip_flags()} {flag('--exclude', input.exclusions)}"
 
 
 def source_shards(entries):
@@ -175,8 +186,9 @@ def pairs_flags(wildcards, input):
     """`--codes SHARDS` or `--world DIR --split NAME`: the pairs of `arrag faid-trainset` and `train-racm3`,
     without the benchmark images the contamination check found (`--exclude`)."""
     if FINETUNE_PAIRS:
-        return "--codes " + " ".join(input.pairs) + f" --exclude {input.exclusions}"
-    return f"--world {world_dir(input.pairs)} --split {FAID['trainset_split']} --exclude {input.exclusions}"
+        return "--codes " + " ".join(map(quote, input.pairs)) + " " + flag("--exclude", input.exclusions)
+    world = f"{flag('--world', world_dir(input.pairs))} {flag('--split', FAID['trainset_split'])}"
+    return f"{world} {flag('--exclude', input.exclusions)}"
 
 
 def heldout_codes():
@@ -205,7 +217,7 @@ def tokenise_inputs(wildcards):
 
 
 def tokenise_source(wildcards, input):
-    """The JSON source spec `arrag tokenise` reads: a configured source, or a mini-world split."""
+    """The JSON source spec `arrag tokenise` reads: a configured source, or a mini-world split (quote it: `:q`)."""
     configured = (TOKENISED.get(wildcards.split) or {}).get("source")
     return json.dumps(configured or {"type": "mini_world", "path": os.path.dirname(input.images)})
 
@@ -214,9 +226,9 @@ def attribution_corpus(wildcards, input):
     """Where `arrag attribution` finds the retrieved images: the database's source table for configured
     corpora, the mini world's split otherwise."""
     if RETRIEVAL["corpora"]:
-        return f"--db {input.db}"
+        return flag("--db", input.db)
     source = {"type": "mini_world", "path": f"{RESULTS}/world/{RETRIEVAL['source']}"}
-    return f"--source '{json.dumps(source)}'"
+    return flag("--source", json.dumps(source))
 
 
 # Thumbnail side of the retrieved images in the attribution figure: the mini world's native size, or 128 px for
@@ -245,7 +257,7 @@ def benchmark_path(name):
 def mirror_flag(subfolder=""):
     """--mirror for the download commands when `downloads.mirror` is set (clusters without internet)."""
     mirror = config["downloads"]["mirror"]
-    return f"--mirror {os.path.join(mirror, subfolder) if subfolder else mirror}" if mirror else ""
+    return flag("--mirror", os.path.join(mirror, subfolder) if subfolder else mirror) if mirror else ""
 
 
 def table_outputs(name, caption):
@@ -285,14 +297,14 @@ PAPER_ROWS = "--paper-rows" if config["tables"]["paper_rows"] else ""
 
 def settings_flags(option, settings):
     """{'steps': 800} -> "--set steps=800" (option='--set'); the CLI converts each value to the field's type."""
-    return " ".join(f"{option} {key}={value}" for key, value in sorted(settings.items()))
+    return " ".join(flag(option, f"{key}={value}") for key, value in sorted(settings.items()))
 
 
 def sampling_flags():
     g = config["generation"]
     flags = (
         f"--guidance-scale {g['guidance_scale']} --temperature {g['temperature']} "
-        f"--seed {g['seed']} --batch-size {g['batch_size']} --device {config['device']}"
+        f"--seed {g['seed']} --batch-size {g['batch_size']} {flag('--device', config['device'])}"
     )
     return flags + (f" --top-k {g['top_k']}" if g["top_k"] else "")
 
@@ -374,9 +386,9 @@ def bench_generate_inputs(wildcards):
 
 def bench_generate_flags(wildcards, input):
     """`arrag bench generate` adds a method's row for each of these (DAiD's whenever --db is given)."""
-    flags = [f"--db {input.db} {db_devices_flag()}"] if "daid" in METHODS or "faid" in METHODS else []
-    flags += [f"--faid {input.faid}"] if "faid" in METHODS else []
-    flags += [f"--racm3-model {input.racm3} --image-index {input.index}"] if "racm3" in METHODS else []
+    flags = [f"{flag('--db', input.db)} {db_devices_flag()}"] if "daid" in METHODS or "faid" in METHODS else []
+    flags += [flag("--faid", input.faid)] if "faid" in METHODS else []
+    flags += [f"{flag('--racm3-model', input.racm3)} {flag('--image-index', input.index)}"] if "racm3" in METHODS else []
     return " ".join(flags)
 
 
@@ -405,12 +417,12 @@ def method_flags(wildcards, input):
     if wildcards.method == "vanilla":
         return "--method vanilla"
     if wildcards.method == "racm3":
-        return f"--method racm3 --image-index {input.index}"
+        return f"--method racm3 {flag('--image-index', input.index)}"
     if wildcards.method == "faid":
-        return f"--method faid --db {input.db} --faid {input.faid} {db_devices_flag()}"
+        return f"--method faid {flag('--db', input.db)} {flag('--faid', input.faid)} {db_devices_flag()}"
     d = config["daid"]
     return (
-        f"--method daid --db {input.db} --daid-k {d['k']} --daid-weight {d['weight']} "
+        f"--method daid {flag('--db', input.db)} --daid-k {d['k']} --daid-weight {d['weight']} "
         f"--daid-temperature {d['temperature']}" + (" --daid-unique" if d["unique"] else "") + f" {db_devices_flag()}"
     )
 
@@ -444,9 +456,8 @@ def geneval_detector_flags(wildcards, input):
     if GENEVAL["detector"] == "shapes":
         return f"--detector shapes {n}"
     return (
-        f"--detector mask2former --checkpoint {input.checkpoint} "
-        f"--clip-pretrained {clip_file(GENEVAL_CLIP, GENEVAL['clip_pretrained'])} "
-        f"--device cuda {n}"
+        f"--detector mask2former {flag('--checkpoint', input.checkpoint)} "
+        f"{flag('--clip-pretrained', clip_file(GENEVAL_CLIP, GENEVAL['clip_pretrained']))} --device cuda {n}"
     )
 
 
@@ -497,7 +508,7 @@ def arrag_on_gpu(wildcards, resources):
     """`arrag` as the rules of the benchmarks' own conda envs run it (GenEval, DPG-Bench), on their GPU: their
     pinned torch predates ours, so the package is not installed there and runs from this checkout."""
     return (
-        f"PYTHONPATH={workflow.basedir}${{PYTHONPATH:+:$PYTHONPATH}} "
+        f"PYTHONPATH={quote(workflow.basedir)}${{PYTHONPATH:+:$PYTHONPATH}} "
         f"python -m arrag.gpu_slots --count {resources.gpu} -- python -m arrag"
     )
 
@@ -593,9 +604,9 @@ SWEEP_METRIC_LABEL = (
 
 def fidelity_network_flags(input):
     if FIDELITY["benchmark"] == "mini":
-        return f"--fid-network mini:{input.features} --cmmd-network mini:{input.features}"
+        return f"{flag('--fid-network', f'mini:{input.features}')} {flag('--cmmd-network', f'mini:{input.features}')}"
     clip = clip_file(CMMD_CLIP, FIDELITY["clip_pretrained"])
-    return f"--fid-network inception:{input.inception} --cmmd-network clip:{clip}"
+    return f"{flag('--fid-network', f'inception:{input.inception}')} {flag('--cmmd-network', f'clip:{clip}')}"
 
 
 # The contamination check (rules/contamination.smk): the evaluation reference sets, whose images must not be in
@@ -647,7 +658,11 @@ def hash_source(wildcards, input):
 def contamination_flags(wildcards, input):
     """--reference NAME SHARDS... --source NAME SHARDS... of `arrag contamination`."""
     groups = [("--reference", REFERENCE_SETS), ("--source", CHECKED_SOURCES)]
-    flags = [f"{option} {name} {' '.join(hash_shards({name: sets[name]}))}" for option, sets in groups for name in sets]
+    flags = [
+        f"{option} {quote(name)} {' '.join(map(quote, hash_shards({name: sets[name]})))}"
+        for option, sets in groups
+        for name in sets
+    ]
     return " ".join(flags)
 
 

@@ -26,7 +26,7 @@ rule hash_images:
     resources:
         mem_mb=2000,
     shell:
-        "OMP_NUM_THREADS={threads} arrag hash-images --model {input.model} --source '{params.source}' "
+        "OMP_NUM_THREADS={threads} arrag hash-images --model {input.model} --source {params.source:q} "
         "--shard $((10#{wildcards.shard})) --num-shards $((10#{wildcards.num_shards})) "
         "--batch-size {params.batch} --out {params.out} > {log} 2>&1"
 

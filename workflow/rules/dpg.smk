@@ -29,7 +29,7 @@ rule download_dpg_csv:
         f"{RESULTS}/downloads/dpg_bench.csv",
     params:
         url=DPG["csv_url"],
-        sha256=f"--sha256 {DPG['csv_sha256']}" if DPG["csv_sha256"] else "",
+        sha256=flag("--sha256", DPG["csv_sha256"]) if DPG["csv_sha256"] else "",
         mirror=mirror_flag(),
     log:
         log_path("download_dpg_csv"),
@@ -39,7 +39,7 @@ rule download_dpg_csv:
     resources:
         mem_mb=500,
     shell:
-        "arrag download file --url {params.url} {params.sha256} {params.mirror} --out {output} > {log} 2>&1"
+        "arrag download file --url {params.url:q} {params.sha256} {params.mirror} --out {output} > {log} 2>&1"
 
 
 rule dpg_prompts:
@@ -97,7 +97,7 @@ rule download_mplug:
         mem_mb=1000,
     retries: 3  # a dropped connection: the rerun resumes the file it was fetching
     shell:
-        "arrag download modelscope --model-id {params.model} --revision {params.revision} --lock {params.lock} "
+        "arrag download modelscope --model-id {params.model:q} --revision {params.revision:q} --lock {params.lock:q} "
         "{params.mirror} --out {output} > {log} 2>&1"
 
 
@@ -111,7 +111,7 @@ rule score_dpg:
         csv=lambda wildcards, input: dpg_question_csv(input.questions),
         vqa=DPG["vqa"],
         quirks="" if DPG_SKIP_FIRST_ROW else "--keep-first-row",
-        mplug=lambda wildcards, input: f"--mplug-model {input.mplug}" if DPG["vqa"] == "mplug" else "",
+        mplug=lambda wildcards, input: flag("--mplug-model", input.mplug) if DPG["vqa"] == "mplug" else "",
         arrag=arrag_on_gpu,
     log:
         f"{RESULTS}/logs/score_dpg/{{method}}.log",
@@ -146,5 +146,5 @@ rule dpg_table:
     resources:
         mem_mb=500,
     shell:
-        "arrag table dpg {params.results} {params.paper} --note '{params.note}' "
+        "arrag table dpg {params.results} {params.paper} --note {params.note:q} "
         "--out {params.out} > {log} 2>&1"

@@ -63,7 +63,7 @@ rule geneval_table:
     resources:
         mem_mb=500,
     shell:
-        "arrag table geneval {params.results} {params.paper} --note '{params.note}' "
+        "arrag table geneval {params.results} {params.paper} --note {params.note:q} "
         "--out {params.out} > {log} 2>&1"
 
 

@@ -130,5 +130,5 @@ rule sweep_faid:
     resources:
         mem_mb=1000,
     shell:
-        "arrag sweep-table --summary {input} --metric {params.metric} --x every --y hops --title '{params.title}' "
+        "arrag sweep-table --summary {input} --metric {params.metric} --x every --y hops --title {params.title:q} "
         "--out-csv {output.csv} --out-png {output.png} > {log} 2>&1"

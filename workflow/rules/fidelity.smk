@@ -44,7 +44,7 @@ rule download_mjhq:
     output:
         directory(f"{RESULTS}/downloads/mjhq30k"),
     params:
-        revision=f"--revision {FIDELITY['mjhq_revision']}" if FIDELITY["mjhq_revision"] else "",
+        revision=flag("--revision", FIDELITY["mjhq_revision"]) if FIDELITY["mjhq_revision"] else "",
         mirror=mirror_flag("mjhq30k"),
     log:
         log_path("download_mjhq"),
@@ -155,5 +155,5 @@ rule fidelity_table:
     resources:
         mem_mb=500,
     shell:
-        "arrag table fidelity {params.results} {params.paper} --note '{params.note}' "
+        "arrag table fidelity {params.results} {params.paper} --note {params.note:q} "
         "--out {params.out} > {log} 2>&1"

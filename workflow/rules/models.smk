@@ -23,7 +23,7 @@ if config["model"]["source"] == "hub":
         resources:
             mem_mb=2000,
         shell:
-            "arrag download model --hub-id {params.hub_id} --revision {params.revision} --lock {params.lock} "
+            "arrag download model --hub-id {params.hub_id:q} --revision {params.revision:q} --lock {params.lock:q} "
             "{params.mirror} --out {output} > {log} 2>&1"
 
 else:
@@ -86,7 +86,9 @@ rule download_clip:
         repo=lambda wildcards: CLIP_WEIGHTS[wildcards.model]["repo"],
         revision=lambda wildcards: CLIP_WEIGHTS[wildcards.model]["revision"],
         sha256=lambda wildcards: (
-            f"--sha256 {CLIP_FILE}={CLIP_WEIGHTS[wildcards.model]['sha256']}" if CLIP_WEIGHTS[wildcards.model]["sha256"] else ""
+            flag("--sha256", f"{CLIP_FILE}={CLIP_WEIGHTS[wildcards.model]['sha256']}")
+            if CLIP_WEIGHTS[wildcards.model]["sha256"]
+            else ""
         ),
         lock=lambda wildcards: lock_path(f"clip-{wildcards.model}"),
         file=CLIP_FILE,
@@ -100,5 +102,5 @@ rule download_clip:
         mem_mb=1000,
     retries: 3  # a dropped connection: the rerun resumes in <out>.partial/
     shell:
-        "arrag download model --hub-id {params.repo} --revision {params.revision} --include {params.file} "
-        "{params.sha256} --lock {params.lock} {params.mirror} --out {output} > {log} 2>&1"
+        "arrag download model --hub-id {params.repo:q} --revision {params.revision:q} --include {params.file} "
+        "{params.sha256} --lock {params.lock:q} {params.mirror} --out {output} > {log} 2>&1"

@@ -30,7 +30,7 @@ rule embed_images:
         gpu=1,
         mem_mb=3000,
     shell:
-        "OMP_NUM_THREADS={threads} {params.gpu} arrag embed-images --source '{params.source}' "
+        "OMP_NUM_THREADS={threads} {params.gpu} arrag embed-images --source {params.source:q} "
         "--shard $((10#{wildcards.shard})) --num-shards $((10#{wildcards.num_shards})) {params.clip} "
         "--batch-size {params.batch} --device {params.device} --out {params.out} > {log} 2>&1"
 

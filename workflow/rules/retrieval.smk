@@ -11,7 +11,7 @@ rule download_dataset:
     params:
         repo=lambda wildcards: DATASETS[wildcards.dataset]["repo"],
         revision=lambda wildcards: DATASETS[wildcards.dataset]["revision"],
-        include=lambda wildcards: " ".join(f"'{p}'" for p in DATASETS[wildcards.dataset]["include"]),
+        include=lambda wildcards: DATASETS[wildcards.dataset]["include"],
         lock=lambda wildcards: lock_path(f"dataset-{wildcards.dataset}"),
         mirror=mirror_flag(),
     log:
@@ -23,8 +23,8 @@ rule download_dataset:
         mem_mb=2000,
     retries: 3  # a dropped connection: the rerun resumes in <out>.partial/
     shell:
-        "arrag download dataset --repo {params.repo} --revision {params.revision} --include {params.include} "
-        "--lock {params.lock} {params.mirror} --out {output} > {log} 2>&1"
+        "arrag download dataset --repo {params.repo:q} --revision {params.revision:q} --include {params.include:q} "
+        "--lock {params.lock:q} {params.mirror} --out {output:q} > {log} 2>&1"
 
 rule tokenise_shard:
     input:
@@ -50,7 +50,7 @@ rule tokenise_shard:
         gpu=1,
         mem_mb=3000,
     shell:
-        "OMP_NUM_THREADS={threads} {params.gpu} arrag tokenise --model {input.model} --source '{params.source}' "
+        "OMP_NUM_THREADS={threads} {params.gpu} arrag tokenise --model {input.model} --source {params.source:q} "
         "--shard $((10#{wildcards.shard})) --num-shards $((10#{wildcards.num_shards})) --out {params.out} "
         "--batch-size {params.batch} --device {params.device} > {log} 2>&1"
 
@@ -64,7 +64,7 @@ rule build_database:
         directory(f"{RESULTS}/retrieval/db"),
     params:
         layout=f"--hops {RETRIEVAL['hops']}" + ("" if RETRIEVAL["causal"] else " --full"),
-        index=RETRIEVAL["index"],
+        index=RETRIEVAL["index"],  # an enum
         index_params=settings_flags("--param", RETRIEVAL["index_params"]),
     log:
         log_path("build_database"),
@@ -118,7 +118,7 @@ rule bench_retrieval:
         json=f"{RESULTS}/bench/retrieval.json",
         md=f"{RESULTS}/bench/retrieval.md",
     params:
-        backends=" ".join(f"--backend {b}" for b in RETRIEVAL["bench"]["backends"]),
+        backends=" ".join(flag("--backend", b) for b in RETRIEVAL["bench"]["backends"]),
         min_entries=RETRIEVAL["bench"]["min_entries"],
         hops=RETRIEVAL["hops"],
     log:

@@ -51,5 +51,5 @@ rule sweep_daid:
     resources:
         mem_mb=1000,
     shell:
-        "arrag sweep-table --summary {input} --metric {params.metric} --x weight --y temperature --title '{params.title}' "
+        "arrag sweep-table --summary {input} --metric {params.metric} --x weight --y temperature --title {params.title:q} "
         "--out-csv {output.csv} --out-png {output.png} > {log} 2>&1"
