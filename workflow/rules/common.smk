@@ -186,7 +186,7 @@ def pairs_flags(wildcards, input):
     """`--codes SHARDS` or `--world DIR --split NAME`: the pairs of `arrag faid-trainset` and `train-racm3`,
     without the benchmark images the contamination check found (`--exclude`)."""
     if FINETUNE_PAIRS:
-        return "--codes " + " ".join(map(quote, input.pairs)) + " " + flag("--exclude", input.exclusions)
+        return f"--codes {' '.join(map(quote, input.pairs))} {flag('--exclude', input.exclusions)}"
     world = f"{flag('--world', world_dir(input.pairs))} {flag('--split', FAID['trainset_split'])}"
     return f"{world} {flag('--exclude', input.exclusions)}"
 
