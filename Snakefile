@@ -25,6 +25,7 @@ include: "workflow/rules/evaluate.smk"
 include: "workflow/rules/sweep.smk"
 include: "workflow/rules/dpg.smk"
 include: "workflow/rules/fidelity.smk"
+include: "workflow/rules/contamination.smk"
 
 
 rule all:
@@ -33,6 +34,7 @@ rule all:
                prompts=["geneval", "reference" if FIDELITY["benchmark"] == "mini" else "mjhq"]),
         expand("{results}/figures/samples_{method}.png", results=RESULTS, method=METHODS),
         f"{RESULTS}/tables/retrieval_accuracy.csv",
+        f"{RESULTS}/tables/contamination.csv",
         f"{RESULTS}/tables/geneval.csv",
         f"{RESULTS}/tables/fidelity.csv",
         [f"{RESULTS}/tables/sweep_daid.csv"] if "daid" in METHODS else [],

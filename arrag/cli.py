@@ -345,14 +345,17 @@ def cmd_finish_benchmark(args) -> None:
 
 
 def cmd_build_image_index(args) -> None:
+    import torch
+
     from arrag.data.code_shards import load_code_shards, require_codebook, shard_digests
+    from arrag.data.contamination import kept_rows
     from arrag.io import read_jsonl
     from arrag.models.vq import codebook_fingerprint
     from arrag.retrieval.image_index import BagOfWordsEncoder, ClipTextEncoder, ImageLevelIndex
 
     if args.embeddings:  # the paper's CLIP retriever
         encoder = ClipTextEncoder.load(args.clip_model, args.clip_pretrained, sha256=args.clip_sha256)
-        index = ImageLevelIndex.from_shards(args.codes, args.embeddings, encoder)
+        index = ImageLevelIndex.from_shards(args.codes, args.embeddings, encoder, exclude=args.exclude)
         index.check_codebook(codebook_fingerprint(_load_codebook(args.model, args.revision)), str(args.model))
         index.save(args.out)
         print(json.dumps({k: v for k, v in index.metadata.items() if k != "sources"}, indent=2))
@@ -361,6 +364,8 @@ def cmd_build_image_index(args) -> None:
         raise ValueError("give --embeddings (CLIP embedding shards of the corpus) or --captions (the mini world's)")
     records = read_jsonl(args.captions)
     codes, image_ids, metas = load_code_shards(args.codes)
+    keep = torch.from_numpy(kept_rows(args.exclude, image_ids, metas))
+    codes, image_ids = codes[keep], image_ids[keep]
     if int(image_ids.max()) >= len(records):
         raise ValueError(
             f"{args.captions} has {len(records)} records but the code shards hold image id {image_ids.max()}: "
@@ -390,28 +395,44 @@ def _pairs_args(p: argparse.ArgumentParser) -> None:
     pairs.add_argument("--codes", nargs="+", help="code shards of captioned sources (arrag tokenise): the pairs")
     pairs.add_argument("--world", help="directory written by `arrag world`: the pairs are its --split")
     p.add_argument("--split", default="finetune", help="with --world: the split")
+    _exclude_arg(p)
+
+
+def _exclude_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--exclude", default=None, help="exclusion list (arrag contamination): leave its images out")
 
 
 def fine_tuning_pairs(args, vq_of) -> tuple:
     """The fine-tuning pairs as (codes LongTensor [N, H, W], captions [N], their source specs, the fingerprint
-    of the codebook the codes were made with): code shards of captioned sources (--codes, read as they are),
-    or a mini-world split (--world/--split), tokenised here by the VQTokenizer `vq_of()` returns."""
+    of the codebook the codes were made with, each pair's position in its split (int64 [N]; --world only)):
+    code shards of captioned sources (--codes, read as they are), or a mini-world split (--world/--split),
+    tokenised here by the VQTokenizer `vq_of()` returns. Pairs the --exclude list names are left out."""
+    import numpy as np
+
+    from arrag.data.contamination import Exclusions, kept_rows
     from arrag.models.vq import codebook_fingerprint
 
     if args.codes:
         from arrag.data.code_shards import load_code_shards, shard_captions
 
-        codes, _, metas = load_code_shards(args.codes)
+        codes, image_ids, metas = load_code_shards(args.codes)
         specs = {json.dumps(m["source"], sort_keys=True) for m in metas}
-        captions = shard_captions(args.codes, metas)
-        return codes, captions, [json.loads(s) for s in sorted(specs)], metas[0]["codebook_sha256"]
+        keep = kept_rows(args.exclude, image_ids, metas)
+        captions = [c for c, k in zip(shard_captions(args.codes, metas), keep) if k]
+        return codes[keep], captions, [json.loads(s) for s in sorted(specs)], metas[0]["codebook_sha256"], None
     from arrag.data.mini_world import load_split
     from arrag.models.training import encode_images
 
     vq = vq_of()
-    images, records = load_split(Path(args.world) / args.split)
+    split = Path(args.world) / args.split
+    images, records = load_split(split)
+    positions = np.arange(len(records))
+    if args.exclude:
+        spec = {"type": "mini_world", "path": str(split)}
+        keep = Exclusions.load(args.exclude).keep_local(spec, positions, [str(r["id"]) for r in records])
+        images, records, positions = images[keep], [r for r, k in zip(records, keep) if k], positions[keep]
     codes = encode_images(vq, images).cpu()
-    return codes, [r["caption"] for r in records], [], codebook_fingerprint(vq.codebook)
+    return codes, [r["caption"] for r in records], [], codebook_fingerprint(vq.codebook), positions
 
 
 def refuse_shared_sources(pair_sources: list[dict], sources: list[dict], what: str) -> None:
@@ -430,8 +451,6 @@ def refuse_shared_sources(pair_sources: list[dict], sources: list[dict], what: s
 
 
 def cmd_faid_trainset(args) -> None:
-    import numpy as np
-
     from arrag.decoding.pipeline import resolve_device
     from arrag.models.faid_training import build_trainset
     from arrag.models.janus import load_janus
@@ -443,12 +462,12 @@ def cmd_faid_trainset(args) -> None:
     model, _ = load_janus(args.model, revision=args.revision, device=device)
     vq = VQTokenizer.from_janus(model)
     db = _load_db(args, device, vq.codebook)
-    codes, captions, pair_sources, codes_codebook = fine_tuning_pairs(args, lambda: vq)
+    codes, captions, pair_sources, codes_codebook, positions = fine_tuning_pairs(args, lambda: vq)
     if codes_codebook != codebook_fingerprint(vq.codebook):
         raise ValueError(f"the fine-tuning codes were tokenised with another codebook than {args.model}; re-tokenise")
     refuse_shared_sources(pair_sources, db.sources, f"the database {args.db}")
     # --exclude-self: the split is the database's own source, image id = position in the split
-    image_ids = np.arange(len(codes)) if args.exclude_self else None
+    image_ids = positions if args.exclude_self else None
     summary = build_trainset(model, db, codes, captions, args.k, args.out, image_ids)
     print(json.dumps(summary, indent=2))
 
@@ -473,7 +492,7 @@ def cmd_train_racm3(args) -> None:
     def vq_of():  # only a mini-world split is tokenised here; code shards are read as they are
         return VQTokenizer.from_janus(load_janus(args.model, revision=args.revision)[0])
 
-    codes, captions, pair_sources, codes_codebook = fine_tuning_pairs(args, vq_of)
+    codes, captions, pair_sources, codes_codebook, _ = fine_tuning_pairs(args, vq_of)
     index = ImageLevelIndex.load(args.image_index)  # train_racm3 moves its query encoder to each process' device
     refuse_shared_sources(pair_sources, index.sources, f"the image index {args.image_index}")
     stats = train_racm3(
@@ -538,13 +557,45 @@ def cmd_tokenise(args) -> None:
     print(json.dumps(summary, indent=2))
 
 
+def cmd_hash_images(args) -> None:
+    from transformers import JanusConfig
+
+    from arrag.data.contamination import hash_source_shard
+    from arrag.models.vq import vq_image_size
+
+    size = vq_image_size(JanusConfig.from_pretrained(args.model, revision=args.revision).vq_config)
+    meta = hash_source_shard(json.loads(args.source), args.shard, args.num_shards, size, args.out, args.batch_size)
+    print(json.dumps({k: v for k, v in meta.items() if k != "skipped"} | {"skipped": len(meta["skipped"])}, indent=2))
+
+
+def cmd_contamination(args) -> None:
+    from arrag.data.contamination import Thresholds, find_contamination, write_contamination_table
+    from arrag.io import write_json
+
+    def named(groups: list[list[str]], option: str) -> dict[str, list[str]]:
+        if any(len(g) < 2 for g in groups) or len({g[0] for g in groups}) < len(groups):
+            raise ValueError(f"{option} takes a distinct NAME and its hash shards, e.g. {option} corpus h0.npz h1.npz")
+        return {g[0]: g[1:] for g in groups}
+
+    thresholds = Thresholds(args.phash_bits, args.thumbnail_rms)
+    result = find_contamination(named(args.reference, "--reference"), named(args.source, "--source"), thresholds)
+    write_json(args.out, result)
+    write_contamination_table(result, args.table)
+    print(Path(args.table).with_suffix(".md").read_text())
+
+
 def cmd_build_db(args) -> None:
+    import torch
+
     from arrag.data.code_shards import load_code_shards, require_codebook, shard_digests, source_table
+    from arrag.data.contamination import kept_rows
     from arrag.retrieval.database import PatchDatabase, codebook_sha256
 
     codebook = _load_codebook(args.model, args.revision)
     codes, image_ids, metas = load_code_shards(args.codes)
     require_codebook(args.codes, metas, codebook_sha256(codebook), args.model)
+    keep = torch.from_numpy(kept_rows(args.exclude, image_ids, metas))  # ids keep their values: provenance holds
+    codes, image_ids = codes[keep], image_ids[keep]
     params = {k: _number(v) for k, v in (p.split("=", 1) for p in args.param)}
     t0 = time.time()
     db = PatchDatabase.build(
@@ -940,6 +991,24 @@ def cmd_attribution(args) -> None:
     print(attribution_figure(panels, sources, args.out))
 
 
+def cmd_rehearsal_mirror(args) -> None:
+    from arrag.rehearsal import build_mirror
+
+    sizes = dict(cc12m=args.cc12m, cc12m_per_tar=args.cc12m_per_tar, midjourney=args.midjourney, mjhq=args.mjhq)
+    summary = build_mirror(args.out, **sizes, depth=args.depth, toy=args.toy, clip_model=args.clip_model or None)
+    print(json.dumps(summary, indent=2))
+
+
+def cmd_scale_table(args) -> None:
+    from arrag.bench.scale import scale_markdown, scale_rows
+    from arrag.io import write_json, write_text
+
+    rows = scale_rows(args.results)
+    write_text(args.out, scale_markdown(rows, args.results))
+    write_json(Path(args.out).with_suffix(".json"), rows)
+    print(Path(args.out).read_text())
+
+
 def cmd_grid(args) -> None:
     from arrag.visualise import sample_grid
 
@@ -990,6 +1059,7 @@ def build_parser() -> argparse.ArgumentParser:
         "JSONL with one record per source image (image id = line)",
     )
     p.add_argument("--caption-field", default="caption")
+    _exclude_arg(p)
     p.add_argument("--out", required=True)
     p.set_defaults(func=cmd_build_image_index)
 
@@ -1085,9 +1155,28 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="auto")
     p.set_defaults(func=cmd_tokenise)
 
+    p = sub.add_parser("hash-images", help="hash one shard of an image source (the contamination check)")
+    _model_args(p, help="the backbone: images are hashed at its tokenizer's size")
+    p.add_argument("--source", required=True, help="JSON source spec, as for `arrag tokenise`")
+    p.add_argument("--shard", type=int, default=0)
+    p.add_argument("--num-shards", type=int, default=1)
+    p.add_argument("--batch-size", type=int, default=256)
+    p.add_argument("--out", required=True, help="directory of hash shards")
+    p.set_defaults(func=cmd_hash_images)
+
+    p = sub.add_parser("contamination", help="find benchmark images in the corpora and pairs: exclusion list + table")
+    for option, what in (("--reference", "an evaluation reference set"), ("--source", "a corpus or pairs source")):
+        p.add_argument(option, nargs="+", action="append", required=True, metavar="NAME SHARD", help=what)
+    p.add_argument("--phash-bits", type=int, default=14, help="near duplicate: pHash Hamming distance <= this ...")
+    p.add_argument("--thumbnail-rms", type=float, default=6.0, help="... and 8x8 thumbnails' RMS <= this (grey levels)")
+    p.add_argument("--out", required=True, help="the exclusion list (JSON)")
+    p.add_argument("--table", required=True, help="the table's prefix: PREFIX.csv, .md, .tex")
+    p.set_defaults(func=cmd_contamination)
+
     p = sub.add_parser("build-db", help="build a PatchDatabase from code shards")
     _model_args(p, help="the backbone whose codebook the keys use")
     p.add_argument("--codes", nargs="+", required=True, help="code shards (.npz)")
+    _exclude_arg(p)
     p.add_argument("--hops", type=_COUNT, default=1)
     p.add_argument("--full", action="store_true", help="full-ring keys (masked models) instead of causal")
     p.add_argument("--index", default="compact")
@@ -1174,6 +1263,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out-prompts", required=True, help="JSONL for `arrag generate-benchmark`")
     p.add_argument("--out-reference", default=None, help="folder for the real images of those prompts")
     p.set_defaults(func=cmd_mjhq_prompts)
+
+    p = sub.add_parser("rehearsal", help="the paper path rehearsed on a CPU: stand-in downloads")
+    p = p.add_subparsers(dest="rehearsal", required=True).add_parser(
+        "mirror", help="a downloads.mirror folder of stand-ins (random-weight Janus-Pro-1B, 384 px tars, parquet, MJHQ)"
+    )
+    p.add_argument("--out", required=True)
+    p.add_argument("--cc12m", type=int, default=64, help="images in the CC12M-shaped tars")
+    p.add_argument("--cc12m-per-tar", type=int, default=16)
+    p.add_argument("--midjourney", type=int, default=32, help="images in the midjourney-v6-llava-shaped parquet")
+    p.add_argument("--mjhq", type=int, default=20, help="images in the MJHQ-30K-shaped zip")
+    p.add_argument("--depth", type=int, default=2, help="layers of the language model and SigLIP (Janus-Pro-1B: 24)")
+    p.add_argument("--toy", action="store_true", help="narrow widths (same 384 px, 24 x 24, 16384 x 8): tests")
+    p.add_argument("--clip-model", default="ViT-B-32", help="open_clip model of RA-CM3's retriever ('' for none)")
+    p.set_defaults(func=cmd_rehearsal_mirror)
+    p = sub.add_parser("scale-table", help="per-rule cost per item of a run, extrapolated to the paper's counts")
+    p.add_argument("--results", required=True, help="results/<profile> of a finished run (its benchmarks/*.tsv)")
+    p.add_argument("--out", required=True, help="Markdown file (a .json of the rows beside it)")
+    p.set_defaults(func=cmd_scale_table)
 
     bench = sub.add_parser("bench", help="performance benchmarks").add_subparsers(dest="bench", required=True)
     p = bench.add_parser("retrieval", help="index backends side by side: build time, bytes/entry, QPS, recall")

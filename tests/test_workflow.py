@@ -102,8 +102,8 @@ def _job_counts(dry_run_stdout: str) -> dict[str, int]:
     [
         # tokenised: the corpora and the pairs (Figure 6 reads FAiD's training set, so no held-out images);
         # the sweeps' 10K MJHQ-30K prompts: their own set beside Table 3's 30K, or Table 3's own first 10K
-        ("config/paper.yaml", 64 + 32 + 48 + 4 + 4, 64 + 32, 4 * 3 * 4, 3 * 3, 5 * 4, "mjhq_sweep", 425),
-        ("config/paper-1gpu.yaml", 1 + 1 + 1, 1, 4 * 3 * 1, 2 * 2, 3 * 2, "mjhq", 101),
+        ("config/paper.yaml", 64 + 32 + 48 + 4 + 4, 64 + 32, 4 * 3 * 4, 3 * 3, 5 * 4, "mjhq_sweep", 425 + 154),
+        ("config/paper-1gpu.yaml", 1 + 1 + 1, 1, 4 * 3 * 1, 2 * 2, 3 * 2, "mjhq", 101 + 5),
     ],
 )
 def test_the_paper_profiles_resolve(
@@ -132,6 +132,7 @@ def test_the_paper_profiles_resolve(
     assert jobs["faid_trainset"] == jobs["train_faid"] == 1 and jobs["train_faid_sweep"] == sweep
     assert jobs["embed_images"] == embed and jobs["build_image_index"] == jobs["train_racm3"] == 1
     assert jobs["download_dataset"] == 2  # CC12M tars and midjourney-v6-llava parquet
+    assert jobs["hash_images"] == tokenise + 1 and jobs["contamination"] == 1  # every tokenised shard + MJHQ-30K
     assert sum(jobs.values()) == total  # the figure the README quotes
     assert not set(jobs) & {"world", "train_vq", "train_base", "mini_dpg", "train_features"}
     trainset = next(line for line in result.stdout.splitlines() if "arrag faid-trainset" in line)
@@ -143,6 +144,10 @@ def test_the_paper_profiles_resolve(
     clip = f"results/{config.split('/')[1][:-5]}/downloads/clip/ViT-B-32-quickgelu/open_clip_model.safetensors"
     assert "--embeddings results/" in index and f"--clip-model ViT-B-32-quickgelu --clip-pretrained {clip}" in index
     assert "--captions" not in index and "codes/datacomp/" not in index  # RA-CM3: CC12M + JourneyDB only
+    check = next(line for line in result.stdout.splitlines() if "arrag contamination" in line)
+    assert "--reference mjhq " in check and "--source midjourney_pairs " in check and "--source cc12m " in check
+    exclusions = f"--exclude results/{config.split('/')[1][:-5]}/contamination/exclusions.json"
+    assert exclusions in index and exclusions in trainset
     # Figure 7 as the paper scores it (appendix C.2): every sweep point generates the first 10K MJHQ-30K prompts,
     # one image each, and is scored by FID (Inception) against their real images; no sweep point runs GenEval
     profile = config.removeprefix("config/").removesuffix(".yaml")

@@ -44,6 +44,11 @@ def normalised_nearest_codes(latents: torch.Tensor, codebook: torch.Tensor) -> t
     return (F.normalize(latents, dim=-1) @ F.normalize(codebook, dim=-1).T).argmax(dim=-1)
 
 
+def vq_image_size(vq_config) -> int:
+    """The square side (px) a Janus VQ config encodes: tokens per side x the encoder's downsampling."""
+    return int(vq_config.num_patches) * 2 ** (len(vq_config.channel_multiplier) - 1)
+
+
 class VQTokenizer:
     """encode(images) -> codes [B, H, W]; decode(codes) -> images; codebook [K, D] (L2-normalised)."""
 
@@ -61,8 +66,7 @@ class VQTokenizer:
 
     @property
     def image_size(self) -> int:
-        downsample = 2 ** (len(self.vqmodel.config.channel_multiplier) - 1)
-        return self.grid * downsample
+        return vq_image_size(self.vqmodel.config)
 
     @property
     def codebook_size(self) -> int:

@@ -247,13 +247,21 @@ class ImageLevelIndex:
 
     @classmethod
     def from_shards(
-        cls, code_paths: list[str | Path], embedding_paths: list[str | Path], encoder: ClipTextEncoder
+        cls,
+        code_paths: list[str | Path],
+        embedding_paths: list[str | Path],
+        encoder: ClipTextEncoder,
+        exclude: str | Path | None = None,
     ) -> "ImageLevelIndex":
         """The CLIP index of a tokenised corpus: code shards (arrag tokenise) joined with the CLIP embedding
-        shards of the same sources (arrag embed-images) on each image's source and position."""
+        shards of the same sources (arrag embed-images) on each image's source and position; without the
+        images the exclusion list `exclude` names (arrag.data.contamination)."""
         from arrag.data.code_shards import load_code_shards, shard_digests, source_table
+        from arrag.data.contamination import kept_rows
 
         codes, image_ids, metas = load_code_shards(code_paths)  # global ids: each source shifted by its offset
+        keep = torch.from_numpy(kept_rows(exclude, image_ids, metas))
+        codes, image_ids = codes[keep], image_ids[keep]
         sources = source_table(metas)
         offsets = {json.dumps(t["source"], sort_keys=True): t["offset"] for t in sources}
         embeddings, embedded_ids, embedding_digests = [], [], []

@@ -139,18 +139,24 @@ def racm3_clip_input(wildcards):
 def image_index_inputs(wildcards):
     """RA-CM3's index is built from the corpus's code shards plus CLIP embedding shards, or captions (mini)."""
     if not RETRIEVAL["corpora"]:
-        return {"codes": corpus_codes(), "captions": f"{RESULTS}/world/{RETRIEVAL['source']}/metadata.jsonl"}
+        return {
+            "codes": corpus_codes(),
+            "captions": f"{RESULTS}/world/{RETRIEVAL['source']}/metadata.jsonl",
+            "exclusions": EXCLUSIONS,
+        }
     shards = source_shards({name: CORPORA[name] for name in RACM3_CORPORA})
     return {
         "codes": [code_shard(*shard) for shard in shards],
         "embeddings": [f"{RESULTS}/clip/{name}/clip-{s:05d}-of-{n:05d}.npz" for name, s, n in shards],
+        "exclusions": EXCLUSIONS,
     } | racm3_clip_input(wildcards)
 
 
 def image_index_flags(wildcards, input):
+    """The retriever's inputs, without the benchmark images the contamination check found."""
     if not RETRIEVAL["corpora"]:
-        return flag("--captions", input.captions)
-    return f"--embeddings {' '.join(map(quote, input.embeddings))} {clip_flags()}"
+        return f"{flag('--captions', input.captions)} {flag('--exclude', input.exclusions)}"
+    return f"--embeddings {' '.join(map(quote, input.embeddings))} {clip_flags()} {flag('--exclude', input.exclusions)}"
 
 
 def source_shards(entries):
@@ -172,15 +178,17 @@ def finetune_codes():
 def pairs_inputs(wildcards):
     """What the fine-tuning pairs are read from: code shards of `finetune.pairs`, else the mini world's split."""
     if FINETUNE_PAIRS:
-        return {"pairs": finetune_codes()}
-    return {"pairs": f"{RESULTS}/world/{FAID['trainset_split']}/images.npy"}
+        return {"pairs": finetune_codes(), "exclusions": EXCLUSIONS}
+    return {"pairs": f"{RESULTS}/world/{FAID['trainset_split']}/images.npy", "exclusions": EXCLUSIONS}
 
 
 def pairs_flags(wildcards, input):
-    """`--codes SHARDS` or `--world DIR --split NAME`: the pairs of `arrag faid-trainset` and `train-racm3`."""
+    """`--codes SHARDS` or `--world DIR --split NAME`: the pairs of `arrag faid-trainset` and `train-racm3`,
+    without the benchmark images the contamination check found (`--exclude`)."""
     if FINETUNE_PAIRS:
-        return "--codes " + " ".join(map(quote, input.pairs))
-    return f"{flag('--world', world_dir(input.pairs))} {flag('--split', FAID['trainset_split'])}"
+        return f"--codes {' '.join(map(quote, input.pairs))} {flag('--exclude', input.exclusions)}"
+    world = f"{flag('--world', world_dir(input.pairs))} {flag('--split', FAID['trainset_split'])}"
+    return f"{world} {flag('--exclude', input.exclusions)}"
 
 
 def heldout_codes():
@@ -600,3 +608,62 @@ def fidelity_network_flags(input):
     clip = clip_file(CMMD_CLIP, FIDELITY["clip_pretrained"])
     return f"{flag('--fid-network', f'inception:{input.inception}')} {flag('--cmmd-network', f'clip:{clip}')}"
 
+
+# The contamination check (rules/contamination.smk): the evaluation reference sets, whose images must not be in
+# the database or the fine-tuning pairs (Table 3's real images: the mini world's reference split or MJHQ-30K's;
+# Figure 6's held-out images when it searches them), and the sources checked against them (every corpus, and the
+# fine-tuning pairs or the mini world's fine-tuning split). name -> {source: spec or None (a world split), num_shards}
+CONTAMINATION = config["contamination"]
+_SEARCHES_HELDOUT = RETRIEVAL["heldout"] and RETRIEVAL["accuracy"]["queries"] == "heldout"
+REFERENCE_SETS = (
+    {"reference": {"source": None, "num_shards": 1}}
+    if FIDELITY["benchmark"] == "mini"
+    else {"mjhq": {"source": {"type": "folder", "path": f"{RESULTS}/mjhq/reference"}, "num_shards": 1}}
+) | ({HELDOUT_NAME: TOKENISED[HELDOUT_NAME]} if _SEARCHES_HELDOUT else {})
+CHECKED_SOURCES = CORPORA | (FINETUNE_PAIRS or {FAID["trainset_split"]: {"source": None, "num_shards": 1}})
+HASHED = CHECKED_SOURCES | REFERENCE_SETS
+_clashes = sorted(set(CHECKED_SOURCES) & set(REFERENCE_SETS))
+if _clashes:
+    raise ValueError(
+        f"{_clashes} are both evaluation reference sets and retrieval or fine-tuning sources: the benchmark's images "
+        "cannot also be its training data; take the corpus or pairs from another split or source"
+    )
+
+
+def hash_shards(entries):
+    """results/<profile>/hashes/<name>/hashes-SSSSS-of-TTTTT.npz of every shard of the given sources."""
+    return [f"{RESULTS}/hashes/{name}/hashes-{s:05d}-of-{n:05d}.npz" for name, s, n in source_shards(entries)]
+
+
+def hash_inputs(wildcards):
+    """The model (its tokenizer's image size), and what the source reads: a download, MJHQ-30K's extracted
+    reference images or a mini-world split."""
+    entry = HASHED[wildcards.split]
+    inputs = {"model": f"{RESULTS}/models/base"}
+    if entry.get("download"):
+        inputs["data"] = dataset_dir(entry["download"])
+    if wildcards.split == "mjhq":
+        inputs["images"] = f"{RESULTS}/mjhq/reference"
+    elif entry["source"] is None:
+        inputs["images"] = f"{RESULTS}/world/{wildcards.split}/images.npy"
+    return inputs
+
+
+def hash_source(wildcards, input):
+    """The JSON source spec of a hashed set: the same spec its tokenisation reads (tokenise_source)."""
+    source = HASHED[wildcards.split]["source"]
+    return json.dumps(source or {"type": "mini_world", "path": os.path.dirname(input.images)})
+
+
+def contamination_flags(wildcards, input):
+    """--reference NAME SHARDS... --source NAME SHARDS... of `arrag contamination`."""
+    groups = [("--reference", REFERENCE_SETS), ("--source", CHECKED_SOURCES)]
+    flags = [
+        f"{option} {quote(name)} {' '.join(map(quote, hash_shards({name: sets[name]})))}"
+        for option, sets in groups
+        for name in sets
+    ]
+    return " ".join(flags)
+
+
+EXCLUSIONS = f"{RESULTS}/contamination/exclusions.json"

@@ -59,6 +59,7 @@ rule build_database:
     input:
         model=f"{RESULTS}/models/base",
         codes=corpus_codes(),
+        exclusions=EXCLUSIONS,  # the benchmark images the contamination check found: left out
     output:
         directory(f"{RESULTS}/retrieval/db"),
     params:
@@ -74,7 +75,7 @@ rule build_database:
         mem_mb=8000,
     shell:
         "OMP_NUM_THREADS={threads} arrag build-db --model {input.model} --codes {input.codes} {params.layout} "
-        "--index {params.index} {params.index_params} --out {output} > {log} 2>&1"
+        "--exclude {input.exclusions} --index {params.index} {params.index_params} --out {output} > {log} 2>&1"
 
 
 rule retrieval_accuracy:

@@ -1,0 +1,237 @@
+"""The scale table: each rule's measured cost per item in a run (its `benchmarks/*.tsv`: wall seconds, CPU
+seconds, peak RSS), and that cost extrapolated to the paper's counts, so a reader can plan the real run.
+
+Items are counted from the run's own outputs (code shards' and CLIP shards' counts, generation.json's images,
+the trained models' recorded step counts), never from a config, so the table describes what actually ran.
+The paper's counts (PAPER_ITEMS) are the paper's published sizes. Extrapolation is linear in items, which is what
+these jobs are (batched per-item work); the fixed start-up cost of each job is part of the measured time, so the
+per-item figure of a rehearsal with few items is an over-estimate. Time is measured on the machine that ran the
+rehearsal (a CPU): it is that machine's hours, not GPU-hours, until a GPU run supplies its own benchmarks.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+# The paper's counts (AR-RAG: retrieval corpus 5.7M CC12M + 3.3M JourneyDB + 4.6M DataComp images; 50K
+# fine-tuning pairs, one epoch at a global batch of 256 = 196 steps; RA-CM3's CLIP index over CC12M + JourneyDB;
+# GenEval's 553 prompts x 4 images, DPG-Bench's 1,065 prompts x 4 images and MJHQ-30K's 30,000 x 1, per method).
+CORPUS_IMAGES = 5_700_000 + 3_300_000 + 4_600_000
+PAIRS = 50_000
+PER_METHOD_IMAGES = 553 * 4 + 1065 * 4 + 30_000
+PAPER_ITEMS = {
+    "tokenise_shard": CORPUS_IMAGES + PAIRS,  # images (the held-out Figure 6 folder is not counted)
+    "embed_images": 5_700_000 + 3_300_000,  # images
+    "build_database": CORPUS_IMAGES,  # images (576 entries each)
+    "build_image_index": 5_700_000 + 3_300_000,  # images
+    "faid_trainset": PAIRS,  # pairs
+    "train_faid": 196 * 256,  # training sequences
+    "train_racm3": 196 * 256,  # training sequences
+    "generate": PER_METHOD_IMAGES,  # images per method
+    "score_geneval": 553 * 4,  # images per method
+    "score_dpg": 1065 * 4,  # images per method
+    "score_fidelity": 30_000,  # images per method
+    # Figure 7: DAiD's 5 x 4 grid of (lambda, tau) and FAiD's 3 x 3 grid of (hops, spacing), GenEval x 1 image each
+    "generate_daid_sweep": 20 * 553,  # images
+    "generate_faid_sweep": 9 * 553,  # images
+    "train_faid_sweep": 9 * 196 * 256,  # training sequences
+}
+
+
+@dataclass
+class Measured:
+    rule: str
+    jobs: int = 0
+    seconds: float = 0.0  # wall, summed over jobs
+    cpu_seconds: float = 0.0
+    max_rss_mb: float = 0.0  # the largest job's peak
+
+
+def read_benchmarks(bench_dir: str | Path) -> dict[str, Measured]:
+    """Every `*.tsv` under bench_dir grouped by rule: the file's stem up to its first wildcard value (rules name
+    their benchmark files `<rule>[_<wildcards>]`), nested folders (`<rule>/<wildcards>.tsv`) by their folder."""
+    bench_dir = Path(bench_dir)
+    files = sorted(bench_dir.rglob("*.tsv"))
+    if not files:
+        raise FileNotFoundError(f"{bench_dir} holds no benchmark *.tsv: run the workflow (e.g. the rehearsal) first")
+    groups: dict[str, Measured] = {}
+    rules = rule_names()
+    for path in files:
+        rel = path.relative_to(bench_dir)
+        key = rel.parts[0] if len(rel.parts) > 1 else rel.stem
+        rule = _rule_of(key, rules)
+        rows = list(csv.DictReader(path.open(), delimiter="\t"))
+        if not rows:
+            raise ValueError(f"{path}: an empty benchmark file (a job that did not finish?); rerun its rule")
+        m = groups.setdefault(rule, Measured(rule))
+        for row in rows:
+            values = {k: float(row[k]) for k in ("s", "cpu_time", "max_rss") if row.get(k) not in (None, "", "-")}
+            m.jobs += 1
+            m.seconds += values.get("s", 0.0)
+            m.cpu_seconds += values.get("cpu_time", 0.0)
+            m.max_rss_mb = max(m.max_rss_mb, values.get("max_rss", 0.0))
+    return groups
+
+
+_GENERATE = re.compile(r"^generate_(\w+?)_(vanilla|daid|faid|racm3)_\d+-of-\d+$")
+RULES_DIR = Path(__file__).resolve().parents[2] / "workflow" / "rules"
+
+
+def rule_names(rules_dir: Path = RULES_DIR) -> list[str]:
+    """The workflow's rule names, longest first (benchmark files are named after their rule)."""
+    names = {m for p in rules_dir.glob("*.smk") for m in re.findall(r"^\s*rule (\w+):", p.read_text(), re.M)}
+    return sorted(names, key=len, reverse=True)
+
+
+def _rule_of(key: str, rules: list[str]) -> str:
+    """`generate_geneval_daid_00000-of-00002` -> `generate (daid)`; `tokenise_cc12m_00000-of-00002` ->
+    `tokenise_shard`; otherwise the longest rule name the key starts with (`download_dataset_cc12m` ->
+    `download_dataset`), or the key itself."""
+    if m := _GENERATE.match(key):
+        return f"generate ({m.group(2)})"
+    if key.startswith("tokenise_"):
+        return "tokenise_shard"
+    return next((r for r in rules if key == r or key.startswith(r + "_")), key)
+
+
+def _json(path: Path) -> dict:
+    return json.loads(path.read_text())
+
+
+def _shard_counts(folder: Path) -> int:
+    """Items in the code or CLIP shards under folder (each shard's .json records its `count`)."""
+    return sum(_json(p).get("count", 0) for p in folder.rglob("*.json"))
+
+
+def _generated(results: Path, method: str | None = None, sets: tuple[str, ...] | None = None) -> int:
+    total = 0
+    for p in (results / "images").glob("*/*/generation.json"):
+        run, prompt_set = p.parent.parent.name, p.parent.name
+        if (method is None or run == method) and (sets is None or prompt_set in sets):
+            total += _json(p)["generated"]
+    return total
+
+
+def _sweep_images(folder: Path) -> int:
+    return sum(_json(p)["generated"] for p in folder.rglob("generation.json"))
+
+
+def _sequences(record: Path) -> int:
+    """Training sequences a model saw: steps x global batch, from the record it saved (faid.json, training.json)."""
+    rec = _json(record)
+    return int(rec["steps"]) * int(rec["global_batch"])
+
+
+def _folder_bytes(folder: Path) -> int:
+    return sum(p.stat().st_size for p in folder.rglob("*") if p.is_file()) if folder.exists() else 0
+
+
+def item_counters(results: Path) -> dict[str, tuple[str, Callable[[], int], Path | None]]:
+    """rule -> (unit, items it processed in this run, the folder its outputs fill: disk per item)."""
+    corpus_codes = lambda: _json(results / "retrieval" / "db" / "metadata.json")["num_images"]  # noqa: E731
+    counters = {
+        "tokenise_shard": ("images", lambda: _shard_counts(results / "codes"), results / "codes"),
+        "embed_images": ("images", lambda: _shard_counts(results / "clip"), results / "clip"),
+        "build_database": ("images", corpus_codes, results / "retrieval" / "db"),
+        "build_image_index": ("images", lambda: _shard_counts(results / "clip"), results / "retrieval" / "image_index"),
+        "faid_trainset": (
+            "pairs",
+            lambda: _shard_counts(results / "retrieval" / "faid_trainset"),
+            results / "retrieval" / "faid_trainset",
+        ),
+        "train_faid": ("sequences", lambda: _sequences(results / "models" / "faid" / "faid.json"), None),
+        "train_racm3": ("sequences", lambda: _sequences(results / "models" / "racm3" / "training.json"), None),
+        "score_geneval": ("images", lambda: _generated(results, sets=("geneval",)), None),
+        "score_dpg": ("images", lambda: _generated(results, sets=("dpg",)), None),
+        "score_fidelity": ("images", lambda: _generated(results, sets=("reference", "mjhq")), None),
+    }
+    counters["generate_daid_sweep"] = ("images", lambda: _sweep_images(results / "images" / "sweep_daid"), None)
+    counters["generate_faid_sweep"] = ("images", lambda: _sweep_images(results / "images" / "sweep_faid"), None)
+    counters["train_faid_sweep"] = (
+        "sequences",
+        lambda: sum(_sequences(p) for p in (results / "models" / "sweep_faid").rglob("faid.json")),
+        None,
+    )
+    for method in ("vanilla", "daid", "faid", "racm3"):
+        counters[f"generate ({method})"] = (
+            "images",
+            lambda m=method: _generated(results, method=m),
+            results / "images" / method,
+        )
+    return counters
+
+
+def scale_rows(results: str | Path) -> list[dict]:
+    """One row per rule of the run: measured totals, per-item cost and the extrapolation to the paper's counts."""
+    results = Path(results)
+    measured = read_benchmarks(results / "benchmarks")
+    counters = item_counters(results)
+    rows = []
+    for rule, m in sorted(measured.items()):
+        row = {
+            "rule": rule,
+            "jobs": m.jobs,
+            "seconds": m.seconds,
+            "cpu_seconds": m.cpu_seconds,
+            "max_rss_gb": m.max_rss_mb / 1024,
+        }
+        if rule in counters:
+            unit, count, folder = counters[rule]
+            try:
+                items = count()
+            except (FileNotFoundError, KeyError):
+                items = 0
+            paper = PAPER_ITEMS.get(rule.split(" ")[0])
+            if items and paper:
+                row.update(
+                    unit=unit,
+                    items=items,
+                    paper_items=paper,
+                    seconds_per_item=m.seconds / items,
+                    cpu_seconds_per_item=m.cpu_seconds / items,
+                    paper_hours=m.seconds / items * paper / 3600,
+                    paper_cpu_hours=m.cpu_seconds / items * paper / 3600,
+                )
+                if folder is not None and folder.exists():
+                    row["paper_disk_gb"] = _folder_bytes(folder) / items * paper / 1e9
+        rows.append(row)
+    return rows
+
+
+def _fmt(value, digits: int = 3) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, int):
+        return f"{value:,}"
+    return f"{value:,.{digits}g}" if abs(value) < 1000 else f"{value:,.0f}"
+
+
+def scale_markdown(rows: list[dict], source: str) -> str:
+    """The table as Markdown, rules with a paper count first."""
+    head = (
+        "| rule | jobs | wall s | CPU s | peak RSS GB (largest job) | unit | items here | s per item | CPU s per item "
+        "| paper items | paper hours (this machine) | paper CPU-hours | paper disk GB |\n"
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|\n"
+    )
+    scaled = [r for r in rows if "items" in r] + [r for r in rows if "items" not in r]
+    body = "".join(
+        f"| `{r['rule']}` | {r['jobs']} | {_fmt(r['seconds'])} | {_fmt(r['cpu_seconds'])} | {_fmt(r['max_rss_gb'])} "
+        f"| {r.get('unit', '')} | {_fmt(r.get('items'))} | {_fmt(r.get('seconds_per_item'))} "
+        f"| {_fmt(r.get('cpu_seconds_per_item'))} | {_fmt(r.get('paper_items'))} | {_fmt(r.get('paper_hours'))} "
+        f"| {_fmt(r.get('paper_cpu_hours'))} | {_fmt(r.get('paper_disk_gb'))} |\n"
+        for r in scaled
+    )
+    note = (
+        f"\nMeasured from `{source}` (wall time per job summed over the rule's jobs; peak RSS of its largest job). "
+        "Paper hours = wall seconds per item x the paper's items / 3600 (CPU-hours likewise from the jobs' CPU "
+        "time, the better measure on a shared, loaded machine), on the machine that ran it (not GPU-hours "
+        "unless it ran on GPUs); disk = the rule's output bytes per item x the paper's items. Both include each job's "
+        "fixed cost (start-up, an index's centroids), so at a rehearsal's small counts they are upper bounds. Rows "
+        "without a paper count are fixed-cost jobs.\n"
+    )
+    return head + body + note
