@@ -206,13 +206,13 @@ def test_build_db_and_the_fine_tuning_pairs_apply_the_exclusions(planted, tiny_j
 
     from arrag.cli import fine_tuning_pairs
     from arrag.models import training
+    from arrag.models.janus import save_janus
     from arrag.models.vq import VQTokenizer
     from arrag.retrieval.database import PatchDatabase
     from arrag.retrieval.image_index import ImageLevelIndex
 
     model, processor, _ = tiny_janus
-    model.save_pretrained(tmp_path / "model", safe_serialization=True)
-    processor.save_pretrained(tmp_path / "model")
+    save_janus(model, processor, tmp_path / "model")
     vq = VQTokenizer.from_janus(model)  # 16 px: hash the corpus at that size for this test
     root = planted["root"]
     ct.hash_source_shard(planted["specs"]["reference"], 0, 1, vq.image_size, tmp_path / "h" / "reference")
