@@ -52,6 +52,17 @@ def test_codebook_is_normalised_and_decode_shapes(tiny_janus):
         vq.encode(np.zeros((1, spec.image_size * 2, spec.image_size * 2, 3), np.uint8))
 
 
+def test_the_codebook_has_the_same_bits_whatever_the_models_device_or_dtype(tiny_janus):
+    """Its bits are the database's identity: a codebook normalised on a GPU rounded differently and a database
+    built on a CPU was refused by a GPU job (seen on an H200). It is always normalised on the CPU in float32."""
+    model, _, _ = tiny_janus
+    weight = model.model.vqmodel.quantize.embedding.weight.detach()
+    reference = F.normalize(weight.to(torch.float32), dim=-1)
+    for vqmodel in (model.model.vqmodel, copy.deepcopy(model.model.vqmodel).double()):
+        codebook = VQTokenizer(vqmodel).codebook
+        assert codebook.dtype == torch.float32 and torch.equal(codebook, reference)
+
+
 def test_pixel_round_trip():
     images = np.random.default_rng(1).integers(0, 256, (2, 8, 8, 3), dtype=np.uint8)
     assert np.array_equal(to_uint8(to_pixel_values(images)), images)

@@ -74,8 +74,13 @@ class VQTokenizer:
 
     @property
     def codebook(self) -> torch.Tensor:
-        """[K, D] L2-normalised codebook: the vectors the decoder sees and retrieval keys are built from."""
-        return F.normalize(self.vqmodel.quantize.embedding.weight.detach(), dim=-1)
+        """[K, D] float32 L2-normalised codebook: the vectors the decoder sees and retrieval keys are built from.
+
+        Normalised on the CPU whatever the model's device: a GPU's division rounds differently, and the
+        codebook's bits are its identity (`codebook_fingerprint`), which a database built on one device and a
+        job searching it on another must agree on."""
+        weight = self.vqmodel.quantize.embedding.weight.detach()
+        return F.normalize(weight.to("cpu", torch.float32), dim=-1).to(weight.device)
 
     @torch.no_grad()
     def latents(self, pixel_values: torch.Tensor) -> torch.Tensor:
