@@ -79,8 +79,10 @@ def tokenise_shard(
         return vq.encode(images).cpu().numpy().astype(dtype)  # encode runs on vq.device
 
     empty = np.zeros((0, vq.grid, vq.grid), dtype)
-    encoded = encode_shard(spec, shard, num_shards, vq.image_size, encode, empty, batch_size, desc="tokenise")
-    codes, skipped = encoded.outputs, encoded.skipped  # [N, H, W]
+    encoded = encode_shard(
+        spec, shard, num_shards, vq.image_size, encode, empty, batch_size, desc="tokenise", scratch_dir=out_dir
+    )
+    codes, skipped = encoded.outputs, encoded.skipped  # [N, H, W], memory-mapped
 
     meta = {
         "image_size": vq.image_size,
@@ -130,7 +132,8 @@ def write_code_shard(
     meta = {**meta, "format": FORMAT, "shard": shard, "num_shards": num_shards, "count": len(codes)}
     meta["grid"] = [int(codes.shape[1]), int(codes.shape[2])]
 
-    arrays = {"codes": codes.astype(code_dtype(size)), "image_ids": image_ids.astype(np.int64)}
+    # copy=False: a memory-mapped shard from encode_shard is streamed into the .npz, never copied into memory
+    arrays = {"codes": codes.astype(code_dtype(size), copy=False), "image_ids": image_ids.astype(np.int64)}
     write_shard(shard_paths(out_dir, shard, num_shards)[0], arrays, meta)
     return meta
 
