@@ -510,23 +510,13 @@ def cmd_tokenise(args) -> None:
 
 
 def cmd_build_db(args) -> None:
-    from arrag.data.code_shards import load_code_shards, source_table
     from arrag.retrieval.database import PatchDatabase
 
     codebook = _load_codebook(args.model, args.revision)
-    codes, image_ids, metas = load_code_shards(args.codes)
     params = {k: _number(v) for k, v in (p.split("=", 1) for p in args.param)}
     t0 = time.time()
-    db = PatchDatabase.build(
-        codes,
-        codebook,
-        hops=args.hops,
-        causal=not args.full,
-        index=args.index,
-        image_ids=image_ids,
-        tokenizer_id=metas[0].get("tokenizer_id", ""),
-        sources=source_table(metas),
-        **params,
+    db = PatchDatabase.from_code_shards(
+        args.codes, codebook, hops=args.hops, causal=not args.full, index=args.index, **params
     )
     db.save(args.out)
     print(

@@ -22,6 +22,12 @@ JOBS = Path(__file__).with_name("memory_jobs.py")
 
 def run_job(kind: str, **args) -> dict:
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.pathsep.join([str(JOBS.parents[1]), *sys.path])}
+    # glibc maps allocations above a threshold that grows (up to 32 MB) whenever a mapped block is freed; below
+    # it they come from the heap, where freed transients stay resident between kept arrays. At paper scale the
+    # arrays a job keeps (shards, index storage) are far above 32 MB, so they are mapped and the heap only
+    # recycles same-sized transients; at test scale they are small. Fixing the threshold at glibc's initial
+    # value makes the small inputs behave like the large ones, so what is compared is what a job keeps.
+    env["MALLOC_MMAP_THRESHOLD_"] = "131072"
     done = subprocess.run(
         [sys.executable, str(JOBS), kind, json.dumps(args, default=str)],
         capture_output=True,
@@ -83,3 +89,71 @@ def test_embed_memory_does_not_grow_with_the_shard(image_folder, tmp_path):
     # bound: 8 KB per extra image, under a third of one 96 px image (27 KB); a loop that kept the decoded
     # images grew by over 300 KB per image here. The peak moves by about +-8 MB between identical runs
     assert per_image < 8192, peaks
+
+
+def _shards(root: Path, images: int) -> list[Path]:
+    """Two code shards of random 8x8 grids over a 1024-code codebook, `images` in all."""
+    from arrag.data.code_shards import shard_paths, write_code_shard
+
+    rng = np.random.default_rng(images)
+    meta = {"codebook_size": 1024, "codebook_sha256": "memory-test", "tokenizer_id": "", "source": {"type": "folder", "path": "/x"}}
+    half = images // 2
+    for shard, count in enumerate((half, images - half)):
+        codes = rng.integers(0, 1024, (count, 8, 8), dtype=np.uint16)
+        ids = np.arange(shard, 2 * count, 2)[:count]
+        write_code_shard(root, shard, 2, codes, ids, meta)
+    return [shard_paths(root, s, 2)[0] for s in range(2)]
+
+
+# images of 8x8: 640K and 2.56M entries. Both above the 262,144 entries a build processes at once (their
+# transient memory is then the same), so only what is kept can differ.
+SIZES = (10000, 40000)
+INDEXES = {"compact": {}, "ivf_compact": {"nlist": 64, "train_size": 20000}}
+
+
+def test_build_database_holds_only_the_database(tmp_path):
+    peaks = []
+    for images in SIZES:
+        shards = _shards(tmp_path / f"codes{images}", images)
+        peaks.append(run_job("build", shards=shards, out=tmp_path / f"db{images}", index="compact"))
+    per_entry = (peaks[1]["maxrss_kb"] - peaks[0]["maxrss_kb"]) * 1024 / ((SIZES[1] - SIZES[0]) * 64)
+    # the job keeps the index (6 B codes at K = 1024) and the uint16 grids (2 B); bound: 1.5 x those bytes.
+    # Reading every shard as int64 and joining them, as the build did before, cost 16 B per entry more.
+    assert per_entry < 1.5 * (6 + 2), peaks
+
+
+@pytest.fixture(scope="module")
+def databases(tmp_path_factory):
+    """{(index, images): directory} of databases over random 8x8 grids: 1.28M and 12.8M entries."""
+    import torch
+
+    from memory_jobs import codebook
+
+    from arrag.retrieval import PatchDatabase
+
+    root = tmp_path_factory.mktemp("databases")
+    rng = np.random.default_rng(0)
+    out = {}
+    for images in SEARCH_SIZES:
+        codes = torch.from_numpy(rng.integers(0, 1024, (images, 8, 8), dtype=np.uint16))
+        for index, params in INDEXES.items():
+            out[index, images] = root / f"{index}-{images}"
+            PatchDatabase.build(codes, codebook(), index=index, **params).save(out[index, images])
+    return out
+
+
+SEARCH_SIZES = (20000, 200000)
+
+
+@pytest.mark.parametrize("index", INDEXES)
+def test_search_job_holds_no_copy_of_the_database(databases, index):
+    args = {"nprobe": 64} if index == "ivf_compact" else {}
+    small, large = (run_job("search", db=databases[index, n], **args) for n in SEARCH_SIZES)
+    extra = (SEARCH_SIZES[1] - SEARCH_SIZES[0]) * 64
+    # memory-mapped: the index and grids stay in the page cache, shared by every job of the machine, so the
+    # job's private memory must not grow with the database. Bound: 1 B per entry; the stored database is 8
+    # (compact) or 16 (ivf_compact) B per entry, and every search job read all of it before.
+    assert (large["anon_kb"] - small["anon_kb"]) * 1024 / extra < 1, (small, large)
+    if index == "compact":  # the test can see a copy: the same job reading the database into memory
+        read = run_job("search", db=databases[index, SEARCH_SIZES[1]], mmap=False)
+        assert (read["anon_kb"] - large["anon_kb"]) * 1024 > 6 * SEARCH_SIZES[1] * 64, (read, large)

@@ -51,7 +51,7 @@ rule tokenise_shard:
     threads: 1
     resources:
         gpu=1,
-        mem_mb=3000,
+        mem_mb=job_mem_mb("encode", parameters=MODEL_PARAMETERS, batch_size=RETRIEVAL["tokenise_batch_size"], image_size=IMAGE_SIZE, images=lambda wc: shard_images(wc.split)),
     shell:
         "OMP_NUM_THREADS={threads} {params.gpu} arrag tokenise --model {input.model} --source '{params.source}' "
         "--shard $((10#{wildcards.shard})) --num-shards $((10#{wildcards.num_shards})) --out {params.out} "
@@ -76,7 +76,7 @@ rule build_database:
         "../envs/arrag.yaml"
     threads: workflow.cores
     resources:
-        mem_mb=8000,
+        mem_mb=job_mem_mb("build_database", entries=corpus_entries(), index=RETRIEVAL["index"], num_codes=NUM_CODES, neighbours=NEIGHBOURS),
     shell:
         "OMP_NUM_THREADS={threads} arrag build-db --model {input.model} --codes {input.codes} {params.layout} "
         "--index {params.index} {params.index_params} --out {output} > {log} 2>&1"
@@ -105,7 +105,7 @@ rule retrieval_accuracy:
         "../envs/arrag.yaml"
     threads: workflow.cores
     resources:
-        mem_mb=4000,
+        mem_mb=job_mem_mb("search", parameters=MODEL_PARAMETERS, batch_size=config["generation"]["batch_size"]),
     shell:
         "OMP_NUM_THREADS={threads} arrag retrieval-accuracy --model {input.model} --db {input.db} "
         "--codes {input.codes} --k {params.k} --max-queries {params.max_queries} --out-csv {output.csv} "
@@ -133,7 +133,7 @@ rule bench_retrieval:
         "../envs/arrag.yaml"
     threads: workflow.cores
     resources:
-        mem_mb=16000,
+        mem_mb=job_mem_mb("build_database", entries=corpus_entries(), index="flat", num_codes=NUM_CODES, neighbours=NEIGHBOURS),
     shell:
         "OMP_NUM_THREADS={threads} arrag bench retrieval --model {input.model} --codes {input.codes} "
         "--query-codes {input.queries} {params.backends} --authors-baseline --hops {params.hops} "
