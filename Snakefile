@@ -1,14 +1,19 @@
 # AR-RAG pipeline. `snakemake --cores all` runs the mini profile (config/config.yaml);
 # `snakemake --configfile config/<other>.yaml ...` runs another profile. See README.md.
 
-configfile: "config/config.yaml"
+# The mini profile is the default only: with --configfile, the given files alone (over the schema's defaults)
+# make the config, so that no mini setting leaks into another profile (Snakemake would merge them under it).
+if not workflow.overwrite_configfiles:
+
+    configfile: "config/config.yaml"
 
 
 include: "workflow/rules/common.smk"
 
 
 # Downloads run where Snakemake runs (a cluster's login node, which has internet), never as cluster jobs.
-localrules: download_geneval_detector, download_dpg_csv, download_inception, download_mjhq, download_dataset
+localrules: download_geneval_detector, download_dpg_csv, download_inception, download_mjhq, download_dataset,
+    download_clip, download_mplug
 
 include: "workflow/rules/world.smk"
 include: "workflow/rules/models.smk"

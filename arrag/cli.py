@@ -7,12 +7,19 @@ import dataclasses
 import json
 import sys
 import time
+import typing
 from pathlib import Path
+
+from arrag.validation import COUNT, FRACTION, INDEX, POSITIVE, cli_number
+
+_COUNT = cli_number(int, **COUNT)  # argparse types: counts >= 1, indices >= 0 (seeds, shards)
+_INDEX = cli_number(int, **INDEX)
 
 
 def parse_overrides(pairs: list[str], cls):
     """`key=value` strings -> an instance of dataclass `cls`, values converted to the field's type."""
     fields = {f.name: f for f in dataclasses.fields(cls)}
+    hints = typing.get_type_hints(cls)
     values = {}
     for pair in pairs or []:
         key, sep, raw = pair.partition("=")
@@ -20,8 +27,15 @@ def parse_overrides(pairs: list[str], cls):
             raise SystemExit(
                 f"error: bad setting {pair!r} for {cls.__name__}; expected key=value with key in {sorted(fields)}"
             )
+        kinds = [t for t in typing.get_args(hints[key]) or (hints[key],) if t is not type(None)]
+        if raw in ("None", "null") and type(None) in typing.get_args(hints[key]):
+            values[key] = None  # an optional field left unset (YAML null)
+            continue
         default = fields[key].default
-        kind = type(default) if default is not None and default is not dataclasses.MISSING else str
+        if len(kinds) == 1 and kinds[0] in (int, float, str, bool):
+            kind = kinds[0]
+        else:
+            kind = type(default) if default is not None and default is not dataclasses.MISSING else str
         try:
             values[key] = kind(raw) if kind is not bool else raw.lower() in ("1", "true", "yes")
         except ValueError:
@@ -30,13 +44,19 @@ def parse_overrides(pairs: list[str], cls):
 
 
 def _sampling_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--guidance-scale", type=float, default=5.0, help="classifier-free guidance scale (1 = off)")
-    p.add_argument("--temperature", type=float, default=1.0)
-    p.add_argument("--top-k", type=int, default=None)
+    p.add_argument(
+        "--guidance-scale", type=cli_number(float, low=1), default=5.0, help="classifier-free guidance scale (1 = off)"
+    )
+    p.add_argument("--temperature", type=cli_number(float, **POSITIVE), default=1.0)
+    p.add_argument("--top-k", type=_COUNT, default=None)
     p.add_argument("--greedy", action="store_true", help="argmax decoding instead of sampling")
-    p.add_argument("--seed", type=int, default=0, help="run seed; each image's seed derives from it and its prompt")
-    p.add_argument("--batch-size", type=int, default=32, help="images decoded together")
+    p.add_argument("--seed", type=_INDEX, default=0, help="run seed; each image's seed derives from it and its prompt")
+    p.add_argument("--batch-size", type=_COUNT, default=32, help="images decoded together")
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:1, ... (auto: cuda when available)")
+
+
+def _restart_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--restart", action="store_true", help="discard a checkpoint (<out>.partial/) and start over")
 
 
 def _model_args(p: argparse.ArgumentParser, help: str = "model directory (save_pretrained) or hub id") -> None:
@@ -54,9 +74,16 @@ def _db_devices_arg(p: argparse.ArgumentParser) -> None:
 
 def _daid_args(p: argparse.ArgumentParser) -> None:
     _db_devices_arg(p)
-    p.add_argument("--daid-k", type=int, default=10, help="retrieved patches per step")
-    p.add_argument("--daid-weight", type=float, default=0.1, help="lambda: weight of the retrieval distribution")
-    p.add_argument("--daid-temperature", type=float, default=1.0, help="tau: retrieval softmax temperature")
+    p.add_argument("--daid-k", type=_COUNT, default=10, help="retrieved patches per step")
+    p.add_argument(
+        "--daid-weight",
+        type=cli_number(float, **FRACTION),
+        default=0.1,
+        help="lambda: weight of the retrieval distribution",
+    )
+    p.add_argument(
+        "--daid-temperature", type=cli_number(float, **POSITIVE), default=1.0, help="tau: retrieval softmax temperature"
+    )
     p.add_argument("--daid-unique", action="store_true", help="keep only the closest hit of each token")
 
 
@@ -196,10 +223,9 @@ def cmd_train_vq(args) -> None:
     from arrag.models.janus import MiniJanusSpec
     from arrag.models.training import VQTrainingConfig, train_vq
 
+    spec, cfg = parse_overrides(args.spec, MiniJanusSpec), parse_overrides(args.set, VQTrainingConfig)  # checked first
     images, _ = load_split(Path(args.world) / args.split)
-    stats = train_vq(
-        images, parse_overrides(args.spec, MiniJanusSpec), parse_overrides(args.set, VQTrainingConfig), args.out
-    )
+    stats = train_vq(images, spec, cfg, args.out, restart=args.restart)
     print(json.dumps({k: v for k, v in stats.items() if k != "log"}, indent=2))
 
 
@@ -208,22 +234,19 @@ def cmd_train_base(args) -> None:
     from arrag.models.janus import MiniJanusSpec
     from arrag.models.training import BaseTrainingConfig, train_base_model
 
+    spec, cfg = parse_overrides(args.spec, MiniJanusSpec), parse_overrides(args.set, BaseTrainingConfig)
     images, records = load_split(Path(args.world) / args.split)
-    stats = train_base_model(
-        images,
-        [r["caption"] for r in records],
-        caption_vocabulary(),
-        parse_overrides(args.spec, MiniJanusSpec),
-        args.vq,
-        parse_overrides(args.set, BaseTrainingConfig),
-        args.out,
-    )
+    captions = [r["caption"] for r in records]
+    stats = train_base_model(images, captions, caption_vocabulary(), spec, args.vq, cfg, args.out, args.restart)
     print(json.dumps({k: v for k, v in stats.items() if k != "log"}, indent=2))
 
 
 def cmd_generate(args) -> None:
     from PIL import Image
 
+    from arrag.io import check_output_path
+
+    check_output_path(args.out)  # now, not after every image is made
     pipe = _pipeline(args)
     images, _ = pipe(
         args.prompt,
@@ -243,11 +266,13 @@ def cmd_generate(args) -> None:
 
 
 def cmd_generate_benchmark(args) -> None:
-    from arrag.decoding.pipeline import generate_prompt_set
+    from arrag.data.geneval_layout import finish_output
+    from arrag.decoding.pipeline import generate_prompt_set, method_parameters
     from arrag.io import read_jsonl, write_json
 
     records = read_jsonl(args.prompts)[: args.limit] if args.limit else read_jsonl(args.prompts)
     pipe = _pipeline(args)
+    hooks = _hooks(args, pipe)
     t0 = time.time()
     summary = generate_prompt_set(
         pipe,
@@ -258,14 +283,15 @@ def cmd_generate_benchmark(args) -> None:
         seed=args.seed,
         batch_size=args.batch_size,
         prompt_field=args.prompt_field,
-        hooks=_hooks(args, pipe),
+        hooks=hooks,
         settings={"model": str(args.model), **_method_settings(args), "inputs": _input_fingerprints(args)},
         shard=args.shard,
         num_shards=args.num_shards or 1,
     )
     summary["seconds"] = time.time() - t0
-    if args.num_shards is None:
-        write_json(Path(args.out) / "generation.json", summary)  # written last: marks the folder complete
+    summary["parameters"] = method_parameters(pipe.model, hooks)  # the tables' Params column
+    if args.num_shards is None:  # generation.json last; a staged run replaces the old images only now
+        finish_output(args.out, summary)
     else:  # this shard is done; `arrag finish-benchmark` checks the whole folder and writes generation.json
         write_json(shard_marker(args.out, args.shard, args.num_shards), summary)
     print(json.dumps(summary, indent=2))
@@ -286,33 +312,35 @@ def shard_marker(out: str, shard: int, num_shards: int) -> Path:
 
 def cmd_finish_benchmark(args) -> None:
     """After every shard of a prompt set: check the folder is complete, then write generation.json."""
-    from arrag.data.geneval_layout import SETTINGS, read_prompt_folders
+    from arrag.data.geneval_layout import SETTINGS, finish_output, output_folder, read_prompt_folders
     from arrag.evaluation.geneval import check_benchmark_folder
-    from arrag.io import read_jsonl, write_json
+    from arrag.io import read_jsonl
 
     records = read_jsonl(args.prompts)[: args.limit] if args.limit else read_jsonl(args.prompts)
     markers = [shard_marker(args.out, i, args.num_shards) for i in range(args.num_shards)]
     missing = [str(m) for m in markers if not m.is_file()]
     if missing:
         raise ValueError(f"shards not finished: {missing}; rerun their `arrag generate-benchmark --shard` jobs")
-    check_benchmark_folder(args.out, images_per_prompt=args.n)
-    folders = read_prompt_folders(args.out)
+    work = output_folder(args.out)  # a staged run's folder, or args.out
+    check_benchmark_folder(work, images_per_prompt=args.n)
+    folders = read_prompt_folders(work)
     if len(folders) != len(records):
-        raise ValueError(f"{args.out} holds {len(folders)} prompt folders, {args.prompts} has {len(records)} prompts")
-    current = json.loads((Path(args.out) / SETTINGS).read_text())
+        raise ValueError(f"{work} holds {len(folders)} prompt folders, {args.prompts} has {len(records)} prompts")
+    current = json.loads((Path(work) / SETTINGS).read_text())
     for i, ((meta, _), record) in enumerate(zip(folders, records)):
         if meta != {**record, "prompt": record[current["prompt_field"]]}:
-            raise ValueError(f"{args.out}/{i:05d} was made for another prompt record than {args.prompts} line {i + 1}")
+            raise ValueError(f"{work}/{i:05d} was made for another prompt record than {args.prompts} line {i + 1}")
     # every shard must have run with the settings the folder holds now (not a marker left by an older run)
     shards = [json.loads(m.read_text()) for m in markers]
+    per_shard = ("shard", "num_shards", "generated", "reused", "seconds", "parameters")
     for marker, shard in zip(markers, shards):
-        own = {k: v for k, v in shard.items() if k not in ("shard", "num_shards", "generated", "reused", "seconds")}
-        if own != current:
-            raise ValueError(f"{marker} was written under other settings than {args.out}/{SETTINGS}: rerun that shard")
-    summary = dict(current)
+        own = {k: v for k, v in shard.items() if k not in per_shard}
+        if own != current or shard.get("parameters") != shards[0].get("parameters"):
+            raise ValueError(f"{marker} was written under other settings than {work}/{SETTINGS}: rerun that shard")
+    summary = dict(current) | {"parameters": shards[0].get("parameters")}
     summary |= {k: sum(s[k] for s in shards) for k in ("generated", "reused", "seconds")}
     summary |= {"num_shards": args.num_shards}
-    write_json(Path(args.out) / "generation.json", summary)
+    finish_output(args.out, summary, carry=("shards",))  # the markers go along: the workflow expects them
     print(json.dumps(summary, indent=2))
 
 
@@ -434,7 +462,7 @@ def cmd_train_faid(args) -> None:
             raise FileNotFoundError(f"{path} is missing: --db must be a directory written by `arrag build-db`")
         db = json.loads(path.read_text())
     cfg = parse_overrides(args.set, FAiDTrainingConfig)
-    stats = train_faid(args.model, args.trainset, cfg, args.out, db=db, cpu=args.cpu)
+    stats = train_faid(args.model, args.trainset, cfg, args.out, db=db, cpu=args.cpu, restart=args.restart)
     print(json.dumps({k: v for k, v in stats.items() if k != "log"}, indent=2))
 
 
@@ -459,6 +487,7 @@ def cmd_train_racm3(args) -> None:
         args.out,
         device=args.device,
         codes_codebook_sha256=codes_codebook,
+        restart=args.restart,
     )
     print(json.dumps({k: v for k, v in stats.items() if k != "log"}, indent=2))
 
@@ -484,7 +513,9 @@ def cmd_embed_images(args) -> None:
 
 
 def _clip_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--clip-model", default="ViT-B-32", help="open_clip model name (ViT-B-32: the paper's 512-d)")
+    p.add_argument(
+        "--clip-model", default="ViT-B-32-quickgelu", help="open_clip model name (OpenAI ViT-B/32: the paper's 512-d)"
+    )
     p.add_argument("--clip-pretrained", default="openai", help="open_clip pretrained tag or a local weights file")
     p.add_argument("--clip-sha256", default=None, help="expected SHA-256 of a local weights file")
 
@@ -543,17 +574,29 @@ def _number(raw: str):
 
 def cmd_retrieval_accuracy(args) -> None:
     from arrag.data.code_shards import load_code_shards
-    from arrag.evaluation.retrieval_accuracy import plot_accuracy, retrieval_accuracy
+    from arrag.evaluation import retrieval_accuracy as ra
     from arrag.evaluation.tables import RETRIEVAL_ACCURACY, retrieval_accuracy_rows, write_rows
     from arrag.io import write_json
     from arrag.retrieval.database import PatchDatabase
 
     codebook = _load_codebook(args.model, args.revision)
-    db = PatchDatabase.load(args.db, codebook=codebook)
-    codes, _, _ = load_code_shards(args.codes)
-    result = retrieval_accuracy(db, codes, codebook, k=args.k, max_queries=args.max_queries, seed=args.seed)
-    write_rows(RETRIEVAL_ACCURACY, retrieval_accuracy_rows(result), Path(args.out_csv).with_suffix(""))
-    plot_accuracy(result, args.out_png)
+    if args.queries == "train":  # the paper's: FAiD's training set with the candidates retrieved for it
+        from arrag.models.faid_training import load_trainset
+
+        if not args.trainset:
+            raise ValueError("--queries train needs --trainset DIR (written by `arrag faid-trainset`)")
+        meta = json.loads((Path(args.db) / "metadata.json").read_text())
+        codes, candidates, _, _ = load_trainset(args.trainset, meta)  # refuses another database's candidates
+        result = ra.trainset_accuracy(codes, candidates, codebook, args.k, args.max_queries, args.seed)
+    else:
+        if not args.codes:
+            raise ValueError("--queries heldout needs --codes SHARDS (held-out images' code shards)")
+        db = PatchDatabase.load(args.db, codebook=codebook)
+        codes, _, _ = load_code_shards(args.codes)
+        result = ra.retrieval_accuracy(db, codes, codebook, k=args.k, max_queries=args.max_queries, seed=args.seed)
+    note = f"Queries: {result['queries']} positions of {ra.QUERY_SETS[args.queries]}."
+    write_rows(RETRIEVAL_ACCURACY, retrieval_accuracy_rows(result), Path(args.out_csv).with_suffix(""), note)
+    ra.plot_accuracy(result, args.out_png)
     if args.out_json:
         write_json(args.out_json, result)
     print(json.dumps(result, indent=2))
@@ -607,13 +650,20 @@ def cmd_download_file(args) -> None:
 def cmd_download_model(args) -> None:
     from arrag.data.downloads import download_model
 
-    print(download_model(args.hub_id, args.revision, args.out, mirror=args.mirror))
+    pins = dict(pin.partition("=")[::2] for pin in args.sha256)
+    print(download_model(args.hub_id, args.revision, args.out, args.mirror, args.include, args.lock, pins))
 
 
 def cmd_download_dataset(args) -> None:
     from arrag.data.downloads import download_dataset
 
-    print(download_dataset(args.repo, args.revision, args.include, args.out, mirror=args.mirror))
+    print(download_dataset(args.repo, args.revision, args.include, args.out, mirror=args.mirror, lock=args.lock))
+
+
+def cmd_download_modelscope(args) -> None:
+    from arrag.data.downloads import download_modelscope
+
+    print(download_modelscope(args.model_id, args.revision, args.out, mirror=args.mirror, lock=args.lock))
 
 
 def cmd_download_geneval_detector(args) -> None:
@@ -640,9 +690,9 @@ def cmd_mjhq_prompts(args) -> None:
     from arrag.io import write_jsonl
 
     records = mjhq_records(Path(args.dataset) / "meta_data.json", args.category or None, args.limit)
-    write_jsonl(args.out_prompts, records)
-    if args.out_reference:
+    if args.out_reference:  # first: a failed extraction leaves the old prompts with their old images
         extract_reference(Path(args.dataset) / "mjhq30k_imgs.zip", records, args.out_reference)
+    write_jsonl(args.out_prompts, records)
     print(f"{len(records)} MJHQ-30K prompts -> {args.out_prompts}")
 
 
@@ -791,16 +841,19 @@ def cmd_table(args) -> None:
     else:
         results = _labelled(args.label, args.result, "result")
         measured = {label: tables.measured_row(args.kind, path, label) for label, path in results.items()}
+        if args.params:  # the generation.json of each result's images: the Params column
+            for label, path in _labelled(args.label, args.params, "params").items():
+                measured[label]["params"] = tables.generation_parameters(path)
     tables.write_table(spec, measured, args.out, note=args.note, paper=args.paper_rows)
     print(Path(args.out).with_suffix(".md").read_text())
 
 
 def cmd_sweep_table(args) -> None:
-    from arrag.evaluation.tables import read_summary, write_sweep
+    from arrag.evaluation.tables import best_sweep_row, read_summary, write_sweep
 
     summaries = {path: read_summary(path) for path in args.summary}
-    rows = write_sweep(summaries, args.out_csv, args.out_png, args.x, args.y, args.title)
-    best = max(rows, key=lambda r: r["overall"])
+    rows = write_sweep(summaries, args.out_csv, args.out_png, args.x, args.y, args.title, args.metric)
+    best = best_sweep_row(rows, args.metric)
     print(json.dumps({"runs": len(rows), "best": best}, indent=2))
 
 
@@ -822,12 +875,11 @@ def _feature_network(spec: str | None, device: str):
 
 
 def cmd_fidelity(args) -> None:
-    import torch
-
+    from arrag.decoding.pipeline import resolve_device
     from arrag.evaluation.fidelity import fidelity_scores
     from arrag.io import write_json
 
-    device = args.device if args.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
+    device = str(resolve_device(args.device))
     result = fidelity_scores(
         args.images,
         args.reference,
@@ -872,18 +924,21 @@ def cmd_grid(args) -> None:
     print(sample_grid(args.images, args.out, max_prompts=args.max_prompts, upscale=args.upscale))
 
 
+LOCK_HELP = "lock file: written by the first download (commit + SHA-256 of each file), enforced by every later one"
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="arrag", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("world", help="render the mini world's splits and GenEval-schema prompts")
     p.add_argument("--out", required=True)
-    p.add_argument("--size", type=int, default=32)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--size", type=_COUNT, default=32)
+    p.add_argument("--seed", type=_INDEX, default=0)
     p.add_argument("--split", action="append", default=[], metavar="NAME=COUNT")
     p.add_argument("--underrepresented", action="append", default=[], metavar="COLOUR:SHAPE")
-    p.add_argument("--keep-fraction", type=float, default=0.05)
-    p.add_argument("--geneval-prompts", type=int, default=180)
+    p.add_argument("--keep-fraction", type=cli_number(float, **FRACTION), default=0.05)
+    p.add_argument("--geneval-prompts", type=_COUNT, default=180)
     p.set_defaults(func=cmd_world)
 
     for name, func, helptext in [
@@ -898,6 +953,7 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="training setting")
         if name == "train-base":
             p.add_argument("--vq", required=True, help="directory written by `arrag train-vq`")
+        _restart_arg(p)
         p.set_defaults(func=func)
 
     p = sub.add_parser("build-image-index", help="RA-CM3's image-level retriever over a tokenised corpus")
@@ -919,7 +975,7 @@ def build_parser() -> argparse.ArgumentParser:
     _model_args(p, help="the base model")
     p.add_argument("--db", required=True, help="PatchDatabase directory (arrag build-db)")
     _pairs_args(p)
-    p.add_argument("--k", type=int, default=10, help="candidates stored per position (training uses the first k)")
+    p.add_argument("--k", type=_COUNT, default=10, help="candidates stored per position (training uses the first k)")
     _db_devices_arg(p)
     p.add_argument(
         "--exclude-self",
@@ -937,6 +993,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="FAiDTrainingConfig field")
     p.add_argument("--cpu", action="store_true", help="train on the CPU even when a GPU is visible")
     p.add_argument("--out", required=True)
+    _restart_arg(p)
     p.set_defaults(func=cmd_train_faid)
 
     p = sub.add_parser("train-racm3", help="fine-tune the RA-CM3 baseline (reference image prefix)")
@@ -946,12 +1003,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="RACM3TrainingConfig field")
     p.add_argument("--device", default="auto")
     p.add_argument("--out", required=True)
+    _restart_arg(p)
     p.set_defaults(func=cmd_train_racm3)
 
     p = sub.add_parser("generate", help="generate images for your own prompts")
     _model_args(p)
     p.add_argument("--prompt", action="append", required=True)
-    p.add_argument("--n", type=int, default=4, help="images per prompt")
+    p.add_argument("--n", type=_COUNT, default=4, help="images per prompt")
     p.add_argument("--out", required=True)
     _sampling_args(p)
     _method_args(p)
@@ -961,15 +1019,15 @@ def build_parser() -> argparse.ArgumentParser:
     _model_args(p)
     p.add_argument("--prompts", required=True, help="JSONL of prompt records (GenEval metadata or split metadata)")
     p.add_argument("--prompt-field", default="prompt")
-    p.add_argument("--limit", type=int, default=None, help="use the first N records only")
-    p.add_argument("--n", type=int, default=4)
+    p.add_argument("--limit", type=_COUNT, default=None, help="use the first N records only")
+    p.add_argument("--n", type=_COUNT, default=4)
     p.add_argument("--out", required=True)
     _sampling_args(p)
     _method_args(p)
-    p.add_argument("--shard", type=int, default=0, help="make only prompts with index %% num-shards == shard")
+    p.add_argument("--shard", type=_INDEX, default=0, help="make only prompts with index %% num-shards == shard")
     p.add_argument(
         "--num-shards",
-        type=int,
+        type=_COUNT,
         default=None,
         help="shards of this prompt set run as separate jobs; each marks itself done in OUT/shards/ and "
         "`arrag finish-benchmark` writes generation.json (without it: one job, generation.json at once)",
@@ -978,18 +1036,18 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("finish-benchmark", help="after all shards: check the prompt-set folder, write generation.json")
     p.add_argument("--prompts", required=True)
-    p.add_argument("--limit", type=int, default=None)
-    p.add_argument("--n", type=int, required=True, help="images per prompt")
-    p.add_argument("--num-shards", type=int, required=True)
+    p.add_argument("--limit", type=_COUNT, default=None)
+    p.add_argument("--n", type=_COUNT, required=True, help="images per prompt")
+    p.add_argument("--num-shards", type=_COUNT, required=True)
     p.add_argument("--out", required=True)
     p.set_defaults(func=cmd_finish_benchmark)
 
     p = sub.add_parser("embed-images", help="CLIP-embed one shard of an image source (RA-CM3's image retriever)")
     p.add_argument("--source", required=True, help='JSON source spec, e.g. \'{"type": "folder", "path": "imgs/"}\'')
-    p.add_argument("--shard", type=int, default=0)
-    p.add_argument("--num-shards", type=int, default=1)
+    p.add_argument("--shard", type=_INDEX, default=0)
+    p.add_argument("--num-shards", type=_COUNT, default=1)
     _clip_args(p)
-    p.add_argument("--batch-size", type=int, default=256)
+    p.add_argument("--batch-size", type=_COUNT, default=256)
     p.add_argument("--device", default="auto")
     p.add_argument("--out", required=True, help="directory of embedding shards")
     p.set_defaults(func=cmd_embed_images)
@@ -997,10 +1055,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("tokenise", help="encode one shard of an image source into a code shard")
     _model_args(p)
     p.add_argument("--source", required=True, help='JSON source spec, e.g. \'{"type": "folder", "path": "imgs/"}\'')
-    p.add_argument("--shard", type=int, default=0)
-    p.add_argument("--num-shards", type=int, default=1)
+    p.add_argument("--shard", type=_INDEX, default=0)
+    p.add_argument("--num-shards", type=_COUNT, default=1)
     p.add_argument("--out", required=True, help="directory of code shards")
-    p.add_argument("--batch-size", type=int, default=256)
+    p.add_argument("--batch-size", type=_COUNT, default=256)
     p.add_argument("--tokenizer-id", default=None, help="recorded in the shard (default: --model)")
     p.add_argument("--device", default="auto")
     p.set_defaults(func=cmd_tokenise)
@@ -1008,7 +1066,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("build-db", help="build a PatchDatabase from code shards")
     _model_args(p, help="the backbone whose codebook the keys use")
     p.add_argument("--codes", nargs="+", required=True, help="code shards (.npz)")
-    p.add_argument("--hops", type=int, default=1)
+    p.add_argument("--hops", type=_COUNT, default=1)
     p.add_argument("--full", action="store_true", help="full-ring keys (masked models) instead of causal")
     p.add_argument("--index", default="compact")
     p.add_argument("--param", action="append", default=[], metavar="KEY=VALUE", help="index parameter")
@@ -1018,10 +1076,17 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("retrieval-accuracy", help="paper Figure 6: retrieved vs ground-truth token distances")
     _model_args(p)
     p.add_argument("--db", required=True)
-    p.add_argument("--codes", nargs="+", required=True, help="held-out code shards")
-    p.add_argument("--k", type=int, default=10)
-    p.add_argument("--max-queries", type=int, default=20000)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--queries",
+        choices=["heldout", "train"],
+        default="heldout",
+        help="heldout: --codes of images not in the database; train: FAiD's --trainset (the paper's appendix C.1)",
+    )
+    p.add_argument("--codes", nargs="+", default=None, help="held-out code shards (--queries heldout)")
+    p.add_argument("--trainset", default=None, help="directory of `arrag faid-trainset` (--queries train)")
+    p.add_argument("--k", type=_COUNT, default=10)
+    p.add_argument("--max-queries", type=_COUNT, default=20000)
+    p.add_argument("--seed", type=_INDEX, default=0)
     p.add_argument("--out-csv", required=True)
     p.add_argument("--out-png", required=True)
     p.add_argument("--out-json", default=None)
@@ -1037,7 +1102,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_download_file)
     p = download.add_parser("model", help="a hub model snapshot at a pinned commit (safetensors and configs only)")
     p.add_argument("--hub-id", required=True, help="e.g. deepseek-community/Janus-Pro-1B")
-    p.add_argument("--revision", required=True, help="40-hex-digit commit")
+    p.add_argument("--revision", required=True, help="40-hex-digit commit, or a branch locked by --lock")
+    p.add_argument("--include", nargs="+", default=None, help="file patterns (default: safetensors and configs)")
+    p.add_argument("--sha256", action="append", default=[], help="FILE=DIGEST: a file's pinned SHA-256")
+    p.add_argument("--lock", default=None, help=LOCK_HELP)
     p.add_argument("--mirror", default=None, help="local folder holding <org>--<name>/ snapshots")
     p.add_argument("--out", required=True)
     p.set_defaults(func=cmd_download_model)
@@ -1047,9 +1115,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--repo", required=True, help="e.g. pixparse/cc12m-wds")
     p.add_argument("--revision", required=True, help="40-hex-digit commit")
     p.add_argument("--include", nargs="+", required=True, help="file patterns, e.g. 'cc12m-train-00*.tar'")
+    p.add_argument("--lock", default=None, help=LOCK_HELP)
     p.add_argument("--mirror", default=None, help="local folder holding <org>--<name>/ copies")
     p.add_argument("--out", required=True)
     p.set_defaults(func=cmd_download_dataset)
+    p = download.add_parser("modelscope", help="every file of a ModelScope model (DPG-Bench's mPLUG), locked")
+    p.add_argument("--model-id", required=True, help="e.g. damo/mplug_visual-question-answering_coco_large_en")
+    p.add_argument("--revision", required=True, help="a ModelScope tag or branch, e.g. master")
+    p.add_argument("--lock", default=None, help=LOCK_HELP)
+    p.add_argument("--mirror", default=None, help="local folder holding <org>--<name>/ copies")
+    p.add_argument("--out", required=True)
+    p.set_defaults(func=cmd_download_modelscope)
     p = download.add_parser("geneval-detector", help="GenEval's Mask2Former checkpoint (OpenMMLab, SHA-256 prefix)")
     p.add_argument("--mirror", default=None, help="local folder holding the checkpoint under its URL's file name")
     p.add_argument("--out", required=True)
@@ -1067,7 +1143,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("mjhq-prompts", help="MJHQ-30K prompt records (and their real images, for the metrics)")
     p.add_argument("--dataset", required=True, help="folder written by `arrag download mjhq`")
     p.add_argument("--category", action="append", default=[], help="keep these categories (default: all 10)")
-    p.add_argument("--limit", type=int, default=None, help="first N prompts in id order")
+    p.add_argument("--limit", type=_COUNT, default=None, help="first N prompts in id order")
     p.add_argument("--out-prompts", required=True, help="JSONL for `arrag generate-benchmark`")
     p.add_argument("--out-reference", default=None, help="folder for the real images of those prompts")
     p.set_defaults(func=cmd_mjhq_prompts)
@@ -1079,9 +1155,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--query-codes", nargs="+", required=True, help="held-out code shards for queries")
     p.add_argument("--backend", action="append", required=True, metavar="NAME[:k=v,...]")
     p.add_argument("--authors-baseline", action="store_true", help="add OPQ8+IVF800+PQ8 with nprobe 1")
-    p.add_argument("--hops", type=int, default=1)
-    p.add_argument("--queries", type=int, default=2048)
-    p.add_argument("--min-entries", type=int, default=2_000_000)
+    p.add_argument("--hops", type=_COUNT, default=1)
+    p.add_argument("--queries", type=_COUNT, default=2048)
+    p.add_argument("--min-entries", type=_COUNT, default=2_000_000)
     p.add_argument("--out-json", required=True)
     p.add_argument("--out-md", required=True)
     p.set_defaults(func=cmd_bench_retrieval)
@@ -1090,9 +1166,9 @@ def build_parser() -> argparse.ArgumentParser:
         "encoders", help="images/s of the corpus encoders (Janus-Pro VQ, CLIP ViT-B/32), random weights"
     )
     p.add_argument("--device", default="auto")
-    p.add_argument("--batch-size", type=int, default=8)
-    p.add_argument("--batches", type=int, default=2)
-    p.add_argument("--repeats", type=int, default=2)
+    p.add_argument("--batch-size", type=_COUNT, default=8)
+    p.add_argument("--batches", type=_COUNT, default=2)
+    p.add_argument("--repeats", type=_COUNT, default=2)
     p.add_argument("--out-json", required=True)
     p.add_argument("--out-md", required=True)
     p.set_defaults(func=cmd_bench_encoders)
@@ -1104,9 +1180,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--fidelity-images", default=None, help="generated folder for the fidelity metrics")
     p.add_argument("--reference", default=None, help="reference images (.npy or folder)")
     p.add_argument("--features", default=None, help="mini feature network (arrag train-features)")
-    p.add_argument("--fwd-level", type=int, default=4)
-    p.add_argument("--fwd-size", type=int, default=256)
-    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--fwd-level", type=_COUNT, default=4)
+    p.add_argument("--fwd-size", type=_COUNT, default=256)
+    p.add_argument("--repeats", type=_COUNT, default=3)
     p.add_argument("--out-json", required=True)
     p.add_argument("--out-md", required=True)
     p.set_defaults(func=cmd_bench_scoring)
@@ -1120,7 +1196,7 @@ def build_parser() -> argparse.ArgumentParser:
     _daid_args(p)
     p.add_argument("--prompts", default=None, help="JSONL of prompt records")
     p.add_argument("--prompt-field", default="prompt")
-    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--repeats", type=_COUNT, default=3)
     p.add_argument("--out-json", required=True)
     p.add_argument("--out-md", required=True)
     _sampling_args(p)
@@ -1138,16 +1214,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--detector-config", default=None, help="Mask2Former config (default: the one in mmdet)")
     p.add_argument("--clip-pretrained", default="openai", help="open_clip weights tag or local file for colours")
     p.add_argument("--device", default="cuda", help="device of the mask2former backend")
-    p.add_argument("--images-per-prompt", type=int, default=None, help="refuse folders with another sample count")
-    p.add_argument("--workers", type=int, default=1, help="processes scoring prompt folders in parallel")
+    p.add_argument("--images-per-prompt", type=_COUNT, default=None, help="refuse folders with another sample count")
+    p.add_argument("--workers", type=_COUNT, default=1, help="processes scoring prompt folders in parallel")
     p.add_argument("--out-jsonl", required=True, help="per-image records, the official evaluator's schema")
     p.add_argument("--out-json", required=True, help="per-tag accuracies and the overall score")
     p.set_defaults(func=cmd_geneval)
 
     p = sub.add_parser("mini-dpg", help="a DPG-Bench-style prompt set and question CSV from the mini world")
     p.add_argument("--world", required=True, help="directory written by `arrag world` (uses its reference split)")
-    p.add_argument("--n", type=int, default=200, help="prompts (distinct reference captions)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--n", type=_COUNT, default=200, help="prompts (distinct reference captions)")
+    p.add_argument("--seed", type=_INDEX, default=0)
     p.add_argument("--out", required=True, help="folder: prompts/<id>.txt + dpg_bench.csv")
     p.set_defaults(func=cmd_mini_dpg)
 
@@ -1196,13 +1272,25 @@ def build_parser() -> argparse.ArgumentParser:
         "inference_time: the one JSON of `arrag bench generate`",
     )
     p.add_argument("--label", action="append", default=[], help="method name of each --result")
+    p.add_argument(
+        "--params",
+        action="append",
+        default=[],
+        help="per --result: the generation.json of its images, whose parameter count fills the Params column",
+    )
     p.add_argument("--paper-rows", action="store_true", help="add the paper's published rows for reference")
     p.add_argument("--note", default="", help="sentence appended to the caption")
     p.add_argument("--out", required=True, help="output prefix, e.g. results/mini/tables/geneval")
     p.set_defaults(func=cmd_table)
 
-    p = sub.add_parser("sweep-table", help="a 2-D hyper-parameter sweep's GenEval scores: CSV + heatmap")
-    p.add_argument("--summary", nargs="+", required=True, help="summaries under .../name~value/ folders")
+    p = sub.add_parser("sweep-table", help="a 2-D hyper-parameter sweep's scores: CSV + heatmap")
+    p.add_argument("--summary", nargs="+", required=True, help="score records under .../name~value/ folders")
+    p.add_argument(
+        "--metric",
+        choices=["geneval", "fid"],
+        default="geneval",
+        help="geneval: GenEval summaries' overall; fid: `arrag fidelity` records' FID (the paper's Figure 7)",
+    )
     p.add_argument("--x", required=True, help="parameter across the heatmap")
     p.add_argument("--y", required=True, help="parameter down the heatmap")
     p.add_argument("--title", default="")
@@ -1215,9 +1303,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--reference", required=True, help="real images: a folder of images or an images .npy")
     p.add_argument("--fid-network", default=None, help="mini:DIR (arrag train-features), inception:FILE, or none")
     p.add_argument("--cmmd-network", default=None, help="clip:WEIGHTS (file or open_clip tag), mini:DIR, or none")
-    p.add_argument("--fwd-level", type=int, default=4, help="wavelet packet level (paper: 4)")
-    p.add_argument("--fwd-size", type=int, default=256, help="images resized to this for FWD (paper: 256)")
-    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--fwd-level", type=_COUNT, default=4, help="wavelet packet level (paper: 4)")
+    p.add_argument("--fwd-size", type=_COUNT, default=256, help="images resized to this for FWD (paper: 256)")
+    p.add_argument("--batch-size", type=_COUNT, default=64)
     p.add_argument("--device", default="auto")
     p.add_argument("--out-json", default=None)
     p.set_defaults(func=cmd_fidelity)
@@ -1234,25 +1322,30 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--label", action="append", required=True, help="method name of each --images folder")
     p.add_argument("--db", default=None, help="the PatchDatabase: its images through its source table")
     p.add_argument("--source", default=None, help="or: JSON source spec of a one-source corpus (arrag tokenise)")
-    p.add_argument("--size", type=int, default=32, help="pixel side the corpus images are shown at")
-    p.add_argument("--n", type=int, default=4, help="images per method: those with the largest copied region")
+    p.add_argument("--size", type=_COUNT, default=32, help="pixel side the corpus images are shown at")
+    p.add_argument("--n", type=_COUNT, default=4, help="images per method: those with the largest copied region")
     p.add_argument("--out", required=True)
     p.set_defaults(func=cmd_attribution)
 
     p = sub.add_parser("grid", help="tile generated images (GenEval layout) with their prompts into one PNG")
     p.add_argument("--images", required=True)
     p.add_argument("--out", required=True)
-    p.add_argument("--max-prompts", type=int, default=16)
-    p.add_argument("--upscale", type=int, default=4)
+    p.add_argument("--max-prompts", type=_COUNT, default=16)
+    p.add_argument("--upscale", type=_COUNT, default=4)
     p.set_defaults(func=cmd_grid)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.command != "download":  # only download rules reach the network; every other job loads local files
+        from arrag.data.downloads import go_offline
+
+        go_offline()
     try:
         args.func(args)
-    except (ValueError, FileNotFoundError) as err:  # bad input: one clear line, no traceback
+    except (ValueError, FileNotFoundError, NotADirectoryError, IsADirectoryError, PermissionError) as err:
+        # bad input: one clear line, no traceback
         print(f"arrag {args.command}: error: {err}", file=sys.stderr)
         return 2
     return 0

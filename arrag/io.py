@@ -21,6 +21,7 @@ def atomic_path(final: str | Path, *, directory: bool = False) -> Iterator[Path]
     An existing `final` is replaced only once the new one is complete.
     """
     final = Path(final)
+    check_output_path(final, directory)
     final.parent.mkdir(parents=True, exist_ok=True)
     prefix = f".{final.name}.tmp-"
     if directory:
@@ -36,13 +37,7 @@ def atomic_path(final: str | Path, *, directory: bool = False) -> Iterator[Path]
     try:
         yield tmp
         if directory:
-            if final.exists():
-                old = final.with_name(f".{final.name}.old-{os.getpid()}")
-                final.rename(old)
-                tmp.rename(final)
-                shutil.rmtree(old, ignore_errors=True)
-            else:
-                tmp.rename(final)
+            replace_directory(tmp, final)
         else:
             os.replace(tmp, final)
     except BaseException:
@@ -51,6 +46,32 @@ def atomic_path(final: str | Path, *, directory: bool = False) -> Iterator[Path]
         else:
             tmp.unlink(missing_ok=True)
         raise
+
+
+def check_output_path(path: str | Path, directory: bool = True) -> Path:
+    """Refuse an output folder that exists as a file (or an output file that exists as a folder), before any
+    work is done, rather than failing at the end and losing that work."""
+    path = Path(path)
+    if directory and path.exists() and not path.is_dir():
+        raise ValueError(f"{path} is a file, but a folder is written there: give a folder path (or remove the file)")
+    if not directory and path.is_dir():
+        raise ValueError(f"{path} is a folder, but a file is written there: give a file path")
+    for parent in path.parents:
+        if parent.exists() and not parent.is_dir():
+            raise ValueError(f"{path}: {parent} is a file, not a folder")
+    return path
+
+
+def replace_directory(new: Path, final: Path) -> None:
+    """Give the complete directory `new` the name `final`; an existing `final` is renamed aside first and deleted
+    only after the swap, so the old one is never deleted before its replacement is in place."""
+    if final.exists():
+        old = final.with_name(f".{final.name}.old-{os.getpid()}")
+        final.rename(old)
+        new.rename(final)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        new.rename(final)
 
 
 def write_text(path: str | Path, text: str) -> None:

@@ -22,7 +22,9 @@ def sample_grid(
         raise ValueError(f"{root} holds no prompt folders (<00000>/samples/*.png); generate images first")
     step = max(1, len(folders) // max_prompts)  # spread the rows over the whole prompt set
     rows = folders[::step][:max_prompts]
-    tiles = [[np.asarray(Image.open(p).convert("RGB")) for p in paths] for _, paths in rows]
+    from arrag.evaluation.geneval import load_image  # damaged files refused by name
+
+    tiles = [[load_image(p) for p in paths] for _, paths in rows]
     size = tiles[0][0].shape[0] * upscale
     cols = max(len(t) for t in tiles)
     canvas = Image.new("RGB", (label_width + cols * (size + 2), len(rows) * (size + 2)), "white")

@@ -1,3 +1,4 @@
+import csv
 import json
 
 import numpy as np
@@ -5,8 +6,9 @@ import pytest
 from PIL import Image
 
 from arrag.cli import main, parse_overrides
-from arrag.data.geneval_layout import read_prompt_folders, write_prompt_folder
+from arrag.data.geneval_layout import output_folder, read_prompt_folders, write_prompt_folder
 from arrag.decoding.pipeline import image_seed
+from arrag.evaluation.tables import GENEVAL_COLUMNS
 from arrag.models.training import BaseTrainingConfig
 
 
@@ -136,7 +138,7 @@ def test_a_repeated_prompt_gets_new_samples_not_the_same_images(model_dir, tmp_p
     assert not np.array_equal(first, repeat)
 
 
-def test_sharded_generation_equals_one_job_and_is_checked_when_finished(model_dir, tmp_path):
+def test_sharded_generation_equals_one_job_and_is_checked_when_finished(model_dir, tiny_janus, tmp_path):
     prompts = tmp_path / "prompts.jsonl"
     prompts.write_text(
         "".join(json.dumps({"prompt": f"a photo of a {s}"}) + "\n" for s in ("circle", "square", "triangle"))
@@ -153,6 +155,13 @@ def test_sharded_generation_equals_one_job_and_is_checked_when_finished(model_di
     assert main(finish) == 0
     summary = json.loads((sharded / "generation.json").read_text())
     assert (summary["generated"], summary["num_shards"]) == (3, 2)
+    # the parameter count of the generating model, which `arrag table --params` reads into the Params column
+    assert summary["parameters"] == sum(p.numel() for p in tiny_janus[0].parameters())
+    geneval = {"tags": {tag: {"accuracy": 0.5} for tag, _ in GENEVAL_COLUMNS}, "overall": 0.5, "images": 6}
+    (tmp_path / "summary.json").write_text(json.dumps(geneval))
+    table = ["table", "geneval", "--result", str(tmp_path / "summary.json"), "--label", "vanilla"]
+    assert main([*table, "--params", str(sharded / "generation.json"), "--out", str(tmp_path / "t")]) == 0
+    assert float(next(csv.DictReader((tmp_path / "t.csv").open()))["params"]) == summary["parameters"]
     one, two = sorted((tmp_path / "one").glob("0*/samples/*.png")), sorted(sharded.glob("0*/samples/*.png"))
     assert len(one) == len(two) == 6
     for a, b in zip(one, two):
@@ -173,7 +182,8 @@ def test_other_prompts_or_a_rebuilt_model_are_never_served_old_images(model_dir,
     prompts.write_text("".join(json.dumps({"prompt": f"a photo of a {s}"}) + "\n" for s in ("triangle", "diamond")))
     assert main(base) == 0
     assert json.loads((out / "shards" / "00000-of-00001.json").read_text())["generated"] == 2
-    assert json.loads((out / "00000" / "metadata.jsonl").read_text())["prompt"] == "a photo of a triangle"
+    staged = output_folder(out)  # the finished folder stays until finish-benchmark swaps the new one in
+    assert json.loads((staged / "00000" / "metadata.jsonl").read_text())["prompt"] == "a photo of a triangle"
     # a rebuilt model under the same path (its files rewritten): the images are made again too
     for f in model_dir.glob("*.json"):
         f.write_text(f.read_text())

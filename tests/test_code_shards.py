@@ -171,7 +171,7 @@ def test_crash_leaves_no_shard(folder, vq, tmp_path, monkeypatch):
 
 
 def test_empty_shard(vq, tmp_path, caplog):
-    spec = {"type": "folder", "path": str(tmp_path)}  # no images at all
+    spec = {"type": "folder", "path": str(tmp_path), "allow_empty": True}  # no images at all, and that is meant
     with caplog.at_level(logging.WARNING, logger="arrag.data.code_shards"):
         meta = cs.tokenise_shard(spec, 1, 4, vq, tmp_path / "codes")
     assert meta["count"] == 0 and meta["skipped"] == [] and "no readable images" in caplog.text

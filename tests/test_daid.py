@@ -186,6 +186,9 @@ def test_generation_bench_rows_and_ratios(tiny_janus, tiny_db):
     rows = {r["method"]: r for r in result["rows"]}
     assert rows["vanilla"]["overhead_vs_vanilla"] == 0.0 and len(rows["daid"]["runs"]) == 1
     assert rows["daid"]["seconds_per_step"] == rows["daid"]["seconds_per_batch"] / 16
+    # Table 4's Params and Total (s): DAiD adds no parameters; the total is every timed image's time
+    assert rows["daid"]["parameters"] == rows["vanilla"]["parameters"] == sum(p.numel() for p in model.parameters())
+    assert rows["daid"]["images"] == 2 and rows["daid"]["total_seconds"] == sum(rows["daid"]["runs"])
     assert "| daid |" in markdown_table(result)
 
 

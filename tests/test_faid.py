@@ -2,6 +2,7 @@
 guidance's unconditional rows, training of FAiD alone, parameter budgets."""
 
 import copy
+from pathlib import Path
 
 import pytest
 import torch
@@ -315,3 +316,33 @@ def test_training_candidates_exclude_the_image_itself(db):
     assert not torch.equal(with_self, without)
     alone = PatchDatabase.build(codes[:1], codebook, index="flat")  # only the image itself: nothing is left
     assert (training_candidates(alone, codes[:1], codebook, k=3, image_ids=torch.tensor([0])) == -1).all()
+
+
+@pytest.mark.parametrize("profile", ["config/paper.yaml", "config/paper-1gpu.yaml"])
+def test_the_paper_profiles_add_the_papers_faid_parameters(profile):
+    """Table 1's Params column goes from 1.0B (Janus-Pro) to 1.2B (+ FAiD), Table 3's from 1.3B to 1.5B (Show-o):
+    FAiD adds about 0.2B. The modules the paper profiles train, built at Janus-Pro-1B's dims (24 layers of 2048)
+    from the config as Snakemake merges it over config/config.yaml, add that many."""
+    import yaml
+    from snakemake.utils import update_config
+
+    repo = Path(__file__).resolve().parents[1]
+    config = yaml.safe_load((repo / "config/config.yaml").read_text())
+    update_config(config, yaml.safe_load((repo / profile).read_text()))
+    training = config["faid"]["training"]
+    cfg = FAiDConfig(**{k: training[k] for k in ("every", "hops", "k", "budget", "rank") if k in training})
+    added = faid_parameter_count(2048, 24, cfg)
+    print(f"\n{profile}: {len(faid_layers(24, cfg.every))} FAiD modules, {added / 1e6:.1f}M parameters")
+    assert cfg.budget == "paper" and cfg.hops == "12" and len(faid_layers(24, cfg.every)) == 2
+    assert 0.15e9 <= added < 0.25e9  # rounds to the paper's 0.2B
+
+
+def test_a_faid_model_counts_its_modules_beside_the_backbone(model, db, attach):
+    """The tables' Params column: every loaded backbone parameter plus the FAiD modules the hook decodes with."""
+    from arrag.decoding.pipeline import method_parameters
+
+    faid = attach(FAiD.for_model(model, TINY))
+    backbone = sum(p.numel() for p in model.parameters())
+    added = sum(p.numel() for p in faid.parameters())
+    assert added > 0 and method_parameters(model, []) == backbone
+    assert method_parameters(model, [FAiDHook(*db, faid)]) == backbone + added

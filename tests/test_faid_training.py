@@ -2,6 +2,7 @@
 uninterrupted run, and checkpoints refuse another base model."""
 
 import copy
+import json
 
 import numpy as np
 import pytest
@@ -217,3 +218,16 @@ def test_two_processes_train_exactly_like_one(setup):
     assert moved  # training changed the zero-initialised output projections
     for name in a:
         torch.testing.assert_close(a[name], b[name], rtol=1e-4, atol=1e-6)
+
+
+def test_epochs_derive_the_steps_from_the_training_set_and_are_recorded(setup):
+    """8 pairs at a global batch of 4 (2 x grad_accum 2): one epoch is 2 steps, recorded in faid.json."""
+    _, db, _, tmp = setup
+    cfg = ft.FAiDTrainingConfig(
+        steps=None, epochs=1, batch_size=2, grad_accum=2, every=1, k=4, rank=8, checkpoint_every=0
+    )
+    stats = ft.train_faid(tmp / "base", tmp / "trainset", cfg, tmp / "faid", db=db, cpu=True)
+    assert stats["steps"] == 2 and stats["config"]["steps"] == 2 and stats["config"]["epochs"] == 1
+    assert stats["schedule"] == {"steps": 2, "epochs": 1, "pairs": 8, "global_batch": 4, "steps_per_epoch": 2}
+    saved = json.loads((tmp / "faid" / "faid.json").read_text())
+    assert saved["schedule"]["steps"] == 2

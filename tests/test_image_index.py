@@ -147,3 +147,15 @@ def test_embed_and_build_commands(tiny_janus, tiny_clip, folders, tmp_path):
     index = ii.ImageLevelIndex.load(tmp_path / "index")
     assert len(index) == 5 and index.metadata["encoder"]["model"] == name
     assert main([*build, "--out", str(tmp_path / "nothing")]) == 2  # neither embeddings nor captions
+
+
+def test_openai_weights_in_a_gelu_architecture_are_refused():
+    """open_clip only warns when OpenAI's QuickGELU weights are loaded into ViT-B-32 (standard GELU): the loader
+    refuses it before any download and names ViT-B-32-quickgelu; matching pairs pass."""
+    from arrag.evaluation.features import clip_embedder, refuse_activation_mismatch
+
+    with pytest.raises(ValueError, match="use the model name ViT-B-32-quickgelu"):
+        clip_embedder("ViT-B-32", "openai")
+    refuse_activation_mismatch("ViT-B-32-quickgelu", "openai")
+    refuse_activation_mismatch("ViT-B-32", "laion2b_s34b_b79k")  # trained with GELU
+    refuse_activation_mismatch("ViT-B-32", "/weights/local.safetensors")  # a file: its activation is not known

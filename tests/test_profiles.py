@@ -1,6 +1,7 @@
 """The Snakemake profiles (workflow/profiles/): dry runs on the toy config, and the sbatch calls of the SLURM one."""
 
 import importlib.util
+import json
 import os
 import re
 import shutil
@@ -37,6 +38,27 @@ def _snakemake(workdir: Path, *args: str, path_prefix: str = "") -> subprocess.C
     return subprocess.run(
         [sys.executable, "-m", "snakemake", *args], cwd=workdir, env=env, capture_output=True, text=True, timeout=120
     )
+
+
+# conda as Snakemake asks it before a run that deploys conda envs (conda is not on the test machines; a dry run
+# builds no env, so these answers are all it needs)
+FAKE_CONDA = """#!/bin/sh
+case "$*" in
+  "info --json") echo '{{"conda_prefix": "{prefix}", "platform": "linux-64"}}' ;;
+  "--version") echo "conda 25.1.1" ;;
+  "config --get channel_priority --json") echo '{{"get": {{"channel_priority": "strict"}}}}' ;;
+  *) echo "fake conda: $*" >&2; exit 1 ;;
+esac
+"""
+
+
+def _conda_bin(tmp_path: Path) -> str:
+    bin_dir = tmp_path / "conda-bin"
+    bin_dir.mkdir(exist_ok=True)
+    script = bin_dir / "conda"
+    script.write_text(FAKE_CONDA.format(prefix=tmp_path / "conda"))
+    script.chmod(script.stat().st_mode | stat.S_IXUSR)
+    return str(bin_dir)
 
 
 def _profile(name: str) -> dict:
@@ -118,9 +140,9 @@ def test_slurm_profile_sends_every_gpu_job_of_the_paper_dag_to_the_gpu_partition
     and its own time and memory, and the multi-GPU ones ask for 4 GPUs."""
     work = _workdir(tmp_path)
     shutil.copytree(REPO / "arrag" / "benchmarks", work / "arrag" / "benchmarks")
-    pin = f"{{revision: {'4567cdef' * 5}}}"
-    (work / "pin.yaml").write_text(f"model: {pin}\ndownloads: {{datasets: {{cc12m: {pin}, midjourney: {pin}}}}}\n")
-    result = _snakemake(work, "-n", "--profile", SLURM, "--configfile", "config/paper.yaml", "pin.yaml")
+    result = _snakemake(
+        work, "-n", "--profile", SLURM, "--configfile", "config/paper.yaml", path_prefix=_conda_bin(tmp_path)
+    )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     profile = _profile(SLURM)
     gpu_partition = profile["set-resources"]["train_base"]["slurm_partition"]
@@ -169,11 +191,19 @@ def test_slurm_profile_sbatch_flags(tmp_path):
     (world / "geneval").mkdir()
     (world / "geneval/evaluation_metadata.jsonl").touch()
     (world / "world.json").touch()
+    # train_faid's inputs, so that the toy profile's two-process (two-GPU) training job is submitted too
+    for folder in ("models/base", "retrieval/db", "retrieval/faid_trainset"):
+        (work / "results/toy" / folder).mkdir(parents=True)
 
     result = _snakemake(
         work,
         "results/toy/models/vq",
         "results/toy/models/features",
+        "results/toy/models/faid",
+        "--allowed-rules",
+        "train_vq",
+        "train_features",
+        "train_faid",
         "--profile",
         SLURM,
         "--configfile",
@@ -182,7 +212,7 @@ def test_slurm_profile_sbatch_flags(tmp_path):
         "0",
         "--slurm-init-seconds-before-status-checks",
         "1",
-        path_prefix=str(bin_dir),
+        path_prefix=f"{bin_dir}{os.pathsep}{_conda_bin(tmp_path)}",  # the profile deploys conda envs
     )
     out = result.stdout + result.stderr
     assert "not a cluster (test)" in out, out[-3000:]
@@ -190,7 +220,7 @@ def test_slurm_profile_sbatch_flags(tmp_path):
     for line in calls.read_text().splitlines():
         if line.startswith("sbatch ") and (m := re.search(r"--comment (?:'?)rule_(\w+?)(?:'?) ", line)):
             submissions[m[1]] = line.split(" --wrap")[0]
-    assert set(submissions) == {"train_vq", "train_features"}, calls.read_text()[-2000:]
+    assert set(submissions) == {"train_vq", "train_features", "train_faid"}, calls.read_text()[-2000:]
 
     profile = _profile(SLURM)
     vq, features = submissions["train_vq"], submissions["train_features"]
@@ -201,3 +231,139 @@ def test_slurm_profile_sbatch_flags(tmp_path):
     assert "--gpus=1" in vq and "--cpus-per-task=8" in vq
     assert f"-p {profile['default-resources']['slurm_partition']}" in features
     assert "--gpus" not in features and "--cpus-per-task=8" in features
+    # every job on one node: torchrun's processes of a multi-GPU job must see all of the job's GPUs
+    faid = submissions["train_faid"]
+    assert "--gpus=2" in faid
+    for call in submissions.values():
+        assert re.findall(r"--nodes[= ](\d+)", call) == ["1"], call
+
+
+PAPER_CONFIGS = ["config/paper.yaml", "config/paper-1gpu.yaml"]
+
+
+def _paper_workdir(tmp_path: Path) -> Path:
+    work = _workdir(tmp_path)
+    shutil.copytree(REPO / "arrag" / "benchmarks", work / "arrag" / "benchmarks")
+    return work
+
+
+def _planned(dry_run_output: str) -> list[dict]:
+    """[{rule, local, input: [paths], shell}] of the jobs a `snakemake -n -p` run lists."""
+    jobs = []
+    for line in dry_run_output.splitlines():
+        if m := re.match(r"(local)?rule (\w+):$", line):
+            jobs.append({"rule": m[2], "local": bool(m[1]), "input": [], "shell": ""})
+        elif jobs and (m := re.match(r"\s+input: (.*)$", line)):
+            jobs[-1]["input"] = m[1].split(", ")
+        elif jobs and line.startswith("Shell command: "):
+            jobs[-1]["shell"] = line[len("Shell command: ") :]
+    return jobs
+
+
+@pytest.mark.parametrize("configfile", PAPER_CONFIGS)
+def test_paper_config_is_its_file_and_the_schema_defaults_alone(tmp_path, configfile):
+    """No value of the mini profile (config/config.yaml) reaches a paper job: the config every rule reads is the
+    paper file completed by the schema's defaults, nothing more (Snakemake would otherwise merge it under it)."""
+    from snakemake.utils import validate
+
+    work = _paper_workdir(tmp_path)
+    (work / "dump.smk").write_text(
+        'include: "Snakefile"\n\nimport json as _json\n\n_json.dump(config, open("used_config.json", "w"))\n'
+        '_json.dump(sorted(workflow._localrules), open("localrules.json", "w"))\n'
+    )
+    result = _snakemake(work, "-n", "-s", "dump.smk", "--configfile", configfile)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    expected = yaml.safe_load((REPO / configfile).read_text())
+    validate(expected, str(REPO / "workflow/schemas/config.schema.yaml"))  # fills the defaults, as common.smk does
+    used = json.loads((work / "used_config.json").read_text())
+    assert used == json.loads(json.dumps(expected))
+    assert used["world"]["splits"] == {}  # (the mini world's splits were the first thing to leak)
+    # downloads run where Snakemake runs (the login node), never as cluster jobs
+    listed = _snakemake(work, "-s", "dump.smk", "--list-rules", "--configfile", configfile).stdout
+    rules = {line.strip() for line in listed.splitlines()}
+    downloads = {rule for rule in rules if rule.startswith("download_")}
+    assert downloads and downloads <= set(json.loads((work / "localrules.json").read_text()))
+
+    # without --configfile the mini profile is the config, as before
+    result = _snakemake(work, "-n", "-s", "dump.smk")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert json.loads((work / "used_config.json").read_text())["profile"] == "mini"
+
+
+@pytest.mark.parametrize("configfile", PAPER_CONFIGS)
+def test_paper_jobs_load_local_files_that_download_rules_fetch(tmp_path, configfile):
+    """The paper profiles plan as shipped; every weight a job loads is a local path that is one of its inputs and
+    comes from a download rule (a localrule, locked, mirror-aware); no other job names a hub tag or a URL."""
+    work = _paper_workdir(tmp_path)
+    result = _snakemake(work, "-n", "-p", "--configfile", configfile)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    jobs = _planned(result.stdout)
+    profile = yaml.safe_load((REPO / configfile).read_text())["profile"]
+    downloads = [job for job in jobs if job["rule"].startswith("download_")]
+    assert {job["rule"] for job in downloads} == {
+        "download_model", "download_dataset", "download_clip", "download_mplug", "download_geneval_detector",
+        "download_inception", "download_mjhq", "download_dpg_csv",
+    }  # fmt: skip
+    assert all(job["shell"].startswith("arrag download ") for job in downloads)
+    for job in downloads:  # hub downloads: a lock file beside the config
+        if job["rule"] in ("download_model", "download_dataset", "download_clip", "download_mplug"):
+            assert f"--lock config/locks/{profile}/" in job["shell"], job
+    produced = {out for job in downloads for out in _outputs(result.stdout, job)}
+
+    loaded = []
+    for job in jobs:
+        if job["rule"].startswith("download_"):
+            continue
+        assert not re.search(r"https?://|openai|hf-hub:|arrag download", job["shell"]), job
+        weights = r"(--clip-pretrained|clip:|--mplug-model|--checkpoint|inception:)\s?(\S+)"
+        for flag, path in re.findall(weights, job["shell"]):
+            loaded.append((job["rule"], path))
+            assert any(path == i or path.startswith(i + "/") for i in job["input"]), (flag, path, job)
+            assert any(path == o or path.startswith(o + "/") for o in produced), (flag, path, job)
+    assert {rule for rule, _ in loaded} >= {"embed_images", "build_image_index", "score_geneval", "score_fidelity",
+                                            "score_dpg"}  # fmt: skip
+    assert f"results/{profile}/downloads/mplug" in {path for _, path in loaded}
+    clip = f"results/{profile}/downloads/clip/ViT-B-32-quickgelu"  # a job reading RA-CM3's index reloads its CLIP
+    index_jobs = [job for job in jobs if "--image-index" in job["shell"]]
+    assert index_jobs and all(clip in job["input"] for job in index_jobs), [j["rule"] for j in index_jobs]
+
+    # a mirror folder (clusters without internet on the login node either) reaches every download command
+    (work / "mirror.yaml").write_text("downloads: {mirror: /srv/mirror}\n")
+    result = _snakemake(work, "-n", "-p", "--configfile", configfile, "mirror.yaml")
+    assert result.returncode == 0, result.stderr[-3000:]
+    for job in _planned(result.stdout):
+        if job["rule"].startswith("download_"):
+            assert "--mirror /srv/mirror" in job["shell"], job
+
+
+def _outputs(dry_run_output: str, job: dict) -> list[str]:
+    """The outputs of the job whose shell command is job["shell"]."""
+    block = dry_run_output[: dry_run_output.index(job["shell"])]
+    block = block[block.rindex(f"rule {job['rule']}:") :]
+    return re.search(r"\n\s+output: (.*)\n", block)[1].split(", ")
+
+
+@pytest.mark.parametrize("profile", [LOCAL, SLURM])
+def test_the_profiles_run_only_the_benchmark_scorers_in_conda_envs(tmp_path, profile):
+    """The profiles deploy conda envs, and only the paper's two scorers declare one: they run in the benchmarks' own
+    environments while every other job runs where Snakemake runs (turning conda on re-plans nothing else)."""
+    if profile == SLURM and importlib.util.find_spec("snakemake_executor_plugin_slurm") is None:
+        pytest.skip("snakemake-executor-plugin-slurm is not installed")
+    assert _profile(profile)["software-deployment-method"] == "conda"
+    work = _paper_workdir(tmp_path)
+    (work / "envs.smk").write_text(
+        'include: "Snakefile"\n\nimport json as _json\n\n'
+        '_json.dump(sorted(r.name for r in workflow.rules if r.conda_env), open("rules_in_envs.json", "w"))\n'
+    )
+    conda = _conda_bin(tmp_path)
+    for config, rules, envs in [
+        ("config/paper.yaml", ["score_dpg", "score_geneval"], {"workflow/envs/geneval.yaml", "workflow/envs/dpg.yaml"}),
+        ("config/toy.yaml", [], set()),  # the mini scorers (shapes detector) need no conda
+    ]:
+        args = ("--profile", profile, "--configfile", config)
+        result = _snakemake(work, "--list-conda-envs", *args, path_prefix=conda)  # the envs the DAG's jobs use
+        assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+        listed = {line.split("\t")[0] for line in result.stdout.splitlines() if line.startswith("workflow/envs/")}
+        assert listed == envs
+        assert _snakemake(work, "-n", *args, "-s", "envs.smk", path_prefix=conda).returncode == 0
+        assert json.loads((work / "rules_in_envs.json").read_text()) == rules

@@ -77,3 +77,49 @@ def test_bench_rows_for_exact_and_approximate_backends():
     assert rows["flat"]["speedup@32_vs_flat"] == 1.0
     table = markdown_table(result)
     assert table.count("\n| ") >= 3 and "recall@10" in table and "QPS@32" in table
+
+
+def test_figure_6_on_the_training_set_reads_its_candidates(tiny_janus, tmp_path):
+    """--queries train (appendix C.1): the FAiD training set's positions against the candidates retrieved for them,
+    each rank's distance recomputed here; the table and figure say which query set they show."""
+    import json
+
+    import arrag.models.faid_training as ft
+    from arrag.cli import main
+    from arrag.models.vq import VQTokenizer
+
+    model, processor, spec = tiny_janus
+    model.save_pretrained(tmp_path / "base", safe_serialization=True)
+    processor.save_pretrained(tmp_path / "base")
+    codebook = VQTokenizer.from_janus(model).codebook
+    corpus = _smooth_codes(30, k=spec.codebook_size, side=spec.grid)
+    db = PatchDatabase.build(corpus, codebook, index="flat")
+    db.save(tmp_path / "db")
+    pairs = _smooth_codes(6, k=spec.codebook_size, side=spec.grid, seed=5)
+    ft.build_trainset(model, db, pairs, ["a photo"] * 6, k=4, out_dir=tmp_path / "trainset")
+    out = ["--out-csv", str(tmp_path / "acc.csv"), "--out-png", str(tmp_path / "acc.png")]
+    args = ["retrieval-accuracy", "--model", str(tmp_path / "base"), "--db", str(tmp_path / "db"), "--k", "3"]
+    assert (
+        main(
+            [
+                *args,
+                "--queries",
+                "train",
+                "--trainset",
+                str(tmp_path / "trainset"),
+                *out,
+                "--out-json",
+                str(tmp_path / "acc.json"),
+            ]
+        )
+        == 0
+    )
+    result = json.loads((tmp_path / "acc.json").read_text())
+    codes, candidates, _, _ = ft.load_trainset(tmp_path / "trainset")
+    values, truth = candidates[..., :3].flatten(0, 1), codes.flatten()
+    d = (codebook[values] - codebook[truth][:, None]).norm(dim=-1)
+    assert result["query_set"] == "train" and result["queries"] == len(truth) == 6 * spec.grid**2
+    torch.testing.assert_close(torch.tensor(result["mean_distance"]), d.mean(0), rtol=1e-5, atol=1e-6)
+    assert "positions of FAiD training-set instances" in (tmp_path / "acc.md").read_text()
+    held = [*args, "--queries", "heldout", *out]
+    assert main(held) == 2  # held-out queries need their code shards

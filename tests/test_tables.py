@@ -25,13 +25,18 @@ def _table(tmp_path, kind, measured, **kw):
 
 def test_geneval_table_follows_the_papers_columns(tmp_path):
     measured = {m: t.geneval_row(_summary(s), m) for m, s in [("vanilla", 1.0), ("daid", 0.5)]}
+    measured["vanilla"]["params"] = measured["daid"]["params"] = 2_090_000_000
     rows, csv_rows, md, tex = _table(tmp_path, "geneval", measured)
     assert list(csv_rows[0])[:9] == ["method", "source", *[k for k, _ in GENEVAL_COLUMNS], "overall"]
     assert [r["method"] for r in csv_rows] == ["vanilla", "daid"]
     assert float(csv_rows[1]["overall"]) == pytest.approx(0.5 * 3.5 / 10)
-    assert "| Method | Single Obj. | Two Obj. | Counting | Colors | Position | Color Attri. | Overall |" in md
-    assert "| + DAiD | 0.05 | 0.10 | 0.15 | 0.20 | 0.25 | 0.30 | 0.175 |" in md
-    assert r"+ DAiD & 0.05 & 0.10 & 0.15 & 0.20 & 0.25 & 0.30 & 0.175 \\" in tex
+    # the paper's Params column, and Overall's difference to the base model: numbers in the CSV, "x (+d)" in print
+    assert float(csv_rows[1]["params"]) == 2_090_000_000 and csv_rows[0]["overall_delta"] == ""
+    assert float(csv_rows[1]["overall_delta"]) == pytest.approx(-0.5 * 3.5 / 10)
+    header = "| Method | Params | Single Obj. | Two Obj. | Counting | Colors | Position | Color Attri. | Overall |"
+    assert header in md and "| base model | 2.1B | 0.10 | 0.20 | 0.30 | 0.40 | 0.50 | 0.60 | 0.350 |" in md
+    assert "| + DAiD | 2.1B | 0.05 | 0.10 | 0.15 | 0.20 | 0.25 | 0.30 | 0.175 (-0.175) |" in md
+    assert r"+ DAiD & 2.1B & 0.05 & 0.10 & 0.15 & 0.20 & 0.25 & 0.30 & 0.175 (-0.175) \\" in tex
     assert tex.count(r"\midrule") == 1 and r"\label{tab:geneval}" in tex
     broken = _summary(1.0)
     del broken["tags"]["position"]
@@ -45,7 +50,12 @@ def test_paper_rows_come_first_above_a_rule(tmp_path):
     assert len(paper) == 18 and csv_rows[-1]["source"] == "measured"
     faid = next(r for r in paper if r["method"] == "Janus-Pro + FAiD")
     assert (float(faid["position"]), float(faid["overall"])) == (0.70, 0.78)  # the paper's Table 1
-    assert "| Transfusion (paper) | – | – | – | – | – | – | 0.630 |" in md
+    assert "| Transfusion (paper) | 7.3B | – | – | – | – | – | – | 0.630 |" in md
+    # the paper's own (+0.07) of FAiD over Janus-Pro, and its Params as a number in the CSV
+    assert "| Janus-Pro + FAiD (paper) | 1.2B | 1.00 | 0.88 | 0.50 | 0.86 | 0.70 | 0.73 | 0.780 (+0.070) |" in md
+    assert "| Janus-Pro + RA-CM3 (paper) | 1.0B |" in md and "0.650 (-0.060) |" in md
+    assert float(faid["params"]) == 1.2e9 and float(faid["overall_delta"]) == pytest.approx(0.07)
+    assert "| DALL-E 3 (paper) | – |" in md
     assert tex.count(r"\midrule") == 2  # under the header, and between the paper's rows and ours
 
 
@@ -57,8 +67,12 @@ def test_inference_time_overheads_against_the_base_model(tmp_path):
             {"method": "daid", "images_per_second": 8.0, "overhead_vs_vanilla": 0.25},
         ],
     }
+    for row, seconds in zip(bench["rows"], (0.4, 0.5)):
+        row |= {"parameters": 1_000_000, "images": 4, "total_seconds": seconds}
     rows, csv_rows, md, tex = _table(tmp_path, "inference_time", t.inference_rows(bench), paper=True)
-    assert "| + DAiD | 0.1250 | +25.0% |" in md
+    assert "| Method | Params | Total (s) | Average (s) | vs base |" in md
+    assert "| + DAiD | 1.0M | 0.50 | 0.1250 | +25.0% |" in md
+    assert "| Janus-Pro + FAiD (paper) | 1.2B | 623.01 | 6.2300 | +36.0% |" in md
     paper = {r["method"]: r for r in rows if r["source"] == "paper"}
     assert paper["Janus-Pro + DAiD"]["overhead"] == pytest.approx(4.59 / 4.58 - 1)  # the paper's +0.22%
     assert paper["Janus-Pro + FAiD"]["overhead"] == pytest.approx(0.3603, abs=1e-4)
@@ -68,11 +82,12 @@ def test_inference_time_overheads_against_the_base_model(tmp_path):
 def test_dpg_and_fidelity_rows_and_latex_escaping(tmp_path):
     summary = {"overall": 71.5, "images": 8, "categories": {"global": 50.0, "entity": 80.0, "attribute": 70.0}}
     rows, csv_rows, md, _ = _table(tmp_path, "dpg", {"vanilla": t.dpg_row(summary, "vanilla")})
-    assert "| base model | 50.00 | 80.00 | 70.00 | – | – | 71.50 |" in md  # categories absent from the CSV stay empty
+    # categories absent from the CSV stay empty
+    assert "| base model | – | 50.00 | 80.00 | 70.00 | – | – | 71.50 |" in md
     fid = {"fid": 12.5, "cmmd": 0.1, "fwd": 3.25, "images": 10, "reference_images": 10, "fid_network": {"name": "mini"}}
     rows, csv_rows, md, tex = _table(tmp_path, "fidelity", {"my_method": t.fidelity_row(fid, "my_method")})
-    assert "| my_method | 0.100 | 12.50 | 3.250 |" in md
-    assert r"my\_method & 0.100 & 12.50 & 3.250" in tex
+    assert "| my_method | – | 0.100 | 12.50 | 3.250 |" in md
+    assert r"my\_method & – & 0.100 & 12.50 & 3.250" in tex
     with pytest.raises(ValueError, match="no per-method result"):
         t.measured_row("inference_time", tmp_path / "x.json", "x")
     with pytest.raises(FileNotFoundError, match="missing"):
@@ -99,6 +114,31 @@ def test_sweep_rows_take_parameters_from_the_paths(tmp_path):
     assert "| temperature | weight 0.1 | weight 0.5 |" in grid
     assert f"| 2 | {_summary(0.2)['overall']:.3f} | {_summary(1.0)['overall']:.3f} |" in grid
     assert r"\begin{tabular}{lrr}" in (tmp_path / "s.tex").read_text()
+
+
+def test_a_sweep_scored_by_fid_reads_fidelity_records_and_prefers_the_lowest(tmp_path):
+    """Figure 7 as the paper scores it: FID per point from `arrag fidelity` records; the best point is the lowest."""
+    from arrag.evaluation.tables import best_sweep_row
+
+    records = {
+        f"s/weight~{w}/temperature~1.0/sweep_fid.json": {"fid": 10 + 20 * w, "fwd": 3.0, "images": 10000}
+        for w in (0.05, 0.1, 0.3)
+    }
+    rows = write_sweep(records, tmp_path / "f.csv", tmp_path / "f.png", "weight", "temperature", "FID", "fid")
+    assert [r["fid"] for r in rows] == [11.0, 12.0, 16.0] and "overall" not in rows[0]
+    assert best_sweep_row(rows, "fid")["weight"] == 0.05 and best_sweep_row(rows, "fid")["fid"] == 11.0
+    assert "| 1 | 11.000 | 12.000 | 16.000 |" in (tmp_path / "f.md").read_text()
+    assert (tmp_path / "f.csv").read_text().splitlines()[0] == "weight,temperature,fid,fwd,images"
+    with pytest.raises(ValueError, match="holds no FID"):
+        write_sweep(
+            {"s/weight~0.1/x.json": {"fwd": 1.0, "images": 4}},
+            tmp_path / "g.csv",
+            tmp_path / "g.png",
+            "weight",
+            "weight",
+            "",
+            "fid",
+        )
 
 
 def test_scoring_bench_times_each_scorer_after_a_warm_up(tmp_path):

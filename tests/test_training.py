@@ -43,8 +43,8 @@ def test_vq_training_interrupted_leaves_no_model_and_resumes(tmp_path, data, mon
     real_save = training.ResumableCheckpoint.maybe_save
     calls = {"n": 0}
 
-    def crash_after_first_checkpoint(self, step, module, opt):
-        real_save(self, step, module, opt)
+    def crash_after_first_checkpoint(self, step, module, opt, *extra):
+        real_save(self, step, module, opt, *extra)
         calls["n"] += 1
         if step == 4:
             raise KeyboardInterrupt
@@ -140,3 +140,47 @@ def test_gradients_are_summed_bucket_by_bucket(monkeypatch):
     assert calls == [12, 13, 8]  # [12] | [5, 8] | [7, 1]: no bucket over 13 elements, every element once
     for p, g in zip(params, before):
         assert torch.equal(p.grad, 2 * g if g is not None else torch.zeros_like(p))
+
+
+def test_one_epoch_is_the_full_global_batches_of_one_shuffle():
+    """Appendix B.3's single epoch: 50,000 pairs at a global batch of 256 are 195 steps (the remainder of 80 is
+    dropped), and those steps draw each pair at most once; a 196th step would start a second shuffle."""
+    assert training.epoch_steps(50_000, 256, 1) == 195
+    assert training.epoch_steps(49_990, 256, 1) == 195 and training.epoch_steps(49_900, 256, 1) == 194  # skipped
+    assert training.epoch_steps(10_000, 256, 2) == 78 and training.epoch_steps(10_000, 256, 0.5) == 20
+    seen = [i for _, batch in training._batches(50_000, 256, 195, 0, seed=0) for i in batch]
+    assert len(seen) == 195 * 256 == len(set(seen))
+    second = [i for _, batch in training._batches(50_000, 256, 196, 0, seed=0) for i in batch]
+    assert len(set(second)) < len(second)  # the 196th batch repeats pairs of the first shuffle
+    with pytest.raises(ValueError, match="fewer than one global batch of 256"):
+        training.epoch_steps(255, 256, 1)
+    for bad in (0, -1, float("nan"), float("inf")):
+        with pytest.raises(ValueError, match="epochs"):
+            training.epoch_steps(1000, 256, bad)
+
+
+def test_epochs_set_the_steps_from_the_pairs_read():
+    from arrag.baselines.racm3 import RACM3TrainingConfig
+    from arrag.models.faid_training import FAiDTrainingConfig
+
+    for cls in (FAiDTrainingConfig, RACM3TrainingConfig):
+        cfg, record = training.resolve_steps(cls(steps=None, epochs=1), pairs=50_000, global_batch=256)
+        assert cfg.steps == 195 and record == {
+            "steps": 195,
+            "epochs": 1,
+            "pairs": 50_000,
+            "global_batch": 256,
+            "steps_per_epoch": 195,
+        }
+        assert training.resolve_steps(cls(steps=7), 50_000, 256)[0].steps == 7
+        with pytest.raises(ValueError, match="both steps=7 and epochs=1"):
+            training.resolve_steps(cls(steps=7, epochs=1), 50_000, 256)
+
+
+def test_the_cli_reads_null_and_numbers_for_optional_settings():
+    from arrag.cli import parse_overrides
+    from arrag.models.faid_training import FAiDTrainingConfig
+
+    cfg = parse_overrides(["steps=None", "epochs=1", "every=12", "hops=12"], FAiDTrainingConfig)
+    assert cfg.steps is None and cfg.epochs == 1.0 and isinstance(cfg.epochs, float) and cfg.every == 12
+    assert cfg.hops == "12"

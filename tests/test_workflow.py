@@ -28,20 +28,25 @@ def _snakemake(workdir: Path, *args: str) -> subprocess.CompletedProcess:
 
 
 def test_lint_is_clean(tmp_path):
-    result = _snakemake(_workdir(tmp_path), "--lint")
-    assert result.returncode == 0, result.stdout + result.stderr
-    assert "Lints for" not in result.stdout + result.stderr
+    """Clean but for one lint, by design: rules run in the environment Snakemake runs in (environment.yml), and
+    only the benchmarks' own scorers declare a conda env, so that --use-conda re-plans nothing else."""
+    for config in ([], ["--configfile", "config/paper.yaml"]):
+        (tmp_path / str(len(config))).mkdir()
+        result = _snakemake(_workdir(tmp_path / str(len(config))), "--lint", *config)
+        assert "Traceback" not in result.stderr and "Error" not in result.stderr, result.stderr[-3000:]
+        lints = [line.strip() for line in (result.stdout + result.stderr).splitlines() if line.strip().startswith("* ")]
+        assert lints and set(lints) == {"* Specify a conda environment or container for each rule.:"}, lints
 
 
 def test_invalid_config_names_the_key_and_allowed_values(tmp_path):
     work = _workdir(tmp_path)
-    (work / "bad.yaml").write_text("device: tpu\n")
+    (work / "bad.yaml").write_text("profile: bad\ndevice: tpu\n")
     result = _snakemake(work, "-n", "--configfile", "bad.yaml")
     assert result.returncode != 0
     out = result.stdout + result.stderr
     assert "device" in out and "auto|cpu|cuda" in out
 
-    (work / "bad.yaml").write_text("world: {underrepresented: [[magenta, circle]]}\n")
+    (work / "bad.yaml").write_text("profile: bad\nworld: {underrepresented: [[magenta, circle]]}\n")
     out = _snakemake(work, "-n", "--configfile", "bad.yaml")
     assert out.returncode != 0 and "magenta" in out.stdout + out.stderr
 
@@ -93,47 +98,74 @@ def _job_counts(dry_run_stdout: str) -> dict[str, int]:
 
 
 @pytest.mark.parametrize(
-    "config, tokenise, embed, generate, sweep, total",
+    "config, tokenise, embed, generate, sweep, daid_sweep, sweep_prompts, total",
     [
-        ("config/paper.yaml", 64 + 32 + 48 + 1 + 4 + 4, 64 + 32, 4 * 3 * 4, 3 * 3, 421),
-        ("config/paper-1gpu.yaml", 1 + 1 + 1 + 1, 1, 4 * 3 * 1, 2 * 2, 98),
+        # tokenised: the corpora and the pairs (Figure 6 reads FAiD's training set, so no held-out images);
+        # the sweeps' 10K MJHQ-30K prompts: their own set beside Table 3's 30K, or Table 3's own first 10K
+        ("config/paper.yaml", 64 + 32 + 48 + 4 + 4, 64 + 32, 4 * 3 * 4, 3 * 3, 5 * 4, "mjhq_sweep", 425),
+        ("config/paper-1gpu.yaml", 1 + 1 + 1, 1, 4 * 3 * 1, 2 * 2, 3 * 2, "mjhq", 101),
     ],
 )
-def test_the_paper_profiles_resolve(tmp_path, config, tokenise, embed, generate, sweep, total):
-    """The paper DAG (Janus-Pro-1B from the hub, three corpora, FAiD's fine-tuning pairs from two captioned
-    sources, RA-CM3's CLIP index over the corpora it names, GenEval/DPG-Bench/MJHQ-30K with the benchmarks' own
-    models) resolves with its expected jobs; nothing of the mini world is built."""
+def test_the_paper_profiles_resolve(
+    tmp_path, config, tokenise, embed, generate, sweep, daid_sweep, sweep_prompts, total
+):
+    """The paper DAG as shipped (Janus-Pro-1B from the hub, three corpora, FAiD's fine-tuning pairs from two
+    captioned sources, RA-CM3's CLIP index over the corpora it names, GenEval/DPG-Bench/MJHQ-30K with the
+    benchmarks' own models, every weight from a download rule) resolves with its expected jobs; nothing of the mini
+    world is built."""
     work = _workdir(tmp_path)
     shutil.copytree(REPO / "arrag" / "benchmarks", work / "arrag" / "benchmarks")  # the vendored prompt sets
-    pin_model = f"model: {{revision: {'0123abcd' * 5}}}\n"
-    pin_data = f"{{revision: {'4567cdef' * 5}}}"
-    pin_pairs = f"downloads: {{datasets: {{cc12m: {pin_data}, midjourney: {pin_data}}}}}\n"
-    (work / "pin.yaml").write_text(pin_model + pin_pairs)
-    result = _snakemake(work, "-n", "-p", "--configfile", config, "pin.yaml")
+    result = _snakemake(work, "-n", "-p", "--configfile", config)
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
     jobs = _job_counts(result.stdout)
     assert jobs["tokenise_shard"] == tokenise and jobs["generate"] == generate  # x methods x prompt sets x shards
     assert jobs["finish_generation"] == 4 * 3 and jobs["download_model"] == 1
-    for rule in ("download_geneval_detector", "download_dpg_csv", "download_mjhq", "download_inception"):
+    for rule in (
+        "download_geneval_detector",
+        "download_dpg_csv",
+        "download_mjhq",
+        "download_inception",
+        "download_mplug",
+    ):
         assert jobs[rule] == 1
+    assert jobs["download_clip"] == 3  # RA-CM3's ViT-B/32, GenEval's ViT-L/14, CMMD's ViT-L/14@336
     assert jobs["faid_trainset"] == jobs["train_faid"] == 1 and jobs["train_faid_sweep"] == sweep
     assert jobs["embed_images"] == embed and jobs["build_image_index"] == jobs["train_racm3"] == 1
-    assert jobs["download_dataset"] == 2  # CC12M tars and midjourney-v6-llava parquet, pinned
+    assert jobs["download_dataset"] == 2  # CC12M tars and midjourney-v6-llava parquet
     assert sum(jobs.values()) == total  # the figure the README quotes
     assert not set(jobs) & {"world", "train_vq", "train_base", "mini_dpg", "train_features"}
     trainset = next(line for line in result.stdout.splitlines() if "arrag faid-trainset" in line)
     assert "--codes results/" in trainset and "codes/midjourney_pairs/codes-00000-of-" in trainset
     assert "--world" not in trainset and "--exclude-self" not in trainset
     download = next(line for line in result.stdout.splitlines() if "arrag download dataset" in line and "cc12m" in line)
-    assert f"--repo pixparse/cc12m-wds --revision {'4567cdef' * 5} --include" in download
+    assert "--repo pixparse/cc12m-wds --revision 796118f2eabdb9984f23f7f15d1e74d388612fc6 --include" in download
     index = next(line for line in result.stdout.splitlines() if "arrag build-image-index" in line)
-    assert "--embeddings results/" in index and "--clip-model ViT-B-32 --clip-pretrained openai" in index
+    clip = f"results/{config.split('/')[1][:-5]}/downloads/clip/ViT-B-32-quickgelu/open_clip_model.safetensors"
+    assert "--embeddings results/" in index and f"--clip-model ViT-B-32-quickgelu --clip-pretrained {clip}" in index
     assert "--captions" not in index and "codes/datacomp/" not in index  # RA-CM3: CC12M + JourneyDB only
-    (work / "pin.yaml").write_text(pin_model)
-    unpinned = _snakemake(work, "-n", "--configfile", config, "pin.yaml")
-    assert unpinned.returncode != 0 and "downloads.datasets.cc12m: set revision" in unpinned.stdout + unpinned.stderr
-    unpinned = _snakemake(work, "-n", "--configfile", config)
-    assert unpinned.returncode != 0 and "model.revision is not set" in unpinned.stdout + unpinned.stderr
+    # Figure 7 as the paper scores it (appendix C.2): every sweep point generates the first 10K MJHQ-30K prompts,
+    # one image each, and is scored by FID (Inception) against their real images; no sweep point runs GenEval
+    profile = config.removeprefix("config/").removesuffix(".yaml")
+    jobs_text = result.stdout.split("\n\n")
+    points = [j for j in jobs_text if "rule generate_daid_sweep:" in j or "rule generate_faid_sweep:" in j]
+    assert len(points) == daid_sweep + sweep
+    assert all(f"--prompts results/{profile}/prompts/{sweep_prompts}.jsonl --n 1 " in j for j in points)
+    assert jobs["score_sweep_fid"] == daid_sweep + sweep and jobs["score_geneval"] == 4  # the methods' own runs
+    scores = [j for j in jobs_text if "rule score_sweep_fid:" in j]
+    assert len(scores) == daid_sweep + sweep
+    reference = f"--reference results/{profile}/{sweep_prompts}/reference"
+    assert all("--fid-network inception:" in j and reference in j for j in scores)
+    assert jobs["mjhq_prompts"] == (2 if sweep_prompts == "mjhq_sweep" else 1)
+    sweep_set = next(line for line in result.stdout.splitlines() if f"{sweep_prompts}.jsonl --out-reference" in line)
+    assert "arrag mjhq-prompts" in sweep_set and "--limit 10000 " in sweep_set
+    tables = [line for line in result.stdout.splitlines() if "arrag sweep-table" in line]
+    assert len(tables) == 2 and all("--metric fid " in t and "FID on the first 10000 MJHQ-30K" in t for t in tables)
+    # Figure 6 on FAiD's training set, as appendix C.1
+    accuracy = next(line for line in result.stdout.splitlines() if "arrag retrieval-accuracy" in line)
+    assert f"--queries train --trainset results/{profile}/retrieval/faid_trainset " in accuracy
+    (work / "unset.yaml").write_text("model: {revision: null}\n")
+    unset = _snakemake(work, "-n", "--configfile", config, "unset.yaml")
+    assert unset.returncode != 0 and "model.revision is not set" in unset.stdout + unset.stderr
 
 
 @pytest.mark.smoke
@@ -278,6 +310,14 @@ def test_whole_dag_on_the_toy_profile(tmp_path):
         assert r"\begin{tabular}" in (res / f"tables/{name}.tex").read_text()
     fidelity = (res / "tables/fidelity.csv").read_text().splitlines()
     assert fidelity[0].startswith("method,source,") and len(fidelity) == 5
+    # the Params column from the generation records (FAiD adds its modules), Overall against vanilla, Total (s)
+    import csv
+
+    params = {r["method"]: float(r["params"]) for r in csv.DictReader((res / "tables/geneval.csv").open())}
+    assert params["daid"] == params["vanilla"] > 0 and params["faid"] > params["vanilla"]
+    assert "(+" in (res / "tables/geneval.md").read_text() or "(-" in (res / "tables/geneval.md").read_text()
+    times = list(csv.DictReader((res / "tables/inference_time.csv").open()))
+    assert all(float(r["total_s"]) > 0 and float(r["params"]) > 0 for r in times)
     inference = (res / "tables/inference_time.csv").read_text().splitlines()
     assert [line.split(",")[0] for line in inference[1:]] == ["vanilla", "daid", "faid", "racm3"]
 
@@ -343,3 +383,27 @@ def test_whole_dag_on_the_toy_profile(tmp_path):
     report = _snakemake(work, "--cores", "1", "--configfile", "config/toy.yaml", "--report", "report.html")
     assert report.returncode == 0, report.stdout[-3000:] + report.stderr[-3000:]
     assert (work / "report.html").stat().st_size > 100_000
+
+
+def test_the_mini_sweeps_keep_their_labelled_stand_in_and_fid_needs_mjhq(tmp_path):
+    """The mini profile has no MJHQ-30K: its sweeps are scored by mini-GenEval and their tables say it stands in for
+    the paper's FID; asking it for FID is refused with the keys to change."""
+    work = _workdir(tmp_path)
+    result = _snakemake(work, "-n", "-p", "--configfile", "config/toy.yaml")
+    assert result.returncode == 0, result.stderr[-2000:]
+    tables = [line for line in result.stdout.splitlines() if "arrag sweep-table" in line]
+    assert len(tables) == 2 and all(
+        "--metric geneval " in t and "mini-GenEval overall, a stand-in" in t for t in tables
+    )
+    (work / "fid.yaml").write_text("sweeps: {score: fid}\n")
+    refused = _snakemake(work, "-n", "--configfile", "config/toy.yaml", "fid.yaml")
+    assert refused.returncode != 0 and "evaluation.fidelity.benchmark is 'mini'" in refused.stdout + refused.stderr
+
+
+def test_openai_clip_weights_in_a_gelu_model_are_refused_at_parse_time(tmp_path):
+    """RA-CM3's retriever as `ViT-B-32` with the OpenAI weights (QuickGELU) would load with a warning only."""
+    work = _workdir(tmp_path)
+    shutil.copytree(REPO / "arrag" / "benchmarks", work / "arrag" / "benchmarks")
+    (work / "gelu.yaml").write_text("racm3: {clip: {model: ViT-B-32, pretrained: openai}}\n")
+    result = _snakemake(work, "-n", "--configfile", "config/paper-1gpu.yaml", "gelu.yaml")
+    assert result.returncode != 0 and "use the model name ViT-B-32-quickgelu" in result.stdout + result.stderr

@@ -21,14 +21,23 @@ import torch
 from arrag.decoding.pipeline import ImageGenerationPipeline, resolve_device
 from arrag.io import atomic_path, write_json
 from arrag.models.janus import load_janus
-from arrag.models.training import caption_inputs, fit_generation_path, image_generation_loss
+from arrag.models.training import (
+    artefact_id,
+    caption_inputs,
+    captions_digest,
+    fit_generation_path,
+    image_generation_loss,
+    resolve_steps,
+)
 from arrag.models.vq import VQTokenizer, codebook_fingerprint
 from arrag.retrieval.image_index import ImageLevelIndex
+from arrag.validation import COUNT, INDEX, POSITIVE, check_fields
 
 
 @dataclass
 class RACM3TrainingConfig:
-    steps: int = 300
+    steps: int | None = 300  # optimiser steps; None: derived from `epochs` and the pairs read
+    epochs: float | None = None  # passes over the fine-tuning pairs; then `steps` must be None
     batch_size: int = 32
     lr: float = 2e-4
     weight_decay: float = 0.0
@@ -36,6 +45,22 @@ class RACM3TrainingConfig:
     checkpoint_every: int = 100
     seed: int = 0
     grad_accum: int = 1  # global batch = batch_size * grad_accum * processes
+
+    def __post_init__(self):
+        check_fields(
+            self,
+            {
+                "steps": COUNT | {"optional": True},  # None: derived from epochs
+                "epochs": POSITIVE | {"optional": True},
+                "batch_size": COUNT,
+                "lr": POSITIVE,
+                "weight_decay": dict(low=0),
+                "caption_dropout": dict(low=0, high=1, high_open=True),
+                "checkpoint_every": INDEX,
+                "seed": INDEX,
+                "grad_accum": COUNT,
+            },
+        )
 
 
 def train_racm3(
@@ -47,6 +72,7 @@ def train_racm3(
     out_dir: str | Path,
     device: str | None = None,
     codes_codebook_sha256: str | None = None,
+    restart: bool = False,
 ) -> dict:
     """Fine-tune the base model's generation path on the pairs (codes [N, H, W] = the images' VQ tokens under
     the base model, captions [N]), each caption's retrieved reference as a prefix. Runs as one process on
@@ -75,11 +101,17 @@ def train_racm3(
         batch_ids = torch.where(drop[:, None], uncond[idx], ids[idx])
         return image_generation_loss(model, batch_ids, mask[idx], codes[idx], references[idx], prefix_visible=~drop)
 
-    params, start, log, t0, ckpt = fit_generation_path(model, len(codes), batch_loss, cfg, out_dir, "RA-CM3", acc)
+    cfg, schedule = resolve_steps(cfg, len(codes), cfg.batch_size * cfg.grad_accum * acc.num_processes)
+    settings = {"trainer": "racm3", "base": artefact_id(base_dir), "captions": captions_digest(captions)}
+    settings |= {"index": index.metadata, "processes": acc.num_processes}
+    params, start, log, t0, ckpt = fit_generation_path(
+        model, len(codes), batch_loss, cfg, out_dir, "RA-CM3", acc, settings=settings, restart=restart
+    )
     stats = {
         "method": "racm3",
         "base_model": str(base_dir),
         "steps": cfg.steps,
+        "schedule": schedule,
         "resumed_at": start,
         "seconds": time.time() - t0,
         "log": log,
@@ -122,6 +154,9 @@ class RACM3Pipeline(ImageGenerationPipeline):
         device = resolve_device(device)
         model, processor = load_janus(source, revision=revision, device=device)
         return cls(model, processor, ImageLevelIndex.load(index, device), device)
+
+    def prefix_length(self) -> int:
+        return self.vq.grid**2
 
     def prefix_codes(self, prompts: list[str]) -> torch.Tensor:
         """The top-1 reference image of each prompt, flattened: [B, H*W]."""

@@ -14,7 +14,7 @@ from collections.abc import Callable
 import torch
 
 from arrag.decoding.loop import DecodingHook, SamplingConfig
-from arrag.decoding.pipeline import ImageGenerationPipeline
+from arrag.decoding.pipeline import ImageGenerationPipeline, method_parameters
 from arrag.io import write_json, write_text
 
 
@@ -52,9 +52,13 @@ def run_generation_bench(
     rows = []
     for name, ts in seconds.items():
         mean = sum(ts) / len(ts)
+        pipe, make_hooks = methods[name]
         rows.append(
             {
                 "method": name,
+                "parameters": method_parameters(pipe.model, make_hooks()),
+                "images": batch_size * len(ts),
+                "total_seconds": sum(ts),
                 "seconds_per_batch": mean,
                 "images_per_second": batch_size / mean,
                 "seconds_per_step": mean / steps,

@@ -181,6 +181,11 @@ def iter_code_shards(paths: list[str | Path]) -> Iterator[tuple[np.ndarray, np.n
                 )
         metas.append(meta)
         local_ids.append(ids.astype(np.int64))
+    if sum(len(ids) for ids in local_ids) == 0:  # a database or training set of nothing could never be used
+        raise ValueError(
+            f"the code shards {[str(p) for p in paths[:3]]}{' ...' if len(paths) > 3 else ''} hold no images: their "
+            "sources are empty or every image was skipped (see 'skipped' in their .json); fix the sources"
+        )
     keys = [json.dumps(m.get("source"), sort_keys=True) for m in metas]
     sizes: dict[str, int] = {}  # per source: 1 + its largest image id (ids are positions in its enumeration)
     for key, ids in zip(keys, local_ids):

@@ -5,7 +5,8 @@
     <out>/settings.json              how the images were generated (ours; the evaluator ignores it)
 
 Each prompt folder is written atomically, so a folder that exists is complete and an interrupted run
-resumes by skipping it. Folders made with other settings are never reused.
+resumes by skipping it. Folders made with other settings are never reused, and never deleted before the new
+run is complete: it writes beside them (`.<out>.next/`) and takes their place at the end.
 """
 
 from __future__ import annotations
@@ -18,9 +19,10 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from arrag.io import atomic_path, write_json
+from arrag.io import atomic_path, check_output_path, replace_directory, write_json
 
 SETTINGS = "settings.json"
+GENERATION = "generation.json"  # written last: marks a prompt-set folder complete
 
 
 def prompt_folder(root: str | Path, index: int) -> Path:
@@ -51,21 +53,65 @@ def write_prompt_folder(
     return final
 
 
-def prepare_output(root: str | Path, settings: dict) -> None:
-    """Create `root`; if it holds images made with different settings, remove them (never trust them).
-
-    Shards of one run call this at the same time: a lock makes the check, the removal and the new
-    settings.json one step, so no shard removes folders another has written under the same settings."""
+def staging_folder(root: str | Path) -> Path:
+    """Where a run whose settings differ from the finished (or foreign) images in `root` writes: beside root,
+    replacing it only once complete (finish_output)."""
     root = Path(root)
+    return root.with_name(f".{root.name}.next")
+
+
+def _settings(folder: Path) -> dict | None:
+    return json.loads((folder / SETTINGS).read_text()) if (folder / SETTINGS).is_file() else None
+
+
+def _holds_images(root: Path) -> bool:
+    return (root / GENERATION).exists() or any(c.is_dir() and c.name.isdigit() for c in root.iterdir())
+
+
+def prepare_output(root: str | Path, settings: dict) -> Path:
+    """The folder this run writes its prompt folders into: `root` when it is new or holds images of these
+    settings (resumed); else staging_folder(root), so that the images already in root, and their
+    generation.json, stay exactly as they are until the new run is complete. Never deletes finished work.
+
+    Shards of one run call this at the same time: a lock makes the decision and the settings file one step."""
+    root = check_output_path(root)
     root.mkdir(parents=True, exist_ok=True)
-    settings_file = root / SETTINGS
+    staging = staging_folder(root)
     with open(root / ".settings.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
-        if settings_file.is_file() and json.loads(settings_file.read_text()) != settings:
-            for child in root.iterdir():
-                if child.is_dir() and child.name.isdigit():
-                    shutil.rmtree(child)
-        write_json(settings_file, settings)
+        current = _settings(root)
+        if current == settings or (current is None and not _holds_images(root)):
+            if staging.exists():  # an unfinished staged run of other settings: never complete, not kept
+                shutil.rmtree(staging)
+            write_json(root / SETTINGS, settings)
+            return root
+        if staging.exists() and _settings(staging) != settings:
+            shutil.rmtree(staging)  # an unfinished staged run of yet other settings
+        staging.mkdir(exist_ok=True)
+        write_json(staging / SETTINGS, settings)
+        return staging
+
+
+def output_folder(root: str | Path) -> Path:
+    """The folder the current run of `root` writes into (after prepare_output): its staging folder if any."""
+    staging = staging_folder(root)
+    return staging if (staging / SETTINGS).is_file() else Path(root)
+
+
+def finish_output(root: str | Path, summary: dict, carry: tuple[str, ...] = ()) -> Path:
+    """Mark the current run of `root` complete: generation.json last; a staged run then takes root's place in one
+    rename (the old images are removed only after that). `carry`: entries of root moved into the new folder
+    first (the shard markers, which the workflow expects under root)."""
+    root = Path(root)
+    work = output_folder(root)
+    for name in carry:
+        if work != root and (root / name).exists():
+            shutil.rmtree(work / name, ignore_errors=True)
+            (root / name).rename(work / name)
+    write_json(work / GENERATION, summary)
+    if work != root:
+        replace_directory(work, root)
+    return root
 
 
 def shard_of(index: int, shard: int, num_shards: int) -> bool:

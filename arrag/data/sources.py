@@ -63,14 +63,14 @@ DEFAULT_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp")
 DEFAULT_IMAGE_KEYS = ("jpg", "png", "webp", "jpeg")
 # Required and optional fields of each source type (unknown fields are refused: a typo must not be ignored).
 SPEC_FIELDS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
-    "mini_world": (("path",), ("limit",)),
-    "folder": (("path",), ("extensions", "recursive", "caption_extension", "limit")),
-    "webdataset": (("urls",), ("image_keys", "caption_key", "limit")),
+    "mini_world": (("path",), ("limit", "allow_empty")),
+    "folder": (("path",), ("extensions", "recursive", "caption_extension", "limit", "allow_empty")),
+    "webdataset": (("urls",), ("image_keys", "caption_key", "limit", "allow_empty")),
     "hf_dataset": (
         ("name", "revision"),
-        ("split", "image_column", "streaming", "id_column", "caption_column", "limit"),
+        ("split", "image_column", "streaming", "id_column", "caption_column", "limit", "allow_empty"),
     ),
-    "parquet": (("files",), ("image_column", "caption_column", "id_column", "limit")),
+    "parquet": (("files",), ("image_column", "caption_column", "id_column", "limit", "allow_empty")),
 }
 
 # One enumerated item: where it came from, how to read its image, and how to read its caption (None when the
@@ -279,9 +279,47 @@ def _member_caption(tar: tarfile.TarFile, by_ext: dict[str, tarfile.TarInfo], ca
     return value.strip()
 
 
+def _tar_problem(path: Path, tar: tarfile.TarFile, members: list[tarfile.TarInfo]) -> str | None:
+    """Why the tar at `path` is not whole, or None. tarfile stops quietly at a missing end, so: a compressed
+    tar is read to the end of its stream (a cut stream fails there); a plain one must hold, after its last
+    member's data (padded to 512 bytes), the two zero blocks every tar writer ends an archive with."""
+    with open(path, "rb") as f:
+        magic = f.read(6)
+    if magic.startswith((b"\x1f\x8b", b"BZh", b"\xfd7zXZ")):
+        tar.fileobj.seek(0)
+        while tar.fileobj.read(1 << 20):
+            pass
+        return None
+    end = members[-1].offset_data + -(-members[-1].size // 512) * 512 if members else 0
+    size = path.stat().st_size
+    with open(path, "rb") as f:
+        f.seek(end)
+        tail = f.read(1024)
+    if len(tail) < 1024 or tail.strip(b"\0"):
+        last = f" after its last member {members[-1].name}" if members else ""
+        return f"truncated: {size} bytes, the end-of-archive blocks{last} are missing (a copy cut short)"
+    return None
+
+
+def _unreadable_tar(path: Path, problem: str) -> NoReturn:
+    raise ValueError(f"{path}: {problem}; every sample of this file is skipped: download or copy it again")
+
+
 def _tar_items(path: Path, image_keys: list[str], caption_key: str | None) -> Iterator[Item]:
-    """Samples of one tar: (source_id, loader of the preferred image member's bytes, caption loader)."""
-    with tarfile.open(path) as tar:
+    """Samples of one tar: (source_id, loader of the preferred image member's bytes, caption loader). A tar that
+    is cut short or unreadable is one item whose loader fails naming the file: skipped and reported, not a
+    silent prefix of its samples."""
+    try:
+        tar = tarfile.open(path)
+        problem = _tar_problem(path, tar, tar.getmembers())
+    except (tarfile.TarError, OSError, EOFError) as err:  # cut inside a header or a compressed stream
+        tar, problem = None, f"unreadable ({type(err).__name__}: {err})"
+    if problem:
+        if tar is not None:
+            tar.close()
+        yield str(path), functools.partial(_unreadable_tar, path, problem), None
+        return
+    with tar:
         members = [m for m in tar.getmembers() if m.isfile() and "." in m.name.rpartition("/")[2]]
         # WebDataset groups *consecutive* members with the same key into one sample
         for key, group in itertools.groupby(members, key=lambda m: _split_key(m.name)[0]):
@@ -438,7 +476,9 @@ def shared_locations(a: dict, b: dict) -> list[str]:
 # ----------------------------------------------------------------------------- the entry point
 
 
-def _records(items: Iterator[Item], shard: int, num_shards: int, size: int) -> Iterator[ImageRecord]:
+def _records(items: Iterator[Item], shard: int, num_shards: int, size: int, empty: str | None) -> Iterator[ImageRecord]:
+    """`empty`: the error when the source has no item at all (None: an empty source is fine)."""
+    i = -1
     for i, (source_id, load, load_caption) in enumerate(items):
         if i % num_shards != shard:
             continue
@@ -449,6 +489,8 @@ def _records(items: Iterator[Item], shard: int, num_shards: int, size: int) -> I
             yield ImageRecord(i, source_id, None, f"{type(err).__name__}: {err}")
             continue
         yield ImageRecord(i, source_id, image, None, caption)
+    if i < 0 and empty:
+        raise ValueError(empty)
 
 
 def _check_limit(spec: dict) -> int | None:
@@ -469,7 +511,15 @@ def iter_source(spec: dict, shard: int = 0, num_shards: int = 1, size: int = 384
     kind = _check_spec(spec)
     limit = _check_limit(spec)
     items = itertools.islice(_ITEMS[kind](spec), limit)  # limit None: every item
-    return _records(items, shard, num_shards, size)
+    empty = (
+        None
+        if spec.get("allow_empty")
+        else (
+            f"the {kind} source {', '.join(source_locations(spec)[:3]) or spec} holds no items: check its path or "
+            "pattern (or set 'allow_empty': true in its spec if an empty source is meant)"
+        )
+    )
+    return _records(items, shard, num_shards, size, empty)
 
 
 @dataclass

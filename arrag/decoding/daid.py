@@ -13,6 +13,7 @@ import torch
 
 from arrag.decoding.loop import DecodingHook, StepState
 from arrag.retrieval.keys import query_from_grid
+from arrag.validation import COUNT, FRACTION, POSITIVE, check_number
 
 
 def retrieval_distribution(
@@ -24,8 +25,7 @@ def retrieval_distribution(
     `unique=True` keeps only the closest hit of each token (the authors' code). A row without any hit
     is all zeros.
     """
-    if temperature <= 0:
-        raise ValueError(f"retrieval temperature must be > 0, got {temperature}")
+    check_number(temperature, "retrieval temperature", **POSITIVE)
     valid = values >= 0  # [B, k]
     if unique:
         # a hit is a repeat when an earlier (closer) hit carries the same token
@@ -50,8 +50,7 @@ def merge_distributions(
 
     Rows whose retrieval found nothing keep p_model. weight = 0 returns p_model itself.
     """
-    if not 0 <= weight <= 1:
-        raise ValueError(f"DAiD weight must be in [0, 1], got {weight}")
+    check_number(weight, "DAiD weight", **FRACTION)
     if weight == 0:
         return p_model
     p_ret = retrieval_distribution(sq_dists, values, p_model.shape[-1], temperature, unique).to(p_model.dtype)
@@ -79,12 +78,9 @@ class DAiD(DecodingHook):
         retrieve_at: Callable[[int], bool] | None = None,
         record: bool = False,
     ):
-        if not 0 <= weight <= 1:
-            raise ValueError(f"DAiD weight must be in [0, 1], got {weight}")
-        if temperature <= 0:
-            raise ValueError(f"DAiD temperature must be > 0, got {temperature}")
-        if not 1 <= k <= len(db):
-            raise ValueError(f"DAiD k={k} must be between 1 and the database size {len(db)}")
+        check_number(weight, "DAiD weight", **FRACTION)
+        check_number(temperature, "DAiD temperature", **POSITIVE)
+        check_number(k, f"DAiD k (between 1 and the database size {len(db)})", high=len(db), **COUNT)
         self.db, self.codebook = db, codebook
         self.k, self.weight, self.temperature, self.unique = k, weight, temperature, unique
         self.retrieve_at = retrieve_at or (lambda step: True)

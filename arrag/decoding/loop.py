@@ -15,6 +15,7 @@ import torch
 from transformers import DynamicCache
 
 from arrag.models.training import position_ids_from_mask, prompt_embeddings, unconditional_ids
+from arrag.validation import COUNT, POSITIVE, check_fields, check_number
 
 
 @dataclass
@@ -25,12 +26,8 @@ class SamplingConfig:
     greedy: bool = False
 
     def __post_init__(self):
-        if self.temperature <= 0:
-            raise ValueError(f"temperature must be > 0 (use greedy=True for argmax), got {self.temperature}")
-        if self.top_k is not None and self.top_k < 1:
-            raise ValueError(f"top_k must be >= 1 or None, got {self.top_k}")
-        if self.guidance_scale < 1:
-            raise ValueError(f"guidance_scale must be >= 1, got {self.guidance_scale}")
+        check_fields(self, {"guidance_scale": dict(low=1), "temperature": POSITIVE})  # greedy=True: argmax
+        check_number(self.top_k, "SamplingConfig.top_k", optional=True, **COUNT)
 
 
 @dataclass
@@ -54,6 +51,10 @@ class DecodingHook:
     after guidance, temperature and top-k (DAiD merges retrieval there); `after_step` sees the chosen tokens."""
 
     wants_hidden_states = False
+
+    def added_parameters(self) -> list[torch.nn.Parameter]:
+        """Parameters the hook adds to the backbone (FAiD's modules); counted in the tables' Params column."""
+        return []
 
     def before_forward(self, state: StepState) -> None:
         pass

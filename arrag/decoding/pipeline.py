@@ -24,9 +24,30 @@ def image_seed(base_seed: int, prompt: str, sample: int) -> int:
 
 
 def resolve_device(device: str | None) -> torch.device:
+    """auto/None: cuda when available; else the device named, refused when it is not there (a clear error rather
+    than a driver traceback halfway into a run)."""
     if device in (None, "auto"):
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
+    try:
+        resolved = torch.device(device)
+    except RuntimeError:
+        raise ValueError(f"--device {device!r} is not a device: use cpu, cuda, cuda:N or auto") from None
+    if resolved.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if count == 0 or (resolved.index or 0) >= count:
+            raise ValueError(
+                f"--device {device}: this machine has {count} CUDA GPU(s) visible; use --device cpu or auto"
+            )
+    return resolved
+
+
+def method_parameters(model, hooks: list[DecodingHook]) -> int:
+    """Parameters of what makes a method's images: every parameter of the loaded model plus those its hooks add
+    (FAiD's modules). Retrievers are not counted (a database holds no parameters; RA-CM3's CLIP text encoder is
+    left out as the paper leaves it out: RA-CM3 at Janus-Pro's 1.0B)."""
+    params = {id(p): p for p in model.parameters()}
+    params |= {id(p): p for hook in hooks for p in hook.added_parameters()}
+    return sum(p.numel() for p in params.values())
 
 
 class ImageGenerationPipeline:
@@ -64,6 +85,25 @@ class ImageGenerationPipeline:
             prefix_codes=self.prefix_codes(prompts),
         )
 
+    def check_prompt_lengths(self, prompts: list[str]) -> None:
+        """Refuse prompts whose tokens, with the image's tokens and any reference prefix, do not fit the model's
+        context: positions past it were never trained, and the images would be silently wrong."""
+        context = self.model.config.text_config.max_position_embeddings
+        reserved = self.vq.grid**2 * (2 if self.prefix_length() else 1)  # the image, and RA-CM3's reference
+        for start in range(0, len(prompts), 1024):
+            chunk = list(prompts[start : start + 1024])
+            lengths = tokenize_prompts(self.processor, chunk)["attention_mask"].sum(1).tolist()
+            for prompt, length in zip(chunk, lengths):
+                if length + reserved > context:
+                    raise ValueError(
+                        f"prompt {prompt[:60]!r}{'...' if len(prompt) > 60 else ''} is {length} tokens; with the "
+                        f"{reserved} image tokens it exceeds the model's context of {context} positions: shorten it"
+                    )
+
+    def prefix_length(self) -> int:
+        """Image tokens placed before each prompt: none here (RA-CM3's pipeline places its reference)."""
+        return 0
+
     def prefix_codes(self, prompts: list[str]) -> torch.Tensor | None:
         """Image tokens [B, P] to place before each prompt: none here (RA-CM3's pipeline adds its reference)."""
         return None
@@ -86,6 +126,7 @@ class ImageGenerationPipeline:
         """n images per prompt; `first_sample[j]` offsets prompt j's sample indices (so a prompt listed twice
         in a benchmark gets new samples rather than the same images again)."""
         prompts = [prompts] if isinstance(prompts, str) else list(prompts)
+        self.check_prompt_lengths(sorted(set(prompts)))
         offsets = first_sample or [0] * len(prompts)
         jobs = [(p, image_seed(seed, p, o + i)) for p, o in zip(prompts, offsets) for i in range(n)]
         images, codes = [], []
@@ -134,7 +175,8 @@ def generate_prompt_set(
         "prompts_sha256": hashlib.sha256(json.dumps(records, sort_keys=True).encode()).hexdigest()[:16],
         **(settings or {}),
     }
-    prepare_output(root, run_settings)
+    pipe.check_prompt_lengths(sorted({r[prompt_field] for r in records}))  # all of them, before any image
+    root = prepare_output(root, run_settings)  # a staging folder when root holds images of other settings
     # the k-th repeat of a prompt text draws samples k*n .. k*n+n-1, not the first prompt's images again
     seen: dict[str, int] = {}
     occurrence = []

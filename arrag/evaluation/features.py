@@ -29,6 +29,7 @@ import torch.nn.functional as F
 from arrag.data.downloads import fetch, sha256_of
 from arrag.data.mini_world import BACKGROUNDS, COLOURS, MAX_OBJECTS, SHAPES
 from arrag.io import atomic_path, progress, write_json
+from arrag.validation import COUNT, INDEX, POSITIVE, check_fields
 
 # ----------------------------------------------------------------------------- Inception (FID)
 
@@ -107,6 +108,20 @@ class ClipEmbedder(nn.Module):
         return F.normalize(self.model.encode_image(x).float(), dim=-1)
 
 
+def refuse_activation_mismatch(model_name: str, tag: str) -> None:
+    """Weights trained with QuickGELU (OpenAI's) in an architecture built with standard GELU load without an error
+    in open_clip (only a warning) and give different embeddings: refuse that pairing, naming the right model."""
+    import open_clip
+
+    known = tag in open_clip.list_pretrained_tags_by_model(model_name)
+    weights = open_clip.get_pretrained_cfg(model_name, tag) if known else {}  # a local file: nothing to check
+    if weights.get("quick_gelu") and not open_clip.get_model_config(model_name).get("quick_gelu"):
+        raise ValueError(
+            f"the {tag!r} weights of {model_name} were trained with QuickGELU but {model_name} is built with standard "
+            f"GELU: use the model name {model_name}-quickgelu (e.g. racm3.clip.model in the config)"
+        )
+
+
 def clip_embedder(
     model_name: str = CMMD_CLIP,
     pretrained: str | Path | None = None,
@@ -132,6 +147,7 @@ def clip_embedder(
     if pretrained is None:
         raise ValueError(f"give {model_name}'s weights: a local file or one of the pretrained tags {tags}")
     pretrained = str(pretrained)
+    refuse_activation_mismatch(model_name, pretrained)
     identity = {"name": model_name, "pretrained": pretrained}
     if pretrained not in tags:
         if not Path(pretrained).is_file():
@@ -173,6 +189,20 @@ class MiniFeatureConfig:
     feature_dim: int = 64
     seed: int = 0
     heldout_fraction: float = 0.1  # images kept out of training to report the heads' accuracy
+
+    def __post_init__(self):
+        check_fields(
+            self,
+            {
+                "steps": COUNT,
+                "batch_size": COUNT,
+                "lr": POSITIVE,
+                "width": COUNT,
+                "feature_dim": COUNT,
+                "seed": INDEX,
+                "heldout_fraction": dict(low=0, high=1, low_open=True, high_open=True),
+            },
+        )
 
 
 def scene_targets(records: list[dict]) -> dict[str, np.ndarray]:

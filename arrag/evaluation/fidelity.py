@@ -129,6 +129,9 @@ def _image_files(folder: Path) -> list[str]:
     from arrag.data.geneval_layout import read_prompt_folders
 
     if any(p.is_dir() and p.name.isdigit() for p in folder.iterdir()):
+        from arrag.evaluation.geneval import check_benchmark_folder
+
+        check_benchmark_folder(folder)  # every prompt's folder, every sample: never a partial set's statistics
         return [str(p) for _, paths in read_prompt_folders(folder) for p in paths]
     return sorted(f for ext in EXTENSIONS for f in glob(str(folder / f"**/*.{ext}"), recursive=True))
 
@@ -266,13 +269,10 @@ class ImageFiles:
         return len(self.paths)
 
     def __getitem__(self, index: slice) -> np.ndarray:
-        from PIL import Image
 
-        images = []
-        for path in self.paths[index]:
-            with Image.open(path) as im:
-                images.append(np.asarray(im.convert("RGB")))
-        return np.stack(images)
+        from arrag.evaluation.geneval import load_image
+
+        return np.stack([load_image(path) for path in self.paths[index]])  # damaged files refused by name
 
 
 def load_images(source: ImageSource) -> np.ndarray | ImageFiles:

@@ -32,7 +32,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from arrag.data.geneval_layout import read_prompt_folders
+from arrag.data.geneval_layout import SETTINGS, read_prompt_folders
 from arrag.data.mini_world import relations_between
 from arrag.io import progress, write_jsonl, write_text
 
@@ -138,8 +138,15 @@ def evaluate_image(metadata: dict, detections: Sequence[Detection], rules: Rules
 
 
 def load_image(path: str | Path) -> np.ndarray:
-    with Image.open(path) as im:
-        return np.asarray(im.convert("RGB"))
+    """uint8 [H, W, 3]; a damaged file is refused naming it (never a PIL traceback, never scored as something)."""
+    try:
+        with Image.open(path) as im:
+            return np.asarray(im.convert("RGB"))
+    except (OSError, SyntaxError, ValueError) as err:  # PIL's UnidentifiedImageError, truncated data
+        raise ValueError(
+            f"{path} is not a readable image ({type(err).__name__}: {err}): delete its prompt folder and rerun "
+            "`arrag generate-benchmark` to make it again"
+        ) from None
 
 
 def score_image(path: str | Path, metadata: dict, detector: Detector, rules: Rules = OFFICIAL) -> dict:
@@ -173,9 +180,13 @@ def check_benchmark_folder(root: str | Path, images_per_prompt: int | None = Non
     folders = sorted(p for p in root.iterdir() if p.is_dir() and p.name.isdigit())
     if not folders:
         raise ValueError(f"{root} holds no prompt folders ({layout}): {fix}")
-    gaps = sorted(set(range(len(folders))) - {int(p.name) for p in folders})
+    # settings.json (arrag generate-benchmark) records how many prompts the prompt file had: missing folders at
+    # the end are refused like missing ones in the middle
+    made_for = json.loads((root / SETTINGS).read_text()).get("prompts") if (root / SETTINGS).is_file() else None
+    gaps = sorted(set(range(max(len(folders), made_for or 0))) - {int(p.name) for p in folders})
     if gaps:
-        raise ValueError(f"{root}: prompt folders {[f'{i:05d}' for i in gaps[:5]]} are missing: {fix}")
+        of = f" of the {made_for} prompts in {root / SETTINGS}" if made_for else ""
+        raise ValueError(f"{root}: prompt folders {[f'{i:05d}' for i in gaps[:5]]}{of} are missing: {fix}")
     counts = {}
     for folder in folders:
         if not (folder / "metadata.jsonl").is_file():
@@ -226,6 +237,12 @@ def score_folder(
     """
     check_benchmark_folder(root, images_per_prompt)
     jobs = [(meta, paths, detector, rules) for meta, paths in read_prompt_folders(root)]
+    for i, (meta, *_) in enumerate(jobs):  # before any scoring: a folder of another benchmark's prompts
+        if not {"tag", "include"} <= set(meta):
+            raise ValueError(
+                f"{Path(root) / f'{i:05d}'}/metadata.jsonl has no GenEval 'tag' and 'include' (fields: "
+                f"{sorted(meta)}): generate from GenEval's evaluation_metadata.jsonl"
+            )
     bar = dict(total=len(jobs), desc=f"GenEval {Path(root).name}", unit="prompt")
     if workers <= 1:
         per_prompt = [_score_prompt(job) for job in progress(jobs, **bar)]

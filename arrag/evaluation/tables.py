@@ -33,6 +33,12 @@ class Column:
     header: str
     digits: int = 2
     percent: bool = False  # a fraction shown as a signed percentage
+    count: bool = False  # a parameter count shown as 1.2B / 3.4M / 5.6K
+    delta: bool = False  # shown with its difference to the base model's row, "0.72 (+0.01)" (CSV: <key>_delta)
+
+
+# The paper's Params column: parameters of what makes each method's images (arrag.decoding.pipeline.method_parameters)
+PARAMS = Column("params", "Params", 1, count=True)
 
 
 @dataclass(frozen=True)
@@ -59,22 +65,28 @@ TABLES = {
     "geneval": TableSpec(
         "geneval",
         "GenEval (Table 1): accuracy per tag; overall is the unweighted mean of the six tags.",
-        tuple(Column(k, h) for k, h in GENEVAL_COLUMNS) + (Column("overall", "Overall", 3),),
+        (PARAMS,) + tuple(Column(k, h) for k, h in GENEVAL_COLUMNS) + (Column("overall", "Overall", 3, delta=True),),
     ),
     "dpg": TableSpec(
         "dpg",
         "DPG-Bench (Table 2): VQA accuracy x 100 per L1 category; overall is the mean image score.",
-        tuple(Column(k, h) for k, h in DPG_CATEGORIES) + (Column("overall", "Overall"),),
+        (PARAMS,) + tuple(Column(k, h) for k, h in DPG_CATEGORIES) + (Column("overall", "Overall", delta=True),),
     ),
     "fidelity": TableSpec(
         "fidelity",
         "Fidelity against real images (Table 3): lower is better.",
-        (Column("cmmd", "CMMD", 3), Column("fid", "FID"), Column("fwd", "FWD", 3)),
+        (PARAMS, Column("cmmd", "CMMD", 3), Column("fid", "FID"), Column("fwd", "FWD", 3)),
     ),
     "inference_time": TableSpec(
         "inference_time",
-        "Inference time (Table 4): seconds per image, and the overhead against the base model in the same run.",
-        (Column("seconds_per_image", "Average (s)", 4), Column("overhead", "vs base", 1, percent=True)),
+        "Inference time (Table 4): all timed images, seconds per image, and the overhead against the base model "
+        "in the same run.",
+        (
+            PARAMS,
+            Column("total_s", "Total (s)", 2),
+            Column("seconds_per_image", "Average (s)", 4),
+            Column("overhead", "vs base", 1, percent=True),
+        ),
     ),
     "over_copying": TableSpec(
         "over_copying",
@@ -118,6 +130,9 @@ def inference_rows(bench: dict) -> dict[str, dict]:
     """`arrag bench generate` result -> method -> row (the overhead is against vanilla in the same run)."""
     return {
         r["method"]: {
+            "params": r["parameters"],
+            "total_s": r["total_seconds"],
+            "images": r["images"],
             "seconds_per_image": 1.0 / r["images_per_second"],
             "images_per_second": r["images_per_second"],
             "overhead": r["overhead_vs_vanilla"],
@@ -125,6 +140,30 @@ def inference_rows(bench: dict) -> dict[str, dict]:
         }
         for r in bench["rows"]
     }
+
+
+def generation_parameters(path: str | Path) -> int:
+    """The parameter count `arrag generate-benchmark` recorded in a prompt set's generation.json."""
+    record = read_summary(path)
+    if not isinstance(record.get("parameters"), int):
+        raise ValueError(f"{path} records no parameter count: regenerate it with this version of arrag")
+    return record["parameters"]
+
+
+def add_deltas(spec: TableSpec, rows: list[dict]) -> list[dict]:
+    """Each delta column's difference to the base model of the row's backbone, as <key>_delta: our rows against
+    our vanilla row, the paper's against its row named after their group (Janus-Pro, Show-o)."""
+    keys = [c.key for c in spec.columns if c.delta]
+    measured_base = next((r for r in rows if r.get("source") == "measured" and r["method"] == "vanilla"), None)
+    paper_bases = {r["method"]: r for r in rows if r.get("source") == "paper"}
+    for r in rows:
+        base = measured_base if r.get("source") == "measured" else paper_bases.get(r.get("group"))
+        if base is None or base is r:
+            continue
+        for key in keys:
+            if r.get(key) is not None and base.get(key) is not None:
+                r[f"{key}_delta"] = r[key] - base[key]
+    return rows
 
 
 def measured_row(kind: str, path: str | Path, label: str) -> dict:
@@ -149,12 +188,28 @@ def paper_rows(name: str) -> list[dict]:
     for raw in csv.DictReader(path.open(encoding="utf-8")):
         row = {"method": raw.pop("method"), "source": "paper"}
         row |= {k: (float(v) if _is_number(v) else (v or None)) for k, v in raw.items()}
+        row["params"] = _count_from_text(raw.get("params"))
         rows.append(row)
     if name == "inference_time":  # the paper states overheads against Janus-Pro's seconds per image
         base = next(r["seconds_per_image"] for r in rows if r["method"] == "Janus-Pro")
         for r in rows:
             r["overhead"] = r["seconds_per_image"] / base - 1
     return rows
+
+
+def _count_from_text(text: str | None) -> float | None:
+    """The paper's Params cells ("1.2B", "1B", "-") as numbers of parameters (None when not given)."""
+    units = {"B": 1e9, "M": 1e6, "K": 1e3}
+    if not text or text[-1] not in units or not _is_number(text[:-1]):
+        return None
+    return float(text[:-1]) * units[text[-1]]
+
+
+def _count(value: float) -> str:
+    for unit, size in (("B", 1e9), ("M", 1e6), ("K", 1e3)):
+        if value >= size:
+            return f"{value / size:.1f}{unit}"
+    return f"{value:.0f}"
 
 
 def _is_number(text: str) -> bool:
@@ -165,12 +220,18 @@ def _is_number(text: str) -> bool:
         return False
 
 
-def _cell(value, column: Column) -> str:
+def _cell(value, column: Column, delta=None) -> str:
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return "–"
+    if column.count:
+        return _count(value)
     if column.percent:
         return f"{100 * value:+.{column.digits}f}%" if column.key == "overhead" else f"{100 * value:.{column.digits}f}%"
-    return f"{value:.{column.digits}f}"
+    return f"{value:.{column.digits}f}" + ("" if delta is None else f" ({delta:+.{column.digits}f})")
+
+
+def _cells(row: dict, spec: TableSpec) -> list[str]:
+    return [_cell(row.get(c.key), c, row.get(f"{c.key}_delta")) for c in spec.columns]
 
 
 def _name(row: dict, key: str = "method") -> str:
@@ -193,8 +254,7 @@ def render_markdown(spec: TableSpec, rows: list[dict], note: str = "") -> str:
     headers = [spec.label[1]] + [c.header for c in spec.columns]
     lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
     for r in rows:
-        cells = [_cell(r.get(c.key), c) for c in spec.columns]
-        lines.append(f"| {_name(r, spec.label[0])} | " + " | ".join(cells) + " |")
+        lines.append(f"| {_name(r, spec.label[0])} | " + " | ".join(_cells(r, spec)) + " |")
     return "\n".join(lines) + f"\n\n{spec.caption}" + (f" {note}" if note else "") + "\n"
 
 
@@ -218,7 +278,7 @@ def render_latex(spec: TableSpec, rows: list[dict], note: str = "") -> str:
         if previous is not None and r.get("source") != previous:
             lines.append(r"\midrule")
         previous = r.get("source")
-        cells = [_latex_escape(_name(r, spec.label[0]))] + [_latex_escape(_cell(r.get(c.key), c)) for c in spec.columns]
+        cells = [_latex_escape(_name(r, spec.label[0]))] + [_latex_escape(cell) for cell in _cells(r, spec)]
         lines.append(" & ".join(cells) + r" \\")
     caption = _latex_escape(spec.caption + (f" {note}" if note else ""))
     lines += [r"\bottomrule", r"\end{tabular}", rf"\caption{{{caption}}}", rf"\label{{tab:{spec.name}}}"]
@@ -233,17 +293,19 @@ def write_table(
     rows += [{"method": label, "source": "measured", **row} for label, row in measured.items()]
     if not rows:
         raise ValueError(f"no rows for the {spec.name} table: give at least one result")
+    add_deltas(spec, rows)
     write_rows(spec, rows, out_prefix, note)
     return rows
 
 
 def write_rows(spec: TableSpec, rows: list[dict], out_prefix: str | Path, note: str = "", csv: bool = True) -> None:
-    """Rows as <out_prefix>.md and .tex (and .csv unless csv=False), each written atomically."""
+    """Rows as <out_prefix>.md and .tex (and .csv unless csv=False), each written atomically, and only once all
+    are rendered: a table that fails to render leaves the old files as they were, not a mix."""
     out_prefix = Path(out_prefix)
-    if csv:
-        write_text(out_prefix.with_suffix(".csv"), render_csv(rows))
-    write_text(out_prefix.with_suffix(".md"), render_markdown(spec, rows, note))
-    write_text(out_prefix.with_suffix(".tex"), render_latex(spec, rows, note))
+    texts = {".csv": render_csv(rows)} if csv else {}
+    texts |= {".md": render_markdown(spec, rows, note), ".tex": render_latex(spec, rows, note)}
+    for suffix, text in texts.items():
+        write_text(out_prefix.with_suffix(suffix), text)
 
 
 def retrieval_accuracy_rows(result: dict) -> list[dict]:
@@ -256,19 +318,27 @@ def retrieval_accuracy_rows(result: dict) -> list[dict]:
 RETRIEVAL_ACCURACY = TableSpec(
     "retrieval_accuracy",
     "Retrieval accuracy (Figure 6): distance from the i-th retrieved token to the ground-truth token, and how "
-    "often it is that token, on held-out positions; a random token for comparison.",
+    "often it is that token; a random token for comparison.",
     (Column("mean_distance", "Mean distance", 3), Column("std_distance", "Std", 3), Column("exact_match", "Exact", 3)),
     label=("rank", "Rank"),
 )
 
 
-def sweep_pivot(rows: list[dict], x: str, y: str, name: str, title: str) -> tuple[TableSpec, list[dict]]:
-    """A sweep's overall scores as a grid: one row per value of y, one column per value of x (Figure 7)."""
+# How a sweep point is scored (`arrag sweep-table --metric`): the value column of its rows, the heatmap's label,
+# and whether higher is better. geneval: the overall score of a GenEval summary; fid: the FID of an `arrag
+# fidelity` record (the paper's Figure 7: FID on 10K MJHQ-30K prompts).
+SWEEP_METRICS = {"geneval": ("overall", "GenEval overall", True), "fid": ("fid", "FID (lower is better)", False)}
+
+
+def sweep_pivot(
+    rows: list[dict], x: str, y: str, name: str, title: str, value: str = "overall"
+) -> tuple[TableSpec, list[dict]]:
+    """A sweep's scores as a grid: one row per value of y, one column per value of x (Figure 7)."""
     xs = sorted({r[x] for r in rows})
     spec = TableSpec(name, title, tuple(Column(f"{x}={v:g}", f"{x} {v:g}", 3) for v in xs), label=(y, y))
     grid: dict = {}
     for r in rows:
-        grid.setdefault(r[y], {y: r[y]})[f"{x}={r[x]:g}"] = r["overall"]
+        grid.setdefault(r[y], {y: r[y]})[f"{x}={r[x]:g}"] = r[value]
     return spec, [grid[v] for v in sorted(grid)]
 
 
@@ -286,29 +356,38 @@ def _number(text: str) -> int | float:
     return int(text) if text.lstrip("-").isdigit() else float(text)
 
 
-def sweep_rows(summaries: dict[str, dict]) -> list[dict]:
-    """path -> GenEval summary  =>  one row per run: its parameters, overall and per-tag accuracies."""
+def sweep_rows(summaries: dict[str, dict], metric: str = "geneval") -> list[dict]:
+    """path -> score record  =>  one row per run: its parameters and its score (geneval: overall and per-tag
+    accuracies of a GenEval summary; fid: FID, and FWD beside it, of an `arrag fidelity` record)."""
+    if metric not in SWEEP_METRICS:
+        raise ValueError(f"unknown sweep metric {metric!r}: use one of {sorted(SWEEP_METRICS)}")
     rows = []
     for path, s in summaries.items():
         row = {k: _number(v) for k, v in params_from_path(path).items()}
-        row |= {"overall": s["overall"], **{tag: s["tags"][tag]["accuracy"] for tag, _ in GENEVAL_COLUMNS}}
+        if metric == "fid":
+            if s.get("fid") is None:
+                raise ValueError(f"{path} holds no FID: score the sweep point with `arrag fidelity --fid-network ...`")
+            row |= {"fid": s["fid"], "fwd": s.get("fwd"), "images": s["images"]}
+        else:
+            row |= {"overall": s["overall"], **{tag: s["tags"][tag]["accuracy"] for tag, _ in GENEVAL_COLUMNS}}
         rows.append(row)
     return rows
 
 
-def sweep_heatmap(rows: list[dict], x: str, y: str, out_png, title: str) -> Path:
-    """Overall GenEval score over a 2-D grid of parameters (x across, y down), each cell annotated."""
+def sweep_heatmap(rows: list[dict], x: str, y: str, out_png, title: str, metric: str = "geneval") -> Path:
+    """A sweep's score over a 2-D grid of parameters (x across, y down), each cell annotated."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    value, label, _ = SWEEP_METRICS[metric]
     xs, ys = sorted({r[x] for r in rows}), sorted({r[y] for r in rows})
     grid = np.full((len(ys), len(xs)), np.nan)
     for r in rows:
-        grid[ys.index(r[y]), xs.index(r[x])] = r["overall"]
+        grid[ys.index(r[y]), xs.index(r[x])] = r[value]
     fig, ax = plt.subplots(figsize=(1.2 + 1.1 * len(xs), 1.0 + 0.8 * len(ys)))
-    image = ax.imshow(grid, cmap="viridis", aspect="auto")
+    image = ax.imshow(grid, cmap="viridis" if SWEEP_METRICS[metric][2] else "viridis_r", aspect="auto")
     for i in range(len(ys)):
         for j in range(len(xs)):
             if not np.isnan(grid[i, j]):
@@ -318,7 +397,7 @@ def sweep_heatmap(rows: list[dict], x: str, y: str, out_png, title: str) -> Path
     ax.set_xlabel(x)
     ax.set_ylabel(y)
     ax.set_title(title, fontsize=9)
-    fig.colorbar(image, ax=ax, label="GenEval overall")
+    fig.colorbar(image, ax=ax, label=label)
     fig.tight_layout()
     out_png = Path(out_png)
     with atomic_path(out_png) as tmp:
@@ -327,11 +406,19 @@ def sweep_heatmap(rows: list[dict], x: str, y: str, out_png, title: str) -> Path
     return out_png
 
 
-def write_sweep(summaries: dict[str, dict], out_csv, out_png, x: str, y: str, title: str) -> list[dict]:
-    """The sweep's runs as a long CSV, its overall scores as a Markdown/LaTeX grid beside it, and a heatmap."""
-    rows = sorted(sweep_rows(summaries), key=lambda r: (r[y], r[x]))
+def best_sweep_row(rows: list[dict], metric: str = "geneval") -> dict:
+    """The best run of a sweep: the highest GenEval overall, or the lowest FID."""
+    value, _, higher_is_better = SWEEP_METRICS[metric]
+    return (max if higher_is_better else min)(rows, key=lambda r: r[value])
+
+
+def write_sweep(
+    summaries: dict[str, dict], out_csv, out_png, x: str, y: str, title: str, metric: str = "geneval"
+) -> list[dict]:
+    """The sweep's runs as a long CSV, its scores as a Markdown/LaTeX grid beside it, and a heatmap."""
+    rows = sorted(sweep_rows(summaries, metric), key=lambda r: (r[y], r[x]))
     write_text(out_csv, render_csv(rows))
-    spec, grid = sweep_pivot(rows, x, y, Path(out_csv).stem, title)
+    spec, grid = sweep_pivot(rows, x, y, Path(out_csv).stem, title, SWEEP_METRICS[metric][0])
     write_rows(spec, grid, Path(out_csv).with_suffix(""), csv=False)
-    sweep_heatmap(rows, x, y, out_png, title)
+    sweep_heatmap(rows, x, y, out_png, title, metric)
     return rows

@@ -409,6 +409,9 @@ class FAiDHook(DecodingHook):
         self._values: list[torch.Tensor] = []
         self._sources: list[torch.Tensor] = []
 
+    def added_parameters(self) -> list[nn.Parameter]:
+        return list(self.faid.parameters())
+
     def before_forward(self, state: StepState) -> None:
         b = state.grid.shape[0]
         if state.step == 0:

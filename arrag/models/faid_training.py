@@ -31,13 +31,17 @@ from arrag.io import atomic_path, progress, write_json
 from arrag.models.faid import FAiD, FAiDConfig, faid_training_loss, freeze_backbone, training_candidates
 from arrag.models.janus import load_janus
 from arrag.models.training import (
+    GRAD_CLIP,
     ResumableCheckpoint,
     _batches,
     accumulate_gradients,
+    artefact_id,
     caption_dropout_mask,
     caption_inputs,
+    resolve_steps,
 )
 from arrag.models.vq import VQTokenizer, codebook_fingerprint
+from arrag.validation import COUNT, FRACTION, INDEX, POSITIVE, check_fields
 
 TRAINSET_FORMAT = "arrag-faid-trainset/1"
 DB_IDENTITY_FIELDS = ("codebook_sha256", "hops", "causal", "grid", "ntotal", "num_images", "index")
@@ -144,7 +148,8 @@ def load_trainset(directory: str | Path, db=None) -> tuple[torch.Tensor, torch.T
 
 @dataclass
 class FAiDTrainingConfig:
-    steps: int = 500  # optimiser steps
+    steps: int | None = 500  # optimiser steps; None: derived from `epochs` and the pairs read
+    epochs: float | None = None  # passes over the training set (appendix B.3: one); then `steps` must be None
     batch_size: int = 16  # per process and micro-batch
     grad_accum: int = 1  # global batch = batch_size * grad_accum * processes
     lr: float = 2e-4
@@ -158,6 +163,25 @@ class FAiDTrainingConfig:
     k: int = 10
     budget: str = "lowrank"
     rank: int = 32
+
+    def __post_init__(self):
+        check_fields(
+            self,
+            {
+                "steps": COUNT | {"optional": True},  # None: derived from epochs
+                "epochs": POSITIVE | {"optional": True},
+                "batch_size": COUNT,
+                "grad_accum": COUNT,
+                "lr": POSITIVE,
+                "warmup_frac": FRACTION,
+                "caption_dropout": dict(low=0, high=1, high_open=True),
+                "checkpoint_every": INDEX,
+                "seed": INDEX,
+                "every": COUNT,
+                "k": COUNT,
+                "rank": COUNT,
+            },
+        )
 
 
 def lr_at(step: int, cfg: FAiDTrainingConfig) -> float:
@@ -173,6 +197,7 @@ def train_faid(
     out_dir: str | Path,
     db=None,
     cpu: bool = False,
+    restart: bool = False,
 ) -> dict:
     """Fine-tune FAiD's parameters on the training set; the backbone stays frozen. Runs under
     `accelerate launch` on several GPUs (each process takes its share of every global batch; gradients are
@@ -198,9 +223,16 @@ def train_faid(
     ids, mask, uncond = caption_inputs(processor, captions, acc.device)
     params = list(faid.parameters())
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=0.0)
-    ckpt = ResumableCheckpoint(out_dir, cfg.checkpoint_every)
+    settings = {
+        "trainer": "faid",
+        "config": asdict(cfg),
+        "base": artefact_id(base_dir),
+        "trainset": artefact_id(trainset_dir),
+    }
+    ckpt = ResumableCheckpoint(out_dir, cfg.checkpoint_every, settings | {"processes": acc.num_processes}, restart)
     start = ckpt.load(faid, opt)
     global_batch = cfg.batch_size * cfg.grad_accum * acc.num_processes
+    cfg, schedule = resolve_steps(cfg, len(codes), global_batch)
 
     def micro_loss(rows: torch.Tensor, dropped: torch.Tensor) -> torch.Tensor:
         # rows index the CPU-held codes and candidates; `on` the device-held prompts
@@ -218,7 +250,8 @@ def train_faid(
         idx = torch.as_tensor(idx)
         drop = caption_dropout_mask(len(idx), cfg.caption_dropout, cfg.seed, step)  # same on every process
         total = accumulate_gradients(idx, drop, cfg.batch_size, micro_loss, params, acc)
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        # not in the paper's text; the authors' train_FAiD.py sets max_grad_norm=1.0 (arrag.models.training)
+        torch.nn.utils.clip_grad_norm_(params, GRAD_CLIP)
         opt.step()
         opt.zero_grad(set_to_none=True)
         if step % 25 == 0 or step == cfg.steps - 1:
@@ -234,6 +267,7 @@ def train_faid(
         "trainset": str(trainset_dir),
         "database": meta["database"],
         "steps": cfg.steps,
+        "schedule": schedule,
         "resumed_at": start,
         "seconds": time.time() - t0,
         "global_batch": global_batch,

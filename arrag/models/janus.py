@@ -170,7 +170,10 @@ def _check_model_dir(path: Path) -> None:
             f"model directory {path} has no config.json; point --model at a directory written by "
             "`save_pretrained` (e.g. results/mini/models/base) or at a hub id with a pinned revision"
         )
-    model_type = json.loads(config_file.read_text()).get("model_type")
+    try:
+        model_type = json.loads(config_file.read_text()).get("model_type")
+    except json.JSONDecodeError as err:
+        raise ModelLoadError(f"{config_file} is not valid JSON ({err}): a half-written copy; write it again") from None
     if model_type != "janus":
         raise ModelLoadError(
             f"{config_file} describes a {model_type!r} model, not a Janus model (model_type 'janus'); "
@@ -202,10 +205,18 @@ def load_janus(
             raise ModelLoadError(f"hub model {source!r} needs a pinned revision (a commit hash); pass revision=...")
         location, kwargs = str(source), {"revision": revision}
 
-    model = JanusForConditionalGeneration.from_pretrained(
-        location, use_safetensors=True, trust_remote_code=False, dtype=dtype, **kwargs
-    )
-    processor = JanusProcessor.from_pretrained(location, trust_remote_code=False, **kwargs)
+    try:
+        model = JanusForConditionalGeneration.from_pretrained(
+            location, use_safetensors=True, trust_remote_code=False, dtype=dtype, **kwargs
+        )
+        processor = JanusProcessor.from_pretrained(location, trust_remote_code=False, **kwargs)
+    except Exception as err:  # truncated weights, a missing tokenizer, a broken json: one line naming the folder
+        if not path.is_dir():
+            raise
+        raise ModelLoadError(
+            f"model directory {path} cannot be loaded ({type(err).__name__}: {str(err).splitlines()[0][:200]}): "
+            "a half-written or damaged copy; write it again (train or download it anew)"
+        ) from None
     if model.generation_config.generation_kwargs.get("boi_token_id") is None:
         configure_image_generation(model, processor.tokenizer, model.generation_config.guidance_scale or 5.0)
     return model.to(device).eval(), processor

@@ -7,11 +7,12 @@ interrupted run continues where it stopped and never leaves a model that looks c
 
 from __future__ import annotations
 
+import json
 import math
 import time
 from collections.abc import Callable
 from contextlib import AbstractContextManager, nullcontext
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -20,7 +21,7 @@ import torch.nn.functional as F
 from transformers import JanusForConditionalGeneration
 from transformers.models.janus.modeling_janus import JanusVQVAE
 
-from arrag.io import atomic_path, progress, write_json
+from arrag.io import atomic_path, fingerprint, progress, write_json
 from arrag.models.janus import (
     MiniJanusSpec,
     build_processor,
@@ -30,36 +31,94 @@ from arrag.models.janus import (
     tokenize_prompts,
 )
 from arrag.models.vq import VQTokenizer, normalised_nearest_codes, to_pixel_values
+from arrag.validation import COUNT, INDEX, POSITIVE, check_fields
 
 # ---------------------------------------------------------------- checkpoints
 
 
 class ResumableCheckpoint:
-    """`<out>.partial/state.pt`: model + optimiser + step, written atomically every `every` steps."""
+    """`<out>.partial/state.pt`: model + optimiser + step + the RNG state (and `extra` tensors such as the VQ-VAE's
+    code usage), written atomically every `every` steps, with the settings it was made with. A checkpoint of
+    other settings (or unreadable, or of another layout) is refused with what to do; `restart=True` discards it.
+    `settings` is anything JSON can hold; `checkpoint_every` in it is ignored (saving more or less often is not
+    another run)."""
 
-    def __init__(self, out_dir: Path, every: int):
+    def __init__(self, out_dir: Path, every: int, settings: dict, restart: bool = False):
         self.path = out_dir.with_name(out_dir.name + ".partial") / "state.pt"
         self.every = every
+        self.settings = json.dumps(_without_checkpoint_every(settings), sort_keys=True, default=str)
+        self.restart = restart
+        self.fix = f"delete {self.path.parent} to start over, or rerun with --restart"
 
-    def load(self, module: torch.nn.Module, optimizer: torch.optim.Optimizer) -> int:
+    def load(self, module: torch.nn.Module, optimizer: torch.optim.Optimizer, extra: dict | None = None) -> int:
         if not self.path.is_file():
             return 0
-        state = torch.load(self.path, map_location="cpu", weights_only=True)
-        module.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
+        if self.restart:
+            self.discard()
+            return 0
+        try:
+            state = torch.load(self.path, map_location="cpu", weights_only=True)
+        except Exception as err:  # a truncated or foreign file: never a traceback, never silently ignored
+            raise ValueError(f"{self.path} cannot be read ({type(err).__name__}: {err}): {self.fix}") from None
+        saved = state.get("settings")
+        if saved != self.settings:
+            raise ValueError(
+                f"{self.path} was made with other settings ({_settings_diff(saved, self.settings)}): {self.fix}"
+            )
+        try:
+            module.load_state_dict(state["model"])
+            optimizer.load_state_dict(state["optimizer"])
+            for name, tensor in (extra or {}).items():
+                tensor.copy_(state["extra"][name])
+        except (KeyError, RuntimeError, ValueError) as err:
+            raise ValueError(f"{self.path} does not fit this model ({type(err).__name__}: {err}): {self.fix}") from None
+        torch.set_rng_state(state["rng"])  # e.g. the VQ-VAE's dead-code restarts draw from it
+        if "cuda_rng" in state and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(state["cuda_rng"])
         return int(state["step"])
 
-    def maybe_save(self, step: int, module: torch.nn.Module, optimizer: torch.optim.Optimizer) -> None:
+    def maybe_save(
+        self, step: int, module: torch.nn.Module, optimizer: torch.optim.Optimizer, extra: dict | None = None
+    ) -> None:
         if self.every <= 0 or step % self.every:
             return
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        state = {"model": module.state_dict(), "optimizer": optimizer.state_dict(), "step": step}
+        state |= {"settings": self.settings, "rng": torch.get_rng_state(), "extra": dict(extra or {})}
+        if torch.cuda.is_available() and torch.cuda.is_initialized():
+            state["cuda_rng"] = torch.cuda.get_rng_state_all()
         with atomic_path(self.path) as tmp:
-            torch.save({"model": module.state_dict(), "optimizer": optimizer.state_dict(), "step": step}, tmp)
+            torch.save(state, tmp)
 
     def discard(self) -> None:
         self.path.unlink(missing_ok=True)
         if self.path.parent.is_dir() and not any(self.path.parent.iterdir()):
             self.path.parent.rmdir()
+
+
+def _without_checkpoint_every(settings):
+    if isinstance(settings, dict):
+        return {k: _without_checkpoint_every(v) for k, v in settings.items() if k != "checkpoint_every"}
+    return settings
+
+
+def _settings_diff(saved: str | None, current: str) -> str:
+    """What differs between two checkpoints' settings, for the refusal's message."""
+    if not isinstance(saved, str):
+        return "it records none: made by an older version"
+    old, new = json.loads(saved), json.loads(current)
+
+    def flat(d, prefix=""):
+        out = {}
+        for k, v in d.items():
+            out |= flat(v, f"{prefix}{k}.") if isinstance(v, dict) else {f"{prefix}{k}": v}
+        return out
+
+    old, new = flat(old), flat(new)
+    diff = [
+        f"{k}: {old.get(k)!r} then, {new.get(k)!r} now" for k in sorted(set(old) | set(new)) if old.get(k) != new.get(k)
+    ]
+    return "; ".join(diff[:5]) + (" ..." if len(diff) > 5 else "")
 
 
 def _lr_at(step: int, total: int, peak: float, warmup_frac: float = 0.05) -> float:
@@ -69,6 +128,46 @@ def _lr_at(step: int, total: int, peak: float, warmup_frac: float = 0.05) -> flo
         return peak * (step + 1) / warmup
     done = (step - warmup) / max(1, total - warmup)
     return peak * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * done)))
+
+
+# Gradient-norm clipping of every fine-tuning step. The paper does not mention it; the authors' released training
+# script (PLUM-Lab/AR-RAG, arrag/train/train_FAiD.py) runs transformers' Trainer with max_grad_norm=1.0, so
+# their fine-tuning clipped at 1.0 and ours does too.
+GRAD_CLIP = 1.0
+
+
+def epoch_steps(pairs: int, global_batch: int, epochs: float) -> int:
+    """Optimiser steps of `epochs` passes over `pairs` examples at `global_batch` per step.
+
+    An epoch is the full global batches of one shuffle (`_batches` drops the remainder, as the authors'
+    Trainer does with dataloader_drop_last): 50,000 pairs at 256 make 195 steps, and a 196th would start a
+    second shuffle. `pairs` is what the training set holds, after any pair the sources skipped."""
+    if not (isinstance(epochs, (int, float)) and math.isfinite(epochs) and epochs > 0):
+        raise ValueError(f"epochs must be a finite number > 0, got {epochs!r}")
+    per_epoch = pairs // global_batch
+    if per_epoch < 1:
+        raise ValueError(
+            f"{pairs} training pairs are fewer than one global batch of {global_batch} (batch_size x grad_accum x "
+            "processes): lower batch_size or grad_accum, or give more pairs"
+        )
+    return max(1, round(epochs * per_epoch))
+
+
+def resolve_steps(cfg, pairs: int, global_batch: int):
+    """`cfg` with its number of steps fixed: derived from `cfg.epochs` when set (then `cfg.steps` must be unset),
+    else `cfg.steps` as given. -> (cfg, record for the training statistics)."""
+    if cfg.epochs is None:
+        if cfg.steps is None:
+            raise ValueError("set either steps or epochs in the training settings")
+        return cfg, {"steps": cfg.steps, "epochs": None, "pairs": pairs, "global_batch": global_batch}
+    if cfg.steps is not None:
+        raise ValueError(
+            f"the training settings give both steps={cfg.steps} and epochs={cfg.epochs}: set steps to null to "
+            "derive the steps from the epochs, or epochs to null"
+        )
+    steps = epoch_steps(pairs, global_batch, cfg.epochs)
+    record = {"steps": steps, "epochs": cfg.epochs, "pairs": pairs, "global_batch": global_batch}
+    return replace(cfg, steps=steps), record | {"steps_per_epoch": pairs // global_batch}
 
 
 def _batches(n: int, batch_size: int, steps: int, start: int, seed: int):
@@ -97,6 +196,20 @@ class VQTrainingConfig:
     checkpoint_every: int = 200
     seed: int = 0
 
+    def __post_init__(self):
+        check_fields(
+            self,
+            {
+                "steps": COUNT,
+                "batch_size": COUNT,
+                "lr": POSITIVE,
+                "commitment": dict(low=0),
+                "restart_every": INDEX,
+                "checkpoint_every": INDEX,
+                "seed": INDEX,
+            },
+        )
+
 
 def quantise_normalised(z: torch.Tensor, codebook: torch.Tensor, commitment: float):
     """Normalised VQ with a straight-through estimator, as Janus' tokenizer quantises.
@@ -113,17 +226,21 @@ def quantise_normalised(z: torch.Tensor, codebook: torch.Tensor, commitment: flo
     return z_q.view(b, h, w, d).permute(0, 3, 1, 2), ids.view(b, h, w), loss
 
 
-def train_vq(images: np.ndarray, spec: MiniJanusSpec, cfg: VQTrainingConfig, out_dir: str | Path) -> dict:
-    """Train a JanusVQVAE on uint8 images [N, S, S, 3]; save it (save_pretrained) to out_dir."""
+def train_vq(
+    images: np.ndarray, spec: MiniJanusSpec, cfg: VQTrainingConfig, out_dir: str | Path, restart: bool = False
+) -> dict:
+    """Train a JanusVQVAE on uint8 images [N, S, S, 3]; save it (save_pretrained) to out_dir. A checkpoint of
+    other settings is refused (`restart=True`: start over); a resumed run equals an uninterrupted one."""
     out_dir = Path(out_dir)
     torch.manual_seed(cfg.seed)
     tokenizer = build_word_tokenizer([])  # only to fill the config's special ids; the VQ ignores them
     vq = JanusVQVAE(mini_janus_config(spec, tokenizer).vq_config).train()
     opt = torch.optim.Adam(vq.parameters(), lr=cfg.lr)
-    ckpt = ResumableCheckpoint(out_dir, cfg.checkpoint_every)
-    start = ckpt.load(vq, opt)
+    settings = {"trainer": "vq", "config": asdict(cfg), "spec": asdict(spec), "images": len(images)}
+    ckpt = ResumableCheckpoint(out_dir, cfg.checkpoint_every, settings, restart)
+    usage = torch.zeros(spec.codebook_size)  # code usage since the last dead-code restart: part of the state
+    start = ckpt.load(vq, opt, {"usage": usage})
     pixels = to_pixel_values(images)
-    usage = torch.zeros(spec.codebook_size)
     log, t0 = [], time.time()
     bar = progress(
         _batches(len(images), cfg.batch_size, cfg.steps, start, cfg.seed), total=cfg.steps - start, desc="VQ-VAE"
@@ -147,7 +264,7 @@ def train_vq(images: np.ndarray, spec: MiniJanusSpec, cfg: VQTrainingConfig, out
         if step % 50 == 0 or step == cfg.steps - 1:
             log.append({"step": step, "recon_mse": rec_loss.item(), "vq_loss": vq_loss.item()})
             bar.set_postfix(recon=f"{rec_loss.item():.4f}")
-        ckpt.maybe_save(step + 1, vq, opt)
+        ckpt.maybe_save(step + 1, vq, opt, {"usage": usage})
     vq.eval()
     stats = {
         "steps": cfg.steps,
@@ -188,6 +305,22 @@ class BaseTrainingConfig:
     checkpoint_every: int = 250
     seed: int = 0
     grad_accum: int = 1  # micro-batches per step (fit_generation_path)
+
+    def __post_init__(self):
+        check_fields(
+            self,
+            {
+                "steps": COUNT,
+                "batch_size": COUNT,
+                "lr": POSITIVE,
+                "weight_decay": dict(low=0),
+                "caption_dropout": dict(low=0, high=1, high_open=True),
+                "guidance_scale": dict(low=1),
+                "checkpoint_every": INDEX,
+                "seed": INDEX,
+                "grad_accum": COUNT,
+            },
+        )
 
 
 def unconditional_ids(input_ids: torch.Tensor, bos_id: int, boi_id: int, pad_id: int) -> torch.Tensor:
@@ -351,18 +484,21 @@ def sum_gradients(params, acc) -> None:
             p.grad.copy_(part.view_as(p.grad))
 
 
-def fit_generation_path(model, n: int, batch_loss, cfg, out_dir: Path, desc: str, acc=None):
+def fit_generation_path(
+    model, n: int, batch_loss, cfg, out_dir: Path, desc: str, acc=None, settings=None, restart=False
+):
     """The shared training loop of the generation path (base model, RA-CM3): AdamW, warm-up + cosine,
     caption dropout, gradient clipping, a resumable checkpoint, a global batch of batch_size x grad_accum x
     processes (`acc`: an accelerate.Accelerator when several processes train). `batch_loss(idx [b], drop [b]
     bool)` gives the mean loss of a micro-batch of example indices, `drop` marking the examples whose
     condition is dropped. Returns (trainable params, resumed-at step, loss log, start time, checkpoint):
-    discard the checkpoint once the trained model is saved."""
+    discard the checkpoint once the trained model is saved. `settings`: what else a resumed checkpoint must
+    have been made with besides `cfg` (refused otherwise, unless `restart`)."""
     params = trainable_generation_parameters(model)
     model.train()
     model.model.vqmodel.eval()
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
-    ckpt = ResumableCheckpoint(out_dir, cfg.checkpoint_every)
+    ckpt = ResumableCheckpoint(out_dir, cfg.checkpoint_every, {"config": asdict(cfg), **(settings or {})}, restart)
     start = ckpt.load(model, opt)
     main_process = acc is None or acc.is_main_process
     global_batch = cfg.batch_size * cfg.grad_accum * (acc.num_processes if acc is not None else 1)
@@ -375,7 +511,7 @@ def fit_generation_path(model, n: int, batch_loss, cfg, out_dir: Path, desc: str
         idx = torch.as_tensor(idx)
         drop = caption_dropout_mask(len(idx), cfg.caption_dropout, cfg.seed, step)  # same on every process
         loss = accumulate_gradients(idx, drop, cfg.batch_size, batch_loss, params, acc)
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        torch.nn.utils.clip_grad_norm_(params, GRAD_CLIP)
         opt.step()
         opt.zero_grad(set_to_none=True)
         if step % 50 == 0 or step == cfg.steps - 1:
@@ -395,6 +531,7 @@ def train_base_model(
     vq_dir: str | Path,
     cfg: BaseTrainingConfig,
     out_dir: str | Path,
+    restart: bool = False,
 ) -> dict:
     """Train the mini Janus' generation path on caption -> image-token sequences; save_pretrained to out_dir."""
     out_dir = Path(out_dir)
@@ -407,7 +544,15 @@ def train_base_model(
         batch_ids = torch.where(drop[:, None], uncond[idx], ids[idx])
         return image_generation_loss(model, batch_ids, mask[idx], codes[idx])
 
-    params, start, log, t0, ckpt = fit_generation_path(model, len(images), batch_loss, cfg, out_dir, "base model")
+    settings = {
+        "trainer": "base",
+        "spec": asdict(spec),
+        "captions": captions_digest(captions),
+        "vq": artefact_id(vq_dir),
+    }
+    params, start, log, t0, ckpt = fit_generation_path(
+        model, len(images), batch_loss, cfg, out_dir, "base model", settings=settings, restart=restart
+    )
     stats = {
         "steps": cfg.steps,
         "resumed_at": start,
@@ -424,6 +569,18 @@ def train_base_model(
         write_json(tmp / "training.json", stats)
     ckpt.discard()
     return stats
+
+
+def artefact_id(path: str | Path) -> str:
+    """A local artefact's fingerprint (rebuilt: another id), or the hub id itself, for checkpoint settings."""
+    return fingerprint(path) if Path(path).exists() else str(path)
+
+
+def captions_digest(captions: list[str]) -> str:
+    """A short digest of a training set's captions (and so of its size and order), for checkpoint settings."""
+    import hashlib
+
+    return hashlib.sha256("\n".join(captions).encode()).hexdigest()[:16]
 
 
 @torch.no_grad()

@@ -2,20 +2,44 @@
 
 import json
 import os
+import re
+from shlex import quote
 
 import pandas as pd
 from snakemake.utils import Paramspace, validate
 
+from arrag.validation import check_config_finite
+
 
 validate(config, schema="../schemas/config.schema.yaml")
+check_config_finite(config)  # YAML's .nan and .inf pass the schema's minimum and maximum
+
+# Config strings reach a shell only as one quoted word: through flag() here, or `{params.x:q}` in a rule (names
+# that become paths are restricted by the schema's patterns instead).
+def flag(option, value):
+    """`--option 'value'`: whatever the value holds (quotes, spaces, `;`, `$()`), the command gets one argument."""
+    return f"{option} {quote(str(value))}"
+
 
 RESULTS = f"results/{config['profile']}"
 if config["model"]["source"] == "hub" and not config["model"]["revision"]:
     raise ValueError(
-        f"model.source is hub but model.revision is not set: pin {config['model']['hub_id']} to a commit "
-        "(the 40-hex-digit id on its Hugging Face page, 'Files and versions' -> history)"
+        f"model.source is hub but model.revision is not set: pin {config['model']['hub_id']} to a commit (the "
+        "40-hex-digit id on its Hugging Face page, 'Files and versions' -> history), or set it to main: the download "
+        f"then resolves it once and locks it in {config['downloads']['locks']}/{config['profile']}/model.json"
     )
 SPLITS = list(config["world"]["splits"])
+if SPLITS and sorted(SPLITS) != ["corpus", "finetune", "reference", "train"]:
+    raise ValueError(f"world.splits has {sorted(SPLITS)}: give all of corpus, train, finetune and reference, or none")
+
+
+def lock_path(name):
+    """The lock file of download `name` (arrag.data.locks): commit it beside the config, as a package lock."""
+    return os.path.join(config["downloads"]["locks"], config["profile"], f"{name}.json")
+
+
+# Only download rules reach the network (they run on the login node, as localrules); every job loads local files,
+# and the `arrag` CLI sets the hubs' offline switches for every command but `download` (arrag.data.downloads).
 RETRIEVAL = config["retrieval"]
 NUM_SHARDS = RETRIEVAL["num_shards"]
 
@@ -33,10 +57,11 @@ if _clashes:
     raise ValueError(f"finetune.pairs names {_clashes} are also retrieval sources: give the pairs their own names")
 for _name, _entry in TOKENISED.items():
     _spec = _entry.get("source") or {}
-    if _spec.get("type") == "hf_dataset" and not _spec.get("revision"):
+    if _spec.get("type") == "hf_dataset":  # it would stream from the hub inside a job, where there is no internet
         raise ValueError(
-            f"source {_name!r} is a Hugging Face dataset without a revision: set its 'revision' to a commit "
-            f"(the 40-hex-digit id on the page of {_spec.get('name')}, 'Files and versions' -> history)"
+            f"source {_name!r} is a Hugging Face dataset read at job time: fetch its files with downloads.datasets "
+            f"(repo {_spec.get('name')}, a revision and file patterns) and read them as a parquet or webdataset "
+            "source with download: <that name>"
         )
 # Hub datasets fetched by rule download_dataset into <downloads.dir>/<name>/; a corpus or pairs entry with
 # `download: <name>` reads from there, so its tokenisation waits for the download.
@@ -45,12 +70,6 @@ for _name, _entry in TOKENISED.items():
     if _entry.get("download") and _entry["download"] not in DATASETS:
         raise ValueError(
             f"{_name!r} has download: {_entry['download']!r}, which is not in downloads.datasets {list(DATASETS)}"
-        )
-for _name, _entry in DATASETS.items():
-    if not _entry["revision"]:
-        raise ValueError(
-            f"downloads.datasets.{_name}: set revision to a commit of {_entry['repo']} (the 40-hex-digit id on its "
-            "page, 'Files and versions' -> history): an unpinned dataset is never downloaded"
         )
 
 
@@ -73,10 +92,48 @@ if RETRIEVAL["corpora"] and _unknown:
     raise ValueError(f"racm3.corpora names {_unknown}, which are not retrieval.corpora: use some of {list(CORPORA)}")
 
 
+# CLIP weights: the tag `openai` of an open_clip model stands for the safetensors file that downloads.clip names
+# for it, fetched by rule download_clip into <results>/downloads/clip/<model>/; anything else is a local file.
+CLIP_WEIGHTS = config["downloads"]["clip"]
+CLIP_FILE = "open_clip_model.safetensors"
+
+
+def clip_input(model, pretrained):
+    """What a job using the CLIP `model` declares as input: the download folder of its OpenAI weights, or the file."""
+    if pretrained != "openai":
+        return pretrained
+    if model not in CLIP_WEIGHTS and f"{model}-quickgelu" in CLIP_WEIGHTS:  # open_clip would only warn
+        raise ValueError(
+            f"{model} is built with standard GELU, but OpenAI's weights were trained with QuickGELU: use the model "
+            f"name {model}-quickgelu (e.g. racm3.clip.model)"
+        )
+    if model not in CLIP_WEIGHTS:
+        raise ValueError(
+            f"no download of the OpenAI weights of {model}: add it to downloads.clip ({sorted(CLIP_WEIGHTS)}), or give "
+            "a local weights file as pretrained"
+        )
+    return f"{RESULTS}/downloads/clip/{model}"
+
+
+def clip_file(model, pretrained):
+    """The weights file a job loads (never an open_clip tag: a tag would download at job time)."""
+    return f"{clip_input(model, pretrained)}/{CLIP_FILE}" if pretrained == "openai" else pretrained
+
+
+def clip_sha256(model, pretrained):
+    return CLIP_WEIGHTS[model]["sha256"] if pretrained == "openai" else RACM3["clip"]["sha256"]
+
+
 def clip_flags():
     clip = RACM3["clip"]
-    flags = f"--clip-model {clip['model']} --clip-pretrained {clip['pretrained']}"
-    return flags + (f" --clip-sha256 {clip['sha256']}" if clip["sha256"] else "")
+    flags = f"{flag('--clip-model', clip['model'])} {flag('--clip-pretrained', clip_file(clip['model'], clip['pretrained']))}"
+    sha256 = clip_sha256(clip["model"], clip["pretrained"])
+    return flags + (f" {flag('--clip-sha256', sha256)}" if sha256 else "")
+
+
+def racm3_clip_input(wildcards):
+    """The CLIP weights of RA-CM3's retriever (configured corpora only)."""
+    return {"clip": clip_input(RACM3["clip"]["model"], RACM3["clip"]["pretrained"])} if RETRIEVAL["corpora"] else {}
 
 
 def image_index_inputs(wildcards):
@@ -87,13 +144,13 @@ def image_index_inputs(wildcards):
     return {
         "codes": [code_shard(*shard) for shard in shards],
         "embeddings": [f"{RESULTS}/clip/{name}/clip-{s:05d}-of-{n:05d}.npz" for name, s, n in shards],
-    }
+    } | racm3_clip_input(wildcards)
 
 
 def image_index_flags(wildcards, input):
     if not RETRIEVAL["corpora"]:
-        return f"--captions {input.captions}"
-    return f"--embeddings {input.embeddings} {clip_flags()}"
+        return flag("--captions", input.captions)
+    return f"--embeddings {' '.join(map(quote, input.embeddings))} {clip_flags()}"
 
 
 def source_shards(entries):
@@ -122,12 +179,25 @@ def pairs_inputs(wildcards):
 def pairs_flags(wildcards, input):
     """`--codes SHARDS` or `--world DIR --split NAME`: the pairs of `arrag faid-trainset` and `train-racm3`."""
     if FINETUNE_PAIRS:
-        return "--codes " + " ".join(input.pairs)
-    return f"--world {world_dir(input.pairs)} --split {FAID['trainset_split']}"
+        return "--codes " + " ".join(map(quote, input.pairs))
+    return f"{flag('--world', world_dir(input.pairs))} {flag('--split', FAID['trainset_split'])}"
 
 
 def heldout_codes():
     return [code_shard(*shard) for shard in source_shards({HELDOUT_NAME: TOKENISED[HELDOUT_NAME]})]
+
+
+def retrieval_accuracy_inputs(wildcards):
+    """Figure 6's queries: FAiD's training set (`retrieval.accuracy.queries: train`) or held-out code shards."""
+    if RETRIEVAL["accuracy"]["queries"] == "train":
+        return {"trainset": f"{RESULTS}/retrieval/faid_trainset"}
+    return {"codes": heldout_codes()}
+
+
+def retrieval_accuracy_flags(wildcards, input):
+    if RETRIEVAL["accuracy"]["queries"] == "train":
+        return f"--queries train --trainset {input.trainset}"
+    return f"--queries heldout --codes {input.codes}"
 
 
 def tokenise_inputs(wildcards):
@@ -139,7 +209,7 @@ def tokenise_inputs(wildcards):
 
 
 def tokenise_source(wildcards, input):
-    """The JSON source spec `arrag tokenise` reads: a configured source, or a mini-world split."""
+    """The JSON source spec `arrag tokenise` reads: a configured source, or a mini-world split (quote it: `:q`)."""
     configured = (TOKENISED.get(wildcards.split) or {}).get("source")
     return json.dumps(configured or {"type": "mini_world", "path": os.path.dirname(input.images)})
 
@@ -148,9 +218,14 @@ def attribution_corpus(wildcards, input):
     """Where `arrag attribution` finds the retrieved images: the database's source table for configured
     corpora, the mini world's split otherwise."""
     if RETRIEVAL["corpora"]:
-        return f"--db {input.db}"
+        return flag("--db", input.db)
     source = {"type": "mini_world", "path": f"{RESULTS}/world/{RETRIEVAL['source']}"}
-    return f"--source '{json.dumps(source)}'"
+    return flag("--source", json.dumps(source))
+
+
+# Thumbnail side of the retrieved images in the attribution figure: the mini world's native size, or 128 px for
+# real corpora (images of any size, shown beside the generated ones).
+ATTRIBUTION_SIZE = 128 if RETRIEVAL["corpora"] else config["world"]["image_size"]
 
 
 def code_shard(split, shard, num_shards):
@@ -174,7 +249,7 @@ def benchmark_path(name):
 def mirror_flag(subfolder=""):
     """--mirror for the download commands when `downloads.mirror` is set (clusters without internet)."""
     mirror = config["downloads"]["mirror"]
-    return f"--mirror {os.path.join(mirror, subfolder) if subfolder else mirror}" if mirror else ""
+    return flag("--mirror", os.path.join(mirror, subfolder) if subfolder else mirror) if mirror else ""
 
 
 def table_outputs(name, caption):
@@ -192,20 +267,36 @@ def table_prefix(output):
     return os.path.splitext(output.csv)[0]
 
 
+def table_inputs(score_file, prompts):
+    """A table's inputs: each method's score file, and the generation.json of the images it scored (the Params
+    column: `arrag generate-benchmark` records the generating model's parameter count there)."""
+    return {
+        "results": expand(f"{RESULTS}/scores/{{method}}/{score_file}", method=METHODS),
+        "generations": expand(f"{RESULTS}/images/{{method}}/{prompts}/generation.json", method=METHODS),
+    }
+
+
+def table_flags(wildcards, input):
+    """`--result R --label METHOD --params GENERATION` per method, for `arrag table`."""
+    return " ".join(
+        f"--result {r} --label {m} --params {g}" for r, m, g in zip(input.results, METHODS, input.generations)
+    )
+
+
 # The paper's published rows beside ours (paper profile): `arrag table ... --paper-rows`.
 PAPER_ROWS = "--paper-rows" if config["tables"]["paper_rows"] else ""
 
 
 def settings_flags(option, settings):
     """{'steps': 800} -> "--set steps=800" (option='--set'); the CLI converts each value to the field's type."""
-    return " ".join(f"{option} {key}={value}" for key, value in sorted(settings.items()))
+    return " ".join(flag(option, f"{key}={value}") for key, value in sorted(settings.items()))
 
 
 def sampling_flags():
     g = config["generation"]
     flags = (
         f"--guidance-scale {g['guidance_scale']} --temperature {g['temperature']} "
-        f"--seed {g['seed']} --batch-size {g['batch_size']} --device {config['device']}"
+        f"--seed {g['seed']} --batch-size {g['batch_size']} {flag('--device', config['device'])}"
     )
     return flags + (f" --top-k {g['top_k']}" if g["top_k"] else "")
 
@@ -260,8 +351,10 @@ def generation_shards(wildcards):
 
 def generation_inputs(wildcards):
     """The backbone (RA-CM3's fine-tuned one for racm3), plus what the method retrieves from."""
-    if wildcards.method == "racm3":
-        return {"model": f"{RESULTS}/models/racm3", "index": f"{RESULTS}/retrieval/image_index"}
+    if wildcards.method == "racm3":  # (the index reloads its CLIP from the weights it was built with)
+        return {"model": f"{RESULTS}/models/racm3", "index": f"{RESULTS}/retrieval/image_index"} | racm3_clip_input(
+            wildcards
+        )
     inputs = {"model": f"{RESULTS}/models/base"}
     if wildcards.method in ("daid", "faid"):
         inputs["db"] = f"{RESULTS}/retrieval/db"
@@ -279,14 +372,15 @@ def bench_generate_inputs(wildcards):
         inputs["faid"] = f"{RESULTS}/models/faid"
     if "racm3" in METHODS:
         inputs |= {"racm3": f"{RESULTS}/models/racm3", "index": f"{RESULTS}/retrieval/image_index"}
+        inputs |= racm3_clip_input(wildcards)
     return inputs
 
 
 def bench_generate_flags(wildcards, input):
     """`arrag bench generate` adds a method's row for each of these (DAiD's whenever --db is given)."""
-    flags = [f"--db {input.db} {db_devices_flag()}"] if "daid" in METHODS or "faid" in METHODS else []
-    flags += [f"--faid {input.faid}"] if "faid" in METHODS else []
-    flags += [f"--racm3-model {input.racm3} --image-index {input.index}"] if "racm3" in METHODS else []
+    flags = [f"{flag('--db', input.db)} {db_devices_flag()}"] if "daid" in METHODS or "faid" in METHODS else []
+    flags += [flag("--faid", input.faid)] if "faid" in METHODS else []
+    flags += [f"{flag('--racm3-model', input.racm3)} {flag('--image-index', input.index)}"] if "racm3" in METHODS else []
     return " ".join(flags)
 
 
@@ -315,12 +409,12 @@ def method_flags(wildcards, input):
     if wildcards.method == "vanilla":
         return "--method vanilla"
     if wildcards.method == "racm3":
-        return f"--method racm3 --image-index {input.index}"
+        return f"--method racm3 {flag('--image-index', input.index)}"
     if wildcards.method == "faid":
-        return f"--method faid --db {input.db} --faid {input.faid} {db_devices_flag()}"
+        return f"--method faid {flag('--db', input.db)} {flag('--faid', input.faid)} {db_devices_flag()}"
     d = config["daid"]
     return (
-        f"--method daid --db {input.db} --daid-k {d['k']} --daid-weight {d['weight']} "
+        f"--method daid {flag('--db', input.db)} --daid-k {d['k']} --daid-weight {d['weight']} "
         f"--daid-temperature {d['temperature']}" + (" --daid-unique" if d["unique"] else "") + f" {db_devices_flag()}"
     )
 
@@ -334,6 +428,7 @@ DAID_SWEEP = Paramspace(
 )
 
 GENEVAL = config["evaluation"]["geneval"]
+GENEVAL_CLIP = "ViT-L-14-quickgelu"  # the evaluator's colour classifier (arrag.evaluation.geneval_mask2former)
 
 
 def geneval_scoring_inputs(wildcards):
@@ -341,6 +436,7 @@ def geneval_scoring_inputs(wildcards):
     inputs = {"images": f"{RESULTS}/images/{wildcards.run}/geneval/generation.json"}
     if GENEVAL["detector"] == "mask2former":
         inputs["checkpoint"] = f"{RESULTS}/downloads/mask2former_swin-s-p4-w7-224_lsj_8x2_50e_coco.pth"
+        inputs["clip"] = clip_input(GENEVAL_CLIP, GENEVAL["clip_pretrained"])
     return inputs
 
 
@@ -352,8 +448,8 @@ def geneval_detector_flags(wildcards, input):
     if GENEVAL["detector"] == "shapes":
         return f"--detector shapes {n}"
     return (
-        f"--detector mask2former --checkpoint {input.checkpoint} --clip-pretrained {GENEVAL['clip_pretrained']} "
-        f"--device cuda {n}"
+        f"--detector mask2former {flag('--checkpoint', input.checkpoint)} "
+        f"{flag('--clip-pretrained', clip_file(GENEVAL_CLIP, GENEVAL['clip_pretrained']))} --device cuda {n}"
     )
 
 
@@ -404,7 +500,7 @@ def arrag_on_gpu(wildcards, resources):
     """`arrag` as the rules of the benchmarks' own conda envs run it (GenEval, DPG-Bench), on their GPU: their
     pinned torch predates ours, so the package is not installed there and runs from this checkout."""
     return (
-        f"PYTHONPATH={workflow.basedir}${{PYTHONPATH:+:$PYTHONPATH}} "
+        f"PYTHONPATH={quote(workflow.basedir)}${{PYTHONPATH:+:$PYTHONPATH}} "
         f"python -m arrag.gpu_slots --count {resources.gpu} -- python -m arrag"
     )
 
@@ -427,6 +523,12 @@ def dpg_question_source(wildcards):
     return f"{RESULTS}/world/dpg" if DPG["questions"] == "mini" else f"{RESULTS}/downloads/dpg_bench.csv"
 
 
+def dpg_scoring_inputs(wildcards):
+    """The tiles and questions, plus the downloaded mPLUG checkpoint (with its tokenizer) for the paper's VQA."""
+    inputs = {"tiles": f"{RESULTS}/images/{wildcards.method}/dpg_tiles", "questions": dpg_question_source(wildcards)}
+    return inputs | ({"mplug": f"{RESULTS}/downloads/mplug"} if DPG["vqa"] == "mplug" else {})
+
+
 def dpg_question_csv(source):
     return f"{source}/dpg_bench.csv" if DPG["questions"] == "mini" else source
 
@@ -441,25 +543,62 @@ FIDELITY_NOTE = (
 )
 
 
+FIDELITY_PROMPTS = "reference" if FIDELITY["benchmark"] == "mini" else "mjhq"  # the prompt set Table 3 scores
+
+
 def fidelity_inputs(wildcards):
     """Generated and real images, and the feature networks' weights."""
     if FIDELITY["benchmark"] == "mini":
         return {
-            "images": f"{RESULTS}/images/{wildcards.method}/reference/generation.json",
+            "images": f"{RESULTS}/images/{wildcards.method}/{FIDELITY_PROMPTS}/generation.json",
             "reference": f"{RESULTS}/world/reference/images.npy",
             "features": f"{RESULTS}/models/features",
         }
     return {
-        "images": f"{RESULTS}/images/{wildcards.method}/mjhq/generation.json",
+        "images": f"{RESULTS}/images/{wildcards.method}/{FIDELITY_PROMPTS}/generation.json",
         "reference": f"{RESULTS}/mjhq/reference",
         "inception": f"{RESULTS}/downloads/inception-2015-12-05.pt",
+        "clip": clip_input(CMMD_CLIP, FIDELITY["clip_pretrained"]),
     }
+
+
+CMMD_CLIP = "ViT-L-14-336-quickgelu"  # CMMD's CLIP (arrag.evaluation.features.CMMD_CLIP)
+
+
+# How the sweeps (Figure 7) are scored, `sweeps.score`. fid, the paper's (appendix C.2): FID against the real images
+# of the first `sweeps.mjhq_prompts` MJHQ-30K prompts, generated one image each; geneval: GenEval overall on the
+# GenEval prompts, the mini profile's stand-in (it has no MJHQ). -> the prompt set a sweep point generates, the
+# score file it writes, the `arrag sweep-table --metric` and the label of the tables and heatmaps (no apostrophe:
+# the rules quote it in the shell).
+SWEEPS = config["sweeps"]
+if SWEEPS["score"] == "fid" and FIDELITY["benchmark"] != "mjhq":
+    raise ValueError(
+        "sweeps.score is fid, which reads MJHQ-30K, but evaluation.fidelity.benchmark is "
+        f"{FIDELITY['benchmark']!r}: set it to mjhq, or sweeps.score to geneval"
+    )
+PROMPT_SETS["mjhq_sweep"] = {"file": f"{RESULTS}/prompts/mjhq_sweep.jsonl", "n": 1}
+MJHQ_LIMITS = {"mjhq": FIDELITY["mjhq_prompts"], "mjhq_sweep": SWEEPS["mjhq_prompts"]}
+if SWEEPS["score"] != "fid":
+    SWEEP_PROMPTS = "geneval"
+else:  # Table 3's own prompt set when it is the same first N prompts (config/paper-1gpu.yaml: 10K for both)
+    SWEEP_PROMPTS = "mjhq" if MJHQ_LIMITS["mjhq"] == MJHQ_LIMITS["mjhq_sweep"] else "mjhq_sweep"
+SWEEP_SCORE_FILE = "sweep_fid.json" if SWEEPS["score"] == "fid" else "geneval_summary.json"
+SWEEP_METRIC_LABEL = (
+    f"FID on the first {SWEEPS['mjhq_prompts']} MJHQ-30K prompts, lower is better"
+    if SWEEPS["score"] == "fid"
+    else (
+        "mini-GenEval overall, a stand-in for the FID on 10K MJHQ-30K prompts of the paper"
+        if GENEVAL["detector"] == "shapes"
+        else "GenEval overall, not the FID on 10K MJHQ-30K prompts of the paper"
+    )
+)
 
 
 def fidelity_network_flags(input):
     if FIDELITY["benchmark"] == "mini":
-        return f"--fid-network mini:{input.features} --cmmd-network mini:{input.features}"
-    return f"--fid-network inception:{input.inception} --cmmd-network clip:{FIDELITY['clip_pretrained']}"
+        return f"{flag('--fid-network', f'mini:{input.features}')} {flag('--cmmd-network', f'mini:{input.features}')}"
+    clip = clip_file(CMMD_CLIP, FIDELITY["clip_pretrained"])
+    return f"{flag('--fid-network', f'inception:{input.inception}')} {flag('--cmmd-network', f'clip:{clip}')}"
 
 
 

@@ -17,8 +17,6 @@ rule mini_dpg:
         log_path("mini_dpg"),
     benchmark:
         benchmark_path("mini_dpg")
-    conda:
-        "../envs/arrag.yaml"
     threads: 1
     resources:
         mem_mb=1000,
@@ -31,19 +29,17 @@ rule download_dpg_csv:
         f"{RESULTS}/downloads/dpg_bench.csv",
     params:
         url=DPG["csv_url"],
-        sha256=f"--sha256 {DPG['csv_sha256']}" if DPG["csv_sha256"] else "",
+        sha256=flag("--sha256", DPG["csv_sha256"]) if DPG["csv_sha256"] else "",
         mirror=mirror_flag(),
     log:
         log_path("download_dpg_csv"),
     benchmark:
         benchmark_path("download_dpg_csv")
-    conda:
-        "../envs/arrag.yaml"
     threads: 1
     resources:
         mem_mb=500,
     shell:
-        "arrag download file --url {params.url} {params.sha256} {params.mirror} --out {output} > {log} 2>&1"
+        "arrag download file --url {params.url:q} {params.sha256} {params.mirror} --out {output} > {log} 2>&1"
 
 
 rule dpg_prompts:
@@ -57,8 +53,6 @@ rule dpg_prompts:
         log_path("dpg_prompts"),
     benchmark:
         benchmark_path("dpg_prompts")
-    conda:
-        "../envs/arrag.yaml"
     threads: 1
     resources:
         mem_mb=500,
@@ -77,8 +71,6 @@ rule tile_dpg:
         f"{RESULTS}/logs/tile_dpg_{{method}}.log",
     benchmark:
         f"{RESULTS}/benchmarks/tile_dpg_{{method}}.tsv"
-    conda:
-        "../envs/arrag.yaml"
     threads: 1
     resources:
         mem_mb=1000,
@@ -86,10 +78,32 @@ rule tile_dpg:
         "arrag dpg-tiles --images {params.images} --out {output} > {log} 2>&1"
 
 
+rule download_mplug:
+    # DPG-Bench's VQA model with its tokenizer (every file of the ModelScope repository), locked at the first
+    # download: ModelScope names versions by tag or branch, so the lock's SHA-256 of each file pin the content.
+    output:
+        directory(f"{RESULTS}/downloads/mplug"),
+    params:
+        model=DPG["mplug_model"],
+        revision=DPG["mplug_revision"],
+        lock=lock_path("mplug"),
+        mirror=mirror_flag(),
+    log:
+        log_path("download_mplug"),
+    benchmark:
+        benchmark_path("download_mplug")
+    threads: 1
+    resources:
+        mem_mb=1000,
+    retries: 3  # a dropped connection: the rerun resumes the file it was fetching
+    shell:
+        "arrag download modelscope --model-id {params.model:q} --revision {params.revision:q} --lock {params.lock:q} "
+        "{params.mirror} --out {output} > {log} 2>&1"
+
+
 rule score_dpg:
     input:
-        tiles=f"{RESULTS}/images/{{method}}/dpg_tiles",
-        questions=dpg_question_source,
+        unpack(dpg_scoring_inputs),
     output:
         jsonl=f"{RESULTS}/scores/{{method}}/dpg_results.jsonl",
         summary=f"{RESULTS}/scores/{{method}}/dpg_summary.json",
@@ -97,14 +111,14 @@ rule score_dpg:
         csv=lambda wildcards, input: dpg_question_csv(input.questions),
         vqa=DPG["vqa"],
         quirks="" if DPG_SKIP_FIRST_ROW else "--keep-first-row",
-        mplug=f"--mplug-revision {DPG['mplug_revision']}" if DPG["mplug_revision"] else "",
+        mplug=lambda wildcards, input: flag("--mplug-model", input.mplug) if DPG["vqa"] == "mplug" else "",
         arrag=arrag_on_gpu,
     log:
         f"{RESULTS}/logs/score_dpg/{{method}}.log",
     benchmark:
         f"{RESULTS}/benchmarks/score_dpg/{{method}}.tsv"
     conda:
-        "../envs/arrag.yaml" if DPG["vqa"] == "shapes" else "../envs/dpg.yaml"
+        None if DPG["vqa"] == "shapes" else "../envs/dpg.yaml"  # the benchmark's own environment
     threads: 1
     resources:
         mem_mb=1000 if DPG["vqa"] == "shapes" else 16000,
@@ -116,12 +130,11 @@ rule score_dpg:
 
 rule dpg_table:
     input:
-        expand("{results}/scores/{method}/dpg_summary.json", results=RESULTS, method=METHODS),
+        **table_inputs("dpg_summary.json", "dpg"),
     output:
         **table_outputs("dpg", caption="../report/dpg.rst"),
     params:
-        results=lambda wildcards, input: " ".join(f"--result {p}" for p in input),
-        labels=" ".join(f"--label {m}" for m in METHODS),
+        results=table_flags,
         note=DPG_NOTE,
         paper=PAPER_ROWS,
         out=lambda wildcards, output: table_prefix(output),
@@ -129,11 +142,9 @@ rule dpg_table:
         log_path("dpg_table"),
     benchmark:
         benchmark_path("dpg_table")
-    conda:
-        "../envs/arrag.yaml"
     threads: 1
     resources:
         mem_mb=500,
     shell:
-        "arrag table dpg {params.results} {params.labels} {params.paper} --note '{params.note}' "
+        "arrag table dpg {params.results} {params.paper} --note {params.note:q} "
         "--out {params.out} > {log} 2>&1"

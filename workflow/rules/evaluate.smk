@@ -11,8 +11,6 @@ rule download_geneval_detector:
         log_path("download_geneval_detector"),
     benchmark:
         benchmark_path("download_geneval_detector")
-    conda:
-        "../envs/arrag.yaml"
     threads: 1
     resources:
         mem_mb=500,
@@ -37,7 +35,7 @@ rule score_geneval:
     benchmark:
         f"{RESULTS}/benchmarks/score_geneval/{{run}}.tsv"
     conda:
-        "../envs/arrag.yaml" if GENEVAL["detector"] == "shapes" else "../envs/geneval.yaml"
+        None if GENEVAL["detector"] == "shapes" else "../envs/geneval.yaml"  # the benchmark's own environment
     threads: 1
     resources:
         mem_mb=1000 if GENEVAL["detector"] == "shapes" else 16000,
@@ -49,12 +47,11 @@ rule score_geneval:
 
 rule geneval_table:
     input:
-        expand("{results}/scores/{method}/geneval_summary.json", results=RESULTS, method=METHODS),
+        **table_inputs("geneval_summary.json", "geneval"),
     output:
         **table_outputs("geneval", caption="../report/geneval.rst"),
     params:
-        results=lambda wildcards, input: " ".join(f"--result {p}" for p in input),
-        labels=" ".join(f"--label {m}" for m in METHODS),
+        results=table_flags,
         note=GENEVAL_NOTE,
         paper=PAPER_ROWS,
         out=lambda wildcards, output: table_prefix(output),
@@ -62,13 +59,11 @@ rule geneval_table:
         log_path("geneval_table"),
     benchmark:
         benchmark_path("geneval_table")
-    conda:
-        "../envs/arrag.yaml"
     threads: 1
     resources:
         mem_mb=500,
     shell:
-        "arrag table geneval {params.results} {params.labels} {params.paper} --note '{params.note}' "
+        "arrag table geneval {params.results} {params.paper} --note {params.note:q} "
         "--out {params.out} > {log} 2>&1"
 
 
@@ -93,8 +88,6 @@ rule bench_scoring:
         log_path("bench_scoring"),
     benchmark:
         benchmark_path("bench_scoring")
-    conda:
-        "../envs/arrag.yaml"
     threads: workflow.cores
     resources:
         mem_mb=4000,

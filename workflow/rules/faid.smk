@@ -26,8 +26,6 @@ rule faid_trainset:
         log_path("faid_trainset"),
     benchmark:
         benchmark_path("faid_trainset")
-    conda:
-        "../envs/arrag.yaml"
     threads: gpu_job_threads
     resources:
         gpu=DB_GPUS,
@@ -52,8 +50,6 @@ rule train_faid:
         log_path("train_faid"),
     benchmark:
         benchmark_path("train_faid")
-    conda:
-        "../envs/arrag.yaml"
     threads: gpu_job_threads
     resources:
         gpu=FAID["processes"],
@@ -77,8 +73,6 @@ rule train_faid_sweep:
         f"{RESULTS}/logs/train_faid_sweep/{FAID_SWEEP.wildcard_pattern}.log",
     benchmark:
         f"{RESULTS}/benchmarks/train_faid_sweep/{FAID_SWEEP.wildcard_pattern}.tsv"
-    conda:
-        "../envs/arrag.yaml"
     threads: gpu_job_threads
     resources:
         gpu=1,
@@ -94,9 +88,9 @@ rule generate_faid_sweep:
         model=f"{RESULTS}/models/base",
         db=f"{RESULTS}/retrieval/db",
         faid=f"{RESULTS}/models/sweep_faid/{FAID_SWEEP.wildcard_pattern}",
-        prompts=PROMPT_SETS["geneval"]["file"],
+        prompts=PROMPT_SETS[SWEEP_PROMPTS]["file"],
     output:
-        f"{RESULTS}/images/sweep_faid/{FAID_SWEEP.wildcard_pattern}/geneval/generation.json",
+        f"{RESULTS}/images/sweep_faid/{FAID_SWEEP.wildcard_pattern}/{SWEEP_PROMPTS}/generation.json",
     params:
         gpu=on_gpu,
         out=lambda wildcards, output: os.path.dirname(output[0]),
@@ -107,8 +101,6 @@ rule generate_faid_sweep:
         f"{RESULTS}/logs/generate_faid_sweep/{FAID_SWEEP.wildcard_pattern}.log",
     benchmark:
         f"{RESULTS}/benchmarks/generate_faid_sweep/{FAID_SWEEP.wildcard_pattern}.tsv"
-    conda:
-        "../envs/arrag.yaml"
     threads: gpu_job_threads
     resources:
         gpu=DB_GPUS,
@@ -121,23 +113,22 @@ rule generate_faid_sweep:
 
 rule sweep_faid:
     input:
-        expand(f"{RESULTS}/scores/sweep_faid/{{point}}/geneval_summary.json", point=FAID_SWEEP.instance_patterns),
+        expand(f"{RESULTS}/scores/sweep_faid/{{point}}/{SWEEP_SCORE_FILE}", point=FAID_SWEEP.instance_patterns),
     output:
         csv=f"{RESULTS}/tables/sweep_faid.csv",
-        md=f"{RESULTS}/tables/sweep_faid.md",  # the overall scores as a grid (also .tex)
+        md=f"{RESULTS}/tables/sweep_faid.md",  # the scores as a grid (also .tex)
         tex=f"{RESULTS}/tables/sweep_faid.tex",
         png=report(f"{RESULTS}/figures/sweep_faid.png", caption="../report/sweep_faid.rst", category="Sweeps"),
     params:
-        title=f"FAiD sweep, GenEval overall ({config['profile']} profile; modules = layers / every)",
+        title=f"FAiD sweep, {SWEEP_METRIC_LABEL} ({config['profile']} profile; modules = layers / every)",
+        metric=SWEEPS["score"],
     log:
         log_path("sweep_faid"),
     benchmark:
         benchmark_path("sweep_faid")
-    conda:
-        "../envs/arrag.yaml"
     threads: 1
     resources:
         mem_mb=1000,
     shell:
-        "arrag sweep-table --summary {input} --x every --y hops --title '{params.title}' "
+        "arrag sweep-table --summary {input} --metric {params.metric} --x every --y hops --title {params.title:q} "
         "--out-csv {output.csv} --out-png {output.png} > {log} 2>&1"

@@ -16,8 +16,6 @@ rule train_features:
         log_path("train_features"),
     benchmark:
         benchmark_path("train_features")
-    conda:
-        "../envs/arrag.yaml"
     threads: workflow.cores
     resources:
         mem_mb=4000,
@@ -35,8 +33,6 @@ rule download_inception:
         log_path("download_inception"),
     benchmark:
         benchmark_path("download_inception")
-    conda:
-        "../envs/arrag.yaml"
     threads: 1
     resources:
         mem_mb=500,
@@ -48,14 +44,12 @@ rule download_mjhq:
     output:
         directory(f"{RESULTS}/downloads/mjhq30k"),
     params:
-        revision=f"--revision {FIDELITY['mjhq_revision']}" if FIDELITY["mjhq_revision"] else "",
+        revision=flag("--revision", FIDELITY["mjhq_revision"]) if FIDELITY["mjhq_revision"] else "",
         mirror=mirror_flag("mjhq30k"),
     log:
         log_path("download_mjhq"),
     benchmark:
         benchmark_path("download_mjhq")
-    conda:
-        "../envs/arrag.yaml"
     threads: 1
     resources:
         mem_mb=2000,
@@ -64,19 +58,21 @@ rule download_mjhq:
 
 
 rule mjhq_prompts:
+    # Table 3's prompt set (mjhq: `evaluation.fidelity.mjhq_prompts`) and the sweeps' (mjhq_sweep: the first
+    # `sweeps.mjhq_prompts`), each with the real images of its prompts
     input:
         f"{RESULTS}/downloads/mjhq30k",
     output:
-        prompts=f"{RESULTS}/prompts/mjhq.jsonl",
-        reference=directory(f"{RESULTS}/mjhq/reference"),
+        prompts=f"{RESULTS}/prompts/{{mjhq}}.jsonl",
+        reference=directory(f"{RESULTS}/{{mjhq}}/reference"),
+    wildcard_constraints:
+        mjhq="mjhq|mjhq_sweep",
     params:
-        limit=f"--limit {FIDELITY['mjhq_prompts']}" if FIDELITY["mjhq_prompts"] else "",
+        limit=lambda wildcards: f"--limit {MJHQ_LIMITS[wildcards.mjhq]}" if MJHQ_LIMITS[wildcards.mjhq] else "",
     log:
-        log_path("mjhq_prompts"),
+        f"{RESULTS}/logs/mjhq_prompts/{{mjhq}}.log",
     benchmark:
-        benchmark_path("mjhq_prompts")
-    conda:
-        "../envs/arrag.yaml"
+        f"{RESULTS}/benchmarks/mjhq_prompts/{{mjhq}}.tsv"
     threads: 1
     resources:
         mem_mb=2000,
@@ -101,8 +97,6 @@ rule score_fidelity:
         f"{RESULTS}/logs/score_fidelity/{{method}}.log",
     benchmark:
         f"{RESULTS}/benchmarks/score_fidelity/{{method}}.tsv"
-    conda:
-        "../envs/arrag.yaml"
     threads: gpu_job_threads
     resources:
         gpu=1,
@@ -113,14 +107,43 @@ rule score_fidelity:
         "--out-json {output} > {log} 2>&1"
 
 
+rule score_sweep_fid:
+    # a sweep point (Figure 7) as the paper scores it: FID (Inception) against the real images of its MJHQ-30K prompts
+    input:
+        images=f"{RESULTS}/images/{{run}}/{SWEEP_PROMPTS}/generation.json",
+        reference=f"{RESULTS}/{SWEEP_PROMPTS}/reference",
+        inception=f"{RESULTS}/downloads/inception-2015-12-05.pt",
+    output:
+        f"{RESULTS}/scores/{{run}}/sweep_fid.json",
+    wildcard_constraints:
+        run=r"sweep_(daid|faid)/.+",
+    params:
+        gpu=on_gpu,
+        images=lambda wildcards, input: os.path.dirname(input.images),
+        level=config["evaluation"]["fwd"]["level"],
+        size=config["evaluation"]["fwd"]["size"],
+        device=config["device"],
+    log:
+        f"{RESULTS}/logs/score_sweep_fid/{{run}}.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/score_sweep_fid/{{run}}.tsv"
+    threads: gpu_job_threads
+    resources:
+        gpu=1,
+        mem_mb=8000,
+    shell:
+        "OMP_NUM_THREADS={threads} {params.gpu} arrag fidelity --images {params.images} --reference {input.reference} "
+        "--fid-network inception:{input.inception} --fwd-level {params.level} --fwd-size {params.size} "
+        "--device {params.device} --out-json {output} > {log} 2>&1"
+
+
 rule fidelity_table:
     input:
-        expand("{results}/scores/{method}/fidelity.json", results=RESULTS, method=METHODS),
+        **table_inputs("fidelity.json", FIDELITY_PROMPTS),
     output:
         **table_outputs("fidelity", caption="../report/fidelity.rst"),
     params:
-        results=lambda wildcards, input: " ".join(f"--result {p}" for p in input),
-        labels=" ".join(f"--label {m}" for m in METHODS),
+        results=table_flags,
         note=FIDELITY_NOTE,
         paper=PAPER_ROWS,
         out=lambda wildcards, output: table_prefix(output),
@@ -128,11 +151,9 @@ rule fidelity_table:
         log_path("fidelity_table"),
     benchmark:
         benchmark_path("fidelity_table")
-    conda:
-        "../envs/arrag.yaml"
     threads: 1
     resources:
         mem_mb=500,
     shell:
-        "arrag table fidelity {params.results} {params.labels} {params.paper} --note '{params.note}' "
+        "arrag table fidelity {params.results} {params.paper} --note {params.note:q} "
         "--out {params.out} > {log} 2>&1"

@@ -26,8 +26,6 @@ rule generate:
         f"{RESULTS}/logs/generate_{{prompts}}_{{method}}_{{shard}}-of-{{num_shards}}.log",
     benchmark:
         f"{RESULTS}/benchmarks/generate_{{prompts}}_{{method}}_{{shard}}-of-{{num_shards}}.tsv"
-    conda:
-        "../envs/arrag.yaml"
     threads: gpu_job_threads
     resources:
         gpu=generation_gpus,
@@ -55,8 +53,6 @@ rule finish_generation:
         f"{RESULTS}/logs/finish_generation_{{prompts}}_{{method}}.log",
     benchmark:
         f"{RESULTS}/benchmarks/finish_generation_{{prompts}}_{{method}}.tsv"
-    conda:
-        "../envs/arrag.yaml"
     threads: 1
     resources:
         mem_mb=1000,
@@ -76,8 +72,6 @@ rule sample_grid:
         f"{RESULTS}/logs/sample_grid_{{method}}.log",
     benchmark:
         f"{RESULTS}/benchmarks/sample_grid_{{method}}.tsv"
-    conda:
-        "../envs/arrag.yaml"
     threads: 1
     resources:
         mem_mb=1000,
@@ -98,8 +92,6 @@ rule over_copying:
         log_path("over_copying"),
     benchmark:
         benchmark_path("over_copying")
-    conda:
-        "../envs/arrag.yaml"
     threads: 1
     resources:
         mem_mb=1000,
@@ -117,13 +109,11 @@ rule attribution:
         folders=lambda wildcards, input: " ".join(f"--images {os.path.dirname(p)}" for p in input[:-1]),
         labels=" ".join(f"--label {m}" for m in RETRIEVAL_METHODS),
         corpus=attribution_corpus,
-        size=config["world"]["image_size"],
+        size=ATTRIBUTION_SIZE,
     log:
         log_path("attribution"),
     benchmark:
         benchmark_path("attribution")
-    conda:
-        "../envs/arrag.yaml"
     threads: 1
     resources:
         mem_mb=2000,
@@ -152,8 +142,6 @@ rule bench_generate:
         log_path("bench_generate"),
     benchmark:
         benchmark_path("bench_generate")
-    conda:
-        "../envs/arrag.yaml"
     threads: workflow.cores
     resources:
         gpu=DB_GPUS,
@@ -177,8 +165,6 @@ rule inference_time_table:
         log_path("inference_time_table"),
     benchmark:
         benchmark_path("inference_time_table")
-    conda:
-        "../envs/arrag.yaml"
     threads: 1
     resources:
         mem_mb=500,

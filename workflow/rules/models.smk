@@ -13,19 +13,18 @@ if config["model"]["source"] == "hub":
         params:
             hub_id=config["model"]["hub_id"],
             revision=config["model"]["revision"],
+            lock=lock_path("model"),
             mirror=mirror_flag(),
         log:
             log_path("download_model"),
         benchmark:
             benchmark_path("download_model")
-        conda:
-            "../envs/arrag.yaml"
         threads: 1
         resources:
             mem_mb=2000,
         shell:
-            "arrag download model --hub-id {params.hub_id} --revision {params.revision} {params.mirror} "
-            "--out {output} > {log} 2>&1"
+            "arrag download model --hub-id {params.hub_id:q} --revision {params.revision:q} --lock {params.lock:q} "
+            "{params.mirror} --out {output} > {log} 2>&1"
 
 else:
 
@@ -43,8 +42,6 @@ else:
             log_path("train_vq"),
         benchmark:
             benchmark_path("train_vq")
-        conda:
-            "../envs/arrag.yaml"
         threads: gpu_job_threads
         resources:
             gpu=1,
@@ -69,8 +66,6 @@ else:
             log_path("train_base"),
         benchmark:
             benchmark_path("train_base")
-        conda:
-            "../envs/arrag.yaml"
         threads: gpu_job_threads
         resources:
             gpu=1,
@@ -78,3 +73,34 @@ else:
         shell:
             "OMP_NUM_THREADS={threads} {params.gpu} arrag train-base --world {params.world} --split train --vq {input.vq} "
             "--out {output} {params.spec} {params.training} > {log} 2>&1"
+
+
+rule download_clip:
+    # The OpenAI weights of an open_clip model as safetensors (downloads.clip), for RA-CM3's retriever, GenEval's
+    # colours and CMMD: a pinned commit (and SHA-256), or a branch locked at the first download.
+    output:
+        directory(f"{RESULTS}/downloads/clip/{{model}}"),
+    wildcard_constraints:
+        model="|".join(re.escape(m) for m in CLIP_WEIGHTS) or "(?!)",
+    params:
+        repo=lambda wildcards: CLIP_WEIGHTS[wildcards.model]["repo"],
+        revision=lambda wildcards: CLIP_WEIGHTS[wildcards.model]["revision"],
+        sha256=lambda wildcards: (
+            flag("--sha256", f"{CLIP_FILE}={CLIP_WEIGHTS[wildcards.model]['sha256']}")
+            if CLIP_WEIGHTS[wildcards.model]["sha256"]
+            else ""
+        ),
+        lock=lambda wildcards: lock_path(f"clip-{wildcards.model}"),
+        file=CLIP_FILE,
+        mirror=mirror_flag(),
+    log:
+        f"{RESULTS}/logs/download_clip_{{model}}.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/download_clip_{{model}}.tsv"
+    threads: 1
+    resources:
+        mem_mb=1000,
+    retries: 3  # a dropped connection: the rerun resumes in <out>.partial/
+    shell:
+        "arrag download model --hub-id {params.repo:q} --revision {params.revision:q} --include {params.file} "
+        "{params.sha256} --lock {params.lock:q} {params.mirror} --out {output} > {log} 2>&1"

@@ -7,6 +7,7 @@
 rule embed_images:
     input:
         unpack(source_data),
+        unpack(racm3_clip_input),
     output:
         emb=f"{RESULTS}/clip/{{split}}/clip-{{shard}}-of-{{num_shards}}.npz",
         meta=f"{RESULTS}/clip/{{split}}/clip-{{shard}}-of-{{num_shards}}.json",
@@ -24,14 +25,12 @@ rule embed_images:
         f"{RESULTS}/logs/embed_images_{{split}}_{{shard}}-of-{{num_shards}}.log",
     benchmark:
         f"{RESULTS}/benchmarks/embed_images_{{split}}_{{shard}}-of-{{num_shards}}.tsv"
-    conda:
-        "../envs/arrag.yaml"
     threads: 1
     resources:
         gpu=1,
         mem_mb=job_mem_mb("encode", parameters=CLIP_PARAMETERS, batch_size=RETRIEVAL["tokenise_batch_size"], image_size=224, images=lambda wc: shard_images(wc.split)),
     shell:
-        "OMP_NUM_THREADS={threads} {params.gpu} arrag embed-images --source '{params.source}' "
+        "OMP_NUM_THREADS={threads} {params.gpu} arrag embed-images --source {params.source:q} "
         "--shard $((10#{wildcards.shard})) --num-shards $((10#{wildcards.num_shards})) {params.clip} "
         "--batch-size {params.batch} --device {params.device} --out {params.out} > {log} 2>&1"
 
@@ -48,8 +47,6 @@ rule build_image_index:
         log_path("build_image_index"),
     benchmark:
         benchmark_path("build_image_index")
-    conda:
-        "../envs/arrag.yaml"
     threads: 1
     resources:
         mem_mb=2000,
@@ -61,6 +58,7 @@ rule build_image_index:
 rule train_racm3:
     input:
         unpack(pairs_inputs),
+        unpack(racm3_clip_input),  # the index reloads its CLIP from these weights
         model=f"{RESULTS}/models/base",
         index=f"{RESULTS}/retrieval/image_index",
     output:
@@ -75,8 +73,6 @@ rule train_racm3:
         log_path("train_racm3"),
     benchmark:
         benchmark_path("train_racm3")
-    conda:
-        "../envs/arrag.yaml"
     threads: gpu_job_threads
     resources:
         gpu=RACM3["processes"],

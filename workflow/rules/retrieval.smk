@@ -11,21 +11,20 @@ rule download_dataset:
     params:
         repo=lambda wildcards: DATASETS[wildcards.dataset]["repo"],
         revision=lambda wildcards: DATASETS[wildcards.dataset]["revision"],
-        include=lambda wildcards: " ".join(f"'{p}'" for p in DATASETS[wildcards.dataset]["include"]),
+        include=lambda wildcards: DATASETS[wildcards.dataset]["include"],
+        lock=lambda wildcards: lock_path(f"dataset-{wildcards.dataset}"),
         mirror=mirror_flag(),
     log:
         f"{RESULTS}/logs/download_dataset_{{dataset}}.log",
     benchmark:
         f"{RESULTS}/benchmarks/download_dataset_{{dataset}}.tsv"
-    conda:
-        "../envs/arrag.yaml"
     threads: 1
     resources:
         mem_mb=2000,
     retries: 3  # a dropped connection: the rerun resumes in <out>.partial/
     shell:
-        "arrag download dataset --repo {params.repo} --revision {params.revision} --include {params.include} "
-        "{params.mirror} --out {output} > {log} 2>&1"
+        "arrag download dataset --repo {params.repo:q} --revision {params.revision:q} --include {params.include:q} "
+        "--lock {params.lock:q} {params.mirror} --out {output:q} > {log} 2>&1"
 
 rule tokenise_shard:
     input:
@@ -46,14 +45,12 @@ rule tokenise_shard:
         f"{RESULTS}/logs/tokenise_{{split}}_{{shard}}-of-{{num_shards}}.log",
     benchmark:
         f"{RESULTS}/benchmarks/tokenise_{{split}}_{{shard}}-of-{{num_shards}}.tsv"
-    conda:
-        "../envs/arrag.yaml"
     threads: 1
     resources:
         gpu=1,
         mem_mb=job_mem_mb("encode", parameters=MODEL_PARAMETERS, batch_size=RETRIEVAL["tokenise_batch_size"], image_size=IMAGE_SIZE, images=lambda wc: shard_images(wc.split)),
     shell:
-        "OMP_NUM_THREADS={threads} {params.gpu} arrag tokenise --model {input.model} --source '{params.source}' "
+        "OMP_NUM_THREADS={threads} {params.gpu} arrag tokenise --model {input.model} --source {params.source:q} "
         "--shard $((10#{wildcards.shard})) --num-shards $((10#{wildcards.num_shards})) --out {params.out} "
         "--batch-size {params.batch} --device {params.device} > {log} 2>&1"
 
@@ -66,14 +63,12 @@ rule build_database:
         directory(f"{RESULTS}/retrieval/db"),
     params:
         layout=f"--hops {RETRIEVAL['hops']}" + ("" if RETRIEVAL["causal"] else " --full"),
-        index=RETRIEVAL["index"],
+        index=RETRIEVAL["index"],  # an enum
         index_params=settings_flags("--param", RETRIEVAL["index_params"]),
     log:
         log_path("build_database"),
     benchmark:
         benchmark_path("build_database")
-    conda:
-        "../envs/arrag.yaml"
     threads: workflow.cores
     resources:
         mem_mb=job_mem_mb("build_database", entries=corpus_entries(), index=RETRIEVAL["index"], num_codes=NUM_CODES, neighbours=NEIGHBOURS),
@@ -83,10 +78,11 @@ rule build_database:
 
 
 rule retrieval_accuracy:
+    # Figure 6 on `retrieval.accuracy.queries`: held-out images searched here, or FAiD's training set (the paper's)
     input:
+        unpack(retrieval_accuracy_inputs),
         model=f"{RESULTS}/models/base",
         db=f"{RESULTS}/retrieval/db",
-        codes=heldout_codes(),
     output:
         csv=f"{RESULTS}/tables/retrieval_accuracy.csv",
         md=f"{RESULTS}/tables/retrieval_accuracy.md",
@@ -97,18 +93,17 @@ rule retrieval_accuracy:
     params:
         k=RETRIEVAL["accuracy"]["k"],
         max_queries=RETRIEVAL["accuracy"]["max_queries"],
+        queries=retrieval_accuracy_flags,
     log:
         log_path("retrieval_accuracy"),
     benchmark:
         benchmark_path("retrieval_accuracy")
-    conda:
-        "../envs/arrag.yaml"
     threads: workflow.cores
     resources:
         mem_mb=job_mem_mb("search", parameters=MODEL_PARAMETERS, batch_size=config["generation"]["batch_size"]),
     shell:
         "OMP_NUM_THREADS={threads} arrag retrieval-accuracy --model {input.model} --db {input.db} "
-        "--codes {input.codes} --k {params.k} --max-queries {params.max_queries} --out-csv {output.csv} "
+        "{params.queries} --k {params.k} --max-queries {params.max_queries} --out-csv {output.csv} "
         "--out-json {output.json} --out-png {output.png} > {log} 2>&1"
 
 
@@ -122,15 +117,13 @@ rule bench_retrieval:
         json=f"{RESULTS}/bench/retrieval.json",
         md=f"{RESULTS}/bench/retrieval.md",
     params:
-        backends=" ".join(f"--backend {b}" for b in RETRIEVAL["bench"]["backends"]),
+        backends=" ".join(flag("--backend", b) for b in RETRIEVAL["bench"]["backends"]),
         min_entries=RETRIEVAL["bench"]["min_entries"],
         hops=RETRIEVAL["hops"],
     log:
         log_path("bench_retrieval"),
     benchmark:
         benchmark_path("bench_retrieval")
-    conda:
-        "../envs/arrag.yaml"
     threads: workflow.cores
     resources:
         mem_mb=job_mem_mb("build_database", entries=corpus_entries(), index="flat", num_codes=NUM_CODES, neighbours=NEIGHBOURS),

@@ -19,8 +19,6 @@ rule world:
         log_path("world"),
     benchmark:
         benchmark_path("world")
-    conda:
-        "../envs/arrag.yaml"
     threads: 1
     resources:
         mem_mb=2000,
