@@ -585,29 +585,19 @@ def cmd_contamination(args) -> None:
 
 
 def cmd_build_db(args) -> None:
-    import torch
-
-    from arrag.data.code_shards import load_code_shards, require_codebook, shard_digests, source_table
-    from arrag.data.contamination import kept_rows
-    from arrag.retrieval.database import PatchDatabase, codebook_sha256
+    from arrag.retrieval.database import PatchDatabase
 
     codebook = _load_codebook(args.model, args.revision)
-    codes, image_ids, metas = load_code_shards(args.codes)
-    require_codebook(args.codes, metas, codebook_sha256(codebook), args.model)
-    keep = torch.from_numpy(kept_rows(args.exclude, image_ids, metas))  # ids keep their values: provenance holds
-    codes, image_ids = codes[keep], image_ids[keep]
     params = {k: _number(v) for k, v in (p.split("=", 1) for p in args.param)}
     t0 = time.time()
-    db = PatchDatabase.build(
-        codes,
+    db = PatchDatabase.from_code_shards(
+        args.codes,
         codebook,
+        exclude=args.exclude,
+        model=args.model,
         hops=args.hops,
         causal=not args.full,
         index=args.index,
-        image_ids=image_ids,
-        tokenizer_id=metas[0].get("tokenizer_id", ""),
-        sources=source_table(metas),
-        code_shards=shard_digests(metas),
         **params,
     )
     db.save(args.out)

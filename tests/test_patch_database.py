@@ -348,3 +348,59 @@ def test_load_refuses_another_key_layout(tmp_path):
         PatchDatabase.load(tmp_path / "db", codebook, hops=2)
     with pytest.raises(ValueError, match="'causal' differs"):
         PatchDatabase.load(tmp_path / "db", codebook, causal=False)
+
+
+@pytest.mark.parametrize("name", ["compact", "ivf_compact", "flat", "torch_compact"])
+def test_memory_mapped_load_equals_in_memory_and_brute_force(corpus, databases, name, tmp_path):
+    codebook, codes, _, queries, keys = corpus
+    db = databases[name]
+    if "nprobe" in db.metadata["index_params"]:
+        db.set_search_params(nprobe=db.metadata["index_params"]["nlist"])  # every list: exact
+    db.save(tmp_path / "db")
+    mapped = PatchDatabase.load(tmp_path / "db", codebook=codebook)  # mmap=True is the default
+    read = PatchDatabase.load(tmp_path / "db", codebook=codebook, mmap=False)
+    assert mapped.codes.dtype == read.codes.dtype == torch.uint16  # the stored dtype, not int32
+    for a, b in zip(mapped.search(queries, 10), read.search(queries, 10)):
+        assert torch.equal(a, b)
+    dists, _, sources = mapped.search(queries, 10)
+    assert_exact(dists, labels_of(mapped, sources), brute_force(keys, queries), 10)
+    # read-only: adding would write into the mapped files (FAISS aborts the process on its views)
+    with pytest.raises(ValueError, match="memory-mapped.*mmap=False"):
+        mapped.add(codes[:2])
+    assert read.add(codes[:2]) == 2 * GRID * GRID
+
+
+def test_from_code_shards_equals_build_on_the_concatenation(corpus, tmp_path):
+    from arrag.data.code_shards import load_code_shards, shard_paths, write_code_shard
+
+    codebook, codes, image_ids, queries, _ = corpus
+    from arrag.retrieval.database import codebook_sha256
+
+    fingerprint = codebook_sha256(codebook)
+    meta = {
+        "codebook_size": K,
+        "codebook_sha256": fingerprint,
+        "tokenizer_id": "t",
+        "source": {"type": "folder", "path": "/a"},
+    }
+    for shard, part in enumerate((slice(0, 120), slice(120, None))):
+        write_code_shard(tmp_path, shard, 2, codes[part].numpy(), image_ids[part].numpy(), meta)
+    paths = [shard_paths(tmp_path, s, 2)[0] for s in range(2)]
+    built = PatchDatabase.from_code_shards(paths, codebook, index="compact")
+    all_codes, all_ids, _ = load_code_shards(paths)
+    whole = PatchDatabase.build(all_codes, codebook, index="compact", image_ids=all_ids)
+    assert built.metadata == whole.metadata | {"tokenizer_id": "t", "sources": built.sources}
+    assert built.sources == [{"source": meta["source"], "offset": 0}]
+    for a, b in zip(built.search(queries, 10), whole.search(queries, 10)):
+        assert torch.equal(a, b)
+
+
+def test_token_ids_above_int16_come_back_unsigned():
+    """uint16 grids are gathered through an int16 view (CUDA has no uint16 indexing): ids 32768..65535 have the
+    sign bit set in that view and must come back as themselves."""
+    from arrag.retrieval.database import take_tokens
+
+    ids = torch.tensor([0, 1, 32767, 32768, 40000, 65535])
+    index = torch.tensor([[5, 3], [0, 4], [2, 1]])
+    assert torch.equal(take_tokens(ids.to(torch.uint16), index), ids[index])
+    assert torch.equal(take_tokens(ids.to(torch.int32), index), ids[index])

@@ -13,6 +13,8 @@ from pathlib import Path
 import pytest
 import yaml
 
+from arrag.resources import mem_mb
+
 REPO = Path(__file__).resolve().parents[1]
 LOCAL = "workflow/profiles/local"
 SLURM = "workflow/profiles/slurm"
@@ -125,7 +127,9 @@ def test_slurm_profile_resolves_resources(tmp_path):
             assert job["rule"] in profile["set-resources"], job
     by_rule = {job["rule"]: job for job in jobs}
     assert by_rule["train_base"]["threads"] == 8
-    assert by_rule["train_base"]["resources"]["mem_mb"] == str(profile["set-resources"]["train_base"]["mem_mb"])
+    # memory is computed by arrag.resources from the config (the toy model), not set in the profile
+    assert "mem_mb" not in profile["set-resources"]["train_base"]
+    assert by_rule["train_base"]["resources"]["mem_mb"] == str(mem_mb("train", parameters=4e6))
     assert by_rule["train_base"]["resources"]["runtime"] == str(profile["set-resources"]["train_base"]["runtime"])
     assert by_rule["world"]["resources"]["slurm_partition"] == profile["default-resources"]["slurm_partition"]
     assert by_rule["score_geneval"]["resources"]["gpu"] == "0"  # the toy profile's shapes detector needs no GPU
@@ -148,6 +152,17 @@ def test_slurm_profile_sends_every_gpu_job_of_the_paper_dag_to_the_gpu_partition
         assert job["resources"]["slurm_partition"] == gpu_partition and job["rule"] in profile["set-resources"], job
     gpus = {job["rule"]: job["resources"]["gpu"] for job in jobs}
     assert gpus["train_faid"] == gpus["train_racm3"] == "4" and gpus["embed_images"] == "1"
+
+    # every job's memory follows arrag.resources and the data it reads: a CC12M tokenisation shard holds
+    # Janus-Pro-1B (2.1B parameters) and a batch of 64 images of 384 px, its 5.7M images over 64 shards
+    memory = {}
+    for job in _jobs(result.stdout):
+        memory.setdefault(job["rule"], set()).add(int(job["resources"]["mem_mb"]))
+    cc12m = mem_mb("encode", parameters=2.1e9, batch_size=64, image_size=384, images=-(-5_700_000 // 64))
+    assert cc12m in memory["tokenise_shard"] and 10_000 < cc12m < 16_000
+    assert memory["generate"] == {mem_mb("search", parameters=2.1e9, batch_size=32)}
+    (build,) = memory["build_database"]
+    assert build > 100_000  # every corpus patch's code: 18 B for each of ~7.8 billion entries
 
 
 FAKE_SLURM = """#!/bin/sh
@@ -213,7 +228,7 @@ def test_slurm_profile_sbatch_flags(tmp_path):
     assert f"-A {profile['default-resources']['slurm_account']}" in vq
     assert f"-p {profile['set-resources']['train_vq']['slurm_partition']}" in vq
     assert f"-t {profile['set-resources']['train_vq']['runtime']}" in vq
-    assert f"--mem {profile['set-resources']['train_vq']['mem_mb']}" in vq
+    assert f"--mem {mem_mb('train', parameters=4e6)}" in vq
     assert "--gpus=1" in vq and "--cpus-per-task=8" in vq
     assert f"-p {profile['default-resources']['slurm_partition']}" in features
     assert "--gpus" not in features and "--cpus-per-task=8" in features

@@ -34,6 +34,7 @@ import json
 import logging
 import time
 from pathlib import Path
+from typing import Iterator
 
 import numpy as np
 import torch
@@ -81,8 +82,10 @@ def tokenise_shard(
         return vq.encode(images).cpu().numpy().astype(dtype)  # encode runs on vq.device
 
     empty = np.zeros((0, vq.grid, vq.grid), dtype)
-    encoded = encode_shard(spec, shard, num_shards, vq.image_size, encode, empty, batch_size, desc="tokenise")
-    codes, skipped = encoded.outputs, encoded.skipped  # [N, H, W]
+    encoded = encode_shard(
+        spec, shard, num_shards, vq.image_size, encode, empty, batch_size, desc="tokenise", scratch_dir=out_dir
+    )
+    codes, skipped = encoded.outputs, encoded.skipped  # [N, H, W], memory-mapped
 
     meta = {
         "image_size": vq.image_size,
@@ -132,7 +135,8 @@ def write_code_shard(
     meta = {**meta, "format": FORMAT, "shard": shard, "num_shards": num_shards, "count": len(codes)}
     meta["grid"] = [int(codes.shape[1]), int(codes.shape[2])]
 
-    arrays = {"codes": codes.astype(code_dtype(size)), "image_ids": image_ids.astype(np.int64)}
+    # copy=False: a memory-mapped shard from encode_shard is streamed into the .npz, never copied into memory
+    arrays = {"codes": codes.astype(code_dtype(size), copy=False), "image_ids": image_ids.astype(np.int64)}
     write_shard(shard_paths(out_dir, shard, num_shards)[0], arrays, meta)
     return meta
 
@@ -143,9 +147,8 @@ def write_code_shard(
 def load_code_shard(npz_path: str | Path) -> tuple[torch.Tensor, torch.Tensor, dict]:
     """One shard -> (codes LongTensor [N, H, W], image_ids LongTensor [N], metadata). Accepts the .json path too."""
     npz_path = Path(npz_path).with_suffix(".npz")
-    (codes, image_ids), meta = read_shard(npz_path, FORMAT, ("codes", "image_ids"), "rerun tokenisation")
-    if list(codes.shape[1:]) != list(meta["grid"]):
-        raise ValueError(f"{npz_path}: codes grid {list(codes.shape[1:])} but field 'grid' is {meta['grid']}")
+    (image_ids,), meta = read_shard(npz_path, FORMAT, ("image_ids",), "rerun tokenisation")
+    codes = _read_codes(npz_path, meta)
     return torch.from_numpy(codes.astype(np.int64)), torch.from_numpy(image_ids.astype(np.int64)), meta
 
 
@@ -155,22 +158,32 @@ def load_code_shards(paths: list[str | Path]) -> tuple[torch.Tensor, torch.Tenso
     Shards of several sources (e.g. CC12M, JourneyDB and DataComp) get disjoint image ids: each source's ids
     (positions in its own enumeration) are shifted by an offset, the sources taken in order of first
     appearance; every shard's metadata records its source's "image_id_offset" (see `source_table`).
-    Refuses shards whose codebook, grid or tokenizer differ: their codes are not the same vocabulary."""
+    Refuses shards whose codebook, grid or tokenizer differ: their codes are not the same vocabulary.
+    Holds every shard at once as int64: for a large corpus use `iter_code_shards`."""
+    parts = list(iter_code_shards(paths))
+    codes = torch.cat([torch.from_numpy(c.astype(np.int64)) for c, _, _ in parts])
+    image_ids = torch.cat([torch.from_numpy(ids) for _, ids, _ in parts])
+    return codes, image_ids, [meta for _, _, meta in parts]
+
+
+def iter_code_shards(paths: list[str | Path]) -> Iterator[tuple[np.ndarray, np.ndarray, dict]]:
+    """`load_code_shards` one shard at a time: (codes [n, H, W] in their stored dtype, image ids [n] int64 with
+    the source offsets applied, metadata). Only one shard's codes are in memory at once; every shard's metadata
+    and image ids are checked and read first (the offsets need each source's largest id)."""
     if not paths:
         raise ValueError("no code shards given")
-    codes, local_ids, metas = [], [], []
+    metas, local_ids = [], []
     for path in paths:
-        c, ids, meta = load_code_shard(path)
+        (ids,), meta = read_shard(Path(path).with_suffix(".npz"), FORMAT, ("image_ids",), "rerun tokenisation")
         for field in MUST_MATCH:
             if metas and meta[field] != metas[0][field]:
                 raise ValueError(
                     f"code shards disagree on field {field!r}: {paths[0]} has {metas[0][field]!r}, "
                     f"{path} has {meta[field]!r}; tokenise them with the same tokenizer"
                 )
-        codes.append(c)
-        local_ids.append(ids)
         metas.append(meta)
-    if sum(len(c) for c in codes) == 0:  # a database or training set of nothing could never be used
+        local_ids.append(ids.astype(np.int64))
+    if sum(len(ids) for ids in local_ids) == 0:  # a database or training set of nothing could never be used
         raise ValueError(
             f"the code shards {[str(p) for p in paths[:3]]}{' ...' if len(paths) > 3 else ''} hold no images: their "
             "sources are empty or every image was skipped (see 'skipped' in their .json); fix the sources"
@@ -182,10 +195,21 @@ def load_code_shards(paths: list[str | Path]) -> tuple[torch.Tensor, torch.Tenso
     offsets, next_offset = {}, 0
     for key in dict.fromkeys(keys):  # first appearance order
         offsets[key], next_offset = next_offset, next_offset + sizes[key]
-    for meta, key in zip(metas, keys):
+    for path, meta, key, ids in zip(paths, metas, keys, local_ids):
         meta["image_id_offset"] = offsets[key]
-    image_ids = [ids + offsets[key] for ids, key in zip(local_ids, keys)]
-    return torch.cat(codes), torch.cat(image_ids), metas
+        codes = _read_codes(path, meta)
+        yield codes, ids + offsets[key], meta
+
+
+def _read_codes(path: str | Path, meta: dict) -> np.ndarray:
+    """codes [N, H, W] of one shard, in their stored dtype, checked against its metadata."""
+    npz_path = Path(path).with_suffix(".npz")
+    (codes,), meta_now = read_shard(npz_path, FORMAT, ("codes",), "rerun tokenisation")
+    if meta_now.get("count") != meta.get("count"):
+        raise ValueError(f"{npz_path}: rewritten while being read (field 'count' changed); rerun the job")
+    if list(codes.shape[1:]) != list(meta["grid"]):
+        raise ValueError(f"{npz_path}: codes grid {list(codes.shape[1:])} but field 'grid' is {meta['grid']}")
+    return codes
 
 
 def require_codebook(paths: list[str | Path], metas: list[dict], codebook_sha256: str, model: str) -> None:

@@ -46,6 +46,7 @@ import json
 import logging
 import re
 import tarfile
+import tempfile
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -525,11 +526,23 @@ def iter_source(spec: dict, shard: int = 0, num_shards: int = 1, size: int = 384
 class EncodedShard:
     """One shard of a source run through an image encoder: its outputs and where each came from."""
 
-    outputs: np.ndarray  # [N, ...] the encoder's outputs for the readable images, in enumeration order
+    outputs: np.ndarray  # [N, ...] the encoder's outputs for the readable images, in enumeration order;
+    # memory-mapped from an unlinked scratch file (read-only), or `empty` when there are none
     image_ids: list[int]  # [N]
     source_ids: list[str]  # [N]
     captions: list[str | None]  # [N]; all None for a source without captions
     skipped: list[dict]  # {"image_id", "source_id", "error"} of the items that could not be read
+
+
+def _spool(out: np.ndarray, expected: int, empty: np.ndarray, spool) -> None:
+    """Append one batch's outputs [b, ...] to the scratch file, after checking their shape and dtype."""
+    out = np.ascontiguousarray(out)
+    if out.shape != (expected, *empty.shape[1:]) or out.dtype != empty.dtype:
+        raise ValueError(
+            f"the encoder returned {out.dtype} {tuple(out.shape)} for {expected} images; expected "
+            f"{empty.dtype} {(expected, *empty.shape[1:])} (the `empty` array's layout)"
+        )
+    spool.write(out.tobytes())
 
 
 def encode_shard(
@@ -541,31 +554,40 @@ def encode_shard(
     empty: np.ndarray,
     batch_size: int = 256,
     desc: str = "encode",
+    scratch_dir: str | Path | None = None,
 ) -> EncodedShard:
     """Run `encode(uint8 [b, size, size, 3]) -> [b, ...]` over this shard's readable images, `batch_size` at a
-    time (what tokenisation and CLIP embedding both do); `empty` [0, ...] stands for a shard with none.
-    Unreadable items are logged and listed, never fatal."""
+    time (what tokenisation and CLIP embedding both do); `empty` [0, ...] gives the outputs' dtype and shape and
+    stands for a shard with none. Unreadable items are logged and listed, never fatal.
+
+    Memory does not grow with the shard: only one batch of decoded images is alive at a time, and each batch's
+    outputs are appended to an unlinked scratch file in `scratch_dir` (the output folder: same file system, no
+    /tmp quota; None = the system's temporary folder) that comes back memory-mapped. A crash leaves nothing
+    behind: the file has no name."""
     if batch_size < 1:
         raise ValueError(f"batch_size={batch_size!r} must be >= 1")
     records = iter_source(spec, shard, num_shards, size=size)  # checks spec and shard now
-    kept: list[ImageRecord] = []
-    chunks, batch, skipped = [], [], []
-    for record in progress(records, desc=f"{desc} shard {shard}/{num_shards}", unit="img"):
-        if record.image is None:
-            log.warning("skipping image %d (%s): %s", record.image_id, record.source_id, record.error)
-            skipped.append({"image_id": record.image_id, "source_id": record.source_id, "error": record.error})
-            continue
-        kept.append(record)
-        batch.append(record.image)
-        if len(batch) == batch_size:
-            chunks.append(encode(np.stack(batch)))
-            batch = []
-    if batch:
-        chunks.append(encode(np.stack(batch)))
-    return EncodedShard(
-        np.concatenate(chunks) if chunks else empty,
-        [r.image_id for r in kept],
-        [r.source_id for r in kept],
-        [r.caption for r in kept],
-        skipped,
-    )
+    if scratch_dir is not None:
+        Path(scratch_dir).mkdir(parents=True, exist_ok=True)
+    image_ids, source_ids, captions, skipped = [], [], [], []
+    with tempfile.TemporaryFile(prefix=".encode-", dir=scratch_dir) as spool:
+        batch = []  # uint8 [size, size, 3] images, at most batch_size
+        for record in progress(records, desc=f"{desc} shard {shard}/{num_shards}", unit="img"):
+            if record.image is None:
+                log.warning("skipping image %d (%s): %s", record.image_id, record.source_id, record.error)
+                skipped.append({"image_id": record.image_id, "source_id": record.source_id, "error": record.error})
+                continue
+            image_ids.append(record.image_id)
+            source_ids.append(record.source_id)
+            captions.append(record.caption)
+            batch.append(record.image)
+            if len(batch) == batch_size:
+                _spool(encode(np.stack(batch)), len(batch), empty, spool)
+                batch = []
+        if batch:
+            _spool(encode(np.stack(batch)), len(batch), empty, spool)
+        spool.flush()
+        # the mapping outlives the file object: the kernel frees the unlinked file when it is unmapped
+        shape = (len(image_ids), *empty.shape[1:])
+        outputs = np.memmap(spool, dtype=empty.dtype, mode="r", shape=shape) if image_ids else empty
+    return EncodedShard(outputs, image_ids, source_ids, captions, skipped)

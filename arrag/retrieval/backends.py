@@ -130,6 +130,9 @@ class FaissBackend(Backend):
     """A FAISS index kept on the CPU (the truth that is saved) with an optional GPU copy for search."""
 
     factory = ""  # faiss.index_factory string, formatted with self.params
+    # the read flag that memory-maps this index's codes (faiss 1.15): IO_FLAG_MMAP_IFC for flat code arrays
+    # (IndexFlat, IndexPQ), IO_FLAG_MMAP for the inverted lists of an IVF; each refuses or ignores the other kind
+    mmap_flag = faiss.IO_FLAG_MMAP_IFC
 
     def __init__(self, ext, n, device="cpu", **params):
         super().__init__(ext, n, device, **params)
@@ -206,13 +209,16 @@ class FaissBackend(Backend):
     def save(self, directory: Path) -> None:
         faiss.write_index(self.index, str(directory / "index.faiss"))
 
-    def load(self, directory: Path) -> None:
-        self.index = faiss.read_index(str(directory / "index.faiss"))
+    def load(self, directory: Path, mmap: bool = False) -> None:
+        """Read index.faiss; mmap=True maps it instead (read-only: FAISS aborts the process on an add)."""
+        self.index = faiss.read_index(str(directory / "index.faiss"), self.mmap_flag if mmap else 0)
         self._apply_search_params()
 
 
 class IVFBackend(FaissBackend):
     """FAISS IVF indexes: the coarse quantizer (and PQ) are trained on a sample of the first shard's keys."""
+
+    mmap_flag = faiss.IO_FLAG_MMAP
 
     def training_size(self, num_entries: int) -> int:
         if self.params["nlist"] is None:
@@ -300,6 +306,7 @@ class IVFCompact(Compact):
     """The exact compact codes in the inverted lists of an IVF (not residual), so only list pruning is approximate."""
 
     name = "ivf_compact"
+    mmap_flag = faiss.IO_FLAG_MMAP
     build_params = {"nlist": None, "nprobe": None, "train_size": None}
     search_params = ("nprobe",)
     training_size = IVFBackend.training_size

@@ -33,6 +33,14 @@ def codebook_sha256(codebook: torch.Tensor) -> str:
     return codebook_fingerprint(codebook)
 
 
+def take_tokens(codes: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    """codes[index] as int64. uint16 ids are gathered through their int16 view (the same bits: CUDA has no
+    uint16 indexing) and masked back to 0..65535."""
+    if codes.dtype == torch.uint16:
+        return codes.view(torch.int16)[index].long() & 0xFFFF
+    return codes[index].long()
+
+
 def code_dtype(num_codes: int) -> torch.dtype:
     """Smallest dtype holding token ids 0..K-1: uint16 up to K = 65536."""
     return torch.uint16 if num_codes <= 1 << 16 else torch.int32
@@ -63,11 +71,28 @@ class PatchDatabase:
         )
         self.index_name = index
         positions = self.grid[0] * self.grid[1]
-        self.codes = torch.empty(0, positions, dtype=code_dtype(len(self.codebook)), device=device)  # [N, H*W]
-        self.image_ids = torch.empty(0, dtype=torch.long, device=device)  # [N]
+        # the token grids [N, H*W] in their stored dtype and the image ids [N], each as a list of the parts
+        # added so far (joined once, when first read: adding shard by shard never copies what is there)
+        self._codes = [torch.empty(0, positions, dtype=code_dtype(len(self.codebook)), device=device)]
+        self._image_ids = [torch.empty(0, dtype=torch.long, device=device)]
+        self.mapped_from: Path | None = None  # the directory whose files a memory-mapped database reads
         self.sources: list[dict] = []  # [{"source": spec, "offset": first image id}], when built from code shards
         self.code_shards: list[str] = []  # the digests of the code shards it was built from (their manifests)
         self.identity = ""  # the digest of its manifest once saved or loaded: what FAiD records
+
+    @property
+    def codes(self) -> torch.Tensor:
+        """[N, H*W] token ids, uint16 for K <= 65536 (int32 beyond)."""
+        if len(self._codes) > 1:
+            self._codes = [torch.cat(self._codes)]
+        return self._codes[0]
+
+    @property
+    def image_ids(self) -> torch.Tensor:
+        """[N] int64, the image id of each grid."""
+        if len(self._image_ids) > 1:
+            self._image_ids = [torch.cat(self._image_ids)]
+        return self._image_ids[0]
 
     @classmethod
     def build(
@@ -96,10 +121,50 @@ class PatchDatabase:
         db.add(codes, image_ids)
         return db
 
+    @classmethod
+    def from_code_shards(
+        cls, paths: list, codebook: torch.Tensor, exclude: str | Path | None = None, model: str = "", **kwargs
+    ) -> "PatchDatabase":
+        """`build` over code shards (arrag.data.code_shards), read and indexed one shard at a time in their
+        stored dtype: the job holds the index and the uint16 grids, never the corpus as int64. The index is
+        trained on the first shard; `kwargs` as for `build` (image ids, tokenizer, sources and the shards'
+        digests come from the shards). Refuses shards of another codebook than `codebook` (`model` names its
+        owner in the message); `exclude`: an exclusion list (arrag contamination) whose images are left out,
+        the others keeping their ids, so provenance holds."""
+        from arrag.data.code_shards import iter_code_shards, require_codebook, shard_digests, source_table
+        from arrag.data.contamination import Exclusions
+
+        exclusions = Exclusions.load(exclude) if exclude else None
+        fingerprint, db, metas = codebook_sha256(codebook), None, []
+        for path, (codes, image_ids, meta) in zip(paths, iter_code_shards(paths)):
+            require_codebook([path], [meta], fingerprint, model or "the codebook given")
+            if exclusions is not None:
+                keep = exclusions.keep(image_ids, [meta])
+                if not keep.all():
+                    log.warning(
+                        "%s: left out %d of %d images, benchmark copies (%s)", path, (~keep).sum(), len(keep), exclude
+                    )
+                codes, image_ids = codes[keep], image_ids[keep]
+            codes, image_ids = torch.from_numpy(codes), torch.from_numpy(image_ids)  # [n, H, W] uint16 or int32
+            if db is None:
+                db = cls.build(
+                    codes, codebook, image_ids=image_ids, tokenizer_id=meta.get("tokenizer_id", ""), **kwargs
+                )
+            else:
+                db.add(codes, image_ids)
+            metas.append(meta)
+        db.sources, db.code_shards = source_table(metas), shard_digests(metas)
+        return db
+
     # ---- adding -------------------------------------------------------------------------------------
 
     def add(self, codes: torch.Tensor, image_ids: torch.Tensor | None = None) -> int:
         """Append a shard codes [N, H, W] (image_ids [N], default continuing the numbering); returns entries added."""
+        if self.mapped_from is not None:
+            raise ValueError(
+                f"this database reads {self.mapped_from} memory-mapped (read-only); to add entries open it with "
+                "PatchDatabase.load(..., mmap=False)"
+            )
         codes = torch.as_tensor(codes)
         check_codes(codes, len(self.codebook))
         if tuple(codes.shape[1:]) != self.grid:
@@ -110,7 +175,7 @@ class PatchDatabase:
         if len(codes) == 0:
             log.warning("PatchDatabase.add: a shard of zero images, nothing added")
             return 0
-        image_ids = self._image_ids(len(codes), image_ids)
+        image_ids = self._new_image_ids(len(codes), image_ids)
         if not self.backend.is_trained:
             entries = len(codes) * self.positions
             self.backend.train(self._training_sample(codes, self.backend.training_size(entries)))
@@ -119,7 +184,7 @@ class PatchDatabase:
         self._append(codes, image_ids)
         return len(codes) * self.positions
 
-    def _image_ids(self, num_images: int, image_ids: torch.Tensor | None) -> torch.Tensor:
+    def _new_image_ids(self, num_images: int, image_ids: torch.Tensor | None) -> torch.Tensor:
         if image_ids is None:
             start = len(self.image_ids)
             return torch.arange(start, start + num_images)
@@ -132,9 +197,14 @@ class PatchDatabase:
         return image_ids.long()
 
     def _append(self, codes: torch.Tensor, image_ids: torch.Tensor) -> None:
-        flat = codes.reshape(len(codes), -1).to(self.device, torch.int32).to(self.codes.dtype)  # [N, H*W]
-        self.codes = torch.cat([self.codes, flat])
-        self.image_ids = torch.cat([self.image_ids, image_ids.to(self.device)])
+        """Keep codes [N, H, W] (as [N, H*W] in the stored dtype) and image_ids [N]. A memory-mapped tensor on
+        the CPU stays mapped (no copy); on a GPU it is copied there and the host keeps nothing."""
+        dtype = self._codes[0].dtype
+        flat = codes.reshape(len(codes), -1)
+        if flat.dtype != dtype:  # e.g. int64 from load_code_shards; uint16 has no direct cast from every dtype
+            flat = flat.to(torch.int32).to(dtype)
+        self._codes.append(flat.to(self.device))
+        self._image_ids.append(image_ids.to(self.device, torch.long))
 
     def _neighbour_chunks(self, codes: torch.Tensor) -> Iterator[np.ndarray]:
         """Neighbour ids [e, n] of the shard's entries, in label order, a few images at a time."""
@@ -171,7 +241,7 @@ class PatchDatabase:
         labels = labels.to(self.codes.device)
         found = labels >= 0
         safe = labels.clamp(min=0)
-        values = self.codes.reshape(-1)[safe].to(torch.int32).long()  # uint16 -> long via int32
+        values = take_tokens(self.codes.reshape(-1), safe)  # [Q, k] long
         position = safe % self.positions
         sources = torch.stack(
             [self.image_ids[safe // self.positions], position // self.grid[1], position % self.grid[1]], -1
@@ -203,15 +273,19 @@ class PatchDatabase:
     def positions(self) -> int:
         return self.grid[0] * self.grid[1]
 
+    @property
+    def num_images(self) -> int:
+        return sum(len(part) for part in self._codes)  # without joining the parts
+
     def __len__(self) -> int:
-        return len(self.codes) * self.positions
+        return self.num_images * self.positions
 
     def bytes_per_entry(self) -> dict[str, float]:
         """In-memory bytes per entry, read from the storage itself (fixed costs such as centroids excluded)."""
         return {
             "keys": self.backend.key_bytes(),
             "list_ids": self.backend.list_id_bytes(),  # int64 labels in IVF inverted lists, 0 otherwise
-            "values": float(self.codes.element_size()),
+            "values": float(self._codes[0].element_size()),
             "provenance": self.image_ids.element_size() / self.positions,
         }
 
@@ -229,7 +303,7 @@ class PatchDatabase:
             "index": self.index_name,
             "index_params": {k: v for k, v in self.backend.params.items() if k not in self.backend.runtime_params},
             "ntotal": len(self),
-            "num_images": len(self.codes),
+            "num_images": self.num_images,
             "sources": self.sources,
         }
 
@@ -239,9 +313,8 @@ class PatchDatabase:
         """Write metadata.json, codes.npy [N, H, W], image_ids.npy [N] and the index file, atomically, and the
         manifest last (arrag.manifest), recording the codebook and code shards the database was built from."""
         with atomic_path(directory, directory=True) as tmp:
-            codes = self.codes.to(torch.int32).cpu().numpy().reshape(-1, *self.grid)
-            np.save(tmp / "codes.npy", codes.astype(np.uint16 if self.codes.dtype == torch.uint16 else np.int32))
-            np.save(tmp / "image_ids.npy", self.image_ids.cpu().numpy())
+            _save_parts(tmp / "codes.npy", self._codes, self.grid)  # [N, H, W], the stored dtype
+            _save_parts(tmp / "image_ids.npy", self._image_ids, ())  # [N] int64
             if self.backend.saves_index:
                 self.backend.save(tmp)
             write_json(tmp / "metadata.json", self.metadata)
@@ -256,10 +329,16 @@ class PatchDatabase:
         device: str = "cpu",
         hops: int | None = None,
         causal: bool | None = None,
+        mmap: bool = True,
     ) -> "PatchDatabase":
         """Open a saved database after checking it against its manifest (arrag.manifest.verify: a damaged or
         incomplete file is named); refuses another codebook, another format version, or (when given) another
-        key layout (`hops`, `causal`)."""
+        key layout (`hops`, `causal`).
+
+        mmap=True (the default, for searching): the index and the token grids are memory-mapped, not read, so a
+        job holds no private copy and the jobs of one machine share one copy in the page cache; such a
+        database is read-only (`add` refuses). On a GPU device the grids (and torch_compact's ids) are copied
+        to the device and the host keeps only what FAISS keeps. mmap=False reads everything into memory."""
         directory = Path(directory)
         path = directory / "metadata.json"
         if not path.is_file():
@@ -297,14 +376,24 @@ class PatchDatabase:
             device,
             **meta["index_params"],
         )
-        codes = torch.from_numpy(np.load(directory / "codes.npy", allow_pickle=False).astype(np.int32))
-        image_ids = torch.from_numpy(np.load(directory / "image_ids.npy", allow_pickle=False))
+        mode = "c" if mmap else None  # copy-on-write: writable for torch, and never written, so always shared
+        codes = np.load(directory / "codes.npy", mmap_mode=mode, allow_pickle=False)  # [N, H, W]
+        image_ids = np.load(directory / "image_ids.npy", mmap_mode=mode, allow_pickle=False)  # [N]
+        stored = torch.from_numpy(np.zeros(0, codes.dtype)).dtype
+        if stored != db._codes[0].dtype or codes.shape[1:] != db.grid or image_ids.shape != codes.shape[:1]:
+            raise ValueError(
+                f"{directory}: codes.npy holds {codes.dtype} {codes.shape} and image_ids.npy {image_ids.shape}; "
+                f"expected {db._codes[0].dtype} [N, {db.grid[0]}, {db.grid[1]}] and [N]: rebuild the database"
+            )
+        codes, image_ids = torch.from_numpy(codes), torch.from_numpy(image_ids)
         if db.backend.saves_index:
-            db.backend.load(directory)
+            db.backend.load(directory, mmap=mmap)
         else:
             for ids in db._neighbour_chunks(codes):
                 db.backend.add(ids)
         db._append(codes, image_ids)
+        db._codes, db._image_ids = db._codes[1:], db._image_ids[1:]  # no join with the empty start
+        db.mapped_from = directory if mmap else None
         db.sources = meta.get("sources", [])
         db.code_shards, db.identity = manifest["inputs"].get("code_shards", []), manifest["digest"]
         if db.backend.ntotal != len(db) or len(db) != meta["ntotal"]:
@@ -313,3 +402,14 @@ class PatchDatabase:
                 f"{db.backend.ntotal} index entries and {len(db)} code positions; the directory is corrupt"
             )
         return db
+
+
+def _save_parts(path: Path, parts: list[torch.Tensor], shape: tuple[int, ...]) -> None:
+    """Write the rows of several tensors as one .npy of rows reshaped to `shape`, a part at a time (no join)."""
+    arrays = [p.cpu().numpy().reshape(-1, *shape) for p in parts]
+    rows = sum(len(a) for a in arrays)
+    header = {"descr": np.lib.format.dtype_to_descr(arrays[0].dtype), "fortran_order": False, "shape": (rows, *shape)}
+    with open(path, "wb") as f:
+        np.lib.format.write_array_header_1_0(f, header)
+        for a in arrays:
+            f.write(np.ascontiguousarray(a).data)

@@ -161,9 +161,17 @@ def embed_image_shard(
     dim = int(encoder.embedder.identity["dim"])
     empty = np.zeros((0, dim), np.float16)
     encoded = encode_shard(
-        spec, shard, num_shards, encoder.input_size, encoder.embed_images, empty, batch_size, desc="CLIP-embed"
+        spec,
+        shard,
+        num_shards,
+        encoder.input_size,
+        encoder.embed_images,
+        empty,
+        batch_size,
+        desc="CLIP-embed",
+        scratch_dir=out_dir,
     )
-    embeddings = encoded.outputs  # [N, E]
+    embeddings = encoded.outputs  # [N, E], memory-mapped: streamed into the .npz by write_shard
     meta = {
         "format": EMBEDDINGS_FORMAT,
         "shard": shard,

@@ -48,7 +48,10 @@ def check_codes(codes: torch.Tensor, num_codes: int | None = None, name: str = "
         raise ValueError(f"{name} must hold integer token ids, got {codes.dtype}")
     if codes.numel() == 0:
         return
-    lo, hi = int(codes.min()), int(codes.max())
+    if codes.dtype == torch.uint16:  # torch has no min/max for it; numpy does, without a widened copy
+        lo, hi = 0, int(codes.cpu().numpy().max())
+    else:
+        lo, hi = int(codes.min()), int(codes.max())
     if lo < 0 or (num_codes is not None and hi >= num_codes):
         bound = f"[0, {num_codes})" if num_codes is not None else ">= 0"
         raise ValueError(f"{name} ids must be in {bound} (the codebook's rows), found values in [{lo}, {hi}]")

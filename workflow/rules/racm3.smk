@@ -28,7 +28,7 @@ rule embed_images:
     threads: 1
     resources:
         gpu=1,
-        mem_mb=3000,
+        mem_mb=job_mem_mb("encode", parameters=CLIP_PARAMETERS, batch_size=RETRIEVAL["tokenise_batch_size"], image_size=224, images=lambda wc: shard_images(wc.split)),
     shell:
         "OMP_NUM_THREADS={threads} {params.gpu} arrag embed-images --source {params.source:q} "
         "--shard $((10#{wildcards.shard})) --num-shards $((10#{wildcards.num_shards})) {params.clip} "
@@ -76,7 +76,7 @@ rule train_racm3:
     threads: gpu_job_threads
     resources:
         gpu=RACM3["processes"],
-        mem_mb=6000,
+        mem_mb=job_mem_mb("train", parameters=MODEL_PARAMETERS),
     shell:
         "OMP_NUM_THREADS={threads} {params.gpu} {params.launch} train-racm3 --model {input.model} {params.pairs} "
         "--image-index {input.index} --device {params.device} --out {output} {params.training} > {log} 2>&1"

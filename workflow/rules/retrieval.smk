@@ -48,7 +48,7 @@ rule tokenise_shard:
     threads: 1
     resources:
         gpu=1,
-        mem_mb=3000,
+        mem_mb=job_mem_mb("encode", parameters=MODEL_PARAMETERS, batch_size=RETRIEVAL["tokenise_batch_size"], image_size=IMAGE_SIZE, images=lambda wc: shard_images(wc.split)),
     shell:
         "OMP_NUM_THREADS={threads} {params.gpu} arrag tokenise --model {input.model} --source {params.source:q} "
         "--shard $((10#{wildcards.shard})) --num-shards $((10#{wildcards.num_shards})) --out {params.out} "
@@ -72,7 +72,7 @@ rule build_database:
         benchmark_path("build_database")
     threads: workflow.cores
     resources:
-        mem_mb=8000,
+        mem_mb=job_mem_mb("build_database", entries=corpus_entries(), index=RETRIEVAL["index"], num_codes=NUM_CODES, neighbours=NEIGHBOURS),
     shell:
         "OMP_NUM_THREADS={threads} arrag build-db --model {input.model} --codes {input.codes} {params.layout} "
         "--exclude {input.exclusions} --index {params.index} {params.index_params} --out {output} > {log} 2>&1"
@@ -101,7 +101,7 @@ rule retrieval_accuracy:
         benchmark_path("retrieval_accuracy")
     threads: workflow.cores
     resources:
-        mem_mb=4000,
+        mem_mb=job_mem_mb("search", parameters=MODEL_PARAMETERS, batch_size=config["generation"]["batch_size"]),
     shell:
         "OMP_NUM_THREADS={threads} arrag retrieval-accuracy --model {input.model} --db {input.db} "
         "{params.queries} --k {params.k} --max-queries {params.max_queries} --out-csv {output.csv} "
@@ -127,7 +127,7 @@ rule bench_retrieval:
         benchmark_path("bench_retrieval")
     threads: workflow.cores
     resources:
-        mem_mb=16000,
+        mem_mb=job_mem_mb("build_database", entries=corpus_entries(), index="flat", num_codes=NUM_CODES, neighbours=NEIGHBOURS),
     shell:
         "OMP_NUM_THREADS={threads} arrag bench retrieval --model {input.model} --codes {input.codes} "
         "--query-codes {input.queries} {params.backends} --authors-baseline --hops {params.hops} "
