@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from conftest import TINY_CLIP
+from memory_jobs import codebook
 from PIL import Image
 
 JOBS = Path(__file__).with_name("memory_jobs.py")
@@ -93,11 +94,12 @@ def test_embed_memory_does_not_grow_with_the_shard(image_folder, tmp_path):
 def _shards(root: Path, images: int) -> list[Path]:
     """Two code shards of random 8x8 grids over a 1024-code codebook, `images` in all."""
     from arrag.data.code_shards import shard_paths, write_code_shard
+    from arrag.retrieval.database import codebook_sha256
 
     rng = np.random.default_rng(images)
     meta = {
         "codebook_size": 1024,
-        "codebook_sha256": "memory-test",
+        "codebook_sha256": codebook_sha256(codebook()),  # the jobs' codebook: build-db refuses any other
         "tokenizer_id": "",
         "source": {"type": "folder", "path": "/x"},
     }

@@ -173,7 +173,7 @@ def test_the_rehearsal_runs_the_paper_path_offline(tmp_path, tiny_clip):
         src = REPO / name
         (shutil.copytree if src.is_dir() else shutil.copy)(src, work / name)
     build_mirror(
-        work / "rehearsal-mirror", cc12m=6, cc12m_per_tar=2, midjourney=2, mjhq=2, depth=2, toy=True, clip_model=None
+        work / "rehearsal-mirror", cc12m=8, cc12m_per_tar=2, midjourney=2, mjhq=2, depth=2, toy=True, clip_model=None
     )
     (work / "clip").mkdir()
     (work / "clip" / "arrag-dag-clip.json").write_text(json.dumps(TINY_CLIP))
