@@ -711,3 +711,9 @@ def job_mem_mb(kind, **sizes):
         return _res.mem_mb(kind, attempt, **resolved)
 
     return mem_mb
+
+
+# the two sizes most jobs share: a job that loads the model and searches the database (generation, sweeps,
+# FAiD's training set, Figure 6, benchmarks), and a training job
+SEARCH_MEM_MB = job_mem_mb("search", parameters=MODEL_PARAMETERS, batch_size=config["generation"]["batch_size"])
+TRAIN_MEM_MB = job_mem_mb("train", parameters=MODEL_PARAMETERS)

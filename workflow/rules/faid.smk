@@ -29,7 +29,7 @@ rule faid_trainset:
     threads: gpu_job_threads
     resources:
         gpu=DB_GPUS,
-        mem_mb=job_mem_mb("search", parameters=MODEL_PARAMETERS, batch_size=config["generation"]["batch_size"]),
+        mem_mb=SEARCH_MEM_MB,
     shell:
         "OMP_NUM_THREADS={threads} {params.gpu} arrag faid-trainset --model {input.model} --db {input.db} {params.pairs} "
         "--k {params.k} {params.exclude_self} {params.db_devices} --device {params.device} --out {output} > {log} 2>&1"
@@ -53,7 +53,7 @@ rule train_faid:
     threads: gpu_job_threads
     resources:
         gpu=FAID["processes"],
-        mem_mb=job_mem_mb("train", parameters=MODEL_PARAMETERS),
+        mem_mb=TRAIN_MEM_MB,
     shell:
         "OMP_NUM_THREADS={threads} {params.gpu} {params.launch} train-faid --model {input.model} --trainset {input.trainset} "
         "--db {input.db} --out {output} {params.training} > {log} 2>&1"
@@ -76,7 +76,7 @@ rule train_faid_sweep:
     threads: gpu_job_threads
     resources:
         gpu=1,
-        mem_mb=job_mem_mb("train", parameters=MODEL_PARAMETERS),
+        mem_mb=TRAIN_MEM_MB,
     shell:
         "OMP_NUM_THREADS={threads} {params.gpu} arrag train-faid --model {input.model} --trainset {input.trainset} "
         "--db {input.db} --out {output} {params.training} --set hops={wildcards.hops} --set every={wildcards.every} "
@@ -104,7 +104,7 @@ rule generate_faid_sweep:
     threads: gpu_job_threads
     resources:
         gpu=DB_GPUS,
-        mem_mb=job_mem_mb("search", parameters=MODEL_PARAMETERS, batch_size=config["generation"]["batch_size"]),
+        mem_mb=SEARCH_MEM_MB,
     shell:
         "OMP_NUM_THREADS={threads} {params.gpu} arrag generate-benchmark --model {input.model} --prompts {input.prompts} "
         "--n {params.n} --out {params.out} {params.sampling} --method faid --db {input.db} --faid {input.faid} "

@@ -29,7 +29,7 @@ rule generate:
     threads: gpu_job_threads
     resources:
         gpu=generation_gpus,
-        mem_mb=job_mem_mb("search", parameters=MODEL_PARAMETERS, batch_size=config["generation"]["batch_size"]),
+        mem_mb=SEARCH_MEM_MB,
     shell:
         "OMP_NUM_THREADS={threads} {params.gpu} arrag generate-benchmark --model {input.model} "
         "--prompts {input.prompts} {params.prompt_set} --out {params.out} {params.sampling} {params.method} "
@@ -145,7 +145,7 @@ rule bench_generate:
     threads: workflow.cores
     resources:
         gpu=DB_GPUS,
-        mem_mb=job_mem_mb("search", parameters=MODEL_PARAMETERS, batch_size=config["generation"]["batch_size"]),
+        mem_mb=SEARCH_MEM_MB,
     shell:
         "OMP_NUM_THREADS={threads} {params.gpu} arrag bench generate --model {input.model} {params.methods} "
         "--prompts {input.prompts} --daid-k {params.k} --daid-weight {params.weight} --daid-temperature {params.temperature} "

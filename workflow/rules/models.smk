@@ -45,7 +45,7 @@ else:
         threads: gpu_job_threads
         resources:
             gpu=1,
-            mem_mb=job_mem_mb("train", parameters=MODEL_PARAMETERS),
+            mem_mb=TRAIN_MEM_MB,
         shell:
             "OMP_NUM_THREADS={threads} {params.gpu} arrag train-vq --world {params.world} --split train --out {output} "
             "{params.spec} {params.training} > {log} 2>&1"
@@ -69,7 +69,7 @@ else:
         threads: gpu_job_threads
         resources:
             gpu=1,
-            mem_mb=job_mem_mb("train", parameters=MODEL_PARAMETERS),
+            mem_mb=TRAIN_MEM_MB,
         shell:
             "OMP_NUM_THREADS={threads} {params.gpu} arrag train-base --world {params.world} --split train --vq {input.vq} "
             "--out {output} {params.spec} {params.training} > {log} 2>&1"

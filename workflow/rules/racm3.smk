@@ -76,7 +76,7 @@ rule train_racm3:
     threads: gpu_job_threads
     resources:
         gpu=RACM3["processes"],
-        mem_mb=job_mem_mb("train", parameters=MODEL_PARAMETERS),
+        mem_mb=TRAIN_MEM_MB,
     shell:
         "OMP_NUM_THREADS={threads} {params.gpu} {params.launch} train-racm3 --model {input.model} {params.pairs} "
         "--image-index {input.index} --device {params.device} --out {output} {params.training} > {log} 2>&1"

@@ -101,7 +101,7 @@ rule retrieval_accuracy:
         benchmark_path("retrieval_accuracy")
     threads: workflow.cores
     resources:
-        mem_mb=job_mem_mb("search", parameters=MODEL_PARAMETERS, batch_size=config["generation"]["batch_size"]),
+        mem_mb=SEARCH_MEM_MB,
     shell:
         "OMP_NUM_THREADS={threads} arrag retrieval-accuracy --model {input.model} --db {input.db} "
         "{params.queries} --k {params.k} --max-queries {params.max_queries} --out-csv {output.csv} "

@@ -25,7 +25,7 @@ rule generate_daid_sweep:
     threads: gpu_job_threads
     resources:
         gpu=DB_GPUS,
-        mem_mb=job_mem_mb("search", parameters=MODEL_PARAMETERS, batch_size=config["generation"]["batch_size"]),
+        mem_mb=SEARCH_MEM_MB,
     shell:
         "OMP_NUM_THREADS={threads} {params.gpu} arrag generate-benchmark --model {input.model} --prompts {input.prompts} "
         "--n {params.n} --out {params.out} {params.sampling} --method daid --db {input.db} {params.db_devices} "
