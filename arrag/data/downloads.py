@@ -118,6 +118,19 @@ def fetch(
 MODEL_FILES = ["*.json", "*.safetensors", "tokenizer*", "*.model", "*.txt"]
 
 
+def _partial_dir(out_dir: Path, mirror: str | Path | None, repo_id: str, revision: str) -> Path:
+    """<out_dir>.partial/, the download's resumable staging folder; with a mirror, filled from its
+    <org>--<name>/ folder (the layout hub snapshots and ModelScope models share there)."""
+    partial = out_dir.with_name(out_dir.name + ".partial")
+    partial.mkdir(parents=True, exist_ok=True)
+    if mirror is not None:
+        src = Path(mirror) / repo_id.replace("/", "--")
+        if not src.is_dir():
+            raise FileNotFoundError(f"the mirror {mirror} lacks {src.name}/: copy {repo_id}@{revision} there first")
+        shutil.copytree(src, partial, dirs_exist_ok=True)
+    return partial
+
+
 def _snapshot(
     repo_id: str,
     revision: str,
@@ -148,14 +161,8 @@ def _snapshot(
         from huggingface_hub import HfApi
 
         commit = HfApi().repo_info(repo_id, revision=revision, repo_type=repo_type).sha
-    partial = out_dir.with_name(out_dir.name + ".partial")
-    partial.mkdir(parents=True, exist_ok=True)
-    if mirror is not None:
-        src = Path(mirror) / repo_id.replace("/", "--")
-        if not src.is_dir():
-            raise FileNotFoundError(f"the mirror {mirror} lacks {src.name}/: snapshot {repo_id}@{commit} there first")
-        shutil.copytree(src, partial, dirs_exist_ok=True)
-    else:
+    partial = _partial_dir(out_dir, mirror, repo_id, commit)
+    if mirror is None:
         from huggingface_hub import snapshot_download
 
         snapshot_download(repo_id, revision=commit, allow_patterns=patterns, local_dir=partial, repo_type=repo_type)
@@ -248,14 +255,8 @@ def download_modelscope(
     out_dir = Path(out_dir)
     lock_data = locks.read_lock(lock)
     name = locks.locked_commit(lock_data, lock, "modelscope", model_id, revision, ["*"]) or revision
-    partial = out_dir.with_name(out_dir.name + ".partial")
-    partial.mkdir(parents=True, exist_ok=True)
-    if mirror is not None:
-        src = Path(mirror) / model_id.replace("/", "--")
-        if not src.is_dir():
-            raise FileNotFoundError(f"the mirror {mirror} lacks {src.name}/: copy {model_id}@{revision} there first")
-        shutil.copytree(src, partial, dirs_exist_ok=True)
-    else:
+    partial = _partial_dir(out_dir, mirror, model_id, revision)
+    if mirror is None:
         import urllib.parse
 
         pinned = (lock_data or {}).get("files", {})
