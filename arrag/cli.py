@@ -10,6 +10,7 @@ import time
 import typing
 from pathlib import Path
 
+from arrag.methods import DAID_BOUNDS, METHODS, DAiDSettings, FAiDSettings, RACM3Settings, VanillaSettings
 from arrag.validation import COUNT, FRACTION, INDEX, POSITIVE, cli_number
 
 _COUNT = cli_number(int, **COUNT)  # argparse types: counts >= 1, indices >= 0 (seeds, shards)
@@ -73,16 +74,22 @@ def _db_devices_arg(p: argparse.ArgumentParser) -> None:
 
 
 def _daid_args(p: argparse.ArgumentParser) -> None:
+    """DAiD's flags, the same on every command that generates with DAiD (defaults and bounds: DAiDSettings)."""
     _db_devices_arg(p)
-    p.add_argument("--daid-k", type=_COUNT, default=10, help="retrieved patches per step")
+    p.add_argument(
+        "--daid-k", type=cli_number(int, **DAID_BOUNDS["k"]), default=DAiDSettings.k, help="retrieved patches per step"
+    )
     p.add_argument(
         "--daid-weight",
-        type=cli_number(float, **FRACTION),
-        default=0.1,
+        type=cli_number(float, **DAID_BOUNDS["weight"]),
+        default=DAiDSettings.weight,
         help="lambda: weight of the retrieval distribution",
     )
     p.add_argument(
-        "--daid-temperature", type=cli_number(float, **POSITIVE), default=1.0, help="tau: retrieval softmax temperature"
+        "--daid-temperature",
+        type=cli_number(float, **DAID_BOUNDS["temperature"]),
+        default=DAiDSettings.temperature,
+        help="tau: retrieval softmax temperature",
     )
     p.add_argument("--daid-unique", action="store_true", help="keep only the closest hit of each token")
 
@@ -90,7 +97,7 @@ def _daid_args(p: argparse.ArgumentParser) -> None:
 def _method_args(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--method",
-        choices=["vanilla", "daid", "faid", "racm3"],
+        choices=list(METHODS),
         default="vanilla",
         help="racm3: --model must be an RA-CM3 model (arrag train-racm3) and --image-index its retriever",
     )
@@ -100,90 +107,31 @@ def _method_args(p: argparse.ArgumentParser) -> None:
     _daid_args(p)
 
 
-def _pipeline(args):
-    """The generation pipeline for --method: RA-CM3's retrieves a reference image per prompt."""
-    from arrag.decoding.pipeline import ImageGenerationPipeline
-
-    if args.method != "racm3":
-        return ImageGenerationPipeline.from_pretrained(args.model, revision=args.revision, device=args.device)
-    from arrag.baselines.racm3 import RACM3Pipeline
-
-    if not args.image_index:
-        raise ValueError("--method racm3 needs --image-index DIR (built with `arrag build-image-index`)")
-    return RACM3Pipeline.from_pretrained(args.model, args.image_index, revision=args.revision, device=args.device)
-
-
-def _load_db(args, device, codebook):
-    """--db on `device`; with --db-devices its entries sharded over those devices."""
-    from arrag.retrieval.database import PatchDatabase
-
-    db = PatchDatabase.load(args.db, codebook=codebook, device=str(device))
-    if args.db_devices:
-        if db.index_name != "torch_compact":
-            raise ValueError(f"--db-devices shards a torch_compact database; {args.db} is {db.index_name!r}")
-        db.set_search_params(devices=args.db_devices)
-    return db
-
-
-def _daid_factory(args, pipe, record: bool = False):
-    """A function making fresh DAiD hooks over --db with the --daid-* settings (database loaded once)."""
-    from arrag.decoding.daid import DAiD
-    from arrag.models.vq import VQTokenizer
-
-    codebook = VQTokenizer.from_janus(pipe.model).codebook
-    db = _load_db(args, pipe.device, codebook)
-    settings = dict(
-        k=args.daid_k,
-        weight=args.daid_weight,
-        temperature=args.daid_temperature,
-        unique=args.daid_unique,
-        record=record,
+def _daid_settings(args) -> DAiDSettings:
+    return DAiDSettings(
+        db=args.db, k=args.daid_k, weight=args.daid_weight, temperature=args.daid_temperature, unique=args.daid_unique
     )
-    return lambda: [DAiD(db, codebook, **settings)]
 
 
-def _faid_factory(args, pipe, record: bool = False):
-    """Attach the --faid checkpoint's modules to pipe.model; return a function making fresh FAiD hooks."""
-    from arrag.models.faid import FAiDHook
-    from arrag.models.faid_training import load_faid
-    from arrag.models.vq import VQTokenizer
-
-    if not args.faid:
-        raise ValueError("--method faid needs --faid DIR (a checkpoint written by `arrag train-faid`)")
-    codebook = VQTokenizer.from_janus(pipe.model).codebook
-    db = _load_db(args, pipe.device, codebook)
-    faid = load_faid(args.faid, pipe.model, device=pipe.device, db=db).eval()
-    faid.attach(pipe.model)
-    return lambda: [FAiDHook(db, codebook, faid, record=record)]
-
-
-def _hooks(args, pipe) -> list:
-    """Decoding hooks for --method: none for vanilla, DAiD or FAiD hooks over --db for daid and faid."""
-    if args.method in ("vanilla", "racm3"):  # RA-CM3 retrieves inside its pipeline, not through a hook
-        return []
-    if not args.db:
-        raise ValueError(f"--method {args.method} needs --db DIR (a PatchDatabase built with `arrag build-db`)")
+def _method_settings(args):
+    """--method and its flags -> the method's settings (arrag.methods), checked before anything loads."""
+    if args.method == "daid":
+        return _daid_settings(args)
     if args.method == "faid":
-        return _faid_factory(args, pipe, record=True)()
-    # record: hits of every step, for the over-copying measurement (copying.json per prompt)
-    return _daid_factory(args, pipe, record=True)()
-
-
-def _method_settings(args) -> dict:
-    if args.method == "vanilla":
-        return {"method": "vanilla"}
+        return FAiDSettings(db=args.db, faid=args.faid)
     if args.method == "racm3":
-        return {"method": "racm3", "image_index": str(args.image_index)}
-    if args.method == "faid":
-        return {"method": "faid", "db": str(args.db), "faid": str(args.faid)}
-    return {
-        "method": "daid",
-        "db": str(args.db),
-        "k": args.daid_k,
-        "weight": args.daid_weight,
-        "temperature": args.daid_temperature,
-        "unique": args.daid_unique,
-    }
+        return RACM3Settings(image_index=args.image_index)
+    return VanillaSettings()
+
+
+def _build_method(args):
+    """--method built over --model; its hooks record every step's hits, for the over-copying measurement."""
+    from arrag.methods import build_method
+
+    settings = _method_settings(args)
+    return build_method(
+        settings, args.model, revision=args.revision, device=args.device, db_devices=args.db_devices, record=True
+    )
 
 
 def _sampling(args):
@@ -247,14 +195,14 @@ def cmd_generate(args) -> None:
     from arrag.io import check_output_path
 
     check_output_path(args.out)  # now, not after every image is made
-    pipe = _pipeline(args)
-    images, _ = pipe(
+    method = _build_method(args)
+    images, _ = method.pipe(
         args.prompt,
         n=args.n,
         sampling=_sampling(args),
         seed=args.seed,
         batch_size=args.batch_size,
-        hooks=_hooks(args, pipe),
+        hooks=method.make_hooks(),
     )
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -271,11 +219,11 @@ def cmd_generate_benchmark(args) -> None:
     from arrag.io import read_jsonl, write_json
 
     records = read_jsonl(args.prompts)[: args.limit] if args.limit else read_jsonl(args.prompts)
-    pipe = _pipeline(args)
-    hooks = _hooks(args, pipe)
+    method = _build_method(args)
+    hooks = method.make_hooks()
     t0 = time.time()
     summary = generate_prompt_set(
-        pipe,
+        method.pipe,
         records,
         args.out,
         n=args.n,
@@ -284,26 +232,17 @@ def cmd_generate_benchmark(args) -> None:
         batch_size=args.batch_size,
         prompt_field=args.prompt_field,
         hooks=hooks,
-        settings={"model": str(args.model), **_method_settings(args), "inputs": _input_fingerprints(args)},
+        settings=method.record(),
         shard=args.shard,
         num_shards=args.num_shards or 1,
     )
     summary["seconds"] = time.time() - t0
-    summary["parameters"] = method_parameters(pipe.model, hooks)  # the tables' Params column
+    summary["parameters"] = method_parameters(method.pipe.model, hooks)  # the tables' Params column
     if args.num_shards is None:  # generation.json last; a staged run replaces the old images only now
         finish_output(args.out, summary)
     else:  # this shard is done; `arrag finish-benchmark` checks the whole folder and writes generation.json
         write_json(shard_marker(args.out, args.shard, args.num_shards), summary)
     print(json.dumps(summary, indent=2))
-
-
-def _input_fingerprints(args) -> dict:
-    """Identities (manifest digests) of the local artefacts the images come from (model, database, FAiD, image
-    index): rebuilt ones with other contents invalidate the images made before, even under the same paths."""
-    from arrag.manifest import identity
-
-    paths = {"model": args.model, "db": args.db, "faid": args.faid, "image_index": args.image_index}
-    return {name: identity(p) for name, p in paths.items() if p and Path(p).exists()}
 
 
 def shard_marker(out: str, shard: int, num_shards: int) -> Path:
@@ -452,6 +391,7 @@ def refuse_shared_sources(pair_sources: list[dict], sources: list[dict], what: s
 
 def cmd_faid_trainset(args) -> None:
     from arrag.decoding.pipeline import resolve_device
+    from arrag.methods import load_database
     from arrag.models.faid_training import build_trainset
     from arrag.models.janus import load_janus
     from arrag.models.vq import VQTokenizer, codebook_fingerprint
@@ -461,7 +401,7 @@ def cmd_faid_trainset(args) -> None:
     device = resolve_device(args.device)
     model, _ = load_janus(args.model, revision=args.revision, device=device)
     vq = VQTokenizer.from_janus(model)
-    db = _load_db(args, device, vq.codebook)
+    db = load_database(args.db, vq.codebook, device, args.db_devices)
     codes, captions, pair_sources, codes_codebook, positions = fine_tuning_pairs(args, lambda: vq)
     if codes_codebook != codebook_fingerprint(vq.codebook):
         raise ValueError(f"the fine-tuning codes were tokenised with another codebook than {args.model}; re-tokenise")
@@ -794,26 +734,25 @@ def cmd_bench_retrieval(args) -> None:
 
 def cmd_bench_generate(args) -> None:
     from arrag.bench.generate import run_generation_bench, write_results
-    from arrag.decoding.pipeline import ImageGenerationPipeline
     from arrag.io import read_jsonl
 
-    pipe = ImageGenerationPipeline.from_pretrained(args.model, revision=args.revision, device=args.device)
-    prompts = [r[args.prompt_field] for r in read_jsonl(args.prompts)] if args.prompts else ["a photo of a circle"]
-    methods = {"vanilla": (pipe, list)}
+    settings = {"vanilla": VanillaSettings()}  # a row per method whose inputs are given, checked before loading
     if args.db:
-        methods["daid"] = (pipe, _daid_factory(args, pipe))
-    if args.faid:  # its own copy of the model: attached FAiD hooks must not touch the vanilla rows
-        if not args.db:
-            raise ValueError("--faid needs --db DIR (the database FAiD retrieves from)")
-        faid_pipe = ImageGenerationPipeline.from_pretrained(args.model, revision=args.revision, device=args.device)
-        methods["faid"] = (faid_pipe, _faid_factory(args, faid_pipe))
+        settings["daid"] = _daid_settings(args)
+    if args.faid:
+        settings["faid"] = FAiDSettings(db=args.db, faid=args.faid)
     if args.racm3_model:
-        from arrag.baselines.racm3 import RACM3Pipeline
-
-        if not args.image_index:
-            raise ValueError("--racm3-model needs --image-index DIR (its image-level retriever)")
-        racm3 = RACM3Pipeline.from_pretrained(args.racm3_model, args.image_index, device=str(pipe.device))
-        methods["racm3"] = (racm3, list)
+        settings["racm3"] = RACM3Settings(image_index=args.image_index)
+    prompts = [r[args.prompt_field] for r in read_jsonl(args.prompts)] if args.prompts else ["a photo of a circle"]
+    pipe = settings["vanilla"].pipeline(args.model, revision=args.revision, device=args.device)
+    methods = {}
+    for name, method in settings.items():
+        own = pipe  # vanilla and DAiD decode with the same model
+        if name == "faid":  # its own copy of the model: attached FAiD hooks must not touch the vanilla rows
+            own = method.pipeline(args.model, revision=args.revision, device=args.device)
+        if name == "racm3":
+            own = method.pipeline(args.racm3_model, device=str(pipe.device))
+        methods[name] = (own, method.hook_factory(own, args.db_devices))
     result = run_generation_bench(
         methods, prompts, batch_size=args.batch_size, repeats=args.repeats, sampling=_sampling(args)
     )
