@@ -204,7 +204,7 @@ def test_build_db_and_the_fine_tuning_pairs_apply_the_exclusions(planted, tiny_j
     """`arrag build-db --exclude` and the pair readers of faid-trainset / train-racm3 (--world --exclude)."""
     import argparse
 
-    from arrag.cli import fine_tuning_pairs
+    from arrag.data.pairs import fine_tuning_pairs
     from arrag.models import training
     from arrag.models.janus import save_janus
     from arrag.models.vq import VQTokenizer
@@ -346,7 +346,7 @@ def test_pairs_from_code_shards_lose_the_excluded_images_and_their_captions(plan
     """faid-trainset / train-racm3 with --codes: each kept pair keeps its own caption."""
     import argparse
 
-    from arrag.cli import fine_tuning_pairs
+    from arrag.data.pairs import fine_tuning_pairs
 
     hashed = ct.load_hash_shard(planted["paths"]["finetune"][0])
     n = len(hashed.image_ids)

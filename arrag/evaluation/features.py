@@ -360,3 +360,19 @@ def load_feature_network(directory: str | Path, device: str | torch.device = "cp
     load_weights(model, load_file(directory / "model.safetensors"), directory / "model.safetensors")
     model.identity = {**model.identity, "path": str(directory), "sha256": sha256_of(directory / "model.safetensors")}
     return model.to(device).eval()
+
+
+def feature_network(spec: str | None, device: str | torch.device = "cpu"):
+    """A feature network named as the fidelity command's --fid-network / --cmmd-network take it: mini:DIR (arrag
+    train-features), inception:FILE, clip:WEIGHTS (a local file or an open_clip tag of CMMD's CLIP model), or
+    none (None: that metric is not computed)."""
+    if not spec or spec == "none":
+        return None
+    kind, _, where = spec.partition(":")
+    if kind == "mini" and where:
+        return load_feature_network(where, device=device)
+    if kind == "inception" and where:
+        return inception_extractor(where, device=device)
+    if kind == "clip" and where:
+        return clip_embedder(pretrained=where, device=device)
+    raise ValueError(f"feature network {spec!r}: expected mini:DIR, inception:FILE, clip:WEIGHTS or none")

@@ -44,7 +44,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from arrag.io import atomic_path, read_shard, write_json, write_shard
+from arrag.io import atomic_path, read_jsonl, read_shard, write_json, write_shard
 from arrag.manifest import verify, write_manifest
 
 log = logging.getLogger(__name__)
@@ -305,6 +305,47 @@ class ImageLevelIndex:
         )
         index.built_from = {"code_shards": shard_digests(metas), "embedding_shards": embedding_digests}
         return index
+
+    @classmethod
+    def from_captions(
+        cls,
+        code_paths: list[str | Path],
+        captions: str | Path,
+        codebook_sha256: str,
+        model: str = "the model",
+        caption_field: str = "caption",
+        exclude: str | Path | None = None,
+    ) -> "ImageLevelIndex":
+        """The mini world's caption index of a tokenised corpus: code shards (arrag tokenise) whose image ids are
+        lines of the JSONL `captions` (one record per source image), each image found by its caption's bag of
+        words; without the images the exclusion list `exclude` names. Refuses shards tokenised with another
+        codebook than `model`'s (fingerprint `codebook_sha256`)."""
+        from arrag.data.code_shards import load_code_shards, require_codebook, shard_digests
+        from arrag.data.contamination import kept_rows
+
+        records = read_jsonl(captions)
+        codes, image_ids, metas = load_code_shards(code_paths)
+        keep = torch.from_numpy(kept_rows(exclude, image_ids, metas))
+        codes, image_ids = codes[keep], image_ids[keep]
+        if int(image_ids.max()) >= len(records):
+            raise ValueError(
+                f"{captions} has {len(records)} records but the code shards hold image id {image_ids.max()}: "
+                "give the metadata of the split the shards were tokenised from"
+            )
+        try:
+            texts = [records[i][caption_field] for i in image_ids.tolist()]
+        except KeyError:
+            raise ValueError(f"{captions}: records lack the field {caption_field!r} (--caption-field)") from None
+        require_codebook(code_paths, metas, codebook_sha256, model)
+        return cls.build(
+            texts,
+            codes.numpy(),
+            image_ids.numpy(),
+            BagOfWordsEncoder.from_captions(texts),
+            codebook_sha256,
+            tokenizer_id=metas[0].get("tokenizer_id", ""),
+            code_shards=shard_digests(metas),
+        )
 
     def __len__(self) -> int:
         return len(self.codes)
