@@ -103,3 +103,28 @@ def test_built_methods_make_fresh_hooks_and_record_their_inputs(tiny_janus, tmp_
 
     with pytest.raises(ValueError, match="shards a torch_compact database"):
         m.build_method(settings, tmp_path / "model", device="cpu", db_devices="cpu:0,cpu:1")
+
+
+def test_the_workflow_schema_agrees_with_the_daid_settings():
+    """The config's daid block (workflow/schemas/config.schema.yaml) is checked by the schema before any job runs:
+    its methods, defaults (where it gives any) and bounds must be the library's, or a config the schema accepts
+    would be refused by `arrag generate-benchmark` hours later (or generate with other settings than recorded)."""
+    from pathlib import Path
+
+    import yaml
+
+    schema = yaml.safe_load((Path(__file__).parents[1] / "workflow/schemas/config.schema.yaml").read_text())
+    assert schema["properties"]["methods"]["items"]["enum"] == list(m.METHODS)
+    daid = schema["properties"]["daid"]["properties"]
+    assert set(daid) == {"k", "weight", "temperature", "unique"}
+    for field, spec in daid.items():
+        if "default" in spec:
+            assert spec["default"] == getattr(m.DAiDSettings, field), field
+    for field, bounds in m.DAID_BOUNDS.items():
+        expected = {"type": "integer" if bounds.get("integer") else "number"}
+        if "low" in bounds:
+            expected["exclusiveMinimum" if bounds.get("low_open") else "minimum"] = bounds["low"]
+        if "high" in bounds:
+            expected["maximum"] = bounds["high"]
+        keys = ("type", "minimum", "exclusiveMinimum", "maximum", "exclusiveMaximum")
+        assert {k: v for k, v in daid[field].items() if k in keys} == expected, field
