@@ -58,3 +58,21 @@ def test_finishing_a_sharded_prompt_set_from_the_library(tiny_janus, tmp_path):
     summary = finish_prompt_set(out, records, n=1, num_shards=2, prompts=str(prompts))
     assert (summary["generated"], summary["num_shards"], summary["method"]) == (2, 2, "vanilla")
     assert json.loads((out / "generation.json").read_text()) == summary
+
+
+def test_bench_generate_times_the_methods_whose_inputs_are_given(tiny_janus, tmp_path):
+    import torch
+
+    from arrag.retrieval.database import PatchDatabase
+
+    model, processor, spec = tiny_janus
+    save_janus(model, processor, tmp_path / "model")
+    codes = torch.randint(0, spec.codebook_size, (6, spec.grid, spec.grid), generator=torch.Generator().manual_seed(0))
+    PatchDatabase.build(codes, VQTokenizer.from_janus(model).codebook, index="flat").save(tmp_path / "db")
+    common = ["bench", "generate", "--model", str(tmp_path / "model"), "--device", "cpu", "--guidance-scale", "3"]
+    common += ["--batch-size", "2", "--repeats", "1", "--out-json", str(tmp_path / "b.json")]
+    assert main([*common, "--out-md", str(tmp_path / "b.md"), "--db", str(tmp_path / "db"), "--daid-unique"]) == 0
+    rows = json.loads((tmp_path / "b.json").read_text())["rows"]
+    assert [r["method"] for r in rows] == ["vanilla", "daid"] and all(len(r["runs"]) == 1 for r in rows)
+    assert main([*common, "--out-md", str(tmp_path / "c.md"), "--racm3-model", str(tmp_path / "model")]) == 2
+    assert not (tmp_path / "c.md").exists()  # RA-CM3's row without its index: refused before anything runs

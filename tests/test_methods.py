@@ -105,6 +105,24 @@ def test_built_methods_make_fresh_hooks_and_record_their_inputs(tiny_janus, tmp_
         m.build_method(settings, tmp_path / "model", device="cpu", db_devices="cpu:0,cpu:1")
 
 
+def test_the_generation_bench_loads_its_rows_from_the_settings(tiny_janus, tmp_path):
+    from arrag.bench.generate import load_methods
+
+    model, processor, spec = tiny_janus
+    save_janus(model, processor, tmp_path / "model")
+    codebook = VQTokenizer.from_janus(model).codebook
+    codes = torch.randint(0, spec.codebook_size, (6, spec.grid, spec.grid), generator=torch.Generator().manual_seed(0))
+    PatchDatabase.build(codes, codebook, index="flat").save(tmp_path / "db")
+    with pytest.raises(ValueError, match="--racm3-model"):  # refused before any model loads
+        load_methods([m.VanillaSettings(), m.RACM3Settings(image_index="i")], tmp_path / "nowhere")
+    settings = [m.VanillaSettings(), m.DAiDSettings(db=tmp_path / "db", k=3, unique=True)]
+    methods = load_methods(settings, tmp_path / "model", device="cpu")
+    assert list(methods) == ["vanilla", "daid"] and methods["vanilla"][0] is methods["daid"][0]  # one model
+    assert methods["vanilla"][1]() == []
+    (hook,) = methods["daid"][1]()
+    assert isinstance(hook, DAiD) and (hook.k, hook.unique, hook.record) == (3, True, False)
+
+
 def test_the_workflow_schema_agrees_with_the_daid_settings():
     """The config's daid block (workflow/schemas/config.schema.yaml) is checked by the schema before any job runs:
     its methods, defaults (where it gives any) and bounds must be the library's, or a config the schema accepts

@@ -148,26 +148,25 @@ def add_bench_generate(sub) -> None:
 
 
 def cmd_bench_generate(args) -> None:
-    from arrag.bench.generate import run_generation_bench, write_results
+    from arrag.bench.generate import load_methods, run_generation_bench, write_results
     from arrag.io import read_jsonl
 
-    settings = {"vanilla": VanillaSettings()}  # a row per method whose inputs are given, checked before loading
+    settings = [VanillaSettings()]  # a row per method whose inputs are given, checked before anything loads
     if args.db:
-        settings["daid"] = daid_settings(args)
+        settings.append(daid_settings(args))
     if args.faid:
-        settings["faid"] = FAiDSettings(db=args.db, faid=args.faid)
+        settings.append(FAiDSettings(db=args.db, faid=args.faid))
     if args.racm3_model:
-        settings["racm3"] = RACM3Settings(image_index=args.image_index)
+        settings.append(RACM3Settings(image_index=args.image_index))
     prompts = [r[args.prompt_field] for r in read_jsonl(args.prompts)] if args.prompts else ["a photo of a circle"]
-    pipe = settings["vanilla"].pipeline(args.model, revision=args.revision, device=args.device)
-    methods = {}
-    for name, method in settings.items():
-        own = pipe  # vanilla and DAiD decode with the same model
-        if name == "faid":  # its own copy of the model: attached FAiD hooks must not touch the vanilla rows
-            own = method.pipeline(args.model, revision=args.revision, device=args.device)
-        if name == "racm3":
-            own = method.pipeline(args.racm3_model, device=str(pipe.device))
-        methods[name] = (own, method.hook_factory(own, args.db_devices))
+    methods = load_methods(
+        settings,
+        args.model,
+        racm3_model=args.racm3_model,
+        revision=args.revision,
+        device=args.device,
+        db_devices=args.db_devices,
+    )
     result = run_generation_bench(
         methods, prompts, batch_size=args.batch_size, repeats=args.repeats, sampling=sampling(args)
     )
