@@ -86,7 +86,7 @@ def cmd_generate_benchmark(args) -> None:
     from arrag.decoding.pipeline import generate_prompt_set, method_parameters, shard_marker
     from arrag.io import read_jsonl, write_json
 
-    records = read_jsonl(args.prompts)[: args.limit] if args.limit else read_jsonl(args.prompts)
+    records = read_jsonl(args.prompts)[: args.limit]  # --limit: the first N (None: all)
     method = built_method(args)
     hooks = method.make_hooks()
     t0 = time.time()
@@ -128,6 +128,6 @@ def cmd_finish_benchmark(args) -> None:
     from arrag.decoding.pipeline import finish_prompt_set
     from arrag.io import read_jsonl
 
-    records = read_jsonl(args.prompts)[: args.limit] if args.limit else read_jsonl(args.prompts)
+    records = read_jsonl(args.prompts)[: args.limit]  # --limit: the first N (None: all)
     summary = finish_prompt_set(args.out, records, args.n, args.num_shards, prompts=args.prompts)
     print(json.dumps(summary, indent=2))
