@@ -144,7 +144,7 @@ def _daid_factory(args, pipe, record: bool = False):
 
 def _faid_factory(args, pipe, record: bool = False):
     """Attach the --faid checkpoint's modules to pipe.model; return a function making fresh FAiD hooks."""
-    from arrag.models.faid import FAiDHook
+    from arrag.decoding.faid import FAiDHook
     from arrag.models.faid_training import load_faid
     from arrag.models.vq import VQTokenizer
 

@@ -28,9 +28,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from arrag.decoding.faid import training_candidates
 from arrag.io import atomic_path, progress, write_json
 from arrag.manifest import require_input, verify, write_manifest
-from arrag.models.faid import FAiD, FAiDConfig, faid_training_loss, freeze_backbone, training_candidates
+from arrag.models.faid import FAiD, FAiDConfig, faid_training_loss, freeze_backbone
 from arrag.models.janus import load_janus
 from arrag.models.janus import model_identity as weights_identity
 from arrag.models.training import (
