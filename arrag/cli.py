@@ -569,7 +569,8 @@ def cmd_hash_images(args) -> None:
 
 
 def cmd_contamination(args) -> None:
-    from arrag.data.contamination import Thresholds, find_contamination, write_contamination_table
+    from arrag.data.contamination import Thresholds, find_contamination
+    from arrag.evaluation.tables import write_contamination_table
     from arrag.io import write_json
 
     def named(groups: list[list[str]], option: str) -> dict[str, list[str]]:
@@ -924,6 +925,7 @@ def _feature_network(spec: str | None, device: str):
     """--fid-network / --cmmd-network: mini:DIR (arrag train-features), inception:FILE, clip:WEIGHTS
     (a local file or an open_clip tag of CMMD's CLIP model), or none."""
     from arrag.evaluation import features
+    from arrag.models.clip import clip_embedder
 
     if not spec or spec == "none":
         return None
@@ -933,7 +935,7 @@ def _feature_network(spec: str | None, device: str):
     if kind == "inception" and where:
         return features.inception_extractor(where, device=device)
     if kind == "clip" and where:
-        return features.clip_embedder(pretrained=where, device=device)
+        return clip_embedder(pretrained=where, device=device)
     raise ValueError(f"feature network {spec!r}: expected mini:DIR, inception:FILE, clip:WEIGHTS or none")
 
 

@@ -11,7 +11,8 @@ Three steps, each a DAG rule:
 2. `find_contamination` (rule contamination): every checked source is compared with every evaluation reference
    set. A source image is a copy when its pixel digest equals a reference image's (exact), or when their pHashes
    are at most `phash_bits` apart (Hamming) and their thumbnails at most `thumbnail_rms` grey levels (near).
-   Writes the exclusion list and the counts per pair of sets (the table).
+   Writes the exclusion list and the counts per pair of sets (rendered by
+   arrag.evaluation.tables.write_contamination_table).
 3. `Exclusions.keep` / `kept_rows`: the readers of code shards and fine-tuning pairs drop the listed images.
 
 Hash shard format "arrag-hashes/1" (arrag.io.write_shard: .npz of arrays, then its .json):
@@ -429,38 +430,6 @@ class Exclusions:
         if row != len(image_ids):
             raise ValueError(f"{len(image_ids)} image ids for shards holding {row} images")
         return keep
-
-
-# ----------------------------------------------------------------------------- the table
-
-
-def contamination_table():
-    from arrag.evaluation.tables import Column, TableSpec
-
-    return TableSpec(
-        "contamination",
-        "Benchmark images found in the retrieval corpora and fine-tuning pairs, and removed from them: exact "
-        "(identical pixels after the tokenizer's resize and crop) and near duplicates (not counted again); an image "
-        "of several pairs is removed once.",
-        (
-            Column("reference_images", "Reference images", 0),
-            Column("source_images", "Source images", 0),
-            Column("exact", "Exact", 0),
-            Column("near", "Near", 0),
-            Column("removed", "Removed", 0),
-        ),
-        label=("pair", "Reference / source"),
-    )
-
-
-def write_contamination_table(exclusions: dict, out_prefix: str | Path) -> None:
-    from arrag.evaluation.tables import write_rows
-
-    note = (
-        f"Near: pHash within {exclusions['phash_bits']} of 64 bits and 8 x 8 colour thumbnails within "
-        f"{exclusions['thumbnail_rms']:g} grey levels (RMS)."
-    )
-    write_rows(contamination_table(), exclusions["pairs"], out_prefix, note)
 
 
 def kept_rows(exclusions_path: str | Path | None, image_ids, metas: list[dict]) -> np.ndarray:

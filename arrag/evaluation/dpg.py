@@ -48,22 +48,12 @@ from typing import Protocol
 import numpy as np
 from PIL import Image
 
+from arrag.data.dpg_layout import COLUMNS
 from arrag.data.geneval_layout import read_prompt_folders
 from arrag.data.mini_world import relations_between
 from arrag.evaluation.geneval import OFFICIAL, Detection, Detector, Rules, kept_detections, load_image
 from arrag.io import atomic_path, progress
 
-COLUMNS = (
-    "item_id",
-    "text",
-    "keywords",
-    "proposition_id",
-    "dependency",
-    "category_broad",
-    "category_detailed",
-    "tuple",
-    "question_natural_language",
-)
 PIC_NUM = 4  # images per prompt, tiled 2x2 (dist_eval.sh's default)
 MPLUG_MODEL = "damo/mplug_visual-question-answering_coco_large_en"  # the official script's checkpoint
 _GENERATE_FIX = (

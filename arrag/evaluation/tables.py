@@ -324,6 +324,31 @@ RETRIEVAL_ACCURACY = TableSpec(
 )
 
 
+CONTAMINATION = TableSpec(
+    "contamination",
+    "Benchmark images found in the retrieval corpora and fine-tuning pairs, and removed from them: exact "
+    "(identical pixels after the tokenizer's resize and crop) and near duplicates (not counted again); an image "
+    "of several pairs is removed once.",
+    (
+        Column("reference_images", "Reference images", 0),
+        Column("source_images", "Source images", 0),
+        Column("exact", "Exact", 0),
+        Column("near", "Near", 0),
+        Column("removed", "Removed", 0),
+    ),
+    label=("pair", "Reference / source"),
+)
+
+
+def write_contamination_table(exclusions: dict, out_prefix: str | Path) -> None:
+    """The contamination check's pairs (arrag.data.contamination.find_contamination) as a table."""
+    note = (
+        f"Near: pHash within {exclusions['phash_bits']} of 64 bits and 8 x 8 colour thumbnails within "
+        f"{exclusions['thumbnail_rms']:g} grey levels (RMS)."
+    )
+    write_rows(CONTAMINATION, exclusions["pairs"], out_prefix, note)
+
+
 # How a sweep point is scored (`arrag sweep-table --metric`): the value column of its rows, the heatmap's label,
 # and whether higher is better. geneval: the overall score of a GenEval summary; fid: the FID of an `arrag
 # fidelity` record (the paper's Figure 7: FID on 10K MJHQ-30K prompts).

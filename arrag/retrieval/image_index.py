@@ -94,14 +94,14 @@ class ClipTextEncoder:
     def __init__(self, embedder, model_name: str):
         import open_clip
 
-        self.embedder = embedder  # arrag.evaluation.features.ClipEmbedder: the image side, same weights
+        self.embedder = embedder  # arrag.models.clip.ClipEmbedder: the image side, same weights
         self.model_name = model_name  # a built-in open_clip name, or a config file clip_embedder registered
         self.tokenize = open_clip.get_tokenizer(Path(model_name).stem if model_name.endswith(".json") else model_name)
 
     @classmethod
     def load(cls, model_name: str, pretrained: str, device: str | torch.device = "cpu", sha256: str | None = None):
         """open_clip weights from a local file (checked against `sha256` when given) or a pretrained tag."""
-        from arrag.evaluation.features import clip_embedder
+        from arrag.models.clip import clip_embedder
 
         return cls(clip_embedder(model_name, pretrained, device=device, sha256=sha256), model_name)
 

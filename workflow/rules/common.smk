@@ -570,7 +570,7 @@ def fidelity_inputs(wildcards):
     }
 
 
-CMMD_CLIP = "ViT-L-14-336-quickgelu"  # CMMD's CLIP (arrag.evaluation.features.CMMD_CLIP)
+CMMD_CLIP = "ViT-L-14-336-quickgelu"  # CMMD's CLIP (arrag.models.clip.CMMD_CLIP)
 
 
 # How the sweeps (Figure 7) are scored, `sweeps.score`. fid, the paper's (appendix C.2): FID against the real images
