@@ -34,16 +34,7 @@ from arrag.manifest import require_input, verify, write_manifest
 from arrag.models.faid import FAiD, FAiDConfig, faid_training_loss, freeze_backbone
 from arrag.models.janus import load_janus
 from arrag.models.janus import model_identity as weights_identity
-from arrag.models.training import (
-    GRAD_CLIP,
-    ResumableCheckpoint,
-    _batches,
-    accumulate_gradients,
-    artefact_id,
-    caption_dropout_mask,
-    caption_inputs,
-    resolve_steps,
-)
+from arrag.models.training import artefact_id, caption_inputs, fit, resolve_steps
 from arrag.models.vq import VQTokenizer, codebook_fingerprint
 from arrag.validation import COUNT, FRACTION, INDEX, POSITIVE, check_fields
 
@@ -225,15 +216,13 @@ def train_faid(
     faid.attach(model)
     ids, mask, uncond = caption_inputs(processor, captions, acc.device)
     params = list(faid.parameters())
-    opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=0.0)
     settings = {
         "trainer": "faid",
-        "config": asdict(cfg),
+        "config": asdict(cfg),  # as given: steps None when derived from epochs
         "base": artefact_id(base_dir),
         "trainset": artefact_id(trainset_dir),
+        "processes": acc.num_processes,
     }
-    ckpt = ResumableCheckpoint(out_dir, cfg.checkpoint_every, settings | {"processes": acc.num_processes}, restart)
-    start = ckpt.load(faid, opt)
     global_batch = cfg.batch_size * cfg.grad_accum * acc.num_processes
     cfg, schedule = resolve_steps(cfg, len(codes), global_batch)
 
@@ -244,24 +233,21 @@ def train_faid(
         cands = torch.where(dropped[:, None, None], -1, candidates[rows].to(acc.device))
         return faid_training_loss(model, faid, batch_ids, mask[on], codes[rows].to(acc.device), cands)
 
-    log, t0 = [], time.time()
-    stream = _batches(len(codes), global_batch, cfg.steps, start, cfg.seed)
-    bar = progress(stream, total=cfg.steps - start, desc="FAiD", disable=not acc.is_main_process)
-    for step, idx in bar:
-        for g in opt.param_groups:
-            g["lr"] = lr_at(step, cfg)
-        idx = torch.as_tensor(idx)
-        drop = caption_dropout_mask(len(idx), cfg.caption_dropout, cfg.seed, step)  # same on every process
-        total = accumulate_gradients(idx, drop, cfg.batch_size, micro_loss, params, acc)
-        # not in the paper's text; the authors' train_FAiD.py sets max_grad_norm=1.0 (arrag.models.training)
-        torch.nn.utils.clip_grad_norm_(params, GRAD_CLIP)
-        opt.step()
-        opt.zero_grad(set_to_none=True)
-        if step % 25 == 0 or step == cfg.steps - 1:
-            log.append({"step": step, "loss": total})
-            bar.set_postfix(loss=f"{total:.3f}")
-        if acc.is_main_process:
-            ckpt.maybe_save(step + 1, faid, opt)
+    start, log, t0, ckpt = fit(
+        faid,  # the checkpoint holds the FAiD modules only
+        params,
+        len(codes),
+        micro_loss,
+        cfg,
+        lr_at=lambda step: lr_at(step, cfg),
+        out_dir=out_dir,
+        desc="FAiD",
+        settings=settings,
+        weight_decay=0.0,
+        acc=acc,
+        restart=restart,
+        log_every=25,
+    )
     faid.detach()
     stats = {
         "method": "faid",
