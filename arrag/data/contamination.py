@@ -46,7 +46,7 @@ from PIL import Image
 from scipy.fft import dctn
 
 from arrag.data.sources import iter_source
-from arrag.io import progress, read_shard, write_shard
+from arrag.io import progress, read_metadata, read_shard, write_shard
 
 log = logging.getLogger(__name__)
 
@@ -205,7 +205,7 @@ def check_shard_set(paths: list[str | Path]) -> dict:
         json_path = Path(path).with_suffix(".json")
         if not json_path.is_file():
             raise FileNotFoundError(f"{json_path} is missing: incomplete hash shard: rerun hashing for {path}")
-        metas.append(json.loads(json_path.read_text()))
+        metas.append(read_metadata(json_path, HASH_FORMAT, "rerun hashing (arrag hash-images)"))
     first = metas[0]
     for path, meta in zip(paths, metas):
         for field in ("source", "image_size", "num_shards"):
@@ -369,18 +369,14 @@ class Exclusions:
     """The exclusion list of `find_contamination`, applied to the images of the sources it checked."""
 
     def __init__(self, data: dict, path: str = "<exclusions>"):
-        if data.get("format") != EXCLUSIONS_FORMAT:
-            raise ValueError(f"{path}: field 'format' is {data.get('format')!r}, expected {EXCLUSIONS_FORMAT!r}")
         self.path = path
         self.data = data
         self.by_source = {source_key(e["source"]): e for e in data["sources"].values()}
 
     @classmethod
     def load(cls, path: str | Path) -> "Exclusions":
-        path = Path(path)
-        if not path.is_file():
-            raise FileNotFoundError(f"{path} does not exist: run the contamination check (arrag contamination) first")
-        return cls(json.loads(path.read_text()), str(path))
+        fix = "run the contamination check (arrag contamination)"
+        return cls(read_metadata(path, EXCLUSIONS_FORMAT, fix), str(path))
 
     def entry(self, spec: dict) -> dict:
         entry = self.by_source.get(source_key(spec))

@@ -16,7 +16,6 @@ its `input_size`, to features [B, D]. Each also carries `identity`, a small JSON
 
 from __future__ import annotations
 
-import json
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -29,7 +28,7 @@ import torch.nn.functional as F
 from arrag.data.downloads import fetch, sha256_of
 from arrag.data.mini_world import BACKGROUNDS, COLOURS, MAX_OBJECTS, SHAPES
 from arrag.io import atomic_path, progress, write_json
-from arrag.manifest import load_weights, verify, write_manifest
+from arrag.manifest import load_weights, read_artefact_metadata, write_manifest
 from arrag.validation import COUNT, INDEX, POSITIVE, check_fields
 
 # ----------------------------------------------------------------------------- Inception (FID)
@@ -265,16 +264,12 @@ def load_feature_network(directory: str | Path, device: str | torch.device = "cp
     from safetensors.torch import load_file
 
     directory = Path(directory)
-    for name in ("config.json", "model.safetensors"):
-        if not (directory / name).is_file():
-            raise FileNotFoundError(
-                f"{directory / name} is missing: train the mini feature network first "
-                "(arrag.evaluation.features.train_feature_network, the pipeline's feature-network rule)"
-            )
-    verify(directory, "feature-network", fix="train the mini feature network again")
-    summary = json.loads((directory / "config.json").read_text())
-    if summary.get("format") != FORMAT or [tuple(p) for p in summary["pairs"]] != PAIRS:
-        raise ValueError(f"{directory} is not a {FORMAT} network for this mini world: train it again")
+    fix = "train the mini feature network (arrag train-features, the pipeline's feature-network rule)"
+    summary, _ = read_artefact_metadata(directory, "config.json", "feature-network", FORMAT, fix)
+    if [tuple(p) for p in summary.get("pairs", [])] != PAIRS:
+        raise ValueError(
+            f"{directory / 'config.json'}: field 'pairs' is not this mini world's colour x shape pairs; {fix}"
+        )
     cfg = MiniFeatureConfig(**summary["config"])
     model = MiniFeatureNet(cfg.width, cfg.feature_dim)
     load_weights(model, load_file(directory / "model.safetensors"), directory / "model.safetensors")

@@ -366,10 +366,11 @@ class FAiD(nn.Module):
     def load(cls, directory: str | Path, device: str | torch.device = "cpu") -> "FAiD":
         from safetensors.torch import load_file
 
+        from arrag.io import read_metadata
         from arrag.manifest import load_weights
 
         directory = Path(directory)
-        meta = json.loads((directory / "faid_config.json").read_text())
+        meta = read_metadata(directory / "faid_config.json", None, "train FAiD with `arrag train-faid`")
         faid = cls(FAiDConfig(**meta["config"]), meta["hidden_size"], meta["num_layers"])
         load_weights(
             faid, load_file(directory / "faid.safetensors", device=str(device)), directory / "faid.safetensors"

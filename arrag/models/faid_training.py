@@ -20,7 +20,6 @@ refuses a checkpoint made for another base model, module layout or (given) datab
 
 from __future__ import annotations
 
-import json
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -30,7 +29,7 @@ import torch
 
 from arrag.decoding.faid import training_candidates
 from arrag.io import atomic_path, progress, write_json
-from arrag.manifest import require_input, verify, write_manifest
+from arrag.manifest import read_artefact_metadata, require_input, write_manifest
 from arrag.models.faid import FAiD, FAiDConfig, faid_training_loss, freeze_backbone
 from arrag.models.janus import load_janus
 from arrag.models.janus import model_identity as weights_identity
@@ -120,13 +119,8 @@ def load_trainset(directory: str | Path, db=None) -> tuple[torch.Tensor, torch.T
     """(codes [N, H, W], candidates [N, T, k], captions, metadata), checked against the manifest; with `db` (a
     PatchDatabase or its digest), refuse a training set whose candidates came from another database."""
     directory = Path(directory)
-    path = directory / "trainset.json"
-    if not path.is_file():
-        raise FileNotFoundError(f"{path} is missing: build the FAiD training set with `arrag faid-trainset`")
-    manifest = verify(directory, "faid-trainset", fix="rebuild it with `arrag faid-trainset`")
-    meta = json.loads(path.read_text())
-    if meta.get("format") != TRAINSET_FORMAT:
-        raise ValueError(f"{path}: format {meta.get('format')!r}, expected {TRAINSET_FORMAT!r}; rebuild it")
+    fix = "build the FAiD training set with `arrag faid-trainset`"
+    meta, manifest = read_artefact_metadata(directory, "trainset.json", "faid-trainset", TRAINSET_FORMAT, fix)
     if db is not None:
         what = f"the FAiD training set {directory}"
         require_input(manifest, "database", database_identity(db), what, DB_FIX)
@@ -282,14 +276,10 @@ def load_faid(directory: str | Path, model, device: str | torch.device = "cpu", 
     for this base model (all of its weights) and layout, and (given `db`, a PatchDatabase or its digest) with
     candidates from this database: FAiD learnt to use that database's neighbours."""
     directory = Path(directory)
-    info_path = directory / "faid.json"
-    if not info_path.is_file():
-        raise FileNotFoundError(f"{info_path} is missing: train FAiD with `arrag train-faid` first")
-    manifest = verify(directory, "faid", fix="retrain it with `arrag train-faid`")
+    info, manifest = read_artefact_metadata(directory, "faid.json", "faid", None, "train FAiD with `arrag train-faid`")
     if db is not None:
         fix = "generate with the database it was trained with (--db), or retrain FAiD on this one: " + DB_FIX
         require_input(manifest, "database", database_identity(db), f"the FAiD checkpoint {directory}", fix)
-    info = json.loads(info_path.read_text())
     expected, found = info["base_identity"], model_identity(model)
     if expected != found:
         diff = sorted(k for k in expected if expected[k] != found.get(k))

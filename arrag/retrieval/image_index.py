@@ -45,7 +45,7 @@ import torch
 import torch.nn.functional as F
 
 from arrag.io import atomic_path, read_shard, write_json, write_shard
-from arrag.manifest import verify, write_manifest
+from arrag.manifest import read_artefact_metadata, write_manifest
 
 log = logging.getLogger(__name__)
 
@@ -409,13 +409,8 @@ class ImageLevelIndex:
         """Open an index (its arrays memory-mapped) after checking it against its manifest (arrag.manifest);
         the query encoder is rebuilt on `device`."""
         directory = Path(directory)
-        meta_path = directory / "index.json"
-        if not meta_path.is_file():
-            raise FileNotFoundError(f"{meta_path} is missing: build the image index with `arrag build-image-index`")
-        manifest = verify(directory, "image-index", fix="rebuild it with `arrag build-image-index`")
-        meta = json.loads(meta_path.read_text())
-        if meta.get("format") != FORMAT:
-            raise ValueError(f"{meta_path}: format {meta.get('format')!r}, expected {FORMAT!r}; rebuild the index")
+        fix = "build the image index with `arrag build-image-index`"
+        meta, manifest = read_artefact_metadata(directory, "index.json", "image-index", FORMAT, fix)
         arrays = {n: np.load(directory / f"{n}.npy", mmap_mode="r") for n in ("embeddings", "image_ids", "codes")}
         index = cls(
             arrays["embeddings"],
