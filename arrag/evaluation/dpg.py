@@ -72,7 +72,7 @@ def natural_key(name: str) -> tuple:
 
 def dpg_prompts(folder: str | Path | None = None) -> dict[str, str]:
     """{item_id: prompt text} from a folder of <item_id>.txt files; default: the vendored 1065 DPG-Bench prompts."""
-    root = Path(folder) if folder is not None else importlib.resources.files("arrag.benchmarks") / "dpg_bench/prompts"
+    root = Path(folder) if folder is not None else importlib.resources.files("arrag.prompt_sets") / "dpg_bench/prompts"
     if not root.is_dir():
         raise FileNotFoundError(f"{root} is not a folder of DPG-Bench prompts (<item_id>.txt files)")
     prompts = {p.name[:-4]: p.read_text(encoding="utf-8").strip() for p in root.iterdir() if p.name.endswith(".txt")}

@@ -3,7 +3,7 @@ Table 1 (GenEval), Table 2 (DPG-Bench), Table 3 (CMMD, FID, FWD), Table 4 (infer
 over-copying table; plus hyper-parameter sweeps (Figure 7) as a CSV and a heatmap.
 
 A table is a `TableSpec` (its columns in the paper's order) and rows of dicts. In the paper profile the
-paper's published rows (arrag/benchmarks/paper/<table>.csv) are added as reference rows, marked
+paper's published rows (arrag/evaluation/paper_rows/<table>.csv) are added as reference rows, marked
 source = "paper", above ours (source = "measured").
 """
 
@@ -21,7 +21,7 @@ import numpy as np
 
 from arrag.io import atomic_path, write_text
 
-PAPER_DIR = Path(__file__).resolve().parents[1] / "benchmarks" / "paper"
+PAPER_DIR = Path(__file__).resolve().parent / "paper_rows"
 
 # Display names of our methods in Markdown and LaTeX (the CSV keeps the method ids).
 METHOD_NAMES = {"vanilla": "base model", "daid": "+ DAiD", "faid": "+ FAiD", "racm3": "+ RA-CM3"}

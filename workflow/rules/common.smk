@@ -324,7 +324,7 @@ PROMPT_SETS = {
         "file": (
             f"{RESULTS}/world/geneval/evaluation_metadata.jsonl"
             if config["evaluation"]["geneval"]["prompts"] == "mini"
-            else os.path.join(workflow.basedir, "arrag/benchmarks/geneval/evaluation_metadata.jsonl")
+            else os.path.join(workflow.basedir, "arrag/prompt_sets/geneval/evaluation_metadata.jsonl")
         ),
         "n": config["generation"]["images_per_prompt"],
     },
