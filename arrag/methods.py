@@ -128,7 +128,7 @@ class FAiDSettings(MethodSettings):
     def hook_factory(self, pipe, db_devices: str | None = None, record: bool = False) -> Callable[[], list]:
         """Attaches the checkpoint's modules to pipe.model (give FAiD a pipeline of its own when other methods
         decode with the same model)."""
-        from arrag.models.faid import FAiDHook
+        from arrag.decoding.faid import FAiDHook
         from arrag.models.faid_training import load_faid
         from arrag.models.vq import VQTokenizer
 

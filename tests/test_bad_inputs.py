@@ -465,7 +465,7 @@ def test_config_strings_reach_commands_as_one_quoted_word(tmp_path):
     from test_workflow import REPO, _snakemake, _workdir
 
     work = _workdir(tmp_path)
-    shutil.copytree(REPO / "arrag" / "benchmarks", work / "arrag" / "benchmarks")
+    shutil.copytree(REPO / "arrag" / "prompt_sets", work / "arrag" / "prompt_sets")
 
     def merge(base: dict, over: dict) -> dict:  # as Snakemake layers --configfile over the Snakefile's
         return base | {

@@ -114,7 +114,7 @@ def test_the_paper_profiles_resolve(
     benchmarks' own models, every weight from a download rule) resolves with its expected jobs; nothing of the mini
     world is built."""
     work = _workdir(tmp_path)
-    shutil.copytree(REPO / "arrag" / "benchmarks", work / "arrag" / "benchmarks")  # the vendored prompt sets
+    shutil.copytree(REPO / "arrag" / "prompt_sets", work / "arrag" / "prompt_sets")  # the vendored prompt sets
     result = _snakemake(work, "-n", "-p", "--configfile", config)
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
     jobs = _job_counts(result.stdout)
@@ -409,7 +409,7 @@ def test_the_mini_sweeps_keep_their_labelled_stand_in_and_fid_needs_mjhq(tmp_pat
 def test_openai_clip_weights_in_a_gelu_model_are_refused_at_parse_time(tmp_path):
     """RA-CM3's retriever as `ViT-B-32` with the OpenAI weights (QuickGELU) would load with a warning only."""
     work = _workdir(tmp_path)
-    shutil.copytree(REPO / "arrag" / "benchmarks", work / "arrag" / "benchmarks")
+    shutil.copytree(REPO / "arrag" / "prompt_sets", work / "arrag" / "prompt_sets")
     (work / "gelu.yaml").write_text("racm3: {clip: {model: ViT-B-32, pretrained: openai}}\n")
     result = _snakemake(work, "-n", "--configfile", "config/paper-1gpu.yaml", "gelu.yaml")
     assert result.returncode != 0 and "use the model name ViT-B-32-quickgelu" in result.stdout + result.stderr

@@ -128,7 +128,8 @@ def add_contamination(sub) -> None:
 
 
 def cmd_contamination(args) -> None:
-    from arrag.data.contamination import Thresholds, find_contamination, write_contamination_table
+    from arrag.data.contamination import Thresholds, find_contamination
+    from arrag.evaluation.tables import write_contamination_table
     from arrag.io import write_json
 
     def named(groups: list[list[str]], option: str) -> dict[str, list[str]]:

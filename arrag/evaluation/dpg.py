@@ -48,22 +48,12 @@ from typing import Protocol
 import numpy as np
 from PIL import Image
 
+from arrag.data.dpg_layout import COLUMNS
 from arrag.data.geneval_layout import read_prompt_folders
 from arrag.data.mini_world import relations_between
 from arrag.evaluation.geneval import OFFICIAL, Detection, Detector, Rules, kept_detections, load_image
 from arrag.io import atomic_path, progress
 
-COLUMNS = (
-    "item_id",
-    "text",
-    "keywords",
-    "proposition_id",
-    "dependency",
-    "category_broad",
-    "category_detailed",
-    "tuple",
-    "question_natural_language",
-)
 PIC_NUM = 4  # images per prompt, tiled 2x2 (dist_eval.sh's default)
 MPLUG_MODEL = "damo/mplug_visual-question-answering_coco_large_en"  # the official script's checkpoint
 _GENERATE_FIX = (
@@ -82,7 +72,7 @@ def natural_key(name: str) -> tuple:
 
 def dpg_prompts(folder: str | Path | None = None) -> dict[str, str]:
     """{item_id: prompt text} from a folder of <item_id>.txt files; default: the vendored 1065 DPG-Bench prompts."""
-    root = Path(folder) if folder is not None else importlib.resources.files("arrag.benchmarks") / "dpg_bench/prompts"
+    root = Path(folder) if folder is not None else importlib.resources.files("arrag.prompt_sets") / "dpg_bench/prompts"
     if not root.is_dir():
         raise FileNotFoundError(f"{root} is not a folder of DPG-Bench prompts (<item_id>.txt files)")
     prompts = {p.name[:-4]: p.read_text(encoding="utf-8").strip() for p in root.iterdir() if p.name.endswith(".txt")}

@@ -7,8 +7,9 @@
   (`arrag.evaluation.features.inception_extractor`); mini profile: `MiniFeatureNet` features at 32 px (mini-FID).
 - `cmmd`: CMMD (Jayasumana et al. 2024): the biased MMD² between two sets of L2-normalised embeddings under
   a Gaussian RBF kernel exp(-||x - y||² / (2 σ²)) with σ = 10, times 1000. The paper profile feeds CLIP
-  ViT-L/14-336 embeddings (`clip_embedder` through `image_features`; images reach 336 px by the clean resizer,
-  where CMMD's reference code uses torch bicubic); any embedding works (the caller normalises nothing: we do).
+  ViT-L/14-336 embeddings (`arrag.models.clip.clip_embedder` through `image_features`; images reach 336 px by
+  the clean resizer, where CMMD's reference code uses torch bicubic); any embedding works (the caller
+  normalises nothing: we do).
 - `fwd`: Fréchet Wavelet Distance (Veeramacheneni et al. 2025): images resized to 256 px and scaled to
   [0, 1], a level-4 Haar wavelet packet transform (ptwt) per channel, and for each of the 4^level packets the
   Fréchet distance between the two sets' Gaussian statistics of the packet's coefficients [C·h·w]; FWD is

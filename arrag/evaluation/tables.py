@@ -3,7 +3,7 @@ Table 1 (GenEval), Table 2 (DPG-Bench), Table 3 (CMMD, FID, FWD), Table 4 (infer
 over-copying table; plus hyper-parameter sweeps (Figure 7) as a CSV and a heatmap.
 
 A table is a `TableSpec` (its columns in the paper's order) and rows of dicts. In the paper profile the
-paper's published rows (arrag/benchmarks/paper/<table>.csv) are added as reference rows, marked
+paper's published rows (arrag/evaluation/paper_rows/<table>.csv) are added as reference rows, marked
 source = "paper", above ours (source = "measured").
 """
 
@@ -21,7 +21,7 @@ import numpy as np
 
 from arrag.io import atomic_path, write_text
 
-PAPER_DIR = Path(__file__).resolve().parents[1] / "benchmarks" / "paper"
+PAPER_DIR = Path(__file__).resolve().parent / "paper_rows"
 
 # Display names of our methods in Markdown and LaTeX (the CSV keeps the method ids).
 METHOD_NAMES = {"vanilla": "base model", "daid": "+ DAiD", "faid": "+ FAiD", "racm3": "+ RA-CM3"}
@@ -322,6 +322,31 @@ RETRIEVAL_ACCURACY = TableSpec(
     (Column("mean_distance", "Mean distance", 3), Column("std_distance", "Std", 3), Column("exact_match", "Exact", 3)),
     label=("rank", "Rank"),
 )
+
+
+CONTAMINATION = TableSpec(
+    "contamination",
+    "Benchmark images found in the retrieval corpora and fine-tuning pairs, and removed from them: exact "
+    "(identical pixels after the tokenizer's resize and crop) and near duplicates (not counted again); an image "
+    "of several pairs is removed once.",
+    (
+        Column("reference_images", "Reference images", 0),
+        Column("source_images", "Source images", 0),
+        Column("exact", "Exact", 0),
+        Column("near", "Near", 0),
+        Column("removed", "Removed", 0),
+    ),
+    label=("pair", "Reference / source"),
+)
+
+
+def write_contamination_table(exclusions: dict, out_prefix: str | Path) -> None:
+    """The contamination check's pairs (arrag.data.contamination.find_contamination) as a table."""
+    note = (
+        f"Near: pHash within {exclusions['phash_bits']} of 64 bits and 8 x 8 colour thumbnails within "
+        f"{exclusions['thumbnail_rms']:g} grey levels (RMS)."
+    )
+    write_rows(CONTAMINATION, exclusions["pairs"], out_prefix, note)
 
 
 # How a sweep point is scored (`arrag sweep-table --metric`): the value column of its rows, the heatmap's label,

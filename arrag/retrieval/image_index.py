@@ -45,7 +45,7 @@ import torch
 import torch.nn.functional as F
 
 from arrag.io import atomic_path, read_jsonl, read_shard, write_json, write_shard
-from arrag.manifest import verify, write_manifest
+from arrag.manifest import read_artefact_metadata, write_manifest
 
 log = logging.getLogger(__name__)
 
@@ -94,14 +94,14 @@ class ClipTextEncoder:
     def __init__(self, embedder, model_name: str):
         import open_clip
 
-        self.embedder = embedder  # arrag.evaluation.features.ClipEmbedder: the image side, same weights
+        self.embedder = embedder  # arrag.models.clip.ClipEmbedder: the image side, same weights
         self.model_name = model_name  # a built-in open_clip name, or a config file clip_embedder registered
         self.tokenize = open_clip.get_tokenizer(Path(model_name).stem if model_name.endswith(".json") else model_name)
 
     @classmethod
     def load(cls, model_name: str, pretrained: str, device: str | torch.device = "cpu", sha256: str | None = None):
         """open_clip weights from a local file (checked against `sha256` when given) or a pretrained tag."""
-        from arrag.evaluation.features import clip_embedder
+        from arrag.models.clip import clip_embedder
 
         return cls(clip_embedder(model_name, pretrained, device=device, sha256=sha256), model_name)
 
@@ -450,13 +450,8 @@ class ImageLevelIndex:
         """Open an index (its arrays memory-mapped) after checking it against its manifest (arrag.manifest);
         the query encoder is rebuilt on `device`."""
         directory = Path(directory)
-        meta_path = directory / "index.json"
-        if not meta_path.is_file():
-            raise FileNotFoundError(f"{meta_path} is missing: build the image index with `arrag build-image-index`")
-        manifest = verify(directory, "image-index", fix="rebuild it with `arrag build-image-index`")
-        meta = json.loads(meta_path.read_text())
-        if meta.get("format") != FORMAT:
-            raise ValueError(f"{meta_path}: format {meta.get('format')!r}, expected {FORMAT!r}; rebuild the index")
+        fix = "build the image index with `arrag build-image-index`"
+        meta, manifest = read_artefact_metadata(directory, "index.json", "image-index", FORMAT, fix)
         arrays = {n: np.load(directory / f"{n}.npy", mmap_mode="r") for n in ("embeddings", "image_ids", "codes")}
         index = cls(
             arrays["embeddings"],

@@ -324,7 +324,7 @@ PROMPT_SETS = {
         "file": (
             f"{RESULTS}/world/geneval/evaluation_metadata.jsonl"
             if config["evaluation"]["geneval"]["prompts"] == "mini"
-            else os.path.join(workflow.basedir, "arrag/benchmarks/geneval/evaluation_metadata.jsonl")
+            else os.path.join(workflow.basedir, "arrag/prompt_sets/geneval/evaluation_metadata.jsonl")
         ),
         "n": config["generation"]["images_per_prompt"],
     },
@@ -570,7 +570,7 @@ def fidelity_inputs(wildcards):
     }
 
 
-CMMD_CLIP = "ViT-L-14-336-quickgelu"  # CMMD's CLIP (arrag.evaluation.features.CMMD_CLIP)
+CMMD_CLIP = "ViT-L-14-336-quickgelu"  # CMMD's CLIP (arrag.models.clip.CMMD_CLIP)
 
 
 # How the sweeps (Figure 7) are scored, `sweeps.score`. fid, the paper's (appendix C.2): FID against the real images
