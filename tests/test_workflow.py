@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -90,6 +91,22 @@ def test_a_database_sharded_over_gpus_gives_its_jobs_that_many(tmp_path):
     (work / "shard.yaml").write_text("retrieval: {db_gpus: 2}\n")
     refused = _snakemake(work, "-n", "--configfile", "config/toy.yaml", "shard.yaml")
     assert refused.returncode != 0 and "only a torch_compact database is sharded" in refused.stdout + refused.stderr
+
+
+def test_every_generating_job_samples_and_runs_daid_as_configured(tmp_path):
+    """One flag builder: every job that generates (the methods' runs, both sweeps, Table 4's timing) gets the
+    configured sampling, and every one that runs DAiD the configured DAiD (here --daid-unique and a top-k)."""
+    work = _workdir(tmp_path)
+    (work / "flags.yaml").write_text("daid: {unique: true}\ngeneration: {top_k: 7}\n")
+    result = _snakemake(work, "-n", "-p", "--configfile", "config/toy.yaml", "flags.yaml")
+    assert result.returncode == 0, result.stderr[-2000:]
+    jobs = [job for job in result.stdout.split("\n\n") if "arrag generate-benchmark" in job or "arrag bench generate" in job]
+    rules = {re.search(r"^(?:local)?rule (\w+):", job, re.M).group(1) for job in jobs}
+    assert rules == {"generate", "generate_daid_sweep", "generate_faid_sweep", "bench_generate"}
+    assert all("--top-k 7 " in job and "--guidance-scale 3.0 --temperature 1.0 --seed 0" in job for job in jobs)
+    daid = [job for job in jobs if "--method daid" in job or "arrag bench generate" in job]
+    assert len(daid) > 1 and all("--daid-unique" in job for job in daid)
+    assert all("--daid-unique" not in job for job in jobs if job not in daid)
 
 
 def _job_counts(dry_run_stdout: str) -> dict[str, int]:

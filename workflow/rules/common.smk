@@ -300,13 +300,25 @@ def settings_flags(option, settings):
     return " ".join(flag(option, f"{key}={value}") for key, value in sorted(settings.items()))
 
 
-def sampling_flags():
+def sampling_flags(batch_size=None):
+    """The sampling flags of every generating job (`arrag generate-benchmark`, `arrag bench generate`): the
+    `generation` config, so that every table and figure samples alike; the timing of Table 4 sets its own batch."""
     g = config["generation"]
     flags = (
         f"--guidance-scale {g['guidance_scale']} --temperature {g['temperature']} "
-        f"--seed {g['seed']} --batch-size {g['batch_size']} {flag('--device', config['device'])}"
+        f"--seed {g['seed']} --batch-size {batch_size or g['batch_size']} {flag('--device', config['device'])}"
     )
     return flags + (f" --top-k {g['top_k']}" if g["top_k"] else "")
+
+
+def daid_flags(weight=None, temperature=None):
+    """DAiD's settings (the `daid` config) for every job that runs DAiD; a sweep point gives its own weight and
+    temperature (the Paramspace wildcards, passed on as written)."""
+    d = config["daid"]
+    weight = d["weight"] if weight is None else weight
+    temperature = d["temperature"] if temperature is None else temperature
+    flags = f"--daid-k {d['k']} --daid-weight {weight} --daid-temperature {temperature}"
+    return flags + (" --daid-unique" if d["unique"] else "")
 
 
 METHODS = config["methods"]
@@ -339,10 +351,11 @@ PROMPT_SETS = {
 }
 
 
-def prompt_set_flags(wildcards, field=True):
-    """`arrag generate-benchmark` / `finish-benchmark` flags selecting a prompt set's prompts and images."""
-    p = PROMPT_SETS[wildcards.prompts]
-    flags = f"--n {p['n']}" + (f" --limit {p['limit']}" if "limit" in p else "")
+def prompt_set_flags(prompts, n=None, field=True):
+    """`arrag generate-benchmark` / `finish-benchmark` flags selecting a prompt set's prompts and images (`n`
+    images per prompt: the prompt set's own unless a sweep gives its own)."""
+    p = PROMPT_SETS[prompts]
+    flags = f"--n {n or p['n']}" + (f" --limit {p['limit']}" if "limit" in p else "")
     return flags + (f" --prompt-field {p['field']}" if field and "field" in p else "")
 
 
@@ -412,18 +425,26 @@ def generation_gpus(wildcards):
     return DB_GPUS if wildcards.method in ("daid", "faid") else 1
 
 
-def method_flags(wildcards, input):
-    """CLI flags selecting the decoding method and its settings."""
-    if wildcards.method == "vanilla":
+def method_flags(method, input, **daid):
+    """`arrag generate-benchmark` flags selecting the decoding method and its settings; `daid`: a sweep point's
+    weight and temperature (daid_flags)."""
+    if method == "vanilla":
         return "--method vanilla"
-    if wildcards.method == "racm3":
+    if method == "racm3":
         return f"--method racm3 {flag('--image-index', input.index)}"
-    if wildcards.method == "faid":
+    if method == "faid":
         return f"--method faid {flag('--db', input.db)} {flag('--faid', input.faid)} {db_devices_flag()}"
-    d = config["daid"]
+    return f"--method daid {flag('--db', input.db)} {daid_flags(**daid)} {db_devices_flag()}"
+
+
+def generation_command(sharded=False):
+    """The shell command of every generating rule (generate, generate_daid_sweep, generate_faid_sweep): their
+    params gpu, prompt_set, out, sampling and method come from the helpers above; `sharded`: the job makes one
+    shard of the prompt set (wildcards shard and num_shards), and rule finish_generation writes generation.json."""
+    shard = " --shard $((10#{wildcards.shard})) --num-shards $((10#{wildcards.num_shards}))" if sharded else ""
     return (
-        f"--method daid {flag('--db', input.db)} --daid-k {d['k']} --daid-weight {d['weight']} "
-        f"--daid-temperature {d['temperature']}" + (" --daid-unique" if d["unique"] else "") + f" {db_devices_flag()}"
+        "OMP_NUM_THREADS={threads} {params.gpu} arrag generate-benchmark --model {input.model} --prompts {input.prompts} "
+        "{params.prompt_set} --out {params.out} {params.sampling} {params.method}" + shard + " > {log} 2>&1"
     )
 
 

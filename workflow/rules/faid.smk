@@ -93,10 +93,10 @@ rule generate_faid_sweep:
         f"{RESULTS}/images/sweep_faid/{FAID_SWEEP.wildcard_pattern}/{SWEEP_PROMPTS}/generation.json",
     params:
         gpu=on_gpu,
+        prompt_set=prompt_set_flags(SWEEP_PROMPTS, n=FAID["sweep"]["images_per_prompt"]),
         out=lambda wildcards, output: os.path.dirname(output[0]),
-        n=FAID["sweep"]["images_per_prompt"],
         sampling=sampling_flags(),
-        db_devices=db_devices_flag(),
+        method=lambda wildcards, input: method_flags("faid", input),
     log:
         f"{RESULTS}/logs/generate_faid_sweep/{FAID_SWEEP.wildcard_pattern}.log",
     benchmark:
@@ -106,9 +106,7 @@ rule generate_faid_sweep:
         gpu=DB_GPUS,
         mem_mb=SEARCH_MEM_MB,
     shell:
-        "OMP_NUM_THREADS={threads} {params.gpu} arrag generate-benchmark --model {input.model} --prompts {input.prompts} "
-        "--n {params.n} --out {params.out} {params.sampling} --method faid --db {input.db} --faid {input.faid} "
-        "{params.db_devices} > {log} 2>&1"
+        generation_command()
 
 
 rule sweep_faid:

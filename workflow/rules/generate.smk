@@ -19,9 +19,9 @@ rule generate:
     params:
         gpu=on_gpu,
         out=lambda wildcards, output: os.path.dirname(os.path.dirname(output[0])),
-        prompt_set=prompt_set_flags,
+        prompt_set=lambda wildcards: prompt_set_flags(wildcards.prompts),
         sampling=sampling_flags(),
-        method=method_flags,
+        method=lambda wildcards, input: method_flags(wildcards.method, input),
     log:
         f"{RESULTS}/logs/generate_{{prompts}}_{{method}}_{{shard}}-of-{{num_shards}}.log",
     benchmark:
@@ -31,9 +31,7 @@ rule generate:
         gpu=generation_gpus,
         mem_mb=SEARCH_MEM_MB,
     shell:
-        "OMP_NUM_THREADS={threads} {params.gpu} arrag generate-benchmark --model {input.model} "
-        "--prompts {input.prompts} {params.prompt_set} --out {params.out} {params.sampling} {params.method} "
-        "--shard $((10#{wildcards.shard})) --num-shards $((10#{wildcards.num_shards})) > {log} 2>&1"
+        generation_command(sharded=True)
 
 
 rule finish_generation:
@@ -47,7 +45,7 @@ rule finish_generation:
         prompts="|".join(PROMPT_SETS),
     params:
         out=lambda wildcards, output: os.path.dirname(output[0]),
-        prompt_set=lambda wildcards: prompt_set_flags(wildcards, field=False),
+        prompt_set=lambda wildcards: prompt_set_flags(wildcards.prompts, field=False),
         num_shards=GENERATION_SHARDS,
     log:
         f"{RESULTS}/logs/finish_generation_{{prompts}}_{{method}}.log",
@@ -133,11 +131,8 @@ rule bench_generate:
     params:
         gpu=on_gpu,
         methods=bench_generate_flags,
-        k=config["daid"]["k"],
-        weight=config["daid"]["weight"],
-        temperature=config["daid"]["temperature"],
-        guidance=config["generation"]["guidance_scale"],
-        device=config["device"],
+        daid=daid_flags(),
+        sampling=sampling_flags(batch_size=16),
     log:
         log_path("bench_generate"),
     benchmark:
@@ -148,8 +143,7 @@ rule bench_generate:
         mem_mb=SEARCH_MEM_MB,
     shell:
         "OMP_NUM_THREADS={threads} {params.gpu} arrag bench generate --model {input.model} {params.methods} "
-        "--prompts {input.prompts} --daid-k {params.k} --daid-weight {params.weight} --daid-temperature {params.temperature} "
-        "--guidance-scale {params.guidance} --batch-size 16 --repeats 5 --device {params.device} "
+        "--prompts {input.prompts} {params.daid} {params.sampling} --repeats 5 "
         "--out-json {output.json} --out-md {output.md} > {log} 2>&1"
 
 

@@ -13,11 +13,12 @@ rule generate_daid_sweep:
         f"{RESULTS}/images/sweep_daid/{DAID_SWEEP.wildcard_pattern}/{SWEEP_PROMPTS}/generation.json",
     params:
         gpu=on_gpu,
+        prompt_set=prompt_set_flags(SWEEP_PROMPTS, n=SWEEPS["daid"]["images_per_prompt"]),
         out=lambda wildcards, output: os.path.dirname(output[0]),
-        n=config["sweeps"]["daid"]["images_per_prompt"],
-        k=config["daid"]["k"],
         sampling=sampling_flags(),
-        db_devices=db_devices_flag(),
+        method=lambda wildcards, input: method_flags(
+            "daid", input, weight=wildcards.weight, temperature=wildcards.temperature
+        ),
     log:
         f"{RESULTS}/logs/generate_daid_sweep/{DAID_SWEEP.wildcard_pattern}.log",
     benchmark:
@@ -27,9 +28,7 @@ rule generate_daid_sweep:
         gpu=DB_GPUS,
         mem_mb=SEARCH_MEM_MB,
     shell:
-        "OMP_NUM_THREADS={threads} {params.gpu} arrag generate-benchmark --model {input.model} --prompts {input.prompts} "
-        "--n {params.n} --out {params.out} {params.sampling} --method daid --db {input.db} {params.db_devices} "
-        "--daid-k {params.k} --daid-weight {wildcards.weight} --daid-temperature {wildcards.temperature} > {log} 2>&1"
+        generation_command()
 
 
 rule sweep_daid:
