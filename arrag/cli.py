@@ -1268,7 +1268,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--clip-model", default="ViT-B-32", help="open_clip model of RA-CM3's retriever ('' for none)")
     p.set_defaults(func=cmd_rehearsal_mirror)
     p = sub.add_parser("scale-table", help="per-rule cost per item of a run, extrapolated to the paper's counts")
-    p.add_argument("--results", required=True, help="results/<profile> of a finished run (its benchmarks/*.tsv)")
+    p.add_argument("--results", required=True, help="results/<profile> of a finished run (its jobstats/*.tsv)")
     p.add_argument("--out", required=True, help="Markdown file (a .json of the rows beside it)")
     p.set_defaults(func=cmd_scale_table)
 

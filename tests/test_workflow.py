@@ -364,14 +364,14 @@ def test_whole_dag_on_the_toy_profile(tmp_path):
     assert json.loads((faid / "settings.json").read_text())["method"] == "faid"
     assert len((res / "tables/sweep_faid.csv").read_text().splitlines()) == 2
 
-    # one log and one benchmark per rule
+    # one log and one job statistics file per job, named after its rule
     rules = [
         "world",
         "train_vq",
         "train_base",
-        "tokenise_corpus_00000-of-00002",
-        "tokenise_corpus_00001-of-00002",
-        "tokenise_reference_00000-of-00001",
+        "tokenise_shard/corpus/00000-of-00002",
+        "tokenise_shard/corpus/00001-of-00002",
+        "tokenise_shard/reference/00000-of-00001",
         "build_database",
         "retrieval_accuracy",
         "over_copying",
@@ -391,13 +391,13 @@ def test_whole_dag_on_the_toy_profile(tmp_path):
         "dpg_table",
     ]
     methods = ("vanilla", "daid", "faid", "racm3")
-    rules += [f"{rule}_{method}" for rule in ("sample_grid", "tile_dpg") for method in methods]
+    rules += [f"{rule}/{method}" for rule in ("sample_grid", "tile_dpg") for method in methods]
     for prompt_set in ("geneval", "reference", "dpg"):  # generation in 2 shards per method and prompt set
-        rules += [f"generate_{prompt_set}_{m}_{s:05d}-of-00002" for m in methods for s in range(2)]
-        rules += [f"finish_generation_{prompt_set}_{m}" for m in methods]
+        rules += [f"generate/{m}/{prompt_set}/{s:05d}-of-00002" for m in methods for s in range(2)]
+        rules += [f"finish_generation/{m}/{prompt_set}" for m in methods]
     for rule in rules:
         assert (res / "logs" / f"{rule}.log").is_file()
-        assert (res / "benchmarks" / f"{rule}.tsv").is_file()
+        assert (res / "jobstats" / f"{rule}.tsv").is_file()
 
     again = _snakemake(work, "--cores", "2", "--configfile", "config/toy.yaml")
     assert again.returncode == 0 and "Nothing to be done" in again.stdout + again.stderr

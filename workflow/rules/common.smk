@@ -246,12 +246,20 @@ def world_dir(split_file):
     return os.path.dirname(os.path.dirname(split_file))
 
 
-def log_path(name):
-    return f"{RESULTS}/logs/{name}.log"
+# Every rule's log and Snakemake benchmark (its job's wall and CPU seconds and peak memory, read by
+# arrag.bench.scale) are named after the rule: <rule>.log, or <rule>/<job>.log for a rule with one job per
+# wildcard value (`job`: the wildcards, as a path).
+def log_path(rule, job=""):
+    return _job_file("logs", rule, job, "log")
 
 
-def benchmark_path(name):
-    return f"{RESULTS}/benchmarks/{name}.tsv"
+def jobstats_path(rule, job=""):
+    return _job_file("jobstats", rule, job, "tsv")
+
+
+def _job_file(folder, rule, job, ext):
+    name = f"{rule}/{job}" if job else rule
+    return f"{RESULTS}/{folder}/{name}.{ext}"
 
 
 def mirror_flag(subfolder=""):
@@ -438,14 +446,15 @@ def method_flags(method, input, **daid):
 
 
 def generation_command(sharded=False):
-    """The shell command of every generating rule (generate, generate_daid_sweep, generate_faid_sweep): their
-    params gpu, prompt_set, out, sampling and method come from the helpers above; `sharded`: the job makes one
-    shard of the prompt set (wildcards shard and num_shards), and rule finish_generation writes generation.json."""
-    shard = " --shard $((10#{wildcards.shard})) --num-shards $((10#{wildcards.num_shards}))" if sharded else ""
-    return (
+    """The shell command of the generating rules (generate and the two sweeps' generate_*_sweep), whose params
+    gpu, prompt_set, out, sampling and method come from the helpers above. `sharded`: the job makes one shard of
+    the prompt set (wildcards shard and num_shards); finish_generation then writes generation.json."""
+    command = (
         "OMP_NUM_THREADS={threads} {params.gpu} arrag generate-benchmark --model {input.model} --prompts {input.prompts} "
-        "{params.prompt_set} --out {params.out} {params.sampling} {params.method}" + shard + " > {log} 2>&1"
+        "{params.prompt_set} --out {params.out} {params.sampling} {params.method}"
     )
+    shard = "--shard $((10#{wildcards.shard})) --num-shards $((10#{wildcards.num_shards}))"
+    return f"{command} {shard} > {{log}} 2>&1" if sharded else f"{command} > {{log}} 2>&1"
 
 
 # DAiD's sweep grid (rules/sweep.smk): every (weight, temperature) pair of the config.

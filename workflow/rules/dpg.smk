@@ -16,7 +16,7 @@ rule mini_dpg:
     log:
         log_path("mini_dpg"),
     benchmark:
-        benchmark_path("mini_dpg")
+        jobstats_path("mini_dpg")
     threads: 1
     resources:
         mem_mb=1000,
@@ -34,7 +34,7 @@ rule download_dpg_csv:
     log:
         log_path("download_dpg_csv"),
     benchmark:
-        benchmark_path("download_dpg_csv")
+        jobstats_path("download_dpg_csv")
     threads: 1
     resources:
         mem_mb=500,
@@ -52,7 +52,7 @@ rule dpg_prompts:
     log:
         log_path("dpg_prompts"),
     benchmark:
-        benchmark_path("dpg_prompts")
+        jobstats_path("dpg_prompts")
     threads: 1
     resources:
         mem_mb=500,
@@ -68,9 +68,9 @@ rule tile_dpg:
     params:
         images=lambda wildcards, input: os.path.dirname(input[0]),
     log:
-        f"{RESULTS}/logs/tile_dpg_{{method}}.log",
+        log_path("tile_dpg", "{method}"),
     benchmark:
-        f"{RESULTS}/benchmarks/tile_dpg_{{method}}.tsv"
+        jobstats_path("tile_dpg", "{method}")
     threads: 1
     resources:
         mem_mb=1000,
@@ -91,7 +91,7 @@ rule download_mplug:
     log:
         log_path("download_mplug"),
     benchmark:
-        benchmark_path("download_mplug")
+        jobstats_path("download_mplug")
     threads: 1
     resources:
         mem_mb=1000,
@@ -114,9 +114,9 @@ rule score_dpg:
         mplug=lambda wildcards, input: flag("--mplug-model", input.mplug) if DPG["vqa"] == "mplug" else "",
         arrag=arrag_on_gpu,
     log:
-        f"{RESULTS}/logs/score_dpg/{{method}}.log",
+        log_path("score_dpg", "{method}"),
     benchmark:
-        f"{RESULTS}/benchmarks/score_dpg/{{method}}.tsv"
+        jobstats_path("score_dpg", "{method}")
     conda:
         None if DPG["vqa"] == "shapes" else "../envs/dpg.yaml"  # the benchmark's own environment
     threads: 1
@@ -141,7 +141,7 @@ rule dpg_table:
     log:
         log_path("dpg_table"),
     benchmark:
-        benchmark_path("dpg_table")
+        jobstats_path("dpg_table")
     threads: 1
     resources:
         mem_mb=500,

@@ -10,7 +10,7 @@ rule download_geneval_detector:
     log:
         log_path("download_geneval_detector"),
     benchmark:
-        benchmark_path("download_geneval_detector")
+        jobstats_path("download_geneval_detector")
     threads: 1
     resources:
         mem_mb=500,
@@ -31,9 +31,9 @@ rule score_geneval:
         detector=geneval_detector_flags,
         arrag=arrag_on_gpu,
     log:
-        f"{RESULTS}/logs/score_geneval/{{run}}.log",
+        log_path("score_geneval", "{run}"),
     benchmark:
-        f"{RESULTS}/benchmarks/score_geneval/{{run}}.tsv"
+        jobstats_path("score_geneval", "{run}")
     conda:
         None if GENEVAL["detector"] == "shapes" else "../envs/geneval.yaml"  # the benchmark's own environment
     threads: 1
@@ -58,7 +58,7 @@ rule geneval_table:
     log:
         log_path("geneval_table"),
     benchmark:
-        benchmark_path("geneval_table")
+        jobstats_path("geneval_table")
     threads: 1
     resources:
         mem_mb=500,
@@ -87,7 +87,7 @@ rule bench_scoring:
     log:
         log_path("bench_scoring"),
     benchmark:
-        benchmark_path("bench_scoring")
+        jobstats_path("bench_scoring")
     threads: workflow.cores
     resources:
         mem_mb=4000,

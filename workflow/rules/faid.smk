@@ -25,7 +25,7 @@ rule faid_trainset:
     log:
         log_path("faid_trainset"),
     benchmark:
-        benchmark_path("faid_trainset")
+        jobstats_path("faid_trainset")
     threads: gpu_job_threads
     resources:
         gpu=DB_GPUS,
@@ -49,7 +49,7 @@ rule train_faid:
     log:
         log_path("train_faid"),
     benchmark:
-        benchmark_path("train_faid")
+        jobstats_path("train_faid")
     threads: gpu_job_threads
     resources:
         gpu=FAID["processes"],
@@ -70,9 +70,9 @@ rule train_faid_sweep:
         gpu=on_gpu,
         training=settings_flags("--set", FAID["training"] | FAID["sweep"]["training"]),
     log:
-        f"{RESULTS}/logs/train_faid_sweep/{FAID_SWEEP.wildcard_pattern}.log",
+        log_path("train_faid_sweep", FAID_SWEEP.wildcard_pattern),
     benchmark:
-        f"{RESULTS}/benchmarks/train_faid_sweep/{FAID_SWEEP.wildcard_pattern}.tsv"
+        jobstats_path("train_faid_sweep", FAID_SWEEP.wildcard_pattern)
     threads: gpu_job_threads
     resources:
         gpu=1,
@@ -98,9 +98,9 @@ rule generate_faid_sweep:
         sampling=sampling_flags(),
         method=lambda wildcards, input: method_flags("faid", input),
     log:
-        f"{RESULTS}/logs/generate_faid_sweep/{FAID_SWEEP.wildcard_pattern}.log",
+        log_path("generate_faid_sweep", FAID_SWEEP.wildcard_pattern),
     benchmark:
-        f"{RESULTS}/benchmarks/generate_faid_sweep/{FAID_SWEEP.wildcard_pattern}.tsv"
+        jobstats_path("generate_faid_sweep", FAID_SWEEP.wildcard_pattern)
     threads: gpu_job_threads
     resources:
         gpu=DB_GPUS,
@@ -123,7 +123,7 @@ rule sweep_faid:
     log:
         log_path("sweep_faid"),
     benchmark:
-        benchmark_path("sweep_faid")
+        jobstats_path("sweep_faid")
     threads: 1
     resources:
         mem_mb=1000,

@@ -15,7 +15,7 @@ rule train_features:
     log:
         log_path("train_features"),
     benchmark:
-        benchmark_path("train_features")
+        jobstats_path("train_features")
     threads: workflow.cores
     resources:
         mem_mb=4000,
@@ -32,7 +32,7 @@ rule download_inception:
     log:
         log_path("download_inception"),
     benchmark:
-        benchmark_path("download_inception")
+        jobstats_path("download_inception")
     threads: 1
     resources:
         mem_mb=500,
@@ -49,7 +49,7 @@ rule download_mjhq:
     log:
         log_path("download_mjhq"),
     benchmark:
-        benchmark_path("download_mjhq")
+        jobstats_path("download_mjhq")
     threads: 1
     resources:
         mem_mb=2000,
@@ -70,9 +70,9 @@ rule mjhq_prompts:
     params:
         limit=lambda wildcards: f"--limit {MJHQ_LIMITS[wildcards.mjhq]}" if MJHQ_LIMITS[wildcards.mjhq] else "",
     log:
-        f"{RESULTS}/logs/mjhq_prompts/{{mjhq}}.log",
+        log_path("mjhq_prompts", "{mjhq}"),
     benchmark:
-        f"{RESULTS}/benchmarks/mjhq_prompts/{{mjhq}}.tsv"
+        jobstats_path("mjhq_prompts", "{mjhq}")
     threads: 1
     resources:
         mem_mb=2000,
@@ -94,9 +94,9 @@ rule score_fidelity:
         size=config["evaluation"]["fwd"]["size"],
         device=config["device"],
     log:
-        f"{RESULTS}/logs/score_fidelity/{{method}}.log",
+        log_path("score_fidelity", "{method}"),
     benchmark:
-        f"{RESULTS}/benchmarks/score_fidelity/{{method}}.tsv"
+        jobstats_path("score_fidelity", "{method}")
     threads: gpu_job_threads
     resources:
         gpu=1,
@@ -124,9 +124,9 @@ rule score_sweep_fid:
         size=config["evaluation"]["fwd"]["size"],
         device=config["device"],
     log:
-        f"{RESULTS}/logs/score_sweep_fid/{{run}}.log",
+        log_path("score_sweep_fid", "{run}"),
     benchmark:
-        f"{RESULTS}/benchmarks/score_sweep_fid/{{run}}.tsv"
+        jobstats_path("score_sweep_fid", "{run}")
     threads: gpu_job_threads
     resources:
         gpu=1,
@@ -150,7 +150,7 @@ rule fidelity_table:
     log:
         log_path("fidelity_table"),
     benchmark:
-        benchmark_path("fidelity_table")
+        jobstats_path("fidelity_table")
     threads: 1
     resources:
         mem_mb=500,

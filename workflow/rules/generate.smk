@@ -23,9 +23,9 @@ rule generate:
         sampling=sampling_flags(),
         method=lambda wildcards, input: method_flags(wildcards.method, input),
     log:
-        f"{RESULTS}/logs/generate_{{prompts}}_{{method}}_{{shard}}-of-{{num_shards}}.log",
+        log_path("generate", "{method}/{prompts}/{shard}-of-{num_shards}"),
     benchmark:
-        f"{RESULTS}/benchmarks/generate_{{prompts}}_{{method}}_{{shard}}-of-{{num_shards}}.tsv"
+        jobstats_path("generate", "{method}/{prompts}/{shard}-of-{num_shards}")
     threads: gpu_job_threads
     resources:
         gpu=generation_gpus,
@@ -48,9 +48,9 @@ rule finish_generation:
         prompt_set=lambda wildcards: prompt_set_flags(wildcards.prompts, field=False),
         num_shards=GENERATION_SHARDS,
     log:
-        f"{RESULTS}/logs/finish_generation_{{prompts}}_{{method}}.log",
+        log_path("finish_generation", "{method}/{prompts}"),
     benchmark:
-        f"{RESULTS}/benchmarks/finish_generation_{{prompts}}_{{method}}.tsv"
+        jobstats_path("finish_generation", "{method}/{prompts}")
     threads: 1
     resources:
         mem_mb=1000,
@@ -67,9 +67,9 @@ rule sample_grid:
     params:
         images=lambda wildcards, input: os.path.dirname(input[0]),
     log:
-        f"{RESULTS}/logs/sample_grid_{{method}}.log",
+        log_path("sample_grid", "{method}"),
     benchmark:
-        f"{RESULTS}/benchmarks/sample_grid_{{method}}.tsv"
+        jobstats_path("sample_grid", "{method}")
     threads: 1
     resources:
         mem_mb=1000,
@@ -89,7 +89,7 @@ rule over_copying:
     log:
         log_path("over_copying"),
     benchmark:
-        benchmark_path("over_copying")
+        jobstats_path("over_copying")
     threads: 1
     resources:
         mem_mb=1000,
@@ -111,7 +111,7 @@ rule attribution:
     log:
         log_path("attribution"),
     benchmark:
-        benchmark_path("attribution")
+        jobstats_path("attribution")
     threads: 1
     resources:
         mem_mb=2000,
@@ -136,7 +136,7 @@ rule bench_generate:
     log:
         log_path("bench_generate"),
     benchmark:
-        benchmark_path("bench_generate")
+        jobstats_path("bench_generate")
     threads: workflow.cores
     resources:
         gpu=DB_GPUS,
@@ -158,7 +158,7 @@ rule inference_time_table:
     log:
         log_path("inference_time_table"),
     benchmark:
-        benchmark_path("inference_time_table")
+        jobstats_path("inference_time_table")
     threads: 1
     resources:
         mem_mb=500,

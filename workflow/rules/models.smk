@@ -18,7 +18,7 @@ if config["model"]["source"] == "hub":
         log:
             log_path("download_model"),
         benchmark:
-            benchmark_path("download_model")
+            jobstats_path("download_model")
         threads: 1
         resources:
             mem_mb=2000,
@@ -41,7 +41,7 @@ else:
         log:
             log_path("train_vq"),
         benchmark:
-            benchmark_path("train_vq")
+            jobstats_path("train_vq")
         threads: gpu_job_threads
         resources:
             gpu=1,
@@ -65,7 +65,7 @@ else:
         log:
             log_path("train_base"),
         benchmark:
-            benchmark_path("train_base")
+            jobstats_path("train_base")
         threads: gpu_job_threads
         resources:
             gpu=1,
@@ -94,9 +94,9 @@ rule download_clip:
         file=CLIP_FILE,
         mirror=mirror_flag(),
     log:
-        f"{RESULTS}/logs/download_clip_{{model}}.log",
+        log_path("download_clip", "{model}"),
     benchmark:
-        f"{RESULTS}/benchmarks/download_clip_{{model}}.tsv"
+        jobstats_path("download_clip", "{model}")
     threads: 1
     resources:
         mem_mb=1000,

@@ -22,9 +22,9 @@ rule embed_images:
         batch=RETRIEVAL["tokenise_batch_size"],
         device=config["device"],
     log:
-        f"{RESULTS}/logs/embed_images_{{split}}_{{shard}}-of-{{num_shards}}.log",
+        log_path("embed_images", "{split}/{shard}-of-{num_shards}"),
     benchmark:
-        f"{RESULTS}/benchmarks/embed_images_{{split}}_{{shard}}-of-{{num_shards}}.tsv"
+        jobstats_path("embed_images", "{split}/{shard}-of-{num_shards}")
     threads: 1
     resources:
         gpu=1,
@@ -46,7 +46,7 @@ rule build_image_index:
     log:
         log_path("build_image_index"),
     benchmark:
-        benchmark_path("build_image_index")
+        jobstats_path("build_image_index")
     threads: 1
     resources:
         mem_mb=2000,
@@ -72,7 +72,7 @@ rule train_racm3:
     log:
         log_path("train_racm3"),
     benchmark:
-        benchmark_path("train_racm3")
+        jobstats_path("train_racm3")
     threads: gpu_job_threads
     resources:
         gpu=RACM3["processes"],

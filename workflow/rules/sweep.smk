@@ -20,9 +20,9 @@ rule generate_daid_sweep:
             "daid", input, weight=wildcards.weight, temperature=wildcards.temperature
         ),
     log:
-        f"{RESULTS}/logs/generate_daid_sweep/{DAID_SWEEP.wildcard_pattern}.log",
+        log_path("generate_daid_sweep", DAID_SWEEP.wildcard_pattern),
     benchmark:
-        f"{RESULTS}/benchmarks/generate_daid_sweep/{DAID_SWEEP.wildcard_pattern}.tsv"
+        jobstats_path("generate_daid_sweep", DAID_SWEEP.wildcard_pattern)
     threads: gpu_job_threads
     resources:
         gpu=DB_GPUS,
@@ -45,7 +45,7 @@ rule sweep_daid:
     log:
         log_path("sweep_daid"),
     benchmark:
-        benchmark_path("sweep_daid")
+        jobstats_path("sweep_daid")
     threads: 1
     resources:
         mem_mb=1000,

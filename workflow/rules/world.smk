@@ -18,7 +18,7 @@ rule world:
     log:
         log_path("world"),
     benchmark:
-        benchmark_path("world")
+        jobstats_path("world")
     threads: 1
     resources:
         mem_mb=2000,
