@@ -6,9 +6,9 @@
 
 rule mini_dpg:
     input:
-        f"{RESULTS}/world/reference/metadata.jsonl",
+        world_split("reference", "metadata.jsonl"),
     output:
-        directory(f"{RESULTS}/world/dpg"),
+        directory(MINI_DPG),
     params:
         world=lambda wildcards, input: world_dir(input[0]),
         n=DPG["prompts"],
@@ -26,7 +26,7 @@ rule mini_dpg:
 
 rule download_dpg_csv:
     output:
-        f"{RESULTS}/downloads/dpg_bench.csv",
+        DPG_CSV,
     params:
         url=DPG["csv_url"],
         sha256=flag("--sha256", DPG["csv_sha256"]) if DPG["csv_sha256"] else "",
@@ -46,7 +46,7 @@ rule dpg_prompts:
     input:
         dpg_prompt_source,
     output:
-        f"{RESULTS}/prompts/dpg.jsonl",
+        prompts_file("dpg"),
     params:
         folder=lambda wildcards, input: f"--prompts-dir {input[0]}/prompts" if input else "",
     log:
@@ -62,9 +62,9 @@ rule dpg_prompts:
 
 rule tile_dpg:
     input:
-        f"{RESULTS}/images/{{method}}/dpg/generation.json",
+        generated("{method}", "dpg"),
     output:
-        directory(f"{RESULTS}/images/{{method}}/dpg_tiles"),
+        directory(dpg_tiles("{method}")),
     params:
         images=lambda wildcards, input: os.path.dirname(input[0]),
     log:
@@ -82,7 +82,7 @@ rule download_mplug:
     # DPG-Bench's VQA model with its tokenizer (every file of the ModelScope repository), locked at the first
     # download: ModelScope names versions by tag or branch, so the lock's SHA-256 of each file pin the content.
     output:
-        directory(f"{RESULTS}/downloads/mplug"),
+        directory(MPLUG),
     params:
         model=DPG["mplug_model"],
         revision=DPG["mplug_revision"],

@@ -4,7 +4,7 @@
 
 rule download_geneval_detector:
     output:
-        f"{RESULTS}/downloads/mask2former_swin-s-p4-w7-224_lsj_8x2_50e_coco.pth",
+        MASK2FORMER,
     params:
         mirror=mirror_flag(),
     log:
@@ -70,12 +70,12 @@ rule geneval_table:
 rule bench_scoring:
     # Not part of `all`: `snakemake --cores all bench_scoring` measures the mini profile's scorers (images/s).
     input:
-        geneval=f"{RESULTS}/images/vanilla/geneval/generation.json",
-        tiles=f"{RESULTS}/images/vanilla/dpg_tiles",
-        questions=f"{RESULTS}/world/dpg",
-        images=f"{RESULTS}/images/vanilla/reference/generation.json",
-        reference=f"{RESULTS}/world/reference/images.npy",
-        features=f"{RESULTS}/models/features",
+        geneval=generated("vanilla", "geneval"),
+        tiles=dpg_tiles("vanilla"),
+        questions=MINI_DPG,
+        images=generated("vanilla", "reference"),
+        reference=world_split("reference"),
+        features=FEATURES_MODEL,
     output:
         json=f"{RESULTS}/bench/scoring.json",
         md=f"{RESULTS}/bench/scoring.md",

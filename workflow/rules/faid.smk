@@ -6,10 +6,10 @@
 rule faid_trainset:
     input:
         unpack(pairs_inputs),
-        model=f"{RESULTS}/models/base",
-        db=f"{RESULTS}/retrieval/db",
+        model=BASE_MODEL,
+        db=DATABASE,
     output:
-        directory(f"{RESULTS}/retrieval/faid_trainset"),
+        directory(FAID_TRAINSET),
     params:
         gpu=on_gpu,
         pairs=pairs_flags,
@@ -37,11 +37,11 @@ rule faid_trainset:
 
 rule train_faid:
     input:
-        model=f"{RESULTS}/models/base",
-        db=f"{RESULTS}/retrieval/db",
-        trainset=f"{RESULTS}/retrieval/faid_trainset",
+        model=BASE_MODEL,
+        db=DATABASE,
+        trainset=FAID_TRAINSET,
     output:
-        directory(f"{RESULTS}/models/faid"),
+        directory(FAID_MODEL),
     params:
         gpu=on_gpu,
         launch=launcher(FAID["processes"]),
@@ -61,9 +61,9 @@ rule train_faid:
 
 rule train_faid_sweep:
     input:
-        model=f"{RESULTS}/models/base",
-        db=f"{RESULTS}/retrieval/db",
-        trainset=f"{RESULTS}/retrieval/faid_trainset",
+        model=BASE_MODEL,
+        db=DATABASE,
+        trainset=FAID_TRAINSET,
     output:
         directory(f"{RESULTS}/models/sweep_faid/{FAID_SWEEP.wildcard_pattern}"),
     params:
@@ -85,15 +85,15 @@ rule train_faid_sweep:
 
 rule generate_faid_sweep:
     input:
-        model=f"{RESULTS}/models/base",
-        db=f"{RESULTS}/retrieval/db",
-        faid=f"{RESULTS}/models/sweep_faid/{FAID_SWEEP.wildcard_pattern}",
+        model=BASE_MODEL,
+        db=DATABASE,
+        faid=rules.train_faid_sweep.output[0],
         prompts=PROMPT_SETS[SWEEP_PROMPTS]["file"],
     output:
-        f"{RESULTS}/images/sweep_faid/{FAID_SWEEP.wildcard_pattern}/{SWEEP_PROMPTS}/generation.json",
+        generated(f"sweep_faid/{FAID_SWEEP.wildcard_pattern}", SWEEP_PROMPTS),
     params:
         gpu=on_gpu,
-        prompt_set=prompt_set_flags(SWEEP_PROMPTS, n=FAID["sweep"]["images_per_prompt"]),
+        prompt_set=prompt_set_flags(SWEEP_PROMPTS, n=images_per_prompt("sweep_faid")),
         out=lambda wildcards, output: os.path.dirname(output[0]),
         sampling=sampling_flags(),
         method=lambda wildcards, input: method_flags("faid", input),

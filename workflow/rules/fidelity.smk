@@ -6,9 +6,9 @@
 
 rule train_features:
     input:
-        f"{RESULTS}/world/train/images.npy",
+        world_split("train"),
     output:
-        directory(f"{RESULTS}/models/features"),
+        directory(FEATURES_MODEL),
     params:
         world=lambda wildcards, input: world_dir(input[0]),
         settings=settings_flags("--set", FIDELITY["mini_network"]),
@@ -26,7 +26,7 @@ rule train_features:
 
 rule download_inception:
     output:
-        f"{RESULTS}/downloads/inception-2015-12-05.pt",
+        INCEPTION,
     params:
         mirror=mirror_flag(),
     log:
@@ -42,7 +42,7 @@ rule download_inception:
 
 rule download_mjhq:
     output:
-        directory(f"{RESULTS}/downloads/mjhq30k"),
+        directory(MJHQ30K),
     params:
         revision=flag("--revision", FIDELITY["mjhq_revision"]) if FIDELITY["mjhq_revision"] else "",
         mirror=mirror_flag("mjhq30k"),
@@ -61,10 +61,10 @@ rule mjhq_prompts:
     # Table 3's prompt set (mjhq: `evaluation.fidelity.mjhq_prompts`) and the sweeps' (mjhq_sweep: the first
     # `sweeps.mjhq_prompts`), each with the real images of its prompts
     input:
-        f"{RESULTS}/downloads/mjhq30k",
+        MJHQ30K,
     output:
-        prompts=f"{RESULTS}/prompts/{{mjhq}}.jsonl",
-        reference=directory(f"{RESULTS}/{{mjhq}}/reference"),
+        prompts=prompts_file("{mjhq}"),
+        reference=directory(mjhq_reference("{mjhq}")),
     wildcard_constraints:
         mjhq="mjhq|mjhq_sweep",
     params:
@@ -110,9 +110,9 @@ rule score_fidelity:
 rule score_sweep_fid:
     # a sweep point (Figure 7) as the paper scores it: FID (Inception) against the real images of its MJHQ-30K prompts
     input:
-        images=f"{RESULTS}/images/{{run}}/{SWEEP_PROMPTS}/generation.json",
-        reference=f"{RESULTS}/{SWEEP_PROMPTS}/reference",
-        inception=f"{RESULTS}/downloads/inception-2015-12-05.pt",
+        images=generated("{run}", SWEEP_PROMPTS),
+        reference=mjhq_reference(SWEEP_PROMPTS),
+        inception=INCEPTION,
     output:
         f"{RESULTS}/scores/{{run}}/sweep_fid.json",
     wildcard_constraints:

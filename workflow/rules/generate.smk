@@ -4,7 +4,7 @@
 
 
 rule generate:
-    # One rule for every prompt set (PROMPT_SETS in common.smk): GenEval, the reference captions (mini) or
+    # One rule for every prompt set (PROMPT_SETS in common/config.smk): GenEval, the reference captions (mini) or
     # MJHQ-30K (paper) for Table 3, and DPG-Bench; each split into generation.num_shards jobs (one per GPU)
     # that write their own prompt folders into the same folder.
     input:
@@ -40,7 +40,7 @@ rule finish_generation:
         prompts=lambda wildcards: PROMPT_SETS[wildcards.prompts]["file"],
         shards=generation_shards,
     output:
-        f"{RESULTS}/images/{{method}}/{{prompts}}/generation.json",
+        generated("{method}", "{prompts}"),
     wildcard_constraints:
         prompts="|".join(PROMPT_SETS),
     params:
@@ -61,7 +61,7 @@ rule finish_generation:
 
 rule sample_grid:
     input:
-        f"{RESULTS}/images/{{method}}/geneval/generation.json",
+        generated("{method}", "geneval"),
     output:
         report(f"{RESULTS}/figures/samples_{{method}}.png", caption="../report/samples.rst", category="Samples"),
     params:
@@ -79,7 +79,7 @@ rule sample_grid:
 
 rule over_copying:
     input:
-        expand("{results}/images/{method}/geneval/generation.json", results=RESULTS, method=RETRIEVAL_METHODS),
+        expand(rules.finish_generation.output[0], method=RETRIEVAL_METHODS, prompts="geneval"),
     output:
         **table_outputs("over_copying", caption="../report/over_copying.rst"),
     params:
@@ -99,8 +99,8 @@ rule over_copying:
 
 rule attribution:
     input:
-        expand("{results}/images/{method}/geneval/generation.json", results=RESULTS, method=RETRIEVAL_METHODS),
-        db=f"{RESULTS}/retrieval/db",
+        expand(rules.finish_generation.output[0], method=RETRIEVAL_METHODS, prompts="geneval"),
+        db=DATABASE,
     output:
         report(f"{RESULTS}/figures/attribution.png", caption="../report/attribution.rst", category="Over-copying"),
     params:
@@ -149,7 +149,7 @@ rule bench_generate:
 
 rule inference_time_table:
     input:
-        f"{RESULTS}/bench/generate.json",
+        rules.bench_generate.output.json,
     output:
         **table_outputs("inference_time", caption="../report/inference_time.rst"),
     params:

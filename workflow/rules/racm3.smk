@@ -38,9 +38,9 @@ rule embed_images:
 rule build_image_index:
     input:
         unpack(image_index_inputs),
-        model=f"{RESULTS}/models/base",
+        model=BASE_MODEL,
     output:
-        directory(f"{RESULTS}/retrieval/image_index"),
+        directory(IMAGE_INDEX),
     params:
         retriever=image_index_flags,
     log:
@@ -59,10 +59,10 @@ rule train_racm3:
     input:
         unpack(pairs_inputs),
         unpack(racm3_clip_input),  # the index reloads its CLIP from these weights
-        model=f"{RESULTS}/models/base",
-        index=f"{RESULTS}/retrieval/image_index",
+        model=BASE_MODEL,
+        index=IMAGE_INDEX,
     output:
-        directory(f"{RESULTS}/models/racm3"),
+        directory(RACM3_MODEL),
     params:
         gpu=on_gpu,
         pairs=pairs_flags,

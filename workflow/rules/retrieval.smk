@@ -57,11 +57,11 @@ rule tokenise_shard:
 
 rule build_database:
     input:
-        model=f"{RESULTS}/models/base",
+        model=BASE_MODEL,
         codes=corpus_codes(),
         exclusions=EXCLUSIONS,  # the benchmark images the contamination check found: left out
     output:
-        directory(f"{RESULTS}/retrieval/db"),
+        directory(DATABASE),
     params:
         layout=f"--hops {RETRIEVAL['hops']}" + ("" if RETRIEVAL["causal"] else " --full"),
         index=RETRIEVAL["index"],  # an enum
@@ -82,8 +82,8 @@ rule retrieval_accuracy:
     # Figure 6 on `retrieval.accuracy.queries`: held-out images searched here, or FAiD's training set (the paper's)
     input:
         unpack(retrieval_accuracy_inputs),
-        model=f"{RESULTS}/models/base",
-        db=f"{RESULTS}/retrieval/db",
+        model=BASE_MODEL,
+        db=DATABASE,
     output:
         csv=f"{RESULTS}/tables/retrieval_accuracy.csv",
         md=f"{RESULTS}/tables/retrieval_accuracy.md",
@@ -111,7 +111,7 @@ rule retrieval_accuracy:
 rule bench_retrieval:
     # Not part of `all`: `snakemake --cores all bench_retrieval` measures the index backends side by side.
     input:
-        model=f"{RESULTS}/models/base",
+        model=BASE_MODEL,
         codes=corpus_codes(),
         queries=heldout_codes(),
     output:

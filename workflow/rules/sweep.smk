@@ -6,14 +6,14 @@
 
 rule generate_daid_sweep:
     input:
-        model=f"{RESULTS}/models/base",
-        db=f"{RESULTS}/retrieval/db",
+        model=BASE_MODEL,
+        db=DATABASE,
         prompts=PROMPT_SETS[SWEEP_PROMPTS]["file"],
     output:
-        f"{RESULTS}/images/sweep_daid/{DAID_SWEEP.wildcard_pattern}/{SWEEP_PROMPTS}/generation.json",
+        generated(f"sweep_daid/{DAID_SWEEP.wildcard_pattern}", SWEEP_PROMPTS),
     params:
         gpu=on_gpu,
-        prompt_set=prompt_set_flags(SWEEP_PROMPTS, n=SWEEPS["daid"]["images_per_prompt"]),
+        prompt_set=prompt_set_flags(SWEEP_PROMPTS, n=images_per_prompt("sweep_daid")),
         out=lambda wildcards, output: os.path.dirname(output[0]),
         sampling=sampling_flags(),
         method=lambda wildcards, input: method_flags(
