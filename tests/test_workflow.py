@@ -107,6 +107,22 @@ def test_every_generating_job_samples_and_runs_daid_as_configured(tmp_path):
     daid = [job for job in jobs if "--method daid" in job or "arrag bench generate" in job]
     assert len(daid) > 1 and all("--daid-unique" in job for job in daid)
     assert all("--daid-unique" not in job for job in jobs if job not in daid)
+    _assert_logs_named_after_rules(result.stdout, "toy")
+
+
+def _assert_logs_named_after_rules(dry_run_stdout: str, profile: str) -> None:
+    """Every job has a log and a job statistics file named after its rule, <rule>.ext or <rule>/<job>.ext: what
+    `arrag scale-table` groups them by (arrag.bench.scale)."""
+    jobs = [job for job in dry_run_stdout.split("\n\n") if re.search(r"^(?:local)?rule (\w+):", job, re.M)]
+    assert jobs
+    for job in jobs:
+        rule = re.search(r"^(?:local)?rule (\w+):", job, re.M).group(1)
+        if rule == "all":
+            continue
+        log = re.search(r"^\s*log: (\S+)$", job, re.M).group(1)
+        stats = re.search(r"^\s*benchmark: (\S+)$", job, re.M).group(1)
+        assert re.fullmatch(rf"results/{profile}/logs/{rule}(/[^ ]+)?\.log", log), (rule, log)
+        assert re.fullmatch(rf"results/{profile}/jobstats/{rule}(/[^ ]+)?\.tsv", stats), (rule, stats)
 
 
 def _job_counts(dry_run_stdout: str) -> dict[str, int]:
@@ -178,6 +194,7 @@ def test_the_paper_profiles_resolve(
     reference = f"--reference results/{profile}/{sweep_prompts}/reference"
     assert all("--fid-network inception:" in j and reference in j for j in scores)
     assert jobs["mjhq_prompts"] == (2 if sweep_prompts == "mjhq_sweep" else 1)
+    _assert_logs_named_after_rules(result.stdout, profile)
     sweep_set = next(line for line in result.stdout.splitlines() if f"{sweep_prompts}.jsonl --out-reference" in line)
     assert "arrag mjhq-prompts" in sweep_set and "--limit 10000 " in sweep_set
     tables = [line for line in result.stdout.splitlines() if "arrag sweep-table" in line]
