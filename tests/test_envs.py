@@ -24,7 +24,7 @@ PACKAGES = {
 }
 SCORERS = {"mmdet": "workflow/envs/geneval.yaml", "modelscope": "workflow/envs/dpg.yaml"}
 # imported by library code the pipeline never runs: `hf_dataset` sources stream from the hub at job time, which
-# the workflow refuses (common.smk); `pip install datasets` adds them for library use
+# the workflow refuses (workflow/rules/common/config.smk); `pip install datasets` adds them for library use
 OPTIONAL = {"datasets"}
 # torchvision release of each torch release (pytorch.org's compatibility table)
 TORCHVISION_OF = {"2.0": "0.15", "2.1": "0.16", "2.6": "0.21", "2.7": "0.22", "2.8": "0.23", "2.9": "0.24"}

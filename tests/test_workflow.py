@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -92,6 +93,38 @@ def test_a_database_sharded_over_gpus_gives_its_jobs_that_many(tmp_path):
     assert refused.returncode != 0 and "only a torch_compact database is sharded" in refused.stdout + refused.stderr
 
 
+def test_every_generating_job_samples_and_runs_daid_as_configured(tmp_path):
+    """One flag builder: every job that generates (the methods' runs, both sweeps, Table 4's timing) gets the
+    configured sampling, and every one that runs DAiD the configured DAiD (here --daid-unique and a top-k)."""
+    work = _workdir(tmp_path)
+    (work / "flags.yaml").write_text("daid: {unique: true}\ngeneration: {top_k: 7}\n")
+    result = _snakemake(work, "-n", "-p", "--configfile", "config/toy.yaml", "flags.yaml")
+    assert result.returncode == 0, result.stderr[-2000:]
+    jobs = [job for job in result.stdout.split("\n\n") if "arrag generate-benchmark" in job or "arrag bench generate" in job]
+    rules = {re.search(r"^(?:local)?rule (\w+):", job, re.M).group(1) for job in jobs}
+    assert rules == {"generate", "generate_daid_sweep", "generate_faid_sweep", "bench_generate"}
+    assert all("--top-k 7 " in job and "--guidance-scale 3.0 --temperature 1.0 --seed 0" in job for job in jobs)
+    daid = [job for job in jobs if "--method daid" in job or "arrag bench generate" in job]
+    assert len(daid) > 1 and all("--daid-unique" in job for job in daid)
+    assert all("--daid-unique" not in job for job in jobs if job not in daid)
+    _assert_logs_named_after_rules(result.stdout, "toy")
+
+
+def _assert_logs_named_after_rules(dry_run_stdout: str, profile: str) -> None:
+    """Every job has a log and a job statistics file named after its rule, <rule>.ext or <rule>/<job>.ext: what
+    `arrag scale-table` groups them by (arrag.bench.scale)."""
+    jobs = [job for job in dry_run_stdout.split("\n\n") if re.search(r"^(?:local)?rule (\w+):", job, re.M)]
+    assert jobs
+    for job in jobs:
+        rule = re.search(r"^(?:local)?rule (\w+):", job, re.M).group(1)
+        if rule == "all":
+            continue
+        log = re.search(r"^\s*log: (\S+)$", job, re.M).group(1)
+        stats = re.search(r"^\s*benchmark: (\S+)$", job, re.M).group(1)
+        assert re.fullmatch(rf"results/{profile}/logs/{rule}(/[^ ]+)?\.log", log), (rule, log)
+        assert re.fullmatch(rf"results/{profile}/jobstats/{rule}(/[^ ]+)?\.tsv", stats), (rule, stats)
+
+
 def _job_counts(dry_run_stdout: str) -> dict[str, int]:
     table = dry_run_stdout[dry_run_stdout.index("job ") : dry_run_stdout.index("total")]
     return {parts[0]: int(parts[1]) for parts in (line.split() for line in table.splitlines()[2:]) if len(parts) == 2}
@@ -161,6 +194,7 @@ def test_the_paper_profiles_resolve(
     reference = f"--reference results/{profile}/{sweep_prompts}/reference"
     assert all("--fid-network inception:" in j and reference in j for j in scores)
     assert jobs["mjhq_prompts"] == (2 if sweep_prompts == "mjhq_sweep" else 1)
+    _assert_logs_named_after_rules(result.stdout, profile)
     sweep_set = next(line for line in result.stdout.splitlines() if f"{sweep_prompts}.jsonl --out-reference" in line)
     assert "arrag mjhq-prompts" in sweep_set and "--limit 10000 " in sweep_set
     tables = [line for line in result.stdout.splitlines() if "arrag sweep-table" in line]
@@ -347,14 +381,14 @@ def test_whole_dag_on_the_toy_profile(tmp_path):
     assert json.loads((faid / "settings.json").read_text())["method"] == "faid"
     assert len((res / "tables/sweep_faid.csv").read_text().splitlines()) == 2
 
-    # one log and one benchmark per rule
+    # one log and one job statistics file per job, named after its rule
     rules = [
         "world",
         "train_vq",
         "train_base",
-        "tokenise_corpus_00000-of-00002",
-        "tokenise_corpus_00001-of-00002",
-        "tokenise_reference_00000-of-00001",
+        "tokenise_shard/corpus/00000-of-00002",
+        "tokenise_shard/corpus/00001-of-00002",
+        "tokenise_shard/reference/00000-of-00001",
         "build_database",
         "retrieval_accuracy",
         "over_copying",
@@ -374,13 +408,13 @@ def test_whole_dag_on_the_toy_profile(tmp_path):
         "dpg_table",
     ]
     methods = ("vanilla", "daid", "faid", "racm3")
-    rules += [f"{rule}_{method}" for rule in ("sample_grid", "tile_dpg") for method in methods]
+    rules += [f"{rule}/{method}" for rule in ("sample_grid", "tile_dpg") for method in methods]
     for prompt_set in ("geneval", "reference", "dpg"):  # generation in 2 shards per method and prompt set
-        rules += [f"generate_{prompt_set}_{m}_{s:05d}-of-00002" for m in methods for s in range(2)]
-        rules += [f"finish_generation_{prompt_set}_{m}" for m in methods]
+        rules += [f"generate/{m}/{prompt_set}/{s:05d}-of-00002" for m in methods for s in range(2)]
+        rules += [f"finish_generation/{m}/{prompt_set}" for m in methods]
     for rule in rules:
         assert (res / "logs" / f"{rule}.log").is_file()
-        assert (res / "benchmarks" / f"{rule}.tsv").is_file()
+        assert (res / "jobstats" / f"{rule}.tsv").is_file()
 
     again = _snakemake(work, "--cores", "2", "--configfile", "config/toy.yaml")
     assert again.returncode == 0 and "Nothing to be done" in again.stdout + again.stderr

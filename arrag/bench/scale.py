@@ -1,19 +1,18 @@
-"""The scale table: each rule's measured cost per item in a run (its `benchmarks/*.tsv`: wall seconds, CPU
-seconds, peak RSS), and that cost extrapolated to the paper's counts, so a reader can plan the real run.
+"""The scale table: each rule's measured cost per item in a run (its `jobstats/*.tsv`, Snakemake's benchmark
+files: wall seconds, CPU seconds, peak RSS), and that cost extrapolated to the paper's counts, so a reader can plan the real run.
 
 Items are counted from the run's own outputs (code shards' and CLIP shards' counts, generation.json's images,
 the trained models' recorded step counts), never from a config, so the table describes what actually ran.
 The paper's counts (PAPER_ITEMS) are the paper's published sizes. Extrapolation is linear in items, which is what
 these jobs are (batched per-item work); the fixed start-up cost of each job is part of the measured time, so the
 per-item figure of a rehearsal with few items is an over-estimate. Time is measured on the machine that ran the
-rehearsal (a CPU): it is that machine's hours, not GPU-hours, until a GPU run supplies its own benchmarks.
+rehearsal (a CPU): it is that machine's hours, not GPU-hours, until a GPU run supplies its own job statistics.
 """
 
 from __future__ import annotations
 
 import csv
 import json
-import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -52,22 +51,22 @@ class Measured:
     max_rss_mb: float = 0.0  # the largest job's peak
 
 
-def read_benchmarks(bench_dir: str | Path) -> dict[str, Measured]:
-    """Every `*.tsv` under bench_dir grouped by rule: the file's stem up to its first wildcard value (rules name
-    their benchmark files `<rule>[_<wildcards>]`), nested folders (`<rule>/<wildcards>.tsv`) by their folder."""
-    bench_dir = Path(bench_dir)
-    files = sorted(bench_dir.rglob("*.tsv"))
+def read_jobstats(jobstats_dir: str | Path) -> dict[str, Measured]:
+    """Every `*.tsv` under jobstats_dir grouped by rule: the workflow names them `<rule>.tsv`, or
+    `<rule>/<job>.tsv` for a rule with one job per wildcard value; generation is grouped per method
+    (`generate/<method>/...` -> `generate (<method>)`)."""
+    jobstats_dir = Path(jobstats_dir)
+    files = sorted(jobstats_dir.rglob("*.tsv"))
     if not files:
-        raise FileNotFoundError(f"{bench_dir} holds no benchmark *.tsv: run the workflow (e.g. the rehearsal) first")
+        raise FileNotFoundError(
+            f"{jobstats_dir} holds no job statistics *.tsv: run the workflow (e.g. the rehearsal) first"
+        )
     groups: dict[str, Measured] = {}
-    rules = rule_names()
     for path in files:
-        rel = path.relative_to(bench_dir)
-        key = rel.parts[0] if len(rel.parts) > 1 else rel.stem
-        rule = _rule_of(key, rules)
+        rule = _rule_of(path.relative_to(jobstats_dir))
         rows = list(csv.DictReader(path.open(), delimiter="\t"))
         if not rows:
-            raise ValueError(f"{path}: an empty benchmark file (a job that did not finish?); rerun its rule")
+            raise ValueError(f"{path}: an empty job statistics file (a job that did not finish?); rerun its rule")
         m = groups.setdefault(rule, Measured(rule))
         for row in rows:
             values = {k: float(row[k]) for k in ("s", "cpu_time", "max_rss") if row.get(k) not in (None, "", "-")}
@@ -78,25 +77,12 @@ def read_benchmarks(bench_dir: str | Path) -> dict[str, Measured]:
     return groups
 
 
-_GENERATE = re.compile(r"^generate_(\w+?)_(vanilla|daid|faid|racm3)_\d+-of-\d+$")
-RULES_DIR = Path(__file__).resolve().parents[2] / "workflow" / "rules"
-
-
-def rule_names(rules_dir: Path = RULES_DIR) -> list[str]:
-    """The workflow's rule names, longest first (benchmark files are named after their rule)."""
-    names = {m for p in rules_dir.glob("*.smk") for m in re.findall(r"^\s*rule (\w+):", p.read_text(), re.M)}
-    return sorted(names, key=len, reverse=True)
-
-
-def _rule_of(key: str, rules: list[str]) -> str:
-    """`generate_geneval_daid_00000-of-00002` -> `generate (daid)`; `tokenise_cc12m_00000-of-00002` ->
-    `tokenise_shard`; otherwise the longest rule name the key starts with (`download_dataset_cc12m` ->
-    `download_dataset`), or the key itself."""
-    if m := _GENERATE.match(key):
-        return f"generate ({m.group(2)})"
-    if key.startswith("tokenise_"):
-        return "tokenise_shard"
-    return next((r for r in rules if key == r or key.startswith(r + "_")), key)
+def _rule_of(rel: Path) -> str:
+    """`world.tsv` -> `world`; `tokenise_shard/cc12m/00000-of-00002.tsv` -> `tokenise_shard`;
+    `generate/daid/geneval/00000-of-00002.tsv` -> `generate (daid)`."""
+    if len(rel.parts) == 1:
+        return rel.stem
+    return f"generate ({rel.parts[1]})" if rel.parts[0] == "generate" else rel.parts[0]
 
 
 def _json(path: Path) -> dict:
@@ -169,7 +155,7 @@ def item_counters(results: Path) -> dict[str, tuple[str, Callable[[], int], Path
 def scale_rows(results: str | Path) -> list[dict]:
     """One row per rule of the run: measured totals, per-item cost and the extrapolation to the paper's counts."""
     results = Path(results)
-    measured = read_benchmarks(results / "benchmarks")
+    measured = read_jobstats(results / "jobstats")
     counters = item_counters(results)
     rows = []
     for rule, m in sorted(measured.items()):

@@ -176,7 +176,7 @@ def cmd_bench_generate(args) -> None:
 
 def add_scale_table(sub) -> None:
     p = sub.add_parser("scale-table", help="per-rule cost per item of a run, extrapolated to the paper's counts")
-    p.add_argument("--results", required=True, help="results/<profile> of a finished run (its benchmarks/*.tsv)")
+    p.add_argument("--results", required=True, help="results/<profile> of a finished run (its jobstats/*.tsv)")
     p.add_argument("--out", required=True, help="Markdown file (a .json of the rows beside it)")
     p.set_defaults(func=cmd_scale_table)
 
