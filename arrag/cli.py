@@ -907,8 +907,31 @@ def cmd_table(args) -> None:
         if args.params:  # the generation.json of each result's images: the Params column
             for label, path in _labelled(args.label, args.params, "params").items():
                 measured[label]["params"] = tables.generation_parameters(path)
+        if args.records and _bootstrap(args):  # 95% intervals and paired differences, over prompts
+            records = _labelled(args.label, args.records, "records")
+            tables.record_intervals(args.kind, measured, results, records, _bootstrap(args))
+        if args.kind == "fidelity":  # the intervals `arrag fidelity --bootstrap` stored
+            tables.fidelity_intervals(measured, results)
     tables.write_table(spec, measured, args.out, note=args.note, paper=args.paper_rows)
     print(Path(args.out).with_suffix(".md").read_text())
+
+
+def _bootstrap(args):
+    """--bootstrap N --seed S -> the intervals' Bootstrap, or None for --bootstrap 0."""
+    from arrag.evaluation.intervals import Bootstrap
+
+    return Bootstrap(args.bootstrap, args.seed) if args.bootstrap else None
+
+
+def _bootstrap_flags(p, what: str) -> None:
+    from arrag.evaluation.intervals import RESAMPLES, SEED
+
+    p.add_argument(
+        "--bootstrap", type=_INDEX, default=RESAMPLES, help=f"resamples of {what} for 95%% intervals (0: none)"
+    )
+    p.add_argument(
+        "--seed", type=_INDEX, default=SEED, help="seed of the bootstrap's draws (one for all methods: paired)"
+    )
 
 
 def cmd_sweep_table(args) -> None:
@@ -951,6 +974,7 @@ def cmd_fidelity(args) -> None:
         fwd_level=args.fwd_level,
         fwd_size=args.fwd_size,
         batch_size=args.batch_size,
+        boot=_bootstrap(args),
     )
     if args.out_json:
         write_json(args.out_json, result)
@@ -1403,6 +1427,8 @@ def build_parser() -> argparse.ArgumentParser:
         help="per --result: the generation.json of its images, whose parameter count fills the Params column",
     )
     p.add_argument("--paper-rows", action="store_true", help="add the paper's published rows for reference")
+    p.add_argument("--records", action="append", default=[], help="per --result (geneval, dpg): its per-image JSONL")
+    _bootstrap_flags(p, "the prompts")
     p.add_argument("--note", default="", help="sentence appended to the caption")
     p.add_argument("--out", required=True, help="output prefix, e.g. results/mini/tables/geneval")
     p.set_defaults(func=cmd_table)
@@ -1431,6 +1457,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--fwd-size", type=_COUNT, default=256, help="images resized to this for FWD (paper: 256)")
     p.add_argument("--batch-size", type=_COUNT, default=64)
     p.add_argument("--device", default="auto")
+    _bootstrap_flags(p, "the generated images' prompts")
     p.add_argument("--out-json", default=None)
     p.set_defaults(func=cmd_fidelity)
 

@@ -35,6 +35,7 @@ class Column:
     percent: bool = False  # a fraction shown as a signed percentage
     count: bool = False  # a parameter count shown as 1.2B / 3.4M / 5.6K
     delta: bool = False  # shown with its difference to the base model's row, "0.72 (+0.01)" (CSV: <key>_delta)
+    interval: bool = False  # a score with a 95% interval, "0.72 ± 0.03" (CSV: <key>_ci_low, <key>_ci_high)
 
 
 # The paper's Params column: parameters of what makes each method's images (arrag.decoding.pipeline.method_parameters)
@@ -65,17 +66,26 @@ TABLES = {
     "geneval": TableSpec(
         "geneval",
         "GenEval (Table 1): accuracy per tag; overall is the unweighted mean of the six tags.",
-        (PARAMS,) + tuple(Column(k, h) for k, h in GENEVAL_COLUMNS) + (Column("overall", "Overall", 3, delta=True),),
+        (PARAMS,)
+        + tuple(Column(k, h, interval=True) for k, h in GENEVAL_COLUMNS)
+        + (Column("overall", "Overall", 3, delta=True, interval=True),),
     ),
     "dpg": TableSpec(
         "dpg",
         "DPG-Bench (Table 2): VQA accuracy x 100 per L1 category; overall is the mean image score.",
-        (PARAMS,) + tuple(Column(k, h) for k, h in DPG_CATEGORIES) + (Column("overall", "Overall", delta=True),),
+        (PARAMS,)
+        + tuple(Column(k, h, interval=True) for k, h in DPG_CATEGORIES)
+        + (Column("overall", "Overall", delta=True, interval=True),),
     ),
     "fidelity": TableSpec(
         "fidelity",
         "Fidelity against real images (Table 3): lower is better.",
-        (PARAMS, Column("cmmd", "CMMD", 3), Column("fid", "FID"), Column("fwd", "FWD", 3)),
+        (
+            PARAMS,
+            Column("cmmd", "CMMD", 3, interval=True),
+            Column("fid", "FID", interval=True),
+            Column("fwd", "FWD", 3, interval=True),
+        ),
     ),
     "inference_time": TableSpec(
         "inference_time",
@@ -166,6 +176,86 @@ def add_deltas(spec: TableSpec, rows: list[dict]) -> list[dict]:
     return rows
 
 
+BASE = "vanilla"  # our base model's label: every other method's paired difference is against its row
+FIDELITY_METRICS = ("cmmd", "fid", "fwd")
+
+
+def record_intervals(kind: str, measured: dict[str, dict], results: dict, records: dict, boot) -> None:
+    """geneval / dpg: each row's 95% intervals and paired differences to the base model, bootstrapped over
+    prompts (arrag.evaluation.intervals) from the per-image records written with its summary (--out-jsonl)."""
+    from arrag.evaluation import intervals
+    from arrag.io import read_jsonl
+
+    if kind not in ("geneval", "dpg"):
+        raise ValueError(f"per-image records give intervals to the geneval and dpg tables, not {kind!r}")
+    if set(records) != set(measured):
+        raise ValueError(
+            f"give --records for every --result or for none: records for {sorted(records)}, "
+            f"results for {sorted(measured)}"
+        )
+    scores = {}
+    for label, path in records.items():
+        if kind == "geneval":
+            scores[label] = intervals.geneval_prompt_scores(read_jsonl(path))
+        else:  # the category scores as the summary made them (dpg.summarise's options)
+            quirks = read_summary(results[label]).get("quirks", {})
+            options = [quirks.get(k, True) for k in ("last_crop_categories", "raw_categories")]
+            scores[label] = intervals.dpg_prompt_scores(read_jsonl(path), *options)
+        intervals.check_matches(scores[label].point(), measured[label], path, results[label])
+    points = {label: s.point() for label, s in scores.items()}
+    reps = intervals.replicates(scores, boot)
+    reps = {
+        label: {c: r for c, r in cols.items() if measured[label].get(c) is not None} for label, cols in reps.items()
+    }
+    base = BASE if BASE in scores else None
+    for label, cols in intervals.interval_columns(points, reps, base, boot.level).items():
+        measured[label] |= cols | boot.record()
+
+
+def fidelity_intervals(measured: dict[str, dict], results: dict) -> None:
+    """Table 3: each row's intervals and paired differences to the base model from the replicates `arrag
+    fidelity` stored (the generated images resampled by prompt against fixed reference statistics). Records
+    made with the same draws (seed, resamples, prompts) pair replicate by replicate; others are refused."""
+    from arrag.evaluation import intervals
+
+    records = {label: read_summary(path) for label, path in results.items()}
+    setups = {label: r["bootstrap"] for label, r in records.items() if r.get("bootstrap")}
+    points, reps = {}, {}
+    for label in setups:
+        r = records[label]
+        reps[label] = {m: np.asarray(r[f"{m}_replicates"], float) for m in FIDELITY_METRICS if r.get(f"{m}_replicates")}
+        points[label] = {m: r[m] for m in reps[label]}
+    base = BASE if BASE in setups else None
+    for label, setup in setups.items():
+        if base is not None and setup != setups[base]:
+            raise ValueError(
+                f"{results[label]} and {results[base]} were bootstrapped differently ({setup} vs {setups[base]}): "
+                "a paired difference needs the same draws; rescore both with one `arrag fidelity --bootstrap --seed`"
+            )
+    level = next(iter(setups.values()))["ci_level"] if setups else None
+    for label, cols in intervals.interval_columns(points, reps, base, level).items():
+        measured[label] |= cols | {k: setups[label][k] for k in ("ci_level", "ci_resamples", "ci_seed")}
+
+
+def interval_note(spec: TableSpec, rows: list[dict]) -> str:
+    """The caption's sentence on the intervals: how they were made, and why some rows have none."""
+    if not any(c.interval for c in spec.columns):
+        return ""
+    r = next((r for r in rows if r.get("ci_resamples")), None)
+    none = "— : no interval, for want of per-prompt results (the paper's rows are published numbers)."
+    if r is None:
+        return f"± {none}"
+    unit = (
+        "prompts" if spec.name != "fidelity" else "prompts (their generated images, against fixed reference statistics)"
+    )
+    return (
+        f"± is half the width of a {100 * r['ci_level']:g}% percentile-bootstrap interval over {unit}, "
+        f"{r['ci_resamples']} resamples, seed {r['ci_seed']} (CSV: <column>_ci_low, _ci_high); the difference "
+        "to the base model, in brackets, carries the paired bootstrap's interval on the same prompts (CSV: "
+        f"<column>_diff_vs_base, _diff_ci_low, _diff_ci_high). {none}"
+    )
+
+
 def measured_row(kind: str, path: str | Path, label: str) -> dict:
     """One method's row of table `kind` from its result: a GenEval or DPG-Bench summary, a fidelity JSON, or
     (over_copying) the GenEval-layout folder holding its copying.json records."""
@@ -220,18 +310,38 @@ def _is_number(text: str) -> bool:
         return False
 
 
-def _cell(value, column: Column, delta=None) -> str:
-    if value is None or (isinstance(value, float) and math.isnan(value)):
+def _missing(value) -> bool:
+    return value is None or (isinstance(value, float) and math.isnan(value))
+
+
+def _plus_minus(row: dict, prefix: str, digits: int) -> str:
+    """ "± h": half the width of the interval <prefix>_low .. <prefix>_high, or "± —" where the row has none."""
+    low, high = row.get(f"{prefix}_low"), row.get(f"{prefix}_high")
+    return "± —" if _missing(low) or _missing(high) else f"± {(high - low) / 2:.{digits}f}"
+
+
+def _cell(row: dict, column: Column) -> str:
+    value, digits = row.get(column.key), column.digits
+    if _missing(value):
         return "–"
     if column.count:
         return _count(value)
     if column.percent:
-        return f"{100 * value:+.{column.digits}f}%" if column.key == "overhead" else f"{100 * value:.{column.digits}f}%"
-    return f"{value:.{column.digits}f}" + ("" if delta is None else f" ({delta:+.{column.digits}f})")
+        return f"{100 * value:+.{digits}f}%" if column.key == "overhead" else f"{100 * value:.{digits}f}%"
+    text = f"{value:.{digits}f}"
+    if column.interval:
+        text += " " + _plus_minus(row, f"{column.key}_ci", digits)
+    delta = row.get(f"{column.key}_delta")
+    if column.delta and not _missing(delta):
+        has_ci = not _missing(row.get(f"{column.key}_diff_ci_low"))
+        text += (
+            f" ({delta:+.{digits}f}" + (" " + _plus_minus(row, f"{column.key}_diff_ci", digits) if has_ci else "") + ")"
+        )
+    return text
 
 
 def _cells(row: dict, spec: TableSpec) -> list[str]:
-    return [_cell(row.get(c.key), c, row.get(f"{c.key}_delta")) for c in spec.columns]
+    return [_cell(row, c) for c in spec.columns]
 
 
 def _name(row: dict, key: str = "method") -> str:
@@ -259,7 +369,8 @@ def render_markdown(spec: TableSpec, rows: list[dict], note: str = "") -> str:
 
 
 def _latex_escape(text: str) -> str:
-    return re.sub(r"([&%$#_{}])", r"\\\1", text).replace("~", r"\textasciitilde{}")
+    text = re.sub(r"([&%$#_{}])", r"\\\1", text).replace("~", r"\textasciitilde{}")
+    return text.replace("±", r"$\pm$").replace("—", "---")
 
 
 def render_latex(spec: TableSpec, rows: list[dict], note: str = "") -> str:
@@ -294,7 +405,7 @@ def write_table(
     if not rows:
         raise ValueError(f"no rows for the {spec.name} table: give at least one result")
     add_deltas(spec, rows)
-    write_rows(spec, rows, out_prefix, note)
+    write_rows(spec, rows, out_prefix, " ".join(filter(None, [note, interval_note(spec, rows)])))
     return rows
 
 
