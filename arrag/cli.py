@@ -938,7 +938,12 @@ def cmd_sweep_table(args) -> None:
     from arrag.evaluation.tables import best_sweep_row, read_summary, write_sweep
 
     summaries = {path: read_summary(path) for path in args.summary}
-    rows = write_sweep(summaries, args.out_csv, args.out_png, args.x, args.y, args.title, args.metric)
+    if args.records and len(args.records) != len(args.summary):
+        raise ValueError(f"give one --records per --summary, in order ({len(args.records)} for {len(args.summary)})")
+    records = dict(zip(args.summary, args.records)) if args.records else None
+    rows = write_sweep(
+        summaries, args.out_csv, args.out_png, args.x, args.y, args.title, args.metric, records, _bootstrap(args)
+    )
     best = best_sweep_row(rows, args.metric)
     print(json.dumps({"runs": len(rows), "best": best}, indent=2))
 
@@ -1441,6 +1446,8 @@ def build_parser() -> argparse.ArgumentParser:
         default="geneval",
         help="geneval: GenEval summaries' overall; fid: `arrag fidelity` records' FID (the paper's Figure 7)",
     )
+    p.add_argument("--records", nargs="+", default=[], help="geneval: each --summary's per-image JSONL, in order")
+    _bootstrap_flags(p, "the prompts")
     p.add_argument("--x", required=True, help="parameter across the heatmap")
     p.add_argument("--y", required=True, help="parameter down the heatmap")
     p.add_argument("--title", default="")

@@ -285,3 +285,67 @@ def test_table_command_takes_records_and_bootstrap_flags(tmp_path):
     json.loads(json.dumps(row))
     write_json(tmp_path / "s.json", geneval_summarise(_geneval_records(~correct)))  # records of another run
     assert main(args) == 2
+
+
+def test_sweep_marks_runs_that_differ_from_the_best_beyond_noise(tmp_path):
+    from arrag.evaluation.tables import write_sweep
+
+    rng = np.random.default_rng(8)
+    base = rng.random((36, 2)) < 0.3
+    runs = {0.1: base | (np.arange(36) % 2 == 0)[:, None], 0.2: base, 0.5: base.copy()}  # 0.1: best by far
+    runs[0.5][0] = True  # one image better than 0.2: within noise of it, far below 0.1
+    summaries, records = {}, {}
+    for w, c in runs.items():
+        path = str(tmp_path / f"weight~{w}" / "temperature~1.0" / "geneval_summary.json")
+        write_jsonl(tmp_path / f"{w}.jsonl", _geneval_records(c))
+        summaries[path], records[path] = geneval_summarise(_geneval_records(c)), str(tmp_path / f"{w}.jsonl")
+    boot = iv.Bootstrap(resamples=300, seed=2)
+    rows = write_sweep(
+        summaries, tmp_path / "s.csv", tmp_path / "s.png", "weight", "temperature", "t", "geneval", records, boot
+    )
+    by_w = {r["weight"]: r for r in rows}
+    assert by_w[0.1]["diff_vs_best"] == 0.0 and not by_w[0.1]["differs_from_best"]
+    assert by_w[0.2]["differs_from_best"] and by_w[0.5]["differs_from_best"]
+    direct = _direct_geneval(runs[0.2], 300, 2)[:, -1] - _direct_geneval(runs[0.1], 300, 2)[:, -1]
+    assert (by_w[0.2]["diff_ci_low"], by_w[0.2]["diff_ci_high"]) == pytest.approx(
+        tuple(np.percentile(direct, [2.5, 97.5]))
+    )
+    assert by_w[0.2]["overall_ci_low"] <= by_w[0.2]["overall"] <= by_w[0.2]["overall_ci_high"]
+    grid = (tmp_path / "s.md").read_text()
+    half = (by_w[0.2]["overall_ci_high"] - by_w[0.2]["overall_ci_low"]) / 2
+    assert f"{by_w[0.2]['overall']:.3f}* ± {half:.3f}" in grid and f"| {by_w[0.1]['overall']:.3f} ± " in grid
+    assert "differs from the best run beyond noise" in grid
+    header = (tmp_path / "s.csv").read_text().splitlines()[0]
+    assert "diff_ci_low" in header and "differs_from_best" in header and "ci_seed" in header
+    # without a seed's paired draws the mark would be noise: two identical runs never differ
+    same = {p: summaries[p] for p in list(summaries)[1:2]}
+    same[str(tmp_path / "weight~0.7" / "temperature~1.0" / "geneval_summary.json")] = summaries[list(summaries)[1]]
+    recs = dict(zip(same, [records[list(summaries)[1]]] * 2))
+    twin = write_sweep(
+        same, tmp_path / "t.csv", tmp_path / "t.png", "weight", "temperature", "t", "geneval", recs, boot
+    )
+    assert [r["diff_ci_low"] for r in twin] == [0.0, 0.0] and not any(r["differs_from_best"] for r in twin)
+
+
+def test_fid_sweep_pairs_stored_replicates(tmp_path):
+    from arrag.evaluation.tables import write_sweep
+
+    boot = {"ci_level": 0.95, "ci_resamples": 3, "ci_seed": 0, "ci_unit": "prompt", "ci_units": 9}
+    fids = {0.1: [10.0, 11.0, 12.0], 0.3: [10.5, 12.0, 13.0]}
+    summaries = {
+        f"s/weight~{w}/temperature~1.0/sweep_fid.json": {
+            "fid": r[1],
+            "fid_replicates": r,
+            "fwd": 1.0,
+            "images": 9,
+            "bootstrap": boot,
+        }
+        for w, r in fids.items()
+    }
+    rows = write_sweep(summaries, tmp_path / "f.csv", tmp_path / "f.png", "weight", "temperature", "FID", "fid")
+    worse = next(r for r in rows if r["weight"] == 0.3)
+    assert worse["diff_vs_best"] == 1.0 and worse["differs_from_best"]  # worse on every paired resample
+    assert worse["diff_ci_low"] == pytest.approx(np.percentile([0.5, 1.0, 1.0], 2.5))
+    summaries[next(iter(summaries))]["bootstrap"] = boot | {"ci_seed": 4}
+    with pytest.raises(ValueError, match="bootstrapped differently"):
+        write_sweep(summaries, tmp_path / "g.csv", tmp_path / "g.png", "weight", "temperature", "FID", "fid")

@@ -328,7 +328,7 @@ def _cell(row: dict, column: Column) -> str:
         return _count(value)
     if column.percent:
         return f"{100 * value:+.{digits}f}%" if column.key == "overhead" else f"{100 * value:.{digits}f}%"
-    text = f"{value:.{digits}f}"
+    text = f"{value:.{digits}f}" + row.get(f"{column.key}_mark", "")
     if column.interval:
         text += " " + _plus_minus(row, f"{column.key}_ci", digits)
     delta = row.get(f"{column.key}_delta")
@@ -446,10 +446,14 @@ def sweep_pivot(
 ) -> tuple[TableSpec, list[dict]]:
     """A sweep's scores as a grid: one row per value of y, one column per value of x (Figure 7)."""
     xs = sorted({r[x] for r in rows})
-    spec = TableSpec(name, title, tuple(Column(f"{x}={v:g}", f"{x} {v:g}", 3) for v in xs), label=(y, y))
+    ci = any(f"{value}_ci_low" in r for r in rows)  # ± and * once the sweep has intervals (sweep_intervals)
+    columns = tuple(Column(f"{x}={v:g}", f"{x} {v:g}", 3, interval=ci) for v in xs)
+    spec = TableSpec(name, title, columns, label=(y, y))
     grid: dict = {}
     for r in rows:
-        grid.setdefault(r[y], {y: r[y]})[f"{x}={r[x]:g}"] = r[value]
+        key = f"{x}={r[x]:g}"
+        cell = {key: r[value], f"{key}_ci_low": r.get(f"{value}_ci_low"), f"{key}_ci_high": r.get(f"{value}_ci_high")}
+        grid.setdefault(r[y], {y: r[y]}).update(cell | {f"{key}_mark": "*" if r.get("differs_from_best") else ""})
     return spec, [grid[v] for v in sorted(grid)]
 
 
@@ -495,14 +499,23 @@ def sweep_heatmap(rows: list[dict], x: str, y: str, out_png, title: str, metric:
     value, label, _ = SWEEP_METRICS[metric]
     xs, ys = sorted({r[x] for r in rows}), sorted({r[y] for r in rows})
     grid = np.full((len(ys), len(xs)), np.nan)
+    labels = {}
     for r in rows:
-        grid[ys.index(r[y]), xs.index(r[x])] = r[value]
+        i, j = ys.index(r[y]), xs.index(r[x])
+        grid[i, j] = r[value]
+        labels[i, j] = f"{r[value]:.3f}" + ("*" if r.get("differs_from_best") else "")
+        if not _missing(r.get(f"{value}_ci_low")):
+            labels[i, j] += "\n" + _plus_minus(r, f"{value}_ci", 3)
     fig, ax = plt.subplots(figsize=(1.2 + 1.1 * len(xs), 1.0 + 0.8 * len(ys)))
     image = ax.imshow(grid, cmap="viridis" if SWEEP_METRICS[metric][2] else "viridis_r", aspect="auto")
-    for i in range(len(ys)):
-        for j in range(len(xs)):
-            if not np.isnan(grid[i, j]):
-                ax.text(j, i, f"{grid[i, j]:.3f}", ha="center", va="center", color="white", fontsize=8)
+    for (i, j), text in labels.items():  # dark text on the colour map's bright end
+        colour = "black" if image.norm(grid[i, j]) > 0.6 else "white"
+        ax.text(j, i, text, ha="center", va="center", color=colour, fontsize=8)
+    if any("differs_from_best" in r for r in rows):
+        best = best_sweep_row(rows, metric)
+        outline = plt.Rectangle((xs.index(best[x]) - 0.5, ys.index(best[y]) - 0.5), 1, 1, fill=False, color="red", lw=2)
+        ax.add_patch(outline)
+        title += "\nbest: red box; * differs from it beyond noise\n(paired 95% interval of the difference excludes 0)"
     ax.set_xticks(range(len(xs)), [f"{v:g}" for v in xs])
     ax.set_yticks(range(len(ys)), [f"{v:g}" for v in ys])
     ax.set_xlabel(x)
@@ -523,13 +536,80 @@ def best_sweep_row(rows: list[dict], metric: str = "geneval") -> dict:
     return (max if higher_is_better else min)(rows, key=lambda r: r[value])
 
 
+def sweep_intervals(rows: list[dict], summaries: dict[str, dict], metric: str, records: dict | None, boot) -> None:
+    """Each sweep run's intervals, and its paired difference to the best run (all runs share the sweep's
+    prompts): diff_vs_best, diff_ci_low, diff_ci_high, differs_from_best (that interval excludes 0). geneval:
+    bootstrapped from each run's per-image records; fid: from the replicates `arrag fidelity --bootstrap`
+    stored, which must share one set of draws. Rows in `summaries` order; left as they are without either."""
+    from arrag.evaluation import intervals
+    from arrag.io import read_jsonl
+
+    paths = list(summaries)
+    if metric == "geneval":
+        if not records or boot is None:
+            return
+        scores = {}
+        for i, path in enumerate(paths):
+            scores[i] = intervals.geneval_prompt_scores(read_jsonl(records[path]))
+            intervals.check_matches(scores[i].point(), rows[i], records[path], path)
+        reps, made = intervals.replicates(scores, boot), boot.record()
+    else:
+        setups = [summaries[p].get("bootstrap") for p in paths]
+        if any(s is None for s in setups):
+            return
+        if any(s != setups[0] for s in setups):
+            raise ValueError(
+                f"the sweep's fidelity records were bootstrapped differently ({setups[0]} vs others): "
+                "rescore them with one `arrag fidelity --bootstrap --seed`"
+            )
+        reps = {
+            i: {
+                m: np.asarray(summaries[p][f"{m}_replicates"], float)
+                for m in ("fid", "fwd")
+                if summaries[p].get(f"{m}_replicates")
+            }
+            for i, p in enumerate(paths)
+        }
+        made = {k: setups[0][k] for k in ("ci_level", "ci_resamples", "ci_seed")}
+    value = SWEEP_METRICS[metric][0]
+    best = rows.index(best_sweep_row(rows, metric))
+    points = {i: {c: rows[i][c] for c in reps[i]} for i in reps}
+    for i, cols in intervals.interval_columns(points, reps, best, made["ci_level"]).items():
+        rows[i] |= {k: v for k, v in cols.items() if "_diff_" not in k}
+        low, high = cols.get(f"{value}_diff_ci_low", 0.0), cols.get(f"{value}_diff_ci_high", 0.0)
+        diff = cols.get(f"{value}_diff_vs_base", 0.0)
+        rows[i] |= {"diff_vs_best": diff, "diff_ci_low": low, "diff_ci_high": high}
+        rows[i] |= {"differs_from_best": bool(low > 0 or high < 0)} | made
+
+
 def write_sweep(
-    summaries: dict[str, dict], out_csv, out_png, x: str, y: str, title: str, metric: str = "geneval"
+    summaries: dict[str, dict],
+    out_csv,
+    out_png,
+    x: str,
+    y: str,
+    title: str,
+    metric: str = "geneval",
+    records: dict[str, str] | None = None,
+    boot=None,
 ) -> list[dict]:
-    """The sweep's runs as a long CSV, its scores as a Markdown/LaTeX grid beside it, and a heatmap."""
-    rows = sorted(sweep_rows(summaries, metric), key=lambda r: (r[y], r[x]))
+    """The sweep's runs as a long CSV, its scores as a Markdown/LaTeX grid beside it, and a heatmap; with
+    per-image records (geneval: summary path -> JSONL) or stored replicates (fid), each with its interval and
+    its paired difference to the best run (sweep_intervals)."""
+    rows = sweep_rows(summaries, metric)
+    sweep_intervals(rows, summaries, metric, records, boot)
+    rows = sorted(rows, key=lambda r: (r[y], r[x]))
     write_text(out_csv, render_csv(rows))
     spec, grid = sweep_pivot(rows, x, y, Path(out_csv).stem, title, SWEEP_METRICS[metric][0])
-    write_rows(spec, grid, Path(out_csv).with_suffix(""), csv=False)
+    note = ""
+    if rows and "differs_from_best" in rows[0]:
+        r = rows[0]
+        note = (
+            f"Intervals: ± is half the width of a {100 * r['ci_level']:g}% percentile-bootstrap interval over prompts, "
+            f"{r['ci_resamples']} resamples, seed {r['ci_seed']}; * : differs from the best run beyond noise "
+            "(the paired bootstrap's interval of the difference excludes 0; CSV: diff_vs_best, diff_ci_low, "
+            "diff_ci_high, differs_from_best)."
+        )
+    write_rows(spec, grid, Path(out_csv).with_suffix(""), note, csv=False)
     sweep_heatmap(rows, x, y, out_png, title, metric)
     return rows
