@@ -336,7 +336,10 @@ def fidelity_scores(
     if boot is not None:
         fid_feats = both_sets(fid_network) if fid_network is not None else None
         cmmd_feats = both_sets(cmmd_network) if cmmd_network is not None else None
-        result |= fidelity_bootstrap(generated, boot, fid_feats, cmmd_feats, reference_packets, packets, batch_size)
+        device = _device_of(fid_network) if fid_network is not None else None  # the features' GPU, if any
+        result |= fidelity_bootstrap(
+            generated, boot, fid_feats, cmmd_feats, reference_packets, packets, batch_size, device
+        )
     return result
 
 
@@ -365,26 +368,32 @@ def image_units(source: ImageSource) -> tuple[np.ndarray, str, str | None]:
     return np.arange(image_count(source)), "image", None
 
 
-def frechet_replicates(x: np.ndarray, ref_mu: np.ndarray, ref_cov: np.ndarray, weights) -> np.ndarray:
+def frechet_replicates(x: np.ndarray, ref_mu: np.ndarray, ref_cov: np.ndarray, weights, device=None) -> np.ndarray:
     """x [N, P, d] per-image vectors of P groups (FID: one), the reference's mean [P, d] and covariance [P, d, d],
-    weights: blocks [b, N] of how often each image is drawn -> Fréchet distances [B, P] of each weighted set."""
-    x = torch.as_tensor(np.asarray(x, np.float64))
+    weights: blocks [b, N] of how often each image is drawn -> Fréchet distances [B, P] of each weighted set.
+
+    A resample's covariance is Zᵀ Z / (n - 1) with rows z_i = √w_i (x_i - μ) of its m drawn images, so the
+    eigenvalues of Σr^½ Σ Σr^½ are those of Yᵀ Y / (n - 1), Y = Z Σr^½, or of Y Yᵀ / (n - 1) when m < d (same
+    non-zero eigenvalues, a smaller matrix). On `device`: a GPU for Inception's 2048-wide features of 30K images."""
+    x = torch.as_tensor(np.asarray(x, np.float64), device=device)
     m0 = x.mean(0)
-    xc_t, xc = (x - m0).permute(1, 2, 0), (x - m0).permute(1, 0, 2)  # [P, d, N], [P, N, d]: centred for accuracy
-    ref_mu, ref_cov = torch.as_tensor(ref_mu, dtype=torch.float64), torch.as_tensor(ref_cov, dtype=torch.float64)
+    xc = (x - m0).permute(1, 0, 2)  # [P, N, d], centred for accuracy
+    ref_mu, ref_cov = (torch.as_tensor(a, dtype=torch.float64, device=device) for a in (ref_mu, ref_cov))
     ev, vec = torch.linalg.eigh(ref_cov)
     root = vec @ torch.diag_embed(ev.clamp(min=0).sqrt()) @ vec.transpose(-1, -2)  # Σr^½ [P, d, d], symmetric
     ref_trace = ref_cov.diagonal(dim1=-2, dim2=-1).sum(-1)
     out = []
     for block in weights:
-        for w in torch.as_tensor(block, dtype=torch.float64):
-            n = w.sum()
-            mu_c = (xc_t @ w) / n  # [P, d]
-            cov = ((xc_t * w) @ xc - n * mu_c[:, :, None] * mu_c[:, None, :]) / (n - 1)  # as np.cov of the resample
-            tr_sqrt = torch.linalg.eigvalsh(root @ cov @ root).clamp(min=0).sqrt().sum(-1)
-            mean_term = ((mu_c + m0 - ref_mu) ** 2).sum(-1)
-            out.append(mean_term + cov.diagonal(dim1=-2, dim2=-1).sum(-1) + ref_trace - 2 * tr_sqrt)
-    return torch.stack(out).numpy()
+        for w in torch.as_tensor(block, dtype=torch.float64, device=device):
+            n, drawn = w.sum(), w > 0
+            mu_c = (w @ xc) / n  # [P, d]
+            z = (xc[:, drawn] - mu_c[:, None, :]) * w[drawn].sqrt()[None, :, None]  # [P, m, d]
+            y = z @ root
+            gram = y @ y.transpose(-1, -2) if y.shape[1] < y.shape[2] else y.transpose(-1, -2) @ y
+            tr_sqrt = torch.linalg.eigvalsh(gram / (n - 1)).clamp(min=0).sqrt().sum(-1)
+            tr_cov = (z * z).sum((-1, -2)) / (n - 1)
+            out.append(((mu_c + m0 - ref_mu) ** 2).sum(-1) + tr_cov + ref_trace - 2 * tr_sqrt)
+    return torch.stack(out).cpu().numpy()
 
 
 def cmmd_replicates(x: np.ndarray, y: np.ndarray, weights, sigma: float = 10.0, scale: float = 1000.0) -> np.ndarray:
@@ -411,6 +420,7 @@ def fidelity_bootstrap(
     fwd_reference: tuple[np.ndarray, np.ndarray] | None = None,
     packets: dict | None = None,
     batch_size: int = 64,
+    device=None,
 ) -> dict:
     """Intervals of FID (features (generated, reference)), CMMD (embeddings) and FWD (the reference's packet
     statistics; `packets`: level, size) over resamples of the generated images -> <metric>_ci_low, _ci_high,
@@ -428,7 +438,7 @@ def fidelity_bootstrap(
     if fid_feats is not None:
         gen, ref = fid_feats
         ref_mu, ref_cov = np.mean(ref, axis=0), np.cov(ref, rowvar=False)  # clean-fid's statistics
-        reps["fid"] = frechet_replicates(gen[:, None, :], ref_mu[None], ref_cov[None], weights())[:, 0]
+        reps["fid"] = frechet_replicates(gen[:, None, :], ref_mu[None], ref_cov[None], weights(), device)[:, 0]
     if cmmd_feats is not None:
         reps["cmmd"] = cmmd_replicates(*cmmd_feats, weights())
     if fwd_reference is not None:
@@ -437,7 +447,7 @@ def fidelity_bootstrap(
         if flops <= FWD_BOOTSTRAP_MAX_FLOPS:
             images = load_images(generated)
             coeffs = [wavelet_packets(images[i : i + batch_size], **packets) for i in range(0, len(images), batch_size)]
-            reps["fwd"] = frechet_replicates(torch.cat(coeffs).numpy(), mu, cov, weights()).mean(1)
+            reps["fwd"] = frechet_replicates(torch.cat(coeffs).numpy(), mu, cov, weights(), device).mean(1)
         else:
             out["fwd_bootstrap"] = (
                 f"not computed: {boot.resamples} resamples x {len(mu)} packet covariances of {len(units)} images "
