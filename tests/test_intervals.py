@@ -349,3 +349,11 @@ def test_fid_sweep_pairs_stored_replicates(tmp_path):
     summaries[next(iter(summaries))]["bootstrap"] = boot | {"ci_seed": 4}
     with pytest.raises(ValueError, match="bootstrapped differently"):
         write_sweep(summaries, tmp_path / "g.csv", tmp_path / "g.png", "weight", "temperature", "FID", "fid")
+
+
+def test_damaged_replicates_are_refused_by_name(tmp_path):
+    boot = {"ci_level": 0.95, "ci_resamples": 3, "ci_seed": 0, "ci_unit": "prompt", "ci_units": 3}
+    for bad in ([1.0, float("nan"), 2.0], [1.0, 2.0]):
+        write_json(tmp_path / "vanilla.json", {"fid": 1.0, "fid_replicates": bad, "images": 3, "bootstrap": boot})
+        with pytest.raises(ValueError, match=r"vanilla.json: fid_replicates must be 3 finite numbers"):
+            t.fidelity_intervals({"vanilla": {"fid": 1.0}}, {"vanilla": tmp_path / "vanilla.json"})

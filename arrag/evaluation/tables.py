@@ -212,6 +212,23 @@ def record_intervals(kind: str, measured: dict[str, dict], results: dict, record
         measured[label] |= cols | boot.record()
 
 
+def stored_replicates(record: dict, path, metrics=FIDELITY_METRICS) -> dict[str, np.ndarray]:
+    """metric -> the replicates an `arrag fidelity --bootstrap` record holds, refusing a record whose replicates are
+    not `ci_resamples` finite numbers (a damaged or hand-edited file)."""
+    out = {}
+    for m in metrics:
+        if record.get(f"{m}_replicates") is None:
+            continue
+        r = np.asarray(record[f"{m}_replicates"], dtype=float)
+        if r.shape != (record["bootstrap"]["ci_resamples"],) or not np.isfinite(r).all():
+            raise ValueError(
+                f"{path}: {m}_replicates must be {record['bootstrap']['ci_resamples']} finite numbers (ci_resamples), "
+                f"got shape {r.shape} with {int((~np.isfinite(r)).sum())} non-finite: rescore it with `arrag fidelity`"
+            )
+        out[m] = r
+    return out
+
+
 def fidelity_intervals(measured: dict[str, dict], results: dict) -> None:
     """Table 3: each row's intervals and paired differences to the base model from the replicates `arrag
     fidelity` stored (the generated images resampled by prompt against fixed reference statistics). Records
@@ -223,7 +240,7 @@ def fidelity_intervals(measured: dict[str, dict], results: dict) -> None:
     points, reps = {}, {}
     for label in setups:
         r = records[label]
-        reps[label] = {m: np.asarray(r[f"{m}_replicates"], float) for m in FIDELITY_METRICS if r.get(f"{m}_replicates")}
+        reps[label] = stored_replicates(r, results[label])
         points[label] = {m: r[m] for m in reps[label]}
     base = BASE if BASE in setups else None
     for label, setup in setups.items():
@@ -562,14 +579,7 @@ def sweep_intervals(rows: list[dict], summaries: dict[str, dict], metric: str, r
                 f"the sweep's fidelity records were bootstrapped differently ({setups[0]} vs others): "
                 "rescore them with one `arrag fidelity --bootstrap --seed`"
             )
-        reps = {
-            i: {
-                m: np.asarray(summaries[p][f"{m}_replicates"], float)
-                for m in ("fid", "fwd")
-                if summaries[p].get(f"{m}_replicates")
-            }
-            for i, p in enumerate(paths)
-        }
+        reps = {i: stored_replicates(summaries[p], p, ("fid", "fwd")) for i, p in enumerate(paths)}
         made = {k: setups[0][k] for k in ("ci_level", "ci_resamples", "ci_seed")}
     value = SWEEP_METRICS[metric][0]
     best = rows.index(best_sweep_row(rows, metric))
