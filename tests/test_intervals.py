@@ -187,7 +187,10 @@ def test_fidelity_bootstrap_resamples_prompts_of_a_geneval_folder(tmp_path):
     _geneval_folder(tmp_path / "gen", gen, per_prompt=3)  # 4 prompts of 3 images
     rng = np.random.default_rng(0)
     feats, ref = rng.normal(size=(12, 2)), rng.normal(size=(30, 2))
-    out = fidelity_bootstrap(tmp_path / "gen", iv.Bootstrap(resamples=20, seed=9), fid_feats=(feats, ref))
+    point = fid(feats, ref)
+    out = fidelity_bootstrap(
+        tmp_path / "gen", iv.Bootstrap(resamples=20, seed=9), {"fid": point}, fid_feats=(feats, ref)
+    )
     assert out["bootstrap"] | {"ci_prompts_sha256": None} == {
         "ci_level": 0.95,
         "ci_resamples": 20,
@@ -195,11 +198,15 @@ def test_fidelity_bootstrap_resamples_prompts_of_a_geneval_folder(tmp_path):
         "ci_unit": "prompt",
         "ci_units": 4,
         "ci_prompts_sha256": None,
+        "ci_centred": True,
     }
     prompts = np.random.default_rng(9).integers(0, 4, size=(20, 4))
     direct = [fid(feats[np.concatenate([np.arange(3 * p, 3 * p + 3) for p in row])], ref) for row in prompts]
     np.testing.assert_allclose(out["fid_replicates"], direct, rtol=1e-7)
-    assert (out["fid_ci_low"], out["fid_ci_high"]) == pytest.approx(tuple(np.percentile(direct, [2.5, 97.5])))
+    # resampled sets repeat images, which biases FID upwards: the percentiles are centred on the point value
+    centred = np.percentile(direct, [2.5, 97.5]) + point - np.mean(direct)
+    assert (out["fid_ci_low"], out["fid_ci_high"]) == pytest.approx(tuple(centred))
+    assert out["fid_ci_low"] <= point <= out["fid_ci_high"] < np.percentile(direct, 97.5)
     assert "cmmd_replicates" not in out and "fwd_replicates" not in out
 
 
@@ -210,7 +217,7 @@ def test_fwd_interval_is_left_out_and_said_so_above_the_work_limit(monkeypatch):
     gen = np.random.default_rng(0).integers(0, 256, (6, 8, 8, 3), dtype=np.uint8)
     stats = fidelity.packet_statistics(gen, level=1, size=8)
     out = fidelity.fidelity_bootstrap(
-        gen, iv.Bootstrap(resamples=5), fwd_reference=stats, packets=dict(level=1, size=8)
+        gen, iv.Bootstrap(resamples=5), {"fwd": 1.0}, fwd_reference=stats, packets=dict(level=1, size=8)
     )
     assert "fwd_replicates" not in out and "FWD has no interval" in out["fwd_bootstrap"]
     assert out["bootstrap"]["ci_unit"] == "image"
@@ -260,9 +267,10 @@ def test_fidelity_table_pairs_replicates_of_the_same_draws(tmp_path):
     measured = {m: t.fidelity_row(r, m) for m, r in records.items()}
     t.fidelity_intervals(measured, results)
     diff = np.array(records["daid"]["fid_replicates"]) - np.array(records["vanilla"]["fid_replicates"])
-    assert (measured["daid"]["fid_diff_ci_low"], measured["daid"]["fid_diff_ci_high"]) == pytest.approx(
-        tuple(np.percentile(diff, [2.5, 97.5]))
-    )
+    centred = np.percentile(diff, [2.5, 97.5]) + (1.0 - 2.0) - diff.mean()  # on the point difference, -1
+    assert (measured["daid"]["fid_diff_ci_low"], measured["daid"]["fid_diff_ci_high"]) == pytest.approx(tuple(centred))
+    low, high = np.percentile(records["vanilla"]["fid_replicates"], [2.5, 97.5]) + 2.0 - 2.125
+    assert (measured["vanilla"]["fid_ci_low"], measured["vanilla"]["fid_ci_high"]) == pytest.approx((low, high))
     assert measured["daid"]["fid_diff_vs_base"] == -1.0 and "cmmd_ci_low" not in measured["daid"]
     write_json(tmp_path / "daid.json", records["daid"] | {"bootstrap": boot | {"ci_seed": 1}})
     with pytest.raises(ValueError, match="bootstrapped differently"):
@@ -345,7 +353,8 @@ def test_fid_sweep_pairs_stored_replicates(tmp_path):
     rows = write_sweep(summaries, tmp_path / "f.csv", tmp_path / "f.png", "weight", "temperature", "FID", "fid")
     worse = next(r for r in rows if r["weight"] == 0.3)
     assert worse["diff_vs_best"] == 1.0 and worse["differs_from_best"]  # worse on every paired resample
-    assert worse["diff_ci_low"] == pytest.approx(np.percentile([0.5, 1.0, 1.0], 2.5))
+    paired = np.array([0.5, 1.0, 1.0])  # centred on the point difference, as FID is biased by a resample
+    assert worse["diff_ci_low"] == pytest.approx(np.percentile(paired, 2.5) + 1.0 - paired.mean())
     summaries[next(iter(summaries))]["bootstrap"] = boot | {"ci_seed": 4}
     with pytest.raises(ValueError, match="bootstrapped differently"):
         write_sweep(summaries, tmp_path / "g.csv", tmp_path / "g.png", "weight", "temperature", "FID", "fid")
@@ -357,3 +366,42 @@ def test_damaged_replicates_are_refused_by_name(tmp_path):
         write_json(tmp_path / "vanilla.json", {"fid": 1.0, "fid_replicates": bad, "images": 3, "bootstrap": boot})
         with pytest.raises(ValueError, match=r"vanilla.json: fid_replicates must be 3 finite numbers"):
             t.fidelity_intervals({"vanilla": {"fid": 1.0}}, {"vanilla": tmp_path / "vanilla.json"})
+
+
+def test_fidelity_command_stores_replicates_that_the_table_pairs(tmp_path):
+    from arrag.cli import main
+    from tests.test_fidelity import _geneval_folder, _images
+
+    ref = _images(0, n=24, size=8)
+    np.save(tmp_path / "ref.npy", ref)
+    for label, seed in (("vanilla", 1), ("daid", 2)):
+        _geneval_folder(tmp_path / label, _images(seed, n=12, size=8), per_prompt=2)
+        args = ["fidelity", "--images", str(tmp_path / label), "--reference", str(tmp_path / "ref.npy")]
+        args += ["--fwd-level", "1", "--fwd-size", "8", "--bootstrap", "30", "--seed", "4"]
+        assert main(args + ["--out-json", str(tmp_path / f"{label}.json")]) == 0
+    record = json.loads((tmp_path / "vanilla.json").read_text())
+    assert record["bootstrap"]["ci_units"] == 6 and record["bootstrap"]["ci_resamples"] == 30
+    assert len(record["fwd_replicates"]) == 30 and record["fwd_ci_low"] <= record["fwd"] <= record["fwd_ci_high"]
+    table = ["table", "fidelity", "--out", str(tmp_path / "f")]
+    for label in ("vanilla", "daid"):
+        table += ["--result", str(tmp_path / f"{label}.json"), "--label", label]
+    assert main(table) == 0
+    daid = next(r for r in csv.DictReader((tmp_path / "f.csv").open()) if r["method"] == "daid")
+    daid_record = json.loads((tmp_path / "daid.json").read_text())
+    reps = np.array(daid_record["fwd_replicates"]) - record["fwd_replicates"]
+    diff = daid_record["fwd"] - record["fwd"]
+    assert float(daid["fwd_diff_ci_low"]) == pytest.approx(np.percentile(reps, 2.5) + diff - reps.mean())
+    assert float(daid["fwd_ci_low"]) == pytest.approx(daid_record["fwd_ci_low"])  # the table's and the record's
+    assert "30 resamples, seed 4" in (tmp_path / "f.md").read_text()
+
+
+@pytest.mark.skipif(not __import__("torch").cuda.is_available(), reason="needs a GPU")
+def test_fid_resamples_on_a_gpu_match_the_cpu():
+    from arrag.evaluation.fidelity import frechet_replicates
+
+    rng = np.random.default_rng(0)
+    gen, ref = rng.normal(size=(50, 1, 16)), rng.normal(size=(60, 16))
+    blocks = list(iv.count_blocks(np.random.default_rng(1), 50, 20))
+    stats = (ref.mean(0)[None], np.cov(ref, rowvar=False)[None])
+    cpu = frechet_replicates(gen, *stats, blocks)
+    np.testing.assert_allclose(frechet_replicates(gen, *stats, blocks, device="cuda"), cpu, rtol=1e-9)

@@ -337,8 +337,9 @@ def fidelity_scores(
         fid_feats = both_sets(fid_network) if fid_network is not None else None
         cmmd_feats = both_sets(cmmd_network) if cmmd_network is not None else None
         device = _device_of(fid_network) if fid_network is not None else None  # the features' GPU, if any
+        points = {m: result[m] for m in ("fid", "cmmd", "fwd") if m in result}
         result |= fidelity_bootstrap(
-            generated, boot, fid_feats, cmmd_feats, reference_packets, packets, batch_size, device
+            generated, boot, points, fid_feats, cmmd_feats, reference_packets, packets, batch_size, device
         )
     return result
 
@@ -415,6 +416,7 @@ def cmmd_replicates(x: np.ndarray, y: np.ndarray, weights, sigma: float = 10.0, 
 def fidelity_bootstrap(
     generated: ImageSource,
     boot,
+    points: dict[str, float],
     fid_feats: tuple[np.ndarray, np.ndarray] | None = None,
     cmmd_feats: tuple[np.ndarray, np.ndarray] | None = None,
     fwd_reference: tuple[np.ndarray, np.ndarray] | None = None,
@@ -424,7 +426,8 @@ def fidelity_bootstrap(
 ) -> dict:
     """Intervals of FID (features (generated, reference)), CMMD (embeddings) and FWD (the reference's packet
     statistics; `packets`: level, size) over resamples of the generated images -> <metric>_ci_low, _ci_high,
-    _replicates, and the draws' record under "bootstrap"."""
+    _replicates, and the draws' record under "bootstrap". The intervals are centred on `points` (metric -> its
+    value on the whole set), as a resample biases these metrics upwards (intervals.percentile_interval)."""
     from arrag.evaluation.intervals import count_blocks, percentile_interval
 
     units, unit, digest = image_units(generated)
@@ -454,7 +457,7 @@ def fidelity_bootstrap(
                 f"would take ~{flops:.1e} flops (limit {FWD_BOOTSTRAP_MAX_FLOPS:.0e}); FWD has no interval"
             )
     for metric, r in reps.items():
-        low, high = percentile_interval(r, boot.level)
+        low, high = percentile_interval(r, boot.level, centre=points[metric])
         out |= {f"{metric}_ci_low": float(low), f"{metric}_ci_high": float(high), f"{metric}_replicates": r.tolist()}
-    draws = {"ci_unit": unit, "ci_units": n_units, "ci_prompts_sha256": digest}
+    draws = {"ci_unit": unit, "ci_units": n_units, "ci_prompts_sha256": digest, "ci_centred": True}
     return out | {"bootstrap": boot.record() | draws}

@@ -250,7 +250,7 @@ def fidelity_intervals(measured: dict[str, dict], results: dict) -> None:
                 "a paired difference needs the same draws; rescore both with one `arrag fidelity --bootstrap --seed`"
             )
     level = next(iter(setups.values()))["ci_level"] if setups else None
-    for label, cols in intervals.interval_columns(points, reps, base, level).items():
+    for label, cols in intervals.interval_columns(points, reps, base, level, centred=True).items():
         measured[label] |= cols | {k: setups[label][k] for k in ("ci_level", "ci_resamples", "ci_seed")}
 
 
@@ -262,9 +262,12 @@ def interval_note(spec: TableSpec, rows: list[dict]) -> str:
     none = "— : no interval, for want of per-prompt results (the paper's rows are published numbers)."
     if r is None:
         return f"± {none}"
-    unit = (
-        "prompts" if spec.name != "fidelity" else "prompts (their generated images, against fixed reference statistics)"
-    )
+    unit = "prompts"
+    if spec.name == "fidelity":
+        unit += (
+            " (their generated images against fixed reference statistics; as repeated images bias a resample's "
+            "metric upwards, the percentiles are centred on the point value)"
+        )
     return (
         f"± is half the width of a {100 * r['ci_level']:g}% percentile-bootstrap interval over {unit}, "
         f"{r['ci_resamples']} resamples, seed {r['ci_seed']} (CSV: <column>_ci_low, _ci_high); the difference "
@@ -584,7 +587,8 @@ def sweep_intervals(rows: list[dict], summaries: dict[str, dict], metric: str, r
     value = SWEEP_METRICS[metric][0]
     best = rows.index(best_sweep_row(rows, metric))
     points = {i: {c: rows[i][c] for c in reps[i]} for i in reps}
-    for i, cols in intervals.interval_columns(points, reps, best, made["ci_level"]).items():
+    centred = metric == "fid"  # a resample biases FID (fidelity.fidelity_bootstrap)
+    for i, cols in intervals.interval_columns(points, reps, best, made["ci_level"], centred).items():
         rows[i] |= {k: v for k, v in cols.items() if "_diff_" not in k}
         low, high = cols.get(f"{value}_diff_ci_low", 0.0), cols.get(f"{value}_diff_ci_high", 0.0)
         diff = cols.get(f"{value}_diff_vs_base", 0.0)
