@@ -392,7 +392,9 @@ def test_fidelity_command_stores_replicates_that_the_table_pairs(tmp_path):
     diff = daid_record["fwd"] - record["fwd"]
     assert float(daid["fwd_diff_ci_low"]) == pytest.approx(np.percentile(reps, 2.5) + diff - reps.mean())
     assert float(daid["fwd_ci_low"]) == pytest.approx(daid_record["fwd_ci_low"])  # the table's and the record's
-    assert "30 resamples, seed 4" in (tmp_path / "f.md").read_text()
+    md = (tmp_path / "f.md").read_text()
+    half = (float(daid["fwd_diff_ci_high"]) - float(daid["fwd_diff_ci_low"])) / 2
+    assert "30 resamples, seed 4" in md and f"({diff:+.3f} ± {half:.3f}) |" in md  # FWD's paired difference
 
 
 @pytest.mark.skipif(not __import__("torch").cuda.is_available(), reason="needs a GPU")

@@ -82,9 +82,9 @@ TABLES = {
         "Fidelity against real images (Table 3): lower is better.",
         (
             PARAMS,
-            Column("cmmd", "CMMD", 3, interval=True),
-            Column("fid", "FID", interval=True),
-            Column("fwd", "FWD", 3, interval=True),
+            Column("cmmd", "CMMD", 3, delta=True, interval=True),
+            Column("fid", "FID", delta=True, interval=True),
+            Column("fwd", "FWD", 3, delta=True, interval=True),
         ),
     ),
     "inference_time": TableSpec(
