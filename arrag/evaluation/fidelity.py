@@ -373,26 +373,30 @@ def frechet_replicates(x: np.ndarray, ref_mu: np.ndarray, ref_cov: np.ndarray, w
     """x [N, P, d] per-image vectors of P groups (FID: one), the reference's mean [P, d] and covariance [P, d, d],
     weights: blocks [b, N] of how often each image is drawn -> Fréchet distances [B, P] of each weighted set.
 
-    A resample's covariance is Zᵀ Z / (n - 1) with rows z_i = √w_i (x_i - μ) of its m drawn images, so the
-    eigenvalues of Σr^½ Σ Σr^½ are those of Yᵀ Y / (n - 1), Y = Z Σr^½, or of Y Yᵀ / (n - 1) when m < d (same
-    non-zero eigenvalues, a smaller matrix). On `device`: a GPU for Inception's 2048-wide features of 30K images."""
+    Tr((Σ Σr)^½) is the summed square roots of the eigenvalues of Σr^½ Σ Σr^½, the weighted covariance of the
+    rows turned once into Σr^½'s frame (x Σr^½); of m drawn images, its d x d form or, when m < d, the m x m
+    Gram matrix of the weighted centred rows (the same non-zero eigenvalues). On `device`: a GPU for
+    Inception's 2048-wide features of 30K images."""
     x = torch.as_tensor(np.asarray(x, np.float64), device=device)
     m0 = x.mean(0)
     xc = (x - m0).permute(1, 0, 2)  # [P, N, d], centred for accuracy
     ref_mu, ref_cov = (torch.as_tensor(a, dtype=torch.float64, device=device) for a in (ref_mu, ref_cov))
     ev, vec = torch.linalg.eigh(ref_cov)
     root = vec @ torch.diag_embed(ev.clamp(min=0).sqrt()) @ vec.transpose(-1, -2)  # Σr^½ [P, d, d], symmetric
+    xr, sq = xc @ root, (xc * xc).sum(-1)  # [P, N, d] in Σr^½'s frame, [P, N] squared norms
     ref_trace = ref_cov.diagonal(dim1=-2, dim2=-1).sum(-1)
     out = []
     for block in weights:
         for w in torch.as_tensor(block, dtype=torch.float64, device=device):
             n, drawn = w.sum(), w > 0
-            mu_c = (w @ xc) / n  # [P, d]
-            z = (xc[:, drawn] - mu_c[:, None, :]) * w[drawn].sqrt()[None, :, None]  # [P, m, d]
-            y = z @ root
-            gram = y @ y.transpose(-1, -2) if y.shape[1] < y.shape[2] else y.transpose(-1, -2) @ y
+            mu_c, mu_r = (w @ xc) / n, (w @ xr) / n  # [P, d] each
+            tr_cov = (sq @ w - n * (mu_c * mu_c).sum(-1)) / (n - 1)
+            if int(drawn.sum()) < xr.shape[-1]:
+                y = (xr[:, drawn] - mu_r[:, None, :]) * w[drawn].sqrt()[None, :, None]  # [P, m, d]
+                gram = y @ y.transpose(-1, -2)
+            else:
+                gram = (xr.transpose(-1, -2) * w) @ xr - n * mu_r[:, :, None] * mu_r[:, None, :]
             tr_sqrt = torch.linalg.eigvalsh(gram / (n - 1)).clamp(min=0).sqrt().sum(-1)
-            tr_cov = (z * z).sum((-1, -2)) / (n - 1)
             out.append(((mu_c + m0 - ref_mu) ** 2).sum(-1) + tr_cov + ref_trace - 2 * tr_sqrt)
     return torch.stack(out).cpu().numpy()
 
