@@ -5,6 +5,12 @@ over-copying table; plus hyper-parameter sweeps (Figure 7) as a CSV and a heatma
 A table is a `TableSpec` (its columns in the paper's order) and rows of dicts. In the paper profile the
 paper's published rows (arrag/benchmarks/paper/<table>.csv) are added as reference rows, marked
 source = "paper", above ours (source = "measured").
+
+Every score of Tables 1-3 carries a 95% interval and, for each method, its paired difference to the base model
+(arrag.evaluation.intervals): bootstrapped over prompts from the per-image records (GenEval, DPG-Bench), or read
+from the replicates `arrag fidelity --bootstrap` stored (FID, CMMD, FWD). CSV: <col>_ci_low, <col>_ci_high,
+<col>_diff_vs_base, <col>_diff_ci_low, <col>_diff_ci_high, ci_level, ci_resamples, ci_seed; Markdown and LaTeX:
+"score ± half-width (difference ± half-width)"; the paper's rows, published numbers, have none ("± —").
 """
 
 from __future__ import annotations
