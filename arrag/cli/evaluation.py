@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from arrag.cli.args import COUNT_TYPE, parse_overrides
+from arrag.cli.args import COUNT_TYPE, INDEX_TYPE, parse_overrides
 
 
 def register(sub) -> None:
@@ -22,6 +22,24 @@ def register(sub) -> None:
         add_grid,
     ):
         add(sub)
+
+
+def _bootstrap(args):
+    """--bootstrap N --seed S -> the intervals' Bootstrap, or None for --bootstrap 0."""
+    from arrag.evaluation.intervals import Bootstrap
+
+    return Bootstrap(args.bootstrap, args.seed) if args.bootstrap else None
+
+
+def _bootstrap_flags(p, what: str) -> None:
+    from arrag.evaluation.intervals import RESAMPLES, SEED
+
+    p.add_argument(
+        "--bootstrap", type=INDEX_TYPE, default=RESAMPLES, help=f"resamples of {what} for 95%% intervals (0: none)"
+    )
+    p.add_argument(
+        "--seed", type=INDEX_TYPE, default=SEED, help="seed of the bootstrap's draws (one for all methods: paired)"
+    )
 
 
 def _labelled(labels: list[str], paths: list[str], option: str) -> dict[str, str]:
@@ -146,6 +164,7 @@ def add_fidelity(sub) -> None:
     p.add_argument("--fwd-size", type=COUNT_TYPE, default=256, help="images resized to this for FWD (paper: 256)")
     p.add_argument("--batch-size", type=COUNT_TYPE, default=64)
     p.add_argument("--device", default="auto")
+    _bootstrap_flags(p, "the generated images' prompts")
     p.add_argument("--out-json", default=None)
     p.set_defaults(func=cmd_fidelity)
 
@@ -165,6 +184,7 @@ def cmd_fidelity(args) -> None:
         fwd_level=args.fwd_level,
         fwd_size=args.fwd_size,
         batch_size=args.batch_size,
+        boot=_bootstrap(args),
     )
     if args.out_json:
         write_json(args.out_json, result)
@@ -207,6 +227,8 @@ def add_table(sub) -> None:
         help="per --result: the generation.json of its images, whose parameter count fills the Params column",
     )
     p.add_argument("--paper-rows", action="store_true", help="add the paper's published rows for reference")
+    p.add_argument("--records", action="append", default=[], help="per --result (geneval, dpg): its per-image JSONL")
+    _bootstrap_flags(p, "the prompts")
     p.add_argument("--note", default="", help="sentence appended to the caption")
     p.add_argument("--out", required=True, help="output prefix, e.g. results/mini/tables/geneval")
     p.set_defaults(func=cmd_table)
@@ -226,6 +248,11 @@ def cmd_table(args) -> None:
         if args.params:  # the generation.json of each result's images: the Params column
             for label, path in _labelled(args.label, args.params, "params").items():
                 measured[label]["params"] = tables.generation_parameters(path)
+        if args.records and _bootstrap(args):  # 95% intervals and paired differences, over prompts
+            records = _labelled(args.label, args.records, "records")
+            tables.record_intervals(args.kind, measured, results, records, _bootstrap(args))
+        if args.kind == "fidelity":  # the intervals `arrag fidelity --bootstrap` stored
+            tables.fidelity_intervals(measured, results)
     tables.write_table(spec, measured, args.out, note=args.note, paper=args.paper_rows)
     print(Path(args.out).with_suffix(".md").read_text())
 
@@ -239,6 +266,8 @@ def add_sweep_table(sub) -> None:
         default="geneval",
         help="geneval: GenEval summaries' overall; fid: `arrag fidelity` records' FID (the paper's Figure 7)",
     )
+    p.add_argument("--records", nargs="+", default=[], help="geneval: each --summary's per-image JSONL, in order")
+    _bootstrap_flags(p, "the prompts")
     p.add_argument("--x", required=True, help="parameter across the heatmap")
     p.add_argument("--y", required=True, help="parameter down the heatmap")
     p.add_argument("--title", default="")
@@ -251,7 +280,12 @@ def cmd_sweep_table(args) -> None:
     from arrag.evaluation.tables import best_sweep_row, read_summary, write_sweep
 
     summaries = {path: read_summary(path) for path in args.summary}
-    rows = write_sweep(summaries, args.out_csv, args.out_png, args.x, args.y, args.title, args.metric)
+    if args.records and len(args.records) != len(args.summary):
+        raise ValueError(f"give one --records per --summary, in order ({len(args.records)} for {len(args.summary)})")
+    records = dict(zip(args.summary, args.records)) if args.records else None
+    rows = write_sweep(
+        summaries, args.out_csv, args.out_png, args.x, args.y, args.title, args.metric, records, _bootstrap(args)
+    )
     best = best_sweep_row(rows, args.metric)
     print(json.dumps({"runs": len(rows), "best": best}, indent=2))
 

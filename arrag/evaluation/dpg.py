@@ -343,6 +343,14 @@ def score_folder(
     return sorted(records, key=lambda r: natural_key(r["item_id"]))
 
 
+def category_values(record: dict, last_crop_categories: bool = True, raw_categories: bool = True):
+    """Each question of a scored image as (L1, L2, the values it adds to those categories' scores): its raw
+    scores or those after the dependency rule, of the last crop only or of every crop (see summarise)."""
+    for q in record["questions"].values():
+        values = q["raw"] if raw_categories else q["scores"]
+        yield (*categories(q["tuple"]), values[-1:] if last_crop_categories else values)
+
+
 def summarise(records: list[dict], *, last_crop_categories: bool = True, raw_categories: bool = True) -> dict:
     """The DPG-Bench score and category scores, all x100.
 
@@ -360,10 +368,7 @@ def summarise(records: list[dict], *, last_crop_categories: bool = True, raw_cat
     l1: dict[str, list[float]] = {}
     l2: dict[str, list[float]] = {}
     for r in scored:
-        for q in r["questions"].values():
-            values = q["raw"] if raw_categories else q["scores"]
-            values = values[-1:] if last_crop_categories else values
-            broad, detailed = categories(q["tuple"])
+        for broad, detailed, values in category_values(r, last_crop_categories, raw_categories):
             l1.setdefault(broad, []).extend(values)
             l2.setdefault(detailed, []).extend(values)
     dropped = [r["item_id"] for r in records if r.get("dropped_rows")]

@@ -135,6 +135,7 @@ rule dpg_table:
         **table_outputs("dpg", caption="../report/dpg.rst"),
     params:
         results=table_flags,
+        records=table_records_flags,
         note=DPG_NOTE,
         paper=PAPER_ROWS,
         out=lambda wildcards, output: table_prefix(output),
@@ -146,5 +147,5 @@ rule dpg_table:
     resources:
         mem_mb=500,
     shell:
-        "arrag table dpg {params.results} {params.paper} --note {params.note:q} "
+        "arrag table dpg {params.results} {params.records} {params.paper} --note {params.note:q} "
         "--out {params.out} > {log} 2>&1"

@@ -52,6 +52,7 @@ rule geneval_table:
         **table_outputs("geneval", caption="../report/geneval.rst"),
     params:
         results=table_flags,
+        records=table_records_flags,
         note=GENEVAL_NOTE,
         paper=PAPER_ROWS,
         out=lambda wildcards, output: table_prefix(output),
@@ -63,7 +64,7 @@ rule geneval_table:
     resources:
         mem_mb=500,
     shell:
-        "arrag table geneval {params.results} {params.paper} --note {params.note:q} "
+        "arrag table geneval {params.results} {params.records} {params.paper} --note {params.note:q} "
         "--out {params.out} > {log} 2>&1"
 
 

@@ -120,6 +120,7 @@ rule sweep_faid:
     params:
         title=f"FAiD sweep, {SWEEP_METRIC_LABEL} ({config['profile']} profile; modules = layers / every)",
         metric=SWEEPS["score"],
+        records=sweep_records_flag,
     log:
         log_path("sweep_faid"),
     benchmark:
@@ -128,5 +129,5 @@ rule sweep_faid:
     resources:
         mem_mb=1000,
     shell:
-        "arrag sweep-table --summary {input} --metric {params.metric} --x every --y hops --title {params.title:q} "
+        "arrag sweep-table --summary {input} {params.records} --metric {params.metric} --x every --y hops --title {params.title:q} "
         "--out-csv {output.csv} --out-png {output.png} > {log} 2>&1"

@@ -42,6 +42,7 @@ rule sweep_daid:
     params:
         title=f"DAiD sweep, {SWEEP_METRIC_LABEL} ({config['profile']} profile, k={config['daid']['k']})",
         metric=SWEEPS["score"],
+        records=sweep_records_flag,
     log:
         log_path("sweep_daid"),
     benchmark:
@@ -50,5 +51,5 @@ rule sweep_daid:
     resources:
         mem_mb=1000,
     shell:
-        "arrag sweep-table --summary {input} --metric {params.metric} --x weight --y temperature --title {params.title:q} "
+        "arrag sweep-table --summary {input} {params.records} --metric {params.metric} --x weight --y temperature --title {params.title:q} "
         "--out-csv {output.csv} --out-png {output.png} > {log} 2>&1"

@@ -177,3 +177,26 @@ def table_flags(wildcards, input):
     return " ".join(
         f"--result {r} --label {m} --params {g}" for r, m, g in zip(input.results, METHODS, input.generations)
     )
+
+
+# The per-image records the scoring rules write beside each summary, in the same job (score_geneval, score_dpg):
+# the tables' and sweeps' 95% intervals are bootstrapped from them (`arrag table --records`, `arrag sweep-table
+# --records`). Fidelity records carry their own replicates (`arrag fidelity --bootstrap`) and have none.
+RECORDS_BESIDE = {"geneval_summary.json": "geneval_results.jsonl", "dpg_summary.json": "dpg_results.jsonl"}
+
+
+def records_of(summaries):
+    """The per-image records beside each summary that has them, in order."""
+    names = [(os.path.dirname(s), os.path.basename(s)) for s in summaries]
+    return [os.path.join(folder, RECORDS_BESIDE[name]) for folder, name in names if name in RECORDS_BESIDE]
+
+
+def table_records_flags(wildcards, input):
+    """`--records JSONL` per method (in METHODS order, as table_flags), for `arrag table`."""
+    return " ".join(flag("--records", r) for r in records_of(input.results))
+
+
+def sweep_records_flag(wildcards, input):
+    """`--records JSONL ...` of a sweep's runs (in the order of its summaries), for `arrag sweep-table`."""
+    records = records_of(input)
+    return " ".join(["--records"] + [quote(r) for r in records]) if records else ""
