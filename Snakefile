@@ -26,6 +26,7 @@ include: "workflow/rules/sweep.smk"
 include: "workflow/rules/dpg.smk"
 include: "workflow/rules/fidelity.smk"
 include: "workflow/rules/contamination.smk"
+include: "workflow/rules/results.smk"
 
 
 rule all:
@@ -42,4 +43,5 @@ rule all:
         [f"{RESULTS}/tables/over_copying.csv", f"{RESULTS}/figures/attribution.png"] if RETRIEVAL_METHODS else [],
         f"{RESULTS}/tables/inference_time.csv",
         f"{RESULTS}/tables/dpg.csv",
+        RESULTS_DOC,
     default_target: True

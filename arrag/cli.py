@@ -1457,6 +1457,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-prompts", type=_COUNT, default=16)
     p.add_argument("--upscale", type=_COUNT, default=4)
     p.set_defaults(func=cmd_grid)
+
+    from arrag.report_cli import add_results_doc_parser
+
+    add_results_doc_parser(sub)
     return parser
 
 
