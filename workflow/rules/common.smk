@@ -717,3 +717,12 @@ def job_mem_mb(kind, **sizes):
 # FAiD's training set, Figure 6, benchmarks), and a training job
 SEARCH_MEM_MB = job_mem_mb("search", parameters=MODEL_PARAMETERS, batch_size=config["generation"]["batch_size"])
 TRAIN_MEM_MB = job_mem_mb("train", parameters=MODEL_PARAMETERS)
+
+
+# The run's results document, results/<profile>/RESULTS.md, written by results_doc (workflow/rules/results.smk).
+RESULTS_DOC = f"{RESULTS}/RESULTS.md"
+
+
+def results_doc_inputs(wildcards):
+    """Everything `all` builds but the document itself, so it is assembled from finished tables and figures."""
+    return [path for path in rules.all.input if path != RESULTS_DOC]
