@@ -43,8 +43,9 @@ def git_commit(repo: str | Path = REPO) -> str:
     """The checkout's commit, marked when files differ from it; 'unknown' outside a git checkout."""
     try:
         head = subprocess.run(["git", "-C", str(repo), "rev-parse", "HEAD"], capture_output=True, text=True)
-        dirty = subprocess.run(["git", "-C", str(repo), "status", "--porcelain", "--untracked-files=no"],
-                               capture_output=True, text=True)
+        dirty = subprocess.run(
+            ["git", "-C", str(repo), "status", "--porcelain", "--untracked-files=no"], capture_output=True, text=True
+        )
     except OSError:  # no git on this machine
         return "unknown (git not found)"
     if head.returncode != 0:
@@ -67,7 +68,9 @@ def machine_stamp() -> dict[str, str]:
     """What the document says about the machine: CPU, cores, GPUs (if any), torch, Python, OS."""
     import torch
 
-    gpus = [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())] if torch.cuda.is_available() else []
+    gpus = (
+        [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())] if torch.cuda.is_available() else []
+    )
     return {
         "cpu": f"{cpu_model()} ({platform.machine()})",
         "cores": str(os.cpu_count()),
@@ -117,8 +120,10 @@ def results_document(results: str | Path, out: str | Path, commit: str, machine:
     tables_dir = results / "tables"
     tables = sorted(tables_dir.glob("*.md")) if tables_dir.is_dir() else []
     if not tables:
-        raise ValueError(f"{tables_dir} holds no tables (*.md): run the pipeline for this profile first "
-                         "(`snakemake --cores all [--configfile config/<profile>.yaml]`)")
+        raise ValueError(
+            f"{tables_dir} holds no tables (*.md): run the pipeline for this profile first "
+            "(`snakemake --cores all [--configfile config/<profile>.yaml]`)"
+        )
     figures = {f.stem: f for f in sorted((results / "figures").glob("*.png"))}
     link = lambda f: Path(os.path.relpath(f.resolve(), Path(out).resolve().parent)).as_posix()  # noqa: E731
 

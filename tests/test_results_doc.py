@@ -3,7 +3,6 @@
 import os
 import re
 import subprocess
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -30,7 +29,9 @@ def run(tmp_path):
     (root / "tables" / "geneval.csv").write_text("method,overall\nvanilla,0.119\n")  # only .md is read
     for name in ["sweep_daid", "samples_daid", "samples_vanilla", "attribution"]:
         Image.fromarray(np.zeros((4, 4, 3), np.uint8)).save(root / "figures" / f"{name}.png")
-    (root / "scale.md").write_text("# Scale\n\n```\n# not a heading\n```\n| rule | hours |\n|---|---|\n| generate | 2 |\n")
+    (root / "scale.md").write_text(
+        "# Scale\n\n```\n# not a heading\n```\n| rule | hours |\n|---|---|\n| generate | 2 |\n"
+    )
     (root / "bench" / "generate.md").write_text("| method | images/s |\n|---|---|\n| vanilla | 34.2 |\n")
     return root
 
@@ -38,13 +39,24 @@ def run(tmp_path):
 def test_document_copies_every_table_in_the_papers_order_with_stamp_and_figures(run, tmp_path):
     out = tmp_path / "docs" / "RESULTS.md"  # elsewhere than the results: links must still reach the figures
     text = results_document(run, out, "abc123", STAMP, "2026-01-02 03:04 UTC")
-    assert GENEVAL.strip() in text and SWEEP.strip() in text and "| generate | 2 |" in text and "| vanilla | 34.2 |" in text
+    assert (
+        GENEVAL.strip() in text
+        and SWEEP.strip() in text
+        and "| generate | 2 |" in text
+        and "| vanilla | 34.2 |" in text
+    )
     assert "- commit: abc123" in text and "- date: 2026-01-02 03:04 UTC" in text
     assert "- machine: Test CPU (x86_64), 3 cores; GPU: none" in text and "torch 9.9" in text
     heads = re.findall(r"^#+ .*$", text, flags=re.M)
     order = [h for h in heads if h.startswith("### ")]
-    assert order.index("### Table 1: GenEval") < order.index("### Figure 7 (left): DAiD sweep") < order.index("### `zz_extra`")
-    assert "### Scale" in heads and "\n# not a heading\n" in text and "## not a heading" not in text  # demoted, code kept
+    assert (
+        order.index("### Table 1: GenEval")
+        < order.index("### Figure 7 (left): DAiD sweep")
+        < order.index("### `zz_extra`")
+    )
+    assert (
+        "### Scale" in heads and "\n# not a heading\n" in text and "## not a heading" not in text
+    )  # demoted, code kept
     links = re.findall(r"!\[[^]]*\]\(([^)]+)\)", text)
     assert len(links) == 4 and all((out.parent / link).resolve().is_file() for link in links)
     # a figure beside its table; sample grids in the methods' order, vanilla first
