@@ -109,3 +109,16 @@ def test_bad_results_are_refused_by_name_and_the_old_document_kept(run, capsys, 
 def test_a_missing_results_folder_is_refused(tmp_path, capsys):
     assert main(["results-doc", "--results", str(tmp_path / "nope"), "--out", str(tmp_path / "R.md")]) == 2
     assert "nope/tables holds no tables" in capsys.readouterr().err and not (tmp_path / "R.md").exists()
+
+
+def test_the_dag_assembles_the_document_last_from_everything_all_builds(tmp_path):
+    """rule results_doc is part of `all` and waits for every other output of `all` (a dry run of the toy DAG)."""
+    from test_workflow import _snakemake, _workdir
+
+    result = _snakemake(_workdir(tmp_path), "-n", "--configfile", "config/toy.yaml")
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    blocks = {b.split(":", 1)[0]: b for b in result.stdout.split("\nrule ")[1:]}
+    inputs = lambda rule: set(re.search(r"input: (.*)", blocks[rule])[1].split(", "))  # noqa: E731
+    assert "output: results/toy/RESULTS.md" in blocks["results_doc"] and "results_doc.log" in blocks["results_doc"]
+    assert inputs("results_doc") == inputs("all") - {"results/toy/RESULTS.md"}
+    assert "results/toy/tables/geneval.csv" in inputs("results_doc")
