@@ -26,6 +26,7 @@ include: "workflow/rules/sweep.smk"
 include: "workflow/rules/dpg.smk"
 include: "workflow/rules/fidelity.smk"
 include: "workflow/rules/contamination.smk"
+include: "workflow/rules/results.smk"
 
 
 rule all:
@@ -41,4 +42,5 @@ rule all:
         [rules.over_copying.output.csv, rules.attribution.output[0]] if RETRIEVAL_METHODS else [],
         rules.inference_time_table.output.csv,
         rules.dpg_table.output.csv,
+        RESULTS_DOC,
     default_target: True

@@ -135,8 +135,8 @@ def _job_counts(dry_run_stdout: str) -> dict[str, int]:
     [
         # tokenised: the corpora and the pairs (Figure 6 reads FAiD's training set, so no held-out images);
         # the sweeps' 10K MJHQ-30K prompts: their own set beside Table 3's 30K, or Table 3's own first 10K
-        ("config/paper.yaml", 64 + 32 + 48 + 4 + 4, 64 + 32, 4 * 3 * 4, 3 * 3, 5 * 4, "mjhq_sweep", 425 + 154),
-        ("config/paper-1gpu.yaml", 1 + 1 + 1, 1, 4 * 3 * 1, 2 * 2, 3 * 2, "mjhq", 101 + 5),
+        ("config/paper.yaml", 64 + 32 + 48 + 4 + 4, 64 + 32, 4 * 3 * 4, 3 * 3, 5 * 4, "mjhq_sweep", 425 + 154 + 1),
+        ("config/paper-1gpu.yaml", 1 + 1 + 1, 1, 4 * 3 * 1, 2 * 2, 3 * 2, "mjhq", 101 + 5 + 1),
     ],
 )
 def test_the_paper_profiles_resolve(
@@ -166,7 +166,7 @@ def test_the_paper_profiles_resolve(
     assert jobs["embed_images"] == embed and jobs["build_image_index"] == jobs["train_racm3"] == 1
     assert jobs["download_dataset"] == 2  # CC12M tars and midjourney-v6-llava parquet
     assert jobs["hash_images"] == tokenise + 1 and jobs["contamination"] == 1  # every tokenised shard + MJHQ-30K
-    assert sum(jobs.values()) == total  # the figure the README quotes
+    assert sum(jobs.values()) == total  # the figure docs/paper-scale.md quotes (+ 1: results_doc)
     assert not set(jobs) & {"world", "train_vq", "train_base", "mini_dpg", "train_features"}
     trainset = next(line for line in result.stdout.splitlines() if "arrag faid-trainset" in line)
     assert "--codes results/" in trainset and "codes/midjourney_pairs/codes-00000-of-" in trainset
@@ -350,6 +350,10 @@ def test_whole_dag_on_the_toy_profile(tmp_path):
         assert r"\begin{tabular}" in (res / f"tables/{name}.tex").read_text()
     fidelity = (res / "tables/fidelity.csv").read_text().splitlines()
     assert fidelity[0].startswith("method,source,") and len(fidelity) == 5
+    # the run in one document (rule results_doc): every table as written, stamped with the commit and the machine
+    doc = (res / "RESULTS.md").read_text()
+    assert all((res / f"tables/{name}.md").read_text().strip() in doc for name in ("geneval", "dpg", "fidelity"))
+    assert "- commit: " in doc and "- machine: " in doc and "](figures/samples_vanilla.png)" in doc
     # the Params column from the generation records (FAiD adds its modules), Overall against vanilla, Total (s)
     import csv
 

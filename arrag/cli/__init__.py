@@ -5,12 +5,12 @@ from __future__ import annotations
 import argparse
 import sys
 
-from arrag.cli import bench, data, downloads, evaluation, generation, models, retrieval
+from arrag.cli import bench, data, downloads, evaluation, generation, models, report, retrieval
 from arrag.cli.args import parse_overrides
 
 __all__ = ["build_parser", "main", "parse_overrides"]
 
-AREAS = (data, models, retrieval, generation, evaluation, bench, downloads)  # each registers its commands
+AREAS = (data, models, retrieval, generation, evaluation, report, bench, downloads)  # each registers its commands
 
 
 def build_parser() -> argparse.ArgumentParser:

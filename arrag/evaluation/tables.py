@@ -1,4 +1,4 @@
-"""The paper's tables from our results, each as CSV (pandas), Markdown (README, report) and LaTeX (booktabs):
+"""The paper's tables from our results, each as CSV (pandas), Markdown (RESULTS.md, report) and LaTeX (booktabs):
 Table 1 (GenEval), Table 2 (DPG-Bench), Table 3 (CMMD, FID, FWD), Table 4 (inference time) and the
 over-copying table; plus hyper-parameter sweeps (Figure 7) as a CSV and a heatmap.
 

@@ -9,7 +9,7 @@ predicted in their generated context and adds a blend of them to the hidden stat
     s_k   = sigmoid(w . c_k + b)                                 Eq. 7: compatibility score
     h_l  += W_out (1/K sum_k s_k c_k)                            Eq. 7: contribution; W_out zero-initialised
 
-Choices this implementation makes where the paper leaves room (see also DESIGN.md on the authors' code):
+Choices this implementation makes where the paper leaves room (see also docs/design.md on the authors' code):
 
 - Windows. Hop h reads the (2h+1)x(2h+1) window of layer-l hidden states centred on the target, zero-padded
   off the grid, causally masked (the centre, the cells right of it and every row below are zeroed) and with

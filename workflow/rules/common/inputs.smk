@@ -181,3 +181,8 @@ def table_inputs(score_file, prompts):
         "results": expand(f"{RESULTS}/scores/{{method}}/{score_file}", method=METHODS),
         "generations": expand(generated("{method}", prompts), method=METHODS),
     }
+
+
+def results_doc_inputs(wildcards):
+    """Everything `all` builds but the document itself, so it is assembled from finished tables and figures."""
+    return [path for path in rules.all.input if path != RESULTS_DOC]

@@ -117,3 +117,7 @@ def table_outputs(name, caption):
 def table_prefix(output):
     """The --out prefix of `arrag table` from a rule's table outputs."""
     return os.path.splitext(output.csv)[0]
+
+
+# The run's results document, written last by results_doc (workflow/rules/results.smk).
+RESULTS_DOC = f"{RESULTS}/RESULTS.md"

@@ -9,7 +9,7 @@ CLIP_PARAMETERS = 1.5e8  # open_clip ViT-B/32 (image and text towers)
 DEFAULT_SHARD_IMAGES = 200_000  # images per tokenisation shard where no `limit` says (paper shards: 89-131K)
 _HUB = config["model"]["source"] == "hub"
 _SPEC = config["model"]["spec"]
-MODEL_PARAMETERS = JANUS_PRO_1B_PARAMETERS if _HUB else 4 * 1e6  # the mini model: 1.93M (README), x2 headroom
+MODEL_PARAMETERS = JANUS_PRO_1B_PARAMETERS if _HUB else 4 * 1e6  # the mini model: 1.93M (docs/measurements.md), x2 headroom
 IMAGE_SIZE = 384 if _HUB else _SPEC["image_size"]
 GRID = 24 if _HUB else _SPEC["image_size"] // _SPEC["patch_size"]
 NUM_CODES = 16384 if _HUB else _SPEC["codebook_size"]
