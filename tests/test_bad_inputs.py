@@ -1,8 +1,8 @@
 """Bad inputs and faults, each with its specific clear error (or logged skip), and no output lost or half-written.
 
-The "Bad input" table of docs/verification.md lists these cases. Each class: values that pass no check (NaN, inf, zero counts,
-over-long prompts), finished work replaced only on success, truncated archives and incomplete folders, config
-strings reaching the shell, resumes under other settings, and faults that used to end in tracebacks.
+The "Bad input" table of docs/verification.md lists these cases. Each class: values that pass no check (NaN, inf,
+zero counts, over-long prompts), finished work replaced only on success, truncated archives and incomplete folders,
+config strings reaching the shell, resumes under other settings, and faults that used to end in tracebacks.
 """
 
 import json

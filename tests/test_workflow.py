@@ -100,7 +100,8 @@ def test_every_generating_job_samples_and_runs_daid_as_configured(tmp_path):
     (work / "flags.yaml").write_text("daid: {unique: true}\ngeneration: {top_k: 7}\n")
     result = _snakemake(work, "-n", "-p", "--configfile", "config/toy.yaml", "flags.yaml")
     assert result.returncode == 0, result.stderr[-2000:]
-    jobs = [job for job in result.stdout.split("\n\n") if "arrag generate-benchmark" in job or "arrag bench generate" in job]
+    generating = ("arrag generate-benchmark", "arrag bench generate")
+    jobs = [job for job in result.stdout.split("\n\n") if any(command in job for command in generating)]
     rules = {re.search(r"^(?:local)?rule (\w+):", job, re.M).group(1) for job in jobs}
     assert rules == {"generate", "generate_daid_sweep", "generate_faid_sweep", "bench_generate"}
     assert all("--top-k 7 " in job and "--guidance-scale 3.0 --temperature 1.0 --seed 0" in job for job in jobs)

@@ -1,5 +1,6 @@
 """The scale table: each rule's measured cost per item in a run (its `jobstats/*.tsv`, Snakemake's benchmark
-files: wall seconds, CPU seconds, peak RSS), and that cost extrapolated to the paper's counts, so a reader can plan the real run.
+files: wall seconds, CPU seconds, peak RSS), and that cost extrapolated to the paper's counts, so a reader can plan
+the real run.
 
 Items are counted from the run's own outputs (code shards' and CLIP shards' counts, generation.json's images,
 the trained models' recorded step counts), never from a config, so the table describes what actually ran.
