@@ -1,10 +1,23 @@
 """MAGVIT-v2 without its weights: the full-size model on the meta device against the published checkpoint's
 names and shapes, the LFQ index <-> bits mapping, and a tiny config's shapes."""
 
+import json
+
 import pytest
 import torch
+from safetensors.torch import load_file, save_file
 
-from arrag.models.magvit2 import AttnBlock, LookupFreeQuantizer, Magvit2, Magvit2Config
+from arrag.manifest import write_manifest
+from arrag.models.magvit2 import (
+    AttnBlock,
+    LookupFreeQuantizer,
+    Magvit2,
+    Magvit2Config,
+    load_magvit2,
+    read_config,
+    save_magvit2,
+)
+from arrag.models.showo import ModelLoadError
 
 TINY = Magvit2Config(
     channels=32, encoder_mult=(1, 2), encoder_blocks=(1, 2), decoder_mult=(1, 2), decoder_blocks=(2, 1), bits=4
@@ -135,3 +148,50 @@ def test_config_is_checked():
         Magvit2Config(channels=48)
     with pytest.raises(ValueError, match="bits"):
         Magvit2Config(bits=0)
+
+
+# ---- folders
+
+
+def test_save_and_load_round_trip(tmp_path):
+    torch.manual_seed(0)
+    model = Magvit2(TINY).eval()
+    save_magvit2(model, tmp_path / "t")
+    loaded = load_magvit2(tmp_path / "t")
+    assert loaded.cfg == TINY
+    pixels = torch.rand(2, 3, 8, 8) * 2 - 1
+    with torch.no_grad():
+        assert torch.equal(loaded.encode(pixels), model.encode(pixels))
+        codes = model.encode(pixels)
+        assert torch.equal(loaded.decode(codes), model.decode(codes))
+
+
+def test_published_config_means_the_defaults(tmp_path):
+    (tmp_path / "config.json").write_text(json.dumps({"_class_name": "MAGVITv2", "_diffusers_version": "0.30.1"}))
+    assert read_config(tmp_path) == Magvit2Config()
+    (tmp_path / "config.json").write_text(json.dumps({"_class_name": "Showo"}))
+    with pytest.raises(ModelLoadError, match="not a MAGVITv2"):
+        read_config(tmp_path)
+
+
+def reseal(folder, edit):
+    state = load_file(str(folder / "pytorch_model.safetensors"))
+    edit(state)
+    save_file(state, str(folder / "pytorch_model.safetensors"))
+    (folder / "MANIFEST.json").unlink()
+    write_manifest(folder, "magvit2-model")
+
+
+@pytest.mark.parametrize(
+    "edit, match",
+    [
+        (lambda s: s.pop("decoder.conv_out.bias"), "lack tensors.*decoder.conv_out.bias"),
+        (lambda s: s.update({"encoder.extra": torch.zeros(1)}), "no place for: encoder.extra"),
+        (lambda s: s["quantize.embedding"].neg_(), "quantize.embedding is not the 4-bit LFQ table"),
+    ],
+)
+def test_loader_refuses_what_is_not_this_tokenizer(tmp_path, edit, match):
+    save_magvit2(Magvit2(TINY), tmp_path / "t")
+    reseal(tmp_path / "t", edit)
+    with pytest.raises(ModelLoadError, match=match):
+        load_magvit2(tmp_path / "t")

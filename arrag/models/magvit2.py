@@ -10,11 +10,18 @@ diffusers' AutoencoderKLMagvit and the PyPI open-magvit2 / magvit2-pytorch are o
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import json
+from dataclasses import asdict, dataclass
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from safetensors.torch import save_file
 from torch import nn
+
+from arrag.io import atomic_path, write_json
+from arrag.manifest import verify, write_manifest
+from arrag.models.showo import VERIFY_FIX, ModelLoadError, copy_safetensors
 
 
 @dataclass(frozen=True)
@@ -230,3 +237,52 @@ class Magvit2(nn.Module):
 
     def decode(self, indices: torch.Tensor) -> torch.Tensor:
         return self.decoder(self.quantize.latents(indices))
+
+
+# ---- folders: showlab/magvitv2's layout (config.json, pytorch_model.safetensors), names without a prefix
+
+
+def read_config(path: Path) -> Magvit2Config:
+    """The published config.json names the class only (MAGVITv2 takes no arguments: the defaults); one arrag
+    wrote also holds `magvit2_config`, the sizes of a smaller tokenizer."""
+    config_file = path / "config.json"
+    try:
+        config = json.loads(config_file.read_text())
+    except (OSError, json.JSONDecodeError) as err:
+        raise ModelLoadError(f"{config_file} cannot be read ({err}); point at a showlab/magvitv2 snapshot") from None
+    if config.get("_class_name") != "MAGVITv2":
+        raise ModelLoadError(f"{config_file} describes a {config.get('_class_name')!r}, not a MAGVITv2 tokenizer")
+    try:
+        sizes = {k: tuple(v) if isinstance(v, list) else v for k, v in config.get("magvit2_config", {}).items()}
+        return Magvit2Config(**sizes)
+    except (TypeError, ValueError) as err:
+        raise ModelLoadError(f"{config_file}: magvit2_config is not valid ({err})") from None
+
+
+def save_magvit2(model: Magvit2, directory: str | Path, *, inputs: dict | None = None) -> None:
+    """Write a tokenizer folder atomically in the published layout, its manifest last."""
+    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    with atomic_path(directory, directory=True) as tmp:
+        save_file(state, str(tmp / "pytorch_model.safetensors"))
+        write_json(tmp / "config.json", {"_class_name": "MAGVITv2", "magvit2_config": asdict(model.cfg)})
+        write_manifest(tmp, "magvit2-model", inputs)
+
+
+def load_magvit2(path: str | Path, *, device: str | torch.device = "cpu") -> Magvit2:
+    """Load a MAGVIT-v2 tokenizer from a local folder (a showlab/magvitv2 snapshot or one save_magvit2 wrote):
+    the manifest checked, safetensors only, every tensor of the model filled (copy_safetensors), and the LFQ
+    buffers the bits they must be (other values would make another quantiser)."""
+    path = Path(path)
+    if not path.is_dir():
+        raise ModelLoadError(f"MAGVIT-v2 folder {path} does not exist")
+    verify(path, fix=VERIFY_FIX)
+    model = Magvit2(read_config(path))
+    copy_safetensors(model, path)
+    expected = LookupFreeQuantizer(model.cfg.bits)
+    for name in ("embedding", "power_vals"):
+        if not torch.equal(getattr(model.quantize, name), getattr(expected, name)):
+            raise ModelLoadError(
+                f"{path}: quantize.{name} is not the {model.cfg.bits}-bit LFQ table (index = bits, most significant "
+                "first); the checkpoint is damaged or for another quantiser"
+            )
+    return model.to(device).eval()

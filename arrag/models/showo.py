@@ -277,32 +277,23 @@ def save_showo(model: PhiForCausalLM, spec: ShowoSpec, directory: str | Path, *,
         write_manifest(tmp, "showo-model", inputs)
 
 
-def load_showo(path: str | Path, *, device: str | torch.device = "cpu", dtype: torch.dtype | None = None):
-    """Load a Show-o LM from a local folder (a showlab/show-o snapshot or one save_showo wrote), safetensors only,
-    nothing fetched. The folder is checked against its manifest; its tensors must fill the LM exactly (names,
-    shapes), and are copied in one at a time, so memory holds the model plus one tensor. Returns (model, spec)."""
-    path = Path(path)
-    if not path.is_dir():
-        raise ModelLoadError(f"Show-o folder {path} does not exist")
-    verify(path, fix="download or write it again; if you trust it as it is, `arrag verify --seal hub-model DIR`")
-    spec = read_spec(path)
+def copy_safetensors(model: torch.nn.Module, path: Path, prefix: str = "") -> None:
+    """Fill `model` from the *.safetensors files in `path`, whose names are `prefix` + the model's state-dict
+    names. Refused, naming the tensors: any the model needs but the files lack, any it has no place for, a wrong
+    shape, NaN or inf. Tensors are read one at a time, so memory holds the model plus one tensor."""
     files = sorted(path.glob("*.safetensors"))
     if not files:
         raise ModelLoadError(f"{path} holds no *.safetensors weights; arrag loads safetensors only")
-    with no_init_weights():  # every tensor is overwritten below
-        model = build_showo(spec, dtype=dtype)
     target = model.state_dict()
     handles = [safe_open(str(f), framework="pt") for f in files]
     where = {k: h for h in handles for k in h.keys()}
-    names = {k[len(PREFIX) :] if k.startswith(PREFIX) else k: k for k in where}
-    mismatched = [
-        n for n in target if n in names and tuple(where[names[n]].get_slice(names[n]).get_shape()) != target[n].shape
-    ]
+    names = {k[len(prefix) :] if k.startswith(prefix) else k: k for k in where}  # model name -> file name
+    shape = {n: tuple(where[k].get_slice(k).get_shape()) for n, k in names.items()}
     check_loaded_keys(
         {
-            "missing_keys": [PREFIX + n for n in target if n not in names],
-            "unexpected_keys": [k for n, k in names.items() if n not in target or not k.startswith(PREFIX)],
-            "mismatched_keys": [PREFIX + n for n in mismatched],
+            "missing_keys": [prefix + n for n in target if n not in names],
+            "unexpected_keys": [k for n, k in names.items() if n not in target or not k.startswith(prefix)],
+            "mismatched_keys": [prefix + n for n in target if n in names and shape[n] != target[n].shape],
         },
         path,
     )
@@ -312,4 +303,21 @@ def load_showo(path: str | Path, *, device: str | torch.device = "cpu", dtype: t
             if loaded.is_floating_point() and not torch.isfinite(loaded).all():
                 raise ModelLoadError(f"{path}: tensor {names[name]} holds NaN or inf; the checkpoint is damaged")
             tensor.copy_(loaded)
+
+
+VERIFY_FIX = "download or write it again; if you trust it as it is, `arrag verify --seal hub-model DIR`"
+
+
+def load_showo(path: str | Path, *, device: str | torch.device = "cpu", dtype: torch.dtype | None = None):
+    """Load a Show-o LM from a local folder (a showlab/show-o snapshot or one save_showo wrote), safetensors only,
+    nothing fetched, the folder checked against its manifest and the tensors by copy_safetensors. Returns
+    (model, spec)."""
+    path = Path(path)
+    if not path.is_dir():
+        raise ModelLoadError(f"Show-o folder {path} does not exist")
+    verify(path, fix=VERIFY_FIX)
+    spec = read_spec(path)
+    with no_init_weights():  # every tensor is overwritten by copy_safetensors
+        model = build_showo(spec, dtype=dtype)
+    copy_safetensors(model, path, PREFIX)
     return model.to(device).eval(), spec
