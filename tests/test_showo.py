@@ -16,6 +16,7 @@ from arrag.models.showo import (
     ShowoSpec,
     ShowoVocab,
     build_showo,
+    encode_texts,
     image_logits,
     load_showo,
     omni_attention_mask,
@@ -25,6 +26,7 @@ from arrag.models.showo import (
     showo_logits,
     t2i_prompts,
     t2i_sequence,
+    vocab_for_tokenizer,
 )
 
 TINY_VOCAB = ShowoVocab(text_vocab_size=40, codebook_size=16, bos_id=1, eos_id=2)
@@ -221,7 +223,30 @@ def test_eager_and_sdpa_agree_under_the_float_mask(tiny_model):
     with torch.no_grad():
         eager_logits, sdpa_logits = showo_logits(eager, ids, TINY_VOCAB), showo_logits(sdpa, ids, TINY_VOCAB)
     assert torch.allclose(eager_logits, sdpa_logits, atol=1e-5)
-    assert image_logits(eager_logits, TINY_VOCAB, N).shape == (ids.shape[0], N, TINY_VOCAB.codebook_size)
+
+
+def test_image_logits_are_the_image_positions_over_the_codebook():
+    v = TINY_VOCAB
+    _, _, ids = sequences()
+    logits = torch.randn(ids.shape[0], ids.shape[1], v.vocab_size)
+    got = image_logits(logits, v, N)
+    assert got.shape == (ids.shape[0], N, v.codebook_size)
+    image_start = MAX_TEXT_LEN + 2  # after the text block and <|soi|>
+    for b, i, c in ((0, 0, 0), (1, N - 1, v.codebook_size - 1), (5, 7, 3)):
+        assert got[b, i, c] == logits[b, image_start + i, v.image_offset + c]
+    assert (ids[:, image_start : image_start + N] >= v.image_offset).all()
+
+
+def test_vocab_for_a_text_tokenizer():
+    from arrag.models.janus import build_word_tokenizer
+
+    tokenizer = build_word_tokenizer(["red", "cube", "on", "a", "table"])
+    v = vocab_for_tokenizer(tokenizer, codebook_size=16)
+    assert (v.text_vocab_size, v.bos_id, v.eos_id) == (len(tokenizer), tokenizer.bos_token_id, tokenizer.eos_token_id)
+    ids = encode_texts(tokenizer, ["a red cube", ""])
+    assert ids == [tokenizer.convert_tokens_to_ids(["a", "red", "cube"]), []]
+    row = t2i_sequence(ids, torch.full((2, N), -1), v)
+    assert row[0, MAX_TEXT_LEN - 5 : MAX_TEXT_LEN + 1].tolist() == [v.special("<|t2i|>"), v.bos_id, *ids[0], v.eos_id]
 
 
 def test_logits_follow_the_omni_attention(tiny_model):

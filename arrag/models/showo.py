@@ -104,6 +104,19 @@ class ShowoVocab:
             )
 
 
+def vocab_for_tokenizer(tokenizer, codebook_size: int = 8192) -> ShowoVocab:
+    """The layout over a text tokenizer as published (Phi-1.5's: 50,295 tokens, <|endoftext|> as bos and eos),
+    before Show-o adds [PAD] and its special tokens to it."""
+    if tokenizer.bos_token_id is None or tokenizer.eos_token_id is None:
+        raise ValueError("the text tokenizer has no bos or eos token; Show-o's prompt needs both")
+    return ShowoVocab(len(tokenizer), codebook_size, tokenizer.bos_token_id, tokenizer.eos_token_id)
+
+
+def encode_texts(tokenizer, prompts: list[str]) -> list[list[int]]:
+    """Text token ids per prompt, without special tokens (text_block adds <bos> and <eos> itself)."""
+    return tokenizer(list(prompts), add_special_tokens=False)["input_ids"]
+
+
 @dataclass(frozen=True)
 class ShowoSpec:
     """What a Show-o folder's config.json says: the vocabulary, the image grid and the LM's config."""
