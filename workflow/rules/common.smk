@@ -6,6 +6,7 @@
 #   common/inputs.smk     input functions: what a job reads, by method, source or config
 #   common/resources.smk  host memory (mem_mb) per job
 
+import dataclasses
 import json
 import os
 import re
@@ -14,6 +15,7 @@ from shlex import quote
 import pandas as pd
 from snakemake.utils import Paramspace, validate
 
+from arrag.methods import DAiDSettings
 from arrag.validation import check_config_finite
 
 

@@ -40,7 +40,7 @@ rule sweep_daid:
         tex=f"{RESULTS}/tables/sweep_daid.tex",
         png=report(f"{RESULTS}/figures/sweep_daid.png", caption="../report/sweep_daid.rst", category="Sweeps"),
     params:
-        title=f"DAiD sweep, {SWEEP_METRIC_LABEL} ({config['profile']} profile, k={config['daid']['k']})",
+        title=f"DAiD sweep, {SWEEP_METRIC_LABEL} ({config['profile']} profile, k={DAID['k']})",
         metric=SWEEPS["score"],
         records=sweep_records_flag,
     log:

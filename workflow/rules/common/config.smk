@@ -12,6 +12,11 @@ if SPLITS and sorted(SPLITS) != ["corpus", "finetune", "reference", "train"]:
     raise ValueError(f"world.splits has {sorted(SPLITS)}: give all of corpus, train, finetune and reference, or none")
 
 
+# DAiD's settings: the config's `daid` block over arrag.methods.DAiDSettings' defaults (the schema gives none, so
+# each default lives in one place)
+DAID = {f.name: f.default for f in dataclasses.fields(DAiDSettings) if f.name != "db"} | config["daid"]
+
+
 # Only download rules reach the network (they run on the login node, as localrules); every job loads local files,
 # and the `arrag` CLI sets the hubs' offline switches for every command but `download` (arrag.data.downloads).
 RETRIEVAL = config["retrieval"]

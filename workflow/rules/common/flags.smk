@@ -33,7 +33,7 @@ def sampling_flags(batch_size=None):
 def daid_flags(weight=None, temperature=None):
     """DAiD's settings (the `daid` config) for every job that runs DAiD; a sweep point gives its own weight and
     temperature (the Paramspace wildcards, passed on as written)."""
-    d = config["daid"]
+    d = DAID
     weight = d["weight"] if weight is None else weight
     temperature = d["temperature"] if temperature is None else temperature
     flags = f"--daid-k {d['k']} --daid-weight {weight} --daid-temperature {temperature}"
