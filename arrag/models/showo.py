@@ -146,7 +146,7 @@ def phi_config(vocab: ShowoVocab, **shape) -> PhiConfig:
 
 
 def build_showo(spec: ShowoSpec, dtype: torch.dtype | None = None) -> PhiForCausalLM:
-    """The LM with random weights (built on the meta device under `with torch.device("meta")`)."""
+    """The LM with random weights; under `with torch.device("meta")` it has shapes only (no memory)."""
     spec.vocab.check(spec.phi.vocab_size, where="the Phi config")
     return PhiForCausalLM._from_config(spec.phi, dtype=dtype)
 
