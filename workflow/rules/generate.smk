@@ -138,6 +138,8 @@ rule bench_generate:
         temperature=config["daid"]["temperature"],
         guidance=config["generation"]["guidance_scale"],
         device=config["device"],
+        batch_size=config["generation"]["bench"]["batch_size"],
+        repeats=config["generation"]["bench"]["repeats"],
     log:
         log_path("bench_generate"),
     benchmark:
@@ -149,7 +151,7 @@ rule bench_generate:
     shell:
         "OMP_NUM_THREADS={threads} {params.gpu} arrag bench generate --model {input.model} {params.methods} "
         "--prompts {input.prompts} --daid-k {params.k} --daid-weight {params.weight} --daid-temperature {params.temperature} "
-        "--guidance-scale {params.guidance} --batch-size 16 --repeats 5 --device {params.device} "
+        "--guidance-scale {params.guidance} --batch-size {params.batch_size} --repeats {params.repeats} --device {params.device} "
         "--out-json {output.json} --out-md {output.md} > {log} 2>&1"
 
 
