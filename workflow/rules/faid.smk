@@ -128,7 +128,7 @@ rule sweep_faid:
         benchmark_path("sweep_faid")
     threads: 1
     resources:
-        mem_mb=1000,
+        mem_mb=LIGHT_MEM_MB,
     shell:
         "arrag sweep-table --summary {input} --metric {params.metric} --x every --y hops --title {params.title:q} "
         "--out-csv {output.csv} --out-png {output.png} > {log} 2>&1"

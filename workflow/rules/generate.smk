@@ -55,7 +55,7 @@ rule finish_generation:
         f"{RESULTS}/benchmarks/finish_generation_{{prompts}}_{{method}}.tsv"
     threads: 1
     resources:
-        mem_mb=1000,
+        mem_mb=LIGHT_MEM_MB,
     shell:
         "arrag finish-benchmark --prompts {input.prompts} {params.prompt_set} --num-shards {params.num_shards} "
         "--out {params.out} > {log} 2>&1"
@@ -74,7 +74,7 @@ rule sample_grid:
         f"{RESULTS}/benchmarks/sample_grid_{{method}}.tsv"
     threads: 1
     resources:
-        mem_mb=1000,
+        mem_mb=job_mem_mb("light", image_size=IMAGE_SIZE, images=16),
     shell:
         "arrag grid --images {params.images} --out {output} > {log} 2>&1"
 
@@ -94,7 +94,7 @@ rule over_copying:
         benchmark_path("over_copying")
     threads: 1
     resources:
-        mem_mb=1000,
+        mem_mb=LIGHT_MEM_MB,
     shell:
         "arrag table over_copying {params.results} {params.labels} --out {params.out} > {log} 2>&1"
 
@@ -116,7 +116,7 @@ rule attribution:
         benchmark_path("attribution")
     threads: 1
     resources:
-        mem_mb=2000,
+        mem_mb=job_mem_mb("light", image_size=max(IMAGE_SIZE, ATTRIBUTION_SIZE), images=64),
     shell:
         "arrag attribution {params.folders} {params.labels} {params.corpus} --size {params.size} "
         "--out {output} > {log} 2>&1"
@@ -169,6 +169,6 @@ rule inference_time_table:
         benchmark_path("inference_time_table")
     threads: 1
     resources:
-        mem_mb=500,
+        mem_mb=LIGHT_MEM_MB,
     shell:
         "arrag table inference_time --result {input} {params.paper} --out {params.out} > {log} 2>&1"
