@@ -148,6 +148,35 @@ def test_benchmarks_are_grouped_by_rule_and_scaled_by_the_items_of_the_run(tmp_p
         read_benchmarks(tmp_path / "empty")
 
 
+def test_backbone_rules_are_scaled_from_the_stand_in_to_janus_pro_1b(tmp_path):
+    """Generation and training run the backbone: a 2-layer stand-in's cost per item is scaled by Janus-Pro-1B's
+    parameters per step over its own (22 more layers of attention and MLP); encoders' rows are not scaled."""
+    from arrag.bench.scale import PAPER_ITEMS, model_factor, step_parameters
+    from arrag.data.mini_world import caption_vocabulary
+    from arrag.models.janus import build_word_tokenizer
+    from arrag.rehearsal import janus_pro_1b_config
+
+    tok = build_word_tokenizer(caption_vocabulary())
+    full, shallow = janus_pro_1b_config(tok), janus_pro_1b_config(tok, depth=2)
+    layer = 4 * 2048**2 + 3 * 2048 * 5632 + 2 * 2048  # q, k, v, o; gate, up, down; two RMSNorms
+    assert step_parameters(full) - step_parameters(shallow) == 22 * layer
+    results = tmp_path / "results"
+    shallow.save_pretrained(results / "models" / "base")
+    factor = model_factor(results / "models" / "base")
+    assert factor == pytest.approx(step_parameters(full) / step_parameters(shallow)) and 5 < factor < 12
+    _bench(results / "benchmarks" / "generate_geneval_vanilla_00000-of-00001.tsv", 60.0, 100.0)
+    _bench(results / "benchmarks" / "tokenise_cc12m_00000-of-00001.tsv", 30.0, 100.0)
+    (results / "images" / "vanilla" / "geneval").mkdir(parents=True)
+    (results / "images" / "vanilla" / "geneval" / "generation.json").write_text(json.dumps({"generated": 6}))
+    (results / "codes" / "cc12m").mkdir(parents=True)
+    (results / "codes" / "cc12m" / "codes-00000-of-00001.json").write_text(json.dumps({"count": 3}))
+    rows = {r["rule"]: r for r in scale_rows(results)}
+    gen = rows["generate (vanilla)"]
+    assert gen["model_factor"] == factor
+    assert gen["paper_hours"] == pytest.approx(60.0 / 6 * PAPER_ITEMS["generate"] * factor / 3600)
+    assert rows["tokenise_shard"]["model_factor"] == 1.0
+
+
 def test_the_network_guard_refuses_outside_connections(tmp_path):
     (tmp_path / "sitecustomize.py").write_text(NO_NETWORK)
     env = {**os.environ, "PYTHONPATH": f"{tmp_path}{os.pathsep}{REPO}"}

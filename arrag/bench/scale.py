@@ -43,6 +43,41 @@ PAPER_ITEMS = {
 }
 
 
+# Rules whose time is the backbone's forward (and backward) passes: decoding is bound by reading the weights at
+# every step, training by the multiply-adds of every weight, so their cost per item scales with the parameters a
+# step runs through. A rehearsal with a shallower stand-in (`arrag rehearsal mirror --depth 2`) is scaled up to
+# Janus-Pro-1B's by that ratio (`model_factor`); the other rules run full-size networks (the VQ encoder, CLIP) or
+# no network at all.
+BACKBONE_RULES = ("generate", "generate_daid_sweep", "generate_faid_sweep", "train_faid", "train_faid_sweep",
+                  "train_racm3")  # fmt: skip
+
+
+def step_parameters(config) -> int:
+    """Parameters a decoding or training step multiplies by, for a JanusConfig: the language model's layers and
+    final norm (not its embedding table: a lookup) and the image generation head and aligner."""
+    import torch
+    from transformers import JanusForConditionalGeneration
+
+    with torch.device("meta"):  # shapes only: no memory, no initialisation
+        model = JanusForConditionalGeneration(config)
+    lm, parts = model.model.language_model, (model.model.generation_head, model.model.generation_aligner)
+    total = sum(p.numel() for p in lm.parameters()) - lm.embed_tokens.weight.numel()
+    return total + sum(p.numel() for part in parts for p in part.parameters())
+
+
+def model_factor(model_dir: Path) -> float:
+    """Janus-Pro-1B's step parameters over those of the run's backbone (`model_dir`, a saved Janus model): 1.0
+    for a full-size run, about 8.8 for the 2-layer rehearsal stand-in."""
+    from transformers import JanusConfig
+
+    from arrag.data.mini_world import caption_vocabulary
+    from arrag.models.janus import build_word_tokenizer
+    from arrag.rehearsal import janus_pro_1b_config
+
+    paper = janus_pro_1b_config(build_word_tokenizer(caption_vocabulary()))
+    return step_parameters(paper) / step_parameters(JanusConfig.from_pretrained(model_dir))
+
+
 @dataclass
 class Measured:
     rule: str
@@ -171,6 +206,8 @@ def scale_rows(results: str | Path) -> list[dict]:
     results = Path(results)
     measured = read_benchmarks(results / "benchmarks")
     counters = item_counters(results)
+    base = results / "models" / "base"
+    factor = model_factor(base) if (base / "config.json").is_file() else None
     rows = []
     for rule, m in sorted(measured.items()):
         row = {
@@ -188,14 +225,16 @@ def scale_rows(results: str | Path) -> list[dict]:
                 items = 0
             paper = PAPER_ITEMS.get(rule.split(" ")[0])
             if items and paper:
+                scale = factor if factor and rule.split(" ")[0] in BACKBONE_RULES else 1.0
                 row.update(
                     unit=unit,
                     items=items,
                     paper_items=paper,
                     seconds_per_item=m.seconds / items,
                     cpu_seconds_per_item=m.cpu_seconds / items,
-                    paper_hours=m.seconds / items * paper / 3600,
-                    paper_cpu_hours=m.cpu_seconds / items * paper / 3600,
+                    model_factor=scale,
+                    paper_hours=m.seconds / items * paper * scale / 3600,
+                    paper_cpu_hours=m.cpu_seconds / items * paper * scale / 3600,
                 )
                 if folder is not None and folder.exists():
                     row["paper_disk_gb"] = _folder_bytes(folder) / items * paper / 1e9
@@ -215,23 +254,27 @@ def scale_markdown(rows: list[dict], source: str) -> str:
     """The table as Markdown, rules with a paper count first."""
     head = (
         "| rule | jobs | wall s | CPU s | peak RSS GB (largest job) | unit | items here | s per item | CPU s per item "
-        "| paper items | paper hours (this machine) | paper CPU-hours | paper disk GB |\n"
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|\n"
+        "| x model | paper items | paper hours (this machine) | paper CPU-hours | paper disk GB |\n"
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n"
     )
     scaled = [r for r in rows if "items" in r] + [r for r in rows if "items" not in r]
     body = "".join(
         f"| `{r['rule']}` | {r['jobs']} | {_fmt(r['seconds'])} | {_fmt(r['cpu_seconds'])} | {_fmt(r['max_rss_gb'])} "
         f"| {r.get('unit', '')} | {_fmt(r.get('items'))} | {_fmt(r.get('seconds_per_item'))} "
-        f"| {_fmt(r.get('cpu_seconds_per_item'))} | {_fmt(r.get('paper_items'))} | {_fmt(r.get('paper_hours'))} "
+        f"| {_fmt(r.get('cpu_seconds_per_item'))} | {_fmt(r.get('model_factor'))} | {_fmt(r.get('paper_items'))} "
+        f"| {_fmt(r.get('paper_hours'))} "
         f"| {_fmt(r.get('paper_cpu_hours'))} | {_fmt(r.get('paper_disk_gb'))} |\n"
         for r in scaled
     )
     note = (
         f"\nMeasured from `{source}` (wall time per job summed over the rule's jobs; peak RSS of its largest job). "
-        "Paper hours = wall seconds per item x the paper's items / 3600 (CPU-hours likewise from the jobs' CPU "
-        "time, the better measure on a shared, loaded machine), on the machine that ran it (not GPU-hours "
+        "Paper hours = wall seconds per item x the paper's items x model / 3600 (CPU-hours likewise from the jobs' "
+        "CPU time, the better measure on a shared, loaded machine), where model is Janus-Pro-1B's parameters per "
+        "step over the run's backbone's for the rules that run the backbone (1 for the others), on the machine that "
+        "ran it (not GPU-hours "
         "unless it ran on GPUs); disk = the rule's output bytes per item x the paper's items. Both include each job's "
         "fixed cost (start-up, an index's centroids), so at a rehearsal's small counts they are upper bounds. Rows "
-        "without a paper count are fixed-cost jobs.\n"
+        "without a paper count are fixed-cost jobs. Peak RSS is not extrapolated: a job's memory does not grow with "
+        "its items (tests/test_memory.py); at the paper's sizes it is what the rules declare (arrag/resources.py).\n"
     )
     return head + body + note
