@@ -110,6 +110,22 @@ def test_the_mirror_is_what_each_download_command_reads(tmp_path):
     assert len(prompts) == 4 and extract_reference(mjhq / "mjhq30k_imgs.zip", prompts, tmp_path / "ref") == 4
 
 
+def test_the_mirror_serves_ra_cm3_clip_where_download_clip_looks(tmp_path, monkeypatch, tiny_clip):
+    """RA-CM3's CLIP stand-in lies where rule download_clip (`arrag download model --include
+    open_clip_model.safetensors --mirror`) reads OpenAI's weights, and comes out as the file the job loads."""
+    import arrag.rehearsal as rehearsal
+    from arrag.data.downloads import download_model
+
+    monkeypatch.setattr(rehearsal, "write_janus_snapshot", lambda out, *a, **k: {})
+    monkeypatch.setattr(rehearsal, "write_clip", lambda path, *a, **k: shutil.copy(tiny_clip[1], path))
+    summary = rehearsal.build_mirror(tmp_path / "mirror", cc12m=1, cc12m_per_tar=1, midjourney=1, mjhq=1)
+    assert summary["clip"] == "timm--vit_base_patch32_clip_224.openai/open_clip_model.safetensors"
+    out = download_model(
+        rehearsal.CLIP_REPO, "d" * 40, tmp_path / "clip", include=[rehearsal.CLIP_FILE], mirror=tmp_path / "mirror"
+    )
+    assert (Path(out) / rehearsal.CLIP_FILE).read_bytes() == Path(tiny_clip[1]).read_bytes()
+
+
 def _bench(path: Path, seconds: float, rss: float) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(
