@@ -14,7 +14,7 @@ from __future__ import annotations
 import csv
 import json
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
@@ -85,6 +85,7 @@ class Measured:
     seconds: float = 0.0  # wall, summed over jobs
     cpu_seconds: float = 0.0
     max_rss_mb: float = 0.0  # the largest job's peak
+    per_job: list = field(default_factory=list)  # (benchmark file's path under the folder, wall s, CPU s)
 
 
 def read_benchmarks(bench_dir: str | Path) -> dict[str, Measured]:
@@ -110,10 +111,13 @@ def read_benchmarks(bench_dir: str | Path) -> dict[str, Measured]:
             m.seconds += values.get("s", 0.0)
             m.cpu_seconds += values.get("cpu_time", 0.0)
             m.max_rss_mb = max(m.max_rss_mb, values.get("max_rss", 0.0))
+            m.per_job.append((rel.with_suffix("").as_posix(), values.get("s", 0.0), values.get("cpu_time", 0.0)))
     return groups
 
 
-_GENERATE = re.compile(r"^generate_(\w+?)_(vanilla|daid|faid|racm3)_\d+-of-\d+$")
+_GENERATE = re.compile(r"^generate_(\w+?)_(vanilla|daid|faid|racm3)_(\d+)-of-(\d+)$")
+_SHARD = re.compile(r"^(tokenise|embed_images)_(\w+?)_(\d+-of-\d+)$")
+_SCORE_SETS = {"score_geneval": ("geneval",), "score_dpg": ("dpg",), "score_fidelity": ("reference", "mjhq")}
 RULES_DIR = Path(__file__).resolve().parents[2] / "workflow" / "rules"
 
 
@@ -150,6 +154,37 @@ def _generated(results: Path, method: str | None = None, sets: tuple[str, ...] |
         if (method is None or run == method) and (sets is None or prompt_set in sets):
             total += _json(p)["generated"]
     return total
+
+
+def job_items(results: Path, key: str) -> int | None:
+    """Items one job processed, from its benchmark file's name (`key`, its path under benchmarks/ without .tsv)
+    and the outputs it wrote: a generation shard's images, a tokenisation or CLIP shard's count, a scorer's
+    images; None where the outputs do not say."""
+    try:
+        if m := _GENERATE.match(key):  # generate_<prompts>_<method>_<shard>-of-<n>
+            record = results / "images" / m.group(2) / m.group(1) / "generation.json"
+            return _json(record)["generated"] // int(m.group(4))  # shards split the prompts evenly, give or take one
+        if m := _SHARD.match(key):
+            folder, prefix = ("codes", "codes") if m.group(1) == "tokenise" else ("clip", "clip")
+            return _json(results / folder / m.group(2) / f"{prefix}-{m.group(3)}.json")["count"]
+        rule, _, method = key.partition("/")
+        if rule in _SCORE_SETS and method in ("vanilla", "daid", "faid", "racm3"):
+            return _generated(results, method=method, sets=_SCORE_SETS[rule])
+    except (FileNotFoundError, KeyError):
+        pass
+    return None
+
+
+def marginal_cost(points: list[tuple[int, float]]) -> tuple[float, float] | None:
+    """(fixed seconds per job, seconds per item) fitted by least squares to (items, seconds) of a rule's jobs;
+    None when the jobs' item counts do not differ or the fit is not a cost (a negative slope or intercept)."""
+    if len({n for n, _ in points}) < 2:
+        return None
+    mean_n = sum(n for n, _ in points) / len(points)
+    mean_t = sum(t for _, t in points) / len(points)
+    slope = sum((n - mean_n) * (t - mean_t) for n, t in points) / sum((n - mean_n) ** 2 for n, _ in points)
+    fixed = mean_t - slope * mean_n
+    return (fixed, slope) if slope > 0 and fixed >= 0 else None
 
 
 def _sweep_images(folder: Path) -> int:
@@ -226,15 +261,24 @@ def scale_rows(results: str | Path) -> list[dict]:
             paper = PAPER_ITEMS.get(rule.split(" ")[0])
             if items and paper:
                 scale = factor if factor and rule.split(" ")[0] in BACKBONE_RULES else 1.0
+                per_item, per_item_cpu, fit = m.seconds / items, m.cpu_seconds / items, "average"
+                counted = [(job_items(results, key), wall, cpu) for key, wall, cpu in m.per_job]
+                counted = [(n, wall, cpu) for n, wall, cpu in counted if n]
+                wall_fit = marginal_cost([(n, wall) for n, wall, _ in counted])
+                cpu_fit = marginal_cost([(n, cpu) for n, _, cpu in counted])
+                if wall_fit and cpu_fit:  # jobs of different sizes: a fixed cost per job and a cost per item
+                    per_item, per_item_cpu, fit = wall_fit[1], cpu_fit[1], "marginal"
+                    row["fixed_cpu_seconds"] = cpu_fit[0]
                 row.update(
                     unit=unit,
                     items=items,
                     paper_items=paper,
-                    seconds_per_item=m.seconds / items,
-                    cpu_seconds_per_item=m.cpu_seconds / items,
+                    fit=fit,
+                    seconds_per_item=per_item,
+                    cpu_seconds_per_item=per_item_cpu,
                     model_factor=scale,
-                    paper_hours=m.seconds / items * paper * scale / 3600,
-                    paper_cpu_hours=m.cpu_seconds / items * paper * scale / 3600,
+                    paper_hours=per_item * paper * scale / 3600,
+                    paper_cpu_hours=per_item_cpu * paper * scale / 3600,
                 )
                 if folder is not None and folder.exists():
                     row["paper_disk_gb"] = _folder_bytes(folder) / items * paper / 1e9
@@ -254,14 +298,16 @@ def scale_markdown(rows: list[dict], source: str) -> str:
     """The table as Markdown, rules with a paper count first."""
     head = (
         "| rule | jobs | wall s | CPU s | peak RSS GB (largest job) | unit | items here | s per item | CPU s per item "
-        "| x model | paper items | paper hours (this machine) | paper CPU-hours | paper disk GB |\n"
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n"
+        "| per item | fixed CPU s per job | x model | paper items | paper hours (this machine) | paper CPU-hours "
+        "| paper disk GB |\n"
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n"
     )
     scaled = [r for r in rows if "items" in r] + [r for r in rows if "items" not in r]
     body = "".join(
         f"| `{r['rule']}` | {r['jobs']} | {_fmt(r['seconds'])} | {_fmt(r['cpu_seconds'])} | {_fmt(r['max_rss_gb'])} "
         f"| {r.get('unit', '')} | {_fmt(r.get('items'))} | {_fmt(r.get('seconds_per_item'))} "
-        f"| {_fmt(r.get('cpu_seconds_per_item'))} | {_fmt(r.get('model_factor'))} | {_fmt(r.get('paper_items'))} "
+        f"| {_fmt(r.get('cpu_seconds_per_item'))} | {r.get('fit', '')} | {_fmt(r.get('fixed_cpu_seconds'))} "
+        f"| {_fmt(r.get('model_factor'))} | {_fmt(r.get('paper_items'))} "
         f"| {_fmt(r.get('paper_hours'))} "
         f"| {_fmt(r.get('paper_cpu_hours'))} | {_fmt(r.get('paper_disk_gb'))} |\n"
         for r in scaled
@@ -273,7 +319,11 @@ def scale_markdown(rows: list[dict], source: str) -> str:
         "step over the run's backbone's for the rules that run the backbone (1 for the others), on the machine that "
         "ran it (not GPU-hours "
         "unless it ran on GPUs); disk = the rule's output bytes per item x the paper's items. Both include each job's "
-        "fixed cost (start-up, an index's centroids), so at a rehearsal's small counts they are upper bounds. Rows "
+        "fixed cost (start-up, an index's centroids), so at a rehearsal's small counts they are upper bounds, "
+        "except where the rule's jobs processed different numbers of items (per item: marginal): there a least-"
+        "squares fit over its jobs separates a fixed cost per job from the cost per item, and the paper figures "
+        "use the cost per item alone (add the fixed cost once per paper job). Batching makes the rehearsal's "
+        "small generation batches costlier per image than the paper's. Rows "
         "without a paper count are fixed-cost jobs. Peak RSS is not extrapolated: a job's memory does not grow with "
         "its items (tests/test_memory.py); at the paper's sizes it is what the rules declare (arrag/resources.py).\n"
     )
