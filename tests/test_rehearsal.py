@@ -165,23 +165,24 @@ def test_benchmarks_are_grouped_by_rule_and_scaled_by_the_items_of_the_run(tmp_p
 
 
 def test_jobs_of_different_sizes_separate_a_fixed_cost_from_the_cost_per_item(tmp_path):
-    """Generation jobs of 2 and 6 images costing 40 + 10 s per image: the paper figure uses the 10 s per image,
+    """Generation jobs of 2 and 8 images (2 prompts x 4) costing 40 + 10 s per image: the paper figure uses the
+    10 s per image,
     not the average (which carries the fixed 40 s of each small job); a rule whose jobs are all of one size keeps
     the average."""
     from arrag.bench.scale import PAPER_ITEMS, marginal_cost
 
     results = tmp_path / "results"
-    for prompts, n in (("reference", 2), ("geneval", 6)):
+    for prompts, n, record in (("reference", 2, {"generated": 2}), ("dpg", 8, {"generated": 2, "n": 4})):
         _bench(results / "benchmarks" / f"generate_{prompts}_daid_00000-of-00001.tsv", 40.0 + 10 * n, 100.0)
         (results / "images" / "daid" / prompts).mkdir(parents=True)
-        (results / "images" / "daid" / prompts / "generation.json").write_text(json.dumps({"generated": n}))
+        (results / "images" / "daid" / prompts / "generation.json").write_text(json.dumps(record))
     for shard in (0, 1):
         _bench(results / "benchmarks" / f"tokenise_cc12m_0000{shard}-of-00002.tsv", 30.0, 100.0)
         (results / "codes" / "cc12m").mkdir(parents=True, exist_ok=True)
         (results / "codes" / "cc12m" / f"codes-0000{shard}-of-00002.json").write_text(json.dumps({"count": 4}))
     rows = {r["rule"]: r for r in scale_rows(results)}
     gen = rows["generate (daid)"]
-    assert gen["fit"] == "marginal" and gen["seconds_per_item"] == pytest.approx(10.0)
+    assert gen["items"] == 10 and gen["fit"] == "marginal" and gen["seconds_per_item"] == pytest.approx(10.0)
     assert gen["fixed_cpu_seconds"] == pytest.approx(20.0)  # _bench's CPU time is half the wall time
     assert gen["paper_hours"] == pytest.approx(10.0 * PAPER_ITEMS["generate"] / 3600)
     assert rows["tokenise_shard"]["fit"] == "average" and rows["tokenise_shard"]["seconds_per_item"] == 60.0 / 8

@@ -147,12 +147,18 @@ def _shard_counts(folder: Path) -> int:
     return sum(_json(p).get("count", 0) for p in folder.rglob("*.json"))
 
 
+def _images(record: Path) -> int:
+    """Images a generation.json records: `generated` counts prompts, each with `n` images."""
+    rec = _json(record)
+    return rec["generated"] * rec.get("n", 1)
+
+
 def _generated(results: Path, method: str | None = None, sets: tuple[str, ...] | None = None) -> int:
     total = 0
     for p in (results / "images").glob("*/*/generation.json"):
         run, prompt_set = p.parent.parent.name, p.parent.name
         if (method is None or run == method) and (sets is None or prompt_set in sets):
-            total += _json(p)["generated"]
+            total += _images(p)
     return total
 
 
@@ -163,7 +169,7 @@ def job_items(results: Path, key: str) -> int | None:
     try:
         if m := _GENERATE.match(key):  # generate_<prompts>_<method>_<shard>-of-<n>
             record = results / "images" / m.group(2) / m.group(1) / "generation.json"
-            return _json(record)["generated"] // int(m.group(4))  # shards split the prompts evenly, give or take one
+            return _images(record) // int(m.group(4))  # shards split the prompts evenly, give or take one
         if m := _SHARD.match(key):
             folder, prefix = ("codes", "codes") if m.group(1) == "tokenise" else ("clip", "clip")
             return _json(results / folder / m.group(2) / f"{prefix}-{m.group(3)}.json")["count"]
@@ -188,7 +194,7 @@ def marginal_cost(points: list[tuple[int, float]]) -> tuple[float, float] | None
 
 
 def _sweep_images(folder: Path) -> int:
-    return sum(_json(p)["generated"] for p in folder.rglob("generation.json"))
+    return sum(_images(p) for p in folder.rglob("generation.json"))
 
 
 def _sequences(record: Path) -> int:
@@ -266,9 +272,10 @@ def scale_rows(results: str | Path) -> list[dict]:
                 counted = [(n, wall, cpu) for n, wall, cpu in counted if n]
                 wall_fit = marginal_cost([(n, wall) for n, wall, _ in counted])
                 cpu_fit = marginal_cost([(n, cpu) for n, _, cpu in counted])
-                if wall_fit and cpu_fit:  # jobs of different sizes: a fixed cost per job and a cost per item
-                    per_item, per_item_cpu, fit = wall_fit[1], cpu_fit[1], "marginal"
-                    row["fixed_cpu_seconds"] = cpu_fit[0]
+                if cpu_fit:  # jobs of different sizes: a fixed cost per job and a cost per item
+                    per_item_cpu, fit, row["fixed_cpu_seconds"] = cpu_fit[1], "marginal", cpu_fit[0]
+                if wall_fit:  # wall time on a loaded machine may not fit where CPU time does
+                    per_item = wall_fit[1]
                 row.update(
                     unit=unit,
                     items=items,
