@@ -8,7 +8,7 @@ if not workflow.overwrite_configfiles:
     configfile: "config/config.yaml"
 
 
-include: "workflow/rules/common.smk"
+include: "workflow/rules/common.smk"  # helpers: paths, settings, GPUs, flags, inputs, memory (workflow/rules/common/)
 
 
 # Downloads run where Snakemake runs (a cluster's login node, which has internet), never as cluster jobs.
@@ -26,20 +26,21 @@ include: "workflow/rules/sweep.smk"
 include: "workflow/rules/dpg.smk"
 include: "workflow/rules/fidelity.smk"
 include: "workflow/rules/contamination.smk"
+include: "workflow/rules/results.smk"
 
 
 rule all:
     input:
-        expand("{results}/images/{method}/{prompts}/generation.json", results=RESULTS, method=METHODS,
-               prompts=["geneval", "reference" if FIDELITY["benchmark"] == "mini" else "mjhq"]),
-        expand("{results}/figures/samples_{method}.png", results=RESULTS, method=METHODS),
-        f"{RESULTS}/tables/retrieval_accuracy.csv",
-        f"{RESULTS}/tables/contamination.csv",
-        f"{RESULTS}/tables/geneval.csv",
-        f"{RESULTS}/tables/fidelity.csv",
-        [f"{RESULTS}/tables/sweep_daid.csv"] if "daid" in METHODS else [],
-        [f"{RESULTS}/tables/sweep_faid.csv"] if "faid" in METHODS else [],
-        [f"{RESULTS}/tables/over_copying.csv", f"{RESULTS}/figures/attribution.png"] if RETRIEVAL_METHODS else [],
-        f"{RESULTS}/tables/inference_time.csv",
-        f"{RESULTS}/tables/dpg.csv",
+        expand(rules.finish_generation.output[0], method=METHODS, prompts=["geneval", FIDELITY_PROMPTS]),
+        expand(rules.sample_grid.output[0], method=METHODS),
+        rules.retrieval_accuracy.output.csv,
+        rules.contamination.output.csv,
+        rules.geneval_table.output.csv,
+        rules.fidelity_table.output.csv,
+        [rules.sweep_daid.output.csv] if "daid" in METHODS else [],
+        [rules.sweep_faid.output.csv] if "faid" in METHODS else [],
+        [rules.over_copying.output.csv, rules.attribution.output[0]] if RETRIEVAL_METHODS else [],
+        rules.inference_time_table.output.csv,
+        rules.dpg_table.output.csv,
+        RESULTS_DOC,
     default_target: True

@@ -98,6 +98,24 @@ def write_shard(npz_path: str | Path, arrays: dict, meta: dict) -> None:
     write_json(json_path, {**meta, "manifest": make_manifest(npz_path.parent, [npz_path.name], meta["format"])})
 
 
+def read_metadata(path: str | Path, fmt: str | None, fix: str) -> dict:
+    """The JSON object of a metadata file (an artefact's, a shard's, a lock's, ...): refused with an error naming
+    the file, the field and `fix` (what rewrites the file) when the file is missing, is not JSON or not an
+    object, or its field "format" is not `fmt` (None: the file has no format field)."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} is missing: {fix}")
+    try:
+        meta = json.loads(path.read_text())
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{path} is not valid JSON ({err.msg}): {fix}") from None
+    if not isinstance(meta, dict):
+        raise ValueError(f"{path} holds a JSON {type(meta).__name__}, not an object: {fix}")
+    if fmt is not None and meta.get("format") != fmt:
+        raise ValueError(f"{path}: field 'format' differs: expected {fmt!r}, found {meta.get('format')!r}; {fix}")
+    return meta
+
+
 def read_shard(npz_path: str | Path, fmt: str, names: tuple[str, ...], rerun: str) -> tuple[list[np.ndarray], dict]:
     """The arrays `names` of a shard written by `write_shard` and its metadata, after checking the shard is
     complete (its .json exists), of format `fmt`, matches its manifest (arrag.manifest.check_files) and holds
@@ -108,9 +126,7 @@ def read_shard(npz_path: str | Path, fmt: str, names: tuple[str, ...], rerun: st
     json_path = npz_path.with_suffix(".json")
     if not json_path.is_file():
         raise FileNotFoundError(f"{json_path} is missing: incomplete shard: {rerun} for {npz_path.name}")
-    meta = json.loads(json_path.read_text())
-    if meta.get("format") != fmt:
-        raise ValueError(f"{json_path}: field 'format' is {meta.get('format')!r}, this reader understands {fmt!r}")
+    meta = read_metadata(json_path, fmt, rerun)
     if not npz_path.is_file():
         raise FileNotFoundError(f"{npz_path} is missing although {json_path.name} exists: {rerun}")
     if "manifest" not in meta:

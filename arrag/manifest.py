@@ -160,6 +160,19 @@ def verify_member(directory: str | Path, name: str, kind: str | None = None, fix
     return Path(directory) / name
 
 
+def read_artefact_metadata(directory: str | Path, name: str, kind: str, fmt: str | None, fix: str) -> tuple[dict, dict]:
+    """(the metadata file `name` of the artefact folder `directory`, the folder's manifest): the folder is checked
+    against its manifest (of `kind`) first, so an edited metadata file is named as such, then the file is read
+    and its format checked (arrag.io.read_metadata). `fix` says what rebuilds the artefact."""
+    from arrag.io import read_metadata
+
+    path = Path(directory) / name
+    if not path.is_file():  # before the manifest: the message names what is missing and what writes it
+        raise FileNotFoundError(f"{path} is missing: {fix}")
+    manifest = verify(directory, kind, fix=fix)
+    return read_metadata(path, fmt, fix), manifest
+
+
 def identity(directory: str | Path) -> str:
     """The digest of an artefact directory's manifest (without checking its files)."""
     return read_manifest(directory)["digest"]

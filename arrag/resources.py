@@ -1,7 +1,7 @@
 """Host memory a job declares (Snakemake `mem_mb`, SLURM's --mem), computed from what it reads.
 
 One function per kind of job, all from the same model of what a job holds (`mem_mb` dispatches; the rules
-call it through `job_mem_mb` in workflow/rules/common.smk, so the local and the SLURM profiles ask for the
+call it through `job_mem_mb` in workflow/rules/common/resources.smk, so the local and the SLURM profiles ask for the
 same amounts):
 
 - every job: BASE_MB for Python, torch, transformers, FAISS and a CUDA context (about 0.9 GB measured on CPU);

@@ -1,8 +1,8 @@
 """Bad inputs and faults, each with its specific clear error (or logged skip), and no output lost or half-written.
 
-The README's "Bad input" table lists these cases. Each class: values that pass no check (NaN, inf, zero counts,
-over-long prompts), finished work replaced only on success, truncated archives and incomplete folders, config
-strings reaching the shell, resumes under other settings, and faults that used to end in tracebacks.
+The "Bad input" table of docs/verification.md lists these cases. Each class: values that pass no check (NaN, inf,
+zero counts, over-long prompts), finished work replaced only on success, truncated archives and incomplete folders,
+config strings reaching the shell, resumes under other settings, and faults that used to end in tracebacks.
 """
 
 import json
@@ -465,7 +465,7 @@ def test_config_strings_reach_commands_as_one_quoted_word(tmp_path):
     from test_workflow import REPO, _snakemake, _workdir
 
     work = _workdir(tmp_path)
-    shutil.copytree(REPO / "arrag" / "benchmarks", work / "arrag" / "benchmarks")
+    shutil.copytree(REPO / "arrag" / "prompt_sets", work / "arrag" / "prompt_sets")
 
     def merge(base: dict, over: dict) -> dict:  # as Snakemake layers --configfile over the Snakefile's
         return base | {

@@ -1,5 +1,5 @@
 """Bad inputs and faults, continued (tests/test_bad_inputs.py has the rest): resumes under other settings, and
-faults that used to end in tracebacks. Listed in the README's "Bad input and faults" table."""
+faults that used to end in tracebacks. Listed in docs/verification.md's "Bad input and faults" table."""
 
 # ruff: noqa: F811  (the fixtures imported from test_bad_inputs are parameters here)
 

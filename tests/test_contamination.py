@@ -13,6 +13,7 @@ from arrag.cli import main
 from arrag.data import code_shards as cs
 from arrag.data import contamination as ct
 from arrag.data.mini_world import load_split, make_split, write_split
+from arrag.evaluation.tables import write_contamination_table
 
 THRESHOLDS = ct.Thresholds(phash_bits=14, thumbnail_rms=6.0)  # the config's defaults
 
@@ -108,7 +109,7 @@ def test_planted_copies_are_found_and_nothing_else(planted):
 
 
 def test_the_table(planted, tmp_path):
-    ct.write_contamination_table(planted["result"], tmp_path / "contamination")
+    write_contamination_table(planted["result"], tmp_path / "contamination")
     md = (tmp_path / "contamination.md").read_text()
     assert "| reference / corpus | 40 | 320 | 4 | 16 | 20 |" in md and "Threshold" not in md
     assert "within 14 of 64 bits" in md and "within 6 grey levels" in md
@@ -204,7 +205,7 @@ def test_build_db_and_the_fine_tuning_pairs_apply_the_exclusions(planted, tiny_j
     """`arrag build-db --exclude` and the pair readers of faid-trainset / train-racm3 (--world --exclude)."""
     import argparse
 
-    from arrag.cli import fine_tuning_pairs
+    from arrag.data.pairs import fine_tuning_pairs
     from arrag.models import training
     from arrag.models.janus import save_janus
     from arrag.models.vq import VQTokenizer
@@ -346,7 +347,7 @@ def test_pairs_from_code_shards_lose_the_excluded_images_and_their_captions(plan
     """faid-trainset / train-racm3 with --codes: each kept pair keeps its own caption."""
     import argparse
 
-    from arrag.cli import fine_tuning_pairs
+    from arrag.data.pairs import fine_tuning_pairs
 
     hashed = ct.load_hash_shard(planted["paths"]["finetune"][0])
     n = len(hashed.image_ids)

@@ -239,7 +239,7 @@ def test_vendored_prompts_and_licence():
     prompts = dpg.dpg_prompts()
     assert len(prompts) == 1065
     assert all(text and text == text.strip() for text in prompts.values())
-    licence = importlib.resources.files("arrag.benchmarks") / "dpg_bench" / "LICENSE"
+    licence = importlib.resources.files("arrag.prompt_sets") / "dpg_bench" / "LICENSE"
     assert "Apache License" in licence.read_text()
     records = dpg.prompt_records(prompts)
     assert [r["item_id"] for r in records[:3]] == ["0", "1", "2"]

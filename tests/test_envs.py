@@ -24,7 +24,7 @@ PACKAGES = {
 }
 SCORERS = {"mmdet": "workflow/envs/geneval.yaml", "modelscope": "workflow/envs/dpg.yaml"}
 # imported by library code the pipeline never runs: `hf_dataset` sources stream from the hub at job time, which
-# the workflow refuses (common.smk); `pip install datasets` adds them for library use
+# the workflow refuses (workflow/rules/common/config.smk); `pip install datasets` adds them for library use
 OPTIONAL = {"datasets"}
 # torchvision release of each torch release (pytorch.org's compatibility table)
 TORCHVISION_OF = {"2.0": "0.15", "2.1": "0.16", "2.6": "0.21", "2.7": "0.22", "2.8": "0.23", "2.9": "0.24"}
@@ -74,8 +74,10 @@ def _module_file(module: str) -> Path | None:
     )
 
 
-# modules a scorer's path enters for one function only (cli.main, go_offline): their module-level imports count
-SHALLOW = {"arrag.cli", "arrag.data.downloads"}
+# modules a scorer's path enters for one function only (cli.main, go_offline) or for their definitions (the CLI's
+# modules register every command; arrag.methods gives the flags' defaults): their module-level imports count
+CLI_MODULES = {f"arrag.cli.{p.stem}" for p in (REPO / "arrag/cli").glob("*.py") if p.stem != "__init__"}
+SHALLOW = {"arrag.cli", *CLI_MODULES, "arrag.methods", "arrag.data.downloads"}
 
 
 def _third_party(entries: list[tuple[str, list[str]]], shallow=frozenset()) -> set[str]:
@@ -104,11 +106,12 @@ def _third_party(entries: list[tuple[str, list[str]]], shallow=frozenset()) -> s
 
 
 def _cli_path(command: str) -> set[str]:
-    """Third-party imports of `python -m arrag <command>` under `python -m arrag.gpu_slots`: cli.py's module-level
-    imports and its command function's, then everything those reach."""
-    tree = ast.parse((REPO / "arrag/cli.py").read_text())
-    module_level = [n for n in tree.body if isinstance(n, (ast.Import, ast.ImportFrom))]
-    function = next(n for n in tree.body if isinstance(n, ast.FunctionDef) and n.name == f"cmd_{command}")
+    """Third-party imports of `python -m arrag <command>` under `python -m arrag.gpu_slots`: the CLI modules'
+    module-level imports and its command function's, then everything those reach."""
+    trees = [ast.parse(p.read_text()) for p in sorted((REPO / "arrag/cli").glob("*.py"))]
+    module_level = [n for tree in trees for n in tree.body if isinstance(n, (ast.Import, ast.ImportFrom))]
+    functions = [n for tree in trees for n in tree.body if isinstance(n, ast.FunctionDef)]
+    function = next(n for n in functions if n.name == f"cmd_{command}")
     entries = [e for n in module_level for e in _imports(n)] + _imports(function)
     entries += [("arrag.__main__", []), ("arrag.gpu_slots", []), ("arrag.data.downloads", [])]  # cli.main's
     return _third_party(entries, shallow=SHALLOW)

@@ -8,18 +8,17 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from arrag.decoding.faid import FAiDHook, training_candidates
 from arrag.decoding.loop import DecodingHook, SamplingConfig, generate_image_tokens, make_generators
 from arrag.models.faid import (
     FAiD,
     FAiDConfig,
-    FAiDHook,
     FAiDModule,
     faid_layers,
     faid_logits,
     faid_parameter_count,
     faid_training_loss,
     freeze_backbone,
-    training_candidates,
 )
 from arrag.models.janus import tokenize_prompts
 from arrag.models.training import image_generation_loss, position_ids_from_mask, prompt_embeddings

@@ -37,7 +37,7 @@ def test_trainset_format_and_refusals(setup, tiny_janus):
     assert codes.shape == (8, 4, 4) and candidates.shape == (8, 16, 4) and captions == (CAPTIONS * 2)[:8]
     assert meta["database"] == ft.database_identity(db) and not meta["excluded_same_image"]
     # candidates are the database's answers to the ground-truth neighbourhoods
-    from arrag.models.faid import training_candidates
+    from arrag.decoding.faid import training_candidates
 
     assert torch.equal(candidates, training_candidates(db, codes, VQTokenizer.from_janus(model).codebook, 4))
     other = PatchDatabase.build(codes, VQTokenizer.from_janus(model).codebook, index="flat")
@@ -196,7 +196,7 @@ def test_faid_trainset_command_excludes_the_images_own_entries(tmp_path, capsys)
 
 
 def training_candidates_excluding_self(db, codes, codebook):
-    from arrag.models.faid import training_candidates
+    from arrag.decoding.faid import training_candidates
 
     return training_candidates(db, codes, codebook, 3, image_ids=torch.arange(len(codes)))
 

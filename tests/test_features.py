@@ -11,6 +11,7 @@ from open_clip.constants import OPENAI_DATASET_MEAN, OPENAI_DATASET_STD
 from arrag.data.downloads import sha256_of
 from arrag.evaluation import features as fe
 from arrag.evaluation.fidelity import clean_resizer, cmmd, cmmd_images, fid_images, image_features
+from arrag.models.clip import clip_embedder
 
 # ----------------------------------------------------------------------------- Inception
 
@@ -72,7 +73,7 @@ def test_inception_extractor_loads_a_checked_file_through_clean_fid(tmp_path):
 
 def test_clip_embedder_matches_the_open_clip_model_with_its_normalisation(tiny_clip):
     name, weights, model = tiny_clip
-    embedder = fe.clip_embedder(name, pretrained=weights)
+    embedder = clip_embedder(name, pretrained=weights)
     assert embedder.input_size == 32 and embedder.identity["sha256"] == sha256_of(weights)
     images = np.random.default_rng(1).integers(0, 256, (5, 16, 16, 3), dtype=np.uint8)
     feats = image_features(images, embedder)  # [5, 16]
@@ -89,7 +90,7 @@ def test_clip_embedder_matches_the_open_clip_model_with_its_normalisation(tiny_c
 
 def test_cmmd_from_clip_embeddings_is_zero_for_one_set_and_positive_otherwise(tiny_clip):
     name, weights, _ = tiny_clip
-    embedder = fe.clip_embedder(name, pretrained=weights)
+    embedder = clip_embedder(name, pretrained=weights)
     rng = np.random.default_rng(2)
     images = rng.integers(0, 128, (12, 16, 16, 3), dtype=np.uint8)
     other = rng.integers(128, 256, (12, 16, 16, 3), dtype=np.uint8)
@@ -102,13 +103,13 @@ def test_cmmd_from_clip_embeddings_is_zero_for_one_set_and_positive_otherwise(ti
 def test_clip_embedder_refuses_unpinned_or_missing_weights(tiny_clip, tmp_path):
     name, weights, _ = tiny_clip
     with pytest.raises(FileNotFoundError, match=r"missing\.safetensors is neither a weights file"):
-        fe.clip_embedder(name, pretrained=tmp_path / "missing.safetensors")
+        clip_embedder(name, pretrained=tmp_path / "missing.safetensors")
     with pytest.raises(ValueError, match="not pinned"):
-        fe.clip_embedder("hf-hub:org/repo", pretrained=weights)
+        clip_embedder("hf-hub:org/repo", pretrained=weights)
     with pytest.raises(ValueError, match="give arrag-tiny-clip's weights"):
-        fe.clip_embedder(name)
+        clip_embedder(name)
     with pytest.raises(ValueError, match="expected 00"):
-        fe.clip_embedder(name, pretrained=weights, sha256="00" * 32)
+        clip_embedder(name, pretrained=weights, sha256="00" * 32)
 
 
 # ----------------------------------------------------------------------------- mini feature network

@@ -152,7 +152,7 @@ def test_embed_and_build_commands(tiny_janus, tiny_clip, folders, tmp_path):
 def test_openai_weights_in_a_gelu_architecture_are_refused():
     """open_clip only warns when OpenAI's QuickGELU weights are loaded into ViT-B-32 (standard GELU): the loader
     refuses it before any download and names ViT-B-32-quickgelu; matching pairs pass."""
-    from arrag.evaluation.features import clip_embedder, refuse_activation_mismatch
+    from arrag.models.clip import clip_embedder, refuse_activation_mismatch
 
     with pytest.raises(ValueError, match="use the model name ViT-B-32-quickgelu"):
         clip_embedder("ViT-B-32", "openai")

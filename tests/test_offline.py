@@ -47,8 +47,8 @@ def test_janus_loads_from_its_download_folder(no_network, tiny_janus, tmp_path):
 def test_clip_models_load_from_local_weights(no_network, tiny_clip):
     """RA-CM3's retriever, CMMD's embedder and GenEval's colour classifier, as the paper's jobs call them."""
     from arrag.data.downloads import sha256_of
-    from arrag.evaluation.features import clip_embedder
     from arrag.evaluation.geneval_mask2former import ColourClassifier
+    from arrag.models.clip import clip_embedder
     from arrag.retrieval.image_index import ClipTextEncoder
 
     name, weights, model = tiny_clip

@@ -139,7 +139,7 @@ def test_slurm_profile_sends_every_gpu_job_of_the_paper_dag_to_the_gpu_partition
     """The paper DAG has GPU jobs the toy one lacks (CLIP embedding, 4-GPU training): each gets the GPU partition
     and its own time and memory, and the multi-GPU ones ask for 4 GPUs."""
     work = _workdir(tmp_path)
-    shutil.copytree(REPO / "arrag" / "benchmarks", work / "arrag" / "benchmarks")
+    shutil.copytree(REPO / "arrag" / "prompt_sets", work / "arrag" / "prompt_sets")
     result = _snakemake(
         work, "-n", "--profile", SLURM, "--configfile", "config/paper.yaml", path_prefix=_conda_bin(tmp_path)
     )
@@ -252,7 +252,7 @@ PAPER_CONFIGS = ["config/paper.yaml", "config/paper-1gpu.yaml"]
 
 def _paper_workdir(tmp_path: Path) -> Path:
     work = _workdir(tmp_path)
-    shutil.copytree(REPO / "arrag" / "benchmarks", work / "arrag" / "benchmarks")
+    shutil.copytree(REPO / "arrag" / "prompt_sets", work / "arrag" / "prompt_sets")
     return work
 
 

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from arrag.bench.scale import _rule_of, read_benchmarks, rule_names, scale_markdown, scale_rows
+from arrag.bench.scale import _rule_of, read_jobstats, scale_markdown, scale_rows
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -134,22 +134,20 @@ def _bench(path: Path, seconds: float, rss: float) -> None:
     )
 
 
-def test_benchmarks_are_grouped_by_rule_and_scaled_by_the_items_of_the_run(tmp_path):
-    rules = rule_names()
-    assert {"tokenise_shard", "download_dataset", "generate", "train_faid"} <= set(rules)
-    assert _rule_of("generate_geneval_daid_00001-of-00002", rules) == "generate (daid)"
-    assert _rule_of("download_dataset_cc12m", rules) == "download_dataset"
-    assert _rule_of("generate_daid_sweep", rules) == "generate_daid_sweep"  # the longest rule name wins
+def test_job_statistics_are_grouped_by_rule_and_scaled_by_the_items_of_the_run(tmp_path):
+    assert _rule_of(Path("generate/daid/geneval/00001-of-00002.tsv")) == "generate (daid)"
+    assert _rule_of(Path("download_dataset/cc12m.tsv")) == "download_dataset"
+    assert _rule_of(Path("generate_daid_sweep/weight~0.1/temperature~1.0.tsv")) == "generate_daid_sweep"
 
     results = tmp_path / "results"
-    _bench(results / "benchmarks" / "tokenise_cc12m_00000-of-00002.tsv", 30.0, 500.0)
-    _bench(results / "benchmarks" / "tokenise_cc12m_00001-of-00002.tsv", 10.0, 900.0)
-    _bench(results / "benchmarks" / "world.tsv", 2.0, 50.0)
+    _bench(results / "jobstats" / "tokenise_shard" / "cc12m" / "00000-of-00002.tsv", 30.0, 500.0)
+    _bench(results / "jobstats" / "tokenise_shard" / "cc12m" / "00001-of-00002.tsv", 10.0, 900.0)
+    _bench(results / "jobstats" / "world.tsv", 2.0, 50.0)
     for shard, count in ((0, 3), (1, 5)):
         (results / "codes" / "cc12m").mkdir(parents=True, exist_ok=True)
         (results / "codes" / "cc12m" / f"codes-0000{shard}-of-00002.json").write_text(json.dumps({"count": count}))
         (results / "codes" / "cc12m" / f"codes-0000{shard}-of-00002.npz").write_bytes(b"x" * 100 * count)
-    measured = read_benchmarks(results / "benchmarks")
+    measured = read_jobstats(results / "jobstats")
     assert measured["tokenise_shard"].jobs == 2 and measured["tokenise_shard"].max_rss_mb == 900.0
     rows = {r["rule"]: r for r in scale_rows(results)}
     tok = rows["tokenise_shard"]
@@ -160,8 +158,8 @@ def test_benchmarks_are_grouped_by_rule_and_scaled_by_the_items_of_the_run(tmp_p
     assert "items" not in rows["world"]  # a fixed-cost job: no paper count
     assert tok["paper_cpu_hours"] == pytest.approx(20.0 / 8 * tok["paper_items"] / 3600)
     assert "| `tokenise_shard` | 2 |" in scale_markdown(list(rows.values()), "x")
-    with pytest.raises(FileNotFoundError, match="no benchmark"):
-        read_benchmarks(tmp_path / "empty")
+    with pytest.raises(FileNotFoundError, match="no job statistics"):
+        read_jobstats(tmp_path / "empty")
 
 
 def test_jobs_of_different_sizes_separate_a_fixed_cost_from_the_cost_per_item(tmp_path):
@@ -173,11 +171,11 @@ def test_jobs_of_different_sizes_separate_a_fixed_cost_from_the_cost_per_item(tm
 
     results = tmp_path / "results"
     for prompts, n, record in (("reference", 2, {"generated": 2}), ("dpg", 8, {"generated": 2, "n": 4})):
-        _bench(results / "benchmarks" / f"generate_{prompts}_daid_00000-of-00001.tsv", 40.0 + 10 * n, 100.0)
+        _bench(results / "jobstats" / "generate" / "daid" / prompts / "00000-of-00001.tsv", 40.0 + 10 * n, 100.0)
         (results / "images" / "daid" / prompts).mkdir(parents=True)
         (results / "images" / "daid" / prompts / "generation.json").write_text(json.dumps(record))
     for shard in (0, 1):
-        _bench(results / "benchmarks" / f"tokenise_cc12m_0000{shard}-of-00002.tsv", 30.0, 100.0)
+        _bench(results / "jobstats" / "tokenise_shard" / "cc12m" / f"0000{shard}-of-00002.tsv", 30.0, 100.0)
         (results / "codes" / "cc12m").mkdir(parents=True, exist_ok=True)
         (results / "codes" / "cc12m" / f"codes-0000{shard}-of-00002.json").write_text(json.dumps({"count": 4}))
     rows = {r["rule"]: r for r in scale_rows(results)}
@@ -205,8 +203,8 @@ def test_backbone_rules_are_scaled_from_the_stand_in_to_janus_pro_1b(tmp_path):
     shallow.save_pretrained(results / "models" / "base")
     factor = model_factor(results / "models" / "base")
     assert factor == pytest.approx(step_parameters(full) / step_parameters(shallow)) and 5 < factor < 12
-    _bench(results / "benchmarks" / "generate_geneval_vanilla_00000-of-00001.tsv", 60.0, 100.0)
-    _bench(results / "benchmarks" / "tokenise_cc12m_00000-of-00001.tsv", 30.0, 100.0)
+    _bench(results / "jobstats" / "generate" / "vanilla" / "geneval" / "00000-of-00001.tsv", 60.0, 100.0)
+    _bench(results / "jobstats" / "tokenise_shard" / "cc12m" / "00000-of-00001.tsv", 30.0, 100.0)
     (results / "images" / "vanilla" / "geneval").mkdir(parents=True)
     (results / "images" / "vanilla" / "geneval" / "generation.json").write_text(json.dumps({"generated": 6}))
     (results / "codes" / "cc12m").mkdir(parents=True)

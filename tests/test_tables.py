@@ -30,13 +30,20 @@ def test_geneval_table_follows_the_papers_columns(tmp_path):
     assert list(csv_rows[0])[:9] == ["method", "source", *[k for k, _ in GENEVAL_COLUMNS], "overall"]
     assert [r["method"] for r in csv_rows] == ["vanilla", "daid"]
     assert float(csv_rows[1]["overall"]) == pytest.approx(0.5 * 3.5 / 10)
-    # the paper's Params column, and Overall's difference to the base model: numbers in the CSV, "x (+d)" in print
+    # the paper's Params column, and Overall's difference to the base model: numbers in the CSV, "x (+d)" in print;
+    # made without per-prompt records, no interval: "± —", and the caption says why
     assert float(csv_rows[1]["params"]) == 2_090_000_000 and csv_rows[0]["overall_delta"] == ""
     assert float(csv_rows[1]["overall_delta"]) == pytest.approx(-0.5 * 3.5 / 10)
     header = "| Method | Params | Single Obj. | Two Obj. | Counting | Colors | Position | Color Attri. | Overall |"
-    assert header in md and "| base model | 2.1B | 0.10 | 0.20 | 0.30 | 0.40 | 0.50 | 0.60 | 0.350 |" in md
-    assert "| + DAiD | 2.1B | 0.05 | 0.10 | 0.15 | 0.20 | 0.25 | 0.30 | 0.175 (-0.175) |" in md
-    assert r"+ DAiD & 2.1B & 0.05 & 0.10 & 0.15 & 0.20 & 0.25 & 0.30 & 0.175 (-0.175) \\" in tex
+    assert (
+        header in md
+        and "| base model | 2.1B | 0.10 ± — | 0.20 ± — | 0.30 ± — | 0.40 ± — | 0.50 ± — | 0.60 ± — | 0.350 ± — |" in md
+    )
+    assert (
+        "| + DAiD | 2.1B | 0.05 ± — | 0.10 ± — | 0.15 ± — | 0.20 ± — | 0.25 ± — | 0.30 ± — | 0.175 ± — (-0.175) |" in md
+    )
+    assert r"+ DAiD & 2.1B & 0.05 $\pm$ --- & 0.10 $\pm$ --- & " in tex and r"0.175 $\pm$ --- (-0.175) \\" in tex
+    assert "± — : no interval, for want of per-prompt results" in md
     assert tex.count(r"\midrule") == 1 and r"\label{tab:geneval}" in tex
     broken = _summary(1.0)
     del broken["tags"]["position"]
@@ -50,10 +57,13 @@ def test_paper_rows_come_first_above_a_rule(tmp_path):
     assert len(paper) == 18 and csv_rows[-1]["source"] == "measured"
     faid = next(r for r in paper if r["method"] == "Janus-Pro + FAiD")
     assert (float(faid["position"]), float(faid["overall"])) == (0.70, 0.78)  # the paper's Table 1
-    assert "| Transfusion (paper) | 7.3B | – | – | – | – | – | – | 0.630 |" in md
+    assert "| Transfusion (paper) | 7.3B | – | – | – | – | – | – | 0.630 ± — |" in md
     # the paper's own (+0.07) of FAiD over Janus-Pro, and its Params as a number in the CSV
-    assert "| Janus-Pro + FAiD (paper) | 1.2B | 1.00 | 0.88 | 0.50 | 0.86 | 0.70 | 0.73 | 0.780 (+0.070) |" in md
-    assert "| Janus-Pro + RA-CM3 (paper) | 1.0B |" in md and "0.650 (-0.060) |" in md
+    assert (
+        "| Janus-Pro + FAiD (paper) | 1.2B | 1.00 ± — | 0.88 ± — | 0.50 ± — | 0.86 ± — | 0.70 ± — | 0.73 ± — | " in md
+    )
+    assert "| 0.780 ± — (+0.070) |" in md
+    assert "| Janus-Pro + RA-CM3 (paper) | 1.0B |" in md and "0.650 ± — (-0.060) |" in md
     assert float(faid["params"]) == 1.2e9 and float(faid["overall_delta"]) == pytest.approx(0.07)
     assert "| DALL-E 3 (paper) | – |" in md
     assert tex.count(r"\midrule") == 2  # under the header, and between the paper's rows and ours
@@ -83,11 +93,11 @@ def test_dpg_and_fidelity_rows_and_latex_escaping(tmp_path):
     summary = {"overall": 71.5, "images": 8, "categories": {"global": 50.0, "entity": 80.0, "attribute": 70.0}}
     rows, csv_rows, md, _ = _table(tmp_path, "dpg", {"vanilla": t.dpg_row(summary, "vanilla")})
     # categories absent from the CSV stay empty
-    assert "| base model | – | 50.00 | 80.00 | 70.00 | – | – | 71.50 |" in md
+    assert "| base model | – | 50.00 ± — | 80.00 ± — | 70.00 ± — | – | – | 71.50 ± — |" in md
     fid = {"fid": 12.5, "cmmd": 0.1, "fwd": 3.25, "images": 10, "reference_images": 10, "fid_network": {"name": "mini"}}
     rows, csv_rows, md, tex = _table(tmp_path, "fidelity", {"my_method": t.fidelity_row(fid, "my_method")})
-    assert "| my_method | – | 0.100 | 12.50 | 3.250 |" in md
-    assert r"my\_method & – & 0.100 & 12.50 & 3.250" in tex
+    assert "| my_method | – | 0.100 ± — | 12.50 ± — | 3.250 ± — |" in md
+    assert r"my\_method & – & 0.100 $\pm$ --- & 12.50 $\pm$ --- & 3.250 $\pm$ ---" in tex
     with pytest.raises(ValueError, match="no per-method result"):
         t.measured_row("inference_time", tmp_path / "x.json", "x")
     with pytest.raises(FileNotFoundError, match="missing"):

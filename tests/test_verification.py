@@ -142,6 +142,48 @@ def test_incomplete_truncated_extra_or_edited_artefacts_are_refused(tiny_janus, 
         PatchDatabase.load(db, codebook)
 
 
+def test_metadata_files_are_read_by_one_reader_naming_the_file_the_field_and_the_fix(tmp_path):
+    """read_metadata (shards, locks, exclusion lists) and read_artefact_metadata (artefact folders): a missing,
+    non-JSON, non-object or other-format file is refused with its path, the field and the fix; an artefact's
+    metadata file is checked against the manifest first, so an edit is reported as one."""
+    from arrag.io import read_metadata
+
+    path = tmp_path / "meta.json"
+    with pytest.raises(FileNotFoundError, match=r"meta\.json is missing: run the thing"):
+        read_metadata(path, "mine/1", "run the thing")
+    path.write_text("{not json")
+    with pytest.raises(ValueError, match=r"meta\.json is not valid JSON \(.*\): run the thing"):
+        read_metadata(path, "mine/1", "run the thing")
+    path.write_text("[1, 2]")
+    with pytest.raises(ValueError, match=r"meta\.json holds a JSON list, not an object: run the thing"):
+        read_metadata(path, "mine/1", "run the thing")
+    path.write_text(json.dumps({"format": "mine/0"}))
+    with pytest.raises(ValueError, match=r"meta\.json: field 'format' differs: expected 'mine/1', found 'mine/0'; run"):
+        read_metadata(path, "mine/1", "run the thing")
+    assert read_metadata(path, None, "run the thing") == {"format": "mine/0"}  # no format to check
+    path.write_text(json.dumps({"format": "mine/1", "count": 3}))
+    assert read_metadata(path, "mine/1", "run the thing")["count"] == 3
+
+    folder = tmp_path / "artefact"
+    folder.mkdir()
+    with pytest.raises(FileNotFoundError, match=r"artefact/meta\.json is missing: build it"):
+        manifest.read_artefact_metadata(folder, "meta.json", "thing", "mine/1", "build it")
+    (folder / "meta.json").write_text(json.dumps({"format": "mine/0"}))
+    with pytest.raises(ValueError, match=r"MANIFEST\.json is missing: .* incomplete"):
+        manifest.read_artefact_metadata(folder, "meta.json", "thing", "mine/1", "build it")
+    manifest.write_manifest(folder, "thing")
+    with pytest.raises(ValueError, match=r"a 'thing' artefact, expected a 'other'"):
+        manifest.read_artefact_metadata(folder, "meta.json", "other", "mine/1", "build it")
+    with pytest.raises(ValueError, match=r"meta\.json: field 'format' differs: expected 'mine/1', found 'mine/0'"):
+        manifest.read_artefact_metadata(folder, "meta.json", "thing", "mine/1", "build it")
+    (folder / "meta.json").write_text(json.dumps({"format": "mine/1"}))  # edited after sealing
+    with pytest.raises(ValueError, match=r"meta\.json: content differs from its manifest.*build it"):
+        manifest.read_artefact_metadata(folder, "meta.json", "thing", "mine/1", "build it")
+    body = manifest.write_manifest(folder, "thing")
+    meta, found = manifest.read_artefact_metadata(folder, "meta.json", "thing", "mine/1", "build it")
+    assert meta == {"format": "mine/1"} and found["digest"] == body["digest"]
+
+
 def test_verify_command_checks_every_byte_and_seals(saved_model, tmp_path, capsys):
     assert main(["verify", str(saved_model)]) == 0
     report = json.loads(capsys.readouterr().out)

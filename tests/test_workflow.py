@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -92,6 +93,39 @@ def test_a_database_sharded_over_gpus_gives_its_jobs_that_many(tmp_path):
     assert refused.returncode != 0 and "only a torch_compact database is sharded" in refused.stdout + refused.stderr
 
 
+def test_every_generating_job_samples_and_runs_daid_as_configured(tmp_path):
+    """One flag builder: every job that generates (the methods' runs, both sweeps, Table 4's timing) gets the
+    configured sampling, and every one that runs DAiD the configured DAiD (here --daid-unique and a top-k)."""
+    work = _workdir(tmp_path)
+    (work / "flags.yaml").write_text("daid: {unique: true}\ngeneration: {top_k: 7}\n")
+    result = _snakemake(work, "-n", "-p", "--configfile", "config/toy.yaml", "flags.yaml")
+    assert result.returncode == 0, result.stderr[-2000:]
+    generating = ("arrag generate-benchmark", "arrag bench generate")
+    jobs = [job for job in result.stdout.split("\n\n") if any(command in job for command in generating)]
+    rules = {re.search(r"^(?:local)?rule (\w+):", job, re.M).group(1) for job in jobs}
+    assert rules == {"generate", "generate_daid_sweep", "generate_faid_sweep", "bench_generate"}
+    assert all("--top-k 7 " in job and "--guidance-scale 3.0 --temperature 1.0 --seed 0" in job for job in jobs)
+    daid = [job for job in jobs if "--method daid" in job or "arrag bench generate" in job]
+    assert len(daid) > 1 and all("--daid-unique" in job for job in daid)
+    assert all("--daid-unique" not in job for job in jobs if job not in daid)
+    _assert_logs_named_after_rules(result.stdout, "toy")
+
+
+def _assert_logs_named_after_rules(dry_run_stdout: str, profile: str) -> None:
+    """Every job has a log and a job statistics file named after its rule, <rule>.ext or <rule>/<job>.ext: what
+    `arrag scale-table` groups them by (arrag.bench.scale)."""
+    jobs = [job for job in dry_run_stdout.split("\n\n") if re.search(r"^(?:local)?rule (\w+):", job, re.M)]
+    assert jobs
+    for job in jobs:
+        rule = re.search(r"^(?:local)?rule (\w+):", job, re.M).group(1)
+        if rule == "all":
+            continue
+        log = re.search(r"^\s*log: (\S+)$", job, re.M).group(1)
+        stats = re.search(r"^\s*benchmark: (\S+)$", job, re.M).group(1)
+        assert re.fullmatch(rf"results/{profile}/logs/{rule}(/[^ ]+)?\.log", log), (rule, log)
+        assert re.fullmatch(rf"results/{profile}/jobstats/{rule}(/[^ ]+)?\.tsv", stats), (rule, stats)
+
+
 def _job_counts(dry_run_stdout: str) -> dict[str, int]:
     table = dry_run_stdout[dry_run_stdout.index("job ") : dry_run_stdout.index("total")]
     return {parts[0]: int(parts[1]) for parts in (line.split() for line in table.splitlines()[2:]) if len(parts) == 2}
@@ -102,8 +136,8 @@ def _job_counts(dry_run_stdout: str) -> dict[str, int]:
     [
         # tokenised: the corpora and the pairs (Figure 6 reads FAiD's training set, so no held-out images);
         # the sweeps' 10K MJHQ-30K prompts: their own set beside Table 3's 30K, or Table 3's own first 10K
-        ("config/paper.yaml", 64 + 32 + 48 + 4 + 4, 64 + 32, 4 * 3 * 4, 3 * 3, 5 * 4, "mjhq_sweep", 425 + 154),
-        ("config/paper-1gpu.yaml", 1 + 1 + 1, 1, 4 * 3 * 1, 2 * 2, 3 * 2, "mjhq", 101 + 5),
+        ("config/paper.yaml", 64 + 32 + 48 + 4 + 4, 64 + 32, 4 * 3 * 4, 3 * 3, 5 * 4, "mjhq_sweep", 425 + 154 + 1),
+        ("config/paper-1gpu.yaml", 1 + 1 + 1, 1, 4 * 3 * 1, 2 * 2, 3 * 2, "mjhq", 101 + 5 + 1),
     ],
 )
 def test_the_paper_profiles_resolve(
@@ -114,7 +148,7 @@ def test_the_paper_profiles_resolve(
     benchmarks' own models, every weight from a download rule) resolves with its expected jobs; nothing of the mini
     world is built."""
     work = _workdir(tmp_path)
-    shutil.copytree(REPO / "arrag" / "benchmarks", work / "arrag" / "benchmarks")  # the vendored prompt sets
+    shutil.copytree(REPO / "arrag" / "prompt_sets", work / "arrag" / "prompt_sets")  # the vendored prompt sets
     result = _snakemake(work, "-n", "-p", "--configfile", config)
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
     jobs = _job_counts(result.stdout)
@@ -133,7 +167,7 @@ def test_the_paper_profiles_resolve(
     assert jobs["embed_images"] == embed and jobs["build_image_index"] == jobs["train_racm3"] == 1
     assert jobs["download_dataset"] == 2  # CC12M tars and midjourney-v6-llava parquet
     assert jobs["hash_images"] == tokenise + 1 and jobs["contamination"] == 1  # every tokenised shard + MJHQ-30K
-    assert sum(jobs.values()) == total  # the figure the README quotes
+    assert sum(jobs.values()) == total  # the figure docs/paper-scale.md quotes (+ 1: results_doc)
     assert not set(jobs) & {"world", "train_vq", "train_base", "mini_dpg", "train_features"}
     trainset = next(line for line in result.stdout.splitlines() if "arrag faid-trainset" in line)
     assert "--codes results/" in trainset and "codes/midjourney_pairs/codes-00000-of-" in trainset
@@ -161,6 +195,7 @@ def test_the_paper_profiles_resolve(
     reference = f"--reference results/{profile}/{sweep_prompts}/reference"
     assert all("--fid-network inception:" in j and reference in j for j in scores)
     assert jobs["mjhq_prompts"] == (2 if sweep_prompts == "mjhq_sweep" else 1)
+    _assert_logs_named_after_rules(result.stdout, profile)
     sweep_set = next(line for line in result.stdout.splitlines() if f"{sweep_prompts}.jsonl --out-reference" in line)
     assert "arrag mjhq-prompts" in sweep_set and "--limit 10000 " in sweep_set
     tables = [line for line in result.stdout.splitlines() if "arrag sweep-table" in line]
@@ -316,6 +351,10 @@ def test_whole_dag_on_the_toy_profile(tmp_path):
         assert r"\begin{tabular}" in (res / f"tables/{name}.tex").read_text()
     fidelity = (res / "tables/fidelity.csv").read_text().splitlines()
     assert fidelity[0].startswith("method,source,") and len(fidelity) == 5
+    # the run in one document (rule results_doc): every table as written, stamped with the commit and the machine
+    doc = (res / "RESULTS.md").read_text()
+    assert all((res / f"tables/{name}.md").read_text().strip() in doc for name in ("geneval", "dpg", "fidelity"))
+    assert "- commit: " in doc and "- machine: " in doc and "](figures/samples_vanilla.png)" in doc
     # the Params column from the generation records (FAiD adds its modules), Overall against vanilla, Total (s)
     import csv
 
@@ -347,14 +386,14 @@ def test_whole_dag_on_the_toy_profile(tmp_path):
     assert json.loads((faid / "settings.json").read_text())["method"] == "faid"
     assert len((res / "tables/sweep_faid.csv").read_text().splitlines()) == 2
 
-    # one log and one benchmark per rule
+    # one log and one job statistics file per job, named after its rule
     rules = [
         "world",
         "train_vq",
         "train_base",
-        "tokenise_corpus_00000-of-00002",
-        "tokenise_corpus_00001-of-00002",
-        "tokenise_reference_00000-of-00001",
+        "tokenise_shard/corpus/00000-of-00002",
+        "tokenise_shard/corpus/00001-of-00002",
+        "tokenise_shard/reference/00000-of-00001",
         "build_database",
         "retrieval_accuracy",
         "over_copying",
@@ -374,13 +413,13 @@ def test_whole_dag_on_the_toy_profile(tmp_path):
         "dpg_table",
     ]
     methods = ("vanilla", "daid", "faid", "racm3")
-    rules += [f"{rule}_{method}" for rule in ("sample_grid", "tile_dpg") for method in methods]
+    rules += [f"{rule}/{method}" for rule in ("sample_grid", "tile_dpg") for method in methods]
     for prompt_set in ("geneval", "reference", "dpg"):  # generation in 2 shards per method and prompt set
-        rules += [f"generate_{prompt_set}_{m}_{s:05d}-of-00002" for m in methods for s in range(2)]
-        rules += [f"finish_generation_{prompt_set}_{m}" for m in methods]
+        rules += [f"generate/{m}/{prompt_set}/{s:05d}-of-00002" for m in methods for s in range(2)]
+        rules += [f"finish_generation/{m}/{prompt_set}" for m in methods]
     for rule in rules:
         assert (res / "logs" / f"{rule}.log").is_file()
-        assert (res / "benchmarks" / f"{rule}.tsv").is_file()
+        assert (res / "jobstats" / f"{rule}.tsv").is_file()
 
     again = _snakemake(work, "--cores", "2", "--configfile", "config/toy.yaml")
     assert again.returncode == 0 and "Nothing to be done" in again.stdout + again.stderr
@@ -409,7 +448,7 @@ def test_the_mini_sweeps_keep_their_labelled_stand_in_and_fid_needs_mjhq(tmp_pat
 def test_openai_clip_weights_in_a_gelu_model_are_refused_at_parse_time(tmp_path):
     """RA-CM3's retriever as `ViT-B-32` with the OpenAI weights (QuickGELU) would load with a warning only."""
     work = _workdir(tmp_path)
-    shutil.copytree(REPO / "arrag" / "benchmarks", work / "arrag" / "benchmarks")
+    shutil.copytree(REPO / "arrag" / "prompt_sets", work / "arrag" / "prompt_sets")
     (work / "gelu.yaml").write_text("racm3: {clip: {model: ViT-B-32, pretrained: openai}}\n")
     result = _snakemake(work, "-n", "--configfile", "config/paper-1gpu.yaml", "gelu.yaml")
     assert result.returncode != 0 and "use the model name ViT-B-32-quickgelu" in result.stdout + result.stderr

@@ -32,7 +32,7 @@ def clip_vit_b32(device: str | torch.device = "cpu"):
     """A random-weight open_clip ViT-B-32 image tower in arrag's embedder wrapper (what embed-images runs)."""
     import open_clip
 
-    from arrag.evaluation.features import ClipEmbedder
+    from arrag.models.clip import ClipEmbedder
 
     torch.manual_seed(0)
     model = open_clip.create_model("ViT-B-32", pretrained=None, device=device).eval()

@@ -16,11 +16,38 @@ import torch
 from arrag.decoding.loop import DecodingHook, SamplingConfig
 from arrag.decoding.pipeline import ImageGenerationPipeline, method_parameters
 from arrag.io import write_json, write_text
+from arrag.methods import MethodSettings, VanillaSettings
 
 
 def _synchronise(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
+
+
+def load_methods(
+    settings: list[MethodSettings],
+    model: str,
+    *,
+    racm3_model: str | None = None,
+    revision: str | None = None,
+    device: str | None = None,
+    db_devices: str | None = None,
+) -> dict[str, tuple[ImageGenerationPipeline, Callable[[], list[DecodingHook]]]]:
+    """The methods to time side by side, as run_generation_bench takes them, loaded from their settings
+    (arrag.methods): vanilla and DAiD share `model`'s pipeline, FAiD gets a copy of its own (its attached modules
+    must not touch the other rows) and RA-CM3 decodes with `racm3_model` on the same device."""
+    if any(method.name == "racm3" for method in settings) and not racm3_model:
+        raise ValueError("the RA-CM3 row needs its model (arrag train-racm3; --racm3-model)")
+    pipe = VanillaSettings().pipeline(model, revision=revision, device=device)
+    methods = {}
+    for method in settings:
+        own = pipe
+        if method.name == "faid":
+            own = method.pipeline(model, revision=revision, device=device)
+        if method.name == "racm3":
+            own = method.pipeline(racm3_model, device=str(pipe.device))
+        methods[method.name] = (own, method.hook_factory(own, db_devices))
+    return methods
 
 
 def run_generation_bench(

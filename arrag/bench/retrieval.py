@@ -20,7 +20,7 @@ from arrag.io import write_json, write_text
 from arrag.retrieval.database import PatchDatabase
 from arrag.retrieval.keys import neighbourhood_keys
 
-# The authors' effective configuration (DESIGN.md): OPQ8 + IVF800 + PQ8 searching one list.
+# The authors' effective configuration (docs/design.md): OPQ8 + IVF800 + PQ8 searching one list.
 AUTHORS_BASELINE = ("opq_ivf_pq", {"m": 8, "nlist": 800, "nprobe": 1})
 
 

@@ -1,19 +1,19 @@
-"""The scale table: each rule's measured cost per item in a run (its `benchmarks/*.tsv`: wall seconds, CPU
-seconds, peak RSS), and that cost extrapolated to the paper's counts, so a reader can plan the real run.
+"""The scale table: each rule's measured cost per item in a run (its `jobstats/*.tsv`, Snakemake's benchmark
+files: wall seconds, CPU seconds, peak RSS), and that cost extrapolated to the paper's counts, so a reader can plan
+the real run.
 
 Items are counted from the run's own outputs (code shards' and CLIP shards' counts, generation.json's images,
 the trained models' recorded step counts), never from a config, so the table describes what actually ran.
 The paper's counts (PAPER_ITEMS) are the paper's published sizes. Extrapolation is linear in items, which is what
 these jobs are (batched per-item work); the fixed start-up cost of each job is part of the measured time, so the
 per-item figure of a rehearsal with few items is an over-estimate. Time is measured on the machine that ran the
-rehearsal (a CPU): it is that machine's hours, not GPU-hours, until a GPU run supplies its own benchmarks.
+rehearsal (a CPU): it is that machine's hours, not GPU-hours, until a GPU run supplies its own job statistics.
 """
 
 from __future__ import annotations
 
 import csv
 import json
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -85,25 +85,26 @@ class Measured:
     seconds: float = 0.0  # wall, summed over jobs
     cpu_seconds: float = 0.0
     max_rss_mb: float = 0.0  # the largest job's peak
-    per_job: list = field(default_factory=list)  # (benchmark file's path under the folder, wall s, CPU s)
+    per_job: list = field(default_factory=list)  # (statistics file's path under the folder, wall s, CPU s)
 
 
-def read_benchmarks(bench_dir: str | Path) -> dict[str, Measured]:
-    """Every `*.tsv` under bench_dir grouped by rule: the file's stem up to its first wildcard value (rules name
-    their benchmark files `<rule>[_<wildcards>]`), nested folders (`<rule>/<wildcards>.tsv`) by their folder."""
-    bench_dir = Path(bench_dir)
-    files = sorted(bench_dir.rglob("*.tsv"))
+def read_jobstats(jobstats_dir: str | Path) -> dict[str, Measured]:
+    """Every `*.tsv` under jobstats_dir grouped by rule: the workflow names them `<rule>.tsv`, or
+    `<rule>/<job>.tsv` for a rule with one job per wildcard value; generation is grouped per method
+    (`generate/<method>/...` -> `generate (<method>)`)."""
+    jobstats_dir = Path(jobstats_dir)
+    files = sorted(jobstats_dir.rglob("*.tsv"))
     if not files:
-        raise FileNotFoundError(f"{bench_dir} holds no benchmark *.tsv: run the workflow (e.g. the rehearsal) first")
+        raise FileNotFoundError(
+            f"{jobstats_dir} holds no job statistics *.tsv: run the workflow (e.g. the rehearsal) first"
+        )
     groups: dict[str, Measured] = {}
-    rules = rule_names()
     for path in files:
-        rel = path.relative_to(bench_dir)
-        key = rel.parts[0] if len(rel.parts) > 1 else rel.stem
-        rule = _rule_of(key, rules)
+        rel = path.relative_to(jobstats_dir)
+        rule = _rule_of(rel)
         rows = list(csv.DictReader(path.open(), delimiter="\t"))
         if not rows:
-            raise ValueError(f"{path}: an empty benchmark file (a job that did not finish?); rerun its rule")
+            raise ValueError(f"{path}: an empty job statistics file (a job that did not finish?); rerun its rule")
         m = groups.setdefault(rule, Measured(rule))
         for row in rows:
             values = {k: float(row[k]) for k in ("s", "cpu_time", "max_rss") if row.get(k) not in (None, "", "-")}
@@ -115,27 +116,12 @@ def read_benchmarks(bench_dir: str | Path) -> dict[str, Measured]:
     return groups
 
 
-_GENERATE = re.compile(r"^generate_(\w+?)_(vanilla|daid|faid|racm3)_(\d+)-of-(\d+)$")
-_SHARD = re.compile(r"^(tokenise|embed_images)_(\w+?)_(\d+-of-\d+)$")
-_SCORE_SETS = {"score_geneval": ("geneval",), "score_dpg": ("dpg",), "score_fidelity": ("reference", "mjhq")}
-RULES_DIR = Path(__file__).resolve().parents[2] / "workflow" / "rules"
-
-
-def rule_names(rules_dir: Path = RULES_DIR) -> list[str]:
-    """The workflow's rule names, longest first (benchmark files are named after their rule)."""
-    names = {m for p in rules_dir.glob("*.smk") for m in re.findall(r"^\s*rule (\w+):", p.read_text(), re.M)}
-    return sorted(names, key=len, reverse=True)
-
-
-def _rule_of(key: str, rules: list[str]) -> str:
-    """`generate_geneval_daid_00000-of-00002` -> `generate (daid)`; `tokenise_cc12m_00000-of-00002` ->
-    `tokenise_shard`; otherwise the longest rule name the key starts with (`download_dataset_cc12m` ->
-    `download_dataset`), or the key itself."""
-    if m := _GENERATE.match(key):
-        return f"generate ({m.group(2)})"
-    if key.startswith("tokenise_"):
-        return "tokenise_shard"
-    return next((r for r in rules if key == r or key.startswith(r + "_")), key)
+def _rule_of(rel: Path) -> str:
+    """`world.tsv` -> `world`; `tokenise_shard/cc12m/00000-of-00002.tsv` -> `tokenise_shard`;
+    `generate/daid/geneval/00000-of-00002.tsv` -> `generate (daid)`."""
+    if len(rel.parts) == 1:
+        return rel.stem
+    return f"generate ({rel.parts[1]})" if rel.parts[0] == "generate" else rel.parts[0]
 
 
 def _json(path: Path) -> dict:
@@ -162,21 +148,25 @@ def _generated(results: Path, method: str | None = None, sets: tuple[str, ...] |
     return total
 
 
+_SCORE_SETS = {"score_geneval": ("geneval",), "score_dpg": ("dpg",), "score_fidelity": ("reference", "mjhq")}
+_METHODS = ("vanilla", "daid", "faid", "racm3")
+
+
 def job_items(results: Path, key: str) -> int | None:
-    """Items one job processed, from its benchmark file's name (`key`, its path under benchmarks/ without .tsv)
-    and the outputs it wrote: a generation shard's images, a tokenisation or CLIP shard's count, a scorer's
-    images; None where the outputs do not say."""
+    """Items one job processed, from its statistics file's path under jobstats/ without .tsv (`key`) and the
+    outputs it wrote: a generation shard's images, a tokenisation or CLIP shard's count, a scorer's images; None
+    where the outputs do not say."""
+    parts = key.split("/")
     try:
-        if m := _GENERATE.match(key):  # generate_<prompts>_<method>_<shard>-of-<n>
-            record = results / "images" / m.group(2) / m.group(1) / "generation.json"
-            return _images(record) // int(m.group(4))  # shards split the prompts evenly, give or take one
-        if m := _SHARD.match(key):
-            folder, prefix = ("codes", "codes") if m.group(1) == "tokenise" else ("clip", "clip")
-            return _json(results / folder / m.group(2) / f"{prefix}-{m.group(3)}.json")["count"]
-        rule, _, method = key.partition("/")
-        if rule in _SCORE_SETS and method in ("vanilla", "daid", "faid", "racm3"):
-            return _generated(results, method=method, sets=_SCORE_SETS[rule])
-    except (FileNotFoundError, KeyError):
+        if parts[0] == "generate" and len(parts) == 4:  # generate/<method>/<prompts>/<shard>-of-<n>
+            num_shards = int(parts[3].split("-of-")[1])
+            return _images(results / "images" / parts[1] / parts[2] / "generation.json") // num_shards
+        if parts[0] in ("tokenise_shard", "embed_images") and len(parts) == 3:  # <rule>/<source>/<shard>-of-<n>
+            folder, prefix = ("codes", "codes") if parts[0] == "tokenise_shard" else ("clip", "clip")
+            return _json(results / folder / parts[1] / f"{prefix}-{parts[2]}.json")["count"]
+        if parts[0] in _SCORE_SETS and len(parts) == 2 and parts[1] in _METHODS:  # <rule>/<method>
+            return _generated(results, method=parts[1], sets=_SCORE_SETS[parts[0]])
+    except (FileNotFoundError, KeyError, IndexError, ValueError):
         pass
     return None
 
@@ -245,7 +235,7 @@ def item_counters(results: Path) -> dict[str, tuple[str, Callable[[], int], Path
 def scale_rows(results: str | Path) -> list[dict]:
     """One row per rule of the run: measured totals, per-item cost and the extrapolation to the paper's counts."""
     results = Path(results)
-    measured = read_benchmarks(results / "benchmarks")
+    measured = read_jobstats(results / "jobstats")
     counters = item_counters(results)
     base = results / "models" / "base"
     factor = model_factor(base) if (base / "config.json").is_file() else None
@@ -314,8 +304,7 @@ def scale_markdown(rows: list[dict], source: str) -> str:
         f"| `{r['rule']}` | {r['jobs']} | {_fmt(r['seconds'])} | {_fmt(r['cpu_seconds'])} | {_fmt(r['max_rss_gb'])} "
         f"| {r.get('unit', '')} | {_fmt(r.get('items'))} | {_fmt(r.get('seconds_per_item'))} "
         f"| {_fmt(r.get('cpu_seconds_per_item'))} | {r.get('fit', '')} | {_fmt(r.get('fixed_cpu_seconds'))} "
-        f"| {_fmt(r.get('model_factor'))} | {_fmt(r.get('paper_items'))} "
-        f"| {_fmt(r.get('paper_hours'))} "
+        f"| {_fmt(r.get('model_factor'))} | {_fmt(r.get('paper_items'))} | {_fmt(r.get('paper_hours'))} "
         f"| {_fmt(r.get('paper_cpu_hours'))} | {_fmt(r.get('paper_disk_gb'))} |\n"
         for r in scaled
     )
@@ -324,14 +313,13 @@ def scale_markdown(rows: list[dict], source: str) -> str:
         "Paper hours = wall seconds per item x the paper's items x model / 3600 (CPU-hours likewise from the jobs' "
         "CPU time, the better measure on a shared, loaded machine), where model is Janus-Pro-1B's parameters per "
         "step over the run's backbone's for the rules that run the backbone (1 for the others), on the machine that "
-        "ran it (not GPU-hours "
-        "unless it ran on GPUs); disk = the rule's output bytes per item x the paper's items. Both include each job's "
-        "fixed cost (start-up, an index's centroids), so at a rehearsal's small counts they are upper bounds, "
-        "except where the rule's jobs processed different numbers of items (per item: marginal): there a least-"
-        "squares fit over its jobs separates a fixed cost per job from the cost per item, and the paper figures "
-        "use the cost per item alone (add the fixed cost once per paper job). Batching makes the rehearsal's "
-        "small generation batches costlier per image than the paper's. Rows "
-        "without a paper count are fixed-cost jobs. Peak RSS is not extrapolated: a job's memory does not grow with "
-        "its items (tests/test_memory.py); at the paper's sizes it is what the rules declare (arrag/resources.py).\n"
+        "ran it (not GPU-hours unless it ran on GPUs); disk = the rule's output bytes per item x the paper's items. "
+        "Both include each job's fixed cost (start-up, an index's centroids), so at a rehearsal's small counts they "
+        "are upper bounds, except where the rule's jobs processed different numbers of items (per item: marginal): "
+        "there a least-squares fit over its jobs separates a fixed cost per job from the cost per item, and the "
+        "paper figures use the cost per item alone (add the fixed cost once per paper job). Batching makes the "
+        "rehearsal's small generation batches costlier per image than the paper's. Rows without a paper count are "
+        "fixed-cost jobs. Peak RSS is not extrapolated: a job's memory does not grow with its items "
+        "(tests/test_memory.py); at the paper's sizes it is what the rules declare (arrag/resources.py).\n"
     )
     return head + body + note

@@ -1,1 +1,1 @@
-"""Image sources and benchmark prompt sets: the procedural mini world, GenEval-layout outputs."""
+"""Image sources and benchmark prompt sets: the procedural mini world, GenEval- and DPG-Bench-layout files."""

@@ -11,7 +11,8 @@ Three steps, each a DAG rule:
 2. `find_contamination` (rule contamination): every checked source is compared with every evaluation reference
    set. A source image is a copy when its pixel digest equals a reference image's (exact), or when their pHashes
    are at most `phash_bits` apart (Hamming) and their thumbnails at most `thumbnail_rms` grey levels (near).
-   Writes the exclusion list and the counts per pair of sets (the table).
+   Writes the exclusion list and the counts per pair of sets (rendered by
+   arrag.evaluation.tables.write_contamination_table).
 3. `Exclusions.keep` / `kept_rows`: the readers of code shards and fine-tuning pairs drop the listed images.
 
 Hash shard format "arrag-hashes/1" (arrag.io.write_shard: .npz of arrays, then its .json):
@@ -45,7 +46,7 @@ from PIL import Image
 from scipy.fft import dctn
 
 from arrag.data.sources import iter_source
-from arrag.io import progress, read_shard, write_shard
+from arrag.io import progress, read_metadata, read_shard, write_shard
 
 log = logging.getLogger(__name__)
 
@@ -204,7 +205,7 @@ def check_shard_set(paths: list[str | Path]) -> dict:
         json_path = Path(path).with_suffix(".json")
         if not json_path.is_file():
             raise FileNotFoundError(f"{json_path} is missing: incomplete hash shard: rerun hashing for {path}")
-        metas.append(json.loads(json_path.read_text()))
+        metas.append(read_metadata(json_path, HASH_FORMAT, "rerun hashing (arrag hash-images)"))
     first = metas[0]
     for path, meta in zip(paths, metas):
         for field in ("source", "image_size", "num_shards"):
@@ -368,18 +369,14 @@ class Exclusions:
     """The exclusion list of `find_contamination`, applied to the images of the sources it checked."""
 
     def __init__(self, data: dict, path: str = "<exclusions>"):
-        if data.get("format") != EXCLUSIONS_FORMAT:
-            raise ValueError(f"{path}: field 'format' is {data.get('format')!r}, expected {EXCLUSIONS_FORMAT!r}")
         self.path = path
         self.data = data
         self.by_source = {source_key(e["source"]): e for e in data["sources"].values()}
 
     @classmethod
     def load(cls, path: str | Path) -> "Exclusions":
-        path = Path(path)
-        if not path.is_file():
-            raise FileNotFoundError(f"{path} does not exist: run the contamination check (arrag contamination) first")
-        return cls(json.loads(path.read_text()), str(path))
+        fix = "run the contamination check (arrag contamination)"
+        return cls(read_metadata(path, EXCLUSIONS_FORMAT, fix), str(path))
 
     def entry(self, spec: dict) -> dict:
         entry = self.by_source.get(source_key(spec))
@@ -429,38 +426,6 @@ class Exclusions:
         if row != len(image_ids):
             raise ValueError(f"{len(image_ids)} image ids for shards holding {row} images")
         return keep
-
-
-# ----------------------------------------------------------------------------- the table
-
-
-def contamination_table():
-    from arrag.evaluation.tables import Column, TableSpec
-
-    return TableSpec(
-        "contamination",
-        "Benchmark images found in the retrieval corpora and fine-tuning pairs, and removed from them: exact "
-        "(identical pixels after the tokenizer's resize and crop) and near duplicates (not counted again); an image "
-        "of several pairs is removed once.",
-        (
-            Column("reference_images", "Reference images", 0),
-            Column("source_images", "Source images", 0),
-            Column("exact", "Exact", 0),
-            Column("near", "Near", 0),
-            Column("removed", "Removed", 0),
-        ),
-        label=("pair", "Reference / source"),
-    )
-
-
-def write_contamination_table(exclusions: dict, out_prefix: str | Path) -> None:
-    from arrag.evaluation.tables import write_rows
-
-    note = (
-        f"Near: pHash within {exclusions['phash_bits']} of 64 bits and 8 x 8 colour thumbnails within "
-        f"{exclusions['thumbnail_rms']:g} grey levels (RMS)."
-    )
-    write_rows(contamination_table(), exclusions["pairs"], out_prefix, note)
 
 
 def kept_rows(exclusions_path: str | Path | None, image_ids, metas: list[dict]) -> np.ndarray:

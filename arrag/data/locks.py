@@ -10,12 +10,11 @@ Lock format (JSON): {"format", "hub", "repo", "revision" (as configured), "commi
 
 from __future__ import annotations
 
-import json
 import re
 from pathlib import Path
 
 from arrag.data.downloads import sha256_of
-from arrag.io import write_json
+from arrag.io import read_metadata, write_json
 
 FORMAT = "arrag-lock/1"
 # what a download folder holds besides the repository's files: huggingface_hub's resume metadata, our note
@@ -30,12 +29,9 @@ def read_lock(path: str | Path | None) -> dict | None:
     """The lock at `path`, or None when there is none yet."""
     if path is None or not Path(path).is_file():
         return None
-    try:
-        lock = json.loads(Path(path).read_text())
-    except json.JSONDecodeError as err:
-        raise ValueError(f"{path} is not valid JSON ({err.msg}): restore it, or delete it to resolve and lock again")
-    if not isinstance(lock, dict) or lock.get("format") != FORMAT or not isinstance(lock.get("files"), dict):
-        raise ValueError(f"{path} is not an arrag lock file ({FORMAT}): delete it to resolve and lock again")
+    lock = read_metadata(path, FORMAT, "restore it, or delete it to resolve and lock again")
+    if not isinstance(lock.get("files"), dict):
+        raise ValueError(f"{path}: field 'files' is not an object of file names: delete it to resolve and lock again")
     return lock
 
 

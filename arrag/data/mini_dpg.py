@@ -3,7 +3,7 @@ same DPG scoring code (arrag.evaluation.dpg) as the paper profile, with ShapesVQ
 
 Prompts are captions of the world's held-out reference split (distinct captions, picked at random): the tiny
 model only knows the caption vocabulary. The questions ask exactly what a caption states, in DPG-Bench's CSV
-schema (dpg.COLUMNS), parents before children:
+schema (arrag.data.dpg_layout.COLUMNS), parents before children:
 
     caption states          tuple                                            parents
     each object             entity - whole (circle)                          none ("0")
@@ -24,8 +24,8 @@ from pathlib import Path
 
 import numpy as np
 
+from arrag.data.dpg_layout import COLUMNS
 from arrag.data.mini_world import COLOURS, NUMBER_WORDS, RELATIONS, SHAPES, load_split
-from arrag.evaluation.dpg import COLUMNS
 from arrag.io import atomic_path
 
 _COUNTS = {w: k for k, w in NUMBER_WORDS.items()}
@@ -70,7 +70,7 @@ def caption_facts(caption: str) -> dict:
 
 
 def question_rows(item_id: str, caption: str) -> list[dict]:
-    """The caption's questions as CSV rows (dpg.COLUMNS), proposition ids from 1 in parent-first order."""
+    """The caption's questions as CSV rows (dpg_layout.COLUMNS), proposition ids from 1 in parent-first order."""
     facts = caption_facts(caption)
     rows: list[dict] = []
 

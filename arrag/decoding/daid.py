@@ -12,8 +12,9 @@ from collections.abc import Callable
 import torch
 
 from arrag.decoding.loop import DecodingHook, StepState
+from arrag.methods import DAID_BOUNDS, DAiDSettings, check_daid
 from arrag.retrieval.keys import query_from_grid
-from arrag.validation import COUNT, FRACTION, POSITIVE, check_number
+from arrag.validation import check_number
 
 
 def retrieval_distribution(
@@ -25,7 +26,7 @@ def retrieval_distribution(
     `unique=True` keeps only the closest hit of each token (the authors' code). A row without any hit
     is all zeros.
     """
-    check_number(temperature, "retrieval temperature", **POSITIVE)
+    check_number(temperature, "retrieval temperature", **DAID_BOUNDS["temperature"])
     valid = values >= 0  # [B, k]
     if unique:
         # a hit is a repeat when an earlier (closer) hit carries the same token
@@ -50,7 +51,7 @@ def merge_distributions(
 
     Rows whose retrieval found nothing keep p_model. weight = 0 returns p_model itself.
     """
-    check_number(weight, "DAiD weight", **FRACTION)
+    check_number(weight, "DAiD weight", **DAID_BOUNDS["weight"])
     if weight == 0:
         return p_model
     p_ret = retrieval_distribution(sq_dists, values, p_model.shape[-1], temperature, unique).to(p_model.dtype)
@@ -64,23 +65,22 @@ class DAiD(DecodingHook):
 
     Everything stays on the queries' device (a `torch_compact` database on the GPU needs no host sync).
     `retrieve_at(step)` chooses which steps retrieve (default: all). With `record=True` the hits of every
-    step are kept for the over-copying measurement (`recorded()`).
+    step are kept for the over-copying measurement (`recorded()`). Defaults and checks: arrag.methods.DAiDSettings.
     """
 
     def __init__(
         self,
         db,
         codebook: torch.Tensor,
-        k: int = 10,
-        weight: float = 0.1,
-        temperature: float = 1.0,
-        unique: bool = False,
+        k: int = DAiDSettings.k,
+        weight: float = DAiDSettings.weight,
+        temperature: float = DAiDSettings.temperature,
+        unique: bool = DAiDSettings.unique,
         retrieve_at: Callable[[int], bool] | None = None,
         record: bool = False,
     ):
-        check_number(weight, "DAiD weight", **FRACTION)
-        check_number(temperature, "DAiD temperature", **POSITIVE)
-        check_number(k, f"DAiD k (between 1 and the database size {len(db)})", high=len(db), **COUNT)
+        check_number(k, f"DAiD k (between 1 and the database size {len(db)})", high=len(db), **DAID_BOUNDS["k"])
+        check_daid(k, weight, temperature)
         self.db, self.codebook = db, codebook
         self.k, self.weight, self.temperature, self.unique = k, weight, temperature, unique
         self.retrieve_at = retrieve_at or (lambda step: True)

@@ -48,22 +48,12 @@ from typing import Protocol
 import numpy as np
 from PIL import Image
 
+from arrag.data.dpg_layout import COLUMNS
 from arrag.data.geneval_layout import read_prompt_folders
 from arrag.data.mini_world import relations_between
 from arrag.evaluation.geneval import OFFICIAL, Detection, Detector, Rules, kept_detections, load_image
 from arrag.io import atomic_path, progress
 
-COLUMNS = (
-    "item_id",
-    "text",
-    "keywords",
-    "proposition_id",
-    "dependency",
-    "category_broad",
-    "category_detailed",
-    "tuple",
-    "question_natural_language",
-)
 PIC_NUM = 4  # images per prompt, tiled 2x2 (dist_eval.sh's default)
 MPLUG_MODEL = "damo/mplug_visual-question-answering_coco_large_en"  # the official script's checkpoint
 _GENERATE_FIX = (
@@ -82,7 +72,7 @@ def natural_key(name: str) -> tuple:
 
 def dpg_prompts(folder: str | Path | None = None) -> dict[str, str]:
     """{item_id: prompt text} from a folder of <item_id>.txt files; default: the vendored 1065 DPG-Bench prompts."""
-    root = Path(folder) if folder is not None else importlib.resources.files("arrag.benchmarks") / "dpg_bench/prompts"
+    root = Path(folder) if folder is not None else importlib.resources.files("arrag.prompt_sets") / "dpg_bench/prompts"
     if not root.is_dir():
         raise FileNotFoundError(f"{root} is not a folder of DPG-Bench prompts (<item_id>.txt files)")
     prompts = {p.name[:-4]: p.read_text(encoding="utf-8").strip() for p in root.iterdir() if p.name.endswith(".txt")}
@@ -353,6 +343,14 @@ def score_folder(
     return sorted(records, key=lambda r: natural_key(r["item_id"]))
 
 
+def category_values(record: dict, last_crop_categories: bool = True, raw_categories: bool = True):
+    """Each question of a scored image as (L1, L2, the values it adds to those categories' scores): its raw
+    scores or those after the dependency rule, of the last crop only or of every crop (see summarise)."""
+    for q in record["questions"].values():
+        values = q["raw"] if raw_categories else q["scores"]
+        yield (*categories(q["tuple"]), values[-1:] if last_crop_categories else values)
+
+
 def summarise(records: list[dict], *, last_crop_categories: bool = True, raw_categories: bool = True) -> dict:
     """The DPG-Bench score and category scores, all x100.
 
@@ -370,10 +368,7 @@ def summarise(records: list[dict], *, last_crop_categories: bool = True, raw_cat
     l1: dict[str, list[float]] = {}
     l2: dict[str, list[float]] = {}
     for r in scored:
-        for q in r["questions"].values():
-            values = q["raw"] if raw_categories else q["scores"]
-            values = values[-1:] if last_crop_categories else values
-            broad, detailed = categories(q["tuple"])
+        for broad, detailed, values in category_values(r, last_crop_categories, raw_categories):
             l1.setdefault(broad, []).extend(values)
             l2.setdefault(detailed, []).extend(values)
     dropped = [r["item_id"] for r in records if r.get("dropped_rows")]

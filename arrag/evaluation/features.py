@@ -5,9 +5,9 @@ its `input_size`, to features [B, D]. Each also carries `identity`, a small JSON
 - `inception_extractor`: FID's network, the StyleGAN2-ADA TorchScript port of TF Inception-v3
   (`inception-2015-12-05.pt`), through clean-fid's `InceptionV3W`, from a local file whose SHA-256 is checked
   first (never clean-fid's silent download to /tmp). 2048-d pool features of 299 px images.
-- `clip_embedder`: CMMD's network, an open_clip image tower (paper: OpenAI CLIP ViT-L/14@336; with
-  open_clip >= 2.29 its name must be `ViT-L-14-336-quickgelu`), with the model's own normalisation; returns
-  L2-normalised image embeddings. Weights from a local file or an open_clip pretrained tag, never `hf-hub:`.
+- `arrag.models.clip.clip_embedder`: CMMD's network, an open_clip image tower (paper: OpenAI CLIP ViT-L/14@336),
+  with the model's own normalisation; returns L2-normalised image embeddings. It lives with the models because
+  RA-CM3's retriever loads the same towers.
 - `MiniFeatureNet`: the mini profile's stand-in for both (mini-FID / mini-CMMD). Inception means something
   for photos because it was trained to recognise their content; this small CNN is trained to recognise the
   mini world's content (which colour x shape pairs are present, how many objects, which background), and
@@ -16,7 +16,6 @@ its `input_size`, to features [B, D]. Each also carries `identity`, a small JSON
 
 from __future__ import annotations
 
-import json
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -29,7 +28,7 @@ import torch.nn.functional as F
 from arrag.data.downloads import fetch, sha256_of
 from arrag.data.mini_world import BACKGROUNDS, COLOURS, MAX_OBJECTS, SHAPES
 from arrag.io import atomic_path, progress, write_json
-from arrag.manifest import load_weights, verify, write_manifest
+from arrag.manifest import load_weights, read_artefact_metadata, write_manifest
 from arrag.validation import COUNT, INDEX, POSITIVE, check_fields
 
 # ----------------------------------------------------------------------------- Inception (FID)
@@ -84,86 +83,6 @@ def download_inception(dest: str | Path, sha256: str = INCEPTION_SHA256, mirror:
     if path.is_file() and sha256_of(path) == sha256:
         return path
     return fetch(inception_url(), path, sha256=sha256, mirror=mirror)
-
-
-# ----------------------------------------------------------------------------- CLIP (CMMD)
-
-CMMD_CLIP = "ViT-L-14-336-quickgelu"  # OpenAI ViT-L/14@336 needs the quickgelu name in open_clip >= 2.29
-
-
-class ClipEmbedder(nn.Module):
-    """open_clip image tower: [B, 3, H, W] in [0, 255] -> L2-normalised embeddings [B, E]."""
-
-    def __init__(self, model: nn.Module, size: int, mean, std, identity: dict):
-        super().__init__()
-        self.model = model
-        self.input_size = size
-        self.identity = identity
-        self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1))
-        self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if x.shape[-2:] != (self.input_size, self.input_size):  # callers outside image_features may skip the resize
-            x = F.interpolate(x, size=self.input_size, mode="bicubic", align_corners=False, antialias=True)
-        x = (x / 255.0 - self.mean) / self.std  # the model's own normalisation (open_clip preprocess_cfg)
-        return F.normalize(self.model.encode_image(x).float(), dim=-1)
-
-
-def refuse_activation_mismatch(model_name: str, tag: str) -> None:
-    """Weights trained with QuickGELU (OpenAI's) in an architecture built with standard GELU load without an error
-    in open_clip (only a warning) and give different embeddings: refuse that pairing, naming the right model."""
-    import open_clip
-
-    known = tag in open_clip.list_pretrained_tags_by_model(model_name)
-    weights = open_clip.get_pretrained_cfg(model_name, tag) if known else {}  # a local file: nothing to check
-    if weights.get("quick_gelu") and not open_clip.get_model_config(model_name).get("quick_gelu"):
-        raise ValueError(
-            f"the {tag!r} weights of {model_name} were trained with QuickGELU but {model_name} is built with standard "
-            f"GELU: use the model name {model_name}-quickgelu (e.g. racm3.clip.model in the config)"
-        )
-
-
-def clip_embedder(
-    model_name: str = CMMD_CLIP,
-    pretrained: str | Path | None = None,
-    device: str | torch.device = "cpu",
-    sha256: str | None = None,
-) -> ClipEmbedder:
-    """An open_clip image embedder with weights from a local file (checked against `sha256` when given) or an
-    open_clip pretrained tag such as "openai" (open_clip pins each tag to one hub repository / URL).
-    `model_name` is a built-in open_clip model or a local open_clip config file ("my-clip.json" registers the
-    architecture "my-clip")."""
-    import open_clip
-
-    if model_name.startswith(("hf-hub:", "local-dir:")):
-        raise ValueError(f"{model_name}: give a built-in open_clip model name (configs from the hub are not pinned)")
-    if model_name.endswith(".json"):
-        if not Path(model_name).is_file():
-            raise FileNotFoundError(f"open_clip model config {model_name} does not exist")
-        open_clip.add_model_config(model_name)
-        model_name = Path(model_name).stem
-    if model_name not in open_clip.list_models():
-        raise ValueError(f"{model_name} is not an open_clip model name (register a config with add_model_config)")
-    tags = open_clip.list_pretrained_tags_by_model(model_name)
-    if pretrained is None:
-        raise ValueError(f"give {model_name}'s weights: a local file or one of the pretrained tags {tags}")
-    pretrained = str(pretrained)
-    refuse_activation_mismatch(model_name, pretrained)
-    identity = {"name": model_name, "pretrained": pretrained}
-    if pretrained not in tags:
-        if not Path(pretrained).is_file():
-            raise FileNotFoundError(
-                f"{pretrained} is neither a weights file nor a pretrained tag of {model_name} ({tags}): "
-                "download the CLIP weights first (the pipeline's download rule does)"
-            )
-        identity["sha256"] = sha256_of(pretrained)
-        if sha256 is not None and identity["sha256"] != sha256:
-            raise ValueError(f"{pretrained} has SHA-256 {identity['sha256']}, expected {sha256}")
-    model = open_clip.create_model(model_name, pretrained=pretrained, device=device).eval()
-    cfg = model.visual.preprocess_cfg
-    size = cfg["size"] if isinstance(cfg["size"], int) else cfg["size"][0]
-    identity.update(input_size=size, dim=int(model.visual.output_dim))
-    return ClipEmbedder(model, size, cfg["mean"], cfg["std"], identity).to(device)
 
 
 # ----------------------------------------------------------------------------- mini feature network
@@ -345,18 +264,32 @@ def load_feature_network(directory: str | Path, device: str | torch.device = "cp
     from safetensors.torch import load_file
 
     directory = Path(directory)
-    for name in ("config.json", "model.safetensors"):
-        if not (directory / name).is_file():
-            raise FileNotFoundError(
-                f"{directory / name} is missing: train the mini feature network first "
-                "(arrag.evaluation.features.train_feature_network, the pipeline's feature-network rule)"
-            )
-    verify(directory, "feature-network", fix="train the mini feature network again")
-    summary = json.loads((directory / "config.json").read_text())
-    if summary.get("format") != FORMAT or [tuple(p) for p in summary["pairs"]] != PAIRS:
-        raise ValueError(f"{directory} is not a {FORMAT} network for this mini world: train it again")
+    fix = "train the mini feature network (arrag train-features, the pipeline's feature-network rule)"
+    summary, _ = read_artefact_metadata(directory, "config.json", "feature-network", FORMAT, fix)
+    if [tuple(p) for p in summary.get("pairs", [])] != PAIRS:
+        raise ValueError(
+            f"{directory / 'config.json'}: field 'pairs' is not this mini world's colour x shape pairs; {fix}"
+        )
     cfg = MiniFeatureConfig(**summary["config"])
     model = MiniFeatureNet(cfg.width, cfg.feature_dim)
     load_weights(model, load_file(directory / "model.safetensors"), directory / "model.safetensors")
     model.identity = {**model.identity, "path": str(directory), "sha256": sha256_of(directory / "model.safetensors")}
     return model.to(device).eval()
+
+
+def feature_network(spec: str | None, device: str | torch.device = "cpu"):
+    """A feature network named as the fidelity command's --fid-network / --cmmd-network take it: mini:DIR (arrag
+    train-features), inception:FILE, clip:WEIGHTS (a local file or an open_clip tag of CMMD's CLIP model), or
+    none (None: that metric is not computed)."""
+    if not spec or spec == "none":
+        return None
+    kind, _, where = spec.partition(":")
+    if kind == "mini" and where:
+        return load_feature_network(where, device=device)
+    if kind == "inception" and where:
+        return inception_extractor(where, device=device)
+    if kind == "clip" and where:
+        from arrag.models.clip import clip_embedder
+
+        return clip_embedder(pretrained=where, device=device)
+    raise ValueError(f"feature network {spec!r}: expected mini:DIR, inception:FILE, clip:WEIGHTS or none")

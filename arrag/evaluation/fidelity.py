@@ -7,8 +7,9 @@
   (`arrag.evaluation.features.inception_extractor`); mini profile: `MiniFeatureNet` features at 32 px (mini-FID).
 - `cmmd`: CMMD (Jayasumana et al. 2024): the biased MMD² between two sets of L2-normalised embeddings under
   a Gaussian RBF kernel exp(-||x - y||² / (2 σ²)) with σ = 10, times 1000. The paper profile feeds CLIP
-  ViT-L/14-336 embeddings (`clip_embedder` through `image_features`; images reach 336 px by the clean resizer,
-  where CMMD's reference code uses torch bicubic); any embedding works (the caller normalises nothing: we do).
+  ViT-L/14-336 embeddings (`arrag.models.clip.clip_embedder` through `image_features`; images reach 336 px by
+  the clean resizer, where CMMD's reference code uses torch bicubic); any embedding works (the caller
+  normalises nothing: we do).
 - `fwd`: Fréchet Wavelet Distance (Veeramacheneni et al. 2025): images resized to 256 px and scaled to
   [0, 1], a level-4 Haar wavelet packet transform (ptwt) per channel, and for each of the 4^level packets the
   Fréchet distance between the two sets' Gaussian statistics of the packet's coefficients [C·h·w]; FWD is
@@ -22,6 +23,8 @@ FID and CMMD compare sets of equal size (the paper: 30K generated vs 30K referen
 
 from __future__ import annotations
 
+import hashlib
+import json
 import warnings
 from glob import glob
 from pathlib import Path
@@ -40,20 +43,26 @@ def cmmd(x: np.ndarray, y: np.ndarray, sigma: float = 10.0, scale: float = 1000.
     y = np.asarray(y, dtype=np.float64)
     if x.ndim != 2 or y.ndim != 2 or x.shape[1] != y.shape[1]:
         raise ValueError(f"CMMD needs two [N, E] embedding sets of one width, got {x.shape} and {y.shape}")
-    x = x / np.linalg.norm(x, axis=1, keepdims=True)
-    y = y / np.linalg.norm(y, axis=1, keepdims=True)
+    x, y = _unit_rows(x), _unit_rows(y)
     gamma = 1.0 / (2 * sigma**2)
 
-    def mean_kernel(a: np.ndarray, b: np.ndarray, block: int = 4096) -> float:
+    def mean_kernel(a: np.ndarray, b: np.ndarray) -> float:
         """Mean of the [N, M] kernel matrix, built a block of rows at a time (30K x 30K would take ~20 GB)."""
-        total = 0.0
-        for start in range(0, len(a), block):
-            rows = a[start : start + block]
-            sq = (rows * rows).sum(1)[:, None] + (b * b).sum(1)[None, :] - 2 * rows @ b.T  # squared distances
-            total += float(np.exp(-gamma * np.maximum(sq, 0)).sum())
-        return total / (len(a) * len(b))
+        return sum(float(k.sum()) for _, k in _rbf_blocks(a, b, gamma)) / (len(a) * len(b))
 
     return scale * (mean_kernel(x, x) + mean_kernel(y, y) - 2 * mean_kernel(x, y))
+
+
+def _unit_rows(x: np.ndarray) -> np.ndarray:
+    return x / np.linalg.norm(x, axis=1, keepdims=True)
+
+
+def _rbf_blocks(a: np.ndarray, b: np.ndarray, gamma: float, block: int = 4096):
+    """(start, kernel rows [block, M]) of exp(-gamma ||a_i - b_j||²), `block` rows of a at a time."""
+    for start in range(0, len(a), block):
+        rows = a[start : start + block]
+        sq = (rows * rows).sum(1)[:, None] + (b * b).sum(1)[None, :] - 2 * rows @ b.T  # squared distances
+        yield start, np.exp(-gamma * np.maximum(sq, 0))
 
 
 def frechet_distance(mu1: np.ndarray, sigma1: np.ndarray, mu2: np.ndarray, sigma2: np.ndarray) -> float:
@@ -105,8 +114,12 @@ def packet_statistics(images: np.ndarray, batch: int = 256, **packet_kwargs) -> 
 def fwd(images_a: np.ndarray, images_b: np.ndarray, level: int = 4, wavelet: str = "haar", size: int = 256) -> float:
     """Fréchet Wavelet Distance between two uint8 image sets [N, S, S, 3] and [M, S', S', 3]."""
     kwargs = dict(level=level, wavelet=wavelet, size=size)
-    mu_a, cov_a = packet_statistics(images_a, **kwargs)
-    mu_b, cov_b = packet_statistics(images_b, **kwargs)
+    return fwd_from_statistics(packet_statistics(images_a, **kwargs), packet_statistics(images_b, **kwargs))
+
+
+def fwd_from_statistics(stats_a: tuple[np.ndarray, np.ndarray], stats_b: tuple[np.ndarray, np.ndarray]) -> float:
+    """FWD from two sets' packet statistics (packet_statistics): the mean of the packets' Fréchet distances."""
+    (mu_a, cov_a), (mu_b, cov_b) = stats_a, stats_b
     return float(np.mean([frechet_distance(mu_a[p], cov_a[p], mu_b[p], cov_b[p]) for p in range(len(mu_a))]))
 
 
@@ -296,9 +309,11 @@ def fidelity_scores(
     fwd_level: int = 4,
     fwd_size: int = 256,
     batch_size: int = 64,
+    boot=None,
 ) -> dict:
     """Table 3's metrics of a generated set against a reference set: FWD always; FID and CMMD when given a
-    feature network (Inception / CLIP, or the mini network). -> the `fidelity.json` record."""
+    feature network (Inception / CLIP, or the mini network). -> the `fidelity.json` record; with `boot` (an
+    arrag.evaluation.intervals.Bootstrap) each metric's interval and replicates as well (fidelity_bootstrap)."""
     n_gen, n_ref = check_sets(generated, reference)
     result = {"generated": _name(generated), "reference": _name(reference), "images": n_gen, "reference_images": n_ref}
     features = {}  # one pass per network: the mini profile's FID and CMMD share theirs
@@ -315,6 +330,139 @@ def fidelity_scores(
     if cmmd_network is not None:
         result |= {"cmmd": cmmd(*both_sets(cmmd_network)), "cmmd_network": cmmd_network.identity}
         result |= {"cmmd_sigma": 10.0, "cmmd_scale": 1000.0}
-    result |= {"fwd": fwd_images(generated, reference, level=fwd_level, size=fwd_size)}
+    packets = dict(level=fwd_level, size=fwd_size)
+    reference_packets = packet_statistics(load_images(reference), **packets)
+    result |= {"fwd": fwd_from_statistics(packet_statistics(load_images(generated), **packets), reference_packets)}
     result |= {"fwd_level": fwd_level, "fwd_wavelet": "haar", "fwd_size": fwd_size}
+    if boot is not None:
+        fid_feats = both_sets(fid_network) if fid_network is not None else None
+        cmmd_feats = both_sets(cmmd_network) if cmmd_network is not None else None
+        device = _device_of(fid_network) if fid_network is not None else None  # the features' GPU, if any
+        points = {m: result[m] for m in ("fid", "cmmd", "fwd") if m in result}
+        result |= fidelity_bootstrap(
+            generated, boot, points, fid_feats, cmmd_feats, reference_packets, packets, batch_size, device
+        )
     return result
+
+
+# ----------------------------------------------------------------------------- intervals: resampled generated sets
+# The generated images are resampled by prompt (arrag.evaluation.intervals: the same seeded draws for every method,
+# so replicates pair across methods) and each metric is recomputed against the reference set's fixed statistics
+# from features computed once: FID and FWD from the resampled set's weighted mean and covariance, Tr((Σ Σr)^½)
+# as the summed square roots of the eigenvalues of Σr^½ Σ Σr^½; CMMD from the kernel matrix weighted by the counts.
+
+# FWD resamples recompute every packet's covariance: above this many flops (resamples x packets x (N d² + d³)) the
+# FWD interval is left out and the record says why (the paper's level 4 at 256 px on 30K images would take ~1e18)
+FWD_BOOTSTRAP_MAX_FLOPS = 2e12
+
+
+def image_units(source: ImageSource) -> tuple[np.ndarray, str, str | None]:
+    """The resampling unit of each image [N] (a GenEval-layout folder: its prompt; else: the image itself), the
+    unit's name, and a SHA-256 of the prompts' metadata in order (records pair only on the same prompts)."""
+    if not isinstance(source, np.ndarray) and Path(source).is_dir():
+        from arrag.data.geneval_layout import read_prompt_folders
+
+        folders = read_prompt_folders(source)
+        if folders:
+            units = np.repeat(np.arange(len(folders)), [len(paths) for _, paths in folders])
+            text = "\n".join(json.dumps(meta, sort_keys=True) for meta, _ in folders)
+            return units, "prompt", hashlib.sha256(text.encode()).hexdigest()
+    return np.arange(image_count(source)), "image", None
+
+
+def frechet_replicates(x: np.ndarray, ref_mu: np.ndarray, ref_cov: np.ndarray, weights, device=None) -> np.ndarray:
+    """x [N, P, d] per-image vectors of P groups (FID: one), the reference's mean [P, d] and covariance [P, d, d],
+    weights: blocks [b, N] of how often each image is drawn -> Fréchet distances [B, P] of each weighted set.
+
+    Tr((Σ Σr)^½) is the summed square roots of the eigenvalues of Σr^½ Σ Σr^½, the weighted covariance of the
+    rows turned once into Σr^½'s frame (x Σr^½); of m drawn images, its d x d form or, when m < d, the m x m
+    Gram matrix of the weighted centred rows (the same non-zero eigenvalues). On `device`: a GPU for
+    Inception's 2048-wide features of 30K images."""
+    x = torch.as_tensor(np.asarray(x, np.float64), device=device)
+    m0 = x.mean(0)
+    xc = (x - m0).permute(1, 0, 2)  # [P, N, d], centred for accuracy
+    ref_mu, ref_cov = (torch.as_tensor(a, dtype=torch.float64, device=device) for a in (ref_mu, ref_cov))
+    ev, vec = torch.linalg.eigh(ref_cov)
+    root = vec @ torch.diag_embed(ev.clamp(min=0).sqrt()) @ vec.transpose(-1, -2)  # Σr^½ [P, d, d], symmetric
+    xr, sq = xc @ root, (xc * xc).sum(-1)  # [P, N, d] in Σr^½'s frame, [P, N] squared norms
+    ref_trace = ref_cov.diagonal(dim1=-2, dim2=-1).sum(-1)
+    out = []
+    for block in weights:
+        for w in torch.as_tensor(block, dtype=torch.float64, device=device):
+            n, drawn = w.sum(), w > 0
+            mu_c, mu_r = (w @ xc) / n, (w @ xr) / n  # [P, d] each
+            tr_cov = (sq @ w - n * (mu_c * mu_c).sum(-1)) / (n - 1)
+            if int(drawn.sum()) < xr.shape[-1]:
+                y = (xr[:, drawn] - mu_r[:, None, :]) * w[drawn].sqrt()[None, :, None]  # [P, m, d]
+                gram = y @ y.transpose(-1, -2)
+            else:
+                gram = (xr.transpose(-1, -2) * w) @ xr - n * mu_r[:, :, None] * mu_r[:, None, :]
+            tr_sqrt = torch.linalg.eigvalsh(gram / (n - 1)).clamp(min=0).sqrt().sum(-1)
+            out.append(((mu_c + m0 - ref_mu) ** 2).sum(-1) + tr_cov + ref_trace - 2 * tr_sqrt)
+    return torch.stack(out).cpu().numpy()
+
+
+def cmmd_replicates(x: np.ndarray, y: np.ndarray, weights, sigma: float = 10.0, scale: float = 1000.0) -> np.ndarray:
+    """CMMD of weighted resamples of x [N, E] against the fixed y [M, E]: weights blocks [b, N] -> [B]."""
+    x, y = _unit_rows(np.asarray(x, np.float64)), _unit_rows(np.asarray(y, np.float64))
+    gamma = 1.0 / (2 * sigma**2)
+    k_yy = sum(float(k.sum()) for _, k in _rbf_blocks(y, y, gamma)) / len(y) ** 2
+    k_xy = np.concatenate([k.mean(1) for _, k in _rbf_blocks(x, y, gamma)])  # [N] each image's mean kernel to y
+    out = []
+    for w in weights:  # [b, N]
+        n = w.sum(1)
+        k_xx = np.zeros(len(w))
+        for start, k in _rbf_blocks(x, x, gamma):  # w K w, a block of K's rows at a time
+            k_xx += ((k @ w.T) * w[:, start : start + len(k)].T).sum(0)
+        out.append(scale * (k_xx / n**2 + k_yy - 2 * (w @ k_xy) / n))
+    return np.concatenate(out)
+
+
+def fidelity_bootstrap(
+    generated: ImageSource,
+    boot,
+    points: dict[str, float],
+    fid_feats: tuple[np.ndarray, np.ndarray] | None = None,
+    cmmd_feats: tuple[np.ndarray, np.ndarray] | None = None,
+    fwd_reference: tuple[np.ndarray, np.ndarray] | None = None,
+    packets: dict | None = None,
+    batch_size: int = 64,
+    device=None,
+) -> dict:
+    """Intervals of FID (features (generated, reference)), CMMD (embeddings) and FWD (the reference's packet
+    statistics; `packets`: level, size) over resamples of the generated images -> <metric>_ci_low, _ci_high,
+    _replicates, and the draws' record under "bootstrap". The intervals are centred on `points` (metric -> its
+    value on the whole set), as a resample biases these metrics upwards (intervals.percentile_interval)."""
+    from arrag.evaluation.intervals import count_blocks, percentile_interval
+
+    units, unit, digest = image_units(generated)
+    n_units = int(units[-1]) + 1
+
+    def weights():  # the same draws for every metric: [b, N] image weights from the units' counts
+        for counts in count_blocks(np.random.default_rng(boot.seed), n_units, boot.resamples):
+            yield counts[:, units]
+
+    reps, out = {}, {}
+    if fid_feats is not None:
+        gen, ref = fid_feats
+        ref_mu, ref_cov = np.mean(ref, axis=0), np.cov(ref, rowvar=False)  # clean-fid's statistics
+        reps["fid"] = frechet_replicates(gen[:, None, :], ref_mu[None], ref_cov[None], weights(), device)[:, 0]
+    if cmmd_feats is not None:
+        reps["cmmd"] = cmmd_replicates(*cmmd_feats, weights())
+    if fwd_reference is not None:
+        mu, cov = fwd_reference
+        flops = boot.resamples * len(mu) * (len(units) * mu.shape[1] ** 2 + mu.shape[1] ** 3)
+        if flops <= FWD_BOOTSTRAP_MAX_FLOPS:
+            images = load_images(generated)
+            coeffs = [wavelet_packets(images[i : i + batch_size], **packets) for i in range(0, len(images), batch_size)]
+            reps["fwd"] = frechet_replicates(torch.cat(coeffs).numpy(), mu, cov, weights(), device).mean(1)
+        else:
+            out["fwd_bootstrap"] = (
+                f"not computed: {boot.resamples} resamples x {len(mu)} packet covariances of {len(units)} images "
+                f"would take ~{flops:.1e} flops (limit {FWD_BOOTSTRAP_MAX_FLOPS:.0e}); FWD has no interval"
+            )
+    for metric, r in reps.items():
+        low, high = percentile_interval(r, boot.level, centre=points[metric])
+        out |= {f"{metric}_ci_low": float(low), f"{metric}_ci_high": float(high), f"{metric}_replicates": r.tolist()}
+    draws = {"ci_unit": unit, "ci_units": n_units, "ci_prompts_sha256": digest, "ci_centred": True}
+    return out | {"bootstrap": boot.record() | draws}

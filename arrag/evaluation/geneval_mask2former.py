@@ -7,7 +7,7 @@ which is why mmdet and open_clip are imported inside the functions that need the
 
 What the official evaluator does, and so do we:
 - the detector's per-class [n, 5] (x0, y0, x1, y1, score) arrays and per-class masks, in COCO's 80 class
-  names (object_names.txt, vendored in arrag/benchmarks/geneval/);
+  names (object_names.txt, vendored in arrag/prompt_sets/geneval/);
 - a detection's colour: the image composited over a #999 grey blank through its mask, cropped to its box,
   classified by CLIP ViT-L/14 (OpenAI weights) against the 10 GenEval colours with three prompt templates
   per colour that name the class; a class's classifier is the mean of the normalised template embeddings.
@@ -42,7 +42,7 @@ BLANK = "#999"  # the evaluator's default background for masked crops
 
 def class_names() -> list[str]:
     """COCO's 80 class names in the detector's output order (GenEval's object_names.txt)."""
-    path = Path(__file__).resolve().parents[1] / "benchmarks" / "geneval" / "object_names.txt"
+    path = Path(__file__).resolve().parents[1] / "prompt_sets" / "geneval" / "object_names.txt"
     return [line.strip() for line in path.read_text().splitlines() if line.strip()]
 
 

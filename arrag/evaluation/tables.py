@@ -1,10 +1,16 @@
-"""The paper's tables from our results, each as CSV (pandas), Markdown (README, report) and LaTeX (booktabs):
+"""The paper's tables from our results, each as CSV (pandas), Markdown (RESULTS.md, report) and LaTeX (booktabs):
 Table 1 (GenEval), Table 2 (DPG-Bench), Table 3 (CMMD, FID, FWD), Table 4 (inference time) and the
 over-copying table; plus hyper-parameter sweeps (Figure 7) as a CSV and a heatmap.
 
 A table is a `TableSpec` (its columns in the paper's order) and rows of dicts. In the paper profile the
-paper's published rows (arrag/benchmarks/paper/<table>.csv) are added as reference rows, marked
+paper's published rows (arrag/evaluation/paper_rows/<table>.csv) are added as reference rows, marked
 source = "paper", above ours (source = "measured").
+
+Every score of Tables 1-3 carries a 95% interval and, for each method, its paired difference to the base model
+(arrag.evaluation.intervals): bootstrapped over prompts from the per-image records (GenEval, DPG-Bench), or read
+from the replicates `arrag fidelity --bootstrap` stored (FID, CMMD, FWD). CSV: <col>_ci_low, <col>_ci_high,
+<col>_diff_vs_base, <col>_diff_ci_low, <col>_diff_ci_high, ci_level, ci_resamples, ci_seed; Markdown and LaTeX:
+"score ± half-width (difference ± half-width)"; the paper's rows, published numbers, have none ("± —").
 """
 
 from __future__ import annotations
@@ -21,7 +27,7 @@ import numpy as np
 
 from arrag.io import atomic_path, write_text
 
-PAPER_DIR = Path(__file__).resolve().parents[1] / "benchmarks" / "paper"
+PAPER_DIR = Path(__file__).resolve().parent / "paper_rows"
 
 # Display names of our methods in Markdown and LaTeX (the CSV keeps the method ids).
 METHOD_NAMES = {"vanilla": "base model", "daid": "+ DAiD", "faid": "+ FAiD", "racm3": "+ RA-CM3"}
@@ -35,6 +41,7 @@ class Column:
     percent: bool = False  # a fraction shown as a signed percentage
     count: bool = False  # a parameter count shown as 1.2B / 3.4M / 5.6K
     delta: bool = False  # shown with its difference to the base model's row, "0.72 (+0.01)" (CSV: <key>_delta)
+    interval: bool = False  # a score with a 95% interval, "0.72 ± 0.03" (CSV: <key>_ci_low, <key>_ci_high)
 
 
 # The paper's Params column: parameters of what makes each method's images (arrag.decoding.pipeline.method_parameters)
@@ -65,17 +72,26 @@ TABLES = {
     "geneval": TableSpec(
         "geneval",
         "GenEval (Table 1): accuracy per tag; overall is the unweighted mean of the six tags.",
-        (PARAMS,) + tuple(Column(k, h) for k, h in GENEVAL_COLUMNS) + (Column("overall", "Overall", 3, delta=True),),
+        (PARAMS,)
+        + tuple(Column(k, h, interval=True) for k, h in GENEVAL_COLUMNS)
+        + (Column("overall", "Overall", 3, delta=True, interval=True),),
     ),
     "dpg": TableSpec(
         "dpg",
         "DPG-Bench (Table 2): VQA accuracy x 100 per L1 category; overall is the mean image score.",
-        (PARAMS,) + tuple(Column(k, h) for k, h in DPG_CATEGORIES) + (Column("overall", "Overall", delta=True),),
+        (PARAMS,)
+        + tuple(Column(k, h, interval=True) for k, h in DPG_CATEGORIES)
+        + (Column("overall", "Overall", delta=True, interval=True),),
     ),
     "fidelity": TableSpec(
         "fidelity",
         "Fidelity against real images (Table 3): lower is better.",
-        (PARAMS, Column("cmmd", "CMMD", 3), Column("fid", "FID"), Column("fwd", "FWD", 3)),
+        (
+            PARAMS,
+            Column("cmmd", "CMMD", 3, delta=True, interval=True),
+            Column("fid", "FID", delta=True, interval=True),
+            Column("fwd", "FWD", 3, delta=True, interval=True),
+        ),
     ),
     "inference_time": TableSpec(
         "inference_time",
@@ -166,6 +182,106 @@ def add_deltas(spec: TableSpec, rows: list[dict]) -> list[dict]:
     return rows
 
 
+BASE = "vanilla"  # our base model's label: every other method's paired difference is against its row
+FIDELITY_METRICS = ("cmmd", "fid", "fwd")
+
+
+def record_intervals(kind: str, measured: dict[str, dict], results: dict, records: dict, boot) -> None:
+    """geneval / dpg: each row's 95% intervals and paired differences to the base model, bootstrapped over
+    prompts (arrag.evaluation.intervals) from the per-image records written with its summary (--out-jsonl)."""
+    from arrag.evaluation import intervals
+    from arrag.io import read_jsonl
+
+    if kind not in ("geneval", "dpg"):
+        raise ValueError(f"per-image records give intervals to the geneval and dpg tables, not {kind!r}")
+    if set(records) != set(measured):
+        raise ValueError(
+            f"give --records for every --result or for none: records for {sorted(records)}, "
+            f"results for {sorted(measured)}"
+        )
+    scores = {}
+    for label, path in records.items():
+        if kind == "geneval":
+            scores[label] = intervals.geneval_prompt_scores(read_jsonl(path))
+        else:  # the category scores as the summary made them (dpg.summarise's options)
+            quirks = read_summary(results[label]).get("quirks", {})
+            options = [quirks.get(k, True) for k in ("last_crop_categories", "raw_categories")]
+            scores[label] = intervals.dpg_prompt_scores(read_jsonl(path), *options)
+        intervals.check_matches(scores[label].point(), measured[label], path, results[label])
+    points = {label: s.point() for label, s in scores.items()}
+    reps = intervals.replicates(scores, boot)
+    reps = {
+        label: {c: r for c, r in cols.items() if measured[label].get(c) is not None} for label, cols in reps.items()
+    }
+    base = BASE if BASE in scores else None
+    for label, cols in intervals.interval_columns(points, reps, base, boot.level).items():
+        measured[label] |= cols | boot.record()
+
+
+def stored_replicates(record: dict, path, metrics=FIDELITY_METRICS) -> dict[str, np.ndarray]:
+    """metric -> the replicates an `arrag fidelity --bootstrap` record holds, refusing a record whose replicates are
+    not `ci_resamples` finite numbers (a damaged or hand-edited file)."""
+    out = {}
+    for m in metrics:
+        if record.get(f"{m}_replicates") is None:
+            continue
+        r = np.asarray(record[f"{m}_replicates"], dtype=float)
+        if r.shape != (record["bootstrap"]["ci_resamples"],) or not np.isfinite(r).all():
+            raise ValueError(
+                f"{path}: {m}_replicates must be {record['bootstrap']['ci_resamples']} finite numbers (ci_resamples), "
+                f"got shape {r.shape} with {int((~np.isfinite(r)).sum())} non-finite: rescore it with `arrag fidelity`"
+            )
+        out[m] = r
+    return out
+
+
+def fidelity_intervals(measured: dict[str, dict], results: dict) -> None:
+    """Table 3: each row's intervals and paired differences to the base model from the replicates `arrag
+    fidelity` stored (the generated images resampled by prompt against fixed reference statistics). Records
+    made with the same draws (seed, resamples, prompts) pair replicate by replicate; others are refused."""
+    from arrag.evaluation import intervals
+
+    records = {label: read_summary(path) for label, path in results.items()}
+    setups = {label: r["bootstrap"] for label, r in records.items() if r.get("bootstrap")}
+    points, reps = {}, {}
+    for label in setups:
+        r = records[label]
+        reps[label] = stored_replicates(r, results[label])
+        points[label] = {m: r[m] for m in reps[label]}
+    base = BASE if BASE in setups else None
+    for label, setup in setups.items():
+        if base is not None and setup != setups[base]:
+            raise ValueError(
+                f"{results[label]} and {results[base]} were bootstrapped differently ({setup} vs {setups[base]}): "
+                "a paired difference needs the same draws; rescore both with one `arrag fidelity --bootstrap --seed`"
+            )
+    level = next(iter(setups.values()))["ci_level"] if setups else None
+    for label, cols in intervals.interval_columns(points, reps, base, level, centred=True).items():
+        measured[label] |= cols | {k: setups[label][k] for k in ("ci_level", "ci_resamples", "ci_seed")}
+
+
+def interval_note(spec: TableSpec, rows: list[dict]) -> str:
+    """The caption's sentence on the intervals: how they were made, and why some rows have none."""
+    if not any(c.interval for c in spec.columns):
+        return ""
+    r = next((r for r in rows if r.get("ci_resamples")), None)
+    none = "— : no interval, for want of per-prompt results (the paper's rows are published numbers)."
+    if r is None:
+        return f"± {none}"
+    unit = "prompts"
+    if spec.name == "fidelity":
+        unit += (
+            " (their generated images against fixed reference statistics; as repeated images bias a resample's "
+            "metric upwards, the percentiles are centred on the point value)"
+        )
+    return (
+        f"± is half the width of a {100 * r['ci_level']:g}% percentile-bootstrap interval over {unit}, "
+        f"{r['ci_resamples']} resamples, seed {r['ci_seed']} (CSV: <column>_ci_low, _ci_high); the difference "
+        "to the base model, in brackets, carries the paired bootstrap's interval on the same prompts (CSV: "
+        f"<column>_diff_vs_base, _diff_ci_low, _diff_ci_high). {none}"
+    )
+
+
 def measured_row(kind: str, path: str | Path, label: str) -> dict:
     """One method's row of table `kind` from its result: a GenEval or DPG-Bench summary, a fidelity JSON, or
     (over_copying) the GenEval-layout folder holding its copying.json records."""
@@ -220,18 +336,38 @@ def _is_number(text: str) -> bool:
         return False
 
 
-def _cell(value, column: Column, delta=None) -> str:
-    if value is None or (isinstance(value, float) and math.isnan(value)):
+def _missing(value) -> bool:
+    return value is None or (isinstance(value, float) and math.isnan(value))
+
+
+def _plus_minus(row: dict, prefix: str, digits: int) -> str:
+    """ "± h": half the width of the interval <prefix>_low .. <prefix>_high, or "± —" where the row has none."""
+    low, high = row.get(f"{prefix}_low"), row.get(f"{prefix}_high")
+    return "± —" if _missing(low) or _missing(high) else f"± {(high - low) / 2:.{digits}f}"
+
+
+def _cell(row: dict, column: Column) -> str:
+    value, digits = row.get(column.key), column.digits
+    if _missing(value):
         return "–"
     if column.count:
         return _count(value)
     if column.percent:
-        return f"{100 * value:+.{column.digits}f}%" if column.key == "overhead" else f"{100 * value:.{column.digits}f}%"
-    return f"{value:.{column.digits}f}" + ("" if delta is None else f" ({delta:+.{column.digits}f})")
+        return f"{100 * value:+.{digits}f}%" if column.key == "overhead" else f"{100 * value:.{digits}f}%"
+    text = f"{value:.{digits}f}" + row.get(f"{column.key}_mark", "")
+    if column.interval:
+        text += " " + _plus_minus(row, f"{column.key}_ci", digits)
+    delta = row.get(f"{column.key}_delta")
+    if column.delta and not _missing(delta):
+        has_ci = not _missing(row.get(f"{column.key}_diff_ci_low"))
+        text += (
+            f" ({delta:+.{digits}f}" + (" " + _plus_minus(row, f"{column.key}_diff_ci", digits) if has_ci else "") + ")"
+        )
+    return text
 
 
 def _cells(row: dict, spec: TableSpec) -> list[str]:
-    return [_cell(row.get(c.key), c, row.get(f"{c.key}_delta")) for c in spec.columns]
+    return [_cell(row, c) for c in spec.columns]
 
 
 def _name(row: dict, key: str = "method") -> str:
@@ -259,7 +395,8 @@ def render_markdown(spec: TableSpec, rows: list[dict], note: str = "") -> str:
 
 
 def _latex_escape(text: str) -> str:
-    return re.sub(r"([&%$#_{}])", r"\\\1", text).replace("~", r"\textasciitilde{}")
+    text = re.sub(r"([&%$#_{}])", r"\\\1", text).replace("~", r"\textasciitilde{}")
+    return text.replace("±", r"$\pm$").replace("—", "---")
 
 
 def render_latex(spec: TableSpec, rows: list[dict], note: str = "") -> str:
@@ -294,7 +431,7 @@ def write_table(
     if not rows:
         raise ValueError(f"no rows for the {spec.name} table: give at least one result")
     add_deltas(spec, rows)
-    write_rows(spec, rows, out_prefix, note)
+    write_rows(spec, rows, out_prefix, " ".join(filter(None, [note, interval_note(spec, rows)])))
     return rows
 
 
@@ -324,6 +461,31 @@ RETRIEVAL_ACCURACY = TableSpec(
 )
 
 
+CONTAMINATION = TableSpec(
+    "contamination",
+    "Benchmark images found in the retrieval corpora and fine-tuning pairs, and removed from them: exact "
+    "(identical pixels after the tokenizer's resize and crop) and near duplicates (not counted again); an image "
+    "of several pairs is removed once.",
+    (
+        Column("reference_images", "Reference images", 0),
+        Column("source_images", "Source images", 0),
+        Column("exact", "Exact", 0),
+        Column("near", "Near", 0),
+        Column("removed", "Removed", 0),
+    ),
+    label=("pair", "Reference / source"),
+)
+
+
+def write_contamination_table(exclusions: dict, out_prefix: str | Path) -> None:
+    """The contamination check's pairs (arrag.data.contamination.find_contamination) as a table."""
+    note = (
+        f"Near: pHash within {exclusions['phash_bits']} of 64 bits and 8 x 8 colour thumbnails within "
+        f"{exclusions['thumbnail_rms']:g} grey levels (RMS)."
+    )
+    write_rows(CONTAMINATION, exclusions["pairs"], out_prefix, note)
+
+
 # How a sweep point is scored (`arrag sweep-table --metric`): the value column of its rows, the heatmap's label,
 # and whether higher is better. geneval: the overall score of a GenEval summary; fid: the FID of an `arrag
 # fidelity` record (the paper's Figure 7: FID on 10K MJHQ-30K prompts).
@@ -335,10 +497,14 @@ def sweep_pivot(
 ) -> tuple[TableSpec, list[dict]]:
     """A sweep's scores as a grid: one row per value of y, one column per value of x (Figure 7)."""
     xs = sorted({r[x] for r in rows})
-    spec = TableSpec(name, title, tuple(Column(f"{x}={v:g}", f"{x} {v:g}", 3) for v in xs), label=(y, y))
+    ci = any(f"{value}_ci_low" in r for r in rows)  # ± and * once the sweep has intervals (sweep_intervals)
+    columns = tuple(Column(f"{x}={v:g}", f"{x} {v:g}", 3, interval=ci) for v in xs)
+    spec = TableSpec(name, title, columns, label=(y, y))
     grid: dict = {}
     for r in rows:
-        grid.setdefault(r[y], {y: r[y]})[f"{x}={r[x]:g}"] = r[value]
+        key = f"{x}={r[x]:g}"
+        cell = {key: r[value], f"{key}_ci_low": r.get(f"{value}_ci_low"), f"{key}_ci_high": r.get(f"{value}_ci_high")}
+        grid.setdefault(r[y], {y: r[y]}).update(cell | {f"{key}_mark": "*" if r.get("differs_from_best") else ""})
     return spec, [grid[v] for v in sorted(grid)]
 
 
@@ -384,14 +550,23 @@ def sweep_heatmap(rows: list[dict], x: str, y: str, out_png, title: str, metric:
     value, label, _ = SWEEP_METRICS[metric]
     xs, ys = sorted({r[x] for r in rows}), sorted({r[y] for r in rows})
     grid = np.full((len(ys), len(xs)), np.nan)
+    labels = {}
     for r in rows:
-        grid[ys.index(r[y]), xs.index(r[x])] = r[value]
+        i, j = ys.index(r[y]), xs.index(r[x])
+        grid[i, j] = r[value]
+        labels[i, j] = f"{r[value]:.3f}" + ("*" if r.get("differs_from_best") else "")
+        if not _missing(r.get(f"{value}_ci_low")):
+            labels[i, j] += "\n" + _plus_minus(r, f"{value}_ci", 3)
     fig, ax = plt.subplots(figsize=(1.2 + 1.1 * len(xs), 1.0 + 0.8 * len(ys)))
     image = ax.imshow(grid, cmap="viridis" if SWEEP_METRICS[metric][2] else "viridis_r", aspect="auto")
-    for i in range(len(ys)):
-        for j in range(len(xs)):
-            if not np.isnan(grid[i, j]):
-                ax.text(j, i, f"{grid[i, j]:.3f}", ha="center", va="center", color="white", fontsize=8)
+    for (i, j), text in labels.items():  # dark text on the colour map's bright end
+        colour = "black" if image.norm(grid[i, j]) > 0.6 else "white"
+        ax.text(j, i, text, ha="center", va="center", color=colour, fontsize=8)
+    if any("differs_from_best" in r for r in rows):
+        best = best_sweep_row(rows, metric)
+        outline = plt.Rectangle((xs.index(best[x]) - 0.5, ys.index(best[y]) - 0.5), 1, 1, fill=False, color="red", lw=2)
+        ax.add_patch(outline)
+        title += "\nbest: red box; * differs from it beyond noise\n(paired 95% interval of the difference excludes 0)"
     ax.set_xticks(range(len(xs)), [f"{v:g}" for v in xs])
     ax.set_yticks(range(len(ys)), [f"{v:g}" for v in ys])
     ax.set_xlabel(x)
@@ -412,13 +587,74 @@ def best_sweep_row(rows: list[dict], metric: str = "geneval") -> dict:
     return (max if higher_is_better else min)(rows, key=lambda r: r[value])
 
 
+def sweep_intervals(rows: list[dict], summaries: dict[str, dict], metric: str, records: dict | None, boot) -> None:
+    """Each sweep run's intervals, and its paired difference to the best run (all runs share the sweep's
+    prompts): diff_vs_best, diff_ci_low, diff_ci_high, differs_from_best (that interval excludes 0). geneval:
+    bootstrapped from each run's per-image records; fid: from the replicates `arrag fidelity --bootstrap`
+    stored, which must share one set of draws. Rows in `summaries` order; left as they are without either."""
+    from arrag.evaluation import intervals
+    from arrag.io import read_jsonl
+
+    paths = list(summaries)
+    if metric == "geneval":
+        if not records or boot is None:
+            return
+        scores = {}
+        for i, path in enumerate(paths):
+            scores[i] = intervals.geneval_prompt_scores(read_jsonl(records[path]))
+            intervals.check_matches(scores[i].point(), rows[i], records[path], path)
+        reps, made = intervals.replicates(scores, boot), boot.record()
+    else:
+        setups = [summaries[p].get("bootstrap") for p in paths]
+        if any(s is None for s in setups):
+            return
+        if any(s != setups[0] for s in setups):
+            raise ValueError(
+                f"the sweep's fidelity records were bootstrapped differently ({setups[0]} vs others): "
+                "rescore them with one `arrag fidelity --bootstrap --seed`"
+            )
+        reps = {i: stored_replicates(summaries[p], p, ("fid", "fwd")) for i, p in enumerate(paths)}
+        made = {k: setups[0][k] for k in ("ci_level", "ci_resamples", "ci_seed")}
+    value = SWEEP_METRICS[metric][0]
+    best = rows.index(best_sweep_row(rows, metric))
+    points = {i: {c: rows[i][c] for c in reps[i]} for i in reps}
+    centred = metric == "fid"  # a resample biases FID (fidelity.fidelity_bootstrap)
+    for i, cols in intervals.interval_columns(points, reps, best, made["ci_level"], centred).items():
+        rows[i] |= {k: v for k, v in cols.items() if "_diff_" not in k}
+        low, high = cols.get(f"{value}_diff_ci_low", 0.0), cols.get(f"{value}_diff_ci_high", 0.0)
+        diff = cols.get(f"{value}_diff_vs_base", 0.0)
+        rows[i] |= {"diff_vs_best": diff, "diff_ci_low": low, "diff_ci_high": high}
+        rows[i] |= {"differs_from_best": bool(low > 0 or high < 0)} | made
+
+
 def write_sweep(
-    summaries: dict[str, dict], out_csv, out_png, x: str, y: str, title: str, metric: str = "geneval"
+    summaries: dict[str, dict],
+    out_csv,
+    out_png,
+    x: str,
+    y: str,
+    title: str,
+    metric: str = "geneval",
+    records: dict[str, str] | None = None,
+    boot=None,
 ) -> list[dict]:
-    """The sweep's runs as a long CSV, its scores as a Markdown/LaTeX grid beside it, and a heatmap."""
-    rows = sorted(sweep_rows(summaries, metric), key=lambda r: (r[y], r[x]))
+    """The sweep's runs as a long CSV, its scores as a Markdown/LaTeX grid beside it, and a heatmap; with
+    per-image records (geneval: summary path -> JSONL) or stored replicates (fid), each with its interval and
+    its paired difference to the best run (sweep_intervals)."""
+    rows = sweep_rows(summaries, metric)
+    sweep_intervals(rows, summaries, metric, records, boot)
+    rows = sorted(rows, key=lambda r: (r[y], r[x]))
     write_text(out_csv, render_csv(rows))
     spec, grid = sweep_pivot(rows, x, y, Path(out_csv).stem, title, SWEEP_METRICS[metric][0])
-    write_rows(spec, grid, Path(out_csv).with_suffix(""), csv=False)
+    note = ""
+    if rows and "differs_from_best" in rows[0]:
+        r = rows[0]
+        note = (
+            f"Intervals: ± is half the width of a {100 * r['ci_level']:g}% percentile-bootstrap interval over prompts, "
+            f"{r['ci_resamples']} resamples, seed {r['ci_seed']}; * : differs from the best run beyond noise "
+            "(the paired bootstrap's interval of the difference excludes 0; CSV: diff_vs_best, diff_ci_low, "
+            "diff_ci_high, differs_from_best)."
+        )
+    write_rows(spec, grid, Path(out_csv).with_suffix(""), note, csv=False)
     sweep_heatmap(rows, x, y, out_png, title, metric)
     return rows

@@ -20,7 +20,6 @@ refuses a checkpoint made for another base model, module layout or (given) datab
 
 from __future__ import annotations
 
-import json
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -28,21 +27,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from arrag.decoding.faid import training_candidates
 from arrag.io import atomic_path, progress, write_json
-from arrag.manifest import require_input, verify, write_manifest
-from arrag.models.faid import FAiD, FAiDConfig, faid_training_loss, freeze_backbone, training_candidates
+from arrag.manifest import read_artefact_metadata, require_input, write_manifest
+from arrag.models.faid import FAiD, FAiDConfig, faid_training_loss, freeze_backbone
 from arrag.models.janus import load_janus
 from arrag.models.janus import model_identity as weights_identity
-from arrag.models.training import (
-    GRAD_CLIP,
-    ResumableCheckpoint,
-    _batches,
-    accumulate_gradients,
-    artefact_id,
-    caption_dropout_mask,
-    caption_inputs,
-    resolve_steps,
-)
+from arrag.models.training import artefact_id, caption_inputs, fit, resolve_steps
 from arrag.models.vq import VQTokenizer, codebook_fingerprint
 from arrag.validation import COUNT, FRACTION, INDEX, POSITIVE, check_fields
 
@@ -128,13 +119,8 @@ def load_trainset(directory: str | Path, db=None) -> tuple[torch.Tensor, torch.T
     """(codes [N, H, W], candidates [N, T, k], captions, metadata), checked against the manifest; with `db` (a
     PatchDatabase or its digest), refuse a training set whose candidates came from another database."""
     directory = Path(directory)
-    path = directory / "trainset.json"
-    if not path.is_file():
-        raise FileNotFoundError(f"{path} is missing: build the FAiD training set with `arrag faid-trainset`")
-    manifest = verify(directory, "faid-trainset", fix="rebuild it with `arrag faid-trainset`")
-    meta = json.loads(path.read_text())
-    if meta.get("format") != TRAINSET_FORMAT:
-        raise ValueError(f"{path}: format {meta.get('format')!r}, expected {TRAINSET_FORMAT!r}; rebuild it")
+    fix = "build the FAiD training set with `arrag faid-trainset`"
+    meta, manifest = read_artefact_metadata(directory, "trainset.json", "faid-trainset", TRAINSET_FORMAT, fix)
     if db is not None:
         what = f"the FAiD training set {directory}"
         require_input(manifest, "database", database_identity(db), what, DB_FIX)
@@ -224,15 +210,13 @@ def train_faid(
     faid.attach(model)
     ids, mask, uncond = caption_inputs(processor, captions, acc.device)
     params = list(faid.parameters())
-    opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=0.0)
     settings = {
         "trainer": "faid",
-        "config": asdict(cfg),
+        "config": asdict(cfg),  # as given: steps None when derived from epochs
         "base": artefact_id(base_dir),
         "trainset": artefact_id(trainset_dir),
+        "processes": acc.num_processes,
     }
-    ckpt = ResumableCheckpoint(out_dir, cfg.checkpoint_every, settings | {"processes": acc.num_processes}, restart)
-    start = ckpt.load(faid, opt)
     global_batch = cfg.batch_size * cfg.grad_accum * acc.num_processes
     cfg, schedule = resolve_steps(cfg, len(codes), global_batch)
 
@@ -243,24 +227,21 @@ def train_faid(
         cands = torch.where(dropped[:, None, None], -1, candidates[rows].to(acc.device))
         return faid_training_loss(model, faid, batch_ids, mask[on], codes[rows].to(acc.device), cands)
 
-    log, t0 = [], time.time()
-    stream = _batches(len(codes), global_batch, cfg.steps, start, cfg.seed)
-    bar = progress(stream, total=cfg.steps - start, desc="FAiD", disable=not acc.is_main_process)
-    for step, idx in bar:
-        for g in opt.param_groups:
-            g["lr"] = lr_at(step, cfg)
-        idx = torch.as_tensor(idx)
-        drop = caption_dropout_mask(len(idx), cfg.caption_dropout, cfg.seed, step)  # same on every process
-        total = accumulate_gradients(idx, drop, cfg.batch_size, micro_loss, params, acc)
-        # not in the paper's text; the authors' train_FAiD.py sets max_grad_norm=1.0 (arrag.models.training)
-        torch.nn.utils.clip_grad_norm_(params, GRAD_CLIP)
-        opt.step()
-        opt.zero_grad(set_to_none=True)
-        if step % 25 == 0 or step == cfg.steps - 1:
-            log.append({"step": step, "loss": total})
-            bar.set_postfix(loss=f"{total:.3f}")
-        if acc.is_main_process:
-            ckpt.maybe_save(step + 1, faid, opt)
+    start, log, t0, ckpt = fit(
+        faid,  # the checkpoint holds the FAiD modules only
+        params,
+        len(codes),
+        micro_loss,
+        cfg,
+        lr_at=lambda step: lr_at(step, cfg),
+        out_dir=out_dir,
+        desc="FAiD",
+        settings=settings,
+        weight_decay=0.0,
+        acc=acc,
+        restart=restart,
+        log_every=25,
+    )
     faid.detach()
     stats = {
         "method": "faid",
@@ -295,14 +276,10 @@ def load_faid(directory: str | Path, model, device: str | torch.device = "cpu", 
     for this base model (all of its weights) and layout, and (given `db`, a PatchDatabase or its digest) with
     candidates from this database: FAiD learnt to use that database's neighbours."""
     directory = Path(directory)
-    info_path = directory / "faid.json"
-    if not info_path.is_file():
-        raise FileNotFoundError(f"{info_path} is missing: train FAiD with `arrag train-faid` first")
-    manifest = verify(directory, "faid", fix="retrain it with `arrag train-faid`")
+    info, manifest = read_artefact_metadata(directory, "faid.json", "faid", None, "train FAiD with `arrag train-faid`")
     if db is not None:
         fix = "generate with the database it was trained with (--db), or retrain FAiD on this one: " + DB_FIX
         require_input(manifest, "database", database_identity(db), f"the FAiD checkpoint {directory}", fix)
-    info = json.loads(info_path.read_text())
     expected, found = info["base_identity"], model_identity(model)
     if expected != found:
         diff = sorted(k for k in expected if expected[k] != found.get(k))

@@ -158,7 +158,7 @@ def mini_janus_config(spec: MiniJanusSpec, tokenizer) -> JanusConfig:
 
 
 def configure_image_generation(model: JanusForConditionalGeneration, tokenizer, guidance_scale: float = 5.0):
-    """Fill the generation config `generate(generation_mode="image")` needs (see DESIGN.md)."""
+    """Fill the generation config `generate(generation_mode="image")` needs (see docs/design.md)."""
     gc = model.generation_config
     gc.pad_token_id = tokenizer.pad_token_id
     gc.bos_token_id = tokenizer.bos_token_id

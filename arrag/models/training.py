@@ -492,22 +492,33 @@ def sum_gradients(params, acc) -> None:
             p.grad.copy_(part.view_as(p.grad))
 
 
-def fit_generation_path(
-    model, n: int, batch_loss, cfg, out_dir: Path, desc: str, acc=None, settings=None, restart=False
+def fit(
+    module: torch.nn.Module,
+    params: list[torch.nn.Parameter],
+    n: int,
+    micro_loss,
+    cfg,
+    lr_at,
+    out_dir: Path,
+    desc: str,
+    settings: dict,
+    weight_decay: float = 0.0,
+    acc=None,
+    restart: bool = False,
+    log_every: int = 50,
 ):
-    """The shared training loop of the generation path (base model, RA-CM3): AdamW, warm-up + cosine,
-    caption dropout, gradient clipping, a resumable checkpoint, a global batch of batch_size x grad_accum x
-    processes (`acc`: an accelerate.Accelerator when several processes train). `batch_loss(idx [b], drop [b]
-    bool)` gives the mean loss of a micro-batch of example indices, `drop` marking the examples whose
-    condition is dropped. Returns (trainable params, resumed-at step, loss log, start time, checkpoint):
-    discard the checkpoint once the trained model is saved. `settings`: what else a resumed checkpoint must
-    have been made with besides `cfg` (refused otherwise, unless `restart`)."""
-    params = trainable_generation_parameters(model)
-    model.train()
-    model.model.vqmodel.eval()
-    opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
-    ckpt = ResumableCheckpoint(out_dir, cfg.checkpoint_every, {"config": asdict(cfg), **(settings or {})}, restart)
-    start = ckpt.load(model, opt)
+    """The training loop of every fine-tuning (base model, RA-CM3, FAiD): AdamW over `params`, the learning rate
+    `lr_at(step)`, seeded global batches of `n` examples (batch_size x grad_accum x processes; `acc`: an
+    accelerate.Accelerator when several processes train), caption dropout, gradient clipping, and a resumable
+    checkpoint of `module` (whose state holds `params`) and the optimiser. `micro_loss(idx [b], drop [b] bool)`
+    gives the mean loss of a micro-batch of example indices, `drop` marking the examples whose condition is
+    dropped. `cfg` has steps, batch_size, grad_accum, lr, caption_dropout, checkpoint_every and seed; `settings`:
+    everything a resumed checkpoint must have been made with (refused otherwise, unless `restart`).
+    Returns (resumed-at step, loss log every `log_every` steps, start time, checkpoint): discard the checkpoint
+    once the trained model is saved."""
+    opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=weight_decay)
+    ckpt = ResumableCheckpoint(out_dir, cfg.checkpoint_every, settings, restart)
+    start = ckpt.load(module, opt)
     main_process = acc is None or acc.is_main_process
     global_batch = cfg.batch_size * cfg.grad_accum * (acc.num_processes if acc is not None else 1)
     log, t0 = [], time.time()
@@ -515,18 +526,44 @@ def fit_generation_path(
     bar = progress(stream, total=cfg.steps - start, desc=desc, disable=not main_process)
     for step, idx in bar:
         for g in opt.param_groups:
-            g["lr"] = _lr_at(step, cfg.steps, cfg.lr)
+            g["lr"] = lr_at(step)
         idx = torch.as_tensor(idx)
         drop = caption_dropout_mask(len(idx), cfg.caption_dropout, cfg.seed, step)  # same on every process
-        loss = accumulate_gradients(idx, drop, cfg.batch_size, batch_loss, params, acc)
+        loss = accumulate_gradients(idx, drop, cfg.batch_size, micro_loss, params, acc)
         torch.nn.utils.clip_grad_norm_(params, GRAD_CLIP)
         opt.step()
         opt.zero_grad(set_to_none=True)
-        if step % 50 == 0 or step == cfg.steps - 1:
+        if step % log_every == 0 or step == cfg.steps - 1:
             log.append({"step": step, "loss": loss})
             bar.set_postfix(loss=f"{loss:.3f}")
         if main_process:
-            ckpt.maybe_save(step + 1, model, opt)
+            ckpt.maybe_save(step + 1, module, opt)
+    return start, log, t0, ckpt
+
+
+def fit_generation_path(
+    model, n: int, batch_loss, cfg, out_dir: Path, desc: str, acc=None, settings=None, restart=False
+):
+    """`fit` of the generation path (base model, RA-CM3): the whole path trains (trainable_generation_parameters),
+    with cfg.weight_decay and a warm-up + cosine schedule. `settings`: what else a resumed checkpoint must have
+    been made with besides `cfg`. Returns (trainable params, resumed-at step, loss log, start time, checkpoint)."""
+    params = trainable_generation_parameters(model)
+    model.train()
+    model.model.vqmodel.eval()
+    start, log, t0, ckpt = fit(
+        model,
+        params,
+        n,
+        batch_loss,
+        cfg,
+        lr_at=lambda step: _lr_at(step, cfg.steps, cfg.lr),
+        out_dir=out_dir,
+        desc=desc,
+        settings={"config": asdict(cfg), **(settings or {})},
+        weight_decay=cfg.weight_decay,
+        acc=acc,
+        restart=restart,
+    )
     model.eval()
     return params, start, log, t0, ckpt
 

@@ -114,3 +114,11 @@ class VQTokenizer:
     def decode_to_uint8(self, codes: torch.Tensor) -> np.ndarray:
         """codes [B, H, W] -> uint8 images [B, S, S, 3]."""
         return to_uint8(self.decode(codes))
+
+
+def load_codebook(source, revision: str | None = None) -> torch.Tensor:
+    """The L2-normalised VQ codebook [K, D] of a Janus model directory (or hub id at `revision`)."""
+    from arrag.models.janus import load_janus
+
+    model, _ = load_janus(source, revision=revision)
+    return VQTokenizer.from_janus(model).codebook

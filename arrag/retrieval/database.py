@@ -7,7 +7,6 @@ one int64 image id per image (the provenance, 8/(H*W) B per entry) beside the ke
 
 from __future__ import annotations
 
-import json
 import logging
 from pathlib import Path
 from typing import Iterator
@@ -16,7 +15,7 @@ import numpy as np
 import torch
 
 from arrag.io import atomic_path, write_json
-from arrag.manifest import verify, write_manifest
+from arrag.manifest import read_artefact_metadata, write_manifest
 from arrag.retrieval.backends import BACKENDS, make_backend
 from arrag.retrieval.keys import check_codebook, check_codes, extended_codebook, neighbour_offsets, neighbourhood_ids
 
@@ -341,13 +340,10 @@ class PatchDatabase:
         to the device and the host keeps only what FAISS keeps. mmap=False reads everything into memory."""
         directory = Path(directory)
         path = directory / "metadata.json"
-        if not path.is_file():
-            raise FileNotFoundError(f"{path} does not exist: not a saved PatchDatabase")
-        manifest = verify(directory, "patch-database", fix="rebuild it with `arrag build-db`")
-        meta = json.loads(path.read_text())
+        fix = "build it with `arrag build-db`"
+        meta, manifest = read_artefact_metadata(directory, "metadata.json", "patch-database", FORMAT, fix)
         check_codebook(codebook)
         expected = {
-            "format": FORMAT,
             "codebook_size": int(codebook.shape[0]),
             "codebook_dim": int(codebook.shape[1]),
             "codebook_sha256": codebook_sha256(codebook),
@@ -356,7 +352,6 @@ class PatchDatabase:
         for field, value in expected.items():
             if meta.get(field) != value:
                 hint = {
-                    "format": "rebuild it with this arrag version",
                     "hops": "build a database with this key layout",
                     "causal": "build a database with this key layout",
                 }.get(field, "pass the codebook it was built from")

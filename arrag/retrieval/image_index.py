@@ -44,8 +44,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from arrag.io import atomic_path, read_shard, write_json, write_shard
-from arrag.manifest import verify, write_manifest
+from arrag.io import atomic_path, read_jsonl, read_shard, write_json, write_shard
+from arrag.manifest import read_artefact_metadata, write_manifest
 
 log = logging.getLogger(__name__)
 
@@ -94,14 +94,14 @@ class ClipTextEncoder:
     def __init__(self, embedder, model_name: str):
         import open_clip
 
-        self.embedder = embedder  # arrag.evaluation.features.ClipEmbedder: the image side, same weights
+        self.embedder = embedder  # arrag.models.clip.ClipEmbedder: the image side, same weights
         self.model_name = model_name  # a built-in open_clip name, or a config file clip_embedder registered
         self.tokenize = open_clip.get_tokenizer(Path(model_name).stem if model_name.endswith(".json") else model_name)
 
     @classmethod
     def load(cls, model_name: str, pretrained: str, device: str | torch.device = "cpu", sha256: str | None = None):
         """open_clip weights from a local file (checked against `sha256` when given) or a pretrained tag."""
-        from arrag.evaluation.features import clip_embedder
+        from arrag.models.clip import clip_embedder
 
         return cls(clip_embedder(model_name, pretrained, device=device, sha256=sha256), model_name)
 
@@ -306,6 +306,47 @@ class ImageLevelIndex:
         index.built_from = {"code_shards": shard_digests(metas), "embedding_shards": embedding_digests}
         return index
 
+    @classmethod
+    def from_captions(
+        cls,
+        code_paths: list[str | Path],
+        captions: str | Path,
+        codebook_sha256: str,
+        model: str = "the model",
+        caption_field: str = "caption",
+        exclude: str | Path | None = None,
+    ) -> "ImageLevelIndex":
+        """The mini world's caption index of a tokenised corpus: code shards (arrag tokenise) whose image ids are
+        lines of the JSONL `captions` (one record per source image), each image found by its caption's bag of
+        words; without the images the exclusion list `exclude` names. Refuses shards tokenised with another
+        codebook than `model`'s (fingerprint `codebook_sha256`)."""
+        from arrag.data.code_shards import load_code_shards, require_codebook, shard_digests
+        from arrag.data.contamination import kept_rows
+
+        records = read_jsonl(captions)
+        codes, image_ids, metas = load_code_shards(code_paths)
+        keep = torch.from_numpy(kept_rows(exclude, image_ids, metas))
+        codes, image_ids = codes[keep], image_ids[keep]
+        if int(image_ids.max()) >= len(records):
+            raise ValueError(
+                f"{captions} has {len(records)} records but the code shards hold image id {image_ids.max()}: "
+                "give the metadata of the split the shards were tokenised from"
+            )
+        try:
+            texts = [records[i][caption_field] for i in image_ids.tolist()]
+        except KeyError:
+            raise ValueError(f"{captions}: records lack the field {caption_field!r} (--caption-field)") from None
+        require_codebook(code_paths, metas, codebook_sha256, model)
+        return cls.build(
+            texts,
+            codes.numpy(),
+            image_ids.numpy(),
+            BagOfWordsEncoder.from_captions(texts),
+            codebook_sha256,
+            tokenizer_id=metas[0].get("tokenizer_id", ""),
+            code_shards=shard_digests(metas),
+        )
+
     def __len__(self) -> int:
         return len(self.codes)
 
@@ -409,13 +450,8 @@ class ImageLevelIndex:
         """Open an index (its arrays memory-mapped) after checking it against its manifest (arrag.manifest);
         the query encoder is rebuilt on `device`."""
         directory = Path(directory)
-        meta_path = directory / "index.json"
-        if not meta_path.is_file():
-            raise FileNotFoundError(f"{meta_path} is missing: build the image index with `arrag build-image-index`")
-        manifest = verify(directory, "image-index", fix="rebuild it with `arrag build-image-index`")
-        meta = json.loads(meta_path.read_text())
-        if meta.get("format") != FORMAT:
-            raise ValueError(f"{meta_path}: format {meta.get('format')!r}, expected {FORMAT!r}; rebuild the index")
+        fix = "build the image index with `arrag build-image-index`"
+        meta, manifest = read_artefact_metadata(directory, "index.json", "image-index", FORMAT, fix)
         arrays = {n: np.load(directory / f"{n}.npy", mmap_mode="r") for n in ("embeddings", "image_ids", "codes")}
         index = cls(
             arrays["embeddings"],

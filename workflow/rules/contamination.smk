@@ -19,9 +19,9 @@ rule hash_images:
         out=lambda wildcards, output: os.path.dirname(output.npz),
         batch=CONTAMINATION["batch_size"],
     log:
-        f"{RESULTS}/logs/hash_images_{{split}}_{{shard}}-of-{{num_shards}}.log",
+        log_path("hash_images", "{split}/{shard}-of-{num_shards}"),
     benchmark:
-        f"{RESULTS}/benchmarks/hash_images_{{split}}_{{shard}}-of-{{num_shards}}.tsv"
+        jobstats_path("hash_images", "{split}/{shard}-of-{num_shards}")
     threads: 1
     resources:
         mem_mb=job_mem_mb("encode", parameters=0, batch_size=CONTAMINATION["batch_size"], image_size=IMAGE_SIZE, images=lambda wc: shard_images(wc.split)),
@@ -46,7 +46,7 @@ rule contamination:
     log:
         log_path("contamination"),
     benchmark:
-        benchmark_path("contamination")
+        jobstats_path("contamination")
     threads: 1
     resources:
         mem_mb=job_mem_mb("contamination", reference_images=REFERENCE_IMAGES, shard_images=max(shard_images(n) for n in CHECKED_SOURCES)),

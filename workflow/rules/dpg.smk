@@ -6,9 +6,9 @@
 
 rule mini_dpg:
     input:
-        f"{RESULTS}/world/reference/metadata.jsonl",
+        world_split("reference", "metadata.jsonl"),
     output:
-        directory(f"{RESULTS}/world/dpg"),
+        directory(MINI_DPG),
     params:
         world=lambda wildcards, input: world_dir(input[0]),
         n=DPG["prompts"],
@@ -16,7 +16,7 @@ rule mini_dpg:
     log:
         log_path("mini_dpg"),
     benchmark:
-        benchmark_path("mini_dpg")
+        jobstats_path("mini_dpg")
     threads: 1
     resources:
         mem_mb=LIGHT_MEM_MB,
@@ -26,7 +26,7 @@ rule mini_dpg:
 
 rule download_dpg_csv:
     output:
-        f"{RESULTS}/downloads/dpg_bench.csv",
+        DPG_CSV,
     params:
         url=DPG["csv_url"],
         sha256=flag("--sha256", DPG["csv_sha256"]) if DPG["csv_sha256"] else "",
@@ -34,7 +34,7 @@ rule download_dpg_csv:
     log:
         log_path("download_dpg_csv"),
     benchmark:
-        benchmark_path("download_dpg_csv")
+        jobstats_path("download_dpg_csv")
     threads: 1
     resources:
         mem_mb=LIGHT_MEM_MB,
@@ -46,13 +46,13 @@ rule dpg_prompts:
     input:
         dpg_prompt_source,
     output:
-        f"{RESULTS}/prompts/dpg.jsonl",
+        prompts_file("dpg"),
     params:
         folder=lambda wildcards, input: f"--prompts-dir {input[0]}/prompts" if input else "",
     log:
         log_path("dpg_prompts"),
     benchmark:
-        benchmark_path("dpg_prompts")
+        jobstats_path("dpg_prompts")
     threads: 1
     resources:
         mem_mb=LIGHT_MEM_MB,
@@ -62,15 +62,15 @@ rule dpg_prompts:
 
 rule tile_dpg:
     input:
-        f"{RESULTS}/images/{{method}}/dpg/generation.json",
+        generated("{method}", "dpg"),
     output:
-        directory(f"{RESULTS}/images/{{method}}/dpg_tiles"),
+        directory(dpg_tiles("{method}")),
     params:
         images=lambda wildcards, input: os.path.dirname(input[0]),
     log:
-        f"{RESULTS}/logs/tile_dpg_{{method}}.log",
+        log_path("tile_dpg", "{method}"),
     benchmark:
-        f"{RESULTS}/benchmarks/tile_dpg_{{method}}.tsv"
+        jobstats_path("tile_dpg", "{method}")
     threads: 1
     resources:
         mem_mb=job_mem_mb("light", image_size=IMAGE_SIZE, images=4),
@@ -82,7 +82,7 @@ rule download_mplug:
     # DPG-Bench's VQA model with its tokenizer (every file of the ModelScope repository), locked at the first
     # download: ModelScope names versions by tag or branch, so the lock's SHA-256 of each file pin the content.
     output:
-        directory(f"{RESULTS}/downloads/mplug"),
+        directory(MPLUG),
     params:
         model=DPG["mplug_model"],
         revision=DPG["mplug_revision"],
@@ -91,7 +91,7 @@ rule download_mplug:
     log:
         log_path("download_mplug"),
     benchmark:
-        benchmark_path("download_mplug")
+        jobstats_path("download_mplug")
     threads: 1
     resources:
         mem_mb=LIGHT_MEM_MB,
@@ -114,9 +114,9 @@ rule score_dpg:
         mplug=lambda wildcards, input: flag("--mplug-model", input.mplug) if DPG["vqa"] == "mplug" else "",
         arrag=arrag_on_gpu,
     log:
-        f"{RESULTS}/logs/score_dpg/{{method}}.log",
+        log_path("score_dpg", "{method}"),
     benchmark:
-        f"{RESULTS}/benchmarks/score_dpg/{{method}}.tsv"
+        jobstats_path("score_dpg", "{method}")
     conda:
         None if DPG["vqa"] == "shapes" else "../envs/dpg.yaml"  # the benchmark's own environment
     threads: 1
@@ -135,16 +135,17 @@ rule dpg_table:
         **table_outputs("dpg", caption="../report/dpg.rst"),
     params:
         results=table_flags,
+        records=table_records_flags,
         note=DPG_NOTE,
         paper=PAPER_ROWS,
         out=lambda wildcards, output: table_prefix(output),
     log:
         log_path("dpg_table"),
     benchmark:
-        benchmark_path("dpg_table")
+        jobstats_path("dpg_table")
     threads: 1
     resources:
         mem_mb=LIGHT_MEM_MB,
     shell:
-        "arrag table dpg {params.results} {params.paper} --note {params.note:q} "
+        "arrag table dpg {params.results} {params.records} {params.paper} --note {params.note:q} "
         "--out {params.out} > {log} 2>&1"

@@ -4,13 +4,13 @@
 
 rule download_geneval_detector:
     output:
-        f"{RESULTS}/downloads/mask2former_swin-s-p4-w7-224_lsj_8x2_50e_coco.pth",
+        MASK2FORMER,
     params:
         mirror=mirror_flag(),
     log:
         log_path("download_geneval_detector"),
     benchmark:
-        benchmark_path("download_geneval_detector")
+        jobstats_path("download_geneval_detector")
     threads: 1
     resources:
         mem_mb=LIGHT_MEM_MB,
@@ -31,9 +31,9 @@ rule score_geneval:
         detector=geneval_detector_flags,
         arrag=arrag_on_gpu,
     log:
-        f"{RESULTS}/logs/score_geneval/{{run}}.log",
+        log_path("score_geneval", "{run}"),
     benchmark:
-        f"{RESULTS}/benchmarks/score_geneval/{{run}}.tsv"
+        jobstats_path("score_geneval", "{run}")
     conda:
         None if GENEVAL["detector"] == "shapes" else "../envs/geneval.yaml"  # the benchmark's own environment
     threads: 1
@@ -52,30 +52,31 @@ rule geneval_table:
         **table_outputs("geneval", caption="../report/geneval.rst"),
     params:
         results=table_flags,
+        records=table_records_flags,
         note=GENEVAL_NOTE,
         paper=PAPER_ROWS,
         out=lambda wildcards, output: table_prefix(output),
     log:
         log_path("geneval_table"),
     benchmark:
-        benchmark_path("geneval_table")
+        jobstats_path("geneval_table")
     threads: 1
     resources:
         mem_mb=LIGHT_MEM_MB,
     shell:
-        "arrag table geneval {params.results} {params.paper} --note {params.note:q} "
+        "arrag table geneval {params.results} {params.records} {params.paper} --note {params.note:q} "
         "--out {params.out} > {log} 2>&1"
 
 
 rule bench_scoring:
     # Not part of `all`: `snakemake --cores all bench_scoring` measures the mini profile's scorers (images/s).
     input:
-        geneval=f"{RESULTS}/images/vanilla/geneval/generation.json",
-        tiles=f"{RESULTS}/images/vanilla/dpg_tiles",
-        questions=f"{RESULTS}/world/dpg",
-        images=f"{RESULTS}/images/vanilla/reference/generation.json",
-        reference=f"{RESULTS}/world/reference/images.npy",
-        features=f"{RESULTS}/models/features",
+        geneval=generated("vanilla", "geneval"),
+        tiles=dpg_tiles("vanilla"),
+        questions=MINI_DPG,
+        images=generated("vanilla", "reference"),
+        reference=world_split("reference"),
+        features=FEATURES_MODEL,
     output:
         json=f"{RESULTS}/bench/scoring.json",
         md=f"{RESULTS}/bench/scoring.md",
@@ -87,7 +88,7 @@ rule bench_scoring:
     log:
         log_path("bench_scoring"),
     benchmark:
-        benchmark_path("bench_scoring")
+        jobstats_path("bench_scoring")
     threads: workflow.cores
     resources:
         mem_mb=fidelity_mem_mb(FIDELITY_IMAGES, paper_networks=False),

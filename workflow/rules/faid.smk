@@ -6,10 +6,10 @@
 rule faid_trainset:
     input:
         unpack(pairs_inputs),
-        model=f"{RESULTS}/models/base",
-        db=f"{RESULTS}/retrieval/db",
+        model=BASE_MODEL,
+        db=DATABASE,
     output:
-        directory(f"{RESULTS}/retrieval/faid_trainset"),
+        directory(FAID_TRAINSET),
     params:
         gpu=on_gpu,
         pairs=pairs_flags,
@@ -25,7 +25,7 @@ rule faid_trainset:
     log:
         log_path("faid_trainset"),
     benchmark:
-        benchmark_path("faid_trainset")
+        jobstats_path("faid_trainset")
     threads: gpu_job_threads
     resources:
         gpu=DB_GPUS,
@@ -37,11 +37,11 @@ rule faid_trainset:
 
 rule train_faid:
     input:
-        model=f"{RESULTS}/models/base",
-        db=f"{RESULTS}/retrieval/db",
-        trainset=f"{RESULTS}/retrieval/faid_trainset",
+        model=BASE_MODEL,
+        db=DATABASE,
+        trainset=FAID_TRAINSET,
     output:
-        directory(f"{RESULTS}/models/faid"),
+        directory(FAID_MODEL),
     params:
         gpu=on_gpu,
         launch=launcher(FAID["processes"]),
@@ -49,7 +49,7 @@ rule train_faid:
     log:
         log_path("train_faid"),
     benchmark:
-        benchmark_path("train_faid")
+        jobstats_path("train_faid")
     threads: gpu_job_threads
     resources:
         gpu=FAID["processes"],
@@ -61,18 +61,18 @@ rule train_faid:
 
 rule train_faid_sweep:
     input:
-        model=f"{RESULTS}/models/base",
-        db=f"{RESULTS}/retrieval/db",
-        trainset=f"{RESULTS}/retrieval/faid_trainset",
+        model=BASE_MODEL,
+        db=DATABASE,
+        trainset=FAID_TRAINSET,
     output:
         directory(f"{RESULTS}/models/sweep_faid/{FAID_SWEEP.wildcard_pattern}"),
     params:
         gpu=on_gpu,
         training=settings_flags("--set", FAID["training"] | FAID["sweep"]["training"]),
     log:
-        f"{RESULTS}/logs/train_faid_sweep/{FAID_SWEEP.wildcard_pattern}.log",
+        log_path("train_faid_sweep", FAID_SWEEP.wildcard_pattern),
     benchmark:
-        f"{RESULTS}/benchmarks/train_faid_sweep/{FAID_SWEEP.wildcard_pattern}.tsv"
+        jobstats_path("train_faid_sweep", FAID_SWEEP.wildcard_pattern)
     threads: gpu_job_threads
     resources:
         gpu=1,
@@ -85,30 +85,28 @@ rule train_faid_sweep:
 
 rule generate_faid_sweep:
     input:
-        model=f"{RESULTS}/models/base",
-        db=f"{RESULTS}/retrieval/db",
-        faid=f"{RESULTS}/models/sweep_faid/{FAID_SWEEP.wildcard_pattern}",
+        model=BASE_MODEL,
+        db=DATABASE,
+        faid=rules.train_faid_sweep.output[0],
         prompts=PROMPT_SETS[SWEEP_PROMPTS]["file"],
     output:
-        f"{RESULTS}/images/sweep_faid/{FAID_SWEEP.wildcard_pattern}/{SWEEP_PROMPTS}/generation.json",
+        generated(f"sweep_faid/{FAID_SWEEP.wildcard_pattern}", SWEEP_PROMPTS),
     params:
         gpu=on_gpu,
+        prompt_set=prompt_set_flags(SWEEP_PROMPTS, n=images_per_prompt("sweep_faid")),
         out=lambda wildcards, output: os.path.dirname(output[0]),
-        n=FAID["sweep"]["images_per_prompt"],
         sampling=sampling_flags(),
-        db_devices=db_devices_flag(),
+        method=lambda wildcards, input: method_flags("faid", input),
     log:
-        f"{RESULTS}/logs/generate_faid_sweep/{FAID_SWEEP.wildcard_pattern}.log",
+        log_path("generate_faid_sweep", FAID_SWEEP.wildcard_pattern),
     benchmark:
-        f"{RESULTS}/benchmarks/generate_faid_sweep/{FAID_SWEEP.wildcard_pattern}.tsv"
+        jobstats_path("generate_faid_sweep", FAID_SWEEP.wildcard_pattern)
     threads: gpu_job_threads
     resources:
         gpu=DB_GPUS,
         mem_mb=SEARCH_MEM_MB,
     shell:
-        "OMP_NUM_THREADS={threads} {params.gpu} arrag generate-benchmark --model {input.model} --prompts {input.prompts} "
-        "--n {params.n} --out {params.out} {params.sampling} --method faid --db {input.db} --faid {input.faid} "
-        "{params.db_devices} > {log} 2>&1"
+        generation_command()
 
 
 rule sweep_faid:
@@ -122,13 +120,14 @@ rule sweep_faid:
     params:
         title=f"FAiD sweep, {SWEEP_METRIC_LABEL} ({config['profile']} profile; modules = layers / every)",
         metric=SWEEPS["score"],
+        records=sweep_records_flag,
     log:
         log_path("sweep_faid"),
     benchmark:
-        benchmark_path("sweep_faid")
+        jobstats_path("sweep_faid")
     threads: 1
     resources:
         mem_mb=LIGHT_MEM_MB,
     shell:
-        "arrag sweep-table --summary {input} --metric {params.metric} --x every --y hops --title {params.title:q} "
+        "arrag sweep-table --summary {input} {params.records} --metric {params.metric} --x every --y hops --title {params.title:q} "
         "--out-csv {output.csv} --out-png {output.png} > {log} 2>&1"

@@ -6,16 +6,16 @@
 
 rule train_features:
     input:
-        f"{RESULTS}/world/train/images.npy",
+        world_split("train"),
     output:
-        directory(f"{RESULTS}/models/features"),
+        directory(FEATURES_MODEL),
     params:
         world=lambda wildcards, input: world_dir(input[0]),
         settings=settings_flags("--set", FIDELITY["mini_network"]),
     log:
         log_path("train_features"),
     benchmark:
-        benchmark_path("train_features")
+        jobstats_path("train_features")
     threads: workflow.cores
     resources:
         mem_mb=job_mem_mb("features", images=config["world"]["splits"].get("train", 0), image_size=config["world"]["image_size"]),
@@ -26,13 +26,13 @@ rule train_features:
 
 rule download_inception:
     output:
-        f"{RESULTS}/downloads/inception-2015-12-05.pt",
+        INCEPTION,
     params:
         mirror=mirror_flag(),
     log:
         log_path("download_inception"),
     benchmark:
-        benchmark_path("download_inception")
+        jobstats_path("download_inception")
     threads: 1
     resources:
         mem_mb=LIGHT_MEM_MB,
@@ -42,14 +42,14 @@ rule download_inception:
 
 rule download_mjhq:
     output:
-        directory(f"{RESULTS}/downloads/mjhq30k"),
+        directory(MJHQ30K),
     params:
         revision=flag("--revision", FIDELITY["mjhq_revision"]) if FIDELITY["mjhq_revision"] else "",
         mirror=mirror_flag("mjhq30k"),
     log:
         log_path("download_mjhq"),
     benchmark:
-        benchmark_path("download_mjhq")
+        jobstats_path("download_mjhq")
     threads: 1
     resources:
         mem_mb=LIGHT_MEM_MB,
@@ -61,18 +61,18 @@ rule mjhq_prompts:
     # Table 3's prompt set (mjhq: `evaluation.fidelity.mjhq_prompts`) and the sweeps' (mjhq_sweep: the first
     # `sweeps.mjhq_prompts`), each with the real images of its prompts
     input:
-        f"{RESULTS}/downloads/mjhq30k",
+        MJHQ30K,
     output:
-        prompts=f"{RESULTS}/prompts/{{mjhq}}.jsonl",
-        reference=directory(f"{RESULTS}/{{mjhq}}/reference"),
+        prompts=prompts_file("{mjhq}"),
+        reference=directory(mjhq_reference("{mjhq}")),
     wildcard_constraints:
         mjhq="mjhq|mjhq_sweep",
     params:
         limit=lambda wildcards: f"--limit {MJHQ_LIMITS[wildcards.mjhq]}" if MJHQ_LIMITS[wildcards.mjhq] else "",
     log:
-        f"{RESULTS}/logs/mjhq_prompts/{{mjhq}}.log",
+        log_path("mjhq_prompts", "{mjhq}"),
     benchmark:
-        f"{RESULTS}/benchmarks/mjhq_prompts/{{mjhq}}.tsv"
+        jobstats_path("mjhq_prompts", "{mjhq}")
     threads: 1
     resources:
         mem_mb=job_mem_mb("light", records=MJHQ_IMAGES),
@@ -94,9 +94,9 @@ rule score_fidelity:
         size=config["evaluation"]["fwd"]["size"],
         device=config["device"],
     log:
-        f"{RESULTS}/logs/score_fidelity/{{method}}.log",
+        log_path("score_fidelity", "{method}"),
     benchmark:
-        f"{RESULTS}/benchmarks/score_fidelity/{{method}}.tsv"
+        jobstats_path("score_fidelity", "{method}")
     threads: gpu_job_threads
     resources:
         gpu=1,
@@ -110,9 +110,9 @@ rule score_fidelity:
 rule score_sweep_fid:
     # a sweep point (Figure 7) as the paper scores it: FID (Inception) against the real images of its MJHQ-30K prompts
     input:
-        images=f"{RESULTS}/images/{{run}}/{SWEEP_PROMPTS}/generation.json",
-        reference=f"{RESULTS}/{SWEEP_PROMPTS}/reference",
-        inception=f"{RESULTS}/downloads/inception-2015-12-05.pt",
+        images=generated("{run}", SWEEP_PROMPTS),
+        reference=mjhq_reference(SWEEP_PROMPTS),
+        inception=INCEPTION,
     output:
         f"{RESULTS}/scores/{{run}}/sweep_fid.json",
     wildcard_constraints:
@@ -124,9 +124,9 @@ rule score_sweep_fid:
         size=config["evaluation"]["fwd"]["size"],
         device=config["device"],
     log:
-        f"{RESULTS}/logs/score_sweep_fid/{{run}}.log",
+        log_path("score_sweep_fid", "{run}"),
     benchmark:
-        f"{RESULTS}/benchmarks/score_sweep_fid/{{run}}.tsv"
+        jobstats_path("score_sweep_fid", "{run}")
     threads: gpu_job_threads
     resources:
         gpu=1,
@@ -150,7 +150,7 @@ rule fidelity_table:
     log:
         log_path("fidelity_table"),
     benchmark:
-        benchmark_path("fidelity_table")
+        jobstats_path("fidelity_table")
     threads: 1
     resources:
         mem_mb=LIGHT_MEM_MB,

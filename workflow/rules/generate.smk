@@ -4,7 +4,7 @@
 
 
 rule generate:
-    # One rule for every prompt set (PROMPT_SETS in common.smk): GenEval, the reference captions (mini) or
+    # One rule for every prompt set (PROMPT_SETS in common/config.smk): GenEval, the reference captions (mini) or
     # MJHQ-30K (paper) for Table 3, and DPG-Bench; each split into generation.num_shards jobs (one per GPU)
     # that write their own prompt folders into the same folder.
     input:
@@ -19,21 +19,19 @@ rule generate:
     params:
         gpu=on_gpu,
         out=lambda wildcards, output: os.path.dirname(os.path.dirname(output[0])),
-        prompt_set=prompt_set_flags,
+        prompt_set=lambda wildcards: prompt_set_flags(wildcards.prompts),
         sampling=sampling_flags(),
-        method=method_flags,
+        method=lambda wildcards, input: method_flags(wildcards.method, input),
     log:
-        f"{RESULTS}/logs/generate_{{prompts}}_{{method}}_{{shard}}-of-{{num_shards}}.log",
+        log_path("generate", "{method}/{prompts}/{shard}-of-{num_shards}"),
     benchmark:
-        f"{RESULTS}/benchmarks/generate_{{prompts}}_{{method}}_{{shard}}-of-{{num_shards}}.tsv"
+        jobstats_path("generate", "{method}/{prompts}/{shard}-of-{num_shards}")
     threads: gpu_job_threads
     resources:
         gpu=generation_gpus,
         mem_mb=SEARCH_MEM_MB,
     shell:
-        "OMP_NUM_THREADS={threads} {params.gpu} arrag generate-benchmark --model {input.model} "
-        "--prompts {input.prompts} {params.prompt_set} --out {params.out} {params.sampling} {params.method} "
-        "--shard $((10#{wildcards.shard})) --num-shards $((10#{wildcards.num_shards})) > {log} 2>&1"
+        generation_command(sharded=True)
 
 
 rule finish_generation:
@@ -42,17 +40,17 @@ rule finish_generation:
         prompts=lambda wildcards: PROMPT_SETS[wildcards.prompts]["file"],
         shards=generation_shards,
     output:
-        f"{RESULTS}/images/{{method}}/{{prompts}}/generation.json",
+        generated("{method}", "{prompts}"),
     wildcard_constraints:
         prompts="|".join(PROMPT_SETS),
     params:
         out=lambda wildcards, output: os.path.dirname(output[0]),
-        prompt_set=lambda wildcards: prompt_set_flags(wildcards, field=False),
+        prompt_set=lambda wildcards: prompt_set_flags(wildcards.prompts, field=False),
         num_shards=GENERATION_SHARDS,
     log:
-        f"{RESULTS}/logs/finish_generation_{{prompts}}_{{method}}.log",
+        log_path("finish_generation", "{method}/{prompts}"),
     benchmark:
-        f"{RESULTS}/benchmarks/finish_generation_{{prompts}}_{{method}}.tsv"
+        jobstats_path("finish_generation", "{method}/{prompts}")
     threads: 1
     resources:
         mem_mb=LIGHT_MEM_MB,
@@ -63,15 +61,15 @@ rule finish_generation:
 
 rule sample_grid:
     input:
-        f"{RESULTS}/images/{{method}}/geneval/generation.json",
+        generated("{method}", "geneval"),
     output:
         report(f"{RESULTS}/figures/samples_{{method}}.png", caption="../report/samples.rst", category="Samples"),
     params:
         images=lambda wildcards, input: os.path.dirname(input[0]),
     log:
-        f"{RESULTS}/logs/sample_grid_{{method}}.log",
+        log_path("sample_grid", "{method}"),
     benchmark:
-        f"{RESULTS}/benchmarks/sample_grid_{{method}}.tsv"
+        jobstats_path("sample_grid", "{method}")
     threads: 1
     resources:
         mem_mb=job_mem_mb("light", image_size=IMAGE_SIZE, images=16),
@@ -81,7 +79,7 @@ rule sample_grid:
 
 rule over_copying:
     input:
-        expand("{results}/images/{method}/geneval/generation.json", results=RESULTS, method=RETRIEVAL_METHODS),
+        expand(rules.finish_generation.output[0], method=RETRIEVAL_METHODS, prompts="geneval"),
     output:
         **table_outputs("over_copying", caption="../report/over_copying.rst"),
     params:
@@ -91,7 +89,7 @@ rule over_copying:
     log:
         log_path("over_copying"),
     benchmark:
-        benchmark_path("over_copying")
+        jobstats_path("over_copying")
     threads: 1
     resources:
         mem_mb=LIGHT_MEM_MB,
@@ -101,8 +99,8 @@ rule over_copying:
 
 rule attribution:
     input:
-        expand("{results}/images/{method}/geneval/generation.json", results=RESULTS, method=RETRIEVAL_METHODS),
-        db=f"{RESULTS}/retrieval/db",
+        expand(rules.finish_generation.output[0], method=RETRIEVAL_METHODS, prompts="geneval"),
+        db=DATABASE,
     output:
         report(f"{RESULTS}/figures/attribution.png", caption="../report/attribution.rst", category="Over-copying"),
     params:
@@ -113,7 +111,7 @@ rule attribution:
     log:
         log_path("attribution"),
     benchmark:
-        benchmark_path("attribution")
+        jobstats_path("attribution")
     threads: 1
     resources:
         mem_mb=job_mem_mb("light", image_size=max(IMAGE_SIZE, ATTRIBUTION_SIZE), images=64),
@@ -133,31 +131,26 @@ rule bench_generate:
     params:
         gpu=on_gpu,
         methods=bench_generate_flags,
-        k=config["daid"]["k"],
-        weight=config["daid"]["weight"],
-        temperature=config["daid"]["temperature"],
-        guidance=config["generation"]["guidance_scale"],
-        device=config["device"],
-        batch_size=config["generation"]["bench"]["batch_size"],
+        daid=daid_flags(),
+        sampling=sampling_flags(batch_size=config["generation"]["bench"]["batch_size"]),
         repeats=config["generation"]["bench"]["repeats"],
     log:
         log_path("bench_generate"),
     benchmark:
-        benchmark_path("bench_generate")
+        jobstats_path("bench_generate")
     threads: workflow.cores
     resources:
         gpu=DB_GPUS,
         mem_mb=SEARCH_MEM_MB,
     shell:
         "OMP_NUM_THREADS={threads} {params.gpu} arrag bench generate --model {input.model} {params.methods} "
-        "--prompts {input.prompts} --daid-k {params.k} --daid-weight {params.weight} --daid-temperature {params.temperature} "
-        "--guidance-scale {params.guidance} --batch-size {params.batch_size} --repeats {params.repeats} --device {params.device} "
+        "--prompts {input.prompts} {params.daid} {params.sampling} --repeats {params.repeats} "
         "--out-json {output.json} --out-md {output.md} > {log} 2>&1"
 
 
 rule inference_time_table:
     input:
-        f"{RESULTS}/bench/generate.json",
+        rules.bench_generate.output.json,
     output:
         **table_outputs("inference_time", caption="../report/inference_time.rst"),
     params:
@@ -166,7 +159,7 @@ rule inference_time_table:
     log:
         log_path("inference_time_table"),
     benchmark:
-        benchmark_path("inference_time_table")
+        jobstats_path("inference_time_table")
     threads: 1
     resources:
         mem_mb=LIGHT_MEM_MB,

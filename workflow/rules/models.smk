@@ -9,7 +9,7 @@ if config["model"]["source"] == "hub":
     rule download_model:
         # safetensors and configs only, at the pinned commit (arrag.data.downloads.download_model)
         output:
-            directory(f"{RESULTS}/models/base"),
+            directory(BASE_MODEL),
         params:
             hub_id=config["model"]["hub_id"],
             revision=config["model"]["revision"],
@@ -18,7 +18,7 @@ if config["model"]["source"] == "hub":
         log:
             log_path("download_model"),
         benchmark:
-            benchmark_path("download_model")
+            jobstats_path("download_model")
         threads: 1
         resources:
             mem_mb=LIGHT_MEM_MB,
@@ -30,9 +30,9 @@ else:
 
     rule train_vq:
         input:
-            images=f"{RESULTS}/world/train/images.npy",
+            images=world_split("train"),
         output:
-            directory(f"{RESULTS}/models/vq"),
+            directory(VQ_MODEL),
         params:
             gpu=on_gpu,
             world=lambda wildcards, input: world_dir(input.images),
@@ -41,7 +41,7 @@ else:
         log:
             log_path("train_vq"),
         benchmark:
-            benchmark_path("train_vq")
+            jobstats_path("train_vq")
         threads: gpu_job_threads
         resources:
             gpu=1,
@@ -53,10 +53,10 @@ else:
 
     rule train_base:
         input:
-            vq=f"{RESULTS}/models/vq",
-            images=f"{RESULTS}/world/train/images.npy",
+            vq=VQ_MODEL,
+            images=world_split("train"),
         output:
-            directory(f"{RESULTS}/models/base"),
+            directory(BASE_MODEL),
         params:
             gpu=on_gpu,
             world=lambda wildcards, input: world_dir(input.images),
@@ -65,7 +65,7 @@ else:
         log:
             log_path("train_base"),
         benchmark:
-            benchmark_path("train_base")
+            jobstats_path("train_base")
         threads: gpu_job_threads
         resources:
             gpu=1,
@@ -79,7 +79,7 @@ rule download_clip:
     # The OpenAI weights of an open_clip model as safetensors (downloads.clip), for RA-CM3's retriever, GenEval's
     # colours and CMMD: a pinned commit (and SHA-256), or a branch locked at the first download.
     output:
-        directory(f"{RESULTS}/downloads/clip/{{model}}"),
+        directory(clip_download("{model}")),
     wildcard_constraints:
         model="|".join(re.escape(m) for m in CLIP_WEIGHTS) or "(?!)",
     params:
@@ -94,9 +94,9 @@ rule download_clip:
         file=CLIP_FILE,
         mirror=mirror_flag(),
     log:
-        f"{RESULTS}/logs/download_clip_{{model}}.log",
+        log_path("download_clip", "{model}"),
     benchmark:
-        f"{RESULTS}/benchmarks/download_clip_{{model}}.tsv"
+        jobstats_path("download_clip", "{model}")
     threads: 1
     resources:
         mem_mb=LIGHT_MEM_MB,

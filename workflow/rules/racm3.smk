@@ -22,9 +22,9 @@ rule embed_images:
         batch=RETRIEVAL["tokenise_batch_size"],
         device=config["device"],
     log:
-        f"{RESULTS}/logs/embed_images_{{split}}_{{shard}}-of-{{num_shards}}.log",
+        log_path("embed_images", "{split}/{shard}-of-{num_shards}"),
     benchmark:
-        f"{RESULTS}/benchmarks/embed_images_{{split}}_{{shard}}-of-{{num_shards}}.tsv"
+        jobstats_path("embed_images", "{split}/{shard}-of-{num_shards}")
     threads: 1
     resources:
         gpu=1,
@@ -38,15 +38,15 @@ rule embed_images:
 rule build_image_index:
     input:
         unpack(image_index_inputs),
-        model=f"{RESULTS}/models/base",
+        model=BASE_MODEL,
     output:
-        directory(f"{RESULTS}/retrieval/image_index"),
+        directory(IMAGE_INDEX),
     params:
         retriever=image_index_flags,
     log:
         log_path("build_image_index"),
     benchmark:
-        benchmark_path("build_image_index")
+        jobstats_path("build_image_index")
     threads: 1
     resources:
         mem_mb=IMAGE_INDEX_MEM_MB,
@@ -59,10 +59,10 @@ rule train_racm3:
     input:
         unpack(pairs_inputs),
         unpack(racm3_clip_input),  # the index reloads its CLIP from these weights
-        model=f"{RESULTS}/models/base",
-        index=f"{RESULTS}/retrieval/image_index",
+        model=BASE_MODEL,
+        index=IMAGE_INDEX,
     output:
-        directory(f"{RESULTS}/models/racm3"),
+        directory(RACM3_MODEL),
     params:
         gpu=on_gpu,
         pairs=pairs_flags,
@@ -72,7 +72,7 @@ rule train_racm3:
     log:
         log_path("train_racm3"),
     benchmark:
-        benchmark_path("train_racm3")
+        jobstats_path("train_racm3")
     threads: gpu_job_threads
     resources:
         gpu=RACM3["processes"],

@@ -15,9 +15,9 @@ rule download_dataset:
         lock=lambda wildcards: lock_path(f"dataset-{wildcards.dataset}"),
         mirror=mirror_flag(),
     log:
-        f"{RESULTS}/logs/download_dataset_{{dataset}}.log",
+        log_path("download_dataset", "{dataset}"),
     benchmark:
-        f"{RESULTS}/benchmarks/download_dataset_{{dataset}}.tsv"
+        jobstats_path("download_dataset", "{dataset}")
     threads: 1
     resources:
         mem_mb=LIGHT_MEM_MB,
@@ -42,9 +42,9 @@ rule tokenise_shard:
         batch=RETRIEVAL["tokenise_batch_size"],
         device=config["device"],
     log:
-        f"{RESULTS}/logs/tokenise_{{split}}_{{shard}}-of-{{num_shards}}.log",
+        log_path("tokenise_shard", "{split}/{shard}-of-{num_shards}"),
     benchmark:
-        f"{RESULTS}/benchmarks/tokenise_{{split}}_{{shard}}-of-{{num_shards}}.tsv"
+        jobstats_path("tokenise_shard", "{split}/{shard}-of-{num_shards}")
     threads: 1
     resources:
         gpu=1,
@@ -57,11 +57,11 @@ rule tokenise_shard:
 
 rule build_database:
     input:
-        model=f"{RESULTS}/models/base",
+        model=BASE_MODEL,
         codes=corpus_codes(),
         exclusions=EXCLUSIONS,  # the benchmark images the contamination check found: left out
     output:
-        directory(f"{RESULTS}/retrieval/db"),
+        directory(DATABASE),
     params:
         layout=f"--hops {RETRIEVAL['hops']}" + ("" if RETRIEVAL["causal"] else " --full"),
         index=RETRIEVAL["index"],  # an enum
@@ -69,7 +69,7 @@ rule build_database:
     log:
         log_path("build_database"),
     benchmark:
-        benchmark_path("build_database")
+        jobstats_path("build_database")
     threads: workflow.cores
     resources:
         mem_mb=job_mem_mb("build_database", entries=corpus_entries(), index=RETRIEVAL["index"], num_codes=NUM_CODES, neighbours=NEIGHBOURS),
@@ -82,8 +82,8 @@ rule retrieval_accuracy:
     # Figure 6 on `retrieval.accuracy.queries`: held-out images searched here, or FAiD's training set (the paper's)
     input:
         unpack(retrieval_accuracy_inputs),
-        model=f"{RESULTS}/models/base",
-        db=f"{RESULTS}/retrieval/db",
+        model=BASE_MODEL,
+        db=DATABASE,
     output:
         csv=f"{RESULTS}/tables/retrieval_accuracy.csv",
         md=f"{RESULTS}/tables/retrieval_accuracy.md",
@@ -98,7 +98,7 @@ rule retrieval_accuracy:
     log:
         log_path("retrieval_accuracy"),
     benchmark:
-        benchmark_path("retrieval_accuracy")
+        jobstats_path("retrieval_accuracy")
     threads: workflow.cores
     resources:
         mem_mb=SEARCH_MEM_MB,
@@ -111,7 +111,7 @@ rule retrieval_accuracy:
 rule bench_retrieval:
     # Not part of `all`: `snakemake --cores all bench_retrieval` measures the index backends side by side.
     input:
-        model=f"{RESULTS}/models/base",
+        model=BASE_MODEL,
         codes=corpus_codes(),
         queries=heldout_codes(),
     output:
@@ -124,7 +124,7 @@ rule bench_retrieval:
     log:
         log_path("bench_retrieval"),
     benchmark:
-        benchmark_path("bench_retrieval")
+        jobstats_path("bench_retrieval")
     threads: workflow.cores
     resources:
         mem_mb=job_mem_mb("build_database", entries=corpus_entries(), index="flat", num_codes=NUM_CODES, neighbours=NEIGHBOURS),

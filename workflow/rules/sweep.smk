@@ -6,30 +6,29 @@
 
 rule generate_daid_sweep:
     input:
-        model=f"{RESULTS}/models/base",
-        db=f"{RESULTS}/retrieval/db",
+        model=BASE_MODEL,
+        db=DATABASE,
         prompts=PROMPT_SETS[SWEEP_PROMPTS]["file"],
     output:
-        f"{RESULTS}/images/sweep_daid/{DAID_SWEEP.wildcard_pattern}/{SWEEP_PROMPTS}/generation.json",
+        generated(f"sweep_daid/{DAID_SWEEP.wildcard_pattern}", SWEEP_PROMPTS),
     params:
         gpu=on_gpu,
+        prompt_set=prompt_set_flags(SWEEP_PROMPTS, n=images_per_prompt("sweep_daid")),
         out=lambda wildcards, output: os.path.dirname(output[0]),
-        n=config["sweeps"]["daid"]["images_per_prompt"],
-        k=config["daid"]["k"],
         sampling=sampling_flags(),
-        db_devices=db_devices_flag(),
+        method=lambda wildcards, input: method_flags(
+            "daid", input, weight=wildcards.weight, temperature=wildcards.temperature
+        ),
     log:
-        f"{RESULTS}/logs/generate_daid_sweep/{DAID_SWEEP.wildcard_pattern}.log",
+        log_path("generate_daid_sweep", DAID_SWEEP.wildcard_pattern),
     benchmark:
-        f"{RESULTS}/benchmarks/generate_daid_sweep/{DAID_SWEEP.wildcard_pattern}.tsv"
+        jobstats_path("generate_daid_sweep", DAID_SWEEP.wildcard_pattern)
     threads: gpu_job_threads
     resources:
         gpu=DB_GPUS,
         mem_mb=SEARCH_MEM_MB,
     shell:
-        "OMP_NUM_THREADS={threads} {params.gpu} arrag generate-benchmark --model {input.model} --prompts {input.prompts} "
-        "--n {params.n} --out {params.out} {params.sampling} --method daid --db {input.db} {params.db_devices} "
-        "--daid-k {params.k} --daid-weight {wildcards.weight} --daid-temperature {wildcards.temperature} > {log} 2>&1"
+        generation_command()
 
 
 rule sweep_daid:
@@ -41,15 +40,16 @@ rule sweep_daid:
         tex=f"{RESULTS}/tables/sweep_daid.tex",
         png=report(f"{RESULTS}/figures/sweep_daid.png", caption="../report/sweep_daid.rst", category="Sweeps"),
     params:
-        title=f"DAiD sweep, {SWEEP_METRIC_LABEL} ({config['profile']} profile, k={config['daid']['k']})",
+        title=f"DAiD sweep, {SWEEP_METRIC_LABEL} ({config['profile']} profile, k={DAID['k']})",
         metric=SWEEPS["score"],
+        records=sweep_records_flag,
     log:
         log_path("sweep_daid"),
     benchmark:
-        benchmark_path("sweep_daid")
+        jobstats_path("sweep_daid")
     threads: 1
     resources:
         mem_mb=LIGHT_MEM_MB,
     shell:
-        "arrag sweep-table --summary {input} --metric {params.metric} --x weight --y temperature --title {params.title:q} "
+        "arrag sweep-table --summary {input} {params.records} --metric {params.metric} --x weight --y temperature --title {params.title:q} "
         "--out-csv {output.csv} --out-png {output.png} > {log} 2>&1"

@@ -3,9 +3,9 @@
 
 rule world:
     output:
-        expand("{results}/world/{split}/images.npy", results=RESULTS, split=SPLITS),
-        expand("{results}/world/{split}/metadata.jsonl", results=RESULTS, split=SPLITS),
-        geneval=f"{RESULTS}/world/geneval/evaluation_metadata.jsonl",
+        [world_split(split) for split in SPLITS],
+        [world_split(split, "metadata.jsonl") for split in SPLITS],
+        geneval=world_split("geneval", "evaluation_metadata.jsonl"),
         summary=f"{RESULTS}/world/world.json",
     params:
         out=lambda wildcards, output: os.path.dirname(output.summary),
@@ -18,7 +18,7 @@ rule world:
     log:
         log_path("world"),
     benchmark:
-        benchmark_path("world")
+        jobstats_path("world")
     threads: 1
     resources:
         mem_mb=job_mem_mb("light", image_size=config["world"]["image_size"], images=max(config["world"]["splits"].values(), default=0)),

@@ -1,0 +1,191 @@
+"""Performance benchmarks (`arrag bench ...`: retrieval backends, corpus encoders, scorers, generation speed of
+the methods side by side, the paper's Table 4) and the cost of a run extrapolated to the paper's scale."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from arrag.cli.args import COUNT_TYPE, daid_args, daid_settings, model_args, number, sampling, sampling_args
+from arrag.methods import FAiDSettings, RACM3Settings, VanillaSettings
+
+
+def register(sub) -> None:
+    bench = sub.add_parser("bench", help="performance benchmarks").add_subparsers(dest="bench", required=True)
+    for add in (add_bench_retrieval, add_bench_encoders, add_bench_scoring, add_bench_generate):
+        add(bench)
+    add_scale_table(sub)
+
+
+def add_bench_retrieval(sub) -> None:
+    p = sub.add_parser("retrieval", help="index backends side by side: build time, bytes/entry, QPS, recall")
+    model_args(p)
+    p.add_argument("--codes", nargs="+", required=True, help="code shards forming the database")
+    p.add_argument("--query-codes", nargs="+", required=True, help="held-out code shards for queries")
+    p.add_argument("--backend", action="append", required=True, metavar="NAME[:k=v,...]")
+    p.add_argument("--authors-baseline", action="store_true", help="add OPQ8+IVF800+PQ8 with nprobe 1")
+    p.add_argument("--hops", type=COUNT_TYPE, default=1)
+    p.add_argument("--queries", type=COUNT_TYPE, default=2048)
+    p.add_argument("--min-entries", type=COUNT_TYPE, default=2_000_000)
+    p.add_argument("--out-json", required=True)
+    p.add_argument("--out-md", required=True)
+    p.set_defaults(func=cmd_bench_retrieval)
+
+
+def cmd_bench_retrieval(args) -> None:
+    from arrag.bench.retrieval import AUTHORS_BASELINE, run_retrieval_bench, write_results
+    from arrag.data.code_shards import load_code_shards
+    from arrag.models.vq import load_codebook
+
+    codebook = load_codebook(args.model, args.revision)
+    codes, _, _ = load_code_shards(args.codes)
+    queries, _, _ = load_code_shards(args.query_codes)
+    entries = codes.shape[0] * codes.shape[1] * codes.shape[2]
+    if entries < args.min_entries:
+        raise ValueError(
+            f"the database would hold {entries:,} entries, fewer than --min-entries {args.min_entries:,}; "
+            "pass more code shards (e.g. a larger mini-world corpus)"
+        )
+    backends = []
+    for spec in args.backend:
+        name, _, rest = spec.partition(":")
+        params = {k: number(v) for k, v in (p.split("=", 1) for p in rest.split(",") if p)}
+        backends.append((name, params))
+    if args.authors_baseline:
+        backends.append(AUTHORS_BASELINE)
+    result = run_retrieval_bench(
+        codes,
+        queries,
+        codebook,
+        backends,
+        hops=args.hops,
+        n_queries=args.queries,
+        data_note=f"VQ codes of {len(codes):,} mini-world corpus images (real codes, no synthesis)",
+    )
+    write_results(result, args.out_json, args.out_md)
+    print(Path(args.out_md).read_text())
+
+
+def add_bench_encoders(sub) -> None:
+    p = sub.add_parser("encoders", help="images/s of the corpus encoders (Janus-Pro VQ, CLIP ViT-B/32), random weights")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--batch-size", type=COUNT_TYPE, default=8)
+    p.add_argument("--batches", type=COUNT_TYPE, default=2)
+    p.add_argument("--repeats", type=COUNT_TYPE, default=2)
+    p.add_argument("--out-json", required=True)
+    p.add_argument("--out-md", required=True)
+    p.set_defaults(func=cmd_bench_encoders)
+
+
+def cmd_bench_encoders(args) -> None:
+    from arrag.bench.encoders import run_encoder_bench, write_results
+    from arrag.decoding.pipeline import resolve_device
+
+    result = run_encoder_bench(str(resolve_device(args.device)), args.batch_size, args.batches, args.repeats)
+    write_results(result, args.out_json, args.out_md)
+    print(Path(args.out_md).read_text())
+
+
+def add_bench_scoring(sub) -> None:
+    p = sub.add_parser("scoring", help="images/s of the benchmark scorers on generated folders (CPU in the mini)")
+    p.add_argument("--geneval", required=True, help="GenEval-layout folder")
+    p.add_argument("--dpg-tiles", default=None, help="DPG tile folder (arrag dpg-tiles)")
+    p.add_argument("--dpg-csv", default=None, help="its question CSV")
+    p.add_argument("--fidelity-images", default=None, help="generated folder for the fidelity metrics")
+    p.add_argument("--reference", default=None, help="reference images (.npy or folder)")
+    p.add_argument("--features", default=None, help="mini feature network (arrag train-features)")
+    p.add_argument("--fwd-level", type=COUNT_TYPE, default=4)
+    p.add_argument("--fwd-size", type=COUNT_TYPE, default=256)
+    p.add_argument("--repeats", type=COUNT_TYPE, default=3)
+    p.add_argument("--out-json", required=True)
+    p.add_argument("--out-md", required=True)
+    p.set_defaults(func=cmd_bench_scoring)
+
+
+def cmd_bench_scoring(args) -> None:
+    """Scoring throughput of GenEval (shapes detector), DPG-Bench (ShapesVQA) and the fidelity metrics."""
+    from arrag.bench.scoring import run_scoring_bench, write_results
+    from arrag.evaluation import dpg, fidelity, geneval
+    from arrag.evaluation.features import load_feature_network
+    from arrag.evaluation.shapes_detector import detect_shapes
+
+    scorers = {
+        "GenEval (shapes detector)": lambda: len(geneval.score_folder(args.geneval, detect_shapes)),
+    }
+    if args.dpg_tiles:
+        questions = dpg.read_questions(args.dpg_csv, skip_first_row=False)
+        scorers["DPG-Bench (ShapesVQA, 4 crops per image)"] = lambda: len(
+            dpg.score_folder(args.dpg_tiles, questions, dpg.ShapesVQA())
+        )
+    if args.fidelity_images:
+        net = load_feature_network(args.features) if args.features else None
+
+        def score_fidelity() -> int:  # every image of both sets goes through the networks and the wavelets
+            kwargs = dict(fwd_level=args.fwd_level, fwd_size=args.fwd_size)
+            result = fidelity.fidelity_scores(args.fidelity_images, args.reference, net, net, **kwargs)
+            return result["images"] + result["reference_images"]
+
+        scorers["fidelity: mini-FID + mini-CMMD + FWD (generated + reference)"] = score_fidelity
+    result = run_scoring_bench(scorers, repeats=args.repeats)
+    write_results(result, args.out_json, args.out_md)
+    print(Path(args.out_md).read_text())
+
+
+def add_bench_generate(sub) -> None:
+    p = sub.add_parser("generate", help="images/s and time per step: vanilla, DAiD, FAiD, RA-CM3 side by side")
+    model_args(p)
+    p.add_argument("--db", default=None, help="PatchDatabase: adds the DAiD row")
+    p.add_argument("--faid", default=None, help="FAiD checkpoint of --model: adds the FAiD row (needs --db)")
+    p.add_argument("--racm3-model", default=None, help="RA-CM3 model (arrag train-racm3): adds the RA-CM3 row")
+    p.add_argument("--image-index", default=None, help="RA-CM3's image-level index")
+    daid_args(p)
+    p.add_argument("--prompts", default=None, help="JSONL of prompt records")
+    p.add_argument("--prompt-field", default="prompt")
+    p.add_argument("--repeats", type=COUNT_TYPE, default=3)
+    p.add_argument("--out-json", required=True)
+    p.add_argument("--out-md", required=True)
+    sampling_args(p)
+    p.set_defaults(func=cmd_bench_generate, batch_size=16)
+
+
+def cmd_bench_generate(args) -> None:
+    from arrag.bench.generate import load_methods, run_generation_bench, write_results
+    from arrag.io import read_jsonl
+
+    settings = [VanillaSettings()]  # a row per method whose inputs are given, checked before anything loads
+    if args.db:
+        settings.append(daid_settings(args))
+    if args.faid:
+        settings.append(FAiDSettings(db=args.db, faid=args.faid))
+    if args.racm3_model:
+        settings.append(RACM3Settings(image_index=args.image_index))
+    prompts = [r[args.prompt_field] for r in read_jsonl(args.prompts)] if args.prompts else ["a photo of a circle"]
+    methods = load_methods(
+        settings,
+        args.model,
+        racm3_model=args.racm3_model,
+        revision=args.revision,
+        device=args.device,
+        db_devices=args.db_devices,
+    )
+    result = run_generation_bench(
+        methods, prompts, batch_size=args.batch_size, repeats=args.repeats, sampling=sampling(args)
+    )
+    write_results(result, args.out_json, args.out_md)
+    print(Path(args.out_md).read_text())
+
+
+def add_scale_table(sub) -> None:
+    p = sub.add_parser("scale-table", help="per-rule cost per item of a run, extrapolated to the paper's counts")
+    p.add_argument("--results", required=True, help="results/<profile> of a finished run (its jobstats/*.tsv)")
+    p.add_argument("--out", required=True, help="Markdown file (a .json of the rows beside it)")
+    p.set_defaults(func=cmd_scale_table)
+
+
+def cmd_scale_table(args) -> None:
+    from arrag.bench.scale import scale_markdown, scale_rows
+    from arrag.io import write_json, write_text
+
+    rows = scale_rows(args.results)
+    write_text(args.out, scale_markdown(rows, args.results))
+    write_json(Path(args.out).with_suffix(".json"), rows)
+    print(Path(args.out).read_text())
