@@ -11,11 +11,14 @@
 - `brivangl--midjourney-v6-llava/data/train-NNNNN-of-NNNNN.parquet`: the same kind of images and captions in
   parquet (image {bytes, path}, caption column `llava`);
 - `mjhq30k/{meta_data.json, mjhq30k_imgs.zip}`: MJHQ-30K's files (<category>/<id>.jpg in the zip);
-- `ViT-B-32-random.safetensors`: open_clip ViT-B-32 with random weights, RA-CM3's retriever.
+- `timm--vit_base_patch32_clip_224.openai/open_clip_model.safetensors`: open_clip ViT-B/32 with random weights
+  where `arrag download model --mirror` (rule download_clip) looks for OpenAI's, RA-CM3's retriever.
 
 Nothing here is a real model or a real dataset: the rehearsal measures the code path and its costs, never
-scores. Files whose downloads are pinned to a published SHA-256 (FID's Inception, GenEval's Mask2Former)
-cannot have stand-ins: the rehearsal's profile scores with the mini world's own networks instead.
+scores. Files whose downloads are pinned to a published SHA-256 (FID's Inception, GenEval's Mask2Former, the
+CLIP weights' in downloads.clip) cannot have stand-ins: the rehearsal's profile unpins RA-CM3's CLIP (a lock
+records the stand-in's SHA-256 instead) and scores with the mini world's own networks, so GenEval's CLIP and
+Mask2Former, CMMD's CLIP, FID's Inception and DPG-Bench's mPLUG are not downloaded.
 """
 
 from __future__ import annotations
@@ -34,6 +37,8 @@ from arrag.io import atomic_path
 HUB_ID = "deepseek-community/Janus-Pro-1B"
 CC12M_REPO = "pixparse/cc12m-wds"
 MIDJOURNEY_REPO = "brivangl/midjourney-v6-llava"
+CLIP_REPO = "timm/vit_base_patch32_clip_224.openai"  # OpenAI's ViT-B/32 as open_clip safetensors (downloads.clip)
+CLIP_FILE = "open_clip_model.safetensors"
 IMAGE_SIZE = 384  # Janus-Pro's generation resolution: 384 px / 16 px patches = 24 x 24 tokens
 
 # Janus-Pro-1B's language model (DeepSeek-LLM 1.5B layout): the Janus-Pro report's Table 1 gives 24 layers,
@@ -205,7 +210,8 @@ def build_mirror(
     )
     summary["mjhq_images"] = write_mjhq(out / "mjhq30k", scene_images("mjhq", mjhq, seed + 2))
     if clip_model:  # RA-CM3's retriever (a test may bring a smaller CLIP of its own)
-        summary["clip"] = f"{clip_model}-random.safetensors"
+        summary["clip"] = f"{CLIP_REPO.replace('/', '--')}/{CLIP_FILE}"  # ViT-B-32 and its -quickgelu share weights
+        (out / summary["clip"]).parent.mkdir(exist_ok=True)
         write_clip(out / summary["clip"], clip_model, seed=seed)
     (out / "MIRROR.json").write_text(json.dumps({**summary, "depth": depth, "toy": toy}, indent=2) + "\n")
     return summary

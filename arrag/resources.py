@@ -15,7 +15,17 @@ same amounts):
   memory-mapped, so it is page cache shared by every job of the machine and not counted per job; the job
   holds its model and a batch;
 - training: weights, gradients and AdamW's two moments in float32 on the host (a CPU run; on a GPU they
-  live on the device and the host holds the loading copy).
+  live on the device and the host holds the loading copy);
+- RA-CM3's image index (`image_index_mb`): the model (for its codebook), the CLIP text tower's model and every
+  corpus image's codes, read whole as int64 before they are kept as uint16, with its CLIP embedding;
+- fidelity (`fidelity_mb`: FID, CMMD, FWD, and the scorers' benchmark): the feature network, both sets'
+  features, one FWD batch at the images' own size and the wavelet packets' float64 statistics of both sets;
+- the mini feature network's training (`features_mb`): its whole split of images and their held-out tenth as
+  float32;
+- scorers (`scorer_mb`: GenEval, DPG-Bench): the scoring model and one batch of images;
+- the contamination check (`contamination_mb`): every reference image's hashes plus one source shard's;
+- everything else (`light_mb`: downloads, prompt lists, tables, grids, over-copying, generation records): its
+  records (a few hundred bytes of JSON each, as Python objects) and a few decoded images at a time.
 
 HEADROOM multiplies the sum (allocator slack, fragmentation) and a retried job (`attempt` > 1) asks for
 twice as much each time.
@@ -77,7 +87,74 @@ def train_mb(parameters: float, trainable: float | None = None) -> float:
     return (model_bytes(parameters) + 3 * model_bytes(trainable)) / 2**20
 
 
-KINDS = {"encode": encode_mb, "build_database": build_database_mb, "search": search_mb, "train": train_mb}
+def image_index_mb(parameters: float, clip_parameters: float, images: int, grid: int, embed_dim: int) -> float:
+    """`arrag build-image-index` over `images` corpus images of grid x grid tokens: codes as int64 while rows are
+    dropped and joined (two copies), then kept as uint16, and the float16 CLIP embeddings three times (the shards,
+    their concatenation, the joined rows)."""
+    codes = images * grid * grid * (2 * 8 + 2)
+    embeddings = images * embed_dim * 2 * 3
+    return (model_bytes(parameters) + model_bytes(clip_parameters) + codes + embeddings) / 2**20
+
+
+FEATURE_BATCH = 64  # arrag.evaluation.fidelity: images per feature batch
+FWD_BATCH = 256  # arrag.evaluation.fidelity.packet_statistics: images per wavelet batch
+
+
+def fidelity_mb(
+    network_parameters: float, images: int, feature_dim: int, image_size: int, fwd_level: int, fwd_size: int
+) -> float:
+    """`arrag fidelity` (or `arrag bench scoring`) of `images` generated images against as many reference images
+    of at most `image_size` px: the feature networks (float32), both sets' float32 features, a feature batch, and
+    FWD: one batch decoded at its own size (uint8, then float64) and resized, the packet tree (one copy per
+    level), and the float64 mean and covariance of every packet for both sets (sums and the result)."""
+    features = 2 * images * feature_dim * 4 + FEATURE_BATCH * 3 * 336**2 * 4 * 2
+    batch = FWD_BATCH * 3 * image_size**2 * (1 + 8) + FWD_BATCH * 3 * fwd_size**2 * 8 * (fwd_level + 2)
+    packets, dim = 4**fwd_level, 3 * (fwd_size // 2**fwd_level) ** 2
+    statistics = 2 * 2 * packets * (dim * dim + dim) * 8
+    return (model_bytes(network_parameters) + features + batch + statistics) / 2**20
+
+
+def features_mb(images: int, image_size: int) -> float:
+    """`arrag train-features`: the split's uint8 images loaded whole, and its held-out tenth as float32 for the
+    heads' accuracy (the network and a batch are small: MiniFeatureNet at 32 px)."""
+    return images * image_size**2 * 3 * (1 + 0.1 * 4) / 2**20
+
+
+def scorer_mb(parameters: float, batch_size: int, image_size: int) -> float:
+    """A GenEval or DPG-Bench scorer: its models (float32) and one batch of images as float32."""
+    return (model_bytes(parameters) + batch_size * 3 * image_size**2 * 4) / 2**20
+
+
+HASH_BYTES = 216 + 128  # arrag.data.contamination: hashes per image, and its source id kept in the shard's json
+
+
+def contamination_mb(reference_images: int, shard_images: int) -> float:
+    """`arrag contamination`: every reference set's hashes, and one source shard's at a time."""
+    return (reference_images + shard_images) * HASH_BYTES / 2**20
+
+
+RECORD_BYTES = 2048  # a JSON record (prompt, metadata, scores) as Python objects
+
+
+def light_mb(records: int = 0, image_size: int = 0, images: int = 1) -> float:
+    """A job that reads JSON records and decodes a few images at a time (downloads, prompt lists, tables, grids,
+    tiles, over-copying, generation records): its records and `images` decoded RGB images of `image_size` px
+    as float32."""
+    return (records * RECORD_BYTES + images * 3 * image_size**2 * 4) / 2**20
+
+
+KINDS = {
+    "encode": encode_mb,
+    "build_database": build_database_mb,
+    "search": search_mb,
+    "train": train_mb,
+    "image_index": image_index_mb,
+    "fidelity": fidelity_mb,
+    "features": features_mb,
+    "scorer": scorer_mb,
+    "contamination": contamination_mb,
+    "light": light_mb,
+}
 
 
 def mem_mb(kind: str, attempt: int = 1, **sizes) -> int:

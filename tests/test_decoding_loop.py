@@ -143,3 +143,50 @@ def test_bad_sampling_settings_are_refused():
         SamplingConfig(top_k=0)
     with pytest.raises(ValueError, match="guidance_scale"):
         SamplingConfig(guidance_scale=0.5)
+
+
+def test_preallocated_cache_holds_what_torch_cat_would_in_one_buffer():
+    from arrag.decoding.kv_cache import PreallocatedLayer
+
+    layer = PreallocatedLayer(capacity=7)
+    steps = [torch.randn(2, 3, n, 4) for n in (4, 1, 1, 1)]  # a prompt, then one token per step
+    for i, k in enumerate(steps):
+        keys, values = layer.update(k, -k)
+        expected = torch.cat(steps[: i + 1], dim=-2)
+        assert torch.equal(keys, expected) and torch.equal(values, -expected)
+        assert keys.untyped_storage().data_ptr() == layer.key_buffer.untyped_storage().data_ptr()  # no copy
+    assert layer.get_seq_length() == 7
+    with pytest.raises(ValueError, match="holds 7 positions"):
+        layer.update(steps[1], steps[1])
+
+
+def test_loop_cache_gives_the_same_logits_and_tokens_as_transformers_dynamic_cache(tiny_janus, monkeypatch):
+    """The loop's in-place cache changes no logit and no token against DynamicCache's torch.cat, bit for bit,
+    with guidance, sampling and left padding, and it is sized exactly for the prompt and the image."""
+    from transformers import DynamicCache
+
+    import arrag.decoding.loop as loop
+    from arrag.decoding.kv_cache import PreallocatedLayer, preallocated_cache
+
+    model, processor, spec = tiny_janus
+    batch = _batch(processor, ["a photo of a circle", "a photo of two red squares"])
+    assert not batch["attention_mask"].all()
+    sampling = SamplingConfig(guidance_scale=4.0, temperature=0.7)
+    caches = []
+
+    def run(make_cache):
+        monkeypatch.setattr(loop, "preallocated_cache", make_cache)
+        rec = Recorder()
+        codes = generate_image_tokens(
+            model, **batch, sampling=sampling, generators=make_generators([1, 2], "cpu"), hooks=[rec]
+        )
+        return codes, rec.steps
+
+    ours, our_steps = run(lambda config, capacity: caches.append(preallocated_cache(config, capacity)) or caches[-1])
+    theirs, their_steps = run(lambda config, capacity: DynamicCache(config=config))
+    assert torch.equal(ours, theirs)
+    for a, b in zip(our_steps, their_steps):
+        assert torch.equal(a[4], b[4]) and torch.equal(a[5], b[5])  # conditional and unconditional logits
+    layers = caches[0].layers
+    assert all(isinstance(layer, PreallocatedLayer) for layer in layers)
+    assert all(layer.length == layer.capacity == batch["input_ids"].shape[1] + spec.grid**2 - 1 for layer in layers)

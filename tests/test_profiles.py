@@ -163,6 +163,13 @@ def test_slurm_profile_sends_every_gpu_job_of_the_paper_dag_to_the_gpu_partition
     assert memory["generate"] == {mem_mb("search", parameters=2.1e9, batch_size=32)}
     (build,) = memory["build_database"]
     assert build > 100_000  # every corpus patch's code: 18 B for each of ~7.8 billion entries
+    # Table 3 on MJHQ-30K: 30K images a set of 1024 px, Inception + CLIP ViT-L/14@336, FWD level 4 at 256 px
+    fidelity = mem_mb("fidelity", network_parameters=2.4e7 + 4.3e8, images=30_000, feature_dim=2048 + 768,
+                      image_size=1024, fwd_level=4, fwd_size=256)  # fmt: skip
+    assert memory["score_fidelity"] == {fidelity}
+    assert min(memory["build_image_index"]) > 100_000  # RA-CM3's 9M+ images' codes, read as int64
+    # no job's memory is a constant of the profile: every rule computes its own
+    assert not [rule for rule, res in profile["set-resources"].items() if "mem_mb" in res]
 
 
 FAKE_SLURM = """#!/bin/sh
@@ -232,6 +239,7 @@ def test_slurm_profile_sbatch_flags(tmp_path):
     assert "--gpus=1" in vq and "--cpus-per-task=8" in vq
     assert f"-p {profile['default-resources']['slurm_partition']}" in features
     assert "--gpus" not in features and "--cpus-per-task=8" in features
+    assert f"--mem {mem_mb('features', images=256, image_size=32)}" in features  # config/toy.yaml's train split
     # every job on one node: torchrun's processes of a multi-GPU job must see all of the job's GPUs
     faid = submissions["train_faid"]
     assert "--gpus=2" in faid

@@ -110,6 +110,22 @@ def test_the_mirror_is_what_each_download_command_reads(tmp_path):
     assert len(prompts) == 4 and extract_reference(mjhq / "mjhq30k_imgs.zip", prompts, tmp_path / "ref") == 4
 
 
+def test_the_mirror_serves_ra_cm3_clip_where_download_clip_looks(tmp_path, monkeypatch, tiny_clip):
+    """RA-CM3's CLIP stand-in lies where rule download_clip (`arrag download model --include
+    open_clip_model.safetensors --mirror`) reads OpenAI's weights, and comes out as the file the job loads."""
+    import arrag.rehearsal as rehearsal
+    from arrag.data.downloads import download_model
+
+    monkeypatch.setattr(rehearsal, "write_janus_snapshot", lambda out, *a, **k: {})
+    monkeypatch.setattr(rehearsal, "write_clip", lambda path, *a, **k: shutil.copy(tiny_clip[1], path))
+    summary = rehearsal.build_mirror(tmp_path / "mirror", cc12m=1, cc12m_per_tar=1, midjourney=1, mjhq=1)
+    assert summary["clip"] == "timm--vit_base_patch32_clip_224.openai/open_clip_model.safetensors"
+    out = download_model(
+        rehearsal.CLIP_REPO, "d" * 40, tmp_path / "clip", include=[rehearsal.CLIP_FILE], mirror=tmp_path / "mirror"
+    )
+    assert (Path(out) / rehearsal.CLIP_FILE).read_bytes() == Path(tiny_clip[1]).read_bytes()
+
+
 def _bench(path: Path, seconds: float, rss: float) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(
@@ -144,6 +160,60 @@ def test_job_statistics_are_grouped_by_rule_and_scaled_by_the_items_of_the_run(t
     assert "| `tokenise_shard` | 2 |" in scale_markdown(list(rows.values()), "x")
     with pytest.raises(FileNotFoundError, match="no job statistics"):
         read_jobstats(tmp_path / "empty")
+
+
+def test_jobs_of_different_sizes_separate_a_fixed_cost_from_the_cost_per_item(tmp_path):
+    """Generation jobs of 2 and 8 images (2 prompts x 4) costing 40 + 10 s per image: the paper figure uses the
+    10 s per image,
+    not the average (which carries the fixed 40 s of each small job); a rule whose jobs are all of one size keeps
+    the average."""
+    from arrag.bench.scale import PAPER_ITEMS, marginal_cost
+
+    results = tmp_path / "results"
+    for prompts, n, record in (("reference", 2, {"generated": 2}), ("dpg", 8, {"generated": 2, "n": 4})):
+        _bench(results / "jobstats" / "generate" / "daid" / prompts / "00000-of-00001.tsv", 40.0 + 10 * n, 100.0)
+        (results / "images" / "daid" / prompts).mkdir(parents=True)
+        (results / "images" / "daid" / prompts / "generation.json").write_text(json.dumps(record))
+    for shard in (0, 1):
+        _bench(results / "jobstats" / "tokenise_shard" / "cc12m" / f"0000{shard}-of-00002.tsv", 30.0, 100.0)
+        (results / "codes" / "cc12m").mkdir(parents=True, exist_ok=True)
+        (results / "codes" / "cc12m" / f"codes-0000{shard}-of-00002.json").write_text(json.dumps({"count": 4}))
+    rows = {r["rule"]: r for r in scale_rows(results)}
+    gen = rows["generate (daid)"]
+    assert gen["items"] == 10 and gen["fit"] == "marginal" and gen["seconds_per_item"] == pytest.approx(10.0)
+    assert gen["fixed_cpu_seconds"] == pytest.approx(20.0)  # _bench's CPU time is half the wall time
+    assert gen["paper_hours"] == pytest.approx(10.0 * PAPER_ITEMS["generate"] / 3600)
+    assert rows["tokenise_shard"]["fit"] == "average" and rows["tokenise_shard"]["seconds_per_item"] == 60.0 / 8
+    assert marginal_cost([(2, 50.0), (6, 30.0)]) is None  # costs that fall with size are not a cost model
+
+
+def test_backbone_rules_are_scaled_from_the_stand_in_to_janus_pro_1b(tmp_path):
+    """Generation and training run the backbone: a 2-layer stand-in's cost per item is scaled by Janus-Pro-1B's
+    parameters per step over its own (22 more layers of attention and MLP); encoders' rows are not scaled."""
+    from arrag.bench.scale import PAPER_ITEMS, model_factor, step_parameters
+    from arrag.data.mini_world import caption_vocabulary
+    from arrag.models.janus import build_word_tokenizer
+    from arrag.rehearsal import janus_pro_1b_config
+
+    tok = build_word_tokenizer(caption_vocabulary())
+    full, shallow = janus_pro_1b_config(tok), janus_pro_1b_config(tok, depth=2)
+    layer = 4 * 2048**2 + 3 * 2048 * 5632 + 2 * 2048  # q, k, v, o; gate, up, down; two RMSNorms
+    assert step_parameters(full) - step_parameters(shallow) == 22 * layer
+    results = tmp_path / "results"
+    shallow.save_pretrained(results / "models" / "base")
+    factor = model_factor(results / "models" / "base")
+    assert factor == pytest.approx(step_parameters(full) / step_parameters(shallow)) and 5 < factor < 12
+    _bench(results / "jobstats" / "generate" / "vanilla" / "geneval" / "00000-of-00001.tsv", 60.0, 100.0)
+    _bench(results / "jobstats" / "tokenise_shard" / "cc12m" / "00000-of-00001.tsv", 30.0, 100.0)
+    (results / "images" / "vanilla" / "geneval").mkdir(parents=True)
+    (results / "images" / "vanilla" / "geneval" / "generation.json").write_text(json.dumps({"generated": 6}))
+    (results / "codes" / "cc12m").mkdir(parents=True)
+    (results / "codes" / "cc12m" / "codes-00000-of-00001.json").write_text(json.dumps({"count": 3}))
+    rows = {r["rule"]: r for r in scale_rows(results)}
+    gen = rows["generate (vanilla)"]
+    assert gen["model_factor"] == factor
+    assert gen["paper_hours"] == pytest.approx(60.0 / 6 * PAPER_ITEMS["generate"] * factor / 3600)
+    assert rows["tokenise_shard"]["model_factor"] == 1.0
 
 
 def test_the_network_guard_refuses_outside_connections(tmp_path):

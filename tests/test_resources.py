@@ -2,6 +2,7 @@
 
 import math
 
+import numpy as np
 import pytest
 import torch
 
@@ -55,3 +56,60 @@ def test_retries_double_and_bad_kinds_are_refused():
     with pytest.raises(ValueError, match="unknown index 'hnsw'"):
         res.entry_bytes("hnsw", 1024, 4)
     assert math.isclose(res.model_bytes(1e9), 4e9)
+
+
+def test_image_index_memory_is_the_int64_codes_and_embeddings_it_reads():
+    """build-image-index reads every corpus image's codes as int64 (two copies while rows are dropped and joined,
+    then uint16) and its float16 CLIP embedding three times; the model is loaded for its codebook."""
+    sizes = dict(parameters=2.1e9, clip_parameters=1.5e8, grid=24, embed_dim=512)
+    one = res.mem_mb("image_index", images=10**6, **sizes)
+    two = res.mem_mb("image_index", images=2 * 10**6, **sizes)
+    assert two - one == pytest.approx(1e6 * (576 * 18 + 512 * 6) * res.HEADROOM / 2**20, abs=100)
+    assert one > res.mem_mb("image_index", images=10**6, **(sizes | {"parameters": 1e6})) + 9_000  # float32 model
+
+
+def test_fidelity_memory_counts_the_fwd_statistics_the_code_keeps():
+    """FWD keeps a float64 mean and covariance per wavelet packet for each set (and the sums while accumulating):
+    the function counts the arrays `packet_statistics` returns, whatever the level and size."""
+    from arrag.evaluation.fidelity import packet_statistics
+
+    images = np.random.default_rng(0).integers(0, 256, (3, 32, 32, 3), dtype=np.uint8)
+    sizes = dict(network_parameters=0, images=3, feature_dim=0, image_size=32)
+    for level, size in ((1, 32), (2, 32), (2, 64)):
+        mu, cov = packet_statistics(images, level=level, size=size)
+        per_set = mu.nbytes + cov.nbytes
+        batch = res.FWD_BATCH * 3 * (32**2 * 9 + size**2 * 8 * (level + 2))
+        features = res.FEATURE_BATCH * 3 * 336**2 * 4 * 2
+        assert res.fidelity_mb(**sizes, fwd_level=level, fwd_size=size) * 2**20 == pytest.approx(
+            features + batch + 2 * 2 * per_set
+        )
+    # the paper's Table 3: level 4 at 256 px is 256 packets of 768 x 768: ~4.8 GB of statistics, 30K images
+    # of 1024 px, Inception and CLIP ViT-L/14@336; against 2 GB of base, under 32 GB
+    paper = res.mem_mb("fidelity", network_parameters=4.5e8, images=30_000, feature_dim=2816, image_size=1024,
+                       fwd_level=4, fwd_size=256)  # fmt: skip
+    assert 16_000 < paper < 32_000
+
+
+def test_feature_network_memory_is_its_split_of_images():
+    small = res.mem_mb("features", images=1000, image_size=32)
+    large = res.mem_mb("features", images=101_000, image_size=32)
+    assert large - small == pytest.approx(100_000 * 32**2 * 3 * 1.4 * res.HEADROOM / 2**20, abs=100)
+
+
+def test_scorers_contamination_and_light_jobs():
+    assert (
+        res.mem_mb("scorer", parameters=5e8, batch_size=1, image_size=384)
+        > res.mem_mb("scorer", parameters=0, batch_size=1, image_size=384) + 2000
+    )  # Mask2Former and CLIP in float32
+    # a hash shard keeps a 16-byte digest, an 8-byte pHash and a 192-byte thumbnail per image
+    assert res.HASH_BYTES >= 16 + 8 + 192
+    refs = res.mem_mb("contamination", reference_images=10**6, shard_images=0)
+    assert refs - res.mem_mb("contamination", reference_images=0, shard_images=0) == pytest.approx(
+        1e6 * res.HASH_BYTES * res.HEADROOM / 2**20, abs=100
+    )
+    assert (
+        res.mem_mb("light")
+        == res.mem_mb("light", records=0, image_size=0)
+        == math.ceil(res.BASE_MB * res.HEADROOM / 100) * 100
+    )
+    assert res.mem_mb("light", records=30_000) > res.mem_mb("light")

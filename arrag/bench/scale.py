@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import csv
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
@@ -43,6 +43,41 @@ PAPER_ITEMS = {
 }
 
 
+# Rules whose time is the backbone's forward (and backward) passes: decoding is bound by reading the weights at
+# every step, training by the multiply-adds of every weight, so their cost per item scales with the parameters a
+# step runs through. A rehearsal with a shallower stand-in (`arrag rehearsal mirror --depth 2`) is scaled up to
+# Janus-Pro-1B's by that ratio (`model_factor`); the other rules run full-size networks (the VQ encoder, CLIP) or
+# no network at all.
+BACKBONE_RULES = ("generate", "generate_daid_sweep", "generate_faid_sweep", "train_faid", "train_faid_sweep",
+                  "train_racm3")  # fmt: skip
+
+
+def step_parameters(config) -> int:
+    """Parameters a decoding or training step multiplies by, for a JanusConfig: the language model's layers and
+    final norm (not its embedding table: a lookup) and the image generation head and aligner."""
+    import torch
+    from transformers import JanusForConditionalGeneration
+
+    with torch.device("meta"):  # shapes only: no memory, no initialisation
+        model = JanusForConditionalGeneration(config)
+    lm, parts = model.model.language_model, (model.model.generation_head, model.model.generation_aligner)
+    total = sum(p.numel() for p in lm.parameters()) - lm.embed_tokens.weight.numel()
+    return total + sum(p.numel() for part in parts for p in part.parameters())
+
+
+def model_factor(model_dir: Path) -> float:
+    """Janus-Pro-1B's step parameters over those of the run's backbone (`model_dir`, a saved Janus model): 1.0
+    for a full-size run, about 8.8 for the 2-layer rehearsal stand-in."""
+    from transformers import JanusConfig
+
+    from arrag.data.mini_world import caption_vocabulary
+    from arrag.models.janus import build_word_tokenizer
+    from arrag.rehearsal import janus_pro_1b_config
+
+    paper = janus_pro_1b_config(build_word_tokenizer(caption_vocabulary()))
+    return step_parameters(paper) / step_parameters(JanusConfig.from_pretrained(model_dir))
+
+
 @dataclass
 class Measured:
     rule: str
@@ -50,6 +85,7 @@ class Measured:
     seconds: float = 0.0  # wall, summed over jobs
     cpu_seconds: float = 0.0
     max_rss_mb: float = 0.0  # the largest job's peak
+    per_job: list = field(default_factory=list)  # (statistics file's path under the folder, wall s, CPU s)
 
 
 def read_jobstats(jobstats_dir: str | Path) -> dict[str, Measured]:
@@ -64,7 +100,8 @@ def read_jobstats(jobstats_dir: str | Path) -> dict[str, Measured]:
         )
     groups: dict[str, Measured] = {}
     for path in files:
-        rule = _rule_of(path.relative_to(jobstats_dir))
+        rel = path.relative_to(jobstats_dir)
+        rule = _rule_of(rel)
         rows = list(csv.DictReader(path.open(), delimiter="\t"))
         if not rows:
             raise ValueError(f"{path}: an empty job statistics file (a job that did not finish?); rerun its rule")
@@ -75,6 +112,7 @@ def read_jobstats(jobstats_dir: str | Path) -> dict[str, Measured]:
             m.seconds += values.get("s", 0.0)
             m.cpu_seconds += values.get("cpu_time", 0.0)
             m.max_rss_mb = max(m.max_rss_mb, values.get("max_rss", 0.0))
+            m.per_job.append((rel.with_suffix("").as_posix(), values.get("s", 0.0), values.get("cpu_time", 0.0)))
     return groups
 
 
@@ -95,17 +133,58 @@ def _shard_counts(folder: Path) -> int:
     return sum(_json(p).get("count", 0) for p in folder.rglob("*.json"))
 
 
+def _images(record: Path) -> int:
+    """Images a generation.json records: `generated` counts prompts, each with `n` images."""
+    rec = _json(record)
+    return rec["generated"] * rec.get("n", 1)
+
+
 def _generated(results: Path, method: str | None = None, sets: tuple[str, ...] | None = None) -> int:
     total = 0
     for p in (results / "images").glob("*/*/generation.json"):
         run, prompt_set = p.parent.parent.name, p.parent.name
         if (method is None or run == method) and (sets is None or prompt_set in sets):
-            total += _json(p)["generated"]
+            total += _images(p)
     return total
 
 
+_SCORE_SETS = {"score_geneval": ("geneval",), "score_dpg": ("dpg",), "score_fidelity": ("reference", "mjhq")}
+_METHODS = ("vanilla", "daid", "faid", "racm3")
+
+
+def job_items(results: Path, key: str) -> int | None:
+    """Items one job processed, from its statistics file's path under jobstats/ without .tsv (`key`) and the
+    outputs it wrote: a generation shard's images, a tokenisation or CLIP shard's count, a scorer's images; None
+    where the outputs do not say."""
+    parts = key.split("/")
+    try:
+        if parts[0] == "generate" and len(parts) == 4:  # generate/<method>/<prompts>/<shard>-of-<n>
+            num_shards = int(parts[3].split("-of-")[1])
+            return _images(results / "images" / parts[1] / parts[2] / "generation.json") // num_shards
+        if parts[0] in ("tokenise_shard", "embed_images") and len(parts) == 3:  # <rule>/<source>/<shard>-of-<n>
+            folder, prefix = ("codes", "codes") if parts[0] == "tokenise_shard" else ("clip", "clip")
+            return _json(results / folder / parts[1] / f"{prefix}-{parts[2]}.json")["count"]
+        if parts[0] in _SCORE_SETS and len(parts) == 2 and parts[1] in _METHODS:  # <rule>/<method>
+            return _generated(results, method=parts[1], sets=_SCORE_SETS[parts[0]])
+    except (FileNotFoundError, KeyError, IndexError, ValueError):
+        pass
+    return None
+
+
+def marginal_cost(points: list[tuple[int, float]]) -> tuple[float, float] | None:
+    """(fixed seconds per job, seconds per item) fitted by least squares to (items, seconds) of a rule's jobs;
+    None when the jobs' item counts do not differ or the fit is not a cost (a negative slope or intercept)."""
+    if len({n for n, _ in points}) < 2:
+        return None
+    mean_n = sum(n for n, _ in points) / len(points)
+    mean_t = sum(t for _, t in points) / len(points)
+    slope = sum((n - mean_n) * (t - mean_t) for n, t in points) / sum((n - mean_n) ** 2 for n, _ in points)
+    fixed = mean_t - slope * mean_n
+    return (fixed, slope) if slope > 0 and fixed >= 0 else None
+
+
 def _sweep_images(folder: Path) -> int:
-    return sum(_json(p)["generated"] for p in folder.rglob("generation.json"))
+    return sum(_images(p) for p in folder.rglob("generation.json"))
 
 
 def _sequences(record: Path) -> int:
@@ -158,6 +237,8 @@ def scale_rows(results: str | Path) -> list[dict]:
     results = Path(results)
     measured = read_jobstats(results / "jobstats")
     counters = item_counters(results)
+    base = results / "models" / "base"
+    factor = model_factor(base) if (base / "config.json").is_file() else None
     rows = []
     for rule, m in sorted(measured.items()):
         row = {
@@ -175,14 +256,26 @@ def scale_rows(results: str | Path) -> list[dict]:
                 items = 0
             paper = PAPER_ITEMS.get(rule.split(" ")[0])
             if items and paper:
+                scale = factor if factor and rule.split(" ")[0] in BACKBONE_RULES else 1.0
+                per_item, per_item_cpu, fit = m.seconds / items, m.cpu_seconds / items, "average"
+                counted = [(job_items(results, key), wall, cpu) for key, wall, cpu in m.per_job]
+                counted = [(n, wall, cpu) for n, wall, cpu in counted if n]
+                wall_fit = marginal_cost([(n, wall) for n, wall, _ in counted])
+                cpu_fit = marginal_cost([(n, cpu) for n, _, cpu in counted])
+                if cpu_fit:  # jobs of different sizes: a fixed cost per job and a cost per item
+                    per_item_cpu, fit, row["fixed_cpu_seconds"] = cpu_fit[1], "marginal", cpu_fit[0]
+                if wall_fit:  # wall time on a loaded machine may not fit where CPU time does
+                    per_item = wall_fit[1]
                 row.update(
                     unit=unit,
                     items=items,
                     paper_items=paper,
-                    seconds_per_item=m.seconds / items,
-                    cpu_seconds_per_item=m.cpu_seconds / items,
-                    paper_hours=m.seconds / items * paper / 3600,
-                    paper_cpu_hours=m.cpu_seconds / items * paper / 3600,
+                    fit=fit,
+                    seconds_per_item=per_item,
+                    cpu_seconds_per_item=per_item_cpu,
+                    model_factor=scale,
+                    paper_hours=per_item * paper * scale / 3600,
+                    paper_cpu_hours=per_item_cpu * paper * scale / 3600,
                 )
                 if folder is not None and folder.exists():
                     row["paper_disk_gb"] = _folder_bytes(folder) / items * paper / 1e9
@@ -202,23 +295,31 @@ def scale_markdown(rows: list[dict], source: str) -> str:
     """The table as Markdown, rules with a paper count first."""
     head = (
         "| rule | jobs | wall s | CPU s | peak RSS GB (largest job) | unit | items here | s per item | CPU s per item "
-        "| paper items | paper hours (this machine) | paper CPU-hours | paper disk GB |\n"
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|\n"
+        "| per item | fixed CPU s per job | x model | paper items | paper hours (this machine) | paper CPU-hours "
+        "| paper disk GB |\n"
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n"
     )
     scaled = [r for r in rows if "items" in r] + [r for r in rows if "items" not in r]
     body = "".join(
         f"| `{r['rule']}` | {r['jobs']} | {_fmt(r['seconds'])} | {_fmt(r['cpu_seconds'])} | {_fmt(r['max_rss_gb'])} "
         f"| {r.get('unit', '')} | {_fmt(r.get('items'))} | {_fmt(r.get('seconds_per_item'))} "
-        f"| {_fmt(r.get('cpu_seconds_per_item'))} | {_fmt(r.get('paper_items'))} | {_fmt(r.get('paper_hours'))} "
+        f"| {_fmt(r.get('cpu_seconds_per_item'))} | {r.get('fit', '')} | {_fmt(r.get('fixed_cpu_seconds'))} "
+        f"| {_fmt(r.get('model_factor'))} | {_fmt(r.get('paper_items'))} | {_fmt(r.get('paper_hours'))} "
         f"| {_fmt(r.get('paper_cpu_hours'))} | {_fmt(r.get('paper_disk_gb'))} |\n"
         for r in scaled
     )
     note = (
         f"\nMeasured from `{source}` (wall time per job summed over the rule's jobs; peak RSS of its largest job). "
-        "Paper hours = wall seconds per item x the paper's items / 3600 (CPU-hours likewise from the jobs' CPU "
-        "time, the better measure on a shared, loaded machine), on the machine that ran it (not GPU-hours "
-        "unless it ran on GPUs); disk = the rule's output bytes per item x the paper's items. Both include each job's "
-        "fixed cost (start-up, an index's centroids), so at a rehearsal's small counts they are upper bounds. Rows "
-        "without a paper count are fixed-cost jobs.\n"
+        "Paper hours = wall seconds per item x the paper's items x model / 3600 (CPU-hours likewise from the jobs' "
+        "CPU time, the better measure on a shared, loaded machine), where model is Janus-Pro-1B's parameters per "
+        "step over the run's backbone's for the rules that run the backbone (1 for the others), on the machine that "
+        "ran it (not GPU-hours unless it ran on GPUs); disk = the rule's output bytes per item x the paper's items. "
+        "Both include each job's fixed cost (start-up, an index's centroids), so at a rehearsal's small counts they "
+        "are upper bounds, except where the rule's jobs processed different numbers of items (per item: marginal): "
+        "there a least-squares fit over its jobs separates a fixed cost per job from the cost per item, and the "
+        "paper figures use the cost per item alone (add the fixed cost once per paper job). Batching makes the "
+        "rehearsal's small generation batches costlier per image than the paper's. Rows without a paper count are "
+        "fixed-cost jobs. Peak RSS is not extrapolated: a job's memory does not grow with its items "
+        "(tests/test_memory.py); at the paper's sizes it is what the rules declare (arrag/resources.py).\n"
     )
     return head + body + note

@@ -12,8 +12,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-from transformers import DynamicCache
 
+from arrag.decoding.kv_cache import preallocated_cache
 from arrag.models.training import position_ids_from_mask, prompt_embeddings, unconditional_ids
 from arrag.validation import COUNT, POSITIVE, check_fields, check_number
 
@@ -147,7 +147,8 @@ def generate_image_tokens(
 
     lm = model.model.language_model
     want_hidden = any(h.wants_hidden_states for h in hooks)
-    cache = DynamicCache(config=model.config.text_config)
+    # the prompt, then every image token but the last (which is never fed back)
+    cache = preallocated_cache(model.config.text_config, capacity=embeds.shape[1] + n_tokens - 1)
     grid = torch.full((b, side, side), -1, dtype=torch.long, device=device)
 
     for step in range(n_tokens):

@@ -24,7 +24,7 @@ rule hash_images:
         jobstats_path("hash_images", "{split}/{shard}-of-{num_shards}")
     threads: 1
     resources:
-        mem_mb=2000,
+        mem_mb=job_mem_mb("encode", parameters=0, batch_size=CONTAMINATION["batch_size"], image_size=IMAGE_SIZE, images=lambda wc: shard_images(wc.split)),
     shell:
         "OMP_NUM_THREADS={threads} arrag hash-images --model {input.model} --source {params.source:q} "
         "--shard $((10#{wildcards.shard})) --num-shards $((10#{wildcards.num_shards})) "
@@ -49,7 +49,7 @@ rule contamination:
         jobstats_path("contamination")
     threads: 1
     resources:
-        mem_mb=4000,
+        mem_mb=job_mem_mb("contamination", reference_images=REFERENCE_IMAGES, shard_images=max(shard_images(n) for n in CHECKED_SOURCES)),
     shell:
         "OMP_NUM_THREADS={threads} arrag contamination {params.sets} --phash-bits {params.bits} "
         "--thumbnail-rms {params.rms} --out {output.exclusions} --table {params.table} > {log} 2>&1"

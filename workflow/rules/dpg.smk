@@ -19,7 +19,7 @@ rule mini_dpg:
         jobstats_path("mini_dpg")
     threads: 1
     resources:
-        mem_mb=1000,
+        mem_mb=LIGHT_MEM_MB,
     shell:
         "arrag mini-dpg --world {params.world} --n {params.n} --seed {params.seed} --out {output} > {log} 2>&1"
 
@@ -37,7 +37,7 @@ rule download_dpg_csv:
         jobstats_path("download_dpg_csv")
     threads: 1
     resources:
-        mem_mb=500,
+        mem_mb=LIGHT_MEM_MB,
     shell:
         "arrag download file --url {params.url:q} {params.sha256} {params.mirror} --out {output} > {log} 2>&1"
 
@@ -55,7 +55,7 @@ rule dpg_prompts:
         jobstats_path("dpg_prompts")
     threads: 1
     resources:
-        mem_mb=500,
+        mem_mb=LIGHT_MEM_MB,
     shell:
         "arrag dpg-prompts {params.folder} --out {output} > {log} 2>&1"
 
@@ -73,7 +73,7 @@ rule tile_dpg:
         jobstats_path("tile_dpg", "{method}")
     threads: 1
     resources:
-        mem_mb=1000,
+        mem_mb=job_mem_mb("light", image_size=IMAGE_SIZE, images=4),
     shell:
         "arrag dpg-tiles --images {params.images} --out {output} > {log} 2>&1"
 
@@ -94,7 +94,7 @@ rule download_mplug:
         jobstats_path("download_mplug")
     threads: 1
     resources:
-        mem_mb=1000,
+        mem_mb=LIGHT_MEM_MB,
     retries: 3  # a dropped connection: the rerun resumes the file it was fetching
     shell:
         "arrag download modelscope --model-id {params.model:q} --revision {params.revision:q} --lock {params.lock:q} "
@@ -121,7 +121,7 @@ rule score_dpg:
         None if DPG["vqa"] == "shapes" else "../envs/dpg.yaml"  # the benchmark's own environment
     threads: 1
     resources:
-        mem_mb=1000 if DPG["vqa"] == "shapes" else 16000,
+        mem_mb=scorer_mem_mb(DPG["vqa"], MPLUG_PARAMETERS),
         gpu=0 if DPG["vqa"] == "shapes" else 1,
     shell:
         "{params.arrag} dpg --tiles {input.tiles} --csv {params.csv} --vqa {params.vqa} {params.quirks} {params.mplug} "
@@ -145,7 +145,7 @@ rule dpg_table:
         jobstats_path("dpg_table")
     threads: 1
     resources:
-        mem_mb=500,
+        mem_mb=LIGHT_MEM_MB,
     shell:
         "arrag table dpg {params.results} {params.records} {params.paper} --note {params.note:q} "
         "--out {params.out} > {log} 2>&1"

@@ -13,7 +13,7 @@ rule download_geneval_detector:
         jobstats_path("download_geneval_detector")
     threads: 1
     resources:
-        mem_mb=500,
+        mem_mb=LIGHT_MEM_MB,
     shell:  # URL and SHA-256 pin: arrag.evaluation.geneval_mask2former
         "arrag download geneval-detector {params.mirror} --out {output} > {log} 2>&1"
 
@@ -38,7 +38,7 @@ rule score_geneval:
         None if GENEVAL["detector"] == "shapes" else "../envs/geneval.yaml"  # the benchmark's own environment
     threads: 1
     resources:
-        mem_mb=1000 if GENEVAL["detector"] == "shapes" else 16000,
+        mem_mb=scorer_mem_mb(GENEVAL["detector"], GENEVAL_PARAMETERS),
         gpu=0 if GENEVAL["detector"] == "shapes" else 1,
     shell:
         "{params.arrag} geneval --images {params.images} {params.detector} --out-jsonl {output.jsonl} "
@@ -62,7 +62,7 @@ rule geneval_table:
         jobstats_path("geneval_table")
     threads: 1
     resources:
-        mem_mb=500,
+        mem_mb=LIGHT_MEM_MB,
     shell:
         "arrag table geneval {params.results} {params.records} {params.paper} --note {params.note:q} "
         "--out {params.out} > {log} 2>&1"
@@ -91,7 +91,7 @@ rule bench_scoring:
         jobstats_path("bench_scoring")
     threads: workflow.cores
     resources:
-        mem_mb=4000,
+        mem_mb=fidelity_mem_mb(FIDELITY_IMAGES, paper_networks=False),
     shell:
         "OMP_NUM_THREADS={threads} arrag bench scoring --geneval {params.geneval} --dpg-tiles {input.tiles} "
         "--dpg-csv {input.questions}/dpg_bench.csv --fidelity-images {params.images} --reference {input.reference} "

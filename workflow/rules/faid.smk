@@ -127,7 +127,7 @@ rule sweep_faid:
         jobstats_path("sweep_faid")
     threads: 1
     resources:
-        mem_mb=1000,
+        mem_mb=LIGHT_MEM_MB,
     shell:
         "arrag sweep-table --summary {input} {params.records} --metric {params.metric} --x every --y hops --title {params.title:q} "
         "--out-csv {output.csv} --out-png {output.png} > {log} 2>&1"

@@ -18,7 +18,7 @@ rule train_features:
         jobstats_path("train_features")
     threads: workflow.cores
     resources:
-        mem_mb=4000,
+        mem_mb=job_mem_mb("features", images=config["world"]["splits"].get("train", 0), image_size=config["world"]["image_size"]),
     shell:
         "OMP_NUM_THREADS={threads} arrag train-features --world {params.world} --split train {params.settings} "
         "--out {output} > {log} 2>&1"
@@ -35,7 +35,7 @@ rule download_inception:
         jobstats_path("download_inception")
     threads: 1
     resources:
-        mem_mb=500,
+        mem_mb=LIGHT_MEM_MB,
     shell:
         "arrag download inception {params.mirror} --out {output} > {log} 2>&1"
 
@@ -52,7 +52,7 @@ rule download_mjhq:
         jobstats_path("download_mjhq")
     threads: 1
     resources:
-        mem_mb=2000,
+        mem_mb=LIGHT_MEM_MB,
     shell:
         "arrag download mjhq {params.revision} {params.mirror} --out {output} > {log} 2>&1"
 
@@ -75,7 +75,7 @@ rule mjhq_prompts:
         jobstats_path("mjhq_prompts", "{mjhq}")
     threads: 1
     resources:
-        mem_mb=2000,
+        mem_mb=job_mem_mb("light", records=MJHQ_IMAGES),
     shell:
         "arrag mjhq-prompts --dataset {input} {params.limit} --out-prompts {output.prompts} "
         "--out-reference {output.reference} > {log} 2>&1"
@@ -100,7 +100,7 @@ rule score_fidelity:
     threads: gpu_job_threads
     resources:
         gpu=1,
-        mem_mb=8000,
+        mem_mb=fidelity_mem_mb(FIDELITY_IMAGES, _PAPER_FIDELITY),
     shell:
         "OMP_NUM_THREADS={threads} {params.gpu} arrag fidelity --images {params.images} --reference {input.reference} "
         "{params.networks} --fwd-level {params.level} --fwd-size {params.size} --device {params.device} "
@@ -130,7 +130,7 @@ rule score_sweep_fid:
     threads: gpu_job_threads
     resources:
         gpu=1,
-        mem_mb=8000,
+        mem_mb=fidelity_mem_mb(SWEEPS["mjhq_prompts"] or MJHQ_IMAGES, paper_networks=True),
     shell:
         "OMP_NUM_THREADS={threads} {params.gpu} arrag fidelity --images {params.images} --reference {input.reference} "
         "--fid-network inception:{input.inception} --fwd-level {params.level} --fwd-size {params.size} "
@@ -153,7 +153,7 @@ rule fidelity_table:
         jobstats_path("fidelity_table")
     threads: 1
     resources:
-        mem_mb=500,
+        mem_mb=LIGHT_MEM_MB,
     shell:
         "arrag table fidelity {params.results} {params.paper} --note {params.note:q} "
         "--out {params.out} > {log} 2>&1"

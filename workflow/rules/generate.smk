@@ -53,7 +53,7 @@ rule finish_generation:
         jobstats_path("finish_generation", "{method}/{prompts}")
     threads: 1
     resources:
-        mem_mb=1000,
+        mem_mb=LIGHT_MEM_MB,
     shell:
         "arrag finish-benchmark --prompts {input.prompts} {params.prompt_set} --num-shards {params.num_shards} "
         "--out {params.out} > {log} 2>&1"
@@ -72,7 +72,7 @@ rule sample_grid:
         jobstats_path("sample_grid", "{method}")
     threads: 1
     resources:
-        mem_mb=1000,
+        mem_mb=job_mem_mb("light", image_size=IMAGE_SIZE, images=16),
     shell:
         "arrag grid --images {params.images} --out {output} > {log} 2>&1"
 
@@ -92,7 +92,7 @@ rule over_copying:
         jobstats_path("over_copying")
     threads: 1
     resources:
-        mem_mb=1000,
+        mem_mb=LIGHT_MEM_MB,
     shell:
         "arrag table over_copying {params.results} {params.labels} --out {params.out} > {log} 2>&1"
 
@@ -114,7 +114,7 @@ rule attribution:
         jobstats_path("attribution")
     threads: 1
     resources:
-        mem_mb=2000,
+        mem_mb=job_mem_mb("light", image_size=max(IMAGE_SIZE, ATTRIBUTION_SIZE), images=64),
     shell:
         "arrag attribution {params.folders} {params.labels} {params.corpus} --size {params.size} "
         "--out {output} > {log} 2>&1"
@@ -132,7 +132,8 @@ rule bench_generate:
         gpu=on_gpu,
         methods=bench_generate_flags,
         daid=daid_flags(),
-        sampling=sampling_flags(batch_size=16),
+        sampling=sampling_flags(batch_size=config["generation"]["bench"]["batch_size"]),
+        repeats=config["generation"]["bench"]["repeats"],
     log:
         log_path("bench_generate"),
     benchmark:
@@ -143,7 +144,7 @@ rule bench_generate:
         mem_mb=SEARCH_MEM_MB,
     shell:
         "OMP_NUM_THREADS={threads} {params.gpu} arrag bench generate --model {input.model} {params.methods} "
-        "--prompts {input.prompts} {params.daid} {params.sampling} --repeats 5 "
+        "--prompts {input.prompts} {params.daid} {params.sampling} --repeats {params.repeats} "
         "--out-json {output.json} --out-md {output.md} > {log} 2>&1"
 
 
@@ -161,6 +162,6 @@ rule inference_time_table:
         jobstats_path("inference_time_table")
     threads: 1
     resources:
-        mem_mb=500,
+        mem_mb=LIGHT_MEM_MB,
     shell:
         "arrag table inference_time --result {input} {params.paper} --out {params.out} > {log} 2>&1"

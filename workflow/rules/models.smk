@@ -21,7 +21,7 @@ if config["model"]["source"] == "hub":
             jobstats_path("download_model")
         threads: 1
         resources:
-            mem_mb=2000,
+            mem_mb=LIGHT_MEM_MB,
         shell:
             "arrag download model --hub-id {params.hub_id:q} --revision {params.revision:q} --lock {params.lock:q} "
             "{params.mirror} --out {output} > {log} 2>&1"
@@ -99,7 +99,7 @@ rule download_clip:
         jobstats_path("download_clip", "{model}")
     threads: 1
     resources:
-        mem_mb=1000,
+        mem_mb=LIGHT_MEM_MB,
     retries: 3  # a dropped connection: the rerun resumes in <out>.partial/
     shell:
         "arrag download model --hub-id {params.repo:q} --revision {params.revision:q} --include {params.file} "

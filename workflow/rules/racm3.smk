@@ -49,7 +49,7 @@ rule build_image_index:
         jobstats_path("build_image_index")
     threads: 1
     resources:
-        mem_mb=2000,
+        mem_mb=IMAGE_INDEX_MEM_MB,
     shell:
         "arrag build-image-index --model {input.model} --codes {input.codes} {params.retriever} "
         "--out {output} > {log} 2>&1"

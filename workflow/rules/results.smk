@@ -15,6 +15,6 @@ rule results_doc:
         jobstats_path("results_doc")
     threads: 1
     resources:
-        mem_mb=1000,
+        mem_mb=LIGHT_MEM_MB,
     shell:
         "arrag results-doc --results {params.results} --out {output} > {log} 2>&1"

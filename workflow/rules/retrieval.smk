@@ -20,7 +20,7 @@ rule download_dataset:
         jobstats_path("download_dataset", "{dataset}")
     threads: 1
     resources:
-        mem_mb=2000,
+        mem_mb=LIGHT_MEM_MB,
     retries: 3  # a dropped connection: the rerun resumes in <out>.partial/
     shell:
         "arrag download dataset --repo {params.repo:q} --revision {params.revision:q} --include {params.include:q} "

@@ -49,7 +49,7 @@ rule sweep_daid:
         jobstats_path("sweep_daid")
     threads: 1
     resources:
-        mem_mb=1000,
+        mem_mb=LIGHT_MEM_MB,
     shell:
         "arrag sweep-table --summary {input} {params.records} --metric {params.metric} --x weight --y temperature --title {params.title:q} "
         "--out-csv {output.csv} --out-png {output.png} > {log} 2>&1"

@@ -21,7 +21,7 @@ rule world:
         jobstats_path("world")
     threads: 1
     resources:
-        mem_mb=2000,
+        mem_mb=job_mem_mb("light", image_size=config["world"]["image_size"], images=max(config["world"]["splits"].values(), default=0)),
     shell:
         "arrag world --out {params.out} --size {params.size} --seed {params.seed} {params.splits} "
         "{params.under} --keep-fraction {params.keep} --geneval-prompts {params.prompts} > {log} 2>&1"
