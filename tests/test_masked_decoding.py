@@ -9,11 +9,15 @@ import torch
 from arrag.decoding.masked import (
     MaskedDecodingHook,
     MaskedSamplingConfig,
+    MaskedStepState,
     generate_masked_tokens,
     mask_length,
     showo_guidance_scale,
 )
+from arrag.decoding.masked_daid import MaskedDAiD, grid_queries, retrieves_at
 from arrag.models.showo import build_showo, image_logits, showo_logits, t2i_sequence
+from arrag.retrieval.database import PatchDatabase
+from arrag.retrieval.keys import neighbourhood_keys, query_from_grid
 from tests.test_showo import TINY_VOCAB, N, tiny_spec
 
 V = TINY_VOCAB
@@ -156,3 +160,91 @@ def test_bad_settings_are_refused(model):
         generate_masked_tokens(model, TEXTS, V, 15)
     with pytest.raises(ValueError, match="generators"):
         generate_masked_tokens(model, TEXTS, V, N, generators=gens([1]))
+
+
+# ---- DAiD on masked decoding (appendix B.2)
+
+ALLOWED = torch.tensor([3, 7, 11])  # the database only ever holds these tokens
+
+
+@pytest.fixture(scope="module")
+def full_db():
+    g = torch.Generator().manual_seed(0)
+    codebook = torch.randn(K, 4, generator=g)  # continuous, so no two distances tie
+    codes = ALLOWED[torch.randint(0, 3, (30, 4, 4), generator=g)]
+    return PatchDatabase.build(codes, codebook, causal=False, index="flat")
+
+
+class SpyDB:
+    """The database, noting at which steps it is searched and with how many queries."""
+
+    def __init__(self, db):
+        self.db, self.calls = db, []
+        self.causal, self.hops, self.codebook = db.causal, db.hops, db.codebook
+
+    def __len__(self):
+        return len(self.db)
+
+    def search(self, queries, k):
+        self.calls.append(queries.shape[0])
+        return self.db.search(queries, k)
+
+
+def test_masked_daid_weight_zero_gives_the_plain_tokens(model, full_db):
+    plain = run(model, TEXTS, [3, 4], steps=4, guidance_scale=2.0, temperature=4.5)
+    hooked = run(
+        model, TEXTS, [3, 4], hooks=[MaskedDAiD(full_db, k=4, weight=0.0)], steps=4, guidance_scale=2.0, temperature=4.5
+    )
+    assert torch.equal(plain, hooked)
+
+
+def test_masked_daid_retrieves_for_all_masked_positions_in_the_last_half_only(model, full_db):
+    spy, rec = SpyDB(full_db), Recorder()
+    hook = MaskedDAiD(spy, k=4, weight=1.0)
+    run(model, TEXTS, [3, 4], hooks=[rec, hook], steps=5, temperature=4.5)
+    assert [retrieves_at(s, 5) for s in range(5)] == [False, False, False, True, True]
+    masked = [int(m.sum()) for m in rec.masked]  # both images' masked positions per step
+    assert spy.calls == masked[3:]  # steps 3 and 4, one search for every masked position of the batch
+    # weight 1: what the last half decides comes from the database
+    grid_before_last = rec.grids[4]
+    final = run(model, TEXTS, [3, 4], hooks=[MaskedDAiD(full_db, k=4, weight=1.0)], steps=5, temperature=4.5)
+    decided = final[grid_before_last < 0]
+    assert decided.numel() > 0 and torch.isin(decided, ALLOWED).all()
+
+
+def test_masked_daid_merges_one_position_as_computed_directly(full_db):
+    g = torch.Generator().manual_seed(2)
+    grid = torch.randint(0, K, (2, 4, 4), generator=g)
+    grid[0, 1, 1] = grid[0, 0, 1] = grid[1, 3, 3] = -1
+    masked = (grid < 0).flatten(1)
+    probs = torch.rand(2, N, K, generator=g).softmax(-1)
+    state = MaskedStepState(step=3, steps=4, grid=grid, masked=masked)
+    weight, temperature, k = 0.4, 0.7, 5
+    out = MaskedDAiD(full_db, k=k, weight=weight, temperature=temperature).adjust_probs(state, probs)
+    assert torch.equal(out[~masked], probs[~masked])  # known positions untouched
+
+    # position (1, 1) of image 0: its 8 neighbours in raster order, (0, 1) still masked -> zero vector
+    cb = full_db.codebook
+    rows = [grid[0, 1 + dr, 1 + dc] for dr in (-1, 0, 1) for dc in (-1, 0, 1) if (dr, dc) != (0, 0)]
+    query = torch.cat([cb[t] if t >= 0 else torch.zeros(4) for t in rows])
+    torch.testing.assert_close(query, query_from_grid(grid, 1, 1, cb, causal=False)[0])
+    keys = neighbourhood_keys(full_db.codes.reshape(-1, 4, 4).long(), cb, causal=False).reshape(-1, 32)
+    sq = ((keys - query) ** 2).sum(-1)
+    nearest = sq.argsort(stable=True)[:k]
+    weights = torch.softmax(-sq[nearest] / temperature, 0)
+    p_ret = torch.zeros(K).index_add_(0, full_db.codes.reshape(-1)[nearest].long(), weights)
+    expected = (1 - weight) * probs[0, 5] + weight * p_ret
+    torch.testing.assert_close(out[0, 5], expected)
+    # a corner (3, 3) of image 1: off-grid neighbours are zero vectors too
+    torch.testing.assert_close(grid_queries(grid, cb)[1, 3, 3], query_from_grid(grid, 3, 3, cb, causal=False)[1])
+    # the first half does not retrieve
+    early = MaskedStepState(step=1, steps=4, grid=grid, masked=masked)
+    assert MaskedDAiD(full_db, k=k, weight=weight).adjust_probs(early, probs) is probs
+
+
+def test_masked_daid_refuses_causal_keys(full_db):
+    causal = PatchDatabase.build(full_db.codes.reshape(-1, 4, 4).long(), full_db.codebook, index="flat")
+    with pytest.raises(ValueError, match="--full"):
+        MaskedDAiD(causal)
+    with pytest.raises(ValueError, match="DAiD weight"):
+        MaskedDAiD(full_db, weight=1.5)
