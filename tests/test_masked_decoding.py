@@ -158,6 +158,8 @@ def test_bad_settings_are_refused(model):
         MaskedSamplingConfig(temperature=float("nan"))
     with pytest.raises(ValueError, match="square"):
         generate_masked_tokens(model, TEXTS, V, 15)
+    with pytest.raises(ValueError, match="no texts"):
+        generate_masked_tokens(model, [], V, N)
     with pytest.raises(ValueError, match="generators"):
         generate_masked_tokens(model, TEXTS, V, N, generators=gens([1]))
 

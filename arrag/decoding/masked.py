@@ -20,7 +20,7 @@ from dataclasses import dataclass
 import torch
 
 from arrag.decoding.loop import guide
-from arrag.models.showo import ShowoVocab, image_logits, showo_logits, t2i_prompts
+from arrag.models.showo import ShowoVocab, image_logits, showo_logits, t2i_prompts, t2i_sequence
 from arrag.validation import COUNT, check_fields
 
 
@@ -122,6 +122,8 @@ def generate_masked_tokens(
     unconditional twins (empty text) in the same batch when guidance is on.
     """
     b, n = len(texts), num_image_tokens
+    if b == 0:
+        raise ValueError("no texts to generate images for")
     side = int(round(n**0.5))
     if side * side != n:
         raise ValueError(f"num_image_tokens must be a square grid (256 = 16x16), got {n}")
@@ -137,12 +139,12 @@ def generate_masked_tokens(
         state = MaskedStepState(step=step, steps=sampling.steps, grid=codes.view(b, side, side), masked=unknown)
         for hook in hooks:
             hook.before_forward(state)
-        seq = t2i_prompts(texts, codes, vocab) if use_cfg else t2i_prompts(texts, codes, vocab)[:b]
+        seq = t2i_prompts(texts, codes, vocab) if use_cfg else t2i_sequence(texts, codes, vocab)
         logits = image_logits(showo_logits(model, seq, vocab), vocab, n).float()  # [2B or B, N, K]
         state.cond_logits = logits[:b]
         state.uncond_logits = logits[b:] if use_cfg else None
         state.logits = guide(logits[:b], logits[b:], sampling.guidance_scale) if use_cfg else logits
-        probs = torch.softmax(state.logits, dim=-1)
+        probs = torch.softmax(state.logits, dim=-1)  # float32 (Show-o takes the softmax in the model's dtype)
         for hook in hooks:
             probs = hook.adjust_probs(state, probs)
 
@@ -151,7 +153,7 @@ def generate_masked_tokens(
         confidence = probs.gather(-1, sampled[..., None]).squeeze(-1).log()
         temperature = temperature * (1.0 - ratio)
         confidence = confidence + temperature * gumbel_noise((b, n), generators, device)
-        confidence = confidence.masked_fill(~unknown, torch.inf)
+        confidence = confidence.masked_fill(~unknown, torch.inf)  # Show-o: log(float max) + noise, never re-masked
         if step == sampling.steps - 1:
             codes = sampled  # the last step keeps every sampled code
         else:
