@@ -180,8 +180,9 @@ def test_fwd_resamples_match_a_direct_recomputation():
 
 
 def test_fidelity_bootstrap_resamples_prompts_of_a_geneval_folder(tmp_path):
-    from arrag.evaluation.fidelity import fidelity_bootstrap
     from test_fidelity import _geneval_folder, _images
+
+    from arrag.evaluation.fidelity import fidelity_bootstrap
 
     gen = _images(5, n=12, size=8)
     _geneval_folder(tmp_path / "gen", gen, per_prompt=3)  # 4 prompts of 3 images
@@ -369,8 +370,9 @@ def test_damaged_replicates_are_refused_by_name(tmp_path):
 
 
 def test_fidelity_command_stores_replicates_that_the_table_pairs(tmp_path):
-    from arrag.cli import main
     from test_fidelity import _geneval_folder, _images
+
+    from arrag.cli import main
 
     ref = _images(0, n=24, size=8)
     np.save(tmp_path / "ref.npy", ref)

@@ -5,6 +5,7 @@ import math
 
 import pytest
 import torch
+from test_showo import TINY_VOCAB, N, tiny_spec
 
 from arrag.decoding.masked import (
     MaskedDecodingHook,
@@ -18,7 +19,6 @@ from arrag.decoding.masked_daid import MaskedDAiD, grid_queries, retrieves_at
 from arrag.models.showo import build_showo, image_logits, showo_logits, t2i_sequence
 from arrag.retrieval.database import PatchDatabase
 from arrag.retrieval.keys import neighbourhood_keys, query_from_grid
-from tests.test_showo import TINY_VOCAB, N, tiny_spec
 
 V = TINY_VOCAB
 K = V.codebook_size
