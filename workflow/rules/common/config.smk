@@ -30,7 +30,9 @@ CORPORA = RETRIEVAL["corpora"] or {RETRIEVAL["source"]: {"source": None, "num_sh
 HELDOUT_NAME = "heldout" if RETRIEVAL["heldout"] else "reference"
 # FAiD's and RA-CM3's fine-tuning pairs (`finetune.pairs`: captioned sources), tokenised like the corpora
 FINETUNE_PAIRS = config["finetune"]["pairs"]
-TOKENISED = CORPORA | FINETUNE_PAIRS | {HELDOUT_NAME: RETRIEVAL["heldout"] or {"source": None, "num_shards": 1}}
+# (a held-out source without num_shards is tokenised in one shard)
+_HELDOUT = {"num_shards": 1} | (RETRIEVAL["heldout"] or {"source": None})
+TOKENISED = CORPORA | FINETUNE_PAIRS | {HELDOUT_NAME: _HELDOUT}
 _clashes = sorted((set(CORPORA) | {HELDOUT_NAME}) & set(FINETUNE_PAIRS))
 if _clashes:
     raise ValueError(f"finetune.pairs names {_clashes} are also retrieval sources: give the pairs their own names")
