@@ -4,9 +4,9 @@ once for all of it.
 transformers' DynamicCache appends each step's keys and values with torch.cat, which copies the whole cache into a
 new, larger tensor at every step: for Janus-Pro at 384 px (a 576-token image after the prompt, batch 8 with
 guidance) that is ~40 MB per layer and tensor by the last step, and on a CPU the copies and the fresh pages they
-fault in cost as much again as the layer's weights (measured with `arrag bench generate`; README "Rehearsing the
-paper path"). Here every step writes its token's states into the buffers, and attention reads a view of the filled
-part: the same values in the same order, so the same logits and tokens.
+fault in cost as much again as the layer's weights (measured with `arrag bench generate`; docs/measurements.md,
+"The CPU rehearsal of the paper path"). Here every step writes its token's states into the buffers, and attention
+reads a view of the filled part: the same values in the same order, so the same logits and tokens.
 """
 
 from __future__ import annotations

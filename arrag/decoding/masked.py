@@ -20,7 +20,14 @@ from dataclasses import dataclass
 import torch
 
 from arrag.decoding.loop import guide
-from arrag.models.showo import ShowoVocab, image_logits, showo_logits, t2i_prompts, t2i_sequence
+from arrag.models.showo import (
+    ShowoVocab,
+    image_logits,
+    omni_attention_mask,
+    showo_logits,
+    t2i_prompts,
+    t2i_sequence,
+)
 from arrag.validation import COUNT, check_fields
 
 
@@ -133,14 +140,20 @@ def generate_masked_tokens(
     use_cfg = sampling.guidance_scale != 1.0
     codes = torch.full((b, n), -1, dtype=torch.long, device=device)  # -1 = masked
     temperature = sampling.temperature
+    # the text blocks and the omni-attention mask do not change between steps: built once, only the image
+    # tokens are written at each step
+    seq = t2i_prompts(texts, codes, vocab) if use_cfg else t2i_sequence(texts, codes, vocab)  # [2B or B, L]
+    mask = omni_attention_mask(seq, vocab, dtype=model.dtype)
+    image_slice = slice(seq.shape[1] - n - 1, seq.shape[1] - 1)  # the sequence ends <image...> <|eoi|>
 
     for step in range(sampling.steps):
         unknown = codes < 0  # [B, N]
         state = MaskedStepState(step=step, steps=sampling.steps, grid=codes.view(b, side, side), masked=unknown)
         for hook in hooks:
             hook.before_forward(state)
-        seq = t2i_prompts(texts, codes, vocab) if use_cfg else t2i_sequence(texts, codes, vocab)
-        logits = image_logits(showo_logits(model, seq, vocab), vocab, n).float()  # [2B or B, N, K]
+        image = torch.where(codes < 0, vocab.mask_id, codes + vocab.image_offset)  # [B, N]
+        seq[:, image_slice] = torch.cat([image, image]) if use_cfg else image
+        logits = image_logits(showo_logits(model, seq, vocab, mask), vocab, n).float()  # [2B or B, N, K]
         state.cond_logits = logits[:b]
         state.uncond_logits = logits[b:] if use_cfg else None
         state.logits = guide(logits[:b], logits[b:], sampling.guidance_scale) if use_cfg else logits

@@ -217,10 +217,14 @@ def omni_attention_mask(input_ids: torch.Tensor, vocab: ShowoVocab, dtype: torch
     return blocked.masked_fill(~allowed[:, None], torch.finfo(dtype).min)
 
 
-def showo_logits(model: PhiForCausalLM, input_ids: torch.Tensor, vocab: ShowoVocab) -> torch.Tensor:
+def showo_logits(
+    model: PhiForCausalLM, input_ids: torch.Tensor, vocab: ShowoVocab, mask: torch.Tensor | None = None
+) -> torch.Tensor:
     """Logits [B, L, V] of a text-to-image sequence under the omni-attention mask, positions 0..L-1 (padding
-    included, as Show-o counts them)."""
-    mask = omni_attention_mask(input_ids, vocab, dtype=model.dtype)
+    included, as Show-o counts them). `mask`: the sequence's omni_attention_mask, when the caller already has it
+    (it depends only on the text block, so masked decoding builds it once for all its steps)."""
+    if mask is None:
+        mask = omni_attention_mask(input_ids, vocab, dtype=model.dtype)
     positions = torch.arange(input_ids.shape[1], device=input_ids.device).expand_as(input_ids)
     return model(input_ids=input_ids, attention_mask=mask, position_ids=positions, use_cache=False).logits
 
