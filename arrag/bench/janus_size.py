@@ -321,8 +321,7 @@ def run_janus_bench(
         "device": str(device),
         "layers": model.config.text_config.num_hidden_layers,
         "parameters": params,
-        "database": {"entries": len(db), "index": index, "params": index_params, "build_seconds": db_seconds,
-                     "grids": grid_note},  # fmt: skip
+        "database": dict(entries=len(db), index=index, params=index_params, build_seconds=db_seconds, grids=grid_note),
         "daid": daid,
         "faid_rank": faid_rank,
         "batch_size": batch_size,
@@ -370,7 +369,8 @@ def markdown_table(result: dict) -> str:
         target = r["target"]
         lines.append(
             f"| {name} | {r['added_parameters'] / 1e6:.1f}M | {r['first_token_seconds']:.2f} "
-            f"| {1000 * r['seconds_per_step']:.1f} | {r['seconds_per_image']:.1f} | {100 * r['overhead_per_image']:+.1f}% "
+            f"| {1000 * r['seconds_per_step']:.1f} | {r['seconds_per_image']:.1f} "
+            f"| {100 * r['overhead_per_image']:+.1f}% "
             f"| {100 * r['overhead_per_step']:+.1f}% | {'–' if target is None else f'≤ +{100 * target:.0f}%'} |"
         )
     p, db = result["parameters"], result["database"]

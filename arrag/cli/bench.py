@@ -182,7 +182,9 @@ def add_bench_janus(sub) -> None:
         help="Table 4 at Janus-Pro-1B's size (random weights): vanilla, generate(), DAiD, FAiD x 2, RA-CM3 per step",
     )
     p.add_argument("--depth", type=COUNT_TYPE, default=None, help="language-model layers (default 24, the real one)")
-    p.add_argument("--grids", type=COUNT_TYPE, default=3584, help="24 x 24 token grids in the database (576 entries each)")
+    p.add_argument(
+        "--grids", type=COUNT_TYPE, default=3584, help="24 x 24 token grids in the database (576 entries each)"
+    )
     p.add_argument("--steps", type=COUNT_TYPE, default=48, help="decoding steps timed per row (576 = a whole image)")
     p.add_argument("--window", type=COUNT_TYPE, default=8, help="steps per reported window")
     p.add_argument("--repeats", type=COUNT_TYPE, default=3)
