@@ -4,8 +4,8 @@ The model is Janus-Pro-1B's image-generation path at full size (arrag.rehearsal.
 width 2048, 384 px, 24 x 24 tokens, a 16384 x 8 codebook) with random weights. Two parts an image-generation step
 never reads are cut, so the model fits beside the database in memory: the text vocabulary is the stand-in word
 tokenizer's (the prompt's embeddings are a lookup; Janus-Pro's 102,400-row table and text head would add 1.7 GB),
-and the SigLIP understanding tower is one narrow layer (it only reads input images). The parameter count of the
-full architecture is reported beside the one built.
+the SigLIP understanding tower is one narrow layer (it only reads input images), and the VQ encoder is left out
+(generation only decodes). The parameter count of the full architecture is reported beside the one built.
 
 The patch database holds real keys in Janus-Pro's layout: hop-1 causal neighbourhood keys (arrag.retrieval.keys)
 of 24 x 24 token grids, either from code shards (`arrag tokenise`) or made here (`scene_token_grids`): mini-world
@@ -65,6 +65,7 @@ def janus_size_model(depth: int | None = None, seed: int = 0, device: str | torc
     )
     torch.manual_seed(seed)
     model = JanusForConditionalGeneration(config).eval().to(device)
+    model.model.vqmodel.encoder = None  # images -> codes only: generation decodes (0.14 GB at full size)
     configure_image_generation(model, tokenizer)
     grid = config.vq_config.num_patches
     assert (grid, config.vq_config.num_embeddings, config.vq_config.embed_dim) == (24, 16384, 8), "not Janus-Pro's VQ"
@@ -97,7 +98,9 @@ def scene_token_grids(count: int, codebook: torch.Tensor, seed: int = 0, chunk: 
     gen = torch.Generator().manual_seed(seed)
     projection = torch.randn(PATCH * PATCH * 3, codebook.shape[1], generator=gen)  # [768, D]
     codes, captions = [], []
-    for start in range(0, count, chunk):  # rendered a chunk at a time: 3,584 images at 384 px are 1.6 GB (6.3 GB as floats)
+    for start in range(
+        0, count, chunk
+    ):  # rendered a chunk at a time: 3,584 images at 384 px are 1.6 GB (6.3 GB as floats)
         images, records = make_split("bench", min(chunk, count - start), seed + start, IMAGE_SIZE)
         codes.append(patch_tokens(images, codebook, projection).to(torch.int32))
         captions += [r["caption"] for r in records]
@@ -261,18 +264,20 @@ def run_janus_bench(
     if not 2 <= steps <= 576:
         raise ValueError(f"steps={steps}: time between 2 and 576 (a whole image) steps per row")
     device = resolve_device(device)
-    t0 = time.perf_counter()
-    model, processor, params = janus_size_model(depth, seed, device, toy)
-    pipe = ImageGenerationPipeline(model, processor, device)
-    codebook = pipe.vq.codebook.cpu()
-    log(f"[bench janus] model built in {time.perf_counter() - t0:.0f} s: {params}")
-    t0 = time.perf_counter()
-    codes, captions = scene_token_grids(grids, codebook, seed)
+    t0 = time.perf_counter()  # the grids first: rendering's temporaries are gone before the model is allocated
+    codes, captions = scene_token_grids(grids, janus_pro_codebook(seed), seed)
     grid_note = (
         f"{len(codes):,} mini-world scenes at 384 px, each 16 x 16 patch tokenised by a fixed random projection "
         "to 8 dimensions and the nearest L2-normalised code"
     )
     log(f"[bench janus] {len(codes)} token grids in {time.perf_counter() - t0:.0f} s")
+    t0 = time.perf_counter()
+    model, processor, params = janus_size_model(depth, seed, device, toy)
+    with torch.no_grad():  # the model's codebook is the one the grids were tokenised with
+        model.model.vqmodel.quantize.embedding.weight.copy_(janus_pro_codebook(seed))
+    pipe = ImageGenerationPipeline(model, processor, device)
+    codebook = pipe.vq.codebook.cpu()
+    log(f"[bench janus] model built in {time.perf_counter() - t0:.0f} s: {params}")
     t0 = time.perf_counter()
     index_params = {"nprobe": 16} if index_params is None and index.startswith("ivf") else (index_params or {})
     db = PatchDatabase.build(codes, codebook, hops=1, causal=True, index=index, device=str(device), **index_params)
@@ -394,3 +399,9 @@ def markdown_table(result: dict) -> str:
 def write_results(result: dict, out_json, out_md) -> None:
     write_json(out_json, result)
     write_text(out_md, markdown_table(result))
+
+
+def janus_pro_codebook(seed: int = 0) -> torch.Tensor:
+    """A random L2-normalised codebook of Janus-Pro's VQ shape, 16384 x 8 (what random weights give it)."""
+    gen = torch.Generator().manual_seed(seed)
+    return torch.nn.functional.normalize(torch.randn(16384, 8, generator=gen), dim=-1)

@@ -3,6 +3,7 @@ the methods side by side, the paper's Table 4) and the cost of a run extrapolate
 
 from __future__ import annotations
 
+import argparse
 from pathlib import Path
 
 from arrag.cli.args import COUNT_TYPE, daid_args, daid_settings, model_args, number, sampling, sampling_args
@@ -11,7 +12,14 @@ from arrag.methods import FAiDSettings, RACM3Settings, VanillaSettings
 
 def register(sub) -> None:
     bench = sub.add_parser("bench", help="performance benchmarks").add_subparsers(dest="bench", required=True)
-    for add in (add_bench_retrieval, add_bench_encoders, add_bench_scoring, add_bench_generate, add_bench_janus):
+    for add in (
+        add_bench_retrieval,
+        add_bench_encoders,
+        add_bench_scoring,
+        add_bench_generate,
+        add_bench_janus,
+        add_bench_scaling,
+    ):
         add(bench)
     add_scale_table(sub)
 
@@ -45,11 +53,7 @@ def cmd_bench_retrieval(args) -> None:
             f"the database would hold {entries:,} entries, fewer than --min-entries {args.min_entries:,}; "
             "pass more code shards (e.g. a larger mini-world corpus)"
         )
-    backends = []
-    for spec in args.backend:
-        name, _, rest = spec.partition(":")
-        params = {k: number(v) for k, v in (p.split("=", 1) for p in rest.split(",") if p)}
-        backends.append((name, params))
+    backends = backend_specs(args.backend)
     if args.authors_baseline:
         backends.append(AUTHORS_BASELINE)
     result = run_retrieval_bench(
@@ -213,6 +217,71 @@ def cmd_bench_janus(args) -> None:
         seed=args.seed,
     )
     write_results(result, args.out_json, args.out_md)
+    print(Path(args.out_md).read_text())
+
+
+def entry_count(text: str) -> int:
+    """`2M`, `128M`, `7.83B`, `500K` or a plain integer -> entries."""
+    scale = {"K": 1_000, "M": 1_000_000, "B": 1_000_000_000}.get(text[-1:].upper(), 1)
+    try:
+        value = float(text[:-1] if scale > 1 else text) * scale
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an entry count (e.g. 2M, 128M, 2000000)") from None
+    if not value >= 1:
+        raise argparse.ArgumentTypeError(f"{text!r}: an entry count must be at least 1")
+    return int(value)
+
+
+def add_bench_scaling(sub) -> None:
+    p = sub.add_parser(
+        "retrieval-scaling", help="database size vs build time, memory, QPS, recall; fit and extrapolate"
+    )
+    p.add_argument("--sizes", nargs="+", type=entry_count, default=[2_000_000, 8_000_000, 32_000_000, 128_000_000])
+    p.add_argument("--backend", action="append", metavar="NAME[:k=v,...]", help="default: compact, torch_compact, "
+                   "ivf_compact:nlist=1024,nprobe=16")  # fmt: skip
+    p.add_argument("--grids", type=COUNT_TYPE, default=3584, help="real 24 x 24 base grids (576 entries each)")
+    p.add_argument("--query-grids", type=COUNT_TYPE, default=64, help="held-out grids the queries come from")
+    p.add_argument("--queries", type=COUNT_TYPE, default=256)
+    p.add_argument("--perturb", type=float, default=0.05, help="fraction of tokens replaced in each tiled copy")
+    p.add_argument("--max-batch-seconds", type=float, default=60.0, help="skip a search predicted to take longer")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out-json", required=True)
+    p.add_argument("--out-md", required=True)
+    p.add_argument("--out-png", required=True)
+    p.set_defaults(func=cmd_bench_scaling)
+
+
+def backend_specs(specs: list[str]) -> list[tuple[str, dict]]:
+    """`name:k=v,k=v` flags -> (name, params)."""
+    out = []
+    for spec in specs:
+        name, _, rest = spec.partition(":")
+        out.append((name, {k: number(v) for k, v in (p.split("=", 1) for p in rest.split(",") if p)}))
+    return out
+
+
+def cmd_bench_scaling(args) -> None:
+    from arrag.bench.janus_size import janus_pro_codebook, scene_token_grids
+    from arrag.bench.retrieval_scaling import run_scaling, write_results
+
+    codebook = janus_pro_codebook(args.seed)
+    base, _ = scene_token_grids(args.grids, codebook, args.seed)
+    held_out, _ = scene_token_grids(args.query_grids, codebook, args.seed + 1_000_003)
+    specs = args.backend or ["compact", "torch_compact", "ivf_compact:nlist=1024,nprobe=16"]
+    result = run_scaling(
+        base,
+        held_out,
+        codebook,
+        args.sizes,
+        backend_specs(specs),
+        perturb=args.perturb,
+        n_queries=args.queries,
+        max_batch_seconds=args.max_batch_seconds,
+        data_note="mini-world scenes at 384 px tokenised by arrag.bench.janus_size.scene_token_grids (random-weight "
+        "Janus-Pro VQ codebook)",
+        seed=args.seed,
+    )
+    write_results(result, args.out_json, args.out_md, args.out_png)
     print(Path(args.out_md).read_text())
 
 
