@@ -128,7 +128,7 @@ def run_scaling(
         t0 = time.perf_counter()
         kth = exact_kth(base, copies, perturb, codebook, queries)
         log(
-            f"[scaling] {entries:,} entries: brute force over {len(queries)} queries in {time.perf_counter() - t0:.0f} s"
+            f"[scaling] {entries:,} entries: brute force, {len(queries)} queries: {time.perf_counter() - t0:.0f} s"
         )
         for b_index, (name, params) in enumerate(backends):
             t0 = time.perf_counter()
@@ -247,14 +247,14 @@ def markdown_table(result: dict) -> str:
         for b in batches:
             cells += [_num(f[f"qps@{b}"] and f[f"qps@{b}"]["b"]), _num(f[f"paper_qps@{b}"])]
         lines.append("| " + " | ".join(cells) + " |")
+    data = f"{result['base_grids']:,} grids of {result['grid'][0]}x{result['grid'][1]} ({result['data']})"
     note = (
-        f"\nBase: {result['base_grids']:,} grids of {result['grid'][0]}x{result['grid'][1]} ({result['data']}); larger "
-        f"databases tile them, {100 * result['perturb']:g}% of each copy's tokens replaced by tokens drawn from the base "
-        f"grids; hop-1 causal keys, codebook {result['codebook'][0]}x{result['codebook'][1]}; {result['queries']} "
-        f"held-out queries, k = {result['k']}; recall@10 tie-aware against brute force over the same keys. Memory = "
-        "bytes per entry x entries; build time and QPS fitted as a N^b (least squares in log-log) over the measured "
-        'sizes; "skipped": one batch predicted past the time limit. '
-        f"Machine: {result['machine']}; {result['date']}.\n"
+        f"\nBase: {data}; larger databases tile them, {100 * result['perturb']:g}% of each copy's tokens replaced by "
+        f"tokens drawn from the base grids; hop-1 causal keys, codebook {result['codebook'][0]}x"
+        f"{result['codebook'][1]}; {result['queries']} held-out queries, k = {result['k']}; recall@10 tie-aware "
+        "against brute force over the same keys. Memory = bytes per entry x entries; build time and QPS fitted as "
+        'a N^b (least squares in log-log) over the measured sizes; "skipped": one batch predicted past the time '
+        f"limit. Machine: {result['machine']}; {result['date']}.\n"
     )
     return "\n".join(lines) + "\n" + note
 
