@@ -127,9 +127,7 @@ def run_scaling(
         entries = copies * per_copy
         t0 = time.perf_counter()
         kth = exact_kth(base, copies, perturb, codebook, queries)
-        log(
-            f"[scaling] {entries:,} entries: brute force, {len(queries)} queries: {time.perf_counter() - t0:.0f} s"
-        )
+        log(f"[scaling] {entries:,} entries: brute force, {len(queries)} queries: {time.perf_counter() - t0:.0f} s")
         for b_index, (name, params) in enumerate(backends):
             t0 = time.perf_counter()
             db = build_tiled(base, copies, perturb, codebook, name, params)
