@@ -112,9 +112,11 @@ def run_scaling(
     data_note: str = "",
     seed: int = 0,
     log=lambda line: print(line, file=sys.stderr, flush=True),
+    on_size=lambda partial: None,
 ) -> dict:
     """base [N, H, W] real grids tiled to each of `sizes` entries (rounded up to whole copies); query_grids held
-    out. Returns every (size, backend) row and the fits (see the module docstring)."""
+    out. Returns every (size, backend) row and the fits (see the module docstring); `on_size` receives the same
+    for the sizes done so far after each size (a long run's partial results)."""
     if not 0 <= perturb < 1:
         raise ValueError(f"perturb={perturb}: give the fraction of tokens replaced in each copy, in [0, 1)")
     gen = torch.Generator().manual_seed(seed)
@@ -152,6 +154,11 @@ def run_scaling(
             rows.append(row)
             log(f"[scaling] {name} {params} at {entries:,}: {row}")
             del db
+        on_size(_result(rows, base, codebook, perturb, queries, data_note, backends, batches))
+    return _result(rows, base, codebook, perturb, queries, data_note, backends, batches)
+
+
+def _result(rows, base, codebook, perturb, queries, data_note, backends, batches) -> dict:
     return {
         "command": "arrag bench retrieval-scaling",
         "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),

@@ -280,6 +280,7 @@ def cmd_bench_scaling(args) -> None:
         data_note="mini-world scenes at 384 px tokenised by arrag.bench.janus_size.scene_token_grids (random-weight "
         "Janus-Pro VQ codebook)",
         seed=args.seed,
+        on_size=lambda partial: write_results(partial, args.out_json, args.out_md, args.out_png),
     )
     write_results(result, args.out_json, args.out_md, args.out_png)
     print(Path(args.out_md).read_text())
