@@ -30,6 +30,7 @@ from contextlib import contextmanager
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 from arrag.bench.generate import _synchronise
 from arrag.decoding.loop import DecodingHook, SamplingConfig
@@ -83,13 +84,18 @@ def janus_size_model(depth: int | None = None, seed: int = 0, device: str | torc
 def patch_tokens(images: np.ndarray, codebook: torch.Tensor, projection: torch.Tensor) -> torch.Tensor:
     """uint8 images [N, S, S, 3] -> token grids [N, S/16, S/16]: each 16 x 16 patch (pixels in [-1, 1]) projected
     by projection [768, D] and given the nearest code after L2-normalising both (the VQ quantiser's rule)."""
-    from arrag.models.vq import normalised_nearest_codes
+    import faiss
 
     x = torch.from_numpy(images).float() / 127.5 - 1  # [N, S, S, 3]
     n, size = x.shape[0], x.shape[1]
     side = size // PATCH
-    patches = x.view(n, side, PATCH, side, PATCH, 3).permute(0, 1, 3, 2, 4, 5).reshape(n, side, side, -1)
-    return normalised_nearest_codes(patches @ projection, codebook)  # [N, side, side]
+    patches = x.view(n, side, PATCH, side, PATCH, 3).permute(0, 1, 3, 2, 4, 5).reshape(n * side * side, -1)
+    z = F.normalize(patches @ projection, dim=-1)  # [P, D]
+    # max inner product with the unit codes = nearest unit code; FAISS keeps only the best per patch (a [P, K]
+    # score matrix would be 2.4 GB for 64 images)
+    index = faiss.IndexFlatIP(codebook.shape[1])
+    index.add(F.normalize(codebook.float(), dim=-1).numpy())
+    return torch.from_numpy(index.search(z.numpy(), 1)[1][:, 0]).view(n, side, side)
 
 
 def scene_token_grids(count: int, codebook: torch.Tensor, seed: int = 0, chunk: int = 64):
