@@ -187,11 +187,12 @@ def add_scale_table(sub) -> None:
 
 
 def cmd_scale_table(args) -> None:
-    from arrag.bench.scale import declared_memory, scale_markdown, scale_rows
+    from arrag.bench.scale import declared_memory, run_span, scale_markdown, scale_rows
     from arrag.io import write_json, write_text
 
     declared = declared_memory(Path(args.paper_plan).read_text()) if args.paper_plan else None
     rows = scale_rows(args.results, declared)
-    write_text(args.out, scale_markdown(rows, args.results))
+    span = run_span(Path(args.results) / "jobstats")
+    write_text(args.out, scale_markdown(rows, args.results, span))
     write_json(Path(args.out).with_suffix(".json"), rows)
     print(Path(args.out).read_text())
