@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from arrag.bench.scale import _rule_of, read_jobstats, scale_markdown, scale_rows
+from arrag.bench.scale import _rule_of, read_jobstats, run_span, scale_markdown, scale_rows
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -158,6 +158,16 @@ def test_job_statistics_are_grouped_by_rule_and_scaled_by_the_items_of_the_run(t
     assert "items" not in rows["world"]  # a fixed-cost job: no paper count
     assert tok["paper_cpu_hours"] == pytest.approx(20.0 / 8 * tok["paper_items"] / 3600)
     assert "| `tokenise_shard` | 2 |" in scale_markdown(list(rows.values()), "x")
+    # the run's span: each statistics file is written when its job ends, which started `s` seconds before
+    for path, end in ((results / "jobstats" / "world.tsv", 1_000_000.0), (results / "jobstats" / "tokenise_shard"
+                      / "cc12m" / "00000-of-00002.tsv", 1_000_600.0), (results / "jobstats" / "tokenise_shard"
+                      / "cc12m" / "00001-of-00002.tsv", 1_000_100.0)):  # fmt: skip
+        os.utime(path, (end, end))
+    span = run_span(results / "jobstats")
+    assert span == (1_000_000.0 - 2.0, 1_000_600.0)  # the 2 s world job started first, tokenise shard 0 ended last
+    line = scale_markdown(list(rows.values()), "x", span).splitlines()[0]
+    assert "3 jobs from" in line and "10.0 min from the first job's start" in line and f"{(30 + 10 + 2) / 2 / 60:.1f} CPU-minutes" in line
+
     with pytest.raises(FileNotFoundError, match="no job statistics"):
         read_jobstats(tmp_path / "empty")
 
@@ -185,6 +195,44 @@ def test_jobs_of_different_sizes_separate_a_fixed_cost_from_the_cost_per_item(tm
     assert gen["paper_hours"] == pytest.approx(10.0 * PAPER_ITEMS["generate"] / 3600)
     assert rows["tokenise_shard"]["fit"] == "average" and rows["tokenise_shard"]["seconds_per_item"] == 60.0 / 8
     assert marginal_cost([(2, 50.0), (6, 30.0)]) is None  # costs that fall with size are not a cost model
+
+
+PLAN = """
+[Mon Nov 30 19:13:26 2026]
+localrule download_model:
+    output: results/paper/models/base
+    resources: tmpdir=/tmp, mem_mb=2500, mem=2.5 GB, mem_mib=2385
+
+[Mon Nov 30 19:13:26 2026]
+rule generate:
+    output: results/paper/images/daid/geneval/shards/00000-of-00004.json
+    wildcards: method=daid, prompts=geneval, shard=00000-of-00004
+    resources: tmpdir=/tmp, mem_mb=23000, mem=23 GB, mem_mib=21935, gpu=1
+
+[Mon Nov 30 19:13:26 2026]
+rule generate:
+    wildcards: method=daid, prompts=mjhq, shard=00001-of-00004
+    resources: tmpdir=/tmp, mem_mb=31000, mem=31 GB, gpu=1
+
+rule generate:
+    wildcards: method=vanilla, prompts=mjhq, shard=00001-of-00004
+    resources: tmpdir=/tmp, mem_mb=19000, gpu=1
+"""
+
+
+def test_the_paper_plan_gives_each_rules_largest_declared_memory(tmp_path):
+    from arrag.bench.scale import declared_memory
+
+    declared = declared_memory(PLAN)
+    assert declared == {"download_model": 2500.0, "generate (daid)": 31000.0, "generate (vanilla)": 19000.0}
+    results = tmp_path / "results"
+    _bench(results / "jobstats" / "generate" / "daid" / "geneval" / "00000-of-00001.tsv", 10.0, 100.0)
+    _bench(results / "jobstats" / "world.tsv", 2.0, 50.0)
+    rows = {r["rule"]: r for r in scale_rows(results, declared)}
+    assert rows["generate (daid)"]["paper_mem_gb"] == 31.0 and "paper_mem_gb" not in rows["world"]
+    assert "| 31 |" in scale_markdown(list(rows.values()), "x")
+    with pytest.raises(ValueError, match="paper.yaml"):
+        declared_memory("Nothing to be done (all requested files are present and up to date).")
 
 
 def test_backbone_rules_are_scaled_from_the_stand_in_to_janus_pro_1b(tmp_path):
