@@ -325,6 +325,8 @@ def run_janus_bench(
     for name, m in measured.items():
         m["overhead_per_image"] = m["seconds_per_image"] / base["seconds_per_image"] - 1
         m["overhead_per_step"] = m["seconds_per_step"] / base["seconds_per_step"] - 1
+        # the fastest repeat of each row: on a shared machine other jobs only ever add time
+        m["overhead_per_step_best_repeat"] = min(m["step_means_per_repeat"]) / min(base["step_means_per_repeat"]) - 1
         m["target"] = TARGETS.get(name)
         m["added_parameters"] = sum(p.numel() for p in faids[name[5:]].parameters()) if name.startswith("faid") else 0
     from arrag.bench.retrieval import _machine
@@ -377,8 +379,8 @@ def decode_seconds(pipe, batch_size: int, device) -> float:
 def markdown_table(result: dict) -> str:
     lines = [
         "| method | added params | to first token (s) | ms per step | per image (s, est.) | vs vanilla per image "
-        "| vs vanilla per step | target |",
-        "|---|---|---|---|---|---|---|---|",
+        "| vs vanilla per step | per step, fastest repeats | target |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for name, r in result["rows"].items():
         target = r["target"]
@@ -386,7 +388,8 @@ def markdown_table(result: dict) -> str:
             f"| {name} | {r['added_parameters'] / 1e6:.1f}M | {r['first_token_seconds']:.2f} "
             f"| {1000 * r['seconds_per_step']:.1f} | {r['seconds_per_image']:.1f} "
             f"| {100 * r['overhead_per_image']:+.1f}% "
-            f"| {100 * r['overhead_per_step']:+.1f}% | {'–' if target is None else f'≤ +{100 * target:.0f}%'} |"
+            f"| {100 * r['overhead_per_step']:+.1f}% | {100 * r['overhead_per_step_best_repeat']:+.1f}% "
+            f"| {'–' if target is None else f'≤ +{100 * target:.0f}%'} |"
         )
     p, db = result["parameters"], result["database"]
     windows = "; ".join(
