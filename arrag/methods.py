@@ -97,11 +97,15 @@ class DAiDSettings(MethodSettings):
 
     def hook_factory(self, pipe, db_devices: str | None = None, record: bool = False) -> Callable[[], list]:
         from arrag.decoding.daid import DAiD
-        from arrag.models.vq import VQTokenizer
+        from arrag.models.backbone import MASKED
 
-        codebook = VQTokenizer.from_janus(pipe.model).codebook
+        codebook = pipe.vq.codebook
         db = load_database(self.db, codebook, pipe.device, db_devices)
         numbers = dict(k=self.k, weight=self.weight, temperature=self.temperature, unique=self.unique)
+        if pipe.backbone.loop == MASKED:  # Show-o: all 8 neighbours, the last half of the steps (appendix B.2)
+            from arrag.decoding.masked_daid import MaskedDAiD
+
+            return lambda: [MaskedDAiD(db, **numbers)]
         return lambda: [DAiD(db, codebook, **numbers, record=record)]
 
 
