@@ -157,3 +157,93 @@ def test_build_method_gives_show_o_the_masked_daid(showo_dir, tmp_path):
     daid1 = build_method(DAiDSettings(db=tmp_path / "db", k=3, weight=1.0), showo_dir, device="cpu")
     _, merged = daid1.pipe(PROMPTS, sampling=sampling, hooks=daid1.make_hooks())
     assert not torch.equal(plain, merged)
+
+
+# ---- FAiD on Show-o
+
+
+@pytest.fixture(scope="module")
+def showo_db(showo_dir, tmp_path_factory):
+    from arrag.retrieval.database import PatchDatabase
+
+    folder = tmp_path_factory.mktemp("showo_db") / "db"
+    codes = torch.randint(0, 16, (8, 4, 4), generator=torch.Generator().manual_seed(0))
+    PatchDatabase.build(codes, load_backbone(showo_dir).vq.codebook, hops=1, causal=False, index="flat").save(folder)
+    return folder
+
+
+def test_untrained_showo_faid_gives_exactly_the_backbones_logits(showo_dir):
+    from arrag.models.faid import FAiDConfig
+    from arrag.models.showo_faid import ShowoFAiD
+
+    backbone = load_backbone(showo_dir)
+    faid = ShowoFAiD.for_model(backbone.model, FAiDConfig(every=1, hops="12", k=3, rank=8)).attach(backbone)
+    assert len(faid.blocks) == 2 and not any(b.causal for b in faid.blocks)  # every layer, the whole ring
+    prompts = backbone.prompts(PROMPTS)
+    codes = torch.randint(0, 16, (2, 16))
+    codes[:, 1::3] = -1
+    candidates = torch.randint(-1, 16, (2, 16, 3))
+    with torch.no_grad():
+        plain = backbone.image_logits(prompts, codes)
+        faid.plan(candidates, rows=2)
+        zero = backbone.image_logits(prompts, codes)
+        for block in faid.blocks:
+            torch.nn.init.normal_(block.out.weight, std=0.5)
+        faid.plan(candidates[:1], rows=1)  # the first row only (the conditional half under guidance)
+        changed = backbone.image_logits(prompts, codes)
+        faid.clear()
+        again = backbone.image_logits(prompts, codes)
+    assert torch.equal(plain, zero) and torch.equal(plain, again)
+    assert not torch.allclose(changed[0], plain[0]) and torch.equal(changed[1], plain[1])
+
+
+def test_showo_faid_trains_saves_and_decodes_through_build_method(showo_dir, showo_db, tmp_path):
+    from arrag.methods import FAiDSettings, VanillaSettings, build_method
+    from arrag.models.faid_training import FAiDTrainingConfig, build_trainset
+    from arrag.models.showo_faid import ShowoFAiDHook, load_showo_faid, train_showo_faid
+    from arrag.retrieval.database import PatchDatabase
+
+    backbone = load_backbone(showo_dir)
+    db = PatchDatabase.load(showo_db, codebook=backbone.vq.codebook)
+    codes = torch.randint(0, 16, (6, 4, 4), generator=torch.Generator().manual_seed(1))
+    captions = ["a photo of a red circle", "a photo of a blue square", "a photo of a circle"] * 2
+    build_trainset(backbone.model, db, codes, captions, 3, tmp_path / "ts", vq=backbone.vq)
+    cfg = FAiDTrainingConfig(steps=3, batch_size=4, k=3, rank=8, lr=1e-2, checkpoint_every=0)
+    stats = train_showo_faid(showo_dir, tmp_path / "ts", cfg, tmp_path / "faid")
+    assert stats["trainable_parameters"] > 0 and len(stats["log"]) >= 1
+    faid = load_showo_faid(tmp_path / "faid", backbone, db=db)
+    assert any(block.out.weight.abs().sum() > 0 for block in faid.blocks)  # it learnt something
+
+    method = build_method(FAiDSettings(db=showo_db, faid=tmp_path / "faid"), showo_dir, device="cpu")
+    hooks = method.make_hooks()
+    assert len(hooks) == 1 and isinstance(hooks[0], ShowoFAiDHook)
+    vanilla = build_method(VanillaSettings(), showo_dir, device="cpu")
+    sampling = SamplingConfig(guidance_scale=2.0)
+    _, plain = vanilla.pipe(PROMPTS, sampling=sampling)
+    _, augmented = method.pipe(PROMPTS, sampling=sampling, hooks=hooks)
+    assert augmented.shape == plain.shape
+
+    other = ShowoBackbone(*tiny_showo_parts(seed=1))
+    with pytest.raises(ValueError, match="another Show-o backbone"):
+        load_showo_faid(tmp_path / "faid", other)
+
+
+def test_showo_faid_hook_retrieves_in_the_last_half_only(showo_dir, showo_db):
+    from arrag.models.faid import FAiDConfig
+    from arrag.models.showo_faid import ShowoFAiD, ShowoFAiDHook
+    from arrag.retrieval.database import PatchDatabase
+
+    backbone = load_backbone(showo_dir)
+    db = PatchDatabase.load(showo_db, codebook=backbone.vq.codebook)
+    faid = ShowoFAiD.for_model(backbone.model, FAiDConfig(every=1, k=3, rank=8)).attach(backbone)
+    planned = []
+    plan = faid.plan
+    faid.plan = lambda ids, rows: (planned.append(ids.shape), plan(ids, rows))
+    hook = ShowoFAiDHook(db, faid)
+    sampling = MaskedSamplingConfig(steps=6, guidance_scale=2.0)
+    texts = backbone.prompts(PROMPTS).texts
+    zero = generate_masked_tokens(
+        backbone.model, texts, backbone.vocab, 16, sampling, make_generators([1, 2], "cpu"), [hook]
+    )
+    plain = generate_masked_tokens(backbone.model, texts, backbone.vocab, 16, sampling, make_generators([1, 2], "cpu"))
+    assert planned == [(2, 16, 3)] * 3 and torch.equal(zero, plain)  # steps 3..5; zero-init: the plain tokens

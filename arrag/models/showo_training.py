@@ -188,7 +188,7 @@ def masked_token_loss(model, vocab, texts: list[list[int]], codes: torch.Tensor,
     the text and the unmasked tokens."""
     seq = t2i_sequence(texts, torch.where(masked, -1, codes), vocab)
     mask = omni_attention_mask(seq, vocab, dtype=next(model.parameters()).dtype)
-    positions = torch.arange(seq.shape[1]).expand_as(seq)
+    positions = torch.arange(seq.shape[1], device=seq.device).expand_as(seq)
     logits = model(input_ids=seq, attention_mask=mask, position_ids=positions, use_cache=False).logits
     n = codes.shape[1]
     image = logits[:, -(n + 1) : -1, vocab.image_offset : vocab.mask_id]  # [b, N, K]
