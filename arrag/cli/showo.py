@@ -1,4 +1,5 @@
-"""Show-o commands: train the mini Show-o (its MAGVIT-v2 tokenizer, then its LM) into a backbone folder."""
+"""Show-o commands: train the mini Show-o (its MAGVIT-v2 tokenizer, then its LM) into a backbone folder, or
+assemble one from downloaded snapshots (showlab/show-o, showlab/magvitv2, Phi-1.5's tokenizer)."""
 
 from __future__ import annotations
 
@@ -17,6 +18,12 @@ def register(sub) -> None:
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="ShowoTrainingConfig field")
     restart_arg(p)
     p.set_defaults(func=cmd_train_showo)
+    p = sub.add_parser("assemble-showo", help="a Show-o backbone folder naming downloaded parts (backbone.json)")
+    p.add_argument("--showo", required=True, help="showlab/show-o snapshot (arrag download model)")
+    p.add_argument("--magvitv2", required=True, help="showlab/magvitv2 snapshot")
+    p.add_argument("--tokenizer", required=True, help="microsoft/phi-1_5 snapshot (its tokenizer files)")
+    p.add_argument("--out", required=True)
+    p.set_defaults(func=cmd_assemble_showo)
 
 
 def cmd_train_showo(args) -> None:
@@ -33,3 +40,11 @@ def cmd_train_showo(args) -> None:
             indent=2,
         )
     )
+
+
+def cmd_assemble_showo(args) -> None:
+    from arrag.models.backbone import assemble_showo, load_backbone
+
+    assemble_showo(Path(args.showo), Path(args.magvitv2), Path(args.tokenizer), Path(args.out))
+    backbone = load_backbone(args.out)  # every part checked now, not at the first generating job
+    print(json.dumps({"out": args.out, "grid": backbone.vq.grid, "codebook_size": backbone.vq.codebook_size}))

@@ -12,11 +12,14 @@ the methods (arrag.methods) build their hooks for that loop.
 
 A Show-o backbone is a folder holding `showo/` (the LM: a showlab/show-o snapshot or one arrag trained),
 `magvitv2/` (its tokenizer) and the text tokenizer, in `showo/` (arrag's mini model) or `tokenizer/`
-(microsoft/phi-1_5's tokenizer files); each part is checked against its own manifest when loaded.
+(microsoft/phi-1_5's tokenizer files), or a folder whose `backbone.json` names where those parts are (the
+downloaded snapshots: `arrag assemble-showo`); each part is checked against its own manifest when loaded.
 """
 
 from __future__ import annotations
 
+import json
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -29,9 +32,44 @@ AUTOREGRESSIVE, MASKED = "autoregressive", "masked"
 SHOWO_PARTS = ("showo", "magvitv2")  # sub-folders of a Show-o backbone folder
 
 
+PARTS_FILE = "backbone.json"  # an assembled Show-o backbone: {"showo": DIR, "magvitv2": DIR, "tokenizer": DIR}
+
+
 def is_showo(source: str | Path) -> bool:
-    """A Show-o backbone folder (its LM in showo/), rather than a Janus model directory or hub id."""
-    return (Path(source) / "showo" / "config.json").is_file()
+    """A Show-o backbone folder (its LM in showo/, or its parts named in backbone.json), rather than a Janus
+    model directory or hub id."""
+    return (Path(source) / "showo" / "config.json").is_file() or (Path(source) / PARTS_FILE).is_file()
+
+
+def showo_parts(path: Path) -> dict[str, Path]:
+    """Where a Show-o backbone's parts are: showo, magvitv2 and tokenizer (the text tokenizer's folder)."""
+    from arrag.manifest import verify
+    from arrag.models.janus import ModelLoadError
+
+    if (path / PARTS_FILE).is_file():
+        verify(path, "showo-backbone", fix="assemble it again (arrag assemble-showo)")
+        listed = json.loads((path / PARTS_FILE).read_text())
+        missing = sorted({"showo", "magvitv2", "tokenizer"} - set(listed))
+        if missing:
+            raise ModelLoadError(f"{path / PARTS_FILE} names no {missing}; assemble it again (arrag assemble-showo)")
+        return {name: path / listed[name] for name in ("showo", "magvitv2", "tokenizer")}
+    text = path / "showo" if (path / "showo" / "tokenizer.json").is_file() else path / "tokenizer"
+    return {"showo": path / "showo", "magvitv2": path / "magvitv2", "tokenizer": text}
+
+
+def assemble_showo(showo: Path, magvitv2: Path, tokenizer: Path, out: Path) -> dict:
+    """A Show-o backbone folder naming downloaded parts (paths relative to it): backbone.json and a manifest whose
+    inputs are the parts' identities (their manifests' digests), so that what is made with it records them."""
+    from arrag.io import atomic_path, write_json
+    from arrag.manifest import identity, write_manifest
+
+    parts = {"showo": Path(showo), "magvitv2": Path(magvitv2), "tokenizer": Path(tokenizer)}
+    listed = {
+        name: os.path.relpath(p.resolve(), Path(out).resolve().parent / Path(out).name) for name, p in parts.items()
+    }
+    with atomic_path(Path(out), directory=True) as tmp:
+        write_json(tmp / PARTS_FILE, listed)
+        return write_manifest(tmp, "showo-backbone", {name: identity(p) for name, p in parts.items()})
 
 
 # ---------------------------------------------------------------- Janus
@@ -200,13 +238,13 @@ class ShowoBackbone:
 
         if revision is not None:
             raise ModelLoadError(f"a Show-o backbone is a local folder ({source}); --revision applies to hub ids only")
-        path = Path(source)
-        model, spec = load_showo(path / "showo", device=device, dtype=dtype)
-        magvit = load_magvit2(path / "magvitv2", device=device)
-        text = path / "showo" if (path / "showo" / "tokenizer.json").is_file() else path / "tokenizer"
+        parts = showo_parts(Path(source))
+        model, spec = load_showo(parts["showo"], device=device, dtype=dtype)
+        magvit = load_magvit2(parts["magvitv2"], device=device)
+        text = parts["tokenizer"]
         if not (text / "tokenizer.json").is_file() and not (text / "vocab.json").is_file():
             raise ModelLoadError(
-                f"Show-o backbone {path} has no text tokenizer (in showo/ or tokenizer/): download "
+                f"Show-o backbone {source} has no text tokenizer (in showo/ or tokenizer/): download "
                 "microsoft/phi-1_5's tokenizer files into tokenizer/"
             )
         tokenizer = load_tokenizer(text)
