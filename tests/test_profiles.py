@@ -98,7 +98,7 @@ def test_local_profile_dry_runs(tmp_path):
     # each GPU job gets its share of the cores (cores / gpu), so GPU jobs can run side by side
     shared = _snakemake(work, "-n", "--profile", LOCAL, "--configfile", "config/toy.yaml", "--cores", "8")
     for job in _jobs(shared.stdout):  # (bench_generate keeps every core on purpose: nothing may skew its timings)
-        if job["resources"].get("gpu") == "1" and job["rule"] not in ("bench_generate", "tokenise_shard"):
+        if job["resources"].get("gpu") == "1" and job["rule"] not in ("bench_generate", "tokenise_shard", "tokenise_showo_shard"):
             assert job["threads"] == 8 // profile["resources"]["gpu"], job
 
 
@@ -309,13 +309,14 @@ def test_paper_jobs_load_local_files_that_download_rules_fetch(tmp_path, configf
     jobs = _planned(result.stdout)
     profile = yaml.safe_load((REPO / configfile).read_text())["profile"]
     downloads = [job for job in jobs if job["rule"].startswith("download_")]
+    showo = "showo" in yaml.safe_load((REPO / configfile).read_text()).get("backbones", [])
     assert {job["rule"] for job in downloads} == {
         "download_model", "download_dataset", "download_clip", "download_mplug", "download_geneval_detector",
         "download_inception", "download_mjhq", "download_dpg_csv",
-    }  # fmt: skip
+    } | ({"download_showo_part"} if showo else set())  # fmt: skip
     assert all(job["shell"].startswith("arrag download ") for job in downloads)
     for job in downloads:  # hub downloads: a lock file beside the config
-        if job["rule"] in ("download_model", "download_dataset", "download_clip", "download_mplug"):
+        if job["rule"] in ("download_model", "download_dataset", "download_clip", "download_mplug", "download_showo_part"):
             assert f"--lock config/locks/{profile}/" in job["shell"], job
     produced = {out for job in downloads for out in _outputs(result.stdout, job)}
 
