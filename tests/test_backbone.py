@@ -2,6 +2,9 @@
 it (a random-weight tiny model of the real classes, saved as a backbone folder) decodes with the masked loop, is
 picked by the loader, the pipeline and build_method, and its DAiD is the masked one."""
 
+import json
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -247,3 +250,18 @@ def test_showo_faid_hook_retrieves_in_the_last_half_only(showo_dir, showo_db):
     )
     plain = generate_masked_tokens(backbone.model, texts, backbone.vocab, 16, sampling, make_generators([1, 2], "cpu"))
     assert planned == [(2, 16, 3)] * 3 and torch.equal(zero, plain)  # steps 3..5; zero-init: the plain tokens
+
+
+def test_bench_generate_times_show_o_per_masked_step(showo_dir, showo_db, tmp_path):
+    from arrag.cli import main
+
+    out = tmp_path / "bench"
+    argv = ["bench", "generate", "--model", str(showo_dir), "--db", str(showo_db), "--daid-k", "3"]
+    argv += ["--repeats", "1", "--batch-size", "2", "--guidance-scale", "2.0", "--device", "cpu"]
+    assert main(argv + ["--out-json", f"{out}.json", "--out-md", f"{out}.md"]) == 0
+    result = json.loads(Path(f"{out}.json").read_text())
+    assert result["backbone"] == "showo" and (result["tokens_per_image"], result["steps_per_image"]) == (16, 18)
+    rows = {r["method"]: r for r in result["rows"]}
+    assert set(rows) == {"vanilla", "daid"}
+    assert rows["daid"]["seconds_per_step"] == rows["daid"]["seconds_per_batch"] / 18
+    assert "showo backbone" in Path(f"{out}.md").read_text()

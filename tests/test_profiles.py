@@ -98,7 +98,8 @@ def test_local_profile_dry_runs(tmp_path):
     # each GPU job gets its share of the cores (cores / gpu), so GPU jobs can run side by side
     shared = _snakemake(work, "-n", "--profile", LOCAL, "--configfile", "config/toy.yaml", "--cores", "8")
     for job in _jobs(shared.stdout):  # (bench_generate keeps every core on purpose: nothing may skew its timings)
-        if job["resources"].get("gpu") == "1" and job["rule"] not in ("bench_generate", "tokenise_shard", "tokenise_showo_shard"):
+        single = ("bench_generate", "tokenise_shard", "tokenise_showo_shard")
+        if job["resources"].get("gpu") == "1" and job["rule"] not in single:
             assert job["threads"] == 8 // profile["resources"]["gpu"], job
 
 
@@ -316,7 +317,9 @@ def test_paper_jobs_load_local_files_that_download_rules_fetch(tmp_path, configf
     } | ({"download_showo_part"} if showo else set())  # fmt: skip
     assert all(job["shell"].startswith("arrag download ") for job in downloads)
     for job in downloads:  # hub downloads: a lock file beside the config
-        if job["rule"] in ("download_model", "download_dataset", "download_clip", "download_mplug", "download_showo_part"):
+        if job["rule"] in ("download_model", "download_dataset", "download_clip", "download_mplug") + (
+            "download_showo_part",
+        ):
             assert f"--lock config/locks/{profile}/" in job["shell"], job
     produced = {out for job in downloads for out in _outputs(result.stdout, job)}
 

@@ -50,6 +50,13 @@ def load_methods(
     return methods
 
 
+def decoding_steps(pipe: ImageGenerationPipeline, sampling: SamplingConfig) -> int:
+    """Forward passes per image: one per token (autoregressive), or the masked loop's T (Show-o)."""
+    from arrag.models.backbone import MASKED
+
+    return pipe.sampling_config(sampling).steps if pipe.backbone.loop == MASKED else pipe.vq.grid**2
+
+
 def run_generation_bench(
     methods: dict[str, tuple[ImageGenerationPipeline, Callable[[], list[DecodingHook]]]],
     prompts: list[str],
@@ -64,7 +71,7 @@ def run_generation_bench(
     pipe = next(iter(methods.values()))[0]
     batch = (prompts * batch_size)[:batch_size]
     seeds = list(range(batch_size))
-    steps = pipe.vq.grid**2
+    steps = decoding_steps(pipe, sampling)
     seconds = {name: [] for name in methods}
     for rep in range(repeats + 1):  # repetition 0 is the warm-up
         for name, (pipe, make_hooks) in methods.items():
@@ -96,7 +103,9 @@ def run_generation_bench(
     return {
         "batch_size": batch_size,
         "repeats": repeats,
-        "tokens_per_image": steps,
+        "tokens_per_image": pipe.vq.grid**2,
+        "steps_per_image": steps,
+        "backbone": pipe.backbone.name,
         "guidance_scale": sampling.guidance_scale,
         "device": str(pipe.device),
         "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, torch {torch.__version__}"
@@ -114,9 +123,10 @@ def markdown_table(result: dict) -> str:
             f"{1000 * r['seconds_per_step']:.2f} | {'–' if over is None else f'{100 * over:+.1f}%'} |"
         )
     return "\n".join(lines) + (
-        f"\n\nbatch {result['batch_size']} (CFG doubles it inside the model), {result['tokens_per_image']} tokens "
-        f"per image, {result['repeats']} interleaved repeats after a warm-up, device {result['device']}; "
-        f"{result['machine']}.\n"
+        f"\n\n{result.get('backbone', 'janus')} backbone, batch {result['batch_size']} (CFG doubles it inside the "
+        f"model), {result['tokens_per_image']} tokens per image in "
+        f"{result.get('steps_per_image', result['tokens_per_image'])} steps, {result['repeats']} interleaved "
+        f"repeats after a warm-up, device {result['device']}; {result['machine']}.\n"
     )
 
 
