@@ -56,6 +56,7 @@ from torch import nn
 from arrag.models.training import image_token_logits
 
 BUDGETS = ("paper", "lowrank")
+DECODING_TARGETS = 256  # up to this many targets without gradients (a decoding step's rows) take the decoding path
 
 
 @dataclass
@@ -144,11 +145,41 @@ def smooth_one_scale(
     conv_in is linear in the window, so it splits into the context's part (once per target) and the
     candidate's: the centre reaches output (i, j) through the single tap (h-i, h-j).
     """
+    if not torch.is_grad_enabled() and len(context) <= DECODING_TARGETS:  # decoding: the weights' layouts kept
+        return _smooth_one_scale_decoding(context, candidates, conv_in, conv_out)
     ctx = F.conv2d(context.permute(0, 3, 1, 2), conv_in.weight, conv_in.bias)  # [M, C, h+1, h+1]
     taps = conv_in.weight.flip(2, 3)  # [C_out, C_in, h+1, h+1]: taps[..., i, j] is the centre's tap at (i, j)
     cand = torch.einsum("mkc,ocij->mkoij", candidates, taps)  # [M, K, C, h+1, h+1]
     inner = F.gelu(ctx[:, None] + cand)  # [M, K, C, h+1, h+1]
     return torch.einsum("mkcij,ocij->mko", inner, conv_out.weight) + conv_out.bias  # [M, K, C]
+
+
+def _smooth_one_scale_decoding(
+    context: torch.Tensor, candidates: torch.Tensor, conv_in: nn.Conv2d, conv_out: nn.Conv2d
+) -> torch.Tensor:
+    """smooth_one_scale as three matrix products that read each weight in the layout it is stored in (or one kept
+    from the previous step): at Janus-Pro-1B's width the paper budget's weights are 150 MB per convolution, and
+    rearranging them at every step (the flip, einsum's permuted copies, the convolution's own weight reordering)
+    cost more than the products themselves. The same sums in another order (float rounding aside)."""
+    size = conv_in.kernel_size[0]  # h+1
+    patches = F.unfold(context.permute(0, 3, 1, 2), size)  # [M, C*(h+1)^2, (h+1)^2]: the sliding windows
+    ctx = conv_in.weight.flatten(1) @ patches + conv_in.bias[:, None]  # [M, C_out, (h+1)^2]
+    cand = candidates @ _centre_taps(conv_in)  # [M, K, C_out*(h+1)^2]
+    inner = F.gelu(ctx.flatten(1)[:, None] + cand)  # [M, K, C_out*(h+1)^2] in (channel, i, j) order
+    return F.linear(inner, conv_out.weight.flatten(1), conv_out.bias)  # [M, K, C]
+
+
+def _centre_taps(conv: nn.Conv2d) -> torch.Tensor:
+    """[C_in, C_out*(h+1)^2]: row c holds the tap of input channel c at the window's centre for every output
+    (channel, i, j), i.e. weight[o, c, h-i, h-j]. Kept on the module while its weight is unchanged (same storage,
+    same version counter: an optimiser step or load_state_dict bumps it)."""
+    weight = conv.weight
+    key = (weight.data_ptr(), weight._version, weight.dtype, weight.device)
+    kept = conv.__dict__.get("_centre_taps")
+    if kept is None or kept[0] != key:
+        taps = weight.detach().flip(2, 3).transpose(0, 1).reshape(weight.shape[1], -1).contiguous()
+        kept = conv.__dict__["_centre_taps"] = (key, taps)
+    return kept[1]
 
 
 class FAiDModule(nn.Module):
