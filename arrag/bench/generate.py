@@ -50,14 +50,23 @@ def load_methods(
     return methods
 
 
+def decoding_steps(pipe: ImageGenerationPipeline, sampling: SamplingConfig) -> int:
+    """Forward passes per image: one per token (autoregressive), or the masked loop's T (Show-o)."""
+    from arrag.models.backbone import MASKED
+
+    return pipe.sampling_config(sampling).steps if pipe.backbone.loop == MASKED else pipe.vq.grid**2
+
+
 def time_batch(pipe, batch, seeds, sampling, hooks: list[DecodingHook], timed_steps: int | None = None) -> float:
-    """Seconds to generate and decode one batch. With `timed_steps` (fewer than the image's tokens), decoding
+    """Seconds to generate and decode one batch. With `timed_steps` (fewer than the image's tokens; autoregressive
+    backbones), decoding
     stops after that many steps and the batch's time is estimated as: the time to the first token (prompt pass,
     retrieval set-up) + the remaining steps at the mean of the timed ones after the first + one VQ decode."""
     from arrag.bench.janus_size import StepTimer, timed
+    from arrag.models.backbone import MASKED
 
-    total = pipe.vq.grid**2
-    if timed_steps is None or timed_steps >= total:
+    total = decoding_steps(pipe, sampling)
+    if timed_steps is None or timed_steps >= total or pipe.backbone.loop == MASKED:  # Show-o: a few steps, all timed
         _synchronise(pipe.device)
         t0 = time.perf_counter()
         pipe.vq.decode(pipe.generate_codes(batch, seeds, sampling, hooks))
@@ -92,7 +101,7 @@ def run_generation_bench(
     pipe = next(iter(methods.values()))[0]
     batch = (prompts * batch_size)[:batch_size]
     seeds = list(range(batch_size))
-    steps = pipe.vq.grid**2
+    steps = decoding_steps(pipe, sampling)
     seconds = {name: [] for name in methods}
     for rep in range(repeats + 1):  # repetition 0 is the warm-up
         for name, (pipe, make_hooks) in methods.items():
@@ -120,8 +129,10 @@ def run_generation_bench(
     return {
         "batch_size": batch_size,
         "repeats": repeats,
-        "tokens_per_image": steps,
+        "tokens_per_image": pipe.vq.grid**2,
+        "steps_per_image": steps,
         "timed_steps": timed_steps if timed_steps is not None and timed_steps < steps else steps,
+        "backbone": pipe.backbone.name,
         "guidance_scale": sampling.guidance_scale,
         "device": str(pipe.device),
         "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, torch {torch.__version__}"
@@ -139,14 +150,16 @@ def markdown_table(result: dict) -> str:
             f"{1000 * r['seconds_per_step']:.2f} | {'–' if over is None else f'{100 * over:+.1f}%'} |"
         )
     return "\n".join(lines) + (
-        f"\n\nbatch {result['batch_size']} (CFG doubles it inside the model), {result['tokens_per_image']} tokens "
-        f"per image, {result['repeats']} interleaved repeats after a warm-up, device {result['device']}; "
-        f"{result['machine']}.{_estimated(result)}\n"
+        f"\n\n{result.get('backbone', 'janus')} backbone, batch {result['batch_size']} (CFG doubles it inside the "
+        f"model), {result['tokens_per_image']} tokens per image in "
+        f"{result.get('steps_per_image', result['tokens_per_image'])} steps, {result['repeats']} interleaved "
+        f"repeats after a warm-up, device {result['device']}; {result['machine']}.{_estimated(result)}\n"
     )
 
 
 def _estimated(result: dict) -> str:
-    timed, total = result.get("timed_steps", result["tokens_per_image"]), result["tokens_per_image"]
+    total = result.get("steps_per_image", result["tokens_per_image"])
+    timed = result.get("timed_steps", total)
     if timed >= total:
         return ""
     return (
