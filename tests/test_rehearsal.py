@@ -166,7 +166,11 @@ def test_job_statistics_are_grouped_by_rule_and_scaled_by_the_items_of_the_run(t
     span = run_span(results / "jobstats")
     assert span == (1_000_000.0 - 2.0, 1_000_600.0)  # the 2 s world job started first, tokenise shard 0 ended last
     line = scale_markdown(list(rows.values()), "x", span).splitlines()[0]
-    assert "3 jobs from" in line and "10.0 min from the first job's start" in line and f"{(30 + 10 + 2) / 2 / 60:.1f} CPU-minutes" in line
+    assert (
+        "3 jobs from" in line
+        and "10.0 min from the first job's start" in line
+        and f"{(30 + 10 + 2) / 2 / 60:.1f} CPU-minutes" in line
+    )
 
     with pytest.raises(FileNotFoundError, match="no job statistics"):
         read_jobstats(tmp_path / "empty")

@@ -145,6 +145,12 @@ def add_bench_generate(sub) -> None:
     p.add_argument("--prompts", default=None, help="JSONL of prompt records")
     p.add_argument("--prompt-field", default="prompt")
     p.add_argument("--repeats", type=COUNT_TYPE, default=3)
+    p.add_argument(
+        "--steps",
+        type=COUNT_TYPE,
+        default=None,
+        help="decode only the first STEPS steps of each batch and estimate its time from them (default: all)",
+    )
     p.add_argument("--out-json", required=True)
     p.add_argument("--out-md", required=True)
     sampling_args(p)
@@ -172,7 +178,12 @@ def cmd_bench_generate(args) -> None:
         db_devices=args.db_devices,
     )
     result = run_generation_bench(
-        methods, prompts, batch_size=args.batch_size, repeats=args.repeats, sampling=sampling(args)
+        methods,
+        prompts,
+        batch_size=args.batch_size,
+        repeats=args.repeats,
+        sampling=sampling(args),
+        timed_steps=args.steps,
     )
     write_results(result, args.out_json, args.out_md)
     print(Path(args.out_md).read_text())

@@ -105,10 +105,19 @@ def causal_mask(size: int) -> torch.Tensor:
     return (r < centre) | ((r == centre) & (c < centre))
 
 
-def causal_windows(grid: torch.Tensor, targets: torch.Tensor, hop: int) -> torch.Tensor:
+def ring_mask(size: int) -> torch.Tensor:
+    """[size, size] bool, True everywhere but the centre: the window of a target whose neighbours all count
+    (masked decoding, Show-o)."""
+    mask = torch.ones(size, size, dtype=torch.bool)
+    mask[size // 2, size // 2] = False
+    return mask
+
+
+def causal_windows(grid: torch.Tensor, targets: torch.Tensor, hop: int, causal: bool = True) -> torch.Tensor:
     """grid [N, H, W, C], targets [T] raster indices -> windows [N, T, S, S, C], S = 2*hop + 1.
 
-    Centred on each target, zero off the grid, and zero at the target and every cell after it.
+    Centred on each target, zero off the grid, and zero at the target and every cell after it (`causal=False`:
+    zero at the target only).
     """
     _, _, width, _ = grid.shape
     size = 2 * hop + 1
@@ -117,7 +126,8 @@ def causal_windows(grid: torch.Tensor, targets: torch.Tensor, hop: int) -> torch
     rows = (targets // width)[:, None] + offsets  # [T, S] rows in padded coordinates
     cols = (targets % width)[:, None] + offsets  # [T, S]
     windows = padded[:, rows[:, :, None], cols[:, None, :]]  # [N, T, S, S, C]
-    return windows * causal_mask(size).to(grid.device)[:, :, None]
+    keep = causal_mask(size) if causal else ring_mask(size)
+    return windows * keep.to(grid.device)[:, :, None]
 
 
 def centre_crop(windows: torch.Tensor, hop: int) -> torch.Tensor:
@@ -178,9 +188,9 @@ class FAiDModule(nn.Module):
     `width` = None convolves at full width (the paper's budget); an integer r projects the cells D->r first.
     """
 
-    def __init__(self, hidden: int, hops: tuple[int, ...], width: int | None = None):
+    def __init__(self, hidden: int, hops: tuple[int, ...], width: int | None = None, causal: bool = True):
         super().__init__()
-        self.hops = tuple(hops)
+        self.hops, self.causal = tuple(hops), causal  # causal=False: the whole ring around the target (Show-o)
         inner = width or hidden
         self.norm = nn.RMSNorm(hidden, eps=1e-6)
         self.down = nn.Linear(hidden, inner, bias=False) if width else nn.Identity()
@@ -201,9 +211,9 @@ class FAiDModule(nn.Module):
         _, height, width, _ = grid.shape
         hop = max(self.hops)
         if t * (2 * hop + 1) ** 2 < height * width:  # a few targets (decoding): only their windows' cells
-            windows = self.cells(causal_windows(grid, targets, hop))  # [N, T, S, S, C]
+            windows = self.cells(causal_windows(grid, targets, hop, self.causal))  # [N, T, S, S, C]
         else:  # every target (teacher forcing): each cell once
-            windows = causal_windows(self.cells(grid), targets, hop)
+            windows = causal_windows(self.cells(grid), targets, hop, self.causal)
         cands = self.cells(candidates).flatten(0, 1)  # [N*T, K, C]
         weights = torch.softmax(self.scale_logits, 0)  # [n_hops]
         refined = 0
@@ -347,10 +357,7 @@ class FAiD(nn.Module):
             return out
         if plan.rows > out.shape[0]:
             raise ValueError(f"FAiD candidates for {plan.rows} rows but the batch has {out.shape[0]}")
-        if plan.image_start is None:
-            grid, first = self._cached_grid(block_index, out, plan), out.shape[1] - 1
-        else:
-            grid, first = self._teacher_forced_grid(out, plan), plan.image_start - 1
+        grid, first = self._grid(block_index, out, plan)
         if plan.candidates is None:
             return out
         block = self.blocks[block_index]
@@ -364,6 +371,13 @@ class FAiD(nn.Module):
         t = contribution.shape[1]
         padded = F.pad(contribution.to(out.dtype), (0, 0, first, length - first - t, 0, n - plan.rows))
         return out + padded
+
+    def _grid(self, block_index: int, out: torch.Tensor, plan: _Pass) -> tuple[torch.Tensor, int]:
+        """The grid of hidden states the modules read [R, H, W, D] and the sequence index of the first predicting
+        position."""
+        if plan.image_start is None:
+            return self._cached_grid(block_index, out, plan), out.shape[1] - 1
+        return self._teacher_forced_grid(out, plan), plan.image_start - 1
 
     def _cached_grid(self, block_index: int, out: torch.Tensor, plan: _Pass) -> torch.Tensor:
         """Incremental: store the hidden state of the token fed at this step (raster step-1), return the cache."""
