@@ -167,3 +167,42 @@ def write_results_document(results: str | Path, out: str | Path) -> Path:
     text = results_document(results, out, git_commit(), machine_stamp(), date)
     write_text(out, text)
     return Path(out)
+
+
+# ---------------------------------------------------------------- README sections
+
+def section_markers(name: str) -> tuple[str, str]:
+    """The two comment lines that delimit the generated section `name` in a Markdown file."""
+    return f"<!-- generated: {name} (arrag readme-section; do not edit by hand) -->", f"<!-- end generated: {name} -->"
+
+
+def replace_section(text: str, name: str, body: str, where: str = "the document") -> str:
+    """`text` with everything between the markers of section `name` replaced by `body` (markers kept)."""
+    begin, end = section_markers(name)
+    if text.count(begin) != 1 or text.count(end) != 1 or text.index(begin) > text.index(end):
+        raise ValueError(
+            f"{where} needs exactly one pair of markers for section {name!r}, in this order:\n{begin}\n{end}\n"
+            "add them where the section belongs"
+        )
+    head, rest = text.split(begin, 1)
+    _, tail = rest.split(end, 1)
+    return f"{head}{begin}\n{body.strip()}\n{end}{tail}"
+
+
+def readme_section_body(source: str | Path, commit: str, machine: dict[str, str], date: str) -> str:
+    """A results file's Markdown (headings demoted below the README's) followed by where and when it came from."""
+    source = Path(source)
+    return (
+        f"{_demote(_read(source), 2)}\n\n"
+        f"*Generated from `{source.as_posix()}` by `arrag readme-section` on {date}: commit {commit}; "
+        f"{machine['cpu']}, {machine['cores']} cores, GPU: {machine['gpu']}; torch {machine['torch']}.*"
+    )
+
+
+def write_readme_section(readme: str | Path, name: str, source: str | Path) -> Path:
+    """Replace section `name` of `readme` with the results file `source`, stamped; written atomically."""
+    readme = Path(readme)
+    date = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d")
+    body = readme_section_body(source, git_commit(), machine_stamp(), date)
+    write_text(readme, replace_section(readme.read_text(encoding="utf-8"), name, body, where=str(readme)))
+    return readme

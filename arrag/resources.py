@@ -16,8 +16,8 @@ same amounts):
   holds its model and a batch;
 - training: weights, gradients and AdamW's two moments in float32 on the host (a CPU run; on a GPU they
   live on the device and the host holds the loading copy);
-- RA-CM3's image index (`image_index_mb`): the model (for its codebook), the CLIP text tower's model and every
-  corpus image's codes, read whole as int64 before they are kept as uint16, with its CLIP embedding;
+- RA-CM3's image index (`image_index_mb`): the model (for its codebook), the CLIP model, a few ids per corpus
+  image and one code and one embedding shard at a time (the index is written into memory-mapped files);
 - fidelity (`fidelity_mb`: FID, CMMD, FWD, and the scorers' benchmark): the feature network, both sets'
   features, one FWD batch at the images' own size and the wavelet packets' float64 statistics of both sets;
 - the mini feature network's training (`features_mb`): its whole split of images and their held-out tenth as
@@ -87,13 +87,16 @@ def train_mb(parameters: float, trainable: float | None = None) -> float:
     return (model_bytes(parameters) + 3 * model_bytes(trainable)) / 2**20
 
 
-def image_index_mb(parameters: float, clip_parameters: float, images: int, grid: int, embed_dim: int) -> float:
-    """`arrag build-image-index` over `images` corpus images of grid x grid tokens: codes as int64 while rows are
-    dropped and joined (two copies), then kept as uint16, and the float16 CLIP embeddings three times (the shards,
-    their concatenation, the joined rows)."""
-    codes = images * grid * grid * (2 * 8 + 2)
-    embeddings = images * embed_dim * 2 * 3
-    return (model_bytes(parameters) + model_bytes(clip_parameters) + codes + embeddings) / 2**20
+def image_index_mb(
+    parameters: float, clip_parameters: float, images: int, shard_images: int, grid: int, embed_dim: int
+) -> float:
+    """`arrag build-image-index` over `images` corpus images of grid x grid tokens in shards of at most
+    `shard_images`: the model (for its codebook) and the CLIP model, about eight int64 ids per corpus image
+    while the rows are planned, and one code shard and one embedding shard at a time (read, then their kept
+    rows copied): the index itself is written into memory-mapped files."""
+    ids = images * 8 * 8
+    shard = shard_images * (grid * grid * 2 + embed_dim * 2) * 2
+    return (model_bytes(parameters) + model_bytes(clip_parameters) + ids + shard) / 2**20
 
 
 FEATURE_BATCH = 64  # arrag.evaluation.fidelity: images per feature batch

@@ -69,8 +69,11 @@ def test_text_encoder_is_open_clips_encode_text(tiny_clip, encoder):
 def test_index_from_shards_joins_each_image_with_its_codes_and_embedding(tiny_janus, encoder, folders, tmp_path):
     vq = VQTokenizer.from_janus(tiny_janus[0])
     codes, embeddings = _shards(folders, vq, encoder, tmp_path)
-    index = ii.ImageLevelIndex.from_shards(codes, embeddings[::-1], encoder)  # shard order does not matter
+    sha = _codebook_sha(vq)
+    # shard order does not matter; the arrays are written shard by shard into the memory-mapped index
+    index = ii.ImageLevelIndex.write_from_shards(codes, embeddings[::-1], encoder, tmp_path / "index", sha)
     assert sorted(index.image_ids.tolist()) == list(range(8)) and [t["offset"] for t in index.sources] == [0, 5]
+    assert isinstance(index.codes, np.memmap) and index.codes.dtype == np.uint16
     for row, image_id in enumerate(index.image_ids):
         spec, position = image_source(index.sources, int(image_id))
         (record,) = [r for r in iter_source(spec, size=encoder.input_size) if r.image_id == position]
@@ -80,11 +83,16 @@ def test_index_from_shards_joins_each_image_with_its_codes_and_embedding(tiny_ja
 
     brute = np.argmax(encoder(PROMPTS) @ index.embeddings.astype(np.float32).T, axis=1)
     assert index.retrieve(PROMPTS).tolist() == brute.tolist()
-
-    index.save(tmp_path / "index")
     loaded = ii.ImageLevelIndex.load(tmp_path / "index")  # the query encoder is rebuilt from its description
     assert isinstance(loaded.encoder, ii.ClipTextEncoder) and loaded.sources == index.sources
     assert loaded.retrieve(PROMPTS).tolist() == brute.tolist()
+    assert loaded.built_from["code_shards"] and len(loaded.built_from["embedding_shards"]) == len(embeddings)
+
+
+def _codebook_sha(vq):
+    from arrag.models.vq import codebook_fingerprint
+
+    return codebook_fingerprint(vq.codebook)
 
 
 def test_embeddings_of_other_weights_are_refused(tiny_janus, tiny_clip, encoder, folders, tmp_path):
@@ -95,13 +103,17 @@ def test_embeddings_of_other_weights_are_refused(tiny_janus, tiny_clip, encoder,
 
     other = {k: v + 0.01 if v.is_floating_point() else v for k, v in model.state_dict().items()}
     save_file({k: v.contiguous() for k, v in other.items()}, tmp_path / "other.safetensors")
+    out, sha = tmp_path / "index", _codebook_sha(vq)
     with pytest.raises(ValueError, match="same CLIP model and weights"):
-        ii.ImageLevelIndex.from_shards(
-            codes, embeddings, ii.ClipTextEncoder.load(name, str(tmp_path / "other.safetensors"))
+        ii.ImageLevelIndex.write_from_shards(
+            codes, embeddings, ii.ClipTextEncoder.load(name, str(tmp_path / "other.safetensors")), out, sha
         )
     other_codes = _shards(folders[1:], vq, encoder, tmp_path / "b")[0]  # codes of another source
     with pytest.raises(ValueError, match="none of the code shards"):
-        ii.ImageLevelIndex.from_shards(other_codes, embeddings, encoder)
+        ii.ImageLevelIndex.write_from_shards(other_codes, embeddings, encoder, out, sha)
+    with pytest.raises(ValueError, match="another VQ codebook"):
+        ii.ImageLevelIndex.write_from_shards(codes, embeddings, encoder, out, "0" * 64)
+    assert not out.exists() and not list(tmp_path.glob(".index*"))  # nothing written by a refused build
 
 
 @pytest.mark.parametrize("block", [1, 2, 3, 1 << 18])

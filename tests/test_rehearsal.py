@@ -187,6 +187,44 @@ def test_jobs_of_different_sizes_separate_a_fixed_cost_from_the_cost_per_item(tm
     assert marginal_cost([(2, 50.0), (6, 30.0)]) is None  # costs that fall with size are not a cost model
 
 
+PLAN = """
+[Mon Nov 30 19:13:26 2026]
+localrule download_model:
+    output: results/paper/models/base
+    resources: tmpdir=/tmp, mem_mb=2500, mem=2.5 GB, mem_mib=2385
+
+[Mon Nov 30 19:13:26 2026]
+rule generate:
+    output: results/paper/images/daid/geneval/shards/00000-of-00004.json
+    wildcards: method=daid, prompts=geneval, shard=00000-of-00004
+    resources: tmpdir=/tmp, mem_mb=23000, mem=23 GB, mem_mib=21935, gpu=1
+
+[Mon Nov 30 19:13:26 2026]
+rule generate:
+    wildcards: method=daid, prompts=mjhq, shard=00001-of-00004
+    resources: tmpdir=/tmp, mem_mb=31000, mem=31 GB, gpu=1
+
+rule generate:
+    wildcards: method=vanilla, prompts=mjhq, shard=00001-of-00004
+    resources: tmpdir=/tmp, mem_mb=19000, gpu=1
+"""
+
+
+def test_the_paper_plan_gives_each_rules_largest_declared_memory(tmp_path):
+    from arrag.bench.scale import declared_memory
+
+    declared = declared_memory(PLAN)
+    assert declared == {"download_model": 2500.0, "generate (daid)": 31000.0, "generate (vanilla)": 19000.0}
+    results = tmp_path / "results"
+    _bench(results / "jobstats" / "generate" / "daid" / "geneval" / "00000-of-00001.tsv", 10.0, 100.0)
+    _bench(results / "jobstats" / "world.tsv", 2.0, 50.0)
+    rows = {r["rule"]: r for r in scale_rows(results, declared)}
+    assert rows["generate (daid)"]["paper_mem_gb"] == 31.0 and "paper_mem_gb" not in rows["world"]
+    assert "| 31 |" in scale_markdown(list(rows.values()), "x")
+    with pytest.raises(ValueError, match="paper.yaml"):
+        declared_memory("Nothing to be done (all requested files are present and up to date).")
+
+
 def test_backbone_rules_are_scaled_from_the_stand_in_to_janus_pro_1b(tmp_path):
     """Generation and training run the backbone: a 2-layer stand-in's cost per item is scaled by Janus-Pro-1B's
     parameters per step over its own (22 more layers of attention and MLP); encoders' rows are not scaled."""

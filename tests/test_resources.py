@@ -58,14 +58,17 @@ def test_retries_double_and_bad_kinds_are_refused():
     assert math.isclose(res.model_bytes(1e9), 4e9)
 
 
-def test_image_index_memory_is_the_int64_codes_and_embeddings_it_reads():
-    """build-image-index reads every corpus image's codes as int64 (two copies while rows are dropped and joined,
-    then uint16) and its float16 CLIP embedding three times; the model is loaded for its codebook."""
+def test_image_index_memory_grows_with_ids_per_image_and_one_shard_not_the_corpus():
+    """build-image-index writes the index into memory-mapped files: per corpus image it holds only a few int64
+    ids; codes and embeddings are held one shard at a time; the model is loaded for its codebook."""
     sizes = dict(parameters=2.1e9, clip_parameters=1.5e8, grid=24, embed_dim=512)
-    one = res.mem_mb("image_index", images=10**6, **sizes)
-    two = res.mem_mb("image_index", images=2 * 10**6, **sizes)
-    assert two - one == pytest.approx(1e6 * (576 * 18 + 512 * 6) * res.HEADROOM / 2**20, abs=100)
-    assert one > res.mem_mb("image_index", images=10**6, **(sizes | {"parameters": 1e6})) + 9_000  # float32 model
+    one = res.mem_mb("image_index", images=10**6, shard_images=10**5, **sizes)
+    two = res.mem_mb("image_index", images=2 * 10**6, shard_images=10**5, **sizes)
+    assert two - one == pytest.approx(1e6 * 64 * res.HEADROOM / 2**20, abs=100)  # rounded up to 100 MB
+    bigger_shards = res.mem_mb("image_index", images=10**6, shard_images=2 * 10**5, **sizes)
+    assert bigger_shards - one == pytest.approx(1e5 * (576 * 2 + 512 * 2) * 2 * res.HEADROOM / 2**20, abs=100)
+    small = res.mem_mb("image_index", images=10**6, shard_images=10**5, **(sizes | {"parameters": 1e6}))
+    assert one > small + 9_000  # float32 model
 
 
 def test_fidelity_memory_counts_the_fwd_statistics_the_code_keeps():

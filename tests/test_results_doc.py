@@ -122,3 +122,44 @@ def test_the_dag_assembles_the_document_last_from_everything_all_builds(tmp_path
     assert "output: results/toy/RESULTS.md" in blocks["results_doc"] and "results_doc.log" in blocks["results_doc"]
     assert inputs("results_doc") == inputs("all") - {"results/toy/RESULTS.md"}
     assert "results/toy/tables/geneval.csv" in inputs("results_doc")
+
+
+# ---------------------------------------------------------------- README sections
+
+README = "# Title\n\nbefore\n\n{begin}\nold table\n{end}\n\nafter\n"
+
+
+def _readme(tmp_path, name="scale"):
+    from arrag.report import section_markers
+
+    begin, end = section_markers(name)
+    path = tmp_path / "README.md"
+    path.write_text(README.format(begin=begin, end=end))
+    return path
+
+
+def test_readme_section_replaces_only_its_markers_content_and_is_idempotent(run, tmp_path, capsys):
+    readme = _readme(tmp_path)
+    args = ["readme-section", "--readme", str(readme), "--section", "scale", "--source", str(run / "scale.md")]
+    assert main(args) == 0
+    text = readme.read_text()
+    assert text.startswith("# Title\n\nbefore\n\n<!-- generated: scale") and text.endswith("\n\nafter\n")
+    assert "old table" not in text and "| generate | 2 |" in text
+    assert "### Scale" in text and "# not a heading" in text  # headings demoted, code blocks left alone
+    assert f"{os.cpu_count()} cores" in text and "scale.md" in text
+    assert main(args) == 0 and readme.read_text() == text  # a second run changes nothing (same day)
+
+
+@pytest.mark.parametrize("markers", ["none", "twice", "reversed"])
+def test_readme_without_one_ordered_pair_of_markers_is_refused_and_kept(run, tmp_path, capsys, markers):
+    from arrag.report import section_markers
+
+    begin, end = section_markers("scale")
+    body = {"none": "no markers\n", "twice": f"{begin}\n{end}\n{begin}\n{end}\n", "reversed": f"{end}\n{begin}\n"}
+    readme = tmp_path / "README.md"
+    readme.write_text(body[markers])
+    args = ["readme-section", "--readme", str(readme), "--section", "scale", "--source", str(run / "scale.md")]
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert str(readme) in err and begin in err and end in err
+    assert readme.read_text() == body[markers]

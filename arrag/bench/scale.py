@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import csv
 import json
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -124,6 +125,35 @@ def _rule_of(rel: Path) -> str:
     return f"generate ({rel.parts[1]})" if rel.parts[0] == "generate" else rel.parts[0]
 
 
+_RULE_LINE = re.compile(r"^(?:local)?rule (\w+):$")
+_MEM = re.compile(r"\bmem_mb=(\d+)")
+_METHOD = re.compile(r"\bmethod=(\w+)")
+
+
+def declared_memory(plan: str) -> dict[str, float]:
+    """rule -> the largest `mem_mb` its jobs declare in a Snakemake dry run's output (`snakemake -n --configfile
+    config/paper.yaml ...`: what the paper's jobs ask of the scheduler, from arrag/resources.py), grouped like the
+    job statistics (generation per method)."""
+    declared: dict[str, float] = {}
+    rule = method = None
+    for line in plan.splitlines():
+        line = line.strip()
+        if match := _RULE_LINE.match(line):
+            rule, method = match.group(1), None
+        elif rule and line.startswith("wildcards:") and (match := _METHOD.search(line)):
+            method = match.group(1)
+        elif rule and line.startswith("resources:") and (match := _MEM.search(line)):
+            name = f"generate ({method})" if rule == "generate" and method else rule
+            declared[name] = max(declared.get(name, 0.0), float(match.group(1)))
+            rule = None
+    if not declared:
+        raise ValueError(
+            "the plan lists no job with mem_mb: give the output of `snakemake -n --configfile config/paper.yaml` "
+            "(a dry run of the paper profile, not an empty or finished one)"
+        )
+    return declared
+
+
 def _json(path: Path) -> dict:
     return json.loads(path.read_text())
 
@@ -232,8 +262,9 @@ def item_counters(results: Path) -> dict[str, tuple[str, Callable[[], int], Path
     return counters
 
 
-def scale_rows(results: str | Path) -> list[dict]:
-    """One row per rule of the run: measured totals, per-item cost and the extrapolation to the paper's counts."""
+def scale_rows(results: str | Path, declared_mb: dict[str, float] | None = None) -> list[dict]:
+    """One row per rule of the run: measured totals, per-item cost and the extrapolation to the paper's counts;
+    with `declared_mb` (`declared_memory` of the paper profile's plan) the memory each paper job declares."""
     results = Path(results)
     measured = read_jobstats(results / "jobstats")
     counters = item_counters(results)
@@ -248,6 +279,8 @@ def scale_rows(results: str | Path) -> list[dict]:
             "cpu_seconds": m.cpu_seconds,
             "max_rss_gb": m.max_rss_mb / 1024,
         }
+        if declared_mb and rule in declared_mb:
+            row["paper_mem_gb"] = declared_mb[rule] / 1000  # Snakemake's mem_mb is in MB
         if rule in counters:
             unit, count, folder = counters[rule]
             try:
@@ -296,8 +329,8 @@ def scale_markdown(rows: list[dict], source: str) -> str:
     head = (
         "| rule | jobs | wall s | CPU s | peak RSS GB (largest job) | unit | items here | s per item | CPU s per item "
         "| per item | fixed CPU s per job | x model | paper items | paper hours (this machine) | paper CPU-hours "
-        "| paper disk GB |\n"
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n"
+        "| paper disk GB | paper GB per job (declared) |\n"
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n"
     )
     scaled = [r for r in rows if "items" in r] + [r for r in rows if "items" not in r]
     body = "".join(
@@ -305,7 +338,7 @@ def scale_markdown(rows: list[dict], source: str) -> str:
         f"| {r.get('unit', '')} | {_fmt(r.get('items'))} | {_fmt(r.get('seconds_per_item'))} "
         f"| {_fmt(r.get('cpu_seconds_per_item'))} | {r.get('fit', '')} | {_fmt(r.get('fixed_cpu_seconds'))} "
         f"| {_fmt(r.get('model_factor'))} | {_fmt(r.get('paper_items'))} | {_fmt(r.get('paper_hours'))} "
-        f"| {_fmt(r.get('paper_cpu_hours'))} | {_fmt(r.get('paper_disk_gb'))} |\n"
+        f"| {_fmt(r.get('paper_cpu_hours'))} | {_fmt(r.get('paper_disk_gb'))} | {_fmt(r.get('paper_mem_gb'))} |\n"
         for r in scaled
     )
     note = (
@@ -320,6 +353,7 @@ def scale_markdown(rows: list[dict], source: str) -> str:
         "paper figures use the cost per item alone (add the fixed cost once per paper job). Batching makes the "
         "rehearsal's small generation batches costlier per image than the paper's. Rows without a paper count are "
         "fixed-cost jobs. Peak RSS is not extrapolated: a job's memory does not grow with its items "
-        "(tests/test_memory.py); at the paper's sizes it is what the rules declare (arrag/resources.py).\n"
+        "(tests/test_memory.py); at the paper's sizes it is what the rules declare (arrag/resources.py), shown in the "
+        "last column where the table was given the paper profile's plan (`--paper-plan`).\n"
     )
     return head + body + note

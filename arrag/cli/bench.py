@@ -178,14 +178,20 @@ def add_scale_table(sub) -> None:
     p = sub.add_parser("scale-table", help="per-rule cost per item of a run, extrapolated to the paper's counts")
     p.add_argument("--results", required=True, help="results/<profile> of a finished run (its jobstats/*.tsv)")
     p.add_argument("--out", required=True, help="Markdown file (a .json of the rows beside it)")
+    p.add_argument(
+        "--paper-plan",
+        default=None,
+        help="the output of `snakemake -n --configfile config/paper.yaml`: adds the memory each paper job declares",
+    )
     p.set_defaults(func=cmd_scale_table)
 
 
 def cmd_scale_table(args) -> None:
-    from arrag.bench.scale import scale_markdown, scale_rows
+    from arrag.bench.scale import declared_memory, scale_markdown, scale_rows
     from arrag.io import write_json, write_text
 
-    rows = scale_rows(args.results)
+    declared = declared_memory(Path(args.paper_plan).read_text()) if args.paper_plan else None
+    rows = scale_rows(args.results, declared)
     write_text(args.out, scale_markdown(rows, args.results))
     write_json(Path(args.out).with_suffix(".json"), rows)
     print(Path(args.out).read_text())

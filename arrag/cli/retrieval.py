@@ -62,9 +62,10 @@ def cmd_build_image_index(args) -> None:
 
     if args.embeddings:  # the paper's CLIP retriever
         encoder = ClipTextEncoder.load(args.clip_model, args.clip_pretrained, sha256=args.clip_sha256)
-        index = ImageLevelIndex.from_shards(args.codes, args.embeddings, encoder, exclude=args.exclude)
-        index.check_codebook(codebook_fingerprint(load_codebook(args.model, args.revision)), str(args.model))
-        index.save(args.out)
+        sha = codebook_fingerprint(load_codebook(args.model, args.revision))
+        index = ImageLevelIndex.write_from_shards(
+            args.codes, args.embeddings, encoder, args.out, sha, model=str(args.model), exclude=args.exclude
+        )
         print(json.dumps({k: v for k, v in index.metadata.items() if k != "sources"}, indent=2))
         return
     if not args.captions:

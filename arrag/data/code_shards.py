@@ -170,6 +170,14 @@ def iter_code_shards(paths: list[str | Path]) -> Iterator[tuple[np.ndarray, np.n
     """`load_code_shards` one shard at a time: (codes [n, H, W] in their stored dtype, image ids [n] int64 with
     the source offsets applied, metadata). Only one shard's codes are in memory at once; every shard's metadata
     and image ids are checked and read first (the offsets need each source's largest id)."""
+    ids, metas = code_shard_ids(paths)
+    for path, meta, shard_ids in zip(paths, metas, ids):
+        yield _read_codes(path, meta), shard_ids, meta
+
+
+def code_shard_ids(paths: list[str | Path]) -> tuple[list[np.ndarray], list[dict]]:
+    """Every shard's global image ids [n] int64 (its source's offset applied) and metadata, without their codes:
+    what a job needs to plan before it streams the codes (`iter_code_shards`)."""
     if not paths:
         raise ValueError("no code shards given")
     metas, local_ids = [], []
@@ -195,10 +203,9 @@ def iter_code_shards(paths: list[str | Path]) -> Iterator[tuple[np.ndarray, np.n
     offsets, next_offset = {}, 0
     for key in dict.fromkeys(keys):  # first appearance order
         offsets[key], next_offset = next_offset, next_offset + sizes[key]
-    for path, meta, key, ids in zip(paths, metas, keys, local_ids):
+    for meta, key in zip(metas, keys):
         meta["image_id_offset"] = offsets[key]
-        codes = _read_codes(path, meta)
-        yield codes, ids + offsets[key], meta
+    return [ids + meta["image_id_offset"] for ids, meta in zip(local_ids, metas)], metas
 
 
 def _read_codes(path: str | Path, meta: dict) -> np.ndarray:

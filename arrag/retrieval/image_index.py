@@ -254,28 +254,37 @@ class ImageLevelIndex:
         return index
 
     @classmethod
-    def from_shards(
+    def write_from_shards(
         cls,
         code_paths: list[str | Path],
         embedding_paths: list[str | Path],
         encoder: ClipTextEncoder,
+        out: str | Path,
+        codebook_sha256: str,
+        model: str = "the model",
         exclude: str | Path | None = None,
     ) -> "ImageLevelIndex":
-        """The CLIP index of a tokenised corpus: code shards (arrag tokenise) joined with the CLIP embedding
-        shards of the same sources (arrag embed-images) on each image's source and position; without the
-        images the exclusion list `exclude` names (arrag.data.contamination)."""
-        from arrag.data.code_shards import load_code_shards, shard_digests, source_table
+        """Write the CLIP index of a tokenised corpus to `out` and open it: code shards (arrag tokenise) joined
+        with the CLIP embedding shards of the same sources (arrag embed-images) on each image's source and
+        position, without the images the exclusion list `exclude` names (arrag.data.contamination). Refuses
+        shards tokenised with another codebook than `model`'s (fingerprint `codebook_sha256`).
+
+        Streams: the image ids of every shard are read first to plan the rows (sorted by global image id), then
+        one code shard and one embedding shard at a time is written into the memory-mapped arrays of the index,
+        so memory is a few ids per corpus image plus one shard, whatever the corpus (arrag.resources)."""
+        from arrag.data.code_shards import code_shard_ids, iter_code_shards, require_codebook, shard_digests
+        from arrag.data.code_shards import source_table
         from arrag.data.contamination import kept_rows
 
-        codes, image_ids, metas = load_code_shards(code_paths)  # global ids: each source shifted by its offset
-        keep = torch.from_numpy(kept_rows(exclude, image_ids, metas))
-        codes, image_ids = codes[keep], image_ids[keep]
+        code_ids, metas = code_shard_ids(code_paths)  # global ids: each source shifted by its offset
+        require_codebook(code_paths, metas, codebook_sha256, model)
+        kept = kept_rows(exclude, np.concatenate(code_ids), metas)
+        keep = np.split(kept, np.cumsum([len(ids) for ids in code_ids])[:-1])  # per shard
         sources = source_table(metas)
         offsets = {json.dumps(t["source"], sort_keys=True): t["offset"] for t in sources}
-        embeddings, embedded_ids, embedding_digests = [], [], []
+        embedded_ids, embedding_digests = [], []
         for path in embedding_paths:
-            e, ids, meta = load_embedding_shard(path)
-            embedding_digests.append(meta["manifest"]["digest"])
+            (ids,), meta = read_shard(Path(path), EMBEDDINGS_FORMAT, ("image_ids",), "rerun `arrag embed-images`")
             if meta["encoder"] != encoder.describe():
                 raise ValueError(
                     f"{path} was embedded with {meta['encoder']}, the query encoder is {encoder.describe()}: "
@@ -284,27 +293,49 @@ class ImageLevelIndex:
             key = json.dumps(meta["source"], sort_keys=True)
             if key not in offsets:
                 raise ValueError(f"{path} embeds the source {meta['source']}, which none of the code shards hold")
-            embeddings.append(e)
-            embedded_ids.append(ids + offsets[key])
-        if not embeddings:
+            embedding_digests.append(meta["manifest"]["digest"])
+            embedded_ids.append(ids.astype(np.int64) + offsets[key])
+        if not embedded_ids:
             raise ValueError("no CLIP embedding shards given")
-        common, code_rows, emb_rows = np.intersect1d(
-            image_ids.numpy(), np.concatenate(embedded_ids), assume_unique=True, return_indices=True
-        )
-        missing = len(image_ids) - len(common)
-        if missing:
-            log.warning("%d tokenised images have no CLIP embedding (not readable then?); left out", missing)
-        index = cls(
-            np.concatenate(embeddings)[emb_rows],
-            common,
-            codes.numpy()[code_rows].astype(np.uint16),
-            encoder,
-            metas[0]["codebook_sha256"],
-            metas[0].get("tokenizer_id", ""),
-            sources,
-        )
-        index.built_from = {"code_shards": shard_digests(metas), "embedding_shards": embedding_digests}
-        return index
+        kept_ids = np.concatenate([ids[k] for ids, k in zip(code_ids, keep)])
+        common = np.intersect1d(kept_ids, np.concatenate(embedded_ids), assume_unique=True)  # [N] sorted: the rows
+        if len(kept_ids) > len(common):
+            log.warning("%d tokenised images have no CLIP embedding (not readable then?); left out",
+                        len(kept_ids) - len(common))  # fmt: skip
+        if len(common) == 0:
+            raise ValueError("image index: no tokenised image has a CLIP embedding: embed the same sources")
+        grid = tuple(metas[0]["grid"])
+        index_meta = {
+            "format": FORMAT,
+            "encoder": encoder.describe(),
+            "count": len(common),
+            "grid": list(grid),
+            "codebook_sha256": codebook_sha256,
+            "tokenizer_id": metas[0].get("tokenizer_id", ""),
+            "sources": sources,
+        }
+        inputs = {"codebook_sha256": codebook_sha256, "code_shards": shard_digests(metas),
+                  "embedding_shards": embedding_digests}  # fmt: skip
+        with atomic_path(Path(out), directory=True) as tmp:
+            codes = np.lib.format.open_memmap(tmp / "codes.npy", "w+", np.uint16, (len(common), *grid))
+            for (shard, ids, _), k in zip(iter_code_shards(code_paths), keep):  # one shard in memory at a time
+                take = k & np.isin(ids, common)
+                codes[np.searchsorted(common, ids[take])] = shard[take]
+            codes.flush()
+            embeddings = None
+            for path, ids in zip(embedding_paths, embedded_ids):
+                e, _, _ = load_embedding_shard(path)
+                if embeddings is None:
+                    shape = (len(common), e.shape[1])
+                    embeddings = np.lib.format.open_memmap(tmp / "embeddings.npy", "w+", np.float16, shape)
+                take = np.isin(ids, common)
+                embeddings[np.searchsorted(common, ids[take])] = e[take]
+            embeddings.flush()
+            del codes, embeddings  # close the maps before the manifest hashes the files
+            np.save(tmp / "image_ids.npy", common)
+            write_json(tmp / "index.json", index_meta)
+            write_manifest(tmp, "image-index", inputs)
+        return cls.load(out, device=encoder.embedder.mean.device)
 
     @classmethod
     def from_captions(

@@ -98,6 +98,7 @@ IMAGE_INDEX_MEM_MB = job_mem_mb(
     parameters=MODEL_PARAMETERS,
     clip_parameters=CLIP_PARAMETERS,
     images=sum(shard_images(name) * CORPORA[name]["num_shards"] for name in RACM3_CORPORA),
+    shard_images=max(shard_images(name) for name in RACM3_CORPORA),
     grid=GRID,
     embed_dim=CLIP_EMBED_DIM,
 )  # downloads, tables: a few records, no images
