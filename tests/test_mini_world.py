@@ -123,6 +123,16 @@ def test_worlds_restricted_to_some_backgrounds(tmp_path):
             mw.write_world(tmp_path / "bad", n_geneval_prompts=6, backgrounds=bad, **kw)
 
 
+def test_world_command_takes_backgrounds(tmp_path, capsys):
+    from arrag.cli import main
+
+    args = ["world", "--out", str(tmp_path / "w"), "--split", "train=5", "--geneval-prompts", "6"]
+    assert main([*args, "--background", "plain", "--background", "stripes"]) == 0
+    assert json.loads((tmp_path / "w" / "world.json").read_text())["backgrounds"] == ["plain", "stripes"]
+    assert main([*args, "--background", "marble"]) != 0
+    assert "marble" in capsys.readouterr().err
+
+
 # ----------------------------------------------------------------------------- captions
 
 _SHAPE = "|".join(mw.SHAPES)
