@@ -34,9 +34,9 @@ def on_gpu(wildcards, resources):
     return f"python -m arrag.gpu_slots --count {resources.gpu} --"
 
 
-# The mini model (mini and toy profiles) is so small that a second CPU thread speeds a job up by about a quarter,
-# while a second job beside it doubles the throughput: without --resources gpu its jobs take one thread each
-# (before this, the mini DAG ran one job at a time; docs/mini-profile.md).
+# The mini model (mini and toy profiles) is so small that a second CPU thread gains a job little, while a second
+# job beside it uses the core fully: without --resources gpu its jobs take one thread each (with all the cores
+# each, the mini DAG ran one job at a time; docs/mini-profile.md).
 _MINI_MODEL = config["model"]["source"] == "train"
 
 
