@@ -97,11 +97,15 @@ class DAiDSettings(MethodSettings):
 
     def hook_factory(self, pipe, db_devices: str | None = None, record: bool = False) -> Callable[[], list]:
         from arrag.decoding.daid import DAiD
-        from arrag.models.vq import VQTokenizer
+        from arrag.models.backbone import MASKED
 
-        codebook = VQTokenizer.from_janus(pipe.model).codebook
+        codebook = pipe.vq.codebook
         db = load_database(self.db, codebook, pipe.device, db_devices)
         numbers = dict(k=self.k, weight=self.weight, temperature=self.temperature, unique=self.unique)
+        if pipe.backbone.loop == MASKED:  # Show-o: all 8 neighbours, the last half of the steps (appendix B.2)
+            from arrag.decoding.masked_daid import MaskedDAiD
+
+            return lambda: [MaskedDAiD(db, **numbers)]
         return lambda: [DAiD(db, codebook, **numbers, record=record)]
 
 
@@ -129,11 +133,16 @@ class FAiDSettings(MethodSettings):
         """Attaches the checkpoint's modules to pipe.model (give FAiD a pipeline of its own when other methods
         decode with the same model)."""
         from arrag.decoding.faid import FAiDHook
+        from arrag.models.backbone import MASKED
         from arrag.models.faid_training import load_faid
-        from arrag.models.vq import VQTokenizer
 
-        codebook = VQTokenizer.from_janus(pipe.model).codebook
+        codebook = pipe.vq.codebook
         db = load_database(self.db, codebook, pipe.device, db_devices)
+        if pipe.backbone.loop == MASKED:  # Show-o: modules in every layer, the last half of the steps
+            from arrag.models.showo_faid import ShowoFAiDHook, load_showo_faid
+
+            faid = load_showo_faid(self.faid, pipe.backbone, db=db).eval().attach(pipe.backbone)
+            return lambda: [ShowoFAiDHook(db, faid)]
         faid = load_faid(self.faid, pipe.model, device=pipe.device, db=db).eval()
         faid.attach(pipe.model)
         return lambda: [FAiDHook(db, codebook, faid, record=record)]

@@ -171,6 +171,7 @@ def write_results_document(results: str | Path, out: str | Path) -> Path:
 
 # ---------------------------------------------------------------- README sections
 
+
 def section_markers(name: str) -> tuple[str, str]:
     """The two comment lines that delimit the generated section `name` in a Markdown file."""
     return f"<!-- generated: {name} (arrag readme-section; do not edit by hand) -->", f"<!-- end generated: {name} -->"

@@ -201,3 +201,36 @@ def test_bad_settings_are_refused_before_generation(tiny_db):
     ]:
         with pytest.raises(ValueError, match=match):
             DAiD(db, codebook, **kwargs)
+
+
+def test_generation_bench_can_time_the_first_steps_and_estimate_the_batch(tiny_janus, tiny_db, monkeypatch):
+    """--steps: decoding stops after the timed steps; a batch's time is the first token's + the remaining steps at
+    the later steps' mean + one VQ decode. Under a clock that advances 1 s per reading, every interval is 1 s:
+    1 + 15 x 1 + 1 for the tiny model's 4 x 4 grid."""
+    import itertools
+    import time
+
+    from arrag.bench.generate import markdown_table, run_generation_bench
+    from arrag.decoding.pipeline import ImageGenerationPipeline
+
+    model, processor, _ = tiny_janus
+    pipe = ImageGenerationPipeline(model, processor, "cpu")
+    steps = []
+    pipe_generate = pipe.generate_codes
+
+    def counting(*args, **kwargs):
+        codes = pipe_generate(*args, **kwargs)  # never returns: the timer stops decoding
+        steps.append(codes)
+        return codes
+
+    monkeypatch.setattr(pipe, "generate_codes", counting)
+    clock = itertools.count()
+    monkeypatch.setattr(time, "perf_counter", lambda: float(next(clock)))
+    result = run_generation_bench({"vanilla": (pipe, list)}, ["a circle"], batch_size=2, repeats=1, timed_steps=4)
+    (row,) = result["rows"]
+    assert row["seconds_per_batch"] == 1 + 15 * 1 + 1 and steps == []
+    assert result["timed_steps"] == 4 and "first 4 of 16 steps" in markdown_table(result)
+    full = run_generation_bench({"vanilla": (pipe, list)}, ["a circle"], batch_size=1, repeats=1, timed_steps=16)
+    assert full["timed_steps"] == 16 and "first" not in markdown_table(full) and len(steps) == 2
+    with pytest.raises(ValueError, match="at least 2 steps"):
+        run_generation_bench({"vanilla": (pipe, list)}, ["a circle"], batch_size=1, repeats=1, timed_steps=1)

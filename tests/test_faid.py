@@ -345,3 +345,36 @@ def test_a_faid_model_counts_its_modules_beside_the_backbone(model, db, attach):
     added = sum(p.numel() for p in faid.parameters())
     assert added > 0 and method_parameters(model, []) == backbone
     assert method_parameters(model, [FAiDHook(*db, faid)]) == backbone + added
+
+
+@pytest.mark.parametrize("width", [None, 3])
+def test_the_decoding_path_equals_the_training_path_and_follows_weight_updates(width):
+    """Without gradients a step's few targets take the matrix-product path with the centre taps kept between steps;
+    it computes the same as the convolution path, and an in-place weight update (an optimiser step) is seen."""
+    torch.manual_seed(0)
+    block = FAiDModule(hidden=5, hops=(1, 2), width=width).double()
+    with torch.no_grad():
+        for p in block.parameters():
+            p.copy_(torch.randn_like(p))
+    grid = torch.randn(2, 6, 7, 5, dtype=torch.float64)
+    candidates = torch.randn(2, 1, 3, 5, dtype=torch.float64)
+    valid = torch.ones(2, 1, 3, dtype=torch.bool)
+    for target in (0, 9, 41):
+        args = (grid, torch.tensor([target]), candidates, valid)
+        with torch.no_grad():
+            fast = block(*args)
+        for got, want in zip(fast, block(*args)):
+            torch.testing.assert_close(got, want.detach(), rtol=1e-10, atol=1e-10)
+    with torch.no_grad():
+        block.conv_in[1].weight.mul_(-2)  # in place, as an optimiser step updates it
+        fast = block(*args)
+    torch.testing.assert_close(fast[0], block(*args)[0].detach(), rtol=1e-10, atol=1e-10)
+
+
+def test_decoding_with_faid_makes_the_same_tokens_on_either_path(model, processor, db, attach, monkeypatch):
+    import arrag.models.faid as faid_module
+
+    faid = attach(randomise(FAiD.for_model(model, TINY), seed=2))
+    fast = generate(model, processor, [FAiDHook(*db, faid)])
+    monkeypatch.setattr(faid_module, "DECODING_TARGETS", 0)  # every step through the convolution path
+    assert torch.equal(generate(model, processor, [FAiDHook(*db, faid)]), fast)

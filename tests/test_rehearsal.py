@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from arrag.bench.scale import _rule_of, read_jobstats, scale_markdown, scale_rows
+from arrag.bench.scale import _rule_of, read_jobstats, run_span, scale_markdown, scale_rows
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -158,6 +158,20 @@ def test_job_statistics_are_grouped_by_rule_and_scaled_by_the_items_of_the_run(t
     assert "items" not in rows["world"]  # a fixed-cost job: no paper count
     assert tok["paper_cpu_hours"] == pytest.approx(20.0 / 8 * tok["paper_items"] / 3600)
     assert "| `tokenise_shard` | 2 |" in scale_markdown(list(rows.values()), "x")
+    # the run's span: each statistics file is written when its job ends, which started `s` seconds before
+    for path, end in ((results / "jobstats" / "world.tsv", 1_000_000.0), (results / "jobstats" / "tokenise_shard"
+                      / "cc12m" / "00000-of-00002.tsv", 1_000_600.0), (results / "jobstats" / "tokenise_shard"
+                      / "cc12m" / "00001-of-00002.tsv", 1_000_100.0)):  # fmt: skip
+        os.utime(path, (end, end))
+    span = run_span(results / "jobstats")
+    assert span == (1_000_000.0 - 2.0, 1_000_600.0)  # the 2 s world job started first, tokenise shard 0 ended last
+    line = scale_markdown(list(rows.values()), "x", span).splitlines()[0]
+    assert (
+        "3 jobs from" in line
+        and "10.0 min from the first job's start" in line
+        and f"{(30 + 10 + 2) / 2 / 60:.1f} CPU-minutes" in line
+    )
+
     with pytest.raises(FileNotFoundError, match="no job statistics"):
         read_jobstats(tmp_path / "empty")
 

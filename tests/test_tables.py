@@ -3,6 +3,7 @@ sweep parameters from Paramspace paths, the heatmap."""
 
 import csv
 
+import numpy as np
 import pytest
 
 from arrag.evaluation import tables as t
@@ -166,3 +167,22 @@ def test_scoring_bench_times_each_scorer_after_a_warm_up(tmp_path):
     assert row["images"] == 40 and row["images_per_second"] == pytest.approx(40 / row["seconds"])
     write_results(result, tmp_path / "s.json", tmp_path / "s.md")
     assert "| fake | 40 |" in (tmp_path / "s.md").read_text()
+
+
+def test_show_o_rows_are_compared_with_plain_show_o_not_with_janus():
+    from arrag.evaluation.tables import TABLES, add_deltas, base_of, paired_columns
+
+    assert [base_of(x) for x in ("vanilla", "daid", "showo", "showo_daid", "showo_faid")] == ["vanilla"] * 2 + [
+        "showo"
+    ] * 3
+    rows = [
+        {"method": m, "source": "measured", "fid": v}
+        for m, v in (("vanilla", 10.0), ("daid", 9.0), ("showo", 20.0), ("showo_faid", 16.0))
+    ]
+    add_deltas(TABLES["fidelity"], rows)
+    assert [r.get("fid_delta") for r in rows] == [None, -1.0, None, -4.0]
+    reps = {m: {"fid": np.full(50, v)} for m, v in (("vanilla", 10.0), ("showo", 20.0), ("showo_faid", 16.0))}
+    points = {m: {"fid": float(r["fid"][0])} for m, r in reps.items()}
+    cols = paired_columns(points, reps, 0.95)
+    assert cols["showo_faid"]["fid_diff_vs_base"] == -4.0
+    assert "fid_diff_vs_base" not in cols["showo"] and "fid_diff_vs_base" not in cols["vanilla"]

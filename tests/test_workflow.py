@@ -345,12 +345,12 @@ def test_whole_dag_on_the_toy_profile(tmp_path):
     assert len(records) == 2 * len(prompts) and {"filename", "tag", "correct", "reason"} <= set(records[0])
     table1 = (res / "tables/geneval.csv").read_text().splitlines()
     assert table1[0].startswith("method,source,single_object,two_object,counting,colors,position,color_attr,overall")
-    assert [line.split(",")[0] for line in table1[1:]] == ["vanilla", "daid", "faid", "racm3"]
+    assert [line.split(",")[0] for line in table1[1:]] == ["vanilla", "daid", "faid", "racm3", "showo_faid"]
     for name in ("geneval", "dpg", "fidelity", "inference_time", "over_copying"):  # each table in three formats
         assert (res / f"tables/{name}.md").read_text().startswith("| Method |")
         assert r"\begin{tabular}" in (res / f"tables/{name}.tex").read_text()
     fidelity = (res / "tables/fidelity.csv").read_text().splitlines()
-    assert fidelity[0].startswith("method,source,") and len(fidelity) == 5
+    assert fidelity[0].startswith("method,source,") and len(fidelity) == 6  # the four methods and Show-o + FAiD
     # the run in one document (rule results_doc): every table as written, stamped with the commit and the machine
     doc = (res / "RESULTS.md").read_text()
     assert all((res / f"tables/{name}.md").read_text().strip() in doc for name in ("geneval", "dpg", "fidelity"))
@@ -373,7 +373,7 @@ def test_whole_dag_on_the_toy_profile(tmp_path):
     assert len(tiles) == 4 and Image.open(tiles[0]).size == (64, 64)
     assert len((res / "scores/faid/dpg_results.jsonl").read_text().splitlines()) == 4
     dpg = (res / "tables/dpg.csv").read_text().splitlines()
-    assert dpg[0].startswith("method,source,global,entity,attribute,relation,other,overall") and len(dpg) == 5
+    assert dpg[0].startswith("method,source,global,entity,attribute,relation,other,overall") and len(dpg) == 6
     sweep = (res / "tables/sweep_daid.csv").read_text().splitlines()
     assert sweep[0].startswith("weight,temperature,overall") and len(sweep) == 3
     assert (res / "figures/sweep_daid.png").is_file()
@@ -385,6 +385,15 @@ def test_whole_dag_on_the_toy_profile(tmp_path):
     assert len(list(faid.glob("0*/samples/*.png"))) == 2 * len(prompts)
     assert json.loads((faid / "settings.json").read_text())["method"] == "faid"
     assert len((res / "tables/sweep_faid.csv").read_text().splitlines()) == 2
+
+    # Show-o (backbones: [janus, showo], its FAiD row only): its own codes, an 8-neighbour database, FAiD, images
+    showo_db = json.loads((res / "retrieval/showo_db/metadata.json").read_text())
+    assert showo_db["causal"] is False and showo_db["ntotal"] == 200 * 8 * 8
+    assert json.loads((res / "retrieval/showo_faid_trainset/trainset.json").read_text())["count"] == 64
+    assert json.loads((res / "models/showo_faid/faid.json").read_text())["backbone"] == "showo"
+    showo = res / "images/showo_faid/geneval"
+    assert len(list(showo.glob("0*/samples/*.png"))) == 2 * len(prompts)
+    assert params["showo_faid"] > 0
 
     # one log and one job statistics file per job, named after its rule
     rules = [

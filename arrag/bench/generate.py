@@ -50,6 +50,39 @@ def load_methods(
     return methods
 
 
+def decoding_steps(pipe: ImageGenerationPipeline, sampling: SamplingConfig) -> int:
+    """Forward passes per image: one per token (autoregressive), or the masked loop's T (Show-o)."""
+    from arrag.models.backbone import MASKED
+
+    return pipe.sampling_config(sampling).steps if pipe.backbone.loop == MASKED else pipe.vq.grid**2
+
+
+def time_batch(pipe, batch, seeds, sampling, hooks: list[DecodingHook], timed_steps: int | None = None) -> float:
+    """Seconds to generate and decode one batch. With `timed_steps` (fewer than the image's tokens; autoregressive
+    backbones), decoding
+    stops after that many steps and the batch's time is estimated as: the time to the first token (prompt pass,
+    retrieval set-up) + the remaining steps at the mean of the timed ones after the first + one VQ decode."""
+    from arrag.bench.janus_size import StepTimer, timed
+    from arrag.models.backbone import MASKED
+
+    total = decoding_steps(pipe, sampling)
+    if timed_steps is None or timed_steps >= total or pipe.backbone.loop == MASKED:  # Show-o: a few steps, all timed
+        _synchronise(pipe.device)
+        t0 = time.perf_counter()
+        pipe.vq.decode(pipe.generate_codes(batch, seeds, sampling, hooks))
+        _synchronise(pipe.device)
+        return time.perf_counter() - t0
+    timer = StepTimer(timed_steps)
+    run = lambda t: pipe.generate_codes(batch, seeds, sampling, [*hooks, t])  # noqa: E731
+    first, later = timed(run, timer, pipe.device)  # [timed_steps - 1] seconds of each later step
+    codes = torch.zeros(len(batch), pipe.vq.grid, pipe.vq.grid, dtype=torch.long, device=pipe.device)
+    _synchronise(pipe.device)
+    t0 = time.perf_counter()
+    pipe.vq.decode(codes)  # the decoder's cost does not depend on the codes' values
+    _synchronise(pipe.device)
+    return first + (total - 1) * sum(later) / len(later) + time.perf_counter() - t0
+
+
 def run_generation_bench(
     methods: dict[str, tuple[ImageGenerationPipeline, Callable[[], list[DecodingHook]]]],
     prompts: list[str],
@@ -57,24 +90,24 @@ def run_generation_bench(
     batch_size: int = 16,
     repeats: int = 3,
     sampling: SamplingConfig = SamplingConfig(),
+    timed_steps: int | None = None,
 ) -> dict:
     """methods: name -> (pipeline, factory of fresh hooks). Vanilla is (base pipeline, list), DAiD the base
     pipeline with DAiD hooks, RA-CM3 its own pipeline (it retrieves a reference per prompt) with no hooks.
-    All pipelines must share a device and a token grid. Returns rows with images/s and s/step."""
+    All pipelines must share a device and a token grid. Returns rows with images/s and s/step. With
+    `timed_steps`, each batch decodes only its first steps and its time is estimated from them (`time_batch`)."""
+    if timed_steps is not None and timed_steps < 2:
+        raise ValueError(f"timed_steps={timed_steps}: time at least 2 steps (the first one includes the prompt)")
     pipe = next(iter(methods.values()))[0]
     batch = (prompts * batch_size)[:batch_size]
     seeds = list(range(batch_size))
-    steps = pipe.vq.grid**2
+    steps = decoding_steps(pipe, sampling)
     seconds = {name: [] for name in methods}
     for rep in range(repeats + 1):  # repetition 0 is the warm-up
         for name, (pipe, make_hooks) in methods.items():
-            _synchronise(pipe.device)
-            t0 = time.perf_counter()
-            codes = pipe.generate_codes(batch, seeds, sampling, make_hooks())
-            pipe.vq.decode(codes)
-            _synchronise(pipe.device)
+            elapsed = time_batch(pipe, batch, seeds, sampling, make_hooks(), timed_steps)
             if rep:
-                seconds[name].append(time.perf_counter() - t0)
+                seconds[name].append(elapsed)
     base = sum(seconds["vanilla"]) / repeats if "vanilla" in seconds else None
     rows = []
     for name, ts in seconds.items():
@@ -96,7 +129,10 @@ def run_generation_bench(
     return {
         "batch_size": batch_size,
         "repeats": repeats,
-        "tokens_per_image": steps,
+        "tokens_per_image": pipe.vq.grid**2,
+        "steps_per_image": steps,
+        "timed_steps": timed_steps if timed_steps is not None and timed_steps < steps else steps,
+        "backbone": pipe.backbone.name,
         "guidance_scale": sampling.guidance_scale,
         "device": str(pipe.device),
         "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, torch {torch.__version__}"
@@ -114,9 +150,21 @@ def markdown_table(result: dict) -> str:
             f"{1000 * r['seconds_per_step']:.2f} | {'–' if over is None else f'{100 * over:+.1f}%'} |"
         )
     return "\n".join(lines) + (
-        f"\n\nbatch {result['batch_size']} (CFG doubles it inside the model), {result['tokens_per_image']} tokens "
-        f"per image, {result['repeats']} interleaved repeats after a warm-up, device {result['device']}; "
-        f"{result['machine']}.\n"
+        f"\n\n{result.get('backbone', 'janus')} backbone, batch {result['batch_size']} (CFG doubles it inside the "
+        f"model), {result['tokens_per_image']} tokens per image in "
+        f"{result.get('steps_per_image', result['tokens_per_image'])} steps, {result['repeats']} interleaved "
+        f"repeats after a warm-up, device {result['device']}; {result['machine']}.{_estimated(result)}\n"
+    )
+
+
+def _estimated(result: dict) -> str:
+    total = result.get("steps_per_image", result["tokens_per_image"])
+    timed = result.get("timed_steps", total)
+    if timed >= total:
+        return ""
+    return (
+        f" Each batch decoded its first {timed} of {total} steps: its time is the first token's plus {total - 1} "
+        "steps at the mean of the later timed ones, plus one VQ decode."
     )
 
 

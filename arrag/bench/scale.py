@@ -324,8 +324,33 @@ def _fmt(value, digits: int = 3) -> str:
     return f"{value:,.{digits}g}" if abs(value) < 1000 else f"{value:,.0f}"
 
 
-def scale_markdown(rows: list[dict], source: str) -> str:
-    """The table as Markdown, rules with a paper count first."""
+def run_span(jobstats_dir: str | Path) -> tuple[float, float]:
+    """(first job's start, last job's end) of a run in epoch seconds, from its job statistics: Snakemake writes
+    each `*.tsv` when the job ends, so a job started at the file's modification time minus its wall seconds."""
+    starts, ends = [], []
+    for path in Path(jobstats_dir).rglob("*.tsv"):
+        for row in csv.DictReader(path.open(), delimiter="\t"):
+            ends.append(path.stat().st_mtime)
+            starts.append(ends[-1] - float(row["s"]))
+    if not ends:
+        raise FileNotFoundError(f"{jobstats_dir} holds no job statistics *.tsv: run the workflow first")
+    return min(starts), max(ends)
+
+
+def span_line(span: tuple[float, float], rows: list[dict]) -> str:
+    """One sentence: when the run's jobs ran, how long it took from the first start to the last end, its CPU time."""
+    import datetime
+
+    utc = lambda t: datetime.datetime.fromtimestamp(t, datetime.timezone.utc).strftime("%Y-%m-%d %H:%M")  # noqa: E731
+    jobs, cpu = sum(r["jobs"] for r in rows), sum(r["cpu_seconds"] for r in rows)
+    return (
+        f"The run: {jobs} jobs from {utc(span[0])} to {utc(span[1])} UTC, {(span[1] - span[0]) / 60:.1f} min from the "
+        f"first job's start to the last job's end, {cpu / 60:.1f} CPU-minutes in all (as its job statistics record).\n"
+    )
+
+
+def scale_markdown(rows: list[dict], source: str, span: tuple[float, float] | None = None) -> str:
+    """The table as Markdown, rules with a paper count first; with `span` (`run_span`), a line on the run's time."""
     head = (
         "| rule | jobs | wall s | CPU s | peak RSS GB (largest job) | unit | items here | s per item | CPU s per item "
         "| per item | fixed CPU s per job | x model | paper items | paper hours (this machine) | paper CPU-hours "
@@ -356,4 +381,4 @@ def scale_markdown(rows: list[dict], source: str) -> str:
         "(tests/test_memory.py); at the paper's sizes it is what the rules declare (arrag/resources.py), shown in the "
         "last column where the table was given the paper profile's plan (`--paper-plan`).\n"
     )
-    return head + body + note
+    return (span_line(span, rows) + "\n" if span else "") + head + body + note

@@ -5,12 +5,22 @@ from __future__ import annotations
 import argparse
 import sys
 
-from arrag.cli import bench, data, downloads, evaluation, generation, models, report, retrieval
+from arrag.cli import bench, data, downloads, evaluation, generation, models, report, retrieval, showo
 from arrag.cli.args import parse_overrides
 
 __all__ = ["build_parser", "main", "parse_overrides"]
 
-AREAS = (data, models, retrieval, generation, evaluation, report, bench, downloads)  # each registers its commands
+AREAS = (
+    data,
+    models,
+    showo,
+    retrieval,
+    generation,
+    evaluation,
+    report,
+    bench,
+    downloads,
+)  # each registers its commands
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -11,7 +11,7 @@ from arrag.methods import FAiDSettings, RACM3Settings, VanillaSettings
 
 def register(sub) -> None:
     bench = sub.add_parser("bench", help="performance benchmarks").add_subparsers(dest="bench", required=True)
-    for add in (add_bench_retrieval, add_bench_encoders, add_bench_scoring, add_bench_generate):
+    for add in (add_bench_retrieval, add_bench_encoders, add_bench_scoring, add_bench_generate, add_bench_janus):
         add(bench)
     add_scale_table(sub)
 
@@ -141,6 +141,12 @@ def add_bench_generate(sub) -> None:
     p.add_argument("--prompts", default=None, help="JSONL of prompt records")
     p.add_argument("--prompt-field", default="prompt")
     p.add_argument("--repeats", type=COUNT_TYPE, default=3)
+    p.add_argument(
+        "--steps",
+        type=COUNT_TYPE,
+        default=None,
+        help="decode only the first STEPS steps of each batch and estimate its time from them (default: all)",
+    )
     p.add_argument("--out-json", required=True)
     p.add_argument("--out-md", required=True)
     sampling_args(p)
@@ -168,7 +174,54 @@ def cmd_bench_generate(args) -> None:
         db_devices=args.db_devices,
     )
     result = run_generation_bench(
-        methods, prompts, batch_size=args.batch_size, repeats=args.repeats, sampling=sampling(args)
+        methods,
+        prompts,
+        batch_size=args.batch_size,
+        repeats=args.repeats,
+        sampling=sampling(args),
+        timed_steps=args.steps,
+    )
+    write_results(result, args.out_json, args.out_md)
+    print(Path(args.out_md).read_text())
+
+
+def add_bench_janus(sub) -> None:
+    from arrag.bench.janus_size import ROWS
+
+    p = sub.add_parser(
+        "janus-pro-1b",
+        help="Table 4 at Janus-Pro-1B's size (random weights): vanilla, generate(), DAiD, FAiD x 2, RA-CM3 per step",
+    )
+    p.add_argument("--depth", type=COUNT_TYPE, default=None, help="language-model layers (default 24, the real one)")
+    p.add_argument(
+        "--grids", type=COUNT_TYPE, default=3584, help="24 x 24 token grids in the database (576 entries each)"
+    )
+    p.add_argument("--steps", type=COUNT_TYPE, default=48, help="decoding steps timed per row (576 = a whole image)")
+    p.add_argument("--window", type=COUNT_TYPE, default=8, help="steps per reported window")
+    p.add_argument("--repeats", type=COUNT_TYPE, default=3)
+    p.add_argument("--rows", default=",".join(ROWS), help=f"comma-separated, among {','.join(ROWS)}")
+    p.add_argument("--faid-rank", type=COUNT_TYPE, default=256, help="the low-rank FAiD row's rank")
+    p.add_argument("--out-json", required=True)
+    p.add_argument("--out-md", required=True)
+    sampling_args(p)
+    p.set_defaults(func=cmd_bench_janus, batch_size=1, device="cpu")
+
+
+def cmd_bench_janus(args) -> None:
+    from arrag.bench.janus_size import run_janus_bench, write_results
+
+    result = run_janus_bench(
+        depth=args.depth,
+        grids=args.grids,
+        batch_size=args.batch_size,
+        steps=args.steps,
+        repeats=args.repeats,
+        window=args.window,
+        rows=tuple(r.strip() for r in args.rows.split(",") if r.strip()),
+        sampling=sampling(args),
+        faid_rank=args.faid_rank,
+        device=args.device,
+        seed=args.seed,
     )
     write_results(result, args.out_json, args.out_md)
     print(Path(args.out_md).read_text())
@@ -187,11 +240,12 @@ def add_scale_table(sub) -> None:
 
 
 def cmd_scale_table(args) -> None:
-    from arrag.bench.scale import declared_memory, scale_markdown, scale_rows
+    from arrag.bench.scale import declared_memory, run_span, scale_markdown, scale_rows
     from arrag.io import write_json, write_text
 
     declared = declared_memory(Path(args.paper_plan).read_text()) if args.paper_plan else None
     rows = scale_rows(args.results, declared)
-    write_text(args.out, scale_markdown(rows, args.results))
+    span = run_span(Path(args.results) / "jobstats")
+    write_text(args.out, scale_markdown(rows, args.results, span))
     write_json(Path(args.out).with_suffix(".json"), rows)
     print(Path(args.out).read_text())

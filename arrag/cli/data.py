@@ -82,16 +82,15 @@ def add_tokenise(sub) -> None:
 def cmd_tokenise(args) -> None:
     from arrag.data.code_shards import tokenise_shard
     from arrag.decoding.pipeline import resolve_device
-    from arrag.models.janus import load_janus
-    from arrag.models.vq import VQTokenizer
+    from arrag.models.backbone import load_backbone
 
     source = json.loads(args.source)
-    model, _ = load_janus(args.model, revision=args.revision, device=resolve_device(args.device))
+    backbone = load_backbone(args.model, revision=args.revision, device=resolve_device(args.device))
     summary = tokenise_shard(
         source,
         args.shard,
         args.num_shards,
-        VQTokenizer.from_janus(model),
+        backbone.vq,
         args.out,
         batch_size=args.batch_size,
         tokenizer_id=args.tokenizer_id or str(args.model),

@@ -77,15 +77,15 @@ def cmd_faid_trainset(args) -> None:
     from arrag.data.pairs import fine_tuning_pairs, refuse_shared_sources
     from arrag.decoding.pipeline import resolve_device
     from arrag.methods import load_database
+    from arrag.models.backbone import load_backbone
     from arrag.models.faid_training import build_trainset
-    from arrag.models.janus import load_janus
-    from arrag.models.vq import VQTokenizer, codebook_fingerprint
+    from arrag.models.vq import codebook_fingerprint
 
     if args.exclude_self and not args.world:
         raise ValueError("--exclude-self needs --world: code shards' image ids are not the database's")
     device = resolve_device(args.device)
-    model, _ = load_janus(args.model, revision=args.revision, device=device)
-    vq = VQTokenizer.from_janus(model)
+    backbone = load_backbone(args.model, revision=args.revision, device=device)  # Janus or Show-o
+    vq = backbone.vq
     db = load_database(args.db, vq.codebook, device, args.db_devices)
     codes, captions, pair_sources, codes_codebook, positions = fine_tuning_pairs(pair_source(args), lambda: vq)
     if codes_codebook != codebook_fingerprint(vq.codebook):
@@ -93,7 +93,7 @@ def cmd_faid_trainset(args) -> None:
     refuse_shared_sources(pair_sources, db.sources, f"the database {args.db}")
     # --exclude-self: the split is the database's own source, image id = position in the split
     image_ids = positions if args.exclude_self else None
-    summary = build_trainset(model, db, codes, captions, args.k, args.out, image_ids)
+    summary = build_trainset(backbone.model, db, codes, captions, args.k, args.out, image_ids, vq=vq)
     print(json.dumps(summary, indent=2))
 
 
@@ -111,11 +111,18 @@ def add_train_faid(sub) -> None:
 
 def cmd_train_faid(args) -> None:
     from arrag.manifest import identity
+    from arrag.models.backbone import is_showo
     from arrag.models.faid_training import FAiDTrainingConfig, train_faid
 
     # only to refuse a training set built from another database: its identity, not its index
     db = identity(args.db) if args.db else None
     cfg = parse_overrides(args.set, FAiDTrainingConfig)
+    if is_showo(args.model):  # modules in every layer, Show-o's masked-token objective (one process)
+        from arrag.models.showo_faid import train_showo_faid
+
+        stats = train_showo_faid(args.model, args.trainset, cfg, args.out, db=db, restart=args.restart)
+        print(json.dumps({k: v for k, v in stats.items() if k != "log"}, indent=2))
+        return
     stats = train_faid(args.model, args.trainset, cfg, args.out, db=db, cpu=args.cpu, restart=args.restart)
     print(json.dumps({k: v for k, v in stats.items() if k != "log"}, indent=2))
 

@@ -20,10 +20,9 @@ from arrag.data.geneval_layout import (
     shard_of,
     write_prompt_folder,
 )
-from arrag.decoding.loop import DecodingHook, SamplingConfig, generate_image_tokens, make_generators
+from arrag.decoding.loop import DecodingHook, SamplingConfig
 from arrag.io import progress
-from arrag.models.janus import load_janus, tokenize_prompts
-from arrag.models.vq import VQTokenizer
+from arrag.models.backbone import JanusBackbone, load_backbone
 
 
 def image_seed(base_seed: int, prompt: str, sample: int) -> int:
@@ -63,17 +62,22 @@ def method_parameters(model, hooks: list[DecodingHook]) -> int:
 class ImageGenerationPipeline:
     """model + processor + VQ decoder. `pipe(prompts, n=4)` -> (uint8 images [P*n, S, S, 3], codes [P*n, H, W])."""
 
-    def __init__(self, model, processor, device: str | torch.device | None = None):
+    def __init__(self, model, processor=None, device: str | torch.device | None = None):
+        """`model` + `processor` (a Janus model), or a backbone (arrag.models.backbone) alone."""
         self.device = resolve_device(device) if not isinstance(device, torch.device) else device
-        self.model = model.to(self.device).eval()
+        self.backbone = model if hasattr(model, "generate_codes") else JanusBackbone(model, processor)
+        self.model = self.backbone.model.to(self.device).eval()
         self.processor = processor
-        self.vq = VQTokenizer.from_janus(model)
+        self.vq = self.backbone.vq
 
     @classmethod
     def from_pretrained(cls, source: str | Path, *, revision: str | None = None, device: str | None = None):
         device = resolve_device(device)
-        model, processor = load_janus(source, revision=revision, device=device)
-        return cls(model, processor, device)
+        return cls(load_backbone(source, revision=revision, device=device), device=device)
+
+    def sampling_config(self, sampling: SamplingConfig):
+        """The backbone's loop settings from the shared sampling settings (Show-o's masked loop has its own)."""
+        return self.backbone.sampling_config(sampling)
 
     def generate_codes(
         self,
@@ -82,32 +86,21 @@ class ImageGenerationPipeline:
         sampling: SamplingConfig = SamplingConfig(),
         hooks: list[DecodingHook] = (),
     ) -> torch.Tensor:
-        """One token grid per (prompt, seed) pair, all in one batch: codes [B, H, W]."""
-        batch = tokenize_prompts(self.processor, prompts, device=self.device)
-        generators = None if sampling.greedy else make_generators(seeds, self.device)
-        return generate_image_tokens(
-            self.model,
-            batch["input_ids"],
-            batch["attention_mask"],
-            sampling,
-            generators=generators,
-            hooks=hooks,
-            prefix_codes=self.prefix_codes(prompts),
-        )
+        """One token grid per (prompt, seed) pair, all in one batch, by the backbone's loop: codes [B, H, W]."""
+        return self.backbone.generate_codes(prompts, seeds, sampling, hooks, prefix_codes=self.prefix_codes(prompts))
 
     def check_prompt_lengths(self, prompts: list[str]) -> None:
         """Refuse prompts whose tokens, with the image's tokens and any reference prefix, do not fit the model's
-        context: positions past it were never trained, and the images would be silently wrong."""
-        context = self.model.config.text_config.max_position_embeddings
+        context (Show-o: its text block): positions past it were never trained, the images would be wrong."""
         reserved = self.vq.grid**2 * (2 if self.prefix_length() else 1)  # the image, and RA-CM3's reference
+        limit, room = self.backbone.prompt_room(reserved)
         for start in range(0, len(prompts), 1024):
             chunk = list(prompts[start : start + 1024])
-            lengths = tokenize_prompts(self.processor, chunk)["attention_mask"].sum(1).tolist()
-            for prompt, length in zip(chunk, lengths):
-                if length + reserved > context:
+            for prompt, length in zip(chunk, self.backbone.prompt_lengths(chunk)):
+                if length > limit:
                     raise ValueError(
-                        f"prompt {prompt[:60]!r}{'...' if len(prompt) > 60 else ''} is {length} tokens; with the "
-                        f"{reserved} image tokens it exceeds the model's context of {context} positions: shorten it"
+                        f"prompt {prompt[:60]!r}{'...' if len(prompt) > 60 else ''} is {length} tokens; {room}: "
+                        "shorten it"
                     )
 
     def prefix_length(self) -> int:
@@ -175,6 +168,7 @@ def generate_prompt_set(
     for i, r in enumerate(records):
         if prompt_field not in r:
             raise ValueError(f"prompt record {i} has no {prompt_field!r} field (fields: {sorted(r)})")
+    sampling = pipe.sampling_config(sampling)  # recorded as the loop ran it (Show-o: its masked settings)
     run_settings = {
         "n": n,
         "seed": seed,

@@ -170,10 +170,11 @@ def add_deltas(spec: TableSpec, rows: list[dict]) -> list[dict]:
     """Each delta column's difference to the base model of the row's backbone, as <key>_delta: our rows against
     our vanilla row, the paper's against its row named after their group (Janus-Pro, Show-o)."""
     keys = [c.key for c in spec.columns if c.delta]
-    measured_base = next((r for r in rows if r.get("source") == "measured" and r["method"] == "vanilla"), None)
+    measured_bases = {r["method"]: r for r in rows if r.get("source") == "measured" and r["method"] in BASES}
     paper_bases = {r["method"]: r for r in rows if r.get("source") == "paper"}
     for r in rows:
-        base = measured_base if r.get("source") == "measured" else paper_bases.get(r.get("group"))
+        measured = r.get("source") == "measured"
+        base = measured_bases.get(base_of(r["method"])) if measured else paper_bases.get(r.get("group"))
         if base is None or base is r:
             continue
         for key in keys:
@@ -183,6 +184,27 @@ def add_deltas(spec: TableSpec, rows: list[dict]) -> list[dict]:
 
 
 BASE = "vanilla"  # our base model's label: every other method's paired difference is against its row
+SHOWO_BASE = "showo"  # Show-o's rows (showo, showo_daid, showo_faid) are compared with plain Show-o's
+BASES = (BASE, SHOWO_BASE)
+
+
+def base_of(label: str) -> str:
+    """The label of the row a measured row's differences are against: its backbone's plain row."""
+    return SHOWO_BASE if label == SHOWO_BASE or label.startswith(SHOWO_BASE + "_") else BASE
+
+
+def paired_columns(points: dict, reps: dict, level, centred: bool = False) -> dict[str, dict]:
+    """intervals.interval_columns per backbone: each row paired with its backbone's plain row (when present)."""
+    from arrag.evaluation import intervals
+
+    out = {}
+    for base in BASES:
+        group = [label for label in reps if base_of(label) == base]
+        sub_points, sub_reps = {k: points[k] for k in group}, {k: reps[k] for k in group}
+        out |= intervals.interval_columns(sub_points, sub_reps, base if base in group else None, level, centred)
+    return out
+
+
 FIDELITY_METRICS = ("cmmd", "fid", "fwd")
 
 
@@ -213,8 +235,7 @@ def record_intervals(kind: str, measured: dict[str, dict], results: dict, record
     reps = {
         label: {c: r for c, r in cols.items() if measured[label].get(c) is not None} for label, cols in reps.items()
     }
-    base = BASE if BASE in scores else None
-    for label, cols in intervals.interval_columns(points, reps, base, boot.level).items():
+    for label, cols in paired_columns(points, reps, boot.level).items():
         measured[label] |= cols | boot.record()
 
 
@@ -239,7 +260,6 @@ def fidelity_intervals(measured: dict[str, dict], results: dict) -> None:
     """Table 3: each row's intervals and paired differences to the base model from the replicates `arrag
     fidelity` stored (the generated images resampled by prompt against fixed reference statistics). Records
     made with the same draws (seed, resamples, prompts) pair replicate by replicate; others are refused."""
-    from arrag.evaluation import intervals
 
     records = {label: read_summary(path) for label, path in results.items()}
     setups = {label: r["bootstrap"] for label, r in records.items() if r.get("bootstrap")}
@@ -248,15 +268,15 @@ def fidelity_intervals(measured: dict[str, dict], results: dict) -> None:
         r = records[label]
         reps[label] = stored_replicates(r, results[label])
         points[label] = {m: r[m] for m in reps[label]}
-    base = BASE if BASE in setups else None
     for label, setup in setups.items():
+        base = base_of(label) if base_of(label) in setups else None
         if base is not None and setup != setups[base]:
             raise ValueError(
                 f"{results[label]} and {results[base]} were bootstrapped differently ({setup} vs {setups[base]}): "
                 "a paired difference needs the same draws; rescore both with one `arrag fidelity --bootstrap --seed`"
             )
     level = next(iter(setups.values()))["ci_level"] if setups else None
-    for label, cols in intervals.interval_columns(points, reps, base, level, centred=True).items():
+    for label, cols in paired_columns(points, reps, level, centred=True).items():
         measured[label] |= cols | {k: setups[label][k] for k in ("ci_level", "ci_resamples", "ci_seed")}
 
 

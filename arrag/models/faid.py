@@ -56,6 +56,7 @@ from torch import nn
 from arrag.models.training import image_token_logits
 
 BUDGETS = ("paper", "lowrank")
+DECODING_TARGETS = 256  # up to this many targets without gradients (a decoding step's rows) take the decoding path
 
 
 @dataclass
@@ -104,10 +105,19 @@ def causal_mask(size: int) -> torch.Tensor:
     return (r < centre) | ((r == centre) & (c < centre))
 
 
-def causal_windows(grid: torch.Tensor, targets: torch.Tensor, hop: int) -> torch.Tensor:
+def ring_mask(size: int) -> torch.Tensor:
+    """[size, size] bool, True everywhere but the centre: the window of a target whose neighbours all count
+    (masked decoding, Show-o)."""
+    mask = torch.ones(size, size, dtype=torch.bool)
+    mask[size // 2, size // 2] = False
+    return mask
+
+
+def causal_windows(grid: torch.Tensor, targets: torch.Tensor, hop: int, causal: bool = True) -> torch.Tensor:
     """grid [N, H, W, C], targets [T] raster indices -> windows [N, T, S, S, C], S = 2*hop + 1.
 
-    Centred on each target, zero off the grid, and zero at the target and every cell after it.
+    Centred on each target, zero off the grid, and zero at the target and every cell after it (`causal=False`:
+    zero at the target only).
     """
     _, _, width, _ = grid.shape
     size = 2 * hop + 1
@@ -116,7 +126,8 @@ def causal_windows(grid: torch.Tensor, targets: torch.Tensor, hop: int) -> torch
     rows = (targets // width)[:, None] + offsets  # [T, S] rows in padded coordinates
     cols = (targets % width)[:, None] + offsets  # [T, S]
     windows = padded[:, rows[:, :, None], cols[:, None, :]]  # [N, T, S, S, C]
-    return windows * causal_mask(size).to(grid.device)[:, :, None]
+    keep = causal_mask(size) if causal else ring_mask(size)
+    return windows * keep.to(grid.device)[:, :, None]
 
 
 def centre_crop(windows: torch.Tensor, hop: int) -> torch.Tensor:
@@ -134,11 +145,41 @@ def smooth_one_scale(
     conv_in is linear in the window, so it splits into the context's part (once per target) and the
     candidate's: the centre reaches output (i, j) through the single tap (h-i, h-j).
     """
+    if not torch.is_grad_enabled() and len(context) <= DECODING_TARGETS:  # decoding: the weights' layouts kept
+        return _smooth_one_scale_decoding(context, candidates, conv_in, conv_out)
     ctx = F.conv2d(context.permute(0, 3, 1, 2), conv_in.weight, conv_in.bias)  # [M, C, h+1, h+1]
     taps = conv_in.weight.flip(2, 3)  # [C_out, C_in, h+1, h+1]: taps[..., i, j] is the centre's tap at (i, j)
     cand = torch.einsum("mkc,ocij->mkoij", candidates, taps)  # [M, K, C, h+1, h+1]
     inner = F.gelu(ctx[:, None] + cand)  # [M, K, C, h+1, h+1]
     return torch.einsum("mkcij,ocij->mko", inner, conv_out.weight) + conv_out.bias  # [M, K, C]
+
+
+def _smooth_one_scale_decoding(
+    context: torch.Tensor, candidates: torch.Tensor, conv_in: nn.Conv2d, conv_out: nn.Conv2d
+) -> torch.Tensor:
+    """smooth_one_scale as three matrix products that read each weight in the layout it is stored in (or one kept
+    from the previous step): at Janus-Pro-1B's width the paper budget's weights are 150 MB per convolution, and
+    rearranging them at every step (the flip, einsum's permuted copies, the convolution's own weight reordering)
+    cost more than the products themselves. The same sums in another order (float rounding aside)."""
+    size = conv_in.kernel_size[0]  # h+1
+    patches = F.unfold(context.permute(0, 3, 1, 2), size)  # [M, C*(h+1)^2, (h+1)^2]: the sliding windows
+    ctx = conv_in.weight.flatten(1) @ patches + conv_in.bias[:, None]  # [M, C_out, (h+1)^2]
+    cand = candidates @ _centre_taps(conv_in)  # [M, K, C_out*(h+1)^2]
+    inner = F.gelu(ctx.flatten(1)[:, None] + cand)  # [M, K, C_out*(h+1)^2] in (channel, i, j) order
+    return F.linear(inner, conv_out.weight.flatten(1), conv_out.bias)  # [M, K, C]
+
+
+def _centre_taps(conv: nn.Conv2d) -> torch.Tensor:
+    """[C_in, C_out*(h+1)^2]: row c holds the tap of input channel c at the window's centre for every output
+    (channel, i, j), i.e. weight[o, c, h-i, h-j]. Kept on the module while its weight is unchanged (same storage,
+    same version counter: an optimiser step or load_state_dict bumps it)."""
+    weight = conv.weight
+    key = (weight.data_ptr(), weight._version, weight.dtype, weight.device)
+    kept = conv.__dict__.get("_centre_taps")
+    if kept is None or kept[0] != key:
+        taps = weight.detach().flip(2, 3).transpose(0, 1).reshape(weight.shape[1], -1).contiguous()
+        kept = conv.__dict__["_centre_taps"] = (key, taps)
+    return kept[1]
 
 
 class FAiDModule(nn.Module):
@@ -147,9 +188,9 @@ class FAiDModule(nn.Module):
     `width` = None convolves at full width (the paper's budget); an integer r projects the cells D->r first.
     """
 
-    def __init__(self, hidden: int, hops: tuple[int, ...], width: int | None = None):
+    def __init__(self, hidden: int, hops: tuple[int, ...], width: int | None = None, causal: bool = True):
         super().__init__()
-        self.hops = tuple(hops)
+        self.hops, self.causal = tuple(hops), causal  # causal=False: the whole ring around the target (Show-o)
         inner = width or hidden
         self.norm = nn.RMSNorm(hidden, eps=1e-6)
         self.down = nn.Linear(hidden, inner, bias=False) if width else nn.Identity()
@@ -170,9 +211,9 @@ class FAiDModule(nn.Module):
         _, height, width, _ = grid.shape
         hop = max(self.hops)
         if t * (2 * hop + 1) ** 2 < height * width:  # a few targets (decoding): only their windows' cells
-            windows = self.cells(causal_windows(grid, targets, hop))  # [N, T, S, S, C]
+            windows = self.cells(causal_windows(grid, targets, hop, self.causal))  # [N, T, S, S, C]
         else:  # every target (teacher forcing): each cell once
-            windows = causal_windows(self.cells(grid), targets, hop)
+            windows = causal_windows(self.cells(grid), targets, hop, self.causal)
         cands = self.cells(candidates).flatten(0, 1)  # [N*T, K, C]
         weights = torch.softmax(self.scale_logits, 0)  # [n_hops]
         refined = 0
@@ -316,10 +357,7 @@ class FAiD(nn.Module):
             return out
         if plan.rows > out.shape[0]:
             raise ValueError(f"FAiD candidates for {plan.rows} rows but the batch has {out.shape[0]}")
-        if plan.image_start is None:
-            grid, first = self._cached_grid(block_index, out, plan), out.shape[1] - 1
-        else:
-            grid, first = self._teacher_forced_grid(out, plan), plan.image_start - 1
+        grid, first = self._grid(block_index, out, plan)
         if plan.candidates is None:
             return out
         block = self.blocks[block_index]
@@ -333,6 +371,13 @@ class FAiD(nn.Module):
         t = contribution.shape[1]
         padded = F.pad(contribution.to(out.dtype), (0, 0, first, length - first - t, 0, n - plan.rows))
         return out + padded
+
+    def _grid(self, block_index: int, out: torch.Tensor, plan: _Pass) -> tuple[torch.Tensor, int]:
+        """The grid of hidden states the modules read [R, H, W, D] and the sequence index of the first predicting
+        position."""
+        if plan.image_start is None:
+            return self._cached_grid(block_index, out, plan), out.shape[1] - 1
+        return self._teacher_forced_grid(out, plan), plan.image_start - 1
 
     def _cached_grid(self, block_index: int, out: torch.Tensor, plan: _Pass) -> torch.Tensor:
         """Incremental: store the hidden state of the token fed at this step (raster step-1), return the cache."""

@@ -74,16 +74,17 @@ def build_trainset(
     out_dir: str | Path,
     image_ids: np.ndarray | None = None,
     batch_size: int = 64,
+    vq=None,
 ) -> dict:
     """Retrieve each position's k candidates for the fine-tuning images' token grids codes [N, H, W] (VQ codes
     of this model, e.g. from `encode_images` or code shards) from its ground-truth neighbourhood.
     `image_ids` [N] (the images' ids in the database) drops hits from the image itself, which would otherwise
-    hand the model the answer."""
+    hand the model the answer. `vq`: the model's tokenizer facade (arrag.models.backbone; default Janus')."""
     if len(codes) != len(captions):
         raise ValueError(f"{len(codes)} images but {len(captions)} captions: give one caption per image")
     if not 1 <= k <= len(db):
         raise ValueError(f"k={k} must be between 1 and the database size {len(db)}")
-    vq = VQTokenizer.from_janus(model)
+    vq = vq or VQTokenizer.from_janus(model)
     sha = codebook_fingerprint(vq.codebook)
     if sha != db.codebook_sha256:
         raise ValueError("the database was built with another VQ codebook than this model; rebuild it (arrag build-db)")

@@ -274,9 +274,12 @@ def read_spec(path: Path) -> ShowoSpec:
     return ShowoSpec(vocab, int(config["num_vq_tokens"]), phi)
 
 
-def save_showo(model: PhiForCausalLM, spec: ShowoSpec, directory: str | Path, *, inputs: dict | None = None):
+def save_showo(
+    model: PhiForCausalLM, spec: ShowoSpec, directory: str | Path, *, inputs: dict | None = None, extra=None
+):
     """Write a Show-o folder atomically, laid out like the published one (config.json with Show-o's fields plus
-    our `phi_config`, `showo.`-prefixed tensors in pytorch_model.safetensors), its manifest last."""
+    our `phi_config`, `showo.`-prefixed tensors in pytorch_model.safetensors), its manifest last. `extra(folder)`
+    writes more files before the manifest (the mini model's text tokenizer)."""
     config = {
         "_class_name": "Showo",
         "vocab_size": spec.vocab.vocab_size,
@@ -291,6 +294,8 @@ def save_showo(model: PhiForCausalLM, spec: ShowoSpec, directory: str | Path, *,
     with atomic_path(directory, directory=True) as tmp:
         save_file(state, str(tmp / WEIGHTS_NAME))
         write_json(tmp / "config.json", config)
+        if extra is not None:
+            extra(tmp)
         write_manifest(tmp, "showo-model", inputs)
 
 

@@ -117,8 +117,8 @@ class VQTokenizer:
 
 
 def load_codebook(source, revision: str | None = None) -> torch.Tensor:
-    """The L2-normalised VQ codebook [K, D] of a Janus model directory (or hub id at `revision`)."""
-    from arrag.models.janus import load_janus
+    """The VQ codebook [K, D] of a backbone (arrag.models.backbone): a Janus model directory or hub id at `revision`
+    (L2-normalised), or a Show-o backbone folder (MAGVIT-v2's +-1 codes)."""
+    from arrag.models.backbone import load_backbone
 
-    model, _ = load_janus(source, revision=revision)
-    return VQTokenizer.from_janus(model).codebook
+    return load_backbone(source, revision=revision).vq.codebook

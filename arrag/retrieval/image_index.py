@@ -272,8 +272,13 @@ class ImageLevelIndex:
         Streams: the image ids of every shard are read first to plan the rows (sorted by global image id), then
         one code shard and one embedding shard at a time is written into the memory-mapped arrays of the index,
         so memory is a few ids per corpus image plus one shard, whatever the corpus (arrag.resources)."""
-        from arrag.data.code_shards import code_shard_ids, iter_code_shards, require_codebook, shard_digests
-        from arrag.data.code_shards import source_table
+        from arrag.data.code_shards import (
+            code_shard_ids,
+            iter_code_shards,
+            require_codebook,
+            shard_digests,
+            source_table,
+        )
         from arrag.data.contamination import kept_rows
 
         code_ids, metas = code_shard_ids(code_paths)  # global ids: each source shifted by its offset

@@ -134,6 +134,7 @@ rule bench_generate:
         daid=daid_flags(),
         sampling=sampling_flags(batch_size=config["generation"]["bench"]["batch_size"]),
         repeats=config["generation"]["bench"]["repeats"],
+        steps=(lambda n: flag("--steps", n) if n else "")(config["generation"]["bench"]["steps"]),
     log:
         log_path("bench_generate"),
     benchmark:
@@ -144,7 +145,7 @@ rule bench_generate:
         mem_mb=SEARCH_MEM_MB,
     shell:
         "OMP_NUM_THREADS={threads} {params.gpu} arrag bench generate --model {input.model} {params.methods} "
-        "--prompts {input.prompts} {params.daid} {params.sampling} --repeats {params.repeats} "
+        "--prompts {input.prompts} {params.daid} {params.sampling} --repeats {params.repeats} {params.steps} "
         "--out-json {output.json} --out-md {output.md} > {log} 2>&1"
 
 

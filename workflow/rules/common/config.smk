@@ -72,10 +72,17 @@ CLIP_FILE = "open_clip_model.safetensors"
 
 
 METHODS = config["methods"]
+BACKBONES = config["backbones"]
+SHOWO = config["showo"]
+# Show-o's rows of Tables 1-3 (`backbones: [janus, showo]`): run name -> the method it decodes with on Show-o
+SHOWO_RUNS = (
+    {("showo" if m == "vanilla" else f"showo_{m}"): m for m in SHOWO["methods"]} if "showo" in BACKBONES else {}
+)
+TABLE_RUNS = METHODS + list(SHOWO_RUNS)  # every row a table measures: the methods on Janus, then Show-o's
 
 
 wildcard_constraints:
-    method="vanilla|daid|faid|racm3",
+    method="vanilla|daid|faid|racm3|showo|showo_daid|showo_faid",
 
 
 RETRIEVAL_METHODS = [m for m in METHODS if m in ("daid", "faid", "racm3")]  # methods whose retrievals have provenance

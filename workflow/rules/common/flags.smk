@@ -50,7 +50,8 @@ def prompt_set_flags(prompts, n=None, field=True):
 
 def method_flags(method, input, **daid):
     """`arrag generate-benchmark` flags selecting the decoding method and its settings; `daid`: a sweep point's
-    weight and temperature (daid_flags)."""
+    weight and temperature (daid_flags). A Show-o run (SHOWO_RUNS) takes the flags of the method it runs."""
+    method = SHOWO_RUNS.get(method, method)
     if method == "vanilla":
         return "--method vanilla"
     if method == "racm3":
@@ -173,9 +174,10 @@ def fidelity_network_flags(input):
 
 
 def table_flags(wildcards, input):
-    """`--result R --label METHOD --params GENERATION` per method, for `arrag table`."""
+    """`--result R --label RUN --params GENERATION` per row (TABLE_RUNS: the methods, then Show-o's runs), for
+    `arrag table`."""
     return " ".join(
-        f"--result {r} --label {m} --params {g}" for r, m, g in zip(input.results, METHODS, input.generations)
+        f"--result {r} --label {m} --params {g}" for r, m, g in zip(input.results, TABLE_RUNS, input.generations)
     )
 
 
@@ -192,7 +194,7 @@ def records_of(summaries):
 
 
 def table_records_flags(wildcards, input):
-    """`--records JSONL` per method (in METHODS order, as table_flags), for `arrag table`."""
+    """`--records JSONL` per row (in TABLE_RUNS order, as table_flags), for `arrag table`."""
     return " ".join(flag("--records", r) for r in records_of(input.results))
 
 

@@ -94,7 +94,13 @@ def generation_shards(wildcards):
 
 
 def generation_inputs(wildcards):
-    """The backbone (RA-CM3's fine-tuned one for racm3), plus what the method retrieves from."""
+    """The backbone (RA-CM3's fine-tuned one for racm3, Show-o's folder for its runs), plus what the method
+    retrieves from."""
+    if wildcards.method in SHOWO_RUNS:
+        method = SHOWO_RUNS[wildcards.method]
+        inputs = {"model": SHOWO_MODEL}
+        inputs |= {"db": SHOWO_DATABASE} if method in ("daid", "faid") else {}
+        return inputs | ({"faid": SHOWO_FAID_MODEL} if method == "faid" else {})
     if wildcards.method == "racm3":  # (the index reloads its CLIP from the weights it was built with)
         return {"model": RACM3_MODEL, "index": IMAGE_INDEX} | racm3_clip_input(
             wildcards
@@ -175,12 +181,30 @@ def hash_inputs(wildcards):
 
 
 def table_inputs(score_file, prompts):
-    """A table's inputs: each method's score file, and the generation.json of the images it scored (the Params
-    column: `arrag generate-benchmark` records the generating model's parameter count there)."""
+    """A table's inputs: each row's score file (the methods', then Show-o's runs), and the generation.json of the
+    images it scored (the Params column: `arrag generate-benchmark` records the generating model's parameter count
+    there)."""
     return {
-        "results": expand(f"{RESULTS}/scores/{{method}}/{score_file}", method=METHODS),
-        "generations": expand(generated("{method}", prompts), method=METHODS),
+        "results": expand(f"{RESULTS}/scores/{{method}}/{score_file}", method=TABLE_RUNS),
+        "generations": expand(generated("{method}", prompts), method=TABLE_RUNS),
     }
+
+
+def showo_corpus_codes():
+    """Every code shard of the retrieval corpus, tokenised by Show-o's MAGVIT-v2."""
+    return [showo_code_shard(*shard) for shard in source_shards(CORPORA)]
+
+
+def showo_tokenise_inputs(wildcards):
+    """As tokenise_inputs, with Show-o's backbone folder as the model."""
+    return tokenise_inputs(wildcards) | {"model": SHOWO_MODEL}
+
+
+def showo_pairs_inputs(wildcards):
+    """Show-o's FAiD pairs: `finetune.pairs` tokenised by Show-o's MAGVIT-v2, else the mini world's split."""
+    if FINETUNE_PAIRS:
+        return {"pairs": [showo_code_shard(*s) for s in source_shards(FINETUNE_PAIRS)], "exclusions": EXCLUSIONS}
+    return pairs_inputs(wildcards)
 
 
 def results_doc_inputs(wildcards):

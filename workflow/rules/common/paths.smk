@@ -12,6 +12,10 @@ FAID_MODEL = f"{RESULTS}/models/faid"  # FAiD's modules (train_faid)
 DATABASE = f"{RESULTS}/retrieval/db"  # the patch database (build_database)
 IMAGE_INDEX = f"{RESULTS}/retrieval/image_index"  # RA-CM3's image retriever (build_image_index)
 FAID_TRAINSET = f"{RESULTS}/retrieval/faid_trainset"  # FAiD's retrieved training set (faid_trainset)
+SHOWO_MODEL = f"{RESULTS}/models/showo"  # the Show-o backbone folder: showo/ + magvitv2/ (+ tokenizer/)
+SHOWO_DATABASE = f"{RESULTS}/retrieval/showo_db"  # Show-o's patch database: its own codes, 8-neighbour keys
+SHOWO_FAID_TRAINSET = f"{RESULTS}/retrieval/showo_faid_trainset"
+SHOWO_FAID_MODEL = f"{RESULTS}/models/showo_faid"  # FAiD's modules on Show-o (train_showo_faid)
 EXCLUSIONS = f"{RESULTS}/contamination/exclusions.json"  # benchmark images found in the sources (contamination)
 MINI_DPG = f"{RESULTS}/world/dpg"  # mini-DPG's prompts and question CSV (mini_dpg)
 # downloads (localrules, on the login node)
@@ -76,6 +80,16 @@ def source_shards(entries):
 def code_shard(split, shard, num_shards):
     """results/<profile>/codes/<split>/codes-SSSSS-of-TTTTT.npz (format: arrag.data.code_shards)"""
     return f"{RESULTS}/codes/{split}/codes-{shard:05d}-of-{num_shards:05d}.npz"
+
+
+def showo_code_shard(split, shard, num_shards):
+    """results/<profile>/codes_showo/<split>/codes-SSSSS-of-TTTTT.npz: a shard tokenised by Show-o's MAGVIT-v2."""
+    return f"{RESULTS}/codes_showo/{split}/codes-{shard:05d}-of-{num_shards:05d}.npz"
+
+
+def showo_part(part):
+    """results/<profile>/downloads/showo/<part>: a downloaded part of Show-o (showo, magvitv2, tokenizer)."""
+    return f"{RESULTS}/downloads/showo/{part}"
 
 
 def clip_shard(split, shard, num_shards):
