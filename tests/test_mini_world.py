@@ -105,6 +105,34 @@ def test_every_background_is_used_and_textured():
     assert any(len(np.unique(mw.render(s).reshape(-1, 3), axis=0)) > len(s.objects) + 1 for s in textured)
 
 
+def test_worlds_restricted_to_some_backgrounds(tmp_path):
+    """world.backgrounds narrows every split's backgrounds (the mini profile's easier world) and is recorded;
+    the default draws exactly as before the option existed."""
+    kw = {"size": SIZE, "seed": 2, "splits": {"train": 40, "corpus": 30}, "underrepresented": [], "keep_fraction": 1.0}
+    mw.write_world(tmp_path / "plain", n_geneval_prompts=6, backgrounds=["plain"], **kw)
+    for split in kw["splits"]:
+        images, records = mw.load_split(tmp_path / "plain" / split)
+        assert {r["background"] for r in records} == {"plain"}
+        assert all(len(np.unique(img.reshape(-1, 3), axis=0)) <= len(r["objects"]) + 1 for img, r in zip(images, records))
+    assert json.loads((tmp_path / "plain" / "world.json").read_text())["backgrounds"] == ["plain"]
+    default, _ = mw.make_split("train", 20, 2)
+    assert np.array_equal(default, mw.make_split("train", 20, 2, backgrounds=mw.BACKGROUNDS)[0])
+    assert not np.array_equal(default, mw.make_split("train", 20, 2, backgrounds=["plain", "noise"])[0])
+    for bad in ([], ["plain", "plain"], ["marble"]):
+        with pytest.raises(ValueError, match="backgrounds="):
+            mw.write_world(tmp_path / "bad", n_geneval_prompts=6, backgrounds=bad, **kw)
+
+
+def test_world_command_takes_backgrounds(tmp_path, capsys):
+    from arrag.cli import main
+
+    args = ["world", "--out", str(tmp_path / "w"), "--split", "train=5", "--geneval-prompts", "6"]
+    assert main([*args, "--background", "plain", "--background", "stripes"]) == 0
+    assert json.loads((tmp_path / "w" / "world.json").read_text())["backgrounds"] == ["plain", "stripes"]
+    assert main([*args, "--background", "marble"]) != 0
+    assert "marble" in capsys.readouterr().err
+
+
 # ----------------------------------------------------------------------------- captions
 
 _SHAPE = "|".join(mw.SHAPES)

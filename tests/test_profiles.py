@@ -103,6 +103,18 @@ def test_local_profile_dry_runs(tmp_path):
             assert job["threads"] == 8 // profile["resources"]["gpu"], job
 
 
+def test_mini_model_jobs_share_the_cores_without_gpu_slots(tmp_path):
+    """Without --resources gpu a mini-model job takes one thread, so two run side by side on a CPU; with GPU slots
+    each still gets its share of the cores."""
+    work = _workdir(tmp_path)
+    plain = _jobs(_snakemake(work, "-n", "--cores", "4", "--configfile", "config/toy.yaml").stdout)
+    by_rule = {job["rule"]: job for job in plain}
+    for rule in ("train_vq", "train_base", "generate", "generate_daid_sweep", "train_faid"):
+        assert by_rule[rule]["threads"] == 1, by_rule[rule]
+    slots = _jobs(_snakemake(work, "-n", "--cores", "4", "--resources", "gpu=2", "--configfile", "config/toy.yaml").stdout)
+    assert {job["threads"] for job in slots if job["rule"] in ("train_base", "generate")} == {2}
+
+
 @needs_slurm_plugin
 def test_slurm_profile_resolves_resources(tmp_path):
     work = _workdir(tmp_path)

@@ -34,11 +34,15 @@ def add_world(sub) -> None:
     p.add_argument("--underrepresented", action="append", default=[], metavar="COLOUR:SHAPE")
     p.add_argument("--keep-fraction", type=cli_number(float, **FRACTION), default=0.05)
     p.add_argument("--geneval-prompts", type=COUNT_TYPE, default=180)
+    p.add_argument(
+        "--background", action="append", default=None, metavar="NAME",
+        help="background kind to draw from (repeat for several; default: all of plain, noise, stripes, checker)",
+    )
     p.set_defaults(func=cmd_world)
 
 
 def cmd_world(args) -> None:
-    from arrag.data.mini_world import write_world
+    from arrag.data.mini_world import BACKGROUNDS, write_world
 
     splits = {}
     for item in args.split:
@@ -58,6 +62,7 @@ def cmd_world(args) -> None:
         underrepresented=under,
         keep_fraction=args.keep_fraction,
         n_geneval_prompts=args.geneval_prompts,
+        backgrounds=args.background or BACKGROUNDS,
     )
 
 

@@ -25,8 +25,8 @@ Articles follow GenEval ("an" before a vowel: "a photo of an orange circle").
 The default kind mixture (KIND_WEIGHTS) gives caption shares of roughly single 10%, colors 10%,
 two_object 22%, color_attr 22%, position 12%, counting 25%.
 
-Sizes: shapes are 25-44% of the image side for 1-2 objects (8-14 px at 32) and 25-34% for 3-4
-objects (8-11 px), scaled with `size`. At most MAX_OBJECTS = 4 objects (number words stop at "four");
+Sizes: shapes are 34-50% of the image side for 1-2 objects (11-16 px at 32) and 31-38% for 3-4
+objects (10-12 px), scaled with `size`: large enough that the mini VQ-VAE's 4 px patches keep their corners. At most MAX_OBJECTS = 4 objects (number words stop at "four");
 `max_objects(size)` gives the limit for a size (>= MIN_SIZE).
 """
 
@@ -150,8 +150,8 @@ def _gap(size: int) -> int:
 
 def _side_range(size: int, n_objects: int) -> tuple[int, int]:
     """Shape side range in pixels; smaller shapes when 3-4 objects must share the image."""
-    lo = round(0.25 * size)
-    hi = round((0.44 if n_objects <= 2 else 0.34) * size)
+    lo = round((0.34 if n_objects <= 2 else 0.31) * size)
+    hi = round((0.5 if n_objects <= 2 else 0.38) * size)
     return lo, hi
 
 
@@ -299,8 +299,21 @@ def _place(
     return boxes
 
 
-def _sample_background(rng: np.random.Generator) -> tuple[str, tuple[int, int, int], int]:
-    name = BACKGROUNDS[int(rng.integers(len(BACKGROUNDS)))]
+def check_backgrounds(backgrounds: Sequence[str]) -> tuple[str, ...]:
+    """The background kinds a world draws from: a non-empty subset of BACKGROUNDS, no repeats."""
+    names = tuple(backgrounds)
+    if not names or len(set(names)) != len(names) or any(b not in BACKGROUNDS for b in names):
+        raise ValueError(
+            f"backgrounds={list(names)!r}: give one or more distinct names of {list(BACKGROUNDS)} "
+            "(plain only is the easiest world)"
+        )
+    return names
+
+
+def _sample_background(
+    rng: np.random.Generator, backgrounds: Sequence[str] = BACKGROUNDS
+) -> tuple[str, tuple[int, int, int], int]:
+    name = backgrounds[int(rng.integers(len(backgrounds)))]
     g = int(rng.integers(TONE_GREY[0], TONE_GREY[1] + 1))
     t = int(rng.integers(TONE_TINT[0], TONE_TINT[1] + 1))
     return name, (g + t, g, g - t), int(rng.integers(0, 2**31 - 1))
@@ -314,11 +327,13 @@ def sample_scene(
     shapes: Sequence[str] | None = None,
     colours: Sequence[str] | None = None,
     relation: str | None = None,
+    backgrounds: Sequence[str] = BACKGROUNDS,
 ) -> Scene:
     """A random scene. `shapes`/`colours` pin each object's shape/colour (one entry per object);
     `relation` asks for objects[0] to be `relation` of objects[1] (2 objects of different shapes).
-    With nothing pinned a scene kind is drawn from KIND_WEIGHTS."""
+    With nothing pinned a scene kind is drawn from KIND_WEIGHTS; the background from `backgrounds`."""
     _check_size(size)
+    backgrounds = check_backgrounds(backgrounds)
     n, shapes, relation = _resolve_layout(rng, size, n_objects, shapes, relation)
     _check_names(colours, COLOURS, "colours", n)
     names = list(COLOURS)
@@ -335,7 +350,7 @@ def sample_scene(
             f"{_PLACEMENT_TRIES} tries: use fewer objects or a larger size"
         )
     objects = tuple(WorldObject(s, c, b) for s, c, b in zip(shapes, colours, boxes))
-    background, tone, texture_seed = _sample_background(rng)
+    background, tone, texture_seed = _sample_background(rng, backgrounds)
     return Scene(objects, background, tone, texture_seed, (0, relation, 1) if relation else None)
 
 
@@ -489,9 +504,11 @@ def make_split(
     *,
     underrepresented: Iterable[Sequence[str]] = (),
     keep_fraction: float = 1.0,
+    backgrounds: Sequence[str] = BACKGROUNDS,
 ) -> tuple[np.ndarray, list[dict]]:
     """n rendered scenes and their records. Scenes containing an `underrepresented` (colour, shape)
-    object are kept with probability `keep_fraction` only (resampled otherwise)."""
+    object are kept with probability `keep_fraction` only (resampled otherwise). Backgrounds are drawn
+    uniformly from `backgrounds`."""
     _check_size(size)
     if not isinstance(n, (int, np.integer)) or n < 0:
         raise ValueError(f"n={n!r} must be a non-negative int (number of images)")
@@ -503,7 +520,7 @@ def make_split(
     records = []
     for i in range(n):
         for _ in range(_RESAMPLE_LIMIT):
-            scene = sample_scene(rng, size)
+            scene = sample_scene(rng, size, backgrounds=backgrounds)
             has_rare = any((o.colour, o.shape) in rare for o in scene.objects)
             if not has_rare or rng.random() < keep_fraction:
                 break
@@ -657,11 +674,14 @@ def write_world(
     underrepresented: Iterable[Sequence[str]],
     keep_fraction: float,
     n_geneval_prompts: int,
+    backgrounds: Sequence[str] = BACKGROUNDS,
 ) -> None:
     """out_dir/<split>/{images.npy,metadata.jsonl} per split (only "train" under-represents the rare
-    combinations), out_dir/geneval/evaluation_metadata.jsonl and out_dir/world.json."""
+    combinations; every split draws its backgrounds from `backgrounds`), out_dir/geneval/evaluation_metadata.jsonl
+    and out_dir/world.json."""
     out = Path(out_dir)
     rare = sorted(_check_pairs(underrepresented))
+    backgrounds = check_backgrounds(backgrounds)
     split_seeds = {name: int(np.random.SeedSequence(_stream_seed(seed, name)).generate_state(1)[0]) for name in splits}
     for name, n in splits.items():
         is_train = name == "train"
@@ -672,6 +692,7 @@ def write_world(
             size,
             underrepresented=rare if is_train else (),
             keep_fraction=keep_fraction if is_train else 1.0,
+            backgrounds=backgrounds,
         )
         write_split(out / name, images, records)
     prompts = make_geneval_prompts(n_geneval_prompts, seed)
@@ -688,6 +709,6 @@ def write_world(
         "n_geneval_prompts": n_geneval_prompts,
         "shapes": list(SHAPES),
         "colours": {k: list(v) for k, v in COLOURS.items()},
-        "backgrounds": list(BACKGROUNDS),
+        "backgrounds": list(backgrounds),
     }
     write_json(out / "world.json", params)

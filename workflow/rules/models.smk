@@ -42,6 +42,7 @@ else:
             log_path("train_vq"),
         benchmark:
             jobstats_path("train_vq")
+        priority: 10  # the mini DAG's critical path: ahead of jobs that are ready beside it (tokenisation, scoring)
         threads: gpu_job_threads
         resources:
             gpu=1,
@@ -66,6 +67,7 @@ else:
             log_path("train_base"),
         benchmark:
             jobstats_path("train_base")
+        priority: 10  # the mini DAG's critical path: ahead of jobs that are ready beside it (tokenisation, scoring)
         threads: gpu_job_threads
         resources:
             gpu=1,

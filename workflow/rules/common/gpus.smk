@@ -34,9 +34,18 @@ def on_gpu(wildcards, resources):
     return f"python -m arrag.gpu_slots --count {resources.gpu} --"
 
 
+# The mini model (mini and toy profiles) is so small that a second CPU thread gains a job little, while a second
+# job beside it uses the core fully: without --resources gpu its jobs take one thread each (with all the cores
+# each, the mini DAG ran one job at a time; docs/mini-profile.md).
+_MINI_MODEL = config["model"]["source"] == "train"
+
+
 def gpu_job_threads(wildcards):
-    """CPU threads of a GPU job: an equal share of the cores per GPU slot, or all of them without --resources gpu."""
-    return max(1, workflow.cores // GPU_SLOTS) if GPU_SLOTS else workflow.cores
+    """CPU threads of a GPU job: an equal share of the cores per GPU slot; without --resources gpu, one for the
+    mini model (jobs run side by side) and all of them for a hub model."""
+    if GPU_SLOTS:
+        return max(1, workflow.cores // GPU_SLOTS)
+    return 1 if _MINI_MODEL else workflow.cores
 
 
 def arrag_on_gpu(wildcards, resources):
