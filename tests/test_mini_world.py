@@ -113,7 +113,9 @@ def test_worlds_restricted_to_some_backgrounds(tmp_path):
     for split in kw["splits"]:
         images, records = mw.load_split(tmp_path / "plain" / split)
         assert {r["background"] for r in records} == {"plain"}
-        assert all(len(np.unique(img.reshape(-1, 3), axis=0)) <= len(r["objects"]) + 1 for img, r in zip(images, records))
+        assert all(
+            len(np.unique(img.reshape(-1, 3), axis=0)) <= len(r["objects"]) + 1 for img, r in zip(images, records)
+        )
     assert json.loads((tmp_path / "plain" / "world.json").read_text())["backgrounds"] == ["plain"]
     default, _ = mw.make_split("train", 20, 2)
     assert np.array_equal(default, mw.make_split("train", 20, 2, backgrounds=mw.BACKGROUNDS)[0])

@@ -35,7 +35,10 @@ def add_world(sub) -> None:
     p.add_argument("--keep-fraction", type=cli_number(float, **FRACTION), default=0.05)
     p.add_argument("--geneval-prompts", type=COUNT_TYPE, default=180)
     p.add_argument(
-        "--background", action="append", default=None, metavar="NAME",
+        "--background",
+        action="append",
+        default=None,
+        metavar="NAME",
         help="background kind to draw from (repeat for several; default: all of plain, noise, stripes, checker)",
     )
     p.set_defaults(func=cmd_world)

@@ -26,8 +26,9 @@ The default kind mixture (KIND_WEIGHTS) gives caption shares of roughly single 1
 two_object 22%, color_attr 22%, position 12%, counting 25%.
 
 Sizes: shapes are 34-50% of the image side for 1-2 objects (11-16 px at 32) and 31-38% for 3-4
-objects (10-12 px), scaled with `size`: large enough that the mini VQ-VAE's 4 px patches keep their corners. At most MAX_OBJECTS = 4 objects (number words stop at "four");
-`max_objects(size)` gives the limit for a size (>= MIN_SIZE).
+objects (10-12 px), scaled with `size`: large enough that the mini VQ-VAE's 4 px patches keep their corners.
+At most MAX_OBJECTS = 4 objects (number words stop at "four"); `max_objects(size)` gives the limit for a size
+(>= MIN_SIZE).
 """
 
 from __future__ import annotations
