@@ -132,16 +132,17 @@ def _job_counts(dry_run_stdout: str) -> dict[str, int]:
 
 
 @pytest.mark.parametrize(
-    "config, tokenise, embed, generate, sweep, daid_sweep, sweep_prompts, total",
+    "config, tokenise, embed, rows, shards, sweep, daid_sweep, sweep_prompts, total",
     [
         # tokenised: the corpora and the pairs (Figure 6 reads FAiD's training set, so no held-out images);
+        # rows: Janus's four methods, plus Show-o, Show-o + DAiD and Show-o + FAiD where `backbones` has Show-o;
         # the sweeps' 10K MJHQ-30K prompts: their own set beside Table 3's 30K, or Table 3's own first 10K
-        ("config/paper.yaml", 64 + 32 + 48 + 4 + 4, 64 + 32, 4 * 3 * 4, 3 * 3, 5 * 4, "mjhq_sweep", 425 + 154 + 1),
-        ("config/paper-1gpu.yaml", 1 + 1 + 1, 1, 4 * 3 * 1, 2 * 2, 3 * 2, "mjhq", 101 + 5 + 1),
+        ("config/paper.yaml", 64 + 32 + 48 + 4 + 4, 64 + 32, 4 + 3, 4, 3 * 3, 5 * 4, "mjhq_sweep", 796),
+        ("config/paper-1gpu.yaml", 1 + 1 + 1, 1, 4, 1, 2 * 2, 3 * 2, "mjhq", 101 + 5 + 1),
     ],
 )
 def test_the_paper_profiles_resolve(
-    tmp_path, config, tokenise, embed, generate, sweep, daid_sweep, sweep_prompts, total
+    tmp_path, config, tokenise, embed, rows, shards, sweep, daid_sweep, sweep_prompts, total
 ):
     """The paper DAG as shipped (Janus-Pro-1B from the hub, three corpora, FAiD's fine-tuning pairs from two
     captioned sources, RA-CM3's CLIP index over the corpora it names, GenEval/DPG-Bench/MJHQ-30K with the
@@ -152,8 +153,8 @@ def test_the_paper_profiles_resolve(
     result = _snakemake(work, "-n", "-p", "--configfile", config)
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
     jobs = _job_counts(result.stdout)
-    assert jobs["tokenise_shard"] == tokenise and jobs["generate"] == generate  # x methods x prompt sets x shards
-    assert jobs["finish_generation"] == 4 * 3 and jobs["download_model"] == 1
+    assert jobs["tokenise_shard"] == tokenise and jobs["generate"] == rows * 3 * shards  # x prompt sets x shards
+    assert jobs["finish_generation"] == rows * 3 and jobs["download_model"] == 1
     for rule in (
         "download_geneval_detector",
         "download_dpg_csv",
@@ -169,7 +170,9 @@ def test_the_paper_profiles_resolve(
     assert jobs["hash_images"] == tokenise + 1 and jobs["contamination"] == 1  # every tokenised shard + MJHQ-30K
     assert sum(jobs.values()) == total  # the figure docs/paper-scale.md quotes (+ 1: results_doc)
     assert not set(jobs) & {"world", "train_vq", "train_base", "mini_dpg", "train_features"}
-    trainset = next(line for line in result.stdout.splitlines() if "arrag faid-trainset" in line)
+    trainset = next(  # Janus's (Show-o's writes retrieval/showo_faid_trainset)
+        line for line in result.stdout.splitlines() if "arrag faid-trainset" in line and "/faid_trainset " in line
+    )
     assert "--codes results/" in trainset and "codes/midjourney_pairs/codes-00000-of-" in trainset
     assert "--world" not in trainset and "--exclude-self" not in trainset
     download = next(line for line in result.stdout.splitlines() if "arrag download dataset" in line and "cc12m" in line)
@@ -189,7 +192,7 @@ def test_the_paper_profiles_resolve(
     points = [j for j in jobs_text if "rule generate_daid_sweep:" in j or "rule generate_faid_sweep:" in j]
     assert len(points) == daid_sweep + sweep
     assert all(f"--prompts results/{profile}/prompts/{sweep_prompts}.jsonl --n 1 " in j for j in points)
-    assert jobs["score_sweep_fid"] == daid_sweep + sweep and jobs["score_geneval"] == 4  # the methods' own runs
+    assert jobs["score_sweep_fid"] == daid_sweep + sweep and jobs["score_geneval"] == rows  # the methods' own runs
     scores = [j for j in jobs_text if "rule score_sweep_fid:" in j]
     assert len(scores) == daid_sweep + sweep
     reference = f"--reference results/{profile}/{sweep_prompts}/reference"
