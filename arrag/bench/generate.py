@@ -11,6 +11,7 @@ import platform
 import time
 from collections.abc import Callable
 
+import numpy as np
 import torch
 
 from arrag.decoding.loop import DecodingHook, SamplingConfig
@@ -22,6 +23,41 @@ from arrag.methods import MethodSettings, VanillaSettings
 def _synchronise(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
+
+
+# ---------------------------------------------------------------- timing a window of steps
+
+
+class _Enough(Exception):
+    """Raised by a timer once it has timed its steps: decoding stops there."""
+
+
+class StepTimer(DecodingHook):
+    """The last hook of a row: the time at the end of each step; stops the decoding after `steps` steps."""
+
+    def __init__(self, steps: int):
+        self.steps, self.times = steps, []
+
+    def after_step(self, state, tokens) -> None:
+        self.times.append(time.perf_counter())
+        if len(self.times) == self.steps:
+            raise _Enough
+
+
+def timed(run: Callable[[object], None], timer, device: torch.device) -> tuple[float, list[float]]:
+    """(seconds to the first token, seconds of each later step) of run(timer), which decodes until the timer
+    stops it."""
+    _synchronise(device)
+    t0 = time.perf_counter()
+    try:
+        run(timer)
+    except _Enough:
+        pass
+    _synchronise(device)
+    if len(timer.times) != timer.steps:
+        raise RuntimeError(f"the row stopped after {len(timer.times)} steps, not {timer.steps}")
+    marks = [t0, *timer.times]
+    return marks[1] - marks[0], list(np.diff(marks[1:]))
 
 
 def load_methods(
@@ -62,7 +98,6 @@ def time_batch(pipe, batch, seeds, sampling, hooks: list[DecodingHook], timed_st
     backbones), decoding
     stops after that many steps and the batch's time is estimated as: the time to the first token (prompt pass,
     retrieval set-up) + the remaining steps at the mean of the timed ones after the first + one VQ decode."""
-    from arrag.bench.janus_size import StepTimer, timed
     from arrag.models.backbone import MASKED
 
     total = decoding_steps(pipe, sampling)

@@ -32,8 +32,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from arrag.bench.generate import _synchronise
-from arrag.decoding.loop import DecodingHook, SamplingConfig
+from arrag.bench.generate import StepTimer, _Enough, _synchronise, timed
+from arrag.decoding.loop import SamplingConfig
 from arrag.io import write_json, write_text
 
 PATCH = 16  # Janus-Pro's VQ downsampling: 384 px -> 24 x 24 tokens
@@ -118,22 +118,6 @@ def scene_token_grids(count: int, codebook: torch.Tensor, seed: int = 0, chunk: 
 # ---------------------------------------------------------------- timing
 
 
-class _Enough(Exception):
-    """Raised by a timer once it has timed its steps: decoding stops there."""
-
-
-class StepTimer(DecodingHook):
-    """The last hook of a row: the time at the end of each step; stops the decoding after `steps` steps."""
-
-    def __init__(self, steps: int):
-        self.steps, self.times = steps, []
-
-    def after_step(self, state, tokens) -> None:
-        self.times.append(time.perf_counter())
-        if len(self.times) == self.steps:
-            raise _Enough
-
-
 def generate_timer(steps: int):
     """The same timer as a logits processor of transformers' generate(): it runs once per step, after the
     forward pass (consecutive calls are one whole step apart)."""
@@ -150,22 +134,6 @@ def generate_timer(steps: int):
             return scores
 
     return GenerateTimer()
-
-
-def timed(run: Callable[[object], None], timer, device: torch.device) -> tuple[float, list[float]]:
-    """(seconds to the first token, seconds of each later step) of run(timer), which decodes until the timer
-    stops it."""
-    _synchronise(device)
-    t0 = time.perf_counter()
-    try:
-        run(timer)
-    except _Enough:
-        pass
-    _synchronise(device)
-    if len(timer.times) != timer.steps:
-        raise RuntimeError(f"the row stopped after {len(timer.times)} steps, not {timer.steps}")
-    marks = [t0, *timer.times]
-    return marks[1] - marks[0], list(np.diff(marks[1:]))
 
 
 @contextmanager
