@@ -10,6 +10,7 @@ from scipy import ndimage
 
 from arrag.data import mini_world as mw
 from arrag.data.geneval_layout import write_prompt_folder
+from arrag.data.mini_geneval import make_geneval_prompts
 from arrag.evaluation import geneval as ge
 from arrag.evaluation.shapes_detector import classify_shape, detect_shapes, shape_template
 from arrag.io import read_jsonl
@@ -278,7 +279,7 @@ def scene_for(meta, rng):
 def rendered_benchmark(tmp_path_factory):
     root = tmp_path_factory.mktemp("geneval")
     rng = np.random.default_rng(4)
-    prompts = mw.make_geneval_prompts(60, seed=4)
+    prompts = make_geneval_prompts(60, seed=4)
     for i, meta in enumerate(prompts):
         images = np.stack([mw.render(scene_for(meta, rng)) for _ in range(2)])
         write_prompt_folder(root, i, meta, images)
@@ -312,7 +313,7 @@ def test_wrong_prompts_fail_on_rendered_images():
 
 def test_captioned_split_scenes_pass_their_prompts():
     """make_split scenes whose caption is a GenEval prompt pass that prompt."""
-    by_text = {p["prompt"]: p for p in mw.make_geneval_prompts(2000, seed=0)}
+    by_text = {p["prompt"]: p for p in make_geneval_prompts(2000, seed=0)}
     images, records = mw.make_split("captioned", 150, seed=6)
     matched = [(img, by_text[r["caption"]]) for img, r in zip(images, records) if r["caption"] in by_text]
     assert len(matched) >= 100

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from arrag.data import mini_world as mw
+from arrag.data.mini_geneval import make_geneval_prompts
 
 SIZE = 32
 
@@ -224,7 +225,7 @@ def test_caption_vocabulary_covers_everything():
             for cap in group:
                 words.update(cap.split())
         words.update(mw.caption(scene, rng).split())
-    for p in mw.make_geneval_prompts(553, 0):
+    for p in make_geneval_prompts(553, 0):
         words.update(p["prompt"].split())
     assert words <= set(vocab), words - set(vocab)
 
@@ -315,7 +316,7 @@ def _check_prompt(p: dict) -> None:
 
 
 def test_geneval_prompts_schema_and_spread():
-    prompts = mw.make_geneval_prompts(200, 0)
+    prompts = make_geneval_prompts(200, 0)
     assert len(prompts) == 200
     for p in prompts:
         _check_prompt(p)
@@ -339,16 +340,16 @@ def test_geneval_prompts_schema_and_spread():
         texts = [p["prompt"] for p in prompts if p["tag"] == tag]
         reps = Counter(texts).values()
         assert len(set(texts)) == min(len(texts), u) and max(reps) - min(reps) <= 1, tag
-    assert mw.make_geneval_prompts(200, 0) == prompts
-    assert mw.make_geneval_prompts(200, 1) != prompts
-    assert {p["tag"] for p in mw.make_geneval_prompts(6, 0)} == set(mw.GENEVAL_TAG_COUNTS)
-    assert len(mw.make_geneval_prompts(150, 0)) == 150
+    assert make_geneval_prompts(200, 0) == prompts
+    assert make_geneval_prompts(200, 1) != prompts
+    assert {p["tag"] for p in make_geneval_prompts(6, 0)} == set(mw.GENEVAL_TAG_COUNTS)
+    assert len(make_geneval_prompts(150, 0)) == 150
     with pytest.raises(ValueError, match=">= 6"):
-        mw.make_geneval_prompts(5, 0)
+        make_geneval_prompts(5, 0)
 
 
 def test_geneval_article_an_orange():
-    prompts = mw.make_geneval_prompts(553, 0)
+    prompts = make_geneval_prompts(553, 0)
     orange = [p["prompt"] for p in prompts if any(i.get("color") == "orange" for i in p["include"])]
     assert orange and all("an orange" in t and "a orange" not in t for t in orange)
 
@@ -359,7 +360,7 @@ def test_geneval_schema_matches_real_file():
     shape_of = {}
     for r in real:
         shape_of.setdefault(r["tag"], (list(r), [list(i) for i in r["include"]]))
-    for p in mw.make_geneval_prompts(553, 0):
+    for p in make_geneval_prompts(553, 0):
         keys, inc_keys = shape_of[p["tag"]]
         assert list(p) == keys and [list(i) for i in p["include"]] == inc_keys
 
