@@ -87,6 +87,8 @@ def test_a_database_sharded_over_gpus_gives_its_jobs_that_many(tmp_path):
     daid = [job for job in jobs if "arrag generate-benchmark" in job and "--method daid" in job]
     vanilla = [job for job in jobs if "arrag generate-benchmark" in job and "--method vanilla" in job]
     assert daid and all("--db-devices cuda:0,cuda:1" in job and "gpu=2" in job for job in daid)
+    showo = [job for job in jobs if "arrag generate-benchmark" in job and "--method faid" in job and "showo" in job]
+    assert showo and all("--db-devices cuda:0,cuda:1" in job and "gpu=2" in job for job in showo)
     assert vanilla and all("--db-devices" not in job and "gpu=1" in job for job in vanilla)
     (work / "shard.yaml").write_text("retrieval: {db_gpus: 2}\n")
     refused = _snakemake(work, "-n", "--configfile", "config/toy.yaml", "shard.yaml")
