@@ -41,6 +41,13 @@ def add_world(sub) -> None:
         metavar="NAME",
         help="background kind to draw from (repeat for several; default: all of plain, noise, stripes, checker)",
     )
+    p.add_argument(
+        "--snap",
+        type=int,
+        default=1,
+        help="shape boxes' corners and sides on multiples of this many px (the VQ patch size: every edge then sits "
+        "at the same place inside its patch); 1 = anywhere",
+    )
     p.set_defaults(func=cmd_world)
 
 
@@ -66,6 +73,7 @@ def cmd_world(args) -> None:
         keep_fraction=args.keep_fraction,
         n_geneval_prompts=args.geneval_prompts,
         backgrounds=args.background or BACKGROUNDS,
+        snap=args.snap,
     )
 
 
