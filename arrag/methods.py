@@ -176,6 +176,16 @@ class RACM3Settings(MethodSettings):
 METHODS = {m.name: m for m in (VanillaSettings, DAiDSettings, FAiDSettings, RACM3Settings)}  # --method's choices
 
 
+def run_label(method: str, backbone: str = "janus") -> str:
+    """The label of a method's images and table rows on a backbone: the method itself on Janus; `showo` (vanilla)
+    or `showo_<method>` on Show-o (the workflow's Show-o runs, and the rows compared with plain Show-o's)."""
+    if backbone == "janus":
+        return method
+    if backbone != "showo":
+        raise ValueError(f"unknown backbone {backbone!r}: janus or showo")
+    return "showo" if method == "vanilla" else f"showo_{method}"
+
+
 def load_database(path: str | Path, codebook, device, db_devices: str | None = None):
     """The PatchDatabase at `path` on `device`; with `db_devices` (e.g. "cuda:0,cuda:1") a torch_compact
     database's entries sharded over those devices."""

@@ -31,6 +31,7 @@ TABLE_TITLES = {
 BENCH_TITLES = {
     "retrieval": "`arrag bench retrieval`: index backends",
     "generate": "`arrag bench generate`: generation time per method",
+    "generate_showo": "`arrag bench generate`: generation time per method on Show-o",
     "scoring": "`arrag bench scoring`: scorers' throughput",
     "encoders": "`arrag bench encoders`: corpus encoders",
 }

@@ -200,10 +200,10 @@ def test_untrained_showo_faid_gives_exactly_the_backbones_logits(showo_dir):
     assert not torch.allclose(changed[0], plain[0]) and torch.equal(changed[1], plain[1])
 
 
-def test_showo_faid_trains_saves_and_decodes_through_build_method(showo_dir, showo_db, tmp_path):
-    from arrag.methods import FAiDSettings, VanillaSettings, build_method
+def _train_showo_faid(showo_dir, showo_db, tmp_path) -> dict:
+    """A FAiD checkpoint of the tiny Show-o in tmp_path/faid, trained 3 steps on random codes."""
     from arrag.models.faid_training import FAiDTrainingConfig, build_trainset
-    from arrag.models.showo_faid import ShowoFAiDHook, load_showo_faid, train_showo_faid
+    from arrag.models.showo_faid import train_showo_faid
     from arrag.retrieval.database import PatchDatabase
 
     backbone = load_backbone(showo_dir)
@@ -212,7 +212,17 @@ def test_showo_faid_trains_saves_and_decodes_through_build_method(showo_dir, sho
     captions = ["a photo of a red circle", "a photo of a blue square", "a photo of a circle"] * 2
     build_trainset(backbone.model, db, codes, captions, 3, tmp_path / "ts", vq=backbone.vq)
     cfg = FAiDTrainingConfig(steps=3, batch_size=4, k=3, rank=8, lr=1e-2, checkpoint_every=0)
-    stats = train_showo_faid(showo_dir, tmp_path / "ts", cfg, tmp_path / "faid")
+    return train_showo_faid(showo_dir, tmp_path / "ts", cfg, tmp_path / "faid")
+
+
+def test_showo_faid_trains_saves_and_decodes_through_build_method(showo_dir, showo_db, tmp_path):
+    from arrag.methods import FAiDSettings, VanillaSettings, build_method
+    from arrag.models.showo_faid import ShowoFAiDHook, load_showo_faid
+    from arrag.retrieval.database import PatchDatabase
+
+    backbone = load_backbone(showo_dir)
+    db = PatchDatabase.load(showo_db, codebook=backbone.vq.codebook)
+    stats = _train_showo_faid(showo_dir, showo_db, tmp_path)
     assert stats["trainable_parameters"] > 0 and len(stats["log"]) >= 1
     faid = load_showo_faid(tmp_path / "faid", backbone, db=db)
     assert any(block.out.weight.abs().sum() > 0 for block in faid.blocks)  # it learnt something
@@ -265,3 +275,28 @@ def test_bench_generate_times_show_o_per_masked_step(showo_dir, showo_db, tmp_pa
     assert set(rows) == {"vanilla", "daid"}
     assert rows["daid"]["seconds_per_step"] == rows["daid"]["seconds_per_batch"] / 18
     assert "showo backbone" in Path(f"{out}.md").read_text()
+
+
+def test_bench_generate_times_show_o_with_its_faid_and_the_table_labels_its_rows(showo_dir, showo_db, tmp_path):
+    """Table 4's Show-o rows: `arrag bench generate` on a Show-o folder times vanilla, DAiD and FAiD (its
+    modules counted in Params); --steps, which cuts an autoregressive image short, times every masked step; the
+    inference-time table names the rows after Show-o's runs, beside Janus's."""
+    from arrag.cli import main
+    from arrag.evaluation import tables
+
+    _train_showo_faid(showo_dir, showo_db, tmp_path)
+    out = tmp_path / "bench"
+    argv = ["bench", "generate", "--model", str(showo_dir), "--db", str(showo_db), "--faid", str(tmp_path / "faid")]
+    argv += ["--daid-k", "3", "--repeats", "1", "--batch-size", "2", "--guidance-scale", "2.0", "--device", "cpu"]
+    assert main(argv + ["--steps", "4", "--out-json", f"{out}.json", "--out-md", f"{out}.md"]) == 0
+    result = json.loads(Path(f"{out}.json").read_text())
+    assert result["backbone"] == "showo" and result["timed_steps"] == result["steps_per_image"] == 18
+    assert "first 4" not in Path(f"{out}.md").read_text()  # no estimate: all 18 steps were decoded
+    rows = {r["method"]: r for r in result["rows"]}
+    assert list(rows) == ["vanilla", "daid", "faid"] and all(len(r["runs"]) == 1 for r in rows.values())
+    assert rows["faid"]["parameters"] > rows["daid"]["parameters"] == rows["vanilla"]["parameters"] > 0
+    assert rows["faid"]["overhead_vs_vanilla"] == rows["faid"]["seconds_per_batch"] / rows["vanilla"]["runs"][0] - 1
+
+    measured = tables.inference_rows(result)
+    assert list(measured) == ["showo", "showo_daid", "showo_faid"]
+    assert measured["showo_faid"]["overhead"] == rows["faid"]["overhead_vs_vanilla"]

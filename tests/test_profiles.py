@@ -98,7 +98,7 @@ def test_local_profile_dry_runs(tmp_path):
     # each GPU job gets its share of the cores (cores / gpu), so GPU jobs can run side by side
     shared = _snakemake(work, "-n", "--profile", LOCAL, "--configfile", "config/toy.yaml", "--cores", "8")
     for job in _jobs(shared.stdout):  # (bench_generate keeps every core on purpose: nothing may skew its timings)
-        single = ("bench_generate", "tokenise_shard", "tokenise_showo_shard")
+        single = ("bench_generate", "bench_generate_showo", "tokenise_shard", "tokenise_showo_shard")
         if job["resources"].get("gpu") == "1" and job["rule"] not in single:
             assert job["threads"] == 8 // profile["resources"]["gpu"], job
 

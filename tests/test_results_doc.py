@@ -33,6 +33,7 @@ def run(tmp_path):
         "# Scale\n\n```\n# not a heading\n```\n| rule | hours |\n|---|---|\n| generate | 2 |\n"
     )
     (root / "bench" / "generate.md").write_text("| method | images/s |\n|---|---|\n| vanilla | 34.2 |\n")
+    (root / "bench" / "generate_showo.md").write_text("| method | images/s |\n|---|---|\n| vanilla | 51.0 |\n")
     return root
 
 
@@ -62,6 +63,10 @@ def test_document_copies_every_table_in_the_papers_order_with_stamp_and_figures(
     # a figure beside its table; sample grids in the methods' order, vanilla first
     assert text.index("sweep_daid.png") < text.index("### `zz_extra`")
     assert text.index("samples_vanilla.png") < text.index("samples_daid.png")
+    # Table 4's timings: Janus's, then Show-o's (rule bench_generate_showo)
+    title = "### `arrag bench generate`: generation time per method"
+    janus, showo = order.index(title), order.index(f"{title} on Show-o")
+    assert janus + 1 == showo and "| vanilla | 51.0 |" in text
 
 
 def test_cli_writes_the_document_stamped_with_this_checkout_and_machine(run, capsys):

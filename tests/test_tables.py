@@ -90,6 +90,68 @@ def test_inference_time_overheads_against_the_base_model(tmp_path):
     assert r"+25.0\%" in tex
 
 
+class _TimedHook:
+    """A method's marker hook: the seconds its batches take (warm-up first), handed out by a stand-in time_batch."""
+
+    def __init__(self, seconds):
+        self.seconds = seconds
+
+    def added_parameters(self):
+        return []
+
+
+def _timed_bench(backbone: str, seconds: dict[str, list[float]], monkeypatch) -> dict:
+    """An `arrag bench generate` result of fake pipelines on `backbone` whose batches take the given seconds."""
+    from types import SimpleNamespace
+
+    import torch
+
+    from arrag.bench import generate as g
+    from arrag.models.backbone import AUTOREGRESSIVE, MASKED
+
+    loop = MASKED if backbone == "showo" else AUTOREGRESSIVE
+    pipe = SimpleNamespace(backbone=SimpleNamespace(name=backbone, loop=loop), vq=SimpleNamespace(grid=4))
+    pipe.device, pipe.model = torch.device("cpu"), torch.nn.Linear(2, 2)
+    pipe.sampling_config = lambda sampling: SimpleNamespace(steps=18)
+    runs = {name: iter(ts) for name, ts in seconds.items()}
+    monkeypatch.setattr(g, "time_batch", lambda pipe, batch, seeds, sampling, hooks, steps: next(hooks[0].seconds))
+    methods = {name: (pipe, lambda name=name: [_TimedHook(runs[name])]) for name in seconds}
+    return g.run_generation_bench(methods, ["a circle"], batch_size=2, repeats=2)
+
+
+def test_inference_time_table_has_show_o_rows_against_plain_show_o(tmp_path, monkeypatch):
+    """One `arrag bench generate` result per backbone: the Show-o rows' overheads are against plain Show-o timed in
+    its own run (not against Janus), as their batch times say."""
+    import json
+
+    from arrag.cli import main
+
+    janus = {"vanilla": [9.0, 1.0, 1.2], "daid": [9.0, 1.1, 1.3]}  # (warm-up, then 2 timed batches)
+    showo = {"vanilla": [9.0, 0.5, 0.5], "daid": [9.0, 0.6, 0.6], "faid": [9.0, 0.8, 0.7]}
+    for name, seconds in (("janus", janus), ("showo", showo)):
+        (tmp_path / f"{name}.json").write_text(json.dumps(_timed_bench(name, seconds, monkeypatch)))
+    results = [flag for name in ("janus", "showo") for flag in ("--result", str(tmp_path / f"{name}.json"))]
+    argv = ["table", "inference_time", *results]
+    assert main(argv + ["--out", str(tmp_path / "t")]) == 0
+    rows = {r["method"]: r for r in csv.DictReader((tmp_path / "t.csv").open())}
+    assert list(rows) == ["vanilla", "daid", "showo", "showo_daid", "showo_faid"]
+    expected = {"daid": 2.4 / 2.2 - 1, "showo_daid": 1.2 / 1.0 - 1, "showo_faid": 1.5 / 1.0 - 1}
+    for label, overhead in expected.items():
+        assert float(rows[label]["overhead"]) == pytest.approx(overhead)
+    assert float(rows["vanilla"]["overhead"]) == float(rows["showo"]["overhead"]) == 0.0
+    assert float(rows["showo_faid"]["seconds_per_image"]) == pytest.approx(1.5 / 4)  # 2 batches of 2 images
+    md = (tmp_path / "t.md").read_text()
+    assert "| Show-o | 6 | 1.00 | 0.2500 | +0.0% |" in md  # Params: the stand-in model's 6
+    assert "| Show-o + FAiD |" in md and "+50.0% |" in md and "| + DAiD |" in md
+
+    # the same backbone twice: refused, naming both files
+    twice = ["--result", str(tmp_path / "showo.json")] * 2
+    assert main(["table", "inference_time", *twice, "--out", str(tmp_path / "u")]) == 2
+    with pytest.raises(ValueError, match="showo.json both time the 'showo' row"):
+        t.inference_table_rows([("a/showo.json", json.loads((tmp_path / "showo.json").read_text()))] * 2)
+    assert not (tmp_path / "u.csv").exists()
+
+
 def test_dpg_and_fidelity_rows_and_latex_escaping(tmp_path):
     summary = {"overall": 71.5, "images": 8, "categories": {"global": 50.0, "entity": 80.0, "attribute": 70.0}}
     rows, csv_rows, md, _ = _table(tmp_path, "dpg", {"vanilla": t.dpg_row(summary, "vanilla")})

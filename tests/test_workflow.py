@@ -87,6 +87,8 @@ def test_a_database_sharded_over_gpus_gives_its_jobs_that_many(tmp_path):
     daid = [job for job in jobs if "arrag generate-benchmark" in job and "--method daid" in job]
     vanilla = [job for job in jobs if "arrag generate-benchmark" in job and "--method vanilla" in job]
     assert daid and all("--db-devices cuda:0,cuda:1" in job and "gpu=2" in job for job in daid)
+    showo = [job for job in jobs if "arrag generate-benchmark" in job and "--method faid" in job and "showo" in job]
+    assert showo and all("--db-devices cuda:0,cuda:1" in job and "gpu=2" in job for job in showo)
     assert vanilla and all("--db-devices" not in job and "gpu=1" in job for job in vanilla)
     (work / "shard.yaml").write_text("retrieval: {db_gpus: 2}\n")
     refused = _snakemake(work, "-n", "--configfile", "config/toy.yaml", "shard.yaml")
@@ -103,7 +105,7 @@ def test_every_generating_job_samples_and_runs_daid_as_configured(tmp_path):
     generating = ("arrag generate-benchmark", "arrag bench generate")
     jobs = [job for job in result.stdout.split("\n\n") if any(command in job for command in generating)]
     rules = {re.search(r"^(?:local)?rule (\w+):", job, re.M).group(1) for job in jobs}
-    assert rules == {"generate", "generate_daid_sweep", "generate_faid_sweep", "bench_generate"}
+    assert rules == {"generate", "generate_daid_sweep", "generate_faid_sweep", "bench_generate", "bench_generate_showo"}
     assert all("--top-k 7 " in job and "--guidance-scale 3.0 --temperature 1.0 --seed 0" in job for job in jobs)
     daid = [job for job in jobs if "--method daid" in job or "arrag bench generate" in job]
     assert len(daid) > 1 and all("--daid-unique" in job for job in daid)
@@ -137,7 +139,7 @@ def _job_counts(dry_run_stdout: str) -> dict[str, int]:
         # tokenised: the corpora and the pairs (Figure 6 reads FAiD's training set, so no held-out images);
         # rows: Janus's four methods, plus Show-o, Show-o + DAiD and Show-o + FAiD where `backbones` has Show-o;
         # the sweeps' 10K MJHQ-30K prompts: their own set beside Table 3's 30K, or Table 3's own first 10K
-        ("config/paper.yaml", 64 + 32 + 48 + 4 + 4, 64 + 32, 4 + 3, 4, 3 * 3, 5 * 4, "mjhq_sweep", 796),
+        ("config/paper.yaml", 64 + 32 + 48 + 4 + 4, 64 + 32, 4 + 3, 4, 3 * 3, 5 * 4, "mjhq_sweep", 797),
         ("config/paper-1gpu.yaml", 1 + 1 + 1, 1, 4, 1, 2 * 2, 3 * 2, "mjhq", 101 + 5 + 1),
     ],
 )
@@ -367,7 +369,9 @@ def test_whole_dag_on_the_toy_profile(tmp_path):
     times = list(csv.DictReader((res / "tables/inference_time.csv").open()))
     assert all(float(r["total_s"]) > 0 and float(r["params"]) > 0 for r in times)
     inference = (res / "tables/inference_time.csv").read_text().splitlines()
-    assert [line.split(",")[0] for line in inference[1:]] == ["vanilla", "daid", "faid", "racm3"]
+    # Show-o's rows from its own timing (toy: showo.methods [faid]; its --db adds DAiD's row, as on Janus)
+    labels = ["vanilla", "daid", "faid", "racm3", "showo", "showo_daid", "showo_faid"]
+    assert [line.split(",")[0] for line in inference[1:]] == labels
 
     # mini-DPG: its prompts and question CSV, 2x2 tiles named by prompt, per-image records, Table 2
     questions = (res / "world/dpg/dpg_bench.csv").read_text().splitlines()
@@ -420,6 +424,7 @@ def test_whole_dag_on_the_toy_profile(tmp_path):
         "fidelity_table",
         "inference_time_table",
         "bench_generate",
+        "bench_generate_showo",
         "mini_dpg",
         "dpg_prompts",
         "dpg_table",

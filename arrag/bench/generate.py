@@ -93,15 +93,23 @@ def decoding_steps(pipe: ImageGenerationPipeline, sampling: SamplingConfig) -> i
     return pipe.sampling_config(sampling).steps if pipe.backbone.loop == MASKED else pipe.vq.grid**2
 
 
-def time_batch(pipe, batch, seeds, sampling, hooks: list[DecodingHook], timed_steps: int | None = None) -> float:
-    """Seconds to generate and decode one batch. With `timed_steps` (fewer than the image's tokens; autoregressive
-    backbones), decoding
-    stops after that many steps and the batch's time is estimated as: the time to the first token (prompt pass,
-    retrieval set-up) + the remaining steps at the mean of the timed ones after the first + one VQ decode."""
+def estimates(pipe: ImageGenerationPipeline, sampling: SamplingConfig, timed_steps: int | None) -> bool:
+    """Whether a batch's time is estimated from its first `timed_steps` steps (time_batch): only on an
+    autoregressive backbone, and only when they are fewer than the image's steps. Show-o decodes in a few masked
+    steps (18 by default at 256 px), all timed."""
     from arrag.models.backbone import MASKED
 
+    if timed_steps is None or pipe.backbone.loop == MASKED:
+        return False
+    return timed_steps < decoding_steps(pipe, sampling)
+
+
+def time_batch(pipe, batch, seeds, sampling, hooks: list[DecodingHook], timed_steps: int | None = None) -> float:
+    """Seconds to generate and decode one batch. With `timed_steps` (when `estimates`), decoding stops after that
+    many steps and the batch's time is estimated as: the time to the first token (prompt pass, retrieval set-up)
+    + the remaining steps at the mean of the timed ones after the first + one VQ decode."""
     total = decoding_steps(pipe, sampling)
-    if timed_steps is None or timed_steps >= total or pipe.backbone.loop == MASKED:  # Show-o: a few steps, all timed
+    if not estimates(pipe, sampling, timed_steps):
         _synchronise(pipe.device)
         t0 = time.perf_counter()
         pipe.vq.decode(pipe.generate_codes(batch, seeds, sampling, hooks))
@@ -166,7 +174,7 @@ def run_generation_bench(
         "repeats": repeats,
         "tokens_per_image": pipe.vq.grid**2,
         "steps_per_image": steps,
-        "timed_steps": timed_steps if timed_steps is not None and timed_steps < steps else steps,
+        "timed_steps": timed_steps if estimates(pipe, sampling, timed_steps) else steps,
         "backbone": pipe.backbone.name,
         "guidance_scale": sampling.guidance_scale,
         "device": str(pipe.device),

@@ -217,7 +217,7 @@ def add_table(sub) -> None:
         action="append",
         default=[],
         help="per method: summary JSON (geneval, dpg), fidelity JSON, or GenEval-layout folder (over_copying); "
-        "inference_time: the one JSON of `arrag bench generate`",
+        "inference_time: the JSON of `arrag bench generate`, one per backbone (Janus's, then Show-o's)",
     )
     p.add_argument("--label", action="append", default=[], help="method name of each --result")
     p.add_argument(
@@ -239,9 +239,12 @@ def cmd_table(args) -> None:
 
     spec = tables.TABLES[args.kind]
     if args.kind == "inference_time":
-        if len(args.result) != 1 or args.label:
-            raise ValueError("the inference_time table takes one --result, the JSON of `arrag bench generate`")
-        measured = tables.inference_rows(tables.read_summary(args.result[0]))
+        if not args.result or args.label:
+            raise ValueError(
+                "the inference_time table takes a --result per backbone, the JSON of `arrag bench generate`, "
+                "and no --label (the rows are named after the methods and backbone the JSON records)"
+            )
+        measured = tables.inference_table_rows([(path, tables.read_summary(path)) for path in args.result])
     else:
         results = _labelled(args.label, args.result, "result")
         measured = {label: tables.measured_row(args.kind, path, label) for label, path in results.items()}

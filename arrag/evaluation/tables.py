@@ -26,11 +26,13 @@ from pathlib import Path
 import numpy as np
 
 from arrag.io import atomic_path, write_text
+from arrag.methods import run_label
 
 PAPER_DIR = Path(__file__).resolve().parent / "paper_rows"
 
 # Display names of our methods in Markdown and LaTeX (the CSV keeps the method ids).
 METHOD_NAMES = {"vanilla": "base model", "daid": "+ DAiD", "faid": "+ FAiD", "racm3": "+ RA-CM3"}
+METHOD_NAMES |= {"showo": "Show-o", "showo_daid": "Show-o + DAiD", "showo_faid": "Show-o + FAiD"}
 
 
 @dataclass(frozen=True)
@@ -96,7 +98,7 @@ TABLES = {
     "inference_time": TableSpec(
         "inference_time",
         "Inference time (Table 4): all timed images, seconds per image, and the overhead against the base model "
-        "in the same run.",
+        "of the row's backbone (Janus, Show-o) in the same run.",
         (
             PARAMS,
             Column("total_s", "Total (s)", 2),
@@ -143,9 +145,11 @@ def fidelity_row(result: dict, label: str) -> dict:
 
 
 def inference_rows(bench: dict) -> dict[str, dict]:
-    """`arrag bench generate` result -> method -> row (the overhead is against vanilla in the same run)."""
+    """`arrag bench generate` result -> run label (run_label: `daid` on Janus, `showo_daid` on Show-o) -> row; the
+    overhead is against the backbone's vanilla row in the same run."""
+    backbone = bench.get("backbone", "janus")  # (results written before Show-o was timed are Janus's)
     return {
-        r["method"]: {
+        run_label(r["method"], backbone): {
             "params": r["parameters"],
             "total_s": r["total_seconds"],
             "images": r["images"],
@@ -156,6 +160,18 @@ def inference_rows(bench: dict) -> dict[str, dict]:
         }
         for r in bench["rows"]
     }
+
+
+def inference_table_rows(benches: list[tuple[str, dict]]) -> dict[str, dict]:
+    """Table 4's rows from one `arrag bench generate` result per backbone ((path, result), Janus's first): each
+    row's overhead is against its own backbone's vanilla row, timed in the same run."""
+    rows, sources = {}, {}
+    for path, bench in benches:
+        for label, row in inference_rows(bench).items():
+            if label in rows:
+                raise ValueError(f"{sources[label]} and {path} both time the {label!r} row: give one per backbone")
+            rows[label], sources[label] = row, path
+    return rows
 
 
 def generation_parameters(path: str | Path) -> int:

@@ -11,11 +11,12 @@ import json
 import os
 import re
 from shlex import quote
+from types import SimpleNamespace
 
 import pandas as pd
 from snakemake.utils import Paramspace, validate
 
-from arrag.methods import DAiDSettings
+from arrag.methods import DAiDSettings, run_label
 from arrag.validation import check_config_finite
 
 

@@ -130,11 +130,9 @@ rule bench_generate:
         md=f"{RESULTS}/bench/generate.md",
     params:
         gpu=on_gpu,
-        methods=bench_generate_flags,
+        methods=bench_generate_flags(METHODS),
         daid=daid_flags(),
-        sampling=sampling_flags(batch_size=config["generation"]["bench"]["batch_size"]),
-        repeats=config["generation"]["bench"]["repeats"],
-        steps=(lambda n: flag("--steps", n) if n else "")(config["generation"]["bench"]["steps"]),
+        bench=bench_flags(),
     log:
         log_path("bench_generate"),
     benchmark:
@@ -144,17 +142,43 @@ rule bench_generate:
         gpu=DB_GPUS,
         mem_mb=SEARCH_MEM_MB,
     shell:
-        "OMP_NUM_THREADS={threads} {params.gpu} arrag bench generate --model {input.model} {params.methods} "
-        "--prompts {input.prompts} {params.daid} {params.sampling} --repeats {params.repeats} {params.steps} "
-        "--out-json {output.json} --out-md {output.md} > {log} 2>&1"
+        bench_generate_command()
+
+
+rule bench_generate_showo:
+    # Show-o's rows of Table 4 (`backbones: [janus, showo]`): its configured methods side by side on its own model,
+    # database and FAiD, with the same prompts and settings as bench_generate; all cores, as there.
+    input:
+        unpack(bench_generate_showo_inputs),
+        prompts=PROMPT_SETS["geneval"]["file"],
+    output:
+        json=f"{RESULTS}/bench/generate_showo.json",
+        md=f"{RESULTS}/bench/generate_showo.md",
+    params:
+        gpu=on_gpu,
+        methods=bench_generate_flags(list(SHOWO_RUNS.values())),
+        daid=daid_flags(),
+        bench=bench_flags(),
+    log:
+        log_path("bench_generate_showo"),
+    benchmark:
+        jobstats_path("bench_generate_showo")
+    threads: workflow.cores
+    resources:
+        gpu=DB_GPUS,
+        mem_mb=SEARCH_MEM_MB,
+    shell:
+        bench_generate_command()
 
 
 rule inference_time_table:
+    # one row per method of each backbone (bench_results), each against its backbone's vanilla row
     input:
-        rules.bench_generate.output.json,
+        bench_results(),
     output:
         **table_outputs("inference_time", caption="../report/inference_time.rst"),
     params:
+        results=lambda wildcards, input: " ".join(flag("--result", path) for path in input),
         paper=PAPER_ROWS,
         out=lambda wildcards, output: table_prefix(output),
     log:
@@ -165,4 +189,4 @@ rule inference_time_table:
     resources:
         mem_mb=LIGHT_MEM_MB,
     shell:
-        "arrag table inference_time --result {input} {params.paper} --out {params.out} > {log} 2>&1"
+        "arrag table inference_time {params.results} {params.paper} --out {params.out} > {log} 2>&1"

@@ -74,10 +74,8 @@ CLIP_FILE = "open_clip_model.safetensors"
 METHODS = config["methods"]
 BACKBONES = config["backbones"]
 SHOWO = config["showo"]
-# Show-o's rows of Tables 1-3 (`backbones: [janus, showo]`): run name -> the method it decodes with on Show-o
-SHOWO_RUNS = (
-    {("showo" if m == "vanilla" else f"showo_{m}"): m for m in SHOWO["methods"]} if "showo" in BACKBONES else {}
-)
+# Show-o's rows of Tables 1-4 (`backbones: [janus, showo]`): run name (arrag.methods.run_label) -> its method on Show-o
+SHOWO_RUNS = {run_label(m, "showo"): m for m in SHOWO["methods"]} if "showo" in BACKBONES else {}
 TABLE_RUNS = METHODS + list(SHOWO_RUNS)  # every row a table measures: the methods on Janus, then Show-o's
 
 

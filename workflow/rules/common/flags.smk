@@ -73,12 +73,37 @@ def generation_command(sharded=False):
     return f"{command} {shard} > {{log}} 2>&1" if sharded else f"{command} > {{log}} 2>&1"
 
 
-def bench_generate_flags(wildcards, input):
-    """`arrag bench generate` adds a method's row for each of these (DAiD's whenever --db is given)."""
-    flags = [f"{flag('--db', input.db)} {db_devices_flag()}"] if "daid" in METHODS or "faid" in METHODS else []
-    flags += [flag("--faid", input.faid)] if "faid" in METHODS else []
-    flags += [f"{flag('--racm3-model', input.racm3)} {flag('--image-index', input.index)}"] if "racm3" in METHODS else []
-    return " ".join(flags)
+def bench_generate_flags(methods):
+    """The rows `arrag bench generate` times beside vanilla's: a flag per method of `methods` (Janus's `methods`, or
+    Show-o's `showo.methods`), DAiD's whenever --db is given."""
+
+    def flags(wildcards, input):
+        flags = [f"{flag('--db', input.db)} {db_devices_flag()}"] if "daid" in methods or "faid" in methods else []
+        flags += [flag("--faid", input.faid)] if "faid" in methods else []
+        if "racm3" in methods:
+            flags.append(f"{flag('--racm3-model', input.racm3)} {flag('--image-index', input.index)}")
+        return " ".join(flags)
+
+    return flags
+
+
+def bench_flags():
+    """Table 4's timing settings (`generation.bench`) beside the sampling: its batch, its repeats, and --steps
+    (decode only an autoregressive image's first steps and estimate the rest; Show-o times all its masked steps)."""
+    bench = config["generation"]["bench"]
+    flags = f"{sampling_flags(batch_size=bench['batch_size'])} --repeats {bench['repeats']}"
+    return flags + (f" {flag('--steps', bench['steps'])}" if bench["steps"] else "")
+
+
+def bench_generate_command():
+    """The shell command of Table 4's timing rules (bench_generate: Janus; bench_generate_showo: Show-o), whose
+    params gpu, methods (bench_generate_flags), daid (daid_flags) and bench (bench_flags) come from the helpers
+    above."""
+    return (
+        "OMP_NUM_THREADS={threads} {params.gpu} arrag bench generate --model {input.model} {params.methods} "
+        "--prompts {input.prompts} {params.daid} {params.bench} --out-json {output.json} --out-md {output.md} "
+        "> {log} 2>&1"
+    )
 
 
 def clip_flags():

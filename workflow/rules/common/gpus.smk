@@ -16,8 +16,8 @@ def db_devices_flag():
 
 
 def generation_gpus(wildcards):
-    """GPUs of a generation job: the database's shards for the methods that search it."""
-    return DB_GPUS if wildcards.method in ("daid", "faid") else 1
+    """GPUs of a generation job: the database's shards for the methods that search it (on either backbone)."""
+    return DB_GPUS if SHOWO_RUNS.get(wildcards.method, wildcards.method) in ("daid", "faid") else 1
 
 
 # GPU placement. Snakemake's `gpu` resource only counts: with `--resources gpu=N` on one machine each GPU job runs

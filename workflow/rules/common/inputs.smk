@@ -126,6 +126,22 @@ def bench_generate_inputs(wildcards):
     return inputs
 
 
+def bench_generate_showo_inputs(wildcards):
+    """What `arrag bench generate` needs to time Show-o's configured methods (vanilla always): the inputs of each
+    Show-o run, as its generation reads them."""
+    if not SHOWO_RUNS:
+        raise ValueError("bench_generate_showo times the Show-o backbone: add showo to backbones")
+    inputs = {}
+    for run in SHOWO_RUNS:
+        inputs |= generation_inputs(SimpleNamespace(method=run))
+    return inputs
+
+
+def bench_results():
+    """The `arrag bench generate` results Table 4 is made from: Janus's, then Show-o's when `backbones` has it."""
+    return [rules.bench_generate.output.json] + ([rules.bench_generate_showo.output.json] if SHOWO_RUNS else [])
+
+
 def geneval_scoring_inputs(wildcards):
     """The images, plus the Mask2Former checkpoint for the paper's detector."""
     inputs = {"images": generated(wildcards.run, "geneval")}
