@@ -48,6 +48,12 @@ def add_world(sub) -> None:
         help="shape boxes' corners and sides on multiples of this many px (the VQ patch size: every edge then sits "
         "at the same place inside its patch); 1 = anywhere",
     )
+    p.add_argument(
+        "--tones",
+        type=int,
+        default=0,
+        help="background tones: N > 0 draws one of N untinted greys; 0 = any tinted tone of the range",
+    )
     p.set_defaults(func=cmd_world)
 
 
@@ -74,6 +80,7 @@ def cmd_world(args) -> None:
         n_geneval_prompts=args.geneval_prompts,
         backgrounds=args.background or BACKGROUNDS,
         snap=args.snap,
+        tones=args.tones,
     )
 
 

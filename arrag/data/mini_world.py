@@ -335,12 +335,21 @@ def check_backgrounds(backgrounds: Sequence[str]) -> tuple[str, ...]:
 
 
 def _sample_background(
-    rng: np.random.Generator, backgrounds: Sequence[str] = BACKGROUNDS
+    rng: np.random.Generator, backgrounds: Sequence[str] = BACKGROUNDS, tones: int = 0
 ) -> tuple[str, tuple[int, int, int], int]:
     name = backgrounds[int(rng.integers(len(backgrounds)))]
+    if tones:  # one of `tones` untinted greys, evenly spread over TONE_GREY
+        g = round(TONE_GREY[0] + (int(rng.integers(tones)) + 0.5) * (TONE_GREY[1] - TONE_GREY[0]) / tones)
+        return name, (g, g, g), int(rng.integers(0, 2**31 - 1))
     g = int(rng.integers(TONE_GREY[0], TONE_GREY[1] + 1))
     t = int(rng.integers(TONE_TINT[0], TONE_TINT[1] + 1))
     return name, (g + t, g, g - t), int(rng.integers(0, 2**31 - 1))
+
+
+def check_tones(tones: int) -> int:
+    if not isinstance(tones, (int, np.integer)) or tones < 0:
+        raise ValueError(f"tones={tones!r}: give a non-negative int (0 = any tinted tone; N = one of N greys)")
+    return int(tones)
 
 
 def sample_scene(
@@ -353,14 +362,16 @@ def sample_scene(
     relation: str | None = None,
     backgrounds: Sequence[str] = BACKGROUNDS,
     snap: int = 1,
+    tones: int = 0,
 ) -> Scene:
     """A random scene. `shapes`/`colours` pin each object's shape/colour (one entry per object);
     `relation` asks for objects[0] to be `relation` of objects[1] (2 objects of different shapes).
     With nothing pinned a scene kind is drawn from KIND_WEIGHTS; the background from `backgrounds`.
-    With `snap` > 1 every box's corners and side are multiples of `snap` px."""
+    With `snap` > 1 every box's corners and side are multiples of `snap` px; with `tones` > 0 the background tone
+    is one of that many greys."""
     _check_size(size)
     backgrounds = check_backgrounds(backgrounds)
-    snap = check_snap(snap, size)
+    snap, tones = check_snap(snap, size), check_tones(tones)
     n, shapes, relation = _resolve_layout(rng, size, n_objects, shapes, relation)
     _check_names(colours, COLOURS, "colours", n)
     names = list(COLOURS)
@@ -377,7 +388,7 @@ def sample_scene(
             f"{_PLACEMENT_TRIES} tries: use fewer objects or a larger size"
         )
     objects = tuple(WorldObject(s, c, b) for s, c, b in zip(shapes, colours, boxes))
-    background, tone, texture_seed = _sample_background(rng, backgrounds)
+    background, tone, texture_seed = _sample_background(rng, backgrounds, tones)
     return Scene(objects, background, tone, texture_seed, (0, relation, 1) if relation else None)
 
 
@@ -533,10 +544,11 @@ def make_split(
     keep_fraction: float = 1.0,
     backgrounds: Sequence[str] = BACKGROUNDS,
     snap: int = 1,
+    tones: int = 0,
 ) -> tuple[np.ndarray, list[dict]]:
     """n rendered scenes and their records. Scenes containing an `underrepresented` (colour, shape)
     object are kept with probability `keep_fraction` only (resampled otherwise). Backgrounds are drawn
-    uniformly from `backgrounds`; boxes snap to multiples of `snap` px."""
+    uniformly from `backgrounds` (in one of `tones` greys when > 0); boxes snap to multiples of `snap` px."""
     _check_size(size)
     if not isinstance(n, (int, np.integer)) or n < 0:
         raise ValueError(f"n={n!r} must be a non-negative int (number of images)")
@@ -548,7 +560,7 @@ def make_split(
     records = []
     for i in range(n):
         for _ in range(_RESAMPLE_LIMIT):
-            scene = sample_scene(rng, size, backgrounds=backgrounds, snap=snap)
+            scene = sample_scene(rng, size, backgrounds=backgrounds, snap=snap, tones=tones)
             has_rare = any((o.colour, o.shape) in rare for o in scene.objects)
             if not has_rare or rng.random() < keep_fraction:
                 break
@@ -607,14 +619,16 @@ def write_world(
     n_geneval_prompts: int,
     backgrounds: Sequence[str] = BACKGROUNDS,
     snap: int = 1,
+    tones: int = 0,
 ) -> None:
     """out_dir/<split>/{images.npy,metadata.jsonl} per split (only "train" under-represents the rare
-    combinations; every split draws its backgrounds from `backgrounds` and snaps its boxes to `snap` px),
+    combinations; every split draws its backgrounds from `backgrounds`, in one of `tones` greys when > 0, and snaps
+    its boxes to `snap` px),
     out_dir/geneval/evaluation_metadata.jsonl and out_dir/world.json."""
     out = Path(out_dir)
     rare = sorted(_check_pairs(underrepresented))
     backgrounds = check_backgrounds(backgrounds)
-    snap = check_snap(snap, size)
+    snap, tones = check_snap(snap, size), check_tones(tones)
     split_seeds = {name: int(np.random.SeedSequence(_stream_seed(seed, name)).generate_state(1)[0]) for name in splits}
     for name, n in splits.items():
         is_train = name == "train"
@@ -627,6 +641,7 @@ def write_world(
             keep_fraction=keep_fraction if is_train else 1.0,
             backgrounds=backgrounds,
             snap=snap,
+            tones=tones,
         )
         write_split(out / name, images, records)
     from arrag.data.mini_geneval import make_geneval_prompts  # it reads this module's names
@@ -647,5 +662,6 @@ def write_world(
         "colours": {k: list(v) for k, v in COLOURS.items()},
         "backgrounds": list(backgrounds),
         "snap": snap,
+        "tones": tones,
     }
     write_json(out / "world.json", params)
