@@ -134,6 +134,48 @@ def test_world_command_takes_backgrounds(tmp_path, capsys):
     assert json.loads((tmp_path / "w" / "world.json").read_text())["backgrounds"] == ["plain", "stripes"]
     assert main([*args, "--background", "marble"]) != 0
     assert "marble" in capsys.readouterr().err
+    assert main([*args, "--snap", "4", "--tones", "2"]) == 0
+    world = json.loads((tmp_path / "w" / "world.json").read_text())
+    assert world["snap"] == 4 and world["tones"] == 2
+
+
+def test_snapped_worlds_put_every_box_on_the_patch_grid(tmp_path):
+    """world.snap = the VQ patch size: every box corner and side is a multiple of it, so a shape's edge pixels
+    fall at the same place inside their patches in every image; scenes stay valid and truthfully captioned."""
+    rng = np.random.default_rng(5)
+    scenes = [mw.sample_scene(rng, SIZE, backgrounds=["plain"], snap=4) for _ in range(300)]
+    for scene in scenes:
+        for obj in scene.objects:
+            assert all(v % 4 == 0 for v in obj.bbox), obj.bbox
+            assert obj.bbox[2] - obj.bbox[0] in mw.snapped_sides(SIZE, len(scene.objects), 4)
+        assert len(mw.render(scene)) == SIZE and mw.caption(scene, rng)
+    assert {len(s.objects) for s in scenes} == set(range(1, mw.max_objects(SIZE) + 1))
+    kw = {"size": SIZE, "seed": 2, "splits": {"train": 20}, "underrepresented": [], "keep_fraction": 1.0}
+    mw.write_world(tmp_path / "w", n_geneval_prompts=6, snap=4, **kw)
+    assert json.loads((tmp_path / "w" / "world.json").read_text())["snap"] == 4
+    for bad in (0, 3, 5.0):  # 3 does not divide 32; 5.0 is not an int
+        with pytest.raises(ValueError, match="snap="):
+            mw.sample_scene(rng, SIZE, snap=bad)
+
+
+def test_worlds_with_few_background_tones():
+    """world.tones = N: every background is one of N untinted greys inside the tone range, all N drawn."""
+    rng = np.random.default_rng(8)
+    scenes = [mw.sample_scene(rng, SIZE, backgrounds=["plain"], tones=3) for _ in range(200)]
+    tones = {s.background_tone for s in scenes}
+    assert len(tones) == 3 and all(r == g == b and mw.TONE_GREY[0] <= g <= mw.TONE_GREY[1] for r, g, b in tones)
+    one = mw.sample_scene(rng, SIZE, backgrounds=["plain"], tones=1)
+    assert one.background_tone == ((mw.TONE_GREY[0] + mw.TONE_GREY[1]) // 2,) * 3
+    for bad in (-1, 1.5):
+        with pytest.raises(ValueError, match="tones="):
+            mw.sample_scene(rng, SIZE, tones=bad)
+
+
+def test_unsnapped_worlds_draw_exactly_as_before_snapping_existed():
+    import hashlib
+
+    images, _ = mw.make_split("train", 50, 3, backgrounds=["plain", "noise"])
+    assert hashlib.sha256(images.tobytes()).hexdigest()[:16] == "a06b7c566875cc70"
 
 
 # ----------------------------------------------------------------------------- captions

@@ -41,6 +41,19 @@ def add_world(sub) -> None:
         metavar="NAME",
         help="background kind to draw from (repeat for several; default: all of plain, noise, stripes, checker)",
     )
+    p.add_argument(
+        "--snap",
+        type=int,
+        default=1,
+        help="shape boxes' corners and sides on multiples of this many px (the VQ patch size: every edge then sits "
+        "at the same place inside its patch); 1 = anywhere",
+    )
+    p.add_argument(
+        "--tones",
+        type=int,
+        default=0,
+        help="background tones: N > 0 draws one of N untinted greys; 0 = any tinted tone of the range",
+    )
     p.set_defaults(func=cmd_world)
 
 
@@ -66,6 +79,8 @@ def cmd_world(args) -> None:
         keep_fraction=args.keep_fraction,
         n_geneval_prompts=args.geneval_prompts,
         backgrounds=args.background or BACKGROUNDS,
+        snap=args.snap,
+        tones=args.tones,
     )
 
 

@@ -155,6 +155,30 @@ def _side_range(size: int, n_objects: int) -> tuple[int, int]:
     return lo, hi
 
 
+def snapped_sides(size: int, n_objects: int, snap: int) -> list[int]:
+    """The shape sides a scene of n objects draws from: the multiples of `snap` in the side range."""
+    lo, hi = _side_range(size, n_objects)
+    sides = [s for s in range(lo, hi + 1) if s % snap == 0]
+    if not sides:
+        raise ValueError(
+            f"snap={snap}: no multiple of {snap} px lies in the {lo}-{hi} px side range of {n_objects} objects at "
+            f"size {size}; use a smaller snap (1 = no snapping) or a larger size"
+        )
+    return sides
+
+
+def check_snap(snap: int, size: int) -> int:
+    """`snap` must be a positive int dividing the image size (1 = shapes anywhere, at any side)."""
+    if not isinstance(snap, (int, np.integer)) or snap < 1 or size % snap:
+        raise ValueError(
+            f"snap={snap!r}: give a positive int that divides the image size {size} (1 = no snapping; "
+            "the VQ's patch size puts every shape edge at the same place inside its patch)"
+        )
+    for n in range(1, max_objects(size) + 1):
+        snapped_sides(size, n, snap)
+    return int(snap)
+
+
 def max_objects(size: int = 32) -> int:
     """Most objects a scene of this size can hold: smallest shapes on a grid, capped at MAX_OBJECTS."""
     _check_size(size)
@@ -279,14 +303,14 @@ def _resolve_layout(
 
 
 def _place(
-    rng: np.random.Generator, size: int, sides: list[int], relation: str | None
+    rng: np.random.Generator, size: int, sides: list[int], relation: str | None, snap: int = 1
 ) -> list[tuple[int, int, int, int]] | None:
-    """One attempt at non-overlapping boxes inside the image; None if it got stuck."""
+    """One attempt at non-overlapping boxes inside the image, corners on multiples of `snap`; None if stuck."""
     gap = _gap(size)
     boxes: list[tuple[int, int, int, int]] = []
     for s in sides:
         for _ in range(_TRIES_PER_OBJECT):
-            x0, y0 = (int(v) for v in rng.integers(0, size - s + 1, size=2))
+            x0, y0 = (snap * int(v) for v in rng.integers(0, (size - s) // snap + 1, size=2))
             box = (x0, y0, x0 + s, y0 + s)
             if all(_boxes_clear(box, other, gap) for other in boxes):
                 boxes.append(box)
@@ -311,12 +335,21 @@ def check_backgrounds(backgrounds: Sequence[str]) -> tuple[str, ...]:
 
 
 def _sample_background(
-    rng: np.random.Generator, backgrounds: Sequence[str] = BACKGROUNDS
+    rng: np.random.Generator, backgrounds: Sequence[str] = BACKGROUNDS, tones: int = 0
 ) -> tuple[str, tuple[int, int, int], int]:
     name = backgrounds[int(rng.integers(len(backgrounds)))]
+    if tones:  # one of `tones` untinted greys, evenly spread over TONE_GREY
+        g = round(TONE_GREY[0] + (int(rng.integers(tones)) + 0.5) * (TONE_GREY[1] - TONE_GREY[0]) / tones)
+        return name, (g, g, g), int(rng.integers(0, 2**31 - 1))
     g = int(rng.integers(TONE_GREY[0], TONE_GREY[1] + 1))
     t = int(rng.integers(TONE_TINT[0], TONE_TINT[1] + 1))
     return name, (g + t, g, g - t), int(rng.integers(0, 2**31 - 1))
+
+
+def check_tones(tones: int) -> int:
+    if not isinstance(tones, (int, np.integer)) or tones < 0:
+        raise ValueError(f"tones={tones!r}: give a non-negative int (0 = any tinted tone; N = one of N greys)")
+    return int(tones)
 
 
 def sample_scene(
@@ -328,20 +361,25 @@ def sample_scene(
     colours: Sequence[str] | None = None,
     relation: str | None = None,
     backgrounds: Sequence[str] = BACKGROUNDS,
+    snap: int = 1,
+    tones: int = 0,
 ) -> Scene:
     """A random scene. `shapes`/`colours` pin each object's shape/colour (one entry per object);
     `relation` asks for objects[0] to be `relation` of objects[1] (2 objects of different shapes).
-    With nothing pinned a scene kind is drawn from KIND_WEIGHTS; the background from `backgrounds`."""
+    With nothing pinned a scene kind is drawn from KIND_WEIGHTS; the background from `backgrounds`.
+    With `snap` > 1 every box's corners and side are multiples of `snap` px; with `tones` > 0 the background tone
+    is one of that many greys."""
     _check_size(size)
     backgrounds = check_backgrounds(backgrounds)
+    snap, tones = check_snap(snap, size), check_tones(tones)
     n, shapes, relation = _resolve_layout(rng, size, n_objects, shapes, relation)
     _check_names(colours, COLOURS, "colours", n)
     names = list(COLOURS)
     colours = list(colours) if colours is not None else [names[int(i)] for i in rng.integers(len(names), size=n)]
-    lo, hi = _side_range(size, n)
+    side_choices = snapped_sides(size, n, snap)
     for _ in range(_PLACEMENT_TRIES):
-        sides = [int(s) for s in rng.integers(lo, hi + 1, size=n)]
-        boxes = _place(rng, size, sides, relation)
+        sides = [side_choices[int(i)] for i in rng.integers(len(side_choices), size=n)]
+        boxes = _place(rng, size, sides, relation, snap)
         if boxes is not None:
             break
     else:
@@ -350,7 +388,7 @@ def sample_scene(
             f"{_PLACEMENT_TRIES} tries: use fewer objects or a larger size"
         )
     objects = tuple(WorldObject(s, c, b) for s, c, b in zip(shapes, colours, boxes))
-    background, tone, texture_seed = _sample_background(rng, backgrounds)
+    background, tone, texture_seed = _sample_background(rng, backgrounds, tones)
     return Scene(objects, background, tone, texture_seed, (0, relation, 1) if relation else None)
 
 
@@ -505,10 +543,12 @@ def make_split(
     underrepresented: Iterable[Sequence[str]] = (),
     keep_fraction: float = 1.0,
     backgrounds: Sequence[str] = BACKGROUNDS,
+    snap: int = 1,
+    tones: int = 0,
 ) -> tuple[np.ndarray, list[dict]]:
     """n rendered scenes and their records. Scenes containing an `underrepresented` (colour, shape)
     object are kept with probability `keep_fraction` only (resampled otherwise). Backgrounds are drawn
-    uniformly from `backgrounds`."""
+    uniformly from `backgrounds` (in one of `tones` greys when > 0); boxes snap to multiples of `snap` px."""
     _check_size(size)
     if not isinstance(n, (int, np.integer)) or n < 0:
         raise ValueError(f"n={n!r} must be a non-negative int (number of images)")
@@ -520,7 +560,7 @@ def make_split(
     records = []
     for i in range(n):
         for _ in range(_RESAMPLE_LIMIT):
-            scene = sample_scene(rng, size, backgrounds=backgrounds)
+            scene = sample_scene(rng, size, backgrounds=backgrounds, snap=snap, tones=tones)
             has_rare = any((o.colour, o.shape) in rare for o in scene.objects)
             if not has_rare or rng.random() < keep_fraction:
                 break
@@ -578,13 +618,17 @@ def write_world(
     keep_fraction: float,
     n_geneval_prompts: int,
     backgrounds: Sequence[str] = BACKGROUNDS,
+    snap: int = 1,
+    tones: int = 0,
 ) -> None:
     """out_dir/<split>/{images.npy,metadata.jsonl} per split (only "train" under-represents the rare
-    combinations; every split draws its backgrounds from `backgrounds`), out_dir/geneval/evaluation_metadata.jsonl
-    and out_dir/world.json."""
+    combinations; every split draws its backgrounds from `backgrounds`, in one of `tones` greys when > 0, and snaps
+    its boxes to `snap` px),
+    out_dir/geneval/evaluation_metadata.jsonl and out_dir/world.json."""
     out = Path(out_dir)
     rare = sorted(_check_pairs(underrepresented))
     backgrounds = check_backgrounds(backgrounds)
+    snap, tones = check_snap(snap, size), check_tones(tones)
     split_seeds = {name: int(np.random.SeedSequence(_stream_seed(seed, name)).generate_state(1)[0]) for name in splits}
     for name, n in splits.items():
         is_train = name == "train"
@@ -596,6 +640,8 @@ def write_world(
             underrepresented=rare if is_train else (),
             keep_fraction=keep_fraction if is_train else 1.0,
             backgrounds=backgrounds,
+            snap=snap,
+            tones=tones,
         )
         write_split(out / name, images, records)
     from arrag.data.mini_geneval import make_geneval_prompts  # it reads this module's names
@@ -615,5 +661,7 @@ def write_world(
         "shapes": list(SHAPES),
         "colours": {k: list(v) for k, v in COLOURS.items()},
         "backgrounds": list(backgrounds),
+        "snap": snap,
+        "tones": tones,
     }
     write_json(out / "world.json", params)

@@ -16,6 +16,8 @@ rule world:
         keep=config["world"]["keep_fraction"],
         prompts=config["world"]["geneval_prompts"],
         backgrounds=" ".join(f"--background {b}" for b in config["world"]["backgrounds"]),
+        snap=config["world"]["snap"],
+        tones=config["world"]["tones"],
     log:
         log_path("world"),
     benchmark:
@@ -25,4 +27,4 @@ rule world:
         mem_mb=job_mem_mb("light", image_size=config["world"]["image_size"], images=max(config["world"]["splits"].values(), default=0)),
     shell:
         "arrag world --out {params.out} --size {params.size} --seed {params.seed} {params.splits} "
-        "{params.under} --keep-fraction {params.keep} --geneval-prompts {params.prompts} {params.backgrounds} > {log} 2>&1"
+        "{params.under} --keep-fraction {params.keep} --geneval-prompts {params.prompts} {params.backgrounds} --snap {params.snap} --tones {params.tones} > {log} 2>&1"
