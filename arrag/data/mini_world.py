@@ -167,6 +167,7 @@ def snapped_sides(size: int, n_objects: int, snap: int) -> list[int]:
     return sides
 
 
+@cache  # sample_scene checks it for every scene; the answer depends on the two ints alone
 def check_snap(snap: int, size: int) -> int:
     """`snap` must be a positive int dividing the image size (1 = shapes anywhere, at any side)."""
     if not isinstance(snap, (int, np.integer)) or snap < 1 or size % snap:
