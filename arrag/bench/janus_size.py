@@ -32,12 +32,13 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from arrag.bench import JANUS_BENCH_ROWS
 from arrag.bench.generate import StepTimer, _Enough, _synchronise, timed
 from arrag.decoding.loop import SamplingConfig
 from arrag.io import write_json, write_text
 
 PATCH = 16  # Janus-Pro's VQ downsampling: 384 px -> 24 x 24 tokens
-ROWS = ("vanilla", "generate()", "daid", "faid_paper", "faid_lowrank", "racm3")
+ROWS = JANUS_BENCH_ROWS
 WARM_UP_STEPS = 3
 TARGETS = {"daid": 0.01, "faid_lowrank": 0.15, "faid_paper": 0.36}  # the targets, per image vs vanilla
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from arrag.bench import JANUS_BENCH_ROWS
 from arrag.cli.args import COUNT_TYPE, daid_args, daid_settings, model_args, number, sampling, sampling_args
 from arrag.methods import FAiDSettings, RACM3Settings, VanillaSettings
 
@@ -190,8 +191,6 @@ def cmd_bench_generate(args) -> None:
 
 
 def add_bench_janus(sub) -> None:
-    from arrag.bench.janus_size import ROWS
-
     p = sub.add_parser(
         "janus-pro-1b",
         help="Table 4 at Janus-Pro-1B's size (random weights): vanilla, generate(), DAiD, FAiD x 2, RA-CM3 per step",
@@ -203,7 +202,9 @@ def add_bench_janus(sub) -> None:
     p.add_argument("--steps", type=COUNT_TYPE, default=48, help="decoding steps timed per row (576 = a whole image)")
     p.add_argument("--window", type=COUNT_TYPE, default=8, help="steps per reported window")
     p.add_argument("--repeats", type=COUNT_TYPE, default=3)
-    p.add_argument("--rows", default=",".join(ROWS), help=f"comma-separated, among {','.join(ROWS)}")
+    p.add_argument(
+        "--rows", default=",".join(JANUS_BENCH_ROWS), help=f"comma-separated, among {','.join(JANUS_BENCH_ROWS)}"
+    )
     p.add_argument("--faid-rank", type=COUNT_TYPE, default=256, help="the low-rank FAiD row's rank")
     p.add_argument("--out-json", required=True)
     p.add_argument("--out-md", required=True)
