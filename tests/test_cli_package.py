@@ -20,9 +20,10 @@ def test_importing_the_cli_loads_neither_torch_nor_transformers():
 
 def test_parsing_a_command_line_loads_neither_torch_nor_transformers():
     """Every job parses its arguments before it runs: a parser that imported torch cost each of a DAG's ~100 jobs
-    seconds, whatever the rule (measured: 5 s for `arrag --help`)."""
+    seconds, whatever the rule (measured: 5 s for `arrag --help`). Finishing a sharded prompt set reads files only."""
     code = (
         "import sys, arrag.cli; arrag.cli.build_parser().parse_args(['world', '--out', 'x']);"
+        "from arrag.data.geneval_layout import finish_prompt_set;"
         "from arrag.data.downloads import go_offline; go_offline();"
         "print(sorted({'torch', 'transformers'} & set(sys.modules)))"
     )
@@ -50,7 +51,7 @@ def test_feature_network_specs():
 
 
 def test_finishing_a_sharded_prompt_set_from_the_library(tiny_janus, tmp_path):
-    from arrag.decoding.pipeline import finish_prompt_set, shard_marker
+    from arrag.data.geneval_layout import finish_prompt_set, shard_marker
 
     model, processor, _ = tiny_janus
     save_janus(model, processor, tmp_path / "model")

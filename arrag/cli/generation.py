@@ -82,8 +82,8 @@ def add_generate_benchmark(sub) -> None:
 
 
 def cmd_generate_benchmark(args) -> None:
-    from arrag.data.geneval_layout import finish_output
-    from arrag.decoding.pipeline import generate_prompt_set, method_parameters, shard_marker
+    from arrag.data.geneval_layout import finish_output, shard_marker
+    from arrag.decoding.pipeline import generate_prompt_set, method_parameters
     from arrag.io import read_jsonl, write_json
 
     records = read_jsonl(args.prompts)[: args.limit]  # --limit: the first N (None: all)
@@ -125,7 +125,7 @@ def add_finish_benchmark(sub) -> None:
 
 def cmd_finish_benchmark(args) -> None:
     """After every shard of a prompt set: check the folder is complete, then write generation.json."""
-    from arrag.decoding.pipeline import finish_prompt_set
+    from arrag.data.geneval_layout import finish_prompt_set
     from arrag.io import read_jsonl
 
     records = read_jsonl(args.prompts)[: args.limit]  # --limit: the first N (None: all)

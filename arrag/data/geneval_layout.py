@@ -126,3 +126,46 @@ def read_prompt_folders(root: str | Path) -> list[tuple[dict, list[Path]]]:
         meta = json.loads((folder / "metadata.jsonl").read_text().splitlines()[0])
         out.append((meta, sorted((folder / "samples").glob("*.png"))))
     return out
+
+
+# ---------------------------------------------------------------- a prompt set generated in shards
+# Here, beside the layout, rather than in arrag.decoding: finishing a prompt set reads files only, and its job
+# should not import torch and transformers for it (seconds per job, for each prompt set of each method).
+
+
+def shard_marker(root: str | Path, shard: int, num_shards: int) -> Path:
+    """Where a shard of a prompt set run as separate jobs records that it is done (its summary)."""
+    return Path(root) / "shards" / f"{shard:05d}-of-{num_shards:05d}.json"
+
+
+def finish_prompt_set(root: str | Path, records: list[dict], n: int, num_shards: int, prompts: str = "") -> dict:
+    """After every shard of a prompt set (generate_prompt_set with num_shards): check the folder is complete,
+    holds `records`' prompts (read from the file `prompts`, named in errors) and was made by shards of its current
+    settings, then write generation.json (the summed summary). Returns the summary."""
+    from arrag.evaluation.geneval import check_benchmark_folder
+
+    markers = [shard_marker(root, i, num_shards) for i in range(num_shards)]
+    missing = [str(m) for m in markers if not m.is_file()]
+    if missing:
+        raise ValueError(f"shards not finished: {missing}; rerun their `arrag generate-benchmark --shard` jobs")
+    work = output_folder(root)  # a staged run's folder, or root
+    check_benchmark_folder(work, images_per_prompt=n)
+    folders = read_prompt_folders(work)
+    if len(folders) != len(records):
+        raise ValueError(f"{work} holds {len(folders)} prompt folders, {prompts} has {len(records)} prompts")
+    current = json.loads((Path(work) / SETTINGS).read_text())
+    for i, ((meta, _), record) in enumerate(zip(folders, records)):
+        if meta != {**record, "prompt": record[current["prompt_field"]]}:
+            raise ValueError(f"{work}/{i:05d} was made for another prompt record than {prompts} line {i + 1}")
+    # every shard must have run with the settings the folder holds now (not a marker left by an older run)
+    shards = [json.loads(m.read_text()) for m in markers]
+    per_shard = ("shard", "num_shards", "generated", "reused", "seconds", "parameters")
+    for marker, shard in zip(markers, shards):
+        own = {k: v for k, v in shard.items() if k not in per_shard}
+        if own != current or shard.get("parameters") != shards[0].get("parameters"):
+            raise ValueError(f"{marker} was written under other settings than {work}/{SETTINGS}: rerun that shard")
+    summary = dict(current) | {"parameters": shards[0].get("parameters")}
+    summary |= {k: sum(s[k] for s in shards) for k in ("generated", "reused", "seconds")}
+    summary |= {"num_shards": num_shards}
+    finish_output(root, summary, carry=("shards",))  # the markers go along: the workflow expects them
+    return summary
