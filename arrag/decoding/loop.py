@@ -163,7 +163,8 @@ def generate_image_tokens(
             use_cache=True,
             output_hidden_states=want_hidden,
         )
-        logits = model.model.generation_head(out.last_hidden_state[:, -1])  # [2B or B, V]
+        # [2B or B, V]; guidance and sampling in float32 whatever the model's dtype (Janus-Pro's is bfloat16)
+        logits = model.model.generation_head(out.last_hidden_state[:, -1]).float()
         state.cond_logits = logits[:b]
         state.uncond_logits = logits[b:] if use_cfg else None
         if want_hidden:

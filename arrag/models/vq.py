@@ -39,9 +39,10 @@ def codebook_fingerprint(codebook: torch.Tensor) -> str:
 def normalised_nearest_codes(latents: torch.Tensor, codebook: torch.Tensor) -> torch.Tensor:
     """Nearest codebook row after L2-normalising both: latents [N, D], codebook [K, D] -> ids [N].
 
-    For unit vectors argmin ||z - e||^2 = argmax <z, e>, so one matmul suffices.
+    For unit vectors argmin ||z - e||^2 = argmax <z, e>, so one matmul suffices. In float32 whatever the model's
+    dtype: bfloat16's 8-bit mantissa would round near-ties between codes to equal scores.
     """
-    return (F.normalize(latents, dim=-1) @ F.normalize(codebook, dim=-1).T).argmax(dim=-1)
+    return (F.normalize(latents.float(), dim=-1) @ F.normalize(codebook.float(), dim=-1).T).argmax(dim=-1)
 
 
 def vq_image_size(vq_config) -> int:
@@ -84,8 +85,10 @@ class VQTokenizer:
 
     @torch.no_grad()
     def latents(self, pixel_values: torch.Tensor) -> torch.Tensor:
-        """Pre-quantisation latents [B, D, H, W] (after quant_conv)."""
-        return self.vqmodel.quant_conv(self.vqmodel.encoder(pixel_values.to(self.device)))
+        """Pre-quantisation latents [B, D, H, W] (after quant_conv), in the VQ-VAE's dtype (Janus-Pro's checkpoints
+        are bfloat16, and transformers loads them so)."""
+        weight = self.vqmodel.quantize.embedding.weight
+        return self.vqmodel.quant_conv(self.vqmodel.encoder(pixel_values.to(weight.device, weight.dtype)))
 
     @torch.no_grad()
     def encode(self, images: np.ndarray | torch.Tensor) -> torch.Tensor:
