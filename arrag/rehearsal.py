@@ -102,7 +102,9 @@ def write_janus_snapshot(out_dir: Path, depth: int | None, toy: bool, seed: int 
     tokenizer = build_word_tokenizer(caption_vocabulary())  # stands in for Janus-Pro's 100K BPE vocabulary
     config = janus_pro_1b_config(tokenizer, depth, toy)
     torch.manual_seed(seed)
-    model = JanusForConditionalGeneration(config).eval()
+    # in bfloat16, as Janus-Pro's published checkpoints are: transformers loads a checkpoint in its own dtype, so
+    # the rehearsal runs the dtype the paper profile runs on a GPU (and a CPU's bfloat16 kernels read half the bytes)
+    model = JanusForConditionalGeneration(config).eval().to(torch.bfloat16)
     configure_image_generation(model, tokenizer)
     grid = config.vq_config.num_patches
     assert (grid, config.vq_config.num_embeddings, config.vq_config.embed_dim) == (24, 16384, 8), "not Janus-Pro's VQ"
