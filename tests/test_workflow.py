@@ -213,13 +213,26 @@ def test_the_paper_profiles_resolve(
     assert unset.returncode != 0 and "model.revision is not set" in unset.stdout + unset.stderr
 
 
+@pytest.fixture(scope="module")
+def toy_run(tmp_path_factory) -> Path:
+    """The whole DAG on the toy profile, run once: its test reads it, and the test over image folders reruns part
+    of a copy of it under another config (Snakemake reruns only the jobs whose inputs or parameters changed)."""
+    work = _workdir(tmp_path_factory.mktemp("toy"))
+    # one thread per job, two jobs at once: toy jobs are import-bound, and single-threaded jobs cannot thrash
+    # each other's OpenMP barriers on a busy 2-core machine
+    result = _snakemake(work, "--cores", "2", "--max-threads", "1", "--configfile", "config/toy.yaml")
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    return work
+
+
 @pytest.mark.smoke
-def test_a_database_over_configured_image_folders(tmp_path, tiny_clip):
+def test_a_database_over_configured_image_folders(toy_run, tmp_path, tiny_clip):
     """retrieval.corpora: two image folders tokenised in their own shards into one database with disjoint image
     ids and its source table; Figure 6 from a held-out folder; attribution finds images through the table; FAiD's
     training set from captioned pairs in parquet, "downloaded" through rule download_dataset from a local mirror
     (finetune.pairs, downloads.datasets); RA-CM3's CLIP index over one of the corpora (a tiny random-weight CLIP
-    from a local config and weights file) and its fine-tuning on the same pairs."""
+    from a local config and weights file) and its fine-tuning on the same pairs. And generation in two shards (one
+    prompt set, one method). Over a copy of the toy run: only what these settings change is rerun."""
     import io
 
     import numpy as np
@@ -227,7 +240,8 @@ def test_a_database_over_configured_image_folders(tmp_path, tiny_clip):
     import pyarrow.parquet as pq
     from conftest import TINY_CLIP
 
-    work = _workdir(tmp_path)
+    work = tmp_path / "work"
+    shutil.copytree(toy_run, work, symlinks=True)
     rng = np.random.default_rng(0)
     captions = ["a photo of a red circle", "a photo of a blue square", "a photo of two green triangles"]
     for name, n in (("photos_a", 12), ("photos_b", 8), ("held", 6)):
@@ -264,12 +278,14 @@ def test_a_database_over_configured_image_folders(tmp_path, tiny_clip):
         "racm3:\n"
         "  corpora: [photos_b]\n"
         "  clip: {model: clip/arrag-dag-clip.json, pretrained: clip/weights.safetensors}\n"
+        "generation: {num_shards: 2, seed: 1}\n"
     )
     targets = [
         "results/toy/tables/retrieval_accuracy.csv",
         "results/toy/figures/attribution.png",
         "results/toy/retrieval/faid_trainset",
         "results/toy/models/racm3",
+        "results/toy/images/vanilla/geneval/generation.json",
     ]
     result = _snakemake(
         work, *targets, "--cores", "2", "--max-threads", "1", "--configfile", "config/toy.yaml", "corpora.yaml"
@@ -290,15 +306,21 @@ def test_a_database_over_configured_image_folders(tmp_path, tiny_clip):
     assert [t["source"]["path"] for t in index["sources"]] == ["data/photos_b"]
     racm3 = json.loads((work / "results/toy/models/racm3/training.json").read_text())
     assert racm3["image_index"]["count"] == 8 and racm3["steps"] == 3
+    # two shards write one prompt-set folder; finish_generation checks it and sums their records. Another seed than
+    # the toy run's: the shards generate every prompt anew, beside the old folder, which the new one then replaces
+    geneval = work / "results/toy/images/vanilla/geneval"
+    prompts = (work / "results/toy/world/geneval/evaluation_metadata.jsonl").read_text().splitlines()
+    generation = json.loads((geneval / "generation.json").read_text())
+    assert (generation["generated"], generation["num_shards"], generation["seed"]) == (len(prompts), 2, 1)
+    assert {p.name for p in (geneval / "shards").iterdir()} >= {"00000-of-00002.json", "00001-of-00002.json"}
+    assert len(list(geneval.glob("0*/samples/*.png"))) == 2 * len(prompts)
+    logs = work / "results/toy/logs/generate/vanilla/geneval"
+    assert {p.name for p in logs.iterdir()} >= {"00000-of-00002.log", "00001-of-00002.log"}
 
 
 @pytest.mark.smoke
-def test_whole_dag_on_the_toy_profile(tmp_path):
-    work = _workdir(tmp_path)
-    # one thread per job, two jobs at once: toy jobs are import-bound, and single-threaded jobs cannot thrash
-    # each other's OpenMP barriers on a busy 2-core machine
-    result = _snakemake(work, "--cores", "2", "--max-threads", "1", "--configfile", "config/toy.yaml")
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+def test_whole_dag_on_the_toy_profile(toy_run):
+    work = toy_run
     res = work / "results" / "toy"
 
     # GenEval layout: one folder per prompt with its metadata and n samples
@@ -311,7 +333,7 @@ def test_whole_dag_on_the_toy_profile(tmp_path):
         assert [p.name for p in samples] == ["0000.png", "0001.png"]
         assert Image.open(samples[0]).size == (32, 32)
     generation = json.loads((geneval / "generation.json").read_text())
-    assert (generation["generated"], generation["num_shards"]) == (len(prompts), 2)  # two shards, one folder
+    assert (generation["generated"], generation["num_shards"]) == (len(prompts), 1)
     assert len(list((res / "images/vanilla/reference").glob("0*/samples/0000.png"))) == 4
     assert Image.open(res / "figures/samples_vanilla.png").size[0] > 32
 
@@ -431,8 +453,8 @@ def test_whole_dag_on_the_toy_profile(tmp_path):
     ]
     methods = ("vanilla", "daid", "faid", "racm3")
     rules += [f"{rule}/{method}" for rule in ("sample_grid", "tile_dpg") for method in methods]
-    for prompt_set in ("geneval", "reference", "dpg"):  # generation in 2 shards per method and prompt set
-        rules += [f"generate/{m}/{prompt_set}/{s:05d}-of-00002" for m in methods for s in range(2)]
+    for prompt_set in ("geneval", "reference", "dpg"):  # generation in one shard per method and prompt set
+        rules += [f"generate/{m}/{prompt_set}/00000-of-00001" for m in methods]
         rules += [f"finish_generation/{m}/{prompt_set}" for m in methods]
     for rule in rules:
         assert (res / "logs" / f"{rule}.log").is_file()
