@@ -177,27 +177,31 @@ def test_job_statistics_are_grouped_by_rule_and_scaled_by_the_items_of_the_run(t
 
 
 def test_jobs_of_different_sizes_separate_a_fixed_cost_from_the_cost_per_item(tmp_path):
-    """Generation jobs of 2 and 8 images (2 prompts x 4) costing 40 + 10 s per image: the paper figure uses the
-    10 s per image,
-    not the average (which carries the fixed 40 s of each small job); a rule whose jobs are all of one size keeps
-    the average."""
+    """Tokenisation shards of 2 and 8 images costing 40 + 10 s per image: the paper figure uses the 10 s per image,
+    not the average (which carries the fixed 40 s of each small job). Generation jobs (one batch each, whose cost
+    hardly depends on its rows) keep the average, as does a rule whose jobs are all of one size."""
     from arrag.bench.scale import PAPER_ITEMS, marginal_cost
 
     results = tmp_path / "results"
+    for shard, n in ((0, 2), (1, 8)):
+        _bench(results / "jobstats" / "tokenise_shard" / "cc12m" / f"0000{shard}-of-00002.tsv", 40.0 + 10 * n, 1.0)
+        (results / "codes" / "cc12m").mkdir(parents=True, exist_ok=True)
+        (results / "codes" / "cc12m" / f"codes-0000{shard}-of-00002.json").write_text(json.dumps({"count": n}))
     for prompts, n, record in (("reference", 2, {"generated": 2}), ("dpg", 8, {"generated": 2, "n": 4})):
-        _bench(results / "jobstats" / "generate" / "daid" / prompts / "00000-of-00001.tsv", 40.0 + 10 * n, 100.0)
+        _bench(results / "jobstats" / "generate" / "daid" / prompts / "00000-of-00001.tsv", 40.0 + 10 * n, 1.0)
         (results / "images" / "daid" / prompts).mkdir(parents=True)
         (results / "images" / "daid" / prompts / "generation.json").write_text(json.dumps(record))
     for shard in (0, 1):
-        _bench(results / "jobstats" / "tokenise_shard" / "cc12m" / f"0000{shard}-of-00002.tsv", 30.0, 100.0)
-        (results / "codes" / "cc12m").mkdir(parents=True, exist_ok=True)
-        (results / "codes" / "cc12m" / f"codes-0000{shard}-of-00002.json").write_text(json.dumps({"count": 4}))
+        _bench(results / "jobstats" / "embed_images" / "cc12m" / f"0000{shard}-of-00002.tsv", 30.0, 1.0)
+        (results / "clip" / "cc12m").mkdir(parents=True, exist_ok=True)
+        (results / "clip" / "cc12m" / f"clip-0000{shard}-of-00002.json").write_text(json.dumps({"count": 4}))
     rows = {r["rule"]: r for r in scale_rows(results)}
+    tok = rows["tokenise_shard"]
+    assert tok["items"] == 10 and tok["fit"] == "marginal" and tok["seconds_per_item"] == pytest.approx(10.0)
+    assert tok["fixed_cpu_seconds"] == pytest.approx(20.0)  # _bench's CPU time is half the wall time
+    assert tok["paper_hours"] == pytest.approx(10.0 * PAPER_ITEMS["tokenise_shard"] / 3600)
     gen = rows["generate (daid)"]
-    assert gen["items"] == 10 and gen["fit"] == "marginal" and gen["seconds_per_item"] == pytest.approx(10.0)
-    assert gen["fixed_cpu_seconds"] == pytest.approx(20.0)  # _bench's CPU time is half the wall time
-    assert gen["paper_hours"] == pytest.approx(10.0 * PAPER_ITEMS["generate"] / 3600)
-    assert rows["tokenise_shard"]["fit"] == "average" and rows["tokenise_shard"]["seconds_per_item"] == 60.0 / 8
+    assert gen["fit"] == "average" and gen["seconds_per_item"] == pytest.approx((40 + 20 + 40 + 80) / 10)
     assert marginal_cost([(2, 50.0), (6, 30.0)]) is None  # costs that fall with size are not a cost model
 
 

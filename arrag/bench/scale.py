@@ -51,6 +51,10 @@ PAPER_ITEMS = {
 # no network at all.
 BACKBONE_RULES = ("generate", "generate_daid_sweep", "generate_faid_sweep", "train_faid", "train_faid_sweep",
                   "train_racm3")  # fmt: skip
+# A generation job here is one batch, and a batch's cost hardly depends on its rows (every step reads the weights
+# once for all of them): a fit over jobs of different sizes finds ~0 s per image. These rules keep the average,
+# an upper bound at the paper's larger batches.
+PER_BATCH_RULES = ("generate", "generate_daid_sweep", "generate_faid_sweep")
 
 
 def step_parameters(config) -> int:
@@ -293,6 +297,8 @@ def scale_rows(results: str | Path, declared_mb: dict[str, float] | None = None)
                 per_item, per_item_cpu, fit = m.seconds / items, m.cpu_seconds / items, "average"
                 counted = [(job_items(results, key), wall, cpu) for key, wall, cpu in m.per_job]
                 counted = [(n, wall, cpu) for n, wall, cpu in counted if n]
+                if rule.split(" ")[0] in PER_BATCH_RULES:
+                    counted = []
                 wall_fit = marginal_cost([(n, wall) for n, wall, _ in counted])
                 cpu_fit = marginal_cost([(n, cpu) for n, _, cpu in counted])
                 if cpu_fit:  # jobs of different sizes: a fixed cost per job and a cost per item
@@ -375,10 +381,14 @@ def scale_markdown(rows: list[dict], source: str, span: tuple[float, float] | No
         "Both include each job's fixed cost (start-up, an index's centroids), so at a rehearsal's small counts they "
         "are upper bounds, except where the rule's jobs processed different numbers of items (per item: marginal): "
         "there a least-squares fit over its jobs separates a fixed cost per job from the cost per item, and the "
-        "paper figures use the cost per item alone (add the fixed cost once per paper job). Batching makes the "
-        "rehearsal's small generation batches costlier per image than the paper's. Rows without a paper count are "
+        "paper figures use the cost per item alone (add the fixed cost once per paper job). Generation rows keep the "
+        "average: a generation job here is one batch, whose cost hardly depends on its rows (each step reads the "
+        "weights once for all of them), so they are upper bounds at the paper's larger batches. Rows without a "
+        "paper count are "
         "fixed-cost jobs. Peak RSS is not extrapolated: a job's memory does not grow with its items "
         "(tests/test_memory.py); at the paper's sizes it is what the rules declare (arrag/resources.py), shown in the "
-        "last column where the table was given the paper profile's plan (`--paper-plan`).\n"
+        "last column where the table was given the paper profile's plan (`--paper-plan`). Snakemake samples a job's "
+        "CPU time and memory every 0.5 s for its first 30 s and every 30 s after: a job shorter than half a second "
+        "shows no CPU time and almost no memory, and a long job's short peaks can be missed.\n"
     )
     return (span_line(span, rows) + "\n" if span else "") + head + body + note
