@@ -179,6 +179,27 @@ def lr_at(step: int, cfg: FAiDTrainingConfig) -> float:
     return cfg.lr * min(1.0, (step + 1) / warmup)
 
 
+def fit_faid(faid: FAiD, n: int, micro_loss, cfg, out_dir: Path, desc: str, settings: dict, acc=None, restart=False):
+    """`fit` of FAiD's modules, whichever backbone they hook into (Janus, Show-o): AdamW over their parameters
+    without weight decay, lr_at's warm-up then constant rate, the loss logged every 25 steps; the resumable
+    checkpoint holds the FAiD modules only. Returns fit's (resumed-at step, loss log, start time, checkpoint)."""
+    return fit(
+        faid,
+        list(faid.parameters()),
+        n,
+        micro_loss,
+        cfg,
+        lr_at=lambda step: lr_at(step, cfg),
+        out_dir=out_dir,
+        desc=desc,
+        settings=settings,
+        weight_decay=0.0,
+        acc=acc,
+        restart=restart,
+        log_every=25,
+    )
+
+
 def train_faid(
     base_dir: str | Path,
     trainset_dir: str | Path,
@@ -210,7 +231,6 @@ def train_faid(
     faid = FAiD.for_model(model, faid_cfg).to(acc.device).train()
     faid.attach(model)
     ids, mask, uncond = caption_inputs(processor, captions, acc.device)
-    params = list(faid.parameters())
     settings = {
         "trainer": "faid",
         "config": asdict(cfg),  # as given: steps None when derived from epochs
@@ -228,21 +248,7 @@ def train_faid(
         cands = torch.where(dropped[:, None, None], -1, candidates[rows].to(acc.device))
         return faid_training_loss(model, faid, batch_ids, mask[on], codes[rows].to(acc.device), cands)
 
-    start, log, t0, ckpt = fit(
-        faid,  # the checkpoint holds the FAiD modules only
-        params,
-        len(codes),
-        micro_loss,
-        cfg,
-        lr_at=lambda step: lr_at(step, cfg),
-        out_dir=out_dir,
-        desc="FAiD",
-        settings=settings,
-        weight_decay=0.0,
-        acc=acc,
-        restart=restart,
-        log_every=25,
-    )
+    start, log, t0, ckpt = fit_faid(faid, len(codes), micro_loss, cfg, out_dir, "FAiD", settings, acc, restart)
     faid.detach()
     stats = {
         "method": "faid",
@@ -258,7 +264,7 @@ def train_faid(
         "global_batch": global_batch,
         "processes": acc.num_processes,
         "log": log,
-        "trainable_parameters": sum(p.numel() for p in params),
+        "trainable_parameters": sum(p.numel() for p in faid.parameters()),
         "config": asdict(cfg),
     }
     if acc.is_main_process:

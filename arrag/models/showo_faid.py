@@ -130,9 +130,9 @@ def train_showo_faid(backbone_dir, trainset_dir, cfg, out_dir, db=None, restart:
     from arrag.io import atomic_path, write_json
     from arrag.manifest import write_manifest
     from arrag.models.backbone import load_backbone
-    from arrag.models.faid_training import load_trainset, lr_at
+    from arrag.models.faid_training import fit_faid, load_trainset
     from arrag.models.showo_training import mask_draw, masked_token_loss
-    from arrag.models.training import artefact_id, fit, resolve_steps
+    from arrag.models.training import artefact_id, resolve_steps
 
     out_dir = Path(out_dir)
     torch.manual_seed(cfg.seed)
@@ -163,19 +163,7 @@ def train_showo_faid(backbone_dir, trainset_dir, cfg, out_dir, db=None, restart:
     settings = {"trainer": "showo-faid", "config": asdict(cfg), "base": artefact_id(backbone_dir)}
     settings |= {"trainset": artefact_id(trainset_dir)}
     cfg, schedule = resolve_steps(cfg, len(codes), cfg.batch_size * cfg.grad_accum)
-    params = list(faid.parameters())
-    start, log, t0, ckpt = fit(
-        faid,
-        params,
-        len(codes),
-        micro_loss,
-        cfg,
-        lr_at=lambda step: lr_at(step, cfg),
-        out_dir=out_dir,
-        desc="FAiD (Show-o)",
-        settings=settings,
-        log_every=25,
-    )
+    start, log, t0, ckpt = fit_faid(faid, len(codes), micro_loss, cfg, out_dir, "FAiD (Show-o)", settings)
     faid.detach()
     stats = {
         "method": "faid",
@@ -190,7 +178,7 @@ def train_showo_faid(backbone_dir, trainset_dir, cfg, out_dir, db=None, restart:
         "resumed_at": start,
         "seconds": time.time() - t0,
         "log": log,
-        "trainable_parameters": sum(p.numel() for p in params),
+        "trainable_parameters": sum(p.numel() for p in faid.parameters()),
         "config": asdict(cfg),
     }
     with atomic_path(out_dir, directory=True) as tmp:
