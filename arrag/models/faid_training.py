@@ -132,6 +132,18 @@ def load_trainset(directory: str | Path, db=None) -> tuple[torch.Tensor, torch.T
     return codes, candidates, meta["captions"], meta
 
 
+def load_trainset_for(trainset_dir: str | Path, db, base_dir, codebook_sha256: str, k: int):
+    """The training set of a FAiD with k candidates on the base model at `base_dir`, whose codebook's fingerprint
+    is `codebook_sha256`: refused when tokenised with another codebook or holding fewer than k candidates per
+    position. -> (codes [N, T], candidates [N, T, k], captions, metadata), as load_trainset (`db` likewise)."""
+    codes, candidates, captions, meta = load_trainset(trainset_dir, db)
+    if meta["codebook_sha256"] != codebook_sha256:
+        raise ValueError(f"{trainset_dir} was tokenised with another codebook than {base_dir}; rebuild it")
+    if meta["k"] < k:
+        raise ValueError(f"{trainset_dir} holds {meta['k']} candidates per position, fewer than k={k}")
+    return codes.flatten(1), candidates[..., :k], captions, meta
+
+
 # ---------------------------------------------------------------- training
 
 
@@ -218,13 +230,8 @@ def train_faid(
     acc = Accelerator(cpu=cpu)
     torch.manual_seed(cfg.seed)
     model, processor = load_janus(base_dir, device=acc.device)
-    codes, candidates, captions, meta = load_trainset(trainset_dir, db)
-    if meta["codebook_sha256"] != codebook_fingerprint(VQTokenizer.from_janus(model).codebook):
-        raise ValueError(f"{trainset_dir} was tokenised with another codebook than {base_dir}; rebuild it")
-    if meta["k"] < cfg.k:
-        raise ValueError(f"{trainset_dir} holds {meta['k']} candidates per position, fewer than k={cfg.k}")
-    candidates = candidates[..., : cfg.k]
-    codes = codes.flatten(1)  # [N, T]
+    sha = codebook_fingerprint(VQTokenizer.from_janus(model).codebook)
+    codes, candidates, captions, meta = load_trainset_for(trainset_dir, db, base_dir, sha, cfg.k)  # [N, T], [N, T, k]
     freeze_backbone(model)
     model.eval()  # frozen backbone: no dropout
     faid_cfg = FAiDConfig(every=cfg.every, hops=cfg.hops, k=cfg.k, budget=cfg.budget, rank=cfg.rank)

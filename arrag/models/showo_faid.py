@@ -130,19 +130,16 @@ def train_showo_faid(backbone_dir, trainset_dir, cfg, out_dir, db=None, restart:
     from arrag.io import atomic_path, write_json
     from arrag.manifest import write_manifest
     from arrag.models.backbone import load_backbone
-    from arrag.models.faid_training import fit_faid, load_trainset
+    from arrag.models.faid_training import fit_faid, load_trainset_for
     from arrag.models.showo_training import mask_draw, masked_token_loss
     from arrag.models.training import artefact_id, resolve_steps
 
     out_dir = Path(out_dir)
     torch.manual_seed(cfg.seed)
     backbone = load_backbone(backbone_dir)
-    codes, candidates, captions, meta = load_trainset(trainset_dir, db)
-    if meta["codebook_sha256"] != codebook_fingerprint(backbone.vq.codebook):
-        raise ValueError(f"{trainset_dir} was tokenised with another codebook than {backbone_dir}; rebuild it")
-    if meta["k"] < cfg.k:
-        raise ValueError(f"{trainset_dir} holds {meta['k']} candidates per position, fewer than k={cfg.k}")
-    candidates, codes = candidates[..., : cfg.k], codes.flatten(1)  # [N, T, k], [N, T]
+    sha = codebook_fingerprint(backbone.vq.codebook)
+    # codes [N, T], candidates [N, T, k]
+    codes, candidates, captions, meta = load_trainset_for(trainset_dir, db, backbone_dir, sha, cfg.k)
     freeze_backbone(backbone.model)
     faid_cfg = FAiDConfig(every=1, hops=cfg.hops, k=cfg.k, budget=cfg.budget, rank=cfg.rank)  # every layer
     faid = ShowoFAiD.for_model(backbone.model, faid_cfg).train().attach(backbone)
