@@ -275,14 +275,21 @@ def train_faid(
         "config": asdict(cfg),
     }
     if acc.is_main_process:
-        with atomic_path(out_dir, directory=True) as tmp:
-            faid.save(tmp)
-            write_json(tmp / "faid.json", stats)
-            inputs = {"base_model": stats["base_identity"]["weights"], "database": meta["database"]}
-            write_manifest(tmp, "faid", inputs | {"trainset": meta["identity"]})
+        save_faid(faid, stats, meta, out_dir)
         ckpt.discard()
     acc.wait_for_everyone()
     return stats
+
+
+def save_faid(faid: FAiD, stats: dict, meta: dict, out_dir: Path) -> None:
+    """Write a FAiD checkpoint folder atomically (layout in the module docstring): the modules, `stats` as
+    faid.json, and the manifest last, whose inputs are the base model's weights (stats["base_identity"]), the
+    training set (`meta`: load_trainset's metadata) and the database its candidates came from."""
+    with atomic_path(out_dir, directory=True) as tmp:
+        faid.save(tmp)
+        write_json(tmp / "faid.json", stats)
+        inputs = {"base_model": stats["base_identity"]["weights"], "database": meta["database"]}
+        write_manifest(tmp, "faid", inputs | {"trainset": meta["identity"]})
 
 
 def load_faid(directory: str | Path, model, device: str | torch.device = "cpu", db=None) -> FAiD:

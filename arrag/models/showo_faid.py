@@ -127,10 +127,8 @@ def train_showo_faid(backbone_dir, trainset_dir, cfg, out_dir, db=None, restart:
     """Fine-tune FAiD's modules on a Show-o backbone (frozen) with the masked-token objective: each image's
     masked tokens predicted from its text, its unmasked tokens and every position's retrieved candidates (those
     of the FAiD training set, arrag faid-trainset with a full-ring database). One process (CPU or one GPU)."""
-    from arrag.io import atomic_path, write_json
-    from arrag.manifest import write_manifest
     from arrag.models.backbone import load_backbone
-    from arrag.models.faid_training import fit_faid, load_trainset_for
+    from arrag.models.faid_training import fit_faid, load_trainset_for, save_faid
     from arrag.models.showo_training import mask_draw, masked_token_loss
     from arrag.models.training import artefact_id, resolve_steps
 
@@ -178,11 +176,7 @@ def train_showo_faid(backbone_dir, trainset_dir, cfg, out_dir, db=None, restart:
         "trainable_parameters": sum(p.numel() for p in faid.parameters()),
         "config": asdict(cfg),
     }
-    with atomic_path(out_dir, directory=True) as tmp:
-        faid.save(tmp)
-        write_json(tmp / "faid.json", stats)
-        inputs = {"base_model": base_identity["weights"], "database": meta["database"]}
-        write_manifest(tmp, "faid", inputs | {"trainset": meta["identity"]})
+    save_faid(faid, stats, meta, out_dir)
     ckpt.discard()
     return stats
 
