@@ -11,7 +11,6 @@ caption dropout during fine-tuning drops both together, so guidance amplifies th
 
 from __future__ import annotations
 
-import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -26,6 +25,7 @@ from arrag.models.training import (
     caption_inputs,
     captions_digest,
     fit_generation_path,
+    fit_record,
     image_generation_loss,
     resolve_steps,
 )
@@ -113,10 +113,7 @@ def train_racm3(
     stats = {
         "method": "racm3",
         "base_model": str(base_dir),
-        "steps": cfg.steps,
-        "schedule": schedule,
-        "resumed_at": start,
-        "seconds": time.time() - t0,
+        **fit_record(cfg, schedule, start, t0),
         "log": log,
         "trainable_parameters": sum(p.numel() for p in params),
         "config": asdict(cfg),

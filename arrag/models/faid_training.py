@@ -20,7 +20,6 @@ refuses a checkpoint made for another base model, module layout or (given) datab
 
 from __future__ import annotations
 
-import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -33,7 +32,7 @@ from arrag.manifest import read_artefact_metadata, require_input, write_manifest
 from arrag.models.faid import FAiD, FAiDConfig, faid_training_loss, freeze_backbone
 from arrag.models.janus import load_janus
 from arrag.models.janus import model_identity as weights_identity
-from arrag.models.training import artefact_id, caption_inputs, fit, resolve_steps
+from arrag.models.training import artefact_id, caption_inputs, fit, fit_record, resolve_steps
 from arrag.models.vq import VQTokenizer, codebook_fingerprint
 from arrag.validation import COUNT, FRACTION, INDEX, POSITIVE, check_fields
 
@@ -264,10 +263,7 @@ def train_faid(
         "trainset": str(trainset_dir),
         "trainset_identity": meta["identity"],
         "database": meta["database"],
-        "steps": cfg.steps,
-        "schedule": schedule,
-        "resumed_at": start,
-        "seconds": time.time() - t0,
+        **fit_record(cfg, schedule, start, t0),
         "global_batch": global_batch,
         "processes": acc.num_processes,
         "log": log,

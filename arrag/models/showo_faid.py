@@ -16,7 +16,6 @@ arrag.models.faid_training writes Janus' FAiD.
 
 from __future__ import annotations
 
-import time
 from dataclasses import asdict
 from pathlib import Path
 
@@ -130,7 +129,7 @@ def train_showo_faid(backbone_dir, trainset_dir, cfg, out_dir, db=None, restart:
     from arrag.models.backbone import load_backbone
     from arrag.models.faid_training import fit_faid, load_trainset_for, save_faid
     from arrag.models.showo_training import mask_draw, masked_token_loss
-    from arrag.models.training import artefact_id, resolve_steps
+    from arrag.models.training import artefact_id, fit_record, resolve_steps
 
     out_dir = Path(out_dir)
     torch.manual_seed(cfg.seed)
@@ -168,10 +167,7 @@ def train_showo_faid(backbone_dir, trainset_dir, cfg, out_dir, db=None, restart:
         "trainset": str(trainset_dir),
         "trainset_identity": meta["identity"],
         "database": meta["database"],
-        "steps": cfg.steps,
-        "schedule": schedule,
-        "resumed_at": start,
-        "seconds": time.time() - t0,
+        **fit_record(cfg, schedule, start, t0),
         "log": log,
         "trainable_parameters": sum(p.numel() for p in faid.parameters()),
         "config": asdict(cfg),

@@ -541,6 +541,12 @@ def fit(
     return start, log, t0, ckpt
 
 
+def fit_record(cfg, schedule: dict, start: int, t0: float) -> dict:
+    """What a fine-tuning's statistics say of its `fit` run, in this order: its steps, how they were set
+    (resolve_steps' record), the step it resumed at and the seconds since `t0` (fit's start time)."""
+    return {"steps": cfg.steps, "schedule": schedule, "resumed_at": start, "seconds": time.time() - t0}
+
+
 def fit_generation_path(
     model, n: int, batch_loss, cfg, out_dir: Path, desc: str, acc=None, settings=None, restart=False
 ):
