@@ -21,9 +21,11 @@ from arrag.decoding.pipeline import ImageGenerationPipeline, resolve_device
 from arrag.manifest import require_input
 from arrag.models.janus import load_janus, model_identity, save_janus
 from arrag.models.training import (
+    CAPTION_DROPOUT,
     artefact_id,
     caption_inputs,
     captions_digest,
+    check_training_fields,
     fit_generation_path,
     fit_record,
     image_generation_loss,
@@ -31,7 +33,7 @@ from arrag.models.training import (
 )
 from arrag.models.vq import VQTokenizer, codebook_fingerprint
 from arrag.retrieval.image_index import ImageLevelIndex
-from arrag.validation import COUNT, INDEX, POSITIVE, check_fields
+from arrag.validation import COUNT, POSITIVE
 
 
 @dataclass
@@ -47,17 +49,13 @@ class RACM3TrainingConfig:
     grad_accum: int = 1  # global batch = batch_size * grad_accum * processes
 
     def __post_init__(self):
-        check_fields(
+        check_training_fields(
             self,
             {
                 "steps": COUNT | {"optional": True},  # None: derived from epochs
                 "epochs": POSITIVE | {"optional": True},
-                "batch_size": COUNT,
-                "lr": POSITIVE,
                 "weight_decay": dict(low=0),
-                "caption_dropout": dict(low=0, high=1, high_open=True),
-                "checkpoint_every": INDEX,
-                "seed": INDEX,
+                "caption_dropout": CAPTION_DROPOUT,
                 "grad_accum": COUNT,
             },
         )

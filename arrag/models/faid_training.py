@@ -32,9 +32,17 @@ from arrag.manifest import read_artefact_metadata, require_input, write_manifest
 from arrag.models.faid import FAiD, FAiDConfig, faid_training_loss, freeze_backbone
 from arrag.models.janus import load_janus
 from arrag.models.janus import model_identity as weights_identity
-from arrag.models.training import artefact_id, caption_inputs, fit, fit_record, resolve_steps
+from arrag.models.training import (
+    CAPTION_DROPOUT,
+    artefact_id,
+    caption_inputs,
+    check_training_fields,
+    fit,
+    fit_record,
+    resolve_steps,
+)
 from arrag.models.vq import VQTokenizer, codebook_fingerprint
-from arrag.validation import COUNT, FRACTION, INDEX, POSITIVE, check_fields
+from arrag.validation import COUNT, FRACTION, POSITIVE
 
 TRAINSET_FORMAT = "arrag-faid-trainset/1"
 DB_FIX = "rebuild the FAiD training set from this database (arrag faid-trainset) and retrain FAiD"
@@ -165,18 +173,14 @@ class FAiDTrainingConfig:
     rank: int = 32
 
     def __post_init__(self):
-        check_fields(
+        check_training_fields(
             self,
             {
                 "steps": COUNT | {"optional": True},  # None: derived from epochs
                 "epochs": POSITIVE | {"optional": True},
-                "batch_size": COUNT,
                 "grad_accum": COUNT,
-                "lr": POSITIVE,
                 "warmup_frac": FRACTION,
-                "caption_dropout": dict(low=0, high=1, high_open=True),
-                "checkpoint_every": INDEX,
-                "seed": INDEX,
+                "caption_dropout": CAPTION_DROPOUT,
                 "every": COUNT,
                 "k": COUNT,
                 "rank": COUNT,

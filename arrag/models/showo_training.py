@@ -28,9 +28,9 @@ from arrag.io import atomic_path, write_json
 from arrag.manifest import write_manifest
 from arrag.models.magvit2 import Magvit2, Magvit2Config, save_magvit2
 from arrag.models.showo import ShowoSpec, build_showo, omni_attention_mask, phi_config, save_showo, t2i_sequence
-from arrag.models.training import _lr_at, captions_digest, fit
+from arrag.models.training import CAPTION_DROPOUT, _lr_at, captions_digest, check_training_fields, fit
 from arrag.models.vq import to_pixel_values
-from arrag.validation import COUNT, INDEX, POSITIVE, check_fields
+from arrag.validation import COUNT, POSITIVE, check_fields
 
 
 @dataclass
@@ -82,20 +82,15 @@ class ShowoTrainingConfig:
     seed: int = 0
 
     def __post_init__(self):
-        check_fields(
+        check_training_fields(
             self,
             {
                 "magvit_steps": COUNT,
                 "magvit_lr": POSITIVE,
                 "entropy_weight": dict(low=0),
                 "commitment": dict(low=0),
-                "steps": COUNT,
-                "batch_size": COUNT,
-                "lr": POSITIVE,
                 "weight_decay": dict(low=0),
-                "caption_dropout": dict(low=0, high=1, high_open=True),
-                "checkpoint_every": INDEX,
-                "seed": INDEX,
+                "caption_dropout": CAPTION_DROPOUT,
             },
         )
 

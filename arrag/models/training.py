@@ -12,7 +12,7 @@ import math
 import time
 from collections.abc import Callable
 from contextlib import AbstractContextManager, nullcontext
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 
 import numpy as np
@@ -138,6 +138,19 @@ def _lr_at(step: int, total: int, peak: float, warmup_frac: float = 0.05) -> flo
 # their fine-tuning clipped at 1.0 and ours does too.
 GRAD_CLIP = 1.0
 
+# The bounds of the settings every trainer's config holds (the training loop reads them) and of caption dropout
+# (< 1: dropping every caption would train the unconditional branch only): one place for each.
+TRAINING_FIELDS = {"steps": COUNT, "batch_size": COUNT, "lr": POSITIVE, "checkpoint_every": INDEX, "seed": INDEX}
+CAPTION_DROPOUT = dict(low=0, high=1, high_open=True)
+
+
+def check_training_fields(cfg, own: dict[str, dict]) -> None:
+    """Check a trainer's settings dataclass by TRAINING_FIELDS and its `own` rules (which may override one, e.g.
+    an optional `steps`), field by field in the order the dataclass declares them: the first bad field declared
+    is the one reported."""
+    rules, order = TRAINING_FIELDS | own, [f.name for f in fields(cfg)]
+    check_fields(cfg, dict(sorted(rules.items(), key=lambda rule: order.index(rule[0]))))
+
 
 def epoch_steps(pairs: int, global_batch: int, epochs: float) -> int:
     """Optimiser steps of `epochs` passes over `pairs` examples at `global_batch` per step.
@@ -200,18 +213,7 @@ class VQTrainingConfig:
     seed: int = 0
 
     def __post_init__(self):
-        check_fields(
-            self,
-            {
-                "steps": COUNT,
-                "batch_size": COUNT,
-                "lr": POSITIVE,
-                "commitment": dict(low=0),
-                "restart_every": INDEX,
-                "checkpoint_every": INDEX,
-                "seed": INDEX,
-            },
-        )
+        check_training_fields(self, {"commitment": dict(low=0), "restart_every": INDEX})
 
 
 def quantise_normalised(z: torch.Tensor, codebook: torch.Tensor, commitment: float):
@@ -311,17 +313,12 @@ class BaseTrainingConfig:
     grad_accum: int = 1  # micro-batches per step (fit_generation_path)
 
     def __post_init__(self):
-        check_fields(
+        check_training_fields(
             self,
             {
-                "steps": COUNT,
-                "batch_size": COUNT,
-                "lr": POSITIVE,
                 "weight_decay": dict(low=0),
-                "caption_dropout": dict(low=0, high=1, high_open=True),
+                "caption_dropout": CAPTION_DROPOUT,
                 "guidance_scale": dict(low=1),
-                "checkpoint_every": INDEX,
-                "seed": INDEX,
                 "grad_accum": COUNT,
             },
         )
