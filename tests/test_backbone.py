@@ -200,7 +200,7 @@ def test_untrained_showo_faid_gives_exactly_the_backbones_logits(showo_dir):
     assert not torch.allclose(changed[0], plain[0]) and torch.equal(changed[1], plain[1])
 
 
-def _train_showo_faid(showo_dir, showo_db, tmp_path) -> dict:
+def _train_showo_faid(showo_dir, showo_db, tmp_path, restart: bool = False) -> dict:
     """A FAiD checkpoint of the tiny Show-o in tmp_path/faid, trained 3 steps on random codes."""
     from arrag.models.faid_training import FAiDTrainingConfig, build_trainset
     from arrag.models.showo_faid import train_showo_faid
@@ -212,7 +212,7 @@ def _train_showo_faid(showo_dir, showo_db, tmp_path) -> dict:
     captions = ["a photo of a red circle", "a photo of a blue square", "a photo of a circle"] * 2
     build_trainset(backbone.model, db, codes, captions, 3, tmp_path / "ts", vq=backbone.vq)
     cfg = FAiDTrainingConfig(steps=3, batch_size=4, k=3, rank=8, lr=1e-2, checkpoint_every=0)
-    return train_showo_faid(showo_dir, tmp_path / "ts", cfg, tmp_path / "faid")
+    return train_showo_faid(showo_dir, tmp_path / "ts", cfg, tmp_path / "faid", restart=restart)
 
 
 def test_showo_faid_trains_saves_and_decodes_through_build_method(showo_dir, showo_db, tmp_path):
@@ -239,6 +239,17 @@ def test_showo_faid_trains_saves_and_decodes_through_build_method(showo_dir, sho
     other = ShowoBackbone(*tiny_showo_parts(seed=1))
     with pytest.raises(ValueError, match="another Show-o backbone"):
         load_showo_faid(tmp_path / "faid", other)
+
+
+def test_showo_faid_restart_starts_over_from_a_partial_it_cannot_resume(showo_dir, showo_db, tmp_path):
+    """`arrag train-faid --restart` on a Show-o backbone discards the old partial, as on Janus."""
+    partial = tmp_path / "faid.partial"
+    partial.mkdir()
+    (partial / "state.pt").write_bytes(b"not a checkpoint")
+    with pytest.raises(ValueError, match=r"(?s)cannot be read.*rerun with --restart"):
+        _train_showo_faid(showo_dir, showo_db, tmp_path)
+    stats = _train_showo_faid(showo_dir, showo_db, tmp_path, restart=True)
+    assert stats["resumed_at"] == 0 and (tmp_path / "faid" / "faid.json").is_file() and not partial.exists()
 
 
 def test_showo_faid_hook_retrieves_in_the_last_half_only(showo_dir, showo_db):

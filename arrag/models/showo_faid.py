@@ -157,7 +157,9 @@ def train_showo_faid(backbone_dir, trainset_dir, cfg, out_dir, db=None, restart:
     settings = {"trainer": "showo-faid", "config": asdict(cfg), "base": artefact_id(backbone_dir)}
     settings |= {"trainset": artefact_id(trainset_dir)}
     cfg, schedule = resolve_steps(cfg, len(codes), cfg.batch_size * cfg.grad_accum)
-    start, log, t0, ckpt = fit_faid(faid, len(codes), micro_loss, cfg, out_dir, "FAiD (Show-o)", settings)
+    start, log, t0, ckpt = fit_faid(
+        faid, len(codes), micro_loss, cfg, out_dir, "FAiD (Show-o)", settings, restart=restart
+    )
     faid.detach()
     stats = {
         "method": "faid",
