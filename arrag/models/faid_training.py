@@ -292,15 +292,21 @@ def save_faid(faid: FAiD, stats: dict, meta: dict, out_dir: Path) -> None:
         write_manifest(tmp, "faid", inputs | {"trainset": meta["identity"]})
 
 
+def require_faid_database(manifest: dict, directory: Path, db) -> None:
+    """Refuse the FAiD checkpoint at `directory` (its manifest) when its candidates came from another database
+    than `db` (a PatchDatabase or its digest; None: no check): FAiD learnt to use that database's neighbours."""
+    if db is not None:
+        fix = "generate with the database it was trained with (--db), or retrain FAiD on this one: " + DB_FIX
+        require_input(manifest, "database", database_identity(db), f"the FAiD checkpoint {directory}", fix)
+
+
 def load_faid(directory: str | Path, model, device: str | torch.device = "cpu", db=None) -> FAiD:
     """The FAiD modules of a checkpoint, after checking them against the manifest and that they were trained
     for this base model (all of its weights) and layout, and (given `db`, a PatchDatabase or its digest) with
     candidates from this database: FAiD learnt to use that database's neighbours."""
     directory = Path(directory)
     info, manifest = read_artefact_metadata(directory, "faid.json", "faid", None, "train FAiD with `arrag train-faid`")
-    if db is not None:
-        fix = "generate with the database it was trained with (--db), or retrain FAiD on this one: " + DB_FIX
-        require_input(manifest, "database", database_identity(db), f"the FAiD checkpoint {directory}", fix)
+    require_faid_database(manifest, directory, db)
     expected, found = info["base_identity"], model_identity(model)
     if expected != found:
         diff = sorted(k for k in expected if expected[k] != found.get(k))

@@ -182,16 +182,14 @@ def train_showo_faid(backbone_dir, trainset_dir, cfg, out_dir, db=None, restart:
 def load_showo_faid(directory, backbone, db=None) -> ShowoFAiD:
     """A Show-o FAiD checkpoint, checked against its manifest, the backbone it was trained for (all its weights)
     and (given `db`) the database its candidates came from."""
-    from arrag.manifest import read_artefact_metadata, require_input
-    from arrag.models.faid_training import DB_FIX, database_identity
+    from arrag.manifest import read_artefact_metadata
+    from arrag.models.faid_training import require_faid_database
 
     directory = Path(directory)
     info, manifest = read_artefact_metadata(directory, "faid.json", "faid", None, "train FAiD with `arrag train-faid`")
     if info.get("backbone") != "showo":
         raise ValueError(f"{directory} is a FAiD checkpoint of a Janus model, not of a Show-o backbone")
-    if db is not None:
-        fix = "generate with the database it was trained with (--db), or retrain FAiD on this one: " + DB_FIX
-        require_input(manifest, "database", database_identity(db), f"the FAiD checkpoint {directory}", fix)
+    require_faid_database(manifest, directory, db)
     found = showo_identity(backbone)
     if info["base_identity"] != found:
         diff = sorted(k for k in found if info["base_identity"].get(k) != found[k])
