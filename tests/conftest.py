@@ -72,3 +72,10 @@ def tiny_clip(tmp_path_factory):
     model = open_clip.create_model("arrag-tiny-clip").eval()
     save_file({k: v.contiguous() for k, v in model.state_dict().items()}, root / "tiny.safetensors")
     return "arrag-tiny-clip", root / "tiny.safetensors", model
+
+
+def pytest_collection_modifyitems(items):
+    """The modules with DAG runs (marked smoke) first: they are the longest, and run beside the rest in parallel
+    (pytest-xdist gives each worker whole modules, in this order) instead of after it."""
+    smoke = {item.module.__name__ for item in items if item.get_closest_marker("smoke")}
+    items.sort(key=lambda item: item.module.__name__ not in smoke)  # stable: keeps each module's own order

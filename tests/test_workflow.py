@@ -226,7 +226,6 @@ def toy_run(tmp_path_factory) -> Path:
 
 
 @pytest.mark.smoke
-@pytest.mark.xdist_group("toy_run")
 def test_a_database_over_configured_image_folders(toy_run, tmp_path, tiny_clip):
     """retrieval.corpora: two image folders tokenised in their own shards into one database with disjoint image
     ids and its source table; Figure 6 from a held-out folder; attribution finds images through the table; FAiD's
@@ -320,7 +319,6 @@ def test_a_database_over_configured_image_folders(toy_run, tmp_path, tiny_clip):
 
 
 @pytest.mark.smoke
-@pytest.mark.xdist_group("toy_run")
 def test_whole_dag_on_the_toy_profile(toy_run):
     work = toy_run
     res = work / "results" / "toy"
