@@ -9,12 +9,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from arrag.data.geneval_layout import (  # noqa: F401 (finish_prompt_set, shard_marker: re-exported)
-    finish_prompt_set,
+from arrag.data.geneval_layout import (
     is_complete,
     prepare_output,
     prompt_folder,
-    shard_marker,
     shard_of,
     write_prompt_folder,
 )
