@@ -291,14 +291,14 @@ def scale_rows(results: str | Path, declared_mb: dict[str, float] | None = None)
                 items = count()
             except (FileNotFoundError, KeyError):
                 items = 0
-            paper = PAPER_ITEMS.get(rule.split(" ")[0])
+            base_rule = rule.split(" ")[0]
+            paper = PAPER_ITEMS.get(base_rule)
             if items and paper:
-                scale = factor if factor and rule.split(" ")[0] in BACKBONE_RULES else 1.0
+                scale = factor if factor and base_rule in BACKBONE_RULES else 1.0
                 per_item, per_item_cpu, fit = m.seconds / items, m.cpu_seconds / items, "average"
-                counted = [(job_items(results, key), wall, cpu) for key, wall, cpu in m.per_job]
+                per_job = [] if base_rule in PER_BATCH_RULES else m.per_job  # no fit across batches (above)
+                counted = [(job_items(results, key), wall, cpu) for key, wall, cpu in per_job]
                 counted = [(n, wall, cpu) for n, wall, cpu in counted if n]
-                if rule.split(" ")[0] in PER_BATCH_RULES:
-                    counted = []
                 wall_fit = marginal_cost([(n, wall) for n, wall, _ in counted])
                 cpu_fit = marginal_cost([(n, cpu) for n, _, cpu in counted])
                 if cpu_fit:  # jobs of different sizes: a fixed cost per job and a cost per item
