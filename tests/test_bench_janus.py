@@ -3,8 +3,8 @@
 import pytest
 import torch
 
+from arrag.bench import JANUS_BENCH_ROWS
 from arrag.bench.janus_size import (
-    ROWS,
     StepTimer,
     _Enough,
     generate_timer,
@@ -69,7 +69,7 @@ def test_the_timers_stop_decoding_after_their_steps_and_leave_the_tokens_alone()
 
 def test_the_bench_times_every_row_interleaved_and_reports_windows():
     result = run_janus_bench(depth=2, toy=True, grids=8, steps=5, repeats=2, window=2, log=lambda _: None)
-    assert list(result["rows"]) == list(ROWS)
+    assert list(result["rows"]) == list(JANUS_BENCH_ROWS)
     assert result["database"]["entries"] == 8 * 576 and result["tokens_per_image"] == 576
     for name, row in result["rows"].items():
         assert len(row["window_means"]) == 2 and row["seconds_per_step"] > 0  # 4 step intervals in windows of 2
@@ -81,7 +81,7 @@ def test_the_bench_times_every_row_interleaved_and_reports_windows():
     for row in result["rows"].values():  # the fastest repeat of each row against vanilla's fastest
         assert row["overhead_per_step_best_repeat"] == pytest.approx(min(row["step_means_per_repeat"]) / fastest - 1)
     table = markdown_table(result)
-    assert all(f"| {name} |" in table for name in ROWS) and "≤ +36%" in table
+    assert all(f"| {name} |" in table for name in JANUS_BENCH_ROWS) and "≤ +36%" in table
 
 
 def test_the_bench_refuses_unknown_rows_and_step_counts():

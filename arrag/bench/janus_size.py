@@ -38,7 +38,6 @@ from arrag.decoding.loop import SamplingConfig
 from arrag.io import write_json, write_text
 
 PATCH = 16  # Janus-Pro's VQ downsampling: 384 px -> 24 x 24 tokens
-ROWS = JANUS_BENCH_ROWS
 WARM_UP_STEPS = 3
 TARGETS = {"daid": 0.01, "faid_lowrank": 0.15, "faid_paper": 0.36}  # the targets, per image vs vanilla
 
@@ -220,7 +219,7 @@ def run_janus_bench(
     steps: int = 48,
     repeats: int = 3,
     window: int = 8,
-    rows: tuple[str, ...] = ROWS,
+    rows: tuple[str, ...] = JANUS_BENCH_ROWS,
     sampling: SamplingConfig = SamplingConfig(),
     index: str = "ivf_compact",
     index_params: dict | None = None,
@@ -237,9 +236,9 @@ def run_janus_bench(
     from arrag.models.faid import FAiD, FAiDConfig
     from arrag.retrieval.database import PatchDatabase
 
-    unknown = sorted(set(rows) - set(ROWS))
+    unknown = sorted(set(rows) - set(JANUS_BENCH_ROWS))
     if unknown or "vanilla" not in rows:
-        raise ValueError(f"rows {unknown or list(rows)}: choose among {', '.join(ROWS)}, vanilla included")
+        raise ValueError(f"rows {unknown or list(rows)}: choose among {', '.join(JANUS_BENCH_ROWS)}, vanilla included")
     if not 2 <= steps <= 576:
         raise ValueError(f"steps={steps}: time between 2 and 576 (a whole image) steps per row")
     device = resolve_device(device)
