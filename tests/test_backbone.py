@@ -22,7 +22,7 @@ from arrag.models.backbone import (
 )
 from arrag.models.janus import build_word_tokenizer, tokenize_prompts
 from arrag.models.magvit2 import Magvit2, Magvit2Config
-from arrag.models.showo import ShowoSpec, build_showo, encode_texts, phi_config, vocab_for_tokenizer
+from arrag.models.showo import ShowoSpec, build_showo, encode_texts, phi_config, t2i_sequence, vocab_for_tokenizer
 from arrag.models.showo_training import save_showo_backbone
 from arrag.models.training import image_token_logits, unconditional_ids
 
@@ -30,12 +30,12 @@ WORDS = ["a", "photo", "of", "red", "blue", "circle", "square"]
 PROMPTS = ["a photo of a red circle", "a photo of a blue square"]
 
 
-def tiny_showo_parts(seed: int = 0):
+def tiny_showo_parts(seed: int = 0, max_text_len: int = 128):
     """A random-weight Show-o of the real classes: 8 px images, a 4x4 grid of 16 LFQ codes (4 bits)."""
     torch.manual_seed(seed)
     tokenizer = build_word_tokenizer(WORDS)
     magvit = Magvit2(Magvit2Config(32, (1, 2), (1, 1), (1, 2), (1, 1), bits=4)).eval()
-    vocab = vocab_for_tokenizer(tokenizer, magvit.cfg.codebook_size)
+    vocab = vocab_for_tokenizer(tokenizer, magvit.cfg.codebook_size, max_text_len)
     shape = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4)
     spec = ShowoSpec(vocab, 16, phi_config(vocab, num_key_value_heads=4, max_position_embeddings=256, **shape))
     return build_showo(spec).eval(), spec, magvit, tokenizer
@@ -139,6 +139,21 @@ def test_showo_prompts_longer_than_the_text_block_are_refused(showo_dir):
     with pytest.raises(ValueError, match="text block holds"):
         pipe.check_prompt_lengths([" ".join(["red"] * 127)])
     pipe.check_prompt_lengths([" ".join(["red"] * 126)])
+
+
+def test_a_shorter_text_block_is_saved_loaded_and_bounds_the_prompts(tmp_path):
+    save_showo_backbone(*tiny_showo_parts(max_text_len=8), tmp_path / "b")
+    pipe = ImageGenerationPipeline.from_pretrained(tmp_path / "b", device="cpu")
+    vocab = pipe.backbone.vocab
+    assert vocab.max_text_len == 8
+    pipe.check_prompt_lengths(["a photo of a red circle"])  # 6 words: the block's 8 - 2 text tokens
+    with pytest.raises(ValueError, match="holds <bos>, 6 text tokens"):
+        pipe.check_prompt_lengths(["a photo of a red circle circle"])
+    texts = pipe.backbone.prompts(PROMPTS).texts
+    seq = t2i_sequence(texts, torch.full((2, 16), -1), vocab)
+    assert seq.shape == (2, 9 + 1 + 16 + 1)  # text block, <|soi|>, 16 image tokens, <|eoi|>
+    _, codes = pipe(PROMPTS, n=1, sampling=SamplingConfig(guidance_scale=2.0), seed=0)
+    assert codes.shape == (2, 4, 4)
 
 
 def test_build_method_gives_show_o_the_masked_daid(showo_dir, tmp_path):

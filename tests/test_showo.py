@@ -73,6 +73,8 @@ def test_vocabulary_ids_follow_the_order_show_o_adds_them():
         v.check(58499)
     with pytest.raises(ValueError, match="bos_id"):
         ShowoVocab(bos_id=50295)
+    with pytest.raises(ValueError, match="max_text_len must be an integer >= 3"):
+        ShowoVocab(max_text_len=2)
 
 
 def test_full_size_model_on_meta_has_the_published_count_and_names():

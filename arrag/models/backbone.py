@@ -287,9 +287,8 @@ class ShowoBackbone:
 
     def prompt_room(self, reserved: int) -> tuple[int, str]:
         """Show-o's text block has a fixed size (the image tokens come after it): <|t2i|> <bos> text <eos>."""
-        from arrag.models.showo import MAX_TEXT_LEN
-
-        return MAX_TEXT_LEN, f"Show-o's text block holds <bos>, {MAX_TEXT_LEN - 2} text tokens and <eos>"
+        room = self.vocab.max_text_len
+        return room, f"this Show-o's text block holds <bos>, {room - 2} text tokens and <eos>"
 
     def image_logits(self, prompts: ShowoPrompts, codes: torch.Tensor, unconditional: bool = False) -> torch.Tensor:
         """The logits [B, N, K] at the image positions of [text block | <|soi|> codes <|eoi|>]; codes [B, N], -1

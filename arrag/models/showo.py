@@ -45,7 +45,7 @@ PHI_1_5_ENDOFTEXT = 50256  # <|endoftext|>, Phi-1.5's bos and eos alike
 
 # Added after [PAD], in this order (Show-o's UniversalPrompting); their ids follow from the order.
 SPECIAL_TOKENS = ("<|soi|>", "<|eoi|>", "<|sov|>", "<|eov|>", "<|t2i|>", "<|mmu|>", "<|t2v|>", "<|v2v|>", "<|lvg|>")
-MAX_TEXT_LEN = 128  # Show-o's max_seq_length: the text block is MAX_TEXT_LEN + 1 tokens
+MAX_TEXT_LEN = 128  # Show-o's max_seq_length: the text block is max_text_len + 1 tokens
 WEIGHTS_NAME = "pytorch_model.safetensors"  # the published file's name (Show-o's ModelMixin)
 PREFIX = "showo."  # Show-o keeps its PhiForCausalLM as the attribute `showo`
 
@@ -54,14 +54,21 @@ PREFIX = "showo."  # Show-o keeps its PhiForCausalLM as the attribute `showo`
 class ShowoVocab:
     """Token ids: the text tokens [0, text_vocab_size), then [PAD], the special tokens, the image codes and the
     mask token last. For showlab/show-o: [PAD] 50295, <|soi|> 50296 ... <|lvg|> 50304, codes 50305..58496, mask
-    58497, 58,498 in all."""
+    58497, 58,498 in all. Like Show-o's UniversalPrompting it also fixes the text block's length, max_text_len + 1
+    ids (128 for showlab/show-o; the mini Show-o's captions need far fewer, and every step reads the block)."""
 
     text_vocab_size: int = PHI_1_5_TEXT_VOCAB
     codebook_size: int = 8192
     bos_id: int = PHI_1_5_ENDOFTEXT
     eos_id: int = PHI_1_5_ENDOFTEXT
+    max_text_len: int = MAX_TEXT_LEN
 
     def __post_init__(self):
+        if isinstance(self.max_text_len, bool) or not isinstance(self.max_text_len, int) or self.max_text_len < 3:
+            raise ValueError(
+                f"ShowoVocab.max_text_len must be an integer >= 3 (<|t2i|>, <bos> and <eos> take 3), "
+                f"got {self.max_text_len!r}"
+            )
         for name in ("text_vocab_size", "codebook_size"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
@@ -104,12 +111,12 @@ class ShowoVocab:
             )
 
 
-def vocab_for_tokenizer(tokenizer, codebook_size: int = 8192) -> ShowoVocab:
+def vocab_for_tokenizer(tokenizer, codebook_size: int = 8192, max_text_len: int = MAX_TEXT_LEN) -> ShowoVocab:
     """The layout over a text tokenizer as published (Phi-1.5's: 50,295 tokens, <|endoftext|> as bos and eos),
     before Show-o adds [PAD] and its special tokens to it."""
     if tokenizer.bos_token_id is None or tokenizer.eos_token_id is None:
         raise ValueError("the text tokenizer has no bos or eos token; Show-o's prompt needs both")
-    return ShowoVocab(len(tokenizer), codebook_size, tokenizer.bos_token_id, tokenizer.eos_token_id)
+    return ShowoVocab(len(tokenizer), codebook_size, tokenizer.bos_token_id, tokenizer.eos_token_id, max_text_len)
 
 
 def encode_texts(tokenizer, prompts: list[str]) -> list[list[int]]:
@@ -154,24 +161,24 @@ def build_showo(spec: ShowoSpec, dtype: torch.dtype | None = None) -> PhiForCaus
 # ---- the text-to-image sequence
 
 
-def text_block(text_ids: list[int], vocab: ShowoVocab, max_text_len: int = MAX_TEXT_LEN) -> list[int]:
-    """`[PAD]... <|t2i|> <bos> text <eos>`, left-padded to max_text_len + 1 ids; a longer text is cut and keeps
-    its <eos>. Empty text gives the unconditional block `[PAD]... <|t2i|> <bos> <eos>`."""
+def text_block(text_ids: list[int], vocab: ShowoVocab) -> list[int]:
+    """`[PAD]... <|t2i|> <bos> text <eos>`, left-padded to vocab.max_text_len + 1 ids; a longer text is cut and
+    keeps its <eos>. Empty text gives the unconditional block `[PAD]... <|t2i|> <bos> <eos>`."""
     if text_ids and text_ids[0] == vocab.bos_id:
         text_ids = text_ids[1:]
     bad = [t for t in text_ids if not 0 <= int(t) < vocab.text_vocab_size]
     if bad:
         raise ValueError(f"text ids {bad[:5]} are not text tokens (ids below {vocab.text_vocab_size})")
     ids = [vocab.special("<|t2i|>"), vocab.bos_id, *map(int, text_ids), vocab.eos_id]
-    length = max_text_len + 1
+    length = vocab.max_text_len + 1
     if len(ids) > length:
         ids = ids[: length - 1] + [vocab.eos_id]
     return [vocab.pad_id] * (length - len(ids)) + ids
 
 
 def t2i_sequence(texts: list[list[int]], codes: torch.Tensor, vocab: ShowoVocab) -> torch.Tensor:
-    """Token ids [B, 129 + N + 2]: the text block, <|soi|>, the N image tokens, <|eoi|>. `codes` [B, N] holds
-    codebook indices, -1 where the token is still masked (it becomes the mask token)."""
+    """Token ids [B, max_text_len + 1 + N + 2]: the text block, <|soi|>, the N image tokens, <|eoi|>. `codes` [B, N]
+    holds codebook indices, -1 where the token is still masked (it becomes the mask token)."""
     if codes.ndim != 2 or len(texts) != codes.shape[0]:
         raise ValueError(f"codes must be [B, N] with B = {len(texts)} texts, got shape {tuple(codes.shape)}")
     if codes.dtype.is_floating_point or ((codes < -1) | (codes >= vocab.codebook_size)).any():
@@ -263,6 +270,7 @@ def read_spec(path: Path) -> ShowoSpec:
             config["llm_vocab_size"],
             config["codebook_size"],
             *(config["phi_config"][k] for k in ("bos_token_id", "eos_token_id")) if "phi_config" in config else (),
+            max_text_len=config.get("max_text_len", MAX_TEXT_LEN),
         )
         phi = PhiConfig(**config["phi_config"]) if "phi_config" in config else phi_config(vocab)
     except (ValueError, TypeError, KeyError) as err:
@@ -287,6 +295,7 @@ def save_showo(
         "codebook_size": spec.vocab.codebook_size,
         "num_vq_tokens": spec.num_image_tokens,
         "mask_token_id": spec.vocab.mask_id,
+        "max_text_len": spec.vocab.max_text_len,  # ours: the published config leaves it to the training yaml (128)
         "w_clip_vit": False,
         "phi_config": spec.phi.to_dict(),
     }

@@ -44,9 +44,11 @@ class MiniShowoSpec:
     hidden_size: int = 64
     num_layers: int = 2
     num_heads: int = 4
+    max_text_len: int = 24  # the text block: the mini world's longest caption is 10 words (Show-o's own: 128)
 
     def __post_init__(self):
         check_fields(self, {k: COUNT for k in ("image_size", "levels", "channels", "bits", "hidden_size")})
+        check_fields(self, {"max_text_len": dict(COUNT, low=3)})
         if self.image_size % 2 ** (self.levels - 1):
             raise ValueError(f"image_size {self.image_size} is not a multiple of the downsampling 2**(levels-1)")
 
@@ -210,14 +212,14 @@ def train_showo(
     magvit, codes, magvit_stats, magvit_ckpt = train_magvit(images, spec, cfg, out_dir, restart)
     codes = codes.flatten(1)  # [N, T]
     tokenizer = build_word_tokenizer(words)
-    vocab = vocab_for_tokenizer(tokenizer, spec.magvit().codebook_size)
+    vocab = vocab_for_tokenizer(tokenizer, spec.magvit().codebook_size, spec.max_text_len)
     shape = dict(
         hidden_size=spec.hidden_size,
         intermediate_size=4 * spec.hidden_size,
         num_hidden_layers=spec.num_layers,
         num_attention_heads=spec.num_heads,
         num_key_value_heads=spec.num_heads,
-        max_position_embeddings=256 * math.ceil((131 + spec.grid**2) / 256),
+        max_position_embeddings=256 * math.ceil((vocab.max_text_len + 3 + spec.grid**2) / 256),
     )
     showo_spec = ShowoSpec(vocab, spec.grid**2, phi_config(vocab, **shape))
     torch.manual_seed(cfg.seed)
