@@ -10,7 +10,9 @@ from arrag.models.janus import load_janus
 from arrag.models.training import (
     BaseTrainingConfig,
     VQTrainingConfig,
+    patch_consistency_loss,
     quantise_normalised,
+    restart_dead_codes,
     train_base_model,
     train_vq,
 )
@@ -32,6 +34,38 @@ def test_normalised_quantisation_picks_nearest_unit_codebook_row():
     assert torch.equal(ids.flatten(), torch.cdist(zn, en).argmin(-1))
     torch.testing.assert_close(z_q.permute(0, 2, 3, 1).reshape(-1, 8), en[ids.flatten()])
     assert loss > 0
+
+
+def test_patch_consistency_is_the_spread_among_identical_patches_over_the_whole_spread():
+    x = torch.zeros(2, 3, 4, 4)  # two images of 2x2 patches of 2 px: latents in b, h, w order 0..7
+    x[0, :, :2, :2] = 1.0  # latent 0: a patch of its own
+    x[1, 0, 2:, 2:] = 0.5  # latent 7: another; the six others are the same (black) patch
+    z = torch.randn(2, 5, 2, 2, generator=torch.Generator().manual_seed(0))
+    lat = torch.nn.functional.normalize(z.permute(0, 2, 3, 1).reshape(-1, 5), dim=-1)
+    groups = [[0], [1, 2, 3, 4, 5, 6], [7]]
+    within = sum(((lat[g] - lat[g].mean(0)) ** 2).sum() for g in groups) / 8
+    total = ((lat - lat.mean(0)) ** 2).sum() / 8
+    torch.testing.assert_close(patch_consistency_loss(z, x, patch=2), within / total)
+    same = z.clone()
+    same.view(2, 5, 4)[:, :, :] = z[1, :, 0, 0, None]  # every latent the black patch's
+    same[0, :, 0, 0], same[1, :, 1, 1] = z[0, :, 0, 0], z[1, :, 1, 1]
+    assert patch_consistency_loss(same, x, patch=2) < 1e-6  # identical patches, identical latents: nothing
+
+
+def test_dead_codes_move_to_the_worst_covered_latents_farthest_first():
+    e = torch.eye(4)
+    codebook = torch.stack([e[0], e[0], e[1], e[1]]).clone()  # codes 1 and 3 unused
+    usage = torch.tensor([5.0, 0.0, 3.0, 0.0])
+    near = torch.nn.functional.normalize(e[0] + 0.01 * e[1], dim=0)  # covered by code 0
+    far1 = torch.nn.functional.normalize(e[2] + 0.1 * e[3], dim=0)  # uncovered: the farthest
+    far2 = torch.nn.functional.normalize(e[2] + 0.2 * e[3], dim=0)  # next to far1: covered once far1 is a code
+    z = torch.stack([near, far1, far2, e[1]]).T.reshape(1, 4, 2, 2)  # [B, D, H, W], latents in h, w order
+    assert restart_dead_codes(codebook, usage, z, margin=0.05) == 1  # far2 is within the margin of far1
+    torch.testing.assert_close(codebook[1], far1)  # the first dead code took the farthest latent
+    torch.testing.assert_close(codebook[3], e[1])  # the second stayed: nothing left uncovered
+    codebook[1] = e[0]
+    assert restart_dead_codes(codebook, usage, z, margin=0.0) == 2  # no margin: far2 too
+    torch.testing.assert_close(codebook[3], far2)
 
 
 def test_vq_training_interrupted_leaves_no_model_and_resumes(tmp_path, data, monkeypatch):

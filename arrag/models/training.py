@@ -209,11 +209,21 @@ class VQTrainingConfig:
     lr: float = 1e-3
     commitment: float = 0.25
     restart_every: int = 100  # re-seed unused codes from current latents (dead-code restart)
+    restart_margin: float = 0.0  # ... only onto latents farther than this (cosine distance) from every code
+    consistency: float = 0.0  # weight of patch_consistency_loss: identical patches, identical latents
     checkpoint_every: int = 200
     seed: int = 0
 
     def __post_init__(self):
-        check_training_fields(self, {"commitment": dict(low=0), "restart_every": INDEX})
+        check_training_fields(
+            self,
+            {
+                "commitment": dict(low=0),
+                "restart_every": INDEX,
+                "restart_margin": dict(low=0, high=2),
+                "consistency": dict(low=0),
+            },
+        )
 
 
 def quantise_normalised(z: torch.Tensor, codebook: torch.Tensor, commitment: float):
@@ -229,6 +239,25 @@ def quantise_normalised(z: torch.Tensor, codebook: torch.Tensor, commitment: flo
     loss = F.mse_loss(z_q, z_flat.detach()) + commitment * F.mse_loss(z_flat, z_q.detach())
     z_q = z_flat + (z_q - z_flat).detach()
     return z_q.view(b, h, w, d).permute(0, 3, 1, 2), ids.view(b, h, w), loss
+
+
+def patch_consistency_loss(z: torch.Tensor, x: torch.Tensor, patch: int) -> torch.Tensor:
+    """Spread of the batch's normalised latents among pixel-identical patches, as a fraction of their whole spread.
+
+    z [B, D, H, W] latents of images x [B, C, H * patch, W * patch]. An encoder sees far beyond its patch, so
+    without this the same pixels encode to latents that drift with their surroundings, and a codebook splits
+    that drift into synonym codes a generator must then learn to tell apart. The ratio (not the spread alone)
+    so that collapsing every latent onto one point is no way out."""
+    b, d, h, w = z.shape
+    c = x.shape[1]
+    tiles = x.view(b, c, h, patch, w, patch).permute(0, 2, 4, 1, 3, 5).reshape(b * h * w, -1)  # [BHW, C*p*p]
+    _, group = torch.unique(tiles, dim=0, return_inverse=True)  # [BHW]
+    lat = F.normalize(z.permute(0, 2, 3, 1).reshape(-1, d), dim=-1)  # [BHW, D]
+    sums = torch.zeros(int(group.max()) + 1, d, dtype=lat.dtype).index_add_(0, group, lat)
+    means = sums / torch.bincount(group).to(lat.dtype)[:, None]  # [G, D]
+    within = (lat - means[group]).pow(2).sum(-1).mean()
+    total = (lat - lat.mean(0)).pow(2).sum(-1).mean()
+    return within / (total + 1e-6)
 
 
 def train_vq(
@@ -259,12 +288,14 @@ def train_vq(
         recon = vq.decoder(vq.post_quant_conv(z_q))
         rec_loss = F.mse_loss(recon, x)
         loss = rec_loss + vq_loss
+        if cfg.consistency:
+            loss = loss + cfg.consistency * patch_consistency_loss(z, x, spec.patch_size)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
         usage += torch.bincount(ids.flatten(), minlength=spec.codebook_size)
         if cfg.restart_every and (step + 1) % cfg.restart_every == 0 and step + 1 < 0.9 * cfg.steps:
-            _restart_dead_codes(vq, usage, z.detach())
+            restart_dead_codes(vq.quantize.embedding.weight.data, usage, z.detach(), cfg.restart_margin)
             usage.zero_()
         if step % 50 == 0 or step == cfg.steps - 1:
             log.append({"step": step, "recon_mse": rec_loss.item(), "vq_loss": vq_loss.item()})
@@ -288,13 +319,28 @@ def train_vq(
 
 
 @torch.no_grad()
-def _restart_dead_codes(vq: JanusVQVAE, usage: torch.Tensor, z: torch.Tensor) -> None:
+def restart_dead_codes(codebook: torch.Tensor, usage: torch.Tensor, z: torch.Tensor, margin: float = 0.0) -> int:
+    """Move unused codes onto the latents the codebook covers worst, farthest first; returns how many moved.
+
+    codebook [K, D] (edited in place), usage [K] (uses since the last restart), z [B, D, H, W] the step's latents.
+    Each dead code in turn takes the latent farthest (cosine distance) from every live or already moved code,
+    until none is farther than `margin`: a restart at a random latent would mostly land in the densest cluster
+    (the background) and split it into synonyms; farthest-first covers the rare patches the codebook misses."""
     dead = (usage == 0).nonzero().flatten()
-    if len(dead) == 0:
-        return
-    latents = z.permute(0, 2, 3, 1).reshape(-1, z.shape[1])
-    pick = torch.randint(len(latents), (len(dead),))
-    vq.quantize.embedding.weight[dead] = latents[pick] + 0.01 * torch.randn_like(latents[pick])
+    if len(dead) == 0 or len(dead) == len(usage):
+        return 0
+    lat = F.normalize(z.permute(0, 2, 3, 1).reshape(-1, z.shape[1]).float(), dim=-1)  # [N, D]
+    live = F.normalize(codebook[usage > 0].float(), dim=-1)  # [L, D]
+    dist = 1 - (lat @ live.T).max(dim=1).values  # [N] distance to the nearest live code
+    moved = 0
+    for code in dead.tolist():
+        i = int(dist.argmax())
+        if dist[i] <= margin:
+            break
+        codebook[code] = lat[i].to(codebook.dtype)
+        dist = torch.minimum(dist, 1 - lat @ lat[i])
+        moved += 1
+    return moved
 
 
 # ---------------------------------------------------------------- base model
