@@ -208,7 +208,7 @@ def test_build_db_and_the_fine_tuning_pairs_apply_the_exclusions(planted, tiny_j
     from arrag.data.pairs import fine_tuning_pairs
     from arrag.models import training
     from arrag.models.janus import save_janus
-    from arrag.models.vq import VQTokenizer
+    from arrag.models.vq import VQTokenizer, janus_image_size
     from arrag.retrieval.database import PatchDatabase
     from arrag.retrieval.image_index import ImageLevelIndex
 
@@ -230,6 +230,8 @@ def test_build_db_and_the_fine_tuning_pairs_apply_the_exclusions(planted, tiny_j
         ]
     )
     assert json.loads((tmp_path / "h" / "finetune" / "hashes-00000-of-00001.json").read_text())["image_size"] == 16
+    model.model.vqmodel.save_pretrained(tmp_path / "vq")  # the mini DAG hashes at its VQ-VAE's size
+    assert janus_image_size(str(tmp_path / "vq")) == janus_image_size(str(tmp_path / "model")) == 16
     shard = "hashes-00000-of-00001.npz"
     exclusions = tmp_path / "exclusions.json"
     rc = main(

@@ -118,7 +118,7 @@ def cmd_tokenise(args) -> None:
 
 def add_hash_images(sub) -> None:
     p = sub.add_parser("hash-images", help="hash one shard of an image source (the contamination check)")
-    model_args(p, help="the backbone: images are hashed at its tokenizer's size")
+    model_args(p, help="the backbone (or a Janus VQ-VAE folder): images are hashed at its tokenizer's size")
     p.add_argument("--source", required=True, help="JSON source spec, as for `arrag tokenise`")
     p.add_argument("--shard", type=int, default=0)
     p.add_argument("--num-shards", type=int, default=1)
@@ -128,12 +128,10 @@ def add_hash_images(sub) -> None:
 
 
 def cmd_hash_images(args) -> None:
-    from transformers import JanusConfig
-
     from arrag.data.contamination import hash_source_shard
-    from arrag.models.vq import vq_image_size
+    from arrag.models.vq import janus_image_size
 
-    size = vq_image_size(JanusConfig.from_pretrained(args.model, revision=args.revision).vq_config)
+    size = janus_image_size(args.model, revision=args.revision)
     meta = hash_source_shard(json.loads(args.source), args.shard, args.num_shards, size, args.out, args.batch_size)
     print(json.dumps({k: v for k, v in meta.items() if k != "skipped"} | {"skipped": len(meta["skipped"])}, indent=2))
 

@@ -50,6 +50,15 @@ def vq_image_size(vq_config) -> int:
     return int(vq_config.num_patches) * 2 ** (len(vq_config.channel_multiplier) - 1)
 
 
+def janus_image_size(model: str, revision: str | None = None) -> int:
+    """The image side (px) of a Janus model or of a bare Janus VQ-VAE folder (the mini profile's train_vq): read
+    from its config alone, so a job that needs only the size need not wait for a base model to be trained."""
+    from transformers import AutoConfig, JanusConfig
+
+    config = AutoConfig.from_pretrained(model, revision=revision)
+    return vq_image_size(config.vq_config if isinstance(config, JanusConfig) else config)
+
+
 class VQTokenizer:
     """encode(images) -> codes [B, H, W]; decode(codes) -> images; codebook [K, D] (L2-normalised)."""
 
