@@ -21,14 +21,14 @@ def vq_images():
 
 
 def _vq_run(images, out, monkeypatch=None, kill_at=None, restart=False, **changes):
-    """train_vq on the tiny spec with dead-code restarts every 2 steps and the patch-consistency loss; killed after
-    saving step `kill_at`."""
+    """train_vq on the tiny spec with dead-code restarts every 2 steps, the patch-consistency loss and local
+    decoding; killed after saving step `kill_at`."""
     from conftest import tiny_spec
 
     from arrag.models import training
 
     cfg = training.VQTrainingConfig(
-        **({"steps": 10, "batch_size": 8, "restart_every": 2, "consistency": 0.1, "checkpoint_every": 3} | changes)
+        **({"steps": 10, "batch_size": 8, "restart_every": 2, "consistency": 0.1, "local_decoding": 0.5, "checkpoint_every": 3} | changes)
     )
     if kill_at is not None:
         real = training.ResumableCheckpoint.maybe_save
