@@ -89,7 +89,8 @@ def _library_cases():
     from arrag.decoding.loop import SamplingConfig
     from arrag.evaluation.features import MiniFeatureConfig
     from arrag.models.faid_training import FAiDTrainingConfig
-    from arrag.models.training import BaseTrainingConfig, VQTrainingConfig
+    from arrag.models.training import BaseTrainingConfig
+    from arrag.models.vq_training import VQTrainingConfig
 
     db = [0] * 20  # only its size is read before the checks refuse
     p = np.full((1, 4), 0.25)

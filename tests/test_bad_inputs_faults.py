@@ -25,10 +25,20 @@ def _vq_run(images, out, monkeypatch=None, kill_at=None, restart=False, **change
     decoding; killed after saving step `kill_at`."""
     from conftest import tiny_spec
 
-    from arrag.models import training
+    from arrag.models import training, vq_training
 
-    cfg = training.VQTrainingConfig(
-        **({"steps": 10, "batch_size": 8, "restart_every": 2, "consistency": 0.1, "local_decoding": 0.5, "checkpoint_every": 3} | changes)
+    cfg = vq_training.VQTrainingConfig(
+        **(
+            {
+                "steps": 10,
+                "batch_size": 8,
+                "restart_every": 2,
+                "consistency": 0.1,
+                "local_decoding": 0.5,
+                "checkpoint_every": 3,
+            }
+            | changes
+        )
     )
     if kill_at is not None:
         real = training.ResumableCheckpoint.maybe_save
@@ -40,10 +50,10 @@ def _vq_run(images, out, monkeypatch=None, kill_at=None, restart=False, **change
 
         monkeypatch.setattr(training.ResumableCheckpoint, "maybe_save", killed)
         with pytest.raises(KeyboardInterrupt):
-            training.train_vq(images, tiny_spec(image_size=32, codebook_size=64), cfg, out)
+            vq_training.train_vq(images, tiny_spec(image_size=32, codebook_size=64), cfg, out)
         monkeypatch.undo()
         return None
-    return training.train_vq(
+    return vq_training.train_vq(
         images, tiny_spec(image_size=32, codebook_size=64), cfg, out, **({"restart": True} if restart else {})
     )
 

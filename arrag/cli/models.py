@@ -34,7 +34,7 @@ def add_train_vq_and_base(sub) -> None:
 def cmd_train_vq(args) -> None:
     from arrag.data.mini_world import load_split
     from arrag.models.janus import MiniJanusSpec
-    from arrag.models.training import VQTrainingConfig, train_vq
+    from arrag.models.vq_training import VQTrainingConfig, train_vq
 
     spec, cfg = parse_overrides(args.spec, MiniJanusSpec), parse_overrides(args.set, VQTrainingConfig)  # checked first
     images, _ = load_split(Path(args.world) / args.split)

@@ -1,0 +1,195 @@
+"""Training of the mini base model's VQ-VAE: a JanusVQVAE on the mini world, with Janus' normalised quantisation.
+
+Two additions to plain VQ-VAE training, both off by default, make its codes codes of their own patch (the mini
+profile turns them on; docs/mini-profile.md, "One code per patch"): a patch-consistency loss (pixel-identical
+patches, one latent) and local decoding (each code decodes to its patch among shuffled neighbours). Dead codes
+restart farthest-first. Written atomically, resumable, like every trainer (arrag.models.training).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from transformers.models.janus.modeling_janus import JanusVQVAE
+
+from arrag.io import atomic_path, progress, write_json
+from arrag.manifest import write_manifest
+from arrag.models.janus import MiniJanusSpec, build_word_tokenizer, mini_janus_config
+from arrag.models.training import ResumableCheckpoint, _batches, _lr_at, check_training_fields
+from arrag.models.vq import normalised_nearest_codes, to_pixel_values
+from arrag.validation import INDEX
+
+
+@dataclass
+class VQTrainingConfig:
+    steps: int = 1200
+    batch_size: int = 32
+    lr: float = 1e-3
+    commitment: float = 0.25
+    restart_every: int = 100  # re-seed unused codes from current latents (dead-code restart)
+    restart_margin: float = 0.0  # ... only onto latents farther than this (cosine distance) from every code
+    consistency: float = 0.0  # weight of patch_consistency_loss: identical patches, identical latents
+    local_decoding: float = 0.0  # weight of local_decoding_loss: each code must decode to its patch on its own
+    checkpoint_every: int = 200
+    seed: int = 0
+
+    def __post_init__(self):
+        check_training_fields(
+            self,
+            {
+                "commitment": dict(low=0),
+                "restart_every": INDEX,
+                "restart_margin": dict(low=0, high=2),
+                "consistency": dict(low=0),
+                "local_decoding": dict(low=0),
+            },
+        )
+
+
+def quantise_normalised(z: torch.Tensor, codebook: torch.Tensor, commitment: float):
+    """Normalised VQ with a straight-through estimator, as Janus' tokenizer quantises.
+
+    z [B, D, H, W] latents, codebook [K, D] -> (z_q [B, D, H, W], ids [B, H, W], vq loss).
+    """
+    b, d, h, w = z.shape
+    z_flat = F.normalize(z.permute(0, 2, 3, 1).reshape(-1, d), dim=-1)  # [BHW, D]
+    e = F.normalize(codebook, dim=-1)
+    ids = normalised_nearest_codes(z_flat, codebook)
+    z_q = e[ids]
+    loss = F.mse_loss(z_q, z_flat.detach()) + commitment * F.mse_loss(z_flat, z_q.detach())
+    z_q = z_flat + (z_q - z_flat).detach()
+    return z_q.view(b, h, w, d).permute(0, 3, 1, 2), ids.view(b, h, w), loss
+
+
+def shuffle_tiles(x: torch.Tensor, tile: int, order: torch.Tensor) -> torch.Tensor:
+    """Images [B, C, S, S] re-tiled: tile i of the result (batch-major, then rows, then columns, of tile x tile
+    pixels) is tile order[i] of x, so the batch's tiles are spread over its images in a new order."""
+    b, c, s, _ = x.shape
+    g = s // tile
+    tiles = x.reshape(b, c, g, tile, g, tile).permute(0, 2, 4, 1, 3, 5).reshape(b * g * g, c, tile, tile)[order]
+    return tiles.view(b, g, g, c, tile, tile).permute(0, 3, 1, 4, 2, 5).reshape(b, c, s, s)
+
+
+def local_decoding_loss(
+    vq: JanusVQVAE, z_q: torch.Tensor, x: torch.Tensor, patch: int, generator: torch.Generator
+) -> torch.Tensor:
+    """Reconstruction error of the batch's quantised latents z_q [B, D, H, W] decoded in a random order of their
+    positions, against the images x [B, C, H * patch, W * patch] shuffled patch for patch in the same order.
+
+    The decoder sees far beyond a code too, and left to itself it reads a patch's colour off the neighbouring
+    codes: a code then stands for patches of several colours, and a generator has to get the colour right
+    through codes that do not hold it. Among shuffled neighbours that reading is useless, so each code must
+    carry its own patch."""
+    order = torch.randperm(z_q.shape[0] * z_q.shape[2] * z_q.shape[3], generator=generator)
+    decoded = vq.decoder(vq.post_quant_conv(shuffle_tiles(z_q, 1, order)))
+    return F.mse_loss(decoded, shuffle_tiles(x, patch, order))
+
+
+def patch_consistency_loss(z: torch.Tensor, x: torch.Tensor, patch: int) -> torch.Tensor:
+    """Spread of the batch's normalised latents among pixel-identical patches, as a fraction of their whole spread.
+
+    z [B, D, H, W] latents of images x [B, C, H * patch, W * patch]. An encoder sees far beyond its patch, so
+    without this the same pixels encode to latents that drift with their surroundings, and a codebook splits
+    that drift into synonym codes a generator must then learn to tell apart. The ratio (not the spread alone)
+    so that collapsing every latent onto one point is no way out."""
+    b, d, h, w = z.shape
+    c = x.shape[1]
+    tiles = x.view(b, c, h, patch, w, patch).permute(0, 2, 4, 1, 3, 5).reshape(b * h * w, -1)  # [BHW, C*p*p]
+    _, group = torch.unique(tiles, dim=0, return_inverse=True)  # [BHW]
+    lat = F.normalize(z.permute(0, 2, 3, 1).reshape(-1, d), dim=-1)  # [BHW, D]
+    sums = torch.zeros(int(group.max()) + 1, d, dtype=lat.dtype).index_add_(0, group, lat)
+    means = sums / torch.bincount(group).to(lat.dtype)[:, None]  # [G, D]
+    within = (lat - means[group]).pow(2).sum(-1).mean()
+    total = (lat - lat.mean(0)).pow(2).sum(-1).mean()
+    return within / (total + 1e-6)
+
+
+def train_vq(
+    images: np.ndarray, spec: MiniJanusSpec, cfg: VQTrainingConfig, out_dir: str | Path, restart: bool = False
+) -> dict:
+    """Train a JanusVQVAE on uint8 images [N, S, S, 3]; save it (save_pretrained) to out_dir. A checkpoint of
+    other settings is refused (`restart=True`: start over); a resumed run equals an uninterrupted one."""
+    out_dir = Path(out_dir)
+    torch.manual_seed(cfg.seed)
+    tokenizer = build_word_tokenizer([])  # only to fill the config's special ids; the VQ ignores them
+    vq = JanusVQVAE(mini_janus_config(spec, tokenizer).vq_config).train()
+    opt = torch.optim.Adam(vq.parameters(), lr=cfg.lr)
+    settings = {"trainer": "vq", "config": asdict(cfg), "spec": asdict(spec), "images": len(images)}
+    ckpt = ResumableCheckpoint(out_dir, cfg.checkpoint_every, settings, restart)
+    usage = torch.zeros(spec.codebook_size)  # code usage since the last dead-code restart: part of the state
+    start = ckpt.load(vq, opt, {"usage": usage})
+    pixels = to_pixel_values(images)
+    log, t0 = [], time.time()
+    bar = progress(
+        _batches(len(images), cfg.batch_size, cfg.steps, start, cfg.seed), total=cfg.steps - start, desc="VQ-VAE"
+    )
+    for step, idx in bar:
+        for g in opt.param_groups:
+            g["lr"] = _lr_at(step, cfg.steps, cfg.lr)
+        x = pixels[idx]
+        z = vq.quant_conv(vq.encoder(x))
+        z_q, ids, vq_loss = quantise_normalised(z, vq.quantize.embedding.weight, cfg.commitment)
+        recon = vq.decoder(vq.post_quant_conv(z_q))
+        rec_loss = F.mse_loss(recon, x)
+        loss = rec_loss + vq_loss
+        if cfg.consistency:
+            loss = loss + cfg.consistency * patch_consistency_loss(z, x, spec.patch_size)
+        if cfg.local_decoding:
+            generator = torch.Generator().manual_seed(cfg.seed * 1_000_003 + step)  # a resumed run draws the same
+            loss = loss + cfg.local_decoding * local_decoding_loss(vq, z_q, x, spec.patch_size, generator)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        usage += torch.bincount(ids.flatten(), minlength=spec.codebook_size)
+        if cfg.restart_every and (step + 1) % cfg.restart_every == 0 and step + 1 < 0.9 * cfg.steps:
+            restart_dead_codes(vq.quantize.embedding.weight.data, usage, z.detach(), cfg.restart_margin)
+            usage.zero_()
+        if step % 50 == 0 or step == cfg.steps - 1:
+            log.append({"step": step, "recon_mse": rec_loss.item(), "vq_loss": vq_loss.item()})
+            bar.set_postfix(recon=f"{rec_loss.item():.4f}")
+        ckpt.maybe_save(step + 1, vq, opt, {"usage": usage})
+    vq.eval()
+    stats = {
+        "steps": cfg.steps,
+        "resumed_at": start,
+        "seconds": time.time() - t0,
+        "log": log,
+        "parameters": sum(p.numel() for p in vq.parameters()),
+        "config": asdict(cfg),
+    }
+    with atomic_path(out_dir, directory=True) as tmp:
+        vq.save_pretrained(tmp, safe_serialization=True)
+        write_json(tmp / "training.json", stats)
+        write_manifest(tmp, "janus-vq")
+    ckpt.discard()
+    return stats
+
+
+@torch.no_grad()
+def restart_dead_codes(codebook: torch.Tensor, usage: torch.Tensor, z: torch.Tensor, margin: float = 0.0) -> int:
+    """Move unused codes onto the latents the codebook covers worst, farthest first; returns how many moved.
+
+    codebook [K, D] (edited in place), usage [K] (uses since the last restart), z [B, D, H, W] the step's latents.
+    Each dead code in turn takes the latent farthest (cosine distance) from every live or already moved code,
+    until none is farther than `margin`: a restart at a random latent would mostly land in the densest cluster
+    (the background) and split it into synonyms; farthest-first covers the rare patches the codebook misses."""
+    dead = (usage == 0).nonzero().flatten()
+    if len(dead) == 0 or len(dead) == len(usage):
+        return 0
+    lat = F.normalize(z.permute(0, 2, 3, 1).reshape(-1, z.shape[1]).float(), dim=-1)  # [N, D]
+    live = F.normalize(codebook[usage > 0].float(), dim=-1)  # [L, D]
+    dist = 1 - (lat @ live.T).max(dim=1).values  # [N] distance to the nearest live code
+    moved = 0
+    for code in dead.tolist():
+        i = int(dist.argmax())
+        if dist[i] <= margin:
+            break
+        codebook[code] = lat[i].to(codebook.dtype)
+        dist = torch.minimum(dist, 1 - lat @ lat[i])
+        moved += 1
+    return moved
