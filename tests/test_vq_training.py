@@ -6,11 +6,9 @@ from arrag.data.mini_world import make_split
 from arrag.models import training
 from arrag.models.vq_training import (
     VQTrainingConfig,
-    local_decoding_loss,
     patch_consistency_loss,
     quantise_normalised,
     restart_dead_codes,
-    shuffle_tiles,
     train_vq,
 )
 
@@ -47,35 +45,6 @@ def test_patch_consistency_is_the_spread_among_identical_patches_over_the_whole_
     same.view(2, 5, 4)[:, :, :] = z[1, :, 0, 0, None]  # every latent the black patch's
     same[0, :, 0, 0], same[1, :, 1, 1] = z[0, :, 0, 0], z[1, :, 1, 1]
     assert patch_consistency_loss(same, x, patch=2) < 1e-6  # identical patches, identical latents: nothing
-
-
-def test_shuffled_tiles_come_from_the_tiles_the_order_names():
-    x = torch.randn(2, 3, 6, 6)
-    order = torch.randperm(18, generator=torch.Generator().manual_seed(1))  # 2 images x 3 x 3 tiles of 2 px
-    got = shuffle_tiles(x, 2, order)
-
-    def tile(t, i):  # tile i in batch-major, row, column order
-        b, r, c = i // 9, (i % 9) // 3, i % 3
-        return t[b, :, 2 * r : 2 * r + 2, 2 * c : 2 * c + 2]
-
-    for i in range(18):
-        assert torch.equal(tile(got, i), tile(x, int(order[i])))
-    assert torch.equal(shuffle_tiles(x, 2, torch.arange(18)), x)
-
-
-def test_local_decoding_shuffles_the_codes_and_their_patches_alike():
-    from types import SimpleNamespace
-
-    patch = 4
-    local = SimpleNamespace(  # a decoder that paints each code's first 3 channels over its patch, nothing else
-        post_quant_conv=lambda h: h,
-        decoder=lambda h: torch.nn.functional.interpolate(h[:, :3], scale_factor=patch, mode="nearest"),
-    )
-    z_q = torch.randn(3, 8, 2, 2)
-    x = local.decoder(z_q)  # what the local decoder makes of the codes in place
-    assert local_decoding_loss(local, z_q, x, patch, torch.Generator().manual_seed(0)) == 0
-    shifted = torch.roll(x, shifts=patch, dims=3)  # every patch beside its code: a shuffle cannot match it
-    assert local_decoding_loss(local, z_q, shifted, patch, torch.Generator().manual_seed(0)) > 0.1
 
 
 def test_dead_codes_move_to_the_worst_covered_latents_farthest_first():

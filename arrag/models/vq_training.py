@@ -1,9 +1,8 @@
 """Training of the mini base model's VQ-VAE: a JanusVQVAE on the mini world, with Janus' normalised quantisation.
 
-Two additions to plain VQ-VAE training, both off by default, make its codes codes of their own patch (the mini
-profile turns them on; docs/mini-profile.md, "One code per patch"): a patch-consistency loss (pixel-identical
-patches, one latent) and local decoding (each code decodes to its patch among shuffled neighbours). Dead codes
-restart farthest-first. Written atomically, resumable, like every trainer (arrag.models.training).
+A patch-consistency loss (off by default; the mini profile turns it on: docs/mini-profile.md, "One code per
+patch") gives pixel-identical patches one latent, so one code, and dead codes restart farthest-first. Written
+atomically, resumable, like every trainer (arrag.models.training).
 """
 
 from __future__ import annotations
@@ -34,7 +33,6 @@ class VQTrainingConfig:
     restart_every: int = 100  # re-seed unused codes from current latents (dead-code restart)
     restart_margin: float = 0.0  # ... only onto latents farther than this (cosine distance) from every code
     consistency: float = 0.0  # weight of patch_consistency_loss: identical patches, identical latents
-    local_decoding: float = 0.0  # weight of local_decoding_loss: each code must decode to its patch on its own
     checkpoint_every: int = 200
     seed: int = 0
 
@@ -46,7 +44,6 @@ class VQTrainingConfig:
                 "restart_every": INDEX,
                 "restart_margin": dict(low=0, high=2),
                 "consistency": dict(low=0),
-                "local_decoding": dict(low=0),
             },
         )
 
@@ -64,30 +61,6 @@ def quantise_normalised(z: torch.Tensor, codebook: torch.Tensor, commitment: flo
     loss = F.mse_loss(z_q, z_flat.detach()) + commitment * F.mse_loss(z_flat, z_q.detach())
     z_q = z_flat + (z_q - z_flat).detach()
     return z_q.view(b, h, w, d).permute(0, 3, 1, 2), ids.view(b, h, w), loss
-
-
-def shuffle_tiles(x: torch.Tensor, tile: int, order: torch.Tensor) -> torch.Tensor:
-    """Images [B, C, S, S] re-tiled: tile i of the result (batch-major, then rows, then columns, of tile x tile
-    pixels) is tile order[i] of x, so the batch's tiles are spread over its images in a new order."""
-    b, c, s, _ = x.shape
-    g = s // tile
-    tiles = x.reshape(b, c, g, tile, g, tile).permute(0, 2, 4, 1, 3, 5).reshape(b * g * g, c, tile, tile)[order]
-    return tiles.view(b, g, g, c, tile, tile).permute(0, 3, 1, 4, 2, 5).reshape(b, c, s, s)
-
-
-def local_decoding_loss(
-    vq: JanusVQVAE, z_q: torch.Tensor, x: torch.Tensor, patch: int, generator: torch.Generator
-) -> torch.Tensor:
-    """Reconstruction error of the batch's quantised latents z_q [B, D, H, W] decoded in a random order of their
-    positions, against the images x [B, C, H * patch, W * patch] shuffled patch for patch in the same order.
-
-    The decoder sees far beyond a code too, and left to itself it reads a patch's colour off the neighbouring
-    codes: a code then stands for patches of several colours, and a generator has to get the colour right
-    through codes that do not hold it. Among shuffled neighbours that reading is useless, so each code must
-    carry its own patch."""
-    order = torch.randperm(z_q.shape[0] * z_q.shape[2] * z_q.shape[3], generator=generator)
-    decoded = vq.decoder(vq.post_quant_conv(shuffle_tiles(z_q, 1, order)))
-    return F.mse_loss(decoded, shuffle_tiles(x, patch, order))
 
 
 def patch_consistency_loss(z: torch.Tensor, x: torch.Tensor, patch: int) -> torch.Tensor:
@@ -139,9 +112,6 @@ def train_vq(
         loss = rec_loss + vq_loss
         if cfg.consistency:
             loss = loss + cfg.consistency * patch_consistency_loss(z, x, spec.patch_size)
-        if cfg.local_decoding:
-            generator = torch.Generator().manual_seed(cfg.seed * 1_000_003 + step)  # a resumed run draws the same
-            loss = loss + cfg.local_decoding * local_decoding_loss(vq, z_q, x, spec.patch_size, generator)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
