@@ -75,7 +75,7 @@ def patch_consistency_loss(z: torch.Tensor, x: torch.Tensor, patch: int) -> torc
     tiles = x.view(b, c, h, patch, w, patch).permute(0, 2, 4, 1, 3, 5).reshape(b * h * w, -1)  # [BHW, C*p*p]
     _, group = torch.unique(tiles, dim=0, return_inverse=True)  # [BHW]
     lat = F.normalize(z.permute(0, 2, 3, 1).reshape(-1, d), dim=-1)  # [BHW, D]
-    sums = torch.zeros(int(group.max()) + 1, d, dtype=lat.dtype).index_add_(0, group, lat)
+    sums = lat.new_zeros(int(group.max()) + 1, d).index_add_(0, group, lat)
     means = sums / torch.bincount(group).to(lat.dtype)[:, None]  # [G, D]
     within = (lat - means[group]).pow(2).sum(-1).mean()
     total = (lat - lat.mean(0)).pow(2).sum(-1).mean()
