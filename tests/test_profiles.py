@@ -111,6 +111,8 @@ def test_mini_model_jobs_share_the_cores_without_gpu_slots(tmp_path):
     by_rule = {job["rule"]: job for job in plain}
     for rule in ("train_vq", "train_base", "generate", "generate_daid_sweep", "train_faid"):
         assert by_rule[rule]["threads"] == 1, by_rule[rule]
+    for rule in ("build_database", "build_showo_database", "train_features"):  # beside a trainer, not after it
+        assert by_rule[rule]["threads"] == 1, by_rule[rule]
     slots = _jobs(
         _snakemake(work, "-n", "--cores", "4", "--resources", "gpu=2", "--configfile", "config/toy.yaml").stdout
     )

@@ -16,7 +16,7 @@ rule train_features:
         log_path("train_features"),
     benchmark:
         jobstats_path("train_features")
-    threads: workflow.cores
+    threads: cpu_job_threads
     resources:
         mem_mb=job_mem_mb("features", images=config["world"]["splits"].get("train", 0), image_size=config["world"]["image_size"]),
     shell:

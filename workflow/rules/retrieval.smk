@@ -70,7 +70,7 @@ rule build_database:
         log_path("build_database"),
     benchmark:
         jobstats_path("build_database")
-    threads: workflow.cores
+    threads: cpu_job_threads
     resources:
         mem_mb=job_mem_mb("build_database", entries=corpus_entries(), index=RETRIEVAL["index"], num_codes=NUM_CODES, neighbours=NEIGHBOURS),
     shell:

@@ -120,7 +120,7 @@ rule build_showo_database:
         log_path("build_showo_database"),
     benchmark:
         jobstats_path("build_showo_database")
-    threads: workflow.cores
+    threads: cpu_job_threads
     resources:
         mem_mb=job_mem_mb("build_database", entries=corpus_entries(), index=RETRIEVAL["index"], num_codes=NUM_CODES, neighbours=NEIGHBOURS),
     shell:

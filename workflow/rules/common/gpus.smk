@@ -48,6 +48,14 @@ def gpu_job_threads(wildcards):
     return 1 if _MINI_MODEL else workflow.cores
 
 
+def cpu_job_threads(wildcards):
+    """Threads of a CPU job that can use every core (an index build, the mini feature network): one for the mini
+    model, so that it runs beside a one-thread trainer rather than waiting for both cores to be free (with all the
+    cores, the Show-o database and the feature network waited out the base model's training, a core idle); all
+    of them otherwise."""
+    return 1 if _MINI_MODEL else workflow.cores
+
+
 def arrag_on_gpu(wildcards, resources):
     """`arrag` as the rules of the benchmarks' own conda envs run it (GenEval, DPG-Bench), on their GPU: their
     pinned torch predates ours, so the package is not installed there and runs from this checkout."""
