@@ -37,23 +37,22 @@ def on_gpu(wildcards, resources):
 # The mini model (mini and toy profiles) is so small that a second CPU thread gains a job little, while a second
 # job beside it uses the core fully: without --resources gpu its jobs take one thread each (with all the cores
 # each, the mini DAG ran one job at a time; docs/mini-profile.md).
-_MINI_MODEL = config["model"]["source"] == "train"
-
-
-def gpu_job_threads(wildcards):
-    """CPU threads of a GPU job: an equal share of the cores per GPU slot; without --resources gpu, one for the
-    mini model (jobs run side by side) and all of them for a hub model."""
-    if GPU_SLOTS:
-        return max(1, workflow.cores // GPU_SLOTS)
-    return 1 if _MINI_MODEL else workflow.cores
+MINI_MODEL = config["model"]["source"] == "train"
 
 
 def cpu_job_threads(wildcards):
-    """Threads of a CPU job that can use every core (an index build, the mini feature network): one for the mini
-    model, so that it runs beside a one-thread trainer rather than waiting for both cores to be free (with all the
-    cores, the Show-o database and the feature network waited out the base model's training, a core idle); all
-    of them otherwise."""
-    return 1 if _MINI_MODEL else workflow.cores
+    """Threads of a job that can use every core (an index build, the mini feature network, a model job without GPU
+    slots): one for the mini model, so that it runs beside a one-thread trainer rather than waiting for both cores
+    to be free (with all the cores, the Show-o database and the feature network waited out the base model's
+    training, a core idle); all of them otherwise."""
+    return 1 if MINI_MODEL else workflow.cores
+
+
+def gpu_job_threads(wildcards):
+    """CPU threads of a GPU job: an equal share of the cores per GPU slot; without --resources gpu, as a CPU job."""
+    if GPU_SLOTS:
+        return max(1, workflow.cores // GPU_SLOTS)
+    return cpu_job_threads(wildcards)
 
 
 def arrag_on_gpu(wildcards, resources):

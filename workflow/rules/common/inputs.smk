@@ -186,7 +186,7 @@ def hash_inputs(wildcards):
     """The model (its tokenizer's image size: the mini profile's VQ-VAE, so that hashing does not wait for the base
     model), and what the source reads: a download, MJHQ-30K's extracted reference images or a mini-world split."""
     entry = HASHED[wildcards.split]
-    inputs = {"model": VQ_MODEL if config["model"]["source"] == "train" else BASE_MODEL}
+    inputs = {"model": VQ_MODEL if MINI_MODEL else BASE_MODEL}
     if entry.get("download"):
         inputs["data"] = dataset_dir(entry["download"])
     if wildcards.split == "mjhq":
