@@ -103,9 +103,9 @@ def test_one_epoch_is_the_full_global_batches_of_one_shuffle():
     assert training.epoch_steps(50_000, 256, 1) == 195
     assert training.epoch_steps(49_990, 256, 1) == 195 and training.epoch_steps(49_900, 256, 1) == 194  # skipped
     assert training.epoch_steps(10_000, 256, 2) == 78 and training.epoch_steps(10_000, 256, 0.5) == 20
-    seen = [i for _, batch in training._batches(50_000, 256, 195, 0, seed=0) for i in batch]
+    seen = [i for _, batch in training.seeded_batches(50_000, 256, 195, 0, seed=0) for i in batch]
     assert len(seen) == 195 * 256 == len(set(seen))
-    second = [i for _, batch in training._batches(50_000, 256, 196, 0, seed=0) for i in batch]
+    second = [i for _, batch in training.seeded_batches(50_000, 256, 196, 0, seed=0) for i in batch]
     assert len(set(second)) < len(second)  # the 196th batch repeats pairs of the first shuffle
     with pytest.raises(ValueError, match="fewer than one global batch of 256"):
         training.epoch_steps(255, 256, 1)

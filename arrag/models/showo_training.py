@@ -28,7 +28,7 @@ from arrag.io import atomic_path, write_json
 from arrag.manifest import write_manifest
 from arrag.models.magvit2 import Magvit2, Magvit2Config, save_magvit2
 from arrag.models.showo import ShowoSpec, build_showo, omni_attention_mask, phi_config, save_showo, t2i_sequence
-from arrag.models.training import CAPTION_DROPOUT, _lr_at, captions_digest, check_training_fields, fit
+from arrag.models.training import CAPTION_DROPOUT, captions_digest, check_training_fields, fit, warmup_cosine_lr
 from arrag.models.vq import to_pixel_values
 from arrag.validation import COUNT, POSITIVE, check_fields
 
@@ -153,7 +153,7 @@ def train_magvit(images: np.ndarray, spec: MiniShowoSpec, cfg: ShowoTrainingConf
         len(images),
         micro_loss,
         stage,
-        lr_at=lambda step: _lr_at(step, stage.steps, stage.lr),
+        lr_at=lambda step: warmup_cosine_lr(step, stage.steps, stage.lr),
         out_dir=out_dir.with_name(out_dir.name + "-magvit"),
         desc="mini MAGVIT-v2",
         settings=settings,
@@ -239,7 +239,7 @@ def train_showo(
         len(codes),
         micro_loss,
         stage,
-        lr_at=lambda step: _lr_at(step, stage.steps, stage.lr),
+        lr_at=lambda step: warmup_cosine_lr(step, stage.steps, stage.lr),
         out_dir=out_dir,
         desc="mini Show-o",
         settings=settings,

@@ -126,7 +126,7 @@ def _settings_diff(saved: str | None, current: str) -> str:
     return "; ".join(diff[:5]) + (" ..." if len(diff) > 5 else "")
 
 
-def _lr_at(step: int, total: int, peak: float, warmup_frac: float = 0.05) -> float:
+def warmup_cosine_lr(step: int, total: int, peak: float, warmup_frac: float = 0.05) -> float:
     """Linear warm-up then cosine decay to 10% of the peak."""
     warmup = max(1, int(warmup_frac * total))
     if step < warmup:
@@ -157,7 +157,7 @@ def check_training_fields(cfg, own: dict[str, dict]) -> None:
 def epoch_steps(pairs: int, global_batch: int, epochs: float) -> int:
     """Optimiser steps of `epochs` passes over `pairs` examples at `global_batch` per step.
 
-    An epoch is the full global batches of one shuffle (`_batches` drops the remainder, as the authors'
+    An epoch is the full global batches of one shuffle (`seeded_batches` drops the remainder, as the authors'
     Trainer does with dataloader_drop_last): 50,000 pairs at 256 make 195 steps, and a 196th would start a
     second shuffle. `pairs` is what the training set holds, after any pair the sources skipped."""
     if not (isinstance(epochs, (int, float)) and math.isfinite(epochs) and epochs > 0):
@@ -188,7 +188,7 @@ def resolve_steps(cfg, pairs: int, global_batch: int):
     return replace(cfg, steps=steps), record | {"steps_per_epoch": pairs // global_batch}
 
 
-def _batches(n: int, batch_size: int, steps: int, start: int, seed: int):
+def seeded_batches(n: int, batch_size: int, steps: int, start: int, seed: int):
     """Yield `steps - start` index batches from a seeded stream of epochs (resumes at the same batch)."""
     rng = np.random.default_rng(seed)
     per_epoch = max(1, n // batch_size)
@@ -423,7 +423,7 @@ def fit(
     main_process = acc is None or acc.is_main_process
     global_batch = cfg.batch_size * cfg.grad_accum * (acc.num_processes if acc is not None else 1)
     log, t0 = [], time.time()
-    stream = _batches(n, global_batch, cfg.steps, start, cfg.seed)
+    stream = seeded_batches(n, global_batch, cfg.steps, start, cfg.seed)
     bar = progress(stream, total=cfg.steps - start, desc=desc, disable=not main_process)
     for step, idx in bar:
         for g in opt.param_groups:
@@ -463,7 +463,7 @@ def fit_generation_path(
         n,
         batch_loss,
         cfg,
-        lr_at=lambda step: _lr_at(step, cfg.steps, cfg.lr),
+        lr_at=lambda step: warmup_cosine_lr(step, cfg.steps, cfg.lr),
         out_dir=out_dir,
         desc=desc,
         settings={"config": asdict(cfg), **(settings or {})},

@@ -19,7 +19,7 @@ from transformers.models.janus.modeling_janus import JanusVQVAE
 from arrag.io import atomic_path, progress, write_json
 from arrag.manifest import write_manifest
 from arrag.models.janus import MiniJanusSpec, build_word_tokenizer, mini_janus_config
-from arrag.models.training import ResumableCheckpoint, _batches, _lr_at, check_training_fields
+from arrag.models.training import ResumableCheckpoint, check_training_fields, seeded_batches, warmup_cosine_lr
 from arrag.models.vq import normalised_nearest_codes, to_pixel_values
 from arrag.validation import INDEX
 
@@ -99,11 +99,11 @@ def train_vq(
     pixels = to_pixel_values(images)
     log, t0 = [], time.time()
     bar = progress(
-        _batches(len(images), cfg.batch_size, cfg.steps, start, cfg.seed), total=cfg.steps - start, desc="VQ-VAE"
+        seeded_batches(len(images), cfg.batch_size, cfg.steps, start, cfg.seed), total=cfg.steps - start, desc="VQ-VAE"
     )
     for step, idx in bar:
         for g in opt.param_groups:
-            g["lr"] = _lr_at(step, cfg.steps, cfg.lr)
+            g["lr"] = warmup_cosine_lr(step, cfg.steps, cfg.lr)
         x = pixels[idx]
         z = vq.quant_conv(vq.encoder(x))
         z_q, ids, vq_loss = quantise_normalised(z, vq.quantize.embedding.weight, cfg.commitment)
