@@ -21,8 +21,8 @@ def vq_images():
 
 
 def _vq_run(images, out, monkeypatch=None, kill_at=None, restart=False, **changes):
-    """train_vq on the tiny spec with dead-code restarts every 2 steps, the patch-consistency loss and a canonical
-    phase; killed after saving step `kill_at`."""
+    """train_vq on the tiny spec with dead-code restarts every 2 steps and the patch-consistency loss; killed after
+    saving step `kill_at`."""
     from conftest import tiny_spec
 
     from arrag.models import training, vq_training
@@ -34,9 +34,6 @@ def _vq_run(images, out, monkeypatch=None, kill_at=None, restart=False, **change
                 "batch_size": 8,
                 "restart_every": 2,
                 "consistency": 0.1,
-                "canonical_steps": 6,  # assigned at step 4, before the kill at 6: the assignment is resumed too
-                "canonical_images": 24,
-                "canonical_min_count": 2,
                 "checkpoint_every": 3,
             }
             | changes

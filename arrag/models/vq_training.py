@@ -21,7 +21,7 @@ from arrag.manifest import write_manifest
 from arrag.models.janus import MiniJanusSpec, build_word_tokenizer, mini_janus_config
 from arrag.models.training import ResumableCheckpoint, check_training_fields, seeded_batches, warmup_cosine_lr
 from arrag.models.vq import normalised_nearest_codes, to_pixel_values
-from arrag.validation import COUNT, INDEX
+from arrag.validation import INDEX
 
 
 @dataclass
@@ -33,9 +33,6 @@ class VQTrainingConfig:
     restart_every: int = 100  # re-seed unused codes from current latents (dead-code restart)
     restart_margin: float = 0.0  # ... only onto latents farther than this (cosine distance) from every code
     consistency: float = 0.0  # weight of patch_consistency_loss: identical patches, identical latents
-    canonical_steps: int = 0  # the last steps quantise every frequent pixel block to its own code (canonical_codes)
-    canonical_images: int = 2048  # ... the images whose pixel blocks are counted
-    canonical_min_count: int = 8  # ... how often a block must occur in them to get a code
     checkpoint_every: int = 200
     seed: int = 0
 
@@ -47,31 +44,19 @@ class VQTrainingConfig:
                 "restart_every": INDEX,
                 "restart_margin": dict(low=0, high=2),
                 "consistency": dict(low=0),
-                "canonical_steps": INDEX,
-                "canonical_images": COUNT,
-                "canonical_min_count": COUNT,
             },
         )
-        if self.canonical_steps > self.steps:
-            raise ValueError(
-                f"canonical_steps={self.canonical_steps} is more than steps={self.steps}: the canonical phase is the "
-                "run's last steps; lower canonical_steps or raise steps"
-            )
 
 
-def quantise_normalised(z: torch.Tensor, codebook: torch.Tensor, commitment: float, forced: torch.Tensor | None = None):
+def quantise_normalised(z: torch.Tensor, codebook: torch.Tensor, commitment: float):
     """Normalised VQ with a straight-through estimator, as Janus' tokenizer quantises.
 
-    z [B, D, H, W] latents, codebook [K, D] -> (z_q [B, D, H, W], ids [B, H, W], vq loss). `forced` [B, H, W]
-    assigns codes (-1: the nearest), and the commitment term pulls those latents onto them.
+    z [B, D, H, W] latents, codebook [K, D] -> (z_q [B, D, H, W], ids [B, H, W], vq loss).
     """
     b, d, h, w = z.shape
     z_flat = F.normalize(z.permute(0, 2, 3, 1).reshape(-1, d), dim=-1)  # [BHW, D]
     e = F.normalize(codebook, dim=-1)
     ids = normalised_nearest_codes(z_flat, codebook)
-    if forced is not None:
-        forced = forced.flatten().to(ids.device)
-        ids = torch.where(forced >= 0, forced, ids)
     z_q = e[ids]
     loss = F.mse_loss(z_q, z_flat.detach()) + commitment * F.mse_loss(z_flat, z_q.detach())
     z_q = z_flat + (z_q - z_flat).detach()
@@ -97,102 +82,6 @@ def patch_consistency_loss(z: torch.Tensor, x: torch.Tensor, patch: int) -> torc
     return within / (total + 1e-6)
 
 
-def code_choice_loss(
-    z: torch.Tensor, codebook: torch.Tensor, target: torch.Tensor, scale: float = 10.0
-) -> torch.Tensor:
-    """Cross-entropy of the normalised quantiser's choice against target codes [B, H, W] (-1: any), for latents
-    z [B, D, H, W]: it moves each latent until its nearest code is the target, which the commitment term alone,
-    pulling towards the code, does not do quickly when another code sits in between (`scale` is an inverse
-    temperature on the cosine similarities)."""
-    d = z.shape[1]
-    lat = F.normalize(z.permute(0, 2, 3, 1).reshape(-1, d), dim=-1)  # [BHW, D]
-    logits = scale * lat @ F.normalize(codebook, dim=-1).T  # [BHW, K]
-    return F.cross_entropy(logits, target.flatten().to(logits.device), ignore_index=-1)
-
-
-def pixel_blocks(images: np.ndarray, patch: int) -> np.ndarray:
-    """uint8 images [N, S, S, C] -> each patch's pixels [N, (S/patch)^2, patch*patch*C], patches in raster order."""
-    n, s, _, c = images.shape
-    g = s // patch
-    blocks = np.asarray(images).reshape(n, g, patch, g, patch, c).transpose(0, 1, 3, 2, 4, 5)
-    return np.ascontiguousarray(blocks.reshape(n, g * g, patch * patch * c))
-
-
-def frequent_blocks(images: np.ndarray, patch: int, min_count: int) -> np.ndarray:
-    """The pixel blocks occurring at least `min_count` times in images [N, S, S, C], most frequent first (ties in
-    byte order, so the list depends on the images alone): [G, patch*patch*C] uint8."""
-    tiles = pixel_blocks(images, patch).reshape(-1, patch * patch * images.shape[-1])
-    blocks, counts = np.unique(tiles, axis=0, return_counts=True)
-    order = np.argsort(-counts, kind="stable")
-    return blocks[order][counts[order] >= min_count]
-
-
-def block_index(blocks: np.ndarray) -> dict[bytes, int]:
-    return {b.tobytes(): i for i, b in enumerate(blocks)}
-
-
-def blocks_of(images: np.ndarray, patch: int, index: dict[bytes, int]) -> torch.Tensor:
-    """Each patch's row in `index` (-1: not a frequent block): [N, (S/patch)^2] long."""
-    tiles = pixel_blocks(images, patch)
-    rows = [index.get(t.tobytes(), -1) for t in tiles.reshape(-1, tiles.shape[-1])]
-    return torch.tensor(rows, dtype=torch.long).view(tiles.shape[:2])
-
-
-@torch.no_grad()
-def encoder_latents(vq: JanusVQVAE, images: np.ndarray, batch_size: int = 256) -> torch.Tensor:
-    """Normalised pre-quantisation latents [N, T, D] of uint8 images, patches in raster order."""
-    out = []
-    for start in range(0, len(images), batch_size):
-        z = vq.quant_conv(vq.encoder(to_pixel_values(images[start : start + batch_size])))  # [B, D, H, W]
-        out.append(F.normalize(z.flatten(2).transpose(1, 2), dim=-1))
-    return torch.cat(out)
-
-
-@torch.no_grad()
-def canonical_codes(vq: JanusVQVAE, images: np.ndarray, blocks: np.ndarray, patch: int) -> torch.Tensor:
-    """One code of its own for each frequent pixel block: [G] long (-1: none left), the codebook edited in place.
-
-    Blocks, most frequent first, take the code most of their patches are encoded to (ties: the lower code), unless
-    a block before them took it; then their next code not taken; else an unused code, placed at their mean latent.
-    A generator then
-    predicts what a patch shows, never which of several synonyms an encoder with a whole-image view (GroupNorm,
-    attention) picked, and never a code whose colour depends on its neighbours (docs/mini-profile.md)."""
-    codebook = vq.quantize.embedding.weight.data
-    lat = encoder_latents(vq, images)  # [N, T, D]
-    ids = normalised_nearest_codes(lat.reshape(-1, lat.shape[-1]), codebook)  # [N*T]
-    rows = blocks_of(images, patch, block_index(blocks)).flatten()  # [N*T]
-    taken: set[int] = set()
-    spare = iter(sorted(set(range(len(codebook))) - set(ids.tolist())))
-    codes = torch.full((len(blocks),), -1, dtype=torch.long)
-    for g in range(len(blocks)):
-        mine = ids[rows == g]
-        found, counts = torch.unique(mine, return_counts=True)
-        for code in found[torch.argsort(-counts, stable=True)].tolist():
-            if code not in taken:
-                codes[g] = code
-                break
-        else:
-            code = next(spare, None)
-            if code is None:
-                continue
-            codebook[code] = F.normalize(lat.reshape(-1, lat.shape[-1])[rows == g].mean(0), dim=0).to(codebook.dtype)
-            codes[g] = code
-        taken.add(int(codes[g]))
-    return codes
-
-
-def canonical_agreement(
-    vq: JanusVQVAE, images: np.ndarray, blocks: np.ndarray, codes: torch.Tensor, patch: int
-) -> float:
-    """The share of the images' frequent-block patches that the encoder quantises to their block's code."""
-    lat = encoder_latents(vq, images)
-    ids = normalised_nearest_codes(lat.reshape(-1, lat.shape[-1]), vq.quantize.embedding.weight.data)
-    rows = blocks_of(images, patch, block_index(blocks)).flatten()
-    known = rows >= 0
-    known &= codes[rows.clamp(min=0)] >= 0
-    return float((ids[known] == codes[rows[known]]).float().mean()) if known.any() else 1.0
-
-
 def train_vq(
     images: np.ndarray, spec: MiniJanusSpec, cfg: VQTrainingConfig, out_dir: str | Path, restart: bool = False
 ) -> dict:
@@ -206,12 +95,7 @@ def train_vq(
     settings = {"trainer": "vq", "config": asdict(cfg), "spec": asdict(spec), "images": len(images)}
     ckpt = ResumableCheckpoint(out_dir, cfg.checkpoint_every, settings, restart)
     usage = torch.zeros(spec.codebook_size)  # code usage since the last dead-code restart: part of the state
-    canonical_from = cfg.steps - cfg.canonical_steps if cfg.canonical_steps else cfg.steps
-    sample = images[: cfg.canonical_images]
-    blocks = frequent_blocks(sample, spec.patch_size, cfg.canonical_min_count) if cfg.canonical_steps else None
-    codes = torch.full((0 if blocks is None else len(blocks),), -1, dtype=torch.long)  # assigned at canonical_from
-    start = ckpt.load(vq, opt, {"usage": usage, "canonical_codes": codes})
-    index = block_index(blocks) if blocks is not None else {}
+    start = ckpt.load(vq, opt, {"usage": usage})
     pixels = to_pixel_values(images)
     log, t0 = [], time.time()
     bar = progress(
@@ -221,40 +105,25 @@ def train_vq(
         for g in opt.param_groups:
             g["lr"] = warmup_cosine_lr(step, cfg.steps, cfg.lr)
         x = pixels[idx]
-        forced = None
-        if step >= canonical_from:
-            if step == canonical_from:
-                codes.copy_(canonical_codes(vq, sample, blocks, spec.patch_size))
-            rows = blocks_of(images[idx], spec.patch_size, index)  # [B, T]
-            forced = torch.where(rows >= 0, codes[rows.clamp(min=0)], -1).view(len(idx), spec.grid, spec.grid)
         z = vq.quant_conv(vq.encoder(x))
-        z_q, ids, vq_loss = quantise_normalised(z, vq.quantize.embedding.weight, cfg.commitment, forced)
+        z_q, ids, vq_loss = quantise_normalised(z, vq.quantize.embedding.weight, cfg.commitment)
         recon = vq.decoder(vq.post_quant_conv(z_q))
         rec_loss = F.mse_loss(recon, x)
         loss = rec_loss + vq_loss
-        if forced is not None:
-            loss = loss + code_choice_loss(z, vq.quantize.embedding.weight, forced)
         if cfg.consistency:
             loss = loss + cfg.consistency * patch_consistency_loss(z, x, spec.patch_size)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
         usage += torch.bincount(ids.flatten(), minlength=spec.codebook_size)
-        restarts = step + 1 < min(0.9 * cfg.steps, canonical_from)  # never move the codes the canonical phase assigned
-        if cfg.restart_every and (step + 1) % cfg.restart_every == 0 and restarts:
+        if cfg.restart_every and (step + 1) % cfg.restart_every == 0 and step + 1 < 0.9 * cfg.steps:
             restart_dead_codes(vq.quantize.embedding.weight.data, usage, z.detach(), cfg.restart_margin)
             usage.zero_()
         if step % 50 == 0 or step == cfg.steps - 1:
             log.append({"step": step, "recon_mse": rec_loss.item(), "vq_loss": vq_loss.item()})
             bar.set_postfix(recon=f"{rec_loss.item():.4f}")
-        ckpt.maybe_save(step + 1, vq, opt, {"usage": usage, "canonical_codes": codes})
+        ckpt.maybe_save(step + 1, vq, opt, {"usage": usage})
     vq.eval()
-    if cfg.canonical_steps:
-        canonical = {
-            "blocks": len(blocks),
-            "codes": int((codes >= 0).sum()),
-            "agreement": canonical_agreement(vq, sample, blocks, codes, spec.patch_size),
-        }
     stats = {
         "steps": cfg.steps,
         "resumed_at": start,
@@ -262,7 +131,7 @@ def train_vq(
         "log": log,
         "parameters": sum(p.numel() for p in vq.parameters()),
         "config": asdict(cfg),
-    } | ({"canonical": canonical} if cfg.canonical_steps else {})
+    }
     with atomic_path(out_dir, directory=True) as tmp:
         vq.save_pretrained(tmp, safe_serialization=True)
         write_json(tmp / "training.json", stats)
