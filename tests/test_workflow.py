@@ -372,7 +372,11 @@ def test_whole_dag_on_the_toy_profile(toy_run):
     assert len(records) == 2 * len(prompts) and {"filename", "tag", "correct", "reason"} <= set(records[0])
     table1 = (res / "tables/geneval.csv").read_text().splitlines()
     assert table1[0].startswith("method,source,single_object,two_object,counting,colors,position,color_attr,overall")
-    assert [line.split(",")[0] for line in table1[1:]] == ["vanilla", "daid", "faid", "racm3", "showo_faid"]
+    runs = ["vanilla", "daid", "faid", "racm3", "showo_faid", "vq_reconstructions"]  # the last: the detector's ceiling
+    assert [line.split(",")[0] for line in table1[1:]] == runs
+    ceiling = res / "images/vq_reconstructions/geneval"
+    assert len(list(ceiling.glob("0*/samples/*.png"))) == 2 * len(prompts)
+    assert "VQ reconstructions (ceiling)" in (res / "tables/geneval.md").read_text()
     for name in ("geneval", "dpg", "fidelity", "inference_time", "over_copying"):  # each table in three formats
         assert (res / f"tables/{name}.md").read_text().startswith("| Method |")
         assert r"\begin{tabular}" in (res / f"tables/{name}.tex").read_text()

@@ -12,6 +12,7 @@ from arrag.cli.args import COUNT_TYPE, INDEX_TYPE, parse_overrides
 def register(sub) -> None:
     for add in (
         add_geneval,
+        add_vq_ceiling,
         add_dpg_tiles,
         add_dpg,
         add_train_features,
@@ -92,6 +93,26 @@ def cmd_geneval(args) -> None:
     write_results_jsonl(rows, args.out_jsonl)
     write_json(args.out_json, summary)
     print(json.dumps(summary, indent=2))
+
+
+def add_vq_ceiling(sub) -> None:
+    p = sub.add_parser(
+        "vq-ceiling",
+        help="the detector's ceiling: a VQ-VAE's reconstructions of ground-truth scenes of the mini world's GenEval "
+        "prompts, as a GenEval folder (score it with `arrag geneval`)",
+    )
+    p.add_argument("--world", required=True, help="folder written by `arrag world` (its geneval/ prompts)")
+    p.add_argument("--vq", required=True, help="VQ-VAE folder written by `arrag train-vq`")
+    p.add_argument("--n", type=COUNT_TYPE, default=4, help="scenes per prompt (GenEval's 4)")
+    p.add_argument("--seed", type=INDEX_TYPE, default=0)
+    p.add_argument("--out", required=True, help="the GenEval folder to write")
+    p.set_defaults(func=cmd_vq_ceiling)
+
+
+def cmd_vq_ceiling(args) -> None:
+    from arrag.evaluation.vq_ceiling import write_reconstructions
+
+    print(json.dumps(write_reconstructions(args.world, args.vq, args.out, args.n, args.seed), indent=2))
 
 
 def add_dpg_tiles(sub) -> None:

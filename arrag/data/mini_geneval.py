@@ -1,5 +1,6 @@
 """The mini world's GenEval prompt list (`make_geneval_prompts`): prompts in GenEval's tag proportions, drawn
-from every scene the world can caption, with the metadata GenEval's evaluator reads."""
+from every scene the world can caption, with the metadata GenEval's evaluator reads; `prompt_scene` draws a
+ground-truth scene for a prompt (the detector's ceiling: arrag.evaluation.vq_ceiling)."""
 
 from __future__ import annotations
 
@@ -7,7 +8,17 @@ import copy
 
 import numpy as np
 
-from arrag.data.mini_world import COLOURS, GENEVAL_TAG_COUNTS, NUMBER_WORDS, RELATIONS, SHAPES, _a, _stream_seed
+from arrag.data.mini_world import (
+    COLOURS,
+    GENEVAL_TAG_COUNTS,
+    NUMBER_WORDS,
+    RELATIONS,
+    SHAPES,
+    Scene,
+    _a,
+    _stream_seed,
+    sample_scene,
+)
 
 
 def _tag_counts(n: int) -> dict[str, int]:
@@ -102,3 +113,18 @@ def make_geneval_prompts(n: int, seed: int) -> list[dict]:
             picks.extend(int(j) for j in rng.permutation(len(pool))[: k - len(picks)])
         prompts.extend(copy.deepcopy(pool[j]) for j in picks)
     return prompts
+
+
+def prompt_scene(metadata: dict, rng: np.random.Generator, size: int = 32, **world) -> Scene:
+    """A random scene that satisfies a GenEval prompt's metadata: its objects, counts, colours and relation, the
+    rest (sizes, places, the other colours) drawn as the world draws them; `world` are sample_scene's keywords
+    (backgrounds, snap, tones), as world.json records them."""
+    include = metadata["include"]
+    if metadata["tag"] == "counting":
+        n = include[0]["count"]
+        return sample_scene(rng, size, n, shapes=[include[0]["class"]] * n, **world)
+    if metadata["tag"] == "position":  # include[1] is `relation` of include[0]
+        shapes = [include[1]["class"], include[0]["class"]]
+        return sample_scene(rng, size, shapes=shapes, relation=include[1]["position"][0], **world)
+    colours = [o["color"] for o in include] if all("color" in o for o in include) else None
+    return sample_scene(rng, size, shapes=[o["class"] for o in include], colours=colours, **world)

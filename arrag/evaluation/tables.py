@@ -33,6 +33,7 @@ PAPER_DIR = Path(__file__).resolve().parent / "paper_rows"
 # Display names of our methods in Markdown and LaTeX (the CSV keeps the method ids).
 METHOD_NAMES = {"vanilla": "base model", "daid": "+ DAiD", "faid": "+ FAiD", "racm3": "+ RA-CM3"}
 METHOD_NAMES |= {"showo": "Show-o", "showo_daid": "Show-o + DAiD", "showo_faid": "Show-o + FAiD"}
+METHOD_NAMES |= {"vq_reconstructions": "VQ reconstructions (ceiling)"}  # arrag vq-ceiling
 
 
 @dataclass(frozen=True)

@@ -21,15 +21,13 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from transformers import JanusForConditionalGeneration
-from transformers.models.janus.modeling_janus import JanusVQVAE
 
 from arrag.io import atomic_path, fingerprint, progress
-from arrag.manifest import identity, verify
+from arrag.manifest import identity
 from arrag.models.janus import (
     MiniJanusSpec,
     build_processor,
     build_word_tokenizer,
-    check_loaded_keys,
     configure_image_generation,
     mini_janus_config,
     save_janus,
@@ -316,12 +314,7 @@ def caption_inputs(processor, captions: list[str], device="cpu") -> tuple[torch.
 def build_base_model(spec: MiniJanusSpec, words: list[str], vq_dir: str | Path, guidance_scale: float):
     tokenizer = build_word_tokenizer(words)
     model = JanusForConditionalGeneration(mini_janus_config(spec, tokenizer))
-    verify(vq_dir, "janus-vq", fix="retrain it (arrag train-vq)")
-    vq, info = JanusVQVAE.from_pretrained(
-        str(vq_dir), use_safetensors=True, local_files_only=True, output_loading_info=True
-    )
-    check_loaded_keys(info, vq_dir)
-    model.model.vqmodel.load_state_dict(vq.state_dict())
+    model.model.vqmodel.load_state_dict(VQTokenizer.from_folder(vq_dir).vqmodel.state_dict())
     configure_image_generation(model, tokenizer, guidance_scale)
     processor = build_processor(tokenizer, spec.image_size, spec.grid**2)
     return model, processor

@@ -9,6 +9,7 @@ codes the model was trained on. `VQTokenizer.encode` does the normalised search 
 from __future__ import annotations
 
 import hashlib
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -69,6 +70,19 @@ class VQTokenizer:
     @classmethod
     def from_janus(cls, model) -> "VQTokenizer":
         return cls(model.model.vqmodel)
+
+    @classmethod
+    def from_folder(cls, vq_dir: str | Path) -> "VQTokenizer":
+        """A bare Janus VQ-VAE folder (`arrag train-vq`), verified against its manifest."""
+        from arrag.manifest import verify
+        from arrag.models.janus import check_loaded_keys
+
+        verify(vq_dir, "janus-vq", fix="retrain it (arrag train-vq)")
+        vq, info = JanusVQVAE.from_pretrained(
+            str(vq_dir), use_safetensors=True, local_files_only=True, output_loading_info=True
+        )
+        check_loaded_keys(info, vq_dir)
+        return cls(vq)
 
     @property
     def device(self) -> torch.device:

@@ -45,9 +45,36 @@ rule score_geneval:
         "--out-json {output.summary} > {log} 2>&1"
 
 
+if VQ_CEILING:
+
+    rule vq_ceiling:
+        # The detector's ceiling: the VQ-VAE's reconstructions of ground-truth scenes of the GenEval prompts, scored
+        # by score_geneval as the run "vq_reconstructions" (what a generator of the right tokens would score).
+        input:
+            prompts=PROMPT_SETS["geneval"]["file"],
+            vq=VQ_MODEL,
+        output:
+            generated(VQ_CEILING_RUN, "geneval"),
+        params:
+            world=lambda wildcards, input: world_dir(input.prompts),
+            out=lambda wildcards, output: os.path.dirname(output[0]),
+            n=PROMPT_SETS["geneval"]["n"],
+            seed=config["generation"]["seed"],
+        log:
+            log_path("vq_ceiling"),
+        benchmark:
+            jobstats_path("vq_ceiling")
+        threads: cpu_job_threads
+        resources:
+            mem_mb=TRAIN_MEM_MB,
+        shell:
+            "OMP_NUM_THREADS={threads} arrag vq-ceiling --world {params.world} --vq {input.vq} --n {params.n} "
+            "--seed {params.seed} --out {params.out} > {log} 2>&1"
+
+
 rule geneval_table:
     input:
-        **table_inputs("geneval_summary.json", "geneval"),
+        **table_inputs("geneval_summary.json", "geneval", GENEVAL_TABLE_RUNS),
     output:
         **table_outputs("geneval", caption="../report/geneval.rst"),
     params:

@@ -136,6 +136,10 @@ def images_per_prompt(run):
 
 
 GENEVAL = config["evaluation"]["geneval"]
+# The detector's ceiling, by the vq_ceiling rule, where the VQ-VAE is trained on the world of the GenEval prompts
+VQ_CEILING = config["model"]["source"] == "train" and GENEVAL["prompts"] == "mini"
+VQ_CEILING_RUN = "vq_reconstructions"  # its GenEval "run": images/vq_reconstructions/geneval, scored by score_geneval
+GENEVAL_TABLE_RUNS = TABLE_RUNS + ([VQ_CEILING_RUN] if VQ_CEILING else [])  # the ceiling is Table 1's last row
 GENEVAL_CLIP = "ViT-L-14-quickgelu"  # the evaluator's colour classifier (arrag.evaluation.geneval_mask2former)
 GENEVAL_NOTE = (
     "Scored with the analytic shapes detector on the mini world (not Mask2Former + CLIP): mini-GenEval."

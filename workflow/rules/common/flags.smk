@@ -199,11 +199,10 @@ def fidelity_network_flags(input):
 
 
 def table_flags(wildcards, input):
-    """`--result R --label RUN --params GENERATION` per row (TABLE_RUNS: the methods, then Show-o's runs), for
+    """`--result R --label RUN --params GENERATION` per row (table_inputs: results/<profile>/scores/<RUN>/...), for
     `arrag table`."""
-    return " ".join(
-        f"--result {r} --label {m} --params {g}" for r, m, g in zip(input.results, TABLE_RUNS, input.generations)
-    )
+    runs = [os.path.basename(os.path.dirname(r)) for r in input.results]
+    return " ".join(f"--result {r} --label {m} --params {g}" for r, m, g in zip(input.results, runs, input.generations))
 
 
 # The per-image records the scoring rules write beside each summary, in the same job (score_geneval, score_dpg):

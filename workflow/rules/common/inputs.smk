@@ -196,13 +196,13 @@ def hash_inputs(wildcards):
     return inputs
 
 
-def table_inputs(score_file, prompts):
+def table_inputs(score_file, prompts, runs=TABLE_RUNS):
     """A table's inputs: each row's score file (the methods', then Show-o's runs), and the generation.json of the
     images it scored (the Params column: `arrag generate-benchmark` records the generating model's parameter count
     there)."""
     return {
-        "results": expand(f"{RESULTS}/scores/{{method}}/{score_file}", method=TABLE_RUNS),
-        "generations": expand(generated("{method}", prompts), method=TABLE_RUNS),
+        "results": expand(f"{RESULTS}/scores/{{method}}/{score_file}", method=runs),
+        "generations": expand(generated("{method}", prompts), method=runs),
     }
 
 
