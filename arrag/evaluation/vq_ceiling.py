@@ -16,7 +16,7 @@ import torch
 
 from arrag.data.geneval_layout import write_prompt_folder
 from arrag.data.mini_geneval import prompt_scene
-from arrag.data.mini_world import render
+from arrag.data.mini_world import BACKGROUNDS, render
 from arrag.io import atomic_path, progress, write_json
 from arrag.manifest import identity
 from arrag.models.vq import VQTokenizer
@@ -30,7 +30,7 @@ def world_scene_settings(world_dir: str | Path) -> dict:
     params = json.loads(path.read_text())
     return {
         "size": params["size"],
-        "backgrounds": params.get("backgrounds", ["plain", "noise", "stripes", "checker"]),
+        "backgrounds": params.get("backgrounds", list(BACKGROUNDS)),
         "snap": params.get("snap", 1),
         "tones": params.get("tones", 0),
     }
