@@ -17,7 +17,7 @@ import torch
 from arrag.data.geneval_layout import write_prompt_folder
 from arrag.data.mini_geneval import prompt_scene
 from arrag.data.mini_world import BACKGROUNDS, render
-from arrag.io import atomic_path, progress, write_json
+from arrag.io import atomic_path, progress, read_jsonl, write_json
 from arrag.manifest import identity
 from arrag.models.vq import VQTokenizer
 
@@ -43,8 +43,7 @@ def write_reconstructions(
     """n ground-truth scenes per prompt of <world>/geneval, encoded and decoded by the VQ-VAE, as a GenEval folder
     (written atomically, `generation.json` last). Prompt i's scenes draw from the seed (seed, i)."""
     world_dir, out = Path(world_dir), Path(out)
-    prompts_file = world_dir / "geneval" / "evaluation_metadata.jsonl"
-    prompts = [json.loads(line) for line in prompts_file.read_text().splitlines() if line.strip()]
+    prompts = read_jsonl(world_dir / "geneval" / "evaluation_metadata.jsonl")
     settings = world_scene_settings(world_dir)
     size = settings.pop("size")
     vq = VQTokenizer.from_folder(vq_dir)
