@@ -43,7 +43,7 @@ else:
         benchmark:
             jobstats_path("train_vq")
         priority: 10  # the mini DAG's critical path: ahead of jobs that are ready beside it (tokenisation, scoring)
-        threads: gpu_job_threads
+        threads: trainer_threads
         resources:
             gpu=1,
             mem_mb=TRAIN_MEM_MB,
@@ -68,7 +68,7 @@ else:
         benchmark:
             jobstats_path("train_base")
         priority: 10  # the mini DAG's critical path: ahead of jobs that are ready beside it (tokenisation, scoring)
-        threads: gpu_job_threads
+        threads: trainer_threads
         resources:
             gpu=1,
             mem_mb=TRAIN_MEM_MB,
