@@ -176,6 +176,46 @@ def test_job_statistics_are_grouped_by_rule_and_scaled_by_the_items_of_the_run(t
         read_jobstats(tmp_path / "empty")
 
 
+def test_a_runs_time_is_summed_per_stage_the_smk_file_of_each_rule(tmp_path):
+    """`arrag run-time`: each rule's jobs land in the stage (workflow/rules/<stage>.smk) that defines the rule,
+    with the stage's sums and its rules' own sums; stages by wall time, most first; the real workflow's rules
+    each have one stage."""
+    from arrag.bench.scale import rule_stages, run_time_markdown, stage_rows
+
+    rules = tmp_path / "rules"
+    rules.mkdir()
+    (rules / "models.smk").write_text("if x:\n    rule train_base:\n        input: 'a'\nrule train_vq:\n")
+    (rules / "generate.smk").write_text("rule generate:\n    output: 'b'\nlocalrule sample_grid:\n")
+    jobs = tmp_path / "jobstats"
+    _bench(jobs / "train_base.tsv", 300.0, 1000.0)
+    _bench(jobs / "train_vq.tsv", 100.0, 2000.0)
+    _bench(jobs / "generate" / "daid" / "geneval" / "00000-of-00001.tsv", 150.0, 500.0)
+    _bench(jobs / "generate" / "vanilla" / "geneval" / "00000-of-00001.tsv", 50.0, 400.0)
+    _bench(jobs / "generate" / "vanilla" / "dpg" / "00000-of-00001.tsv", 60.0, 400.0)
+    _bench(jobs / "sample_grid" / "vanilla.tsv", 1.0, 100.0)
+    assert rule_stages(rules) == {"train_base": "models", "train_vq": "models", "generate": "generate",
+                                  "sample_grid": "generate"}  # fmt: skip
+    rows = stage_rows(jobs, rules)
+    assert [r["stage"] for r in rows] == ["models", "generate"]  # 400 s before 261 s
+    models, generate = rows
+    assert (models["jobs"], models["seconds"], models["cpu_seconds"]) == (2, 400.0, 200.0)
+    assert models["max_rss_gb"] == pytest.approx(2000.0 / 1024)
+    assert (generate["jobs"], generate["seconds"]) == (4, 261.0)
+    assert list(generate["rules"].items()) == [("generate (daid)", 150.0), ("generate (vanilla)", 110.0),
+                                               ("sample_grid", 1.0)]  # fmt: skip
+    table = run_time_markdown(rows, (0.0, 600.0), "jobstats")
+    assert "| `models.smk` | 2 | 400 | 61% |" in table and "| all | 6 | 661 | 100% | 330 |" in table
+    assert "6 jobs from" in table.splitlines()[0] and "10.0 min" in table.splitlines()[0]
+
+    _bench(jobs / "unknown_rule.tsv", 1.0, 1.0)
+    with pytest.raises(ValueError, match="unknown_rule"):
+        stage_rows(jobs, rules)
+    with pytest.raises(FileNotFoundError, match="defines no rules"):
+        rule_stages(tmp_path / "jobstats")
+    real = rule_stages(REPO / "workflow" / "rules")
+    assert real["train_base"] == "models" and real["vq_ceiling"] == "evaluate" and real["world"] == "world"
+
+
 def test_jobs_of_different_sizes_separate_a_fixed_cost_from_the_cost_per_item(tmp_path):
     """Tokenisation shards of 2 and 8 images costing 40 + 10 s per image: the paper figure uses the 10 s per image,
     not the average (which carries the fixed 40 s of each small job). Generation jobs (one batch each, whose cost

@@ -392,3 +392,65 @@ def scale_markdown(rows: list[dict], source: str, span: tuple[float, float] | No
         "shows no CPU time and almost no memory, and a long job's short peaks can be missed.\n"
     )
     return (span_line(span, rows) + "\n" if span else "") + head + body + note
+
+
+# ----------------------------------------------------------------------------- where a run's time went
+
+_RULE_DEF = re.compile(r"^\s*(?:local)?rule (\w+):")
+
+
+def rule_stages(rules_dir: str | Path) -> dict[str, str]:
+    """rule name -> its stage: the stem of the workflow/rules/*.smk file that defines it (one file per stage)."""
+    stages = {}
+    for smk in sorted(Path(rules_dir).glob("*.smk")):
+        for line in smk.read_text().splitlines():
+            if match := _RULE_DEF.match(line):
+                stages[match.group(1)] = smk.stem
+    if not stages:
+        raise FileNotFoundError(f"{rules_dir} defines no rules: give the workflow's rules folder (workflow/rules)")
+    return stages
+
+
+def stage_rows(jobstats_dir: str | Path, rules_dir: str | Path) -> list[dict]:
+    """The run's job statistics summed per stage, most wall time first: jobs, wall and CPU seconds (summed over
+    its jobs), the largest job's peak RSS, and its rules with their wall seconds (most first)."""
+    stages = rule_stages(rules_dir)
+    rows: dict[str, dict] = {}
+    for rule, m in read_jobstats(jobstats_dir).items():
+        name = rule.split(" ")[0]  # `generate (daid)` -> generate
+        if name not in stages:
+            raise ValueError(f"{jobstats_dir}: statistics of rule {name!r}, which {rules_dir} does not define")
+        stage = stages[name]
+        row = rows.setdefault(stage, {"stage": stage, "jobs": 0, "seconds": 0.0, "cpu_seconds": 0.0, "rules": {}})
+        row["jobs"] += m.jobs
+        row["seconds"] += m.seconds
+        row["cpu_seconds"] += m.cpu_seconds
+        row["max_rss_gb"] = max(row.get("max_rss_gb", 0.0), m.max_rss_mb / 1024)
+        row["rules"][rule] = row["rules"].get(rule, 0.0) + m.seconds
+    for row in rows.values():
+        row["rules"] = dict(sorted(row["rules"].items(), key=lambda kv: -kv[1]))
+    return sorted(rows.values(), key=lambda r: -r["seconds"])
+
+
+def run_time_markdown(rows: list[dict], span: tuple[float, float], source: str) -> str:
+    """stage_rows as Markdown, after a line on the run's span (run_span)."""
+    total = sum(r["seconds"] for r in rows)
+    head = (
+        "| stage (workflow/rules/) | jobs | wall s | share | CPU s | peak RSS GB | rules (wall s) |\n"
+        "|---|---|---|---|---|---|---|\n"
+    )
+    body = "".join(
+        f"| `{r['stage']}.smk` | {r['jobs']} | {r['seconds']:,.0f} | {r['seconds'] / total:.0%} | "
+        f"{r['cpu_seconds']:,.0f} | {r['max_rss_gb']:.2f} | "
+        + ", ".join(f"{rule} {s:,.0f}" for rule, s in r["rules"].items())
+        + " |\n"
+        for r in rows
+    )
+    jobs, cpu = sum(r["jobs"] for r in rows), sum(r["cpu_seconds"] for r in rows)
+    body += f"| all | {jobs} | {total:,.0f} | 100% | {cpu:,.0f} | {max(r['max_rss_gb'] for r in rows):.2f} | |\n"
+    note = (
+        f"\nMeasured from `{source}` (Snakemake's benchmark file of every job). Wall s is summed over a stage's jobs: "
+        "jobs run side by side, so the sum exceeds the run's span. A job's wall time includes its start-up (a Python "
+        "process importing torch and transformers, about 5 s). Peak RSS is the stage's largest job.\n"
+    )
+    return span_line(span, rows) + "\n" + head + body + note

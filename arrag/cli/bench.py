@@ -23,6 +23,7 @@ def register(sub) -> None:
     ):
         add(bench)
     add_scale_table(sub)
+    add_run_time(sub)
 
 
 def add_bench_retrieval(sub) -> None:
@@ -318,5 +319,24 @@ def cmd_scale_table(args) -> None:
     rows = scale_rows(args.results, declared)
     span = run_span(Path(args.results) / "jobstats")
     write_text(args.out, scale_markdown(rows, args.results, span))
+    write_json(Path(args.out).with_suffix(".json"), rows)
+    print(Path(args.out).read_text())
+
+
+def add_run_time(sub) -> None:
+    p = sub.add_parser("run-time", help="where a finished run's time went: its jobs' wall and CPU time per stage")
+    p.add_argument("--results", required=True, help="results/<profile> of a finished run (its jobstats/*.tsv)")
+    p.add_argument("--rules", default="workflow/rules", help="the workflow's rules folder: one .smk per stage")
+    p.add_argument("--out", required=True, help="Markdown file (a .json of the rows beside it)")
+    p.set_defaults(func=cmd_run_time)
+
+
+def cmd_run_time(args) -> None:
+    from arrag.bench.scale import run_span, run_time_markdown, stage_rows
+    from arrag.io import write_json, write_text
+
+    jobstats = Path(args.results) / "jobstats"
+    rows = stage_rows(jobstats, args.rules)
+    write_text(args.out, run_time_markdown(rows, run_span(jobstats), jobstats.as_posix()))
     write_json(Path(args.out).with_suffix(".json"), rows)
     print(Path(args.out).read_text())
