@@ -236,7 +236,11 @@ class PatchDatabase:
         """
         queries = torch.as_tensor(queries)
         self._check_search(queries, k)
-        dists, labels = self.backend.search(queries, k)  # [Q, k] each, labels -1 when missing
+        # Equal queries are searched once: a batch's plain-background neighbourhoods are many copies of one key,
+        # and theirs are the costliest searches (an IVF list of thousands of equal keys is scanned in full).
+        unique, inverse = torch.unique(queries, dim=0, return_inverse=True)  # [U, n*D], [Q]
+        dists, labels = self.backend.search(unique, k)  # [U, k] each, labels -1 when missing
+        dists, labels = dists[inverse.to(dists.device)], labels[inverse.to(labels.device)]  # [Q, k]
         labels = labels.to(self.codes.device)
         found = labels >= 0
         safe = labels.clamp(min=0)
