@@ -236,8 +236,8 @@ class PatchDatabase:
         """
         queries = torch.as_tensor(queries)
         self._check_search(queries, k)
-        # Equal queries are searched once: a batch's plain-background neighbourhoods are many copies of one key,
-        # and theirs are the costliest searches (an IVF list of thousands of equal keys is scanned in full).
+        # Equal queries are searched once: equal neighbourhoods are common (a plain background, a shape's inside),
+        # and an IVF search scans a list of thousands of equal keys in full for each copy.
         unique, inverse = torch.unique(queries, dim=0, return_inverse=True)  # [U, n*D], [Q]
         dists, labels = self.backend.search(unique, k)  # [U, k] each, labels -1 when missing
         dists, labels = dists[inverse.to(dists.device)], labels[inverse.to(labels.device)]  # [Q, k]
