@@ -164,9 +164,12 @@ class FaissBackend(Backend):
         self._gpu = None  # the GPU copy is stale
 
     def search(self, queries: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
-        x = np.ascontiguousarray(queries.detach().to("cpu", torch.float32).numpy())  # [Q, n*D]
-        dists, labels = self._searcher().search(x, k)
-        return torch.from_numpy(dists), torch.from_numpy(labels)
+        # Equal queries are searched once: equal neighbourhoods are common (a plain background, a shape's inside),
+        # and an IVF search scans a list of thousands of equal keys in full for each copy. Here, where the queries
+        # come to the host anyway; torch_compact on a GPU would pay a device sync for it every step.
+        unique, inverse = torch.unique(queries.detach().to("cpu", torch.float32), dim=0, return_inverse=True)
+        dists, labels = self._searcher().search(np.ascontiguousarray(unique.numpy()), k)  # [U, k] each
+        return torch.from_numpy(dists)[inverse], torch.from_numpy(labels)[inverse]  # [Q, k]
 
     def _searcher(self) -> faiss.Index:
         """The CPU index, or a GPU copy of it when the database lives on cuda and FAISS has GPUs."""

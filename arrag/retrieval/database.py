@@ -236,11 +236,7 @@ class PatchDatabase:
         """
         queries = torch.as_tensor(queries)
         self._check_search(queries, k)
-        # Equal queries are searched once: equal neighbourhoods are common (a plain background, a shape's inside),
-        # and an IVF search scans a list of thousands of equal keys in full for each copy.
-        unique, inverse = torch.unique(queries, dim=0, return_inverse=True)  # [U, n*D], [Q]
-        dists, labels = self.backend.search(unique, k)  # [U, k] each, labels -1 when missing
-        dists, labels = dists[inverse.to(dists.device)], labels[inverse.to(labels.device)]  # [Q, k]
+        dists, labels = self.backend.search(queries, k)  # [Q, k] each, labels -1 when missing
         labels = labels.to(self.codes.device)
         found = labels >= 0
         safe = labels.clamp(min=0)
