@@ -28,6 +28,8 @@ def world_scene_settings(world_dir: str | Path) -> dict:
     if not path.is_file():
         raise FileNotFoundError(f"{path} is missing: give a folder written by `arrag world`")
     params = json.loads(path.read_text())
+    # a world.json without backgrounds, snap or tones predates those options: its world drew every background,
+    # unsnapped boxes and tinted tones (write_world records all three now)
     return {
         "size": params["size"],
         "backgrounds": params.get("backgrounds", list(BACKGROUNDS)),
