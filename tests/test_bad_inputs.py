@@ -107,12 +107,13 @@ def _library_cases():
         ("FAiDTrainingConfig.warmup_frac", lambda: FAiDTrainingConfig(warmup_frac=NAN)),
         ("RACM3TrainingConfig.caption_dropout", lambda: RACM3TrainingConfig(caption_dropout=NAN)),
         ("BaseTrainingConfig.batch_size", lambda: BaseTrainingConfig(batch_size=0)),
+        ("BaseTrainingConfig.beta2", lambda: BaseTrainingConfig(beta2=1.0)),
         ("VQTrainingConfig.steps", lambda: VQTrainingConfig(steps=2.5)),
         ("MiniFeatureConfig.heldout_fraction", lambda: MiniFeatureConfig(heldout_fraction=NAN)),
     ]
 
 
-@pytest.mark.parametrize("case", range(14))
+@pytest.mark.parametrize("case", range(15))
 def test_library_constructors_refuse_bad_numbers(case):
     name, build = _library_cases()[case]
     with pytest.raises(ValueError, match=name.replace(".", r"\.")):

@@ -17,12 +17,21 @@ def data():
     return images, [r["caption"] for r in records]
 
 
-def test_base_training_lowers_the_loss_and_saves_a_loadable_janus(tmp_path, data):
+def test_base_training_lowers_the_loss_and_saves_a_loadable_janus(tmp_path, data, monkeypatch):
     images, captions = data
     spec = tiny_spec(image_size=32, codebook_size=16, hidden_size=32, num_layers=1)
     train_vq(images, spec, VQTrainingConfig(steps=2, batch_size=8), tmp_path / "vq")
-    cfg = BaseTrainingConfig(steps=40, batch_size=16, lr=3e-3, checkpoint_every=0)
+    betas = []
+
+    class RecordingAdamW(torch.optim.AdamW):
+        def __init__(self, params, **kwargs):
+            betas.append(kwargs["betas"])
+            super().__init__(params, **kwargs)
+
+    monkeypatch.setattr(training.torch.optim, "AdamW", RecordingAdamW)
+    cfg = BaseTrainingConfig(steps=40, batch_size=16, lr=3e-3, beta2=0.9, checkpoint_every=0)
     stats = train_base_model(images, captions, caption_vocabulary(), spec, tmp_path / "vq", cfg, tmp_path / "base")
+    assert betas == [(0.9, 0.9)]  # the configured second-moment decay reaches the optimiser
     losses = [entry["loss"] for entry in stats["log"]]
     assert losses[-1] < losses[0]
     model, processor = load_janus(tmp_path / "base")

@@ -208,6 +208,8 @@ class BaseTrainingConfig:
     batch_size: int = 64
     lr: float = 1e-3
     weight_decay: float = 0.01
+    beta2: float = 0.95  # AdamW's second-moment decay; 0.999 remembers the first steps' large gradients through
+    # a short run and damps its later steps (docs/mini-profile.md, "A shorter memory")
     caption_dropout: float = 0.1  # trains the unconditional branch classifier-free guidance needs
     guidance_scale: float = 5.0  # stored in the generation config as the default
     checkpoint_every: int = 250
@@ -219,6 +221,7 @@ class BaseTrainingConfig:
             self,
             {
                 "weight_decay": dict(low=0),
+                "beta2": dict(low=0, high=1, high_open=True),
                 "caption_dropout": CAPTION_DROPOUT,
                 "guidance_scale": dict(low=1),
                 "grad_accum": COUNT,
@@ -400,9 +403,10 @@ def fit(
     acc=None,
     restart: bool = False,
     log_every: int = 50,
+    betas: tuple[float, float] = (0.9, 0.999),
 ):
-    """The training loop of every fine-tuning (base model, RA-CM3, FAiD): AdamW over `params`, the learning rate
-    `lr_at(step)`, seeded global batches of `n` examples (batch_size x grad_accum x processes; `acc`: an
+    """The training loop of every fine-tuning (base model, RA-CM3, FAiD): AdamW (`betas`) over `params`, the
+    learning rate `lr_at(step)`, seeded global batches of `n` examples (batch_size x grad_accum x processes; `acc`: an
     accelerate.Accelerator when several processes train), caption dropout, gradient clipping, and a resumable
     checkpoint of `module` (whose state holds `params`) and the optimiser. `micro_loss(idx [b], drop [b] bool)`
     gives the mean loss of a micro-batch of example indices, `drop` marking the examples whose condition is
@@ -410,7 +414,7 @@ def fit(
     everything a resumed checkpoint must have been made with (refused otherwise, unless `restart`).
     Returns (resumed-at step, loss log every `log_every` steps, start time, checkpoint): discard the checkpoint
     once the trained model is saved."""
-    opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=weight_decay)
+    opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=weight_decay, betas=betas)
     ckpt = ResumableCheckpoint(out_dir, cfg.checkpoint_every, settings, restart)
     start = ckpt.load(module, opt)
     main_process = acc is None or acc.is_main_process
@@ -442,7 +446,8 @@ def fit_record(cfg, schedule: dict, start: int, t0: float) -> dict:
 
 
 def fit_generation_path(
-    model, n: int, batch_loss, cfg, out_dir: Path, desc: str, acc=None, settings=None, restart=False
+    model, n: int, batch_loss, cfg, out_dir: Path, desc: str, acc=None, settings=None, restart=False,
+    betas=(0.9, 0.999),
 ):
     """`fit` of the generation path (base model, RA-CM3): the whole path trains (trainable_generation_parameters),
     with cfg.weight_decay and a warm-up + cosine schedule. `settings`: what else a resumed checkpoint must have
@@ -463,6 +468,7 @@ def fit_generation_path(
         weight_decay=cfg.weight_decay,
         acc=acc,
         restart=restart,
+        betas=betas,
     )
     model.eval()
     return params, start, log, t0, ckpt
@@ -496,7 +502,8 @@ def train_base_model(
         "vq": artefact_id(vq_dir),
     }
     params, start, log, t0, ckpt = fit_generation_path(
-        model, len(images), batch_loss, cfg, out_dir, "base model", settings=settings, restart=restart
+        model, len(images), batch_loss, cfg, out_dir, "base model", settings=settings, restart=restart,
+        betas=(0.9, cfg.beta2),
     )
     stats = {
         "steps": cfg.steps,
