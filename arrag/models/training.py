@@ -446,8 +446,7 @@ def fit_record(cfg, schedule: dict, start: int, t0: float) -> dict:
 
 
 def fit_generation_path(
-    model, n: int, batch_loss, cfg, out_dir: Path, desc: str, acc=None, settings=None, restart=False,
-    betas=(0.9, 0.999),
+    model, n: int, batch_loss, cfg, out_dir: Path, desc: str, acc=None, settings=None, restart=False, betas=(0.9, 0.999)
 ):
     """`fit` of the generation path (base model, RA-CM3): the whole path trains (trainable_generation_parameters),
     with cfg.weight_decay and a warm-up + cosine schedule. `settings`: what else a resumed checkpoint must have
@@ -501,9 +500,9 @@ def train_base_model(
         "captions": captions_digest(captions),
         "vq": artefact_id(vq_dir),
     }
+    betas = (0.9, cfg.beta2)
     params, start, log, t0, ckpt = fit_generation_path(
-        model, len(images), batch_loss, cfg, out_dir, "base model", settings=settings, restart=restart,
-        betas=(0.9, cfg.beta2),
+        model, len(images), batch_loss, cfg, out_dir, "base model", settings=settings, restart=restart, betas=betas
     )
     stats = {
         "steps": cfg.steps,
