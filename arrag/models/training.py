@@ -138,6 +138,10 @@ def warmup_cosine_lr(step: int, total: int, peak: float, warmup_frac: float = 0.
 # their fine-tuning clipped at 1.0 and ours does too.
 GRAD_CLIP = 1.0
 
+# AdamW's (beta1, beta2) of the fine-tunings: torch's defaults. The base model, trained from scratch in a short run,
+# sets its own beta2 (BaseTrainingConfig.beta2).
+ADAM_BETAS = (0.9, 0.999)
+
 # The bounds of the settings every trainer's config holds (the training loop reads them) and of caption dropout
 # (< 1: dropping every caption would train the unconditional branch only): one place for each.
 TRAINING_FIELDS = {"steps": COUNT, "batch_size": COUNT, "lr": POSITIVE, "checkpoint_every": INDEX, "seed": INDEX}
@@ -403,7 +407,7 @@ def fit(
     acc=None,
     restart: bool = False,
     log_every: int = 50,
-    betas: tuple[float, float] = (0.9, 0.999),
+    betas: tuple[float, float] = ADAM_BETAS,
 ):
     """The training loop of every fine-tuning (base model, RA-CM3, FAiD): AdamW (`betas`) over `params`, the
     learning rate `lr_at(step)`, seeded global batches of `n` examples (batch_size x grad_accum x processes; `acc`: an
@@ -446,7 +450,7 @@ def fit_record(cfg, schedule: dict, start: int, t0: float) -> dict:
 
 
 def fit_generation_path(
-    model, n: int, batch_loss, cfg, out_dir: Path, desc: str, acc=None, settings=None, restart=False, betas=(0.9, 0.999)
+    model, n: int, batch_loss, cfg, out_dir: Path, desc: str, acc=None, settings=None, restart=False, betas=ADAM_BETAS
 ):
     """`fit` of the generation path (base model, RA-CM3): the whole path trains (trainable_generation_parameters),
     with cfg.weight_decay and a warm-up + cosine schedule. `settings`: what else a resumed checkpoint must have
@@ -500,7 +504,7 @@ def train_base_model(
         "captions": captions_digest(captions),
         "vq": artefact_id(vq_dir),
     }
-    betas = (0.9, cfg.beta2)
+    betas = (ADAM_BETAS[0], cfg.beta2)
     params, start, log, t0, ckpt = fit_generation_path(
         model, len(images), batch_loss, cfg, out_dir, "base model", settings=settings, restart=restart, betas=betas
     )
