@@ -213,9 +213,10 @@ def shape_mask(shape: str, side: int) -> np.ndarray:
         m = np.ones((side, side), dtype=bool)
     elif shape == "diamond":
         m = np.abs(dx) + np.abs(dy) <= r
-    else:  # triangle pointing up: half-width grows linearly from the apex row to the full base
+    else:  # triangle pointing down: full width in the top row, narrowing linearly to the apex row
+        # (pointing up, its apex patch began like the diamond's, and a generator drew one for the other)
         rows = np.arange(side)[:, None]
-        m = np.abs(dx) <= (rows + 1) / side * r
+        m = np.abs(dx) <= (side - rows) / side * r
     m = np.broadcast_to(m, (side, side)).copy()
     m.setflags(write=False)  # cached: nobody may edit it
     return m

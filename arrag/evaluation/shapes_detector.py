@@ -60,8 +60,8 @@ def shape_template(shape: str, height: int, width: int) -> np.ndarray:
         m = np.ones((height, width), dtype=bool)
     elif shape == "diamond":
         m = np.abs(dx) * ry + np.abs(dy) * rx <= rx * ry
-    elif shape == "triangle":  # pointing up: half-width grows linearly from the apex row to the base
-        m = np.abs(dx) <= (np.arange(height)[:, None] + 1) / height * rx
+    elif shape == "triangle":  # pointing down: half-width shrinks linearly from the top row to the apex
+        m = np.abs(dx) <= (height - np.arange(height)[:, None]) / height * rx
     else:
         raise ValueError(f"unknown shape {shape!r}: use one of {list(SHAPES)}")
     return np.broadcast_to(m, (height, width)).copy()
