@@ -74,6 +74,7 @@ def test_each_shape_begins_differently_in_raster_order():
         triangle = mw.shape_mask("triangle", side).sum(1)
         assert triangle[0] == side and np.all(np.diff(triangle) <= 0), side
 
+
 def test_shape_sizes_and_kinds():
     scenes = _scenes(2000, seed=3)
     sides = [o.bbox[2] - o.bbox[0] for s in scenes for o in s.objects]
