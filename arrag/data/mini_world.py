@@ -198,26 +198,34 @@ def _boxes_clear(a: tuple[int, int, int, int], b: tuple[int, int, int, int], gap
     return a[2] + gap <= b[0] or b[2] + gap <= a[0] or a[3] + gap <= b[1] or b[3] + gap <= a[1]
 
 
-@cache
-def shape_mask(shape: str, side: int) -> np.ndarray:
-    """Boolean [side, side] mask of a shape, touching all four edges (so its bbox is the full box).
-    Pixel centres are tested against the ideal shape; no anti-aliasing by construction."""
+def shape_template(shape: str, height: int, width: int) -> np.ndarray:
+    """Boolean [height, width] ideal mask of a shape stretched to fill its box, touching all four edges.
+
+    Pixel centres are tested against the ideal shape; no anti-aliasing by construction. The world draws square
+    boxes (shape_mask); the detector fits the template to a component's box, which a blurred edge can make a
+    row or column off square.
+    """
     if shape not in SHAPES:
         raise ValueError(f"unknown shape {shape!r}: use one of {list(SHAPES)}")
-    c = np.arange(side) + 0.5 - side / 2  # pixel-centre offsets from the box centre
-    dx, dy = c[None, :], c[:, None]
-    r = side / 2
-    if shape == "circle":
-        m = dx**2 + dy**2 <= r**2
+    dx = (np.arange(width) + 0.5 - width / 2)[None, :]  # pixel-centre offsets from the box centre
+    dy = (np.arange(height) + 0.5 - height / 2)[:, None]
+    rx, ry = width / 2, height / 2  # half-integers: the products below are exact
+    if shape == "circle":  # an ellipse inscribed in the box
+        m = (dx * ry) ** 2 + (dy * rx) ** 2 <= (rx * ry) ** 2
     elif shape == "square":
-        m = np.ones((side, side), dtype=bool)
+        m = np.ones((height, width), dtype=bool)
     elif shape == "diamond":
-        m = np.abs(dx) + np.abs(dy) <= r
+        m = np.abs(dx) * ry + np.abs(dy) * rx <= rx * ry
     else:  # triangle pointing down: full width in the top row, narrowing linearly to the apex row
         # (pointing up, its apex patch began like the diamond's, and a generator drew one for the other)
-        rows = np.arange(side)[:, None]
-        m = np.abs(dx) <= (side - rows) / side * r
-    m = np.broadcast_to(m, (side, side)).copy()
+        m = np.abs(dx) <= (height - np.arange(height)[:, None]) / height * rx
+    return np.broadcast_to(m, (height, width)).copy()
+
+
+@cache
+def shape_mask(shape: str, side: int) -> np.ndarray:
+    """Boolean [side, side] mask of a shape as the world draws it: its template in a square box."""
+    m = shape_template(shape, side, side)
     m.setflags(write=False)  # cached: nobody may edit it
     return m
 

@@ -27,7 +27,7 @@ import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 from scipy import ndimage
 
-from arrag.data.mini_world import COLOURS, SAFE_DISTANCE, SHAPES
+from arrag.data.mini_world import COLOURS, SAFE_DISTANCE, SHAPES, shape_template
 from arrag.evaluation.geneval import Detection
 
 COLOUR_THRESHOLD = SAFE_DISTANCE  # RGB distance from every palette colour at which a pixel is background for sure
@@ -43,28 +43,6 @@ _SUPERSAMPLE = 4  # softened templates start from pixel coverage measured on a 4
 
 _PALETTE_NAMES = list(COLOURS)
 _PALETTE = np.array([COLOURS[name] for name in _PALETTE_NAMES], dtype=np.float32)  # [C, 3]
-
-
-def shape_template(shape: str, height: int, width: int) -> np.ndarray:
-    """Boolean [height, width] ideal mask of a shape filling its box; equals mini_world.shape_mask when square.
-
-    Pixel centres are tested against the shape stretched to the box, so a slightly non-square component
-    (a blurred edge gained or lost a row) still gets a fair template.
-    """
-    dx = (np.arange(width) + 0.5 - width / 2)[None, :]  # pixel-centre offsets from the box centre
-    dy = (np.arange(height) + 0.5 - height / 2)[:, None]
-    rx, ry = width / 2, height / 2  # half-integers: the products below are exact, as in shape_mask
-    if shape == "circle":  # an ellipse inscribed in the box
-        m = (dx * ry) ** 2 + (dy * rx) ** 2 <= (rx * ry) ** 2
-    elif shape == "square":
-        m = np.ones((height, width), dtype=bool)
-    elif shape == "diamond":
-        m = np.abs(dx) * ry + np.abs(dy) * rx <= rx * ry
-    elif shape == "triangle":  # pointing down: half-width shrinks linearly from the top row to the apex
-        m = np.abs(dx) <= (height - np.arange(height)[:, None]) / height * rx
-    else:
-        raise ValueError(f"unknown shape {shape!r}: use one of {list(SHAPES)}")
-    return np.broadcast_to(m, (height, width)).copy()
 
 
 def nearest_palette(image: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
