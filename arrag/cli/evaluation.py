@@ -13,6 +13,7 @@ def register(sub) -> None:
     for add in (
         add_geneval,
         add_vq_ceiling,
+        add_caption_reliance,
         add_dpg_tiles,
         add_dpg,
         add_train_features,
@@ -113,6 +114,31 @@ def cmd_vq_ceiling(args) -> None:
     from arrag.evaluation.vq_ceiling import write_reconstructions
 
     print(json.dumps(write_reconstructions(args.world, args.vq, args.out, args.n, args.seed), indent=2))
+
+
+def add_caption_reliance(sub) -> None:
+    p = sub.add_parser(
+        "caption-reliance",
+        help="how much a mini Janus model reads the shape and colour words of its captions: the extra NLL (nats per "
+        "image) of held-out images when the word is swapped",
+    )
+    p.add_argument("--model", required=True, help="model folder (save_pretrained), e.g. results/mini/models/base")
+    p.add_argument("--split", required=True, help="a mini-world split the model did not train on, e.g. its reference")
+    p.add_argument("--limit", type=COUNT_TYPE, default=1000, help="images per word kind (the first that qualify)")
+    p.add_argument("--swap-seed", type=INDEX_TYPE, default=0, help="seed of the swapped words")
+    p.add_argument("--out", help="JSON to write (default: print only)")
+    _bootstrap_flags(p, "images")
+    p.set_defaults(func=cmd_caption_reliance)
+
+
+def cmd_caption_reliance(args) -> None:
+    from arrag.evaluation.caption_reliance import caption_reliance
+    from arrag.io import write_json
+
+    record = caption_reliance(args.model, args.split, args.limit, args.swap_seed, _bootstrap(args))
+    if args.out:
+        write_json(args.out, record)
+    print(json.dumps(record, indent=2))
 
 
 def add_dpg_tiles(sub) -> None:
