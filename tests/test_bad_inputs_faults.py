@@ -63,12 +63,14 @@ def _weights(folder) -> dict:
     return load_file(next(folder.glob("*.safetensors")))
 
 
-def test_vq_resume_is_bit_identical_with_dead_code_restarts(vq_images, tmp_path, monkeypatch):
-    _vq_run(vq_images, tmp_path / "whole")
-    _vq_run(vq_images, tmp_path / "killed", monkeypatch, kill_at=6)
-    assert _vq_run(vq_images, tmp_path / "killed")["resumed_at"] == 6
+@pytest.mark.parametrize("locality", [0.0, 1.0])  # 1.0: the colour probe's weights and moments resume too
+def test_vq_resume_is_bit_identical_with_dead_code_restarts(vq_images, tmp_path, monkeypatch, locality):
+    _vq_run(vq_images, tmp_path / "whole", locality=locality)
+    _vq_run(vq_images, tmp_path / "killed", monkeypatch, kill_at=6, locality=locality)
+    assert _vq_run(vq_images, tmp_path / "killed", locality=locality)["resumed_at"] == 6
     whole, resumed = _weights(tmp_path / "whole"), _weights(tmp_path / "killed")
     assert all(torch_equal(whole[k], resumed[k]) for k in whole)
+    assert not any("probe" in k for k in whole)  # the probe trains beside the VQ-VAE, not in it
 
 
 def torch_equal(a, b) -> bool:

@@ -147,7 +147,11 @@ def test_world_command_takes_backgrounds(tmp_path, capsys):
     assert "marble" in capsys.readouterr().err
     assert main([*args, "--snap", "4", "--tones", "2"]) == 0
     world = json.loads((tmp_path / "w" / "world.json").read_text())
-    assert world["snap"] == 4 and world["tones"] == 2
+    assert world["snap"] == 4 and world["tones"] == 2 and world["coloured_captions"] == 0.0
+    assert main([*args, "--coloured-captions", "1"]) == 0
+    assert json.loads((tmp_path / "w" / "world.json").read_text())["coloured_captions"] == 1.0
+    captions = [json.loads(line)["caption"] for line in (tmp_path / "w" / "train" / "metadata.jsonl").open()]
+    assert all(any(c in cap for c in mw.COLOURS) or re.search(rf"\b{_NUM}\b", cap) for cap in captions)
 
 
 def test_snapped_worlds_put_every_box_on_the_patch_grid(tmp_path):
@@ -251,6 +255,26 @@ def test_captions_are_truthful():
         "a photo of a X X and a X X",
         "a photo of a X X a X",
     } <= {s.replace(" an ", " a ") for s in seen}
+
+
+def test_coloured_captions_name_colours_by_their_probability():
+    """With probability p the colour-naming template, else the uniform pick: each kind's share of captions naming
+    colours is p + (1 - p) / templates; counting captions have no colour template and stay as they were."""
+    scenes = _scenes(3000, seed=9)
+    rng = np.random.default_rng(9)
+    names = lambda cap: any(w in mw.COLOURS for w in cap.split())  # noqa: E731
+    by_templates = {}
+    for scene in scenes:
+        cap = mw.caption(scene, rng, coloured=0.5)
+        _check_caption(scene, cap)
+        by_templates.setdefault(len(mw.caption_options(scene)), []).append(names(cap))
+    for templates, named in by_templates.items():
+        has_colour_template = templates > 1
+        expected = 0.5 + 0.5 / templates if has_colour_template else 0.0
+        assert abs(np.mean(named) - expected) < 4 * np.sqrt(0.25 / len(named)) + 1e-9, (templates, np.mean(named))
+    assert all(names(mw.caption(s, rng, coloured=1.0)) for s in scenes if len(mw.caption_options(s)) > 1)
+    with pytest.raises(ValueError, match=r"coloured captions 1\.5"):
+        mw.make_split("train", 2, seed=0, coloured=1.5)
 
 
 def test_relation_scenes_hold():

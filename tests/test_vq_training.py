@@ -6,6 +6,7 @@ from arrag.data.mini_world import make_split
 from arrag.models import training
 from arrag.models.vq_training import (
     VQTrainingConfig,
+    patch_colour_loss,
     patch_consistency_loss,
     quantise_normalised,
     restart_dead_codes,
@@ -45,6 +46,20 @@ def test_patch_consistency_is_the_spread_among_identical_patches_over_the_whole_
     same.view(2, 5, 4)[:, :, :] = z[1, :, 0, 0, None]  # every latent the black patch's
     same[0, :, 0, 0], same[1, :, 1, 1] = z[0, :, 0, 0], z[1, :, 1, 1]
     assert patch_consistency_loss(same, x, patch=2) < 1e-6  # identical patches, identical latents: nothing
+
+
+def test_patch_colour_loss_is_the_probes_squared_error_on_each_patchs_mean_colour():
+    gen = torch.Generator().manual_seed(1)
+    x = torch.rand(2, 3, 6, 4, generator=gen) * 2 - 1  # two images of 3x2 patches of 2 px
+    z_q = torch.randn(2, 5, 3, 2, generator=gen)
+    probe = torch.nn.Linear(5, 3)
+    errors = []
+    for b in range(2):
+        for i in range(3):
+            for j in range(2):
+                mean = x[b, :, 2 * i : 2 * i + 2, 2 * j : 2 * j + 2].mean((1, 2))  # [3]
+                errors.append(((probe(z_q[b, :, i, j]) - mean) ** 2).mean())
+    torch.testing.assert_close(patch_colour_loss(z_q, x, 2, probe), torch.stack(errors).mean())
 
 
 def test_dead_codes_move_to_the_worst_covered_latents_farthest_first():

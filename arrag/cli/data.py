@@ -54,6 +54,13 @@ def add_world(sub) -> None:
         default=0,
         help="background tones: N > 0 draws one of N untinted greys; 0 = any tinted tone of the range",
     )
+    p.add_argument(
+        "--coloured-captions",
+        type=float,
+        default=0.0,
+        help="probability that a caption is the template naming the colours (where the scene has one), before the "
+        "uniform pick among all templates; 0 = uniform",
+    )
     p.set_defaults(func=cmd_world)
 
 
@@ -81,6 +88,7 @@ def cmd_world(args) -> None:
         backgrounds=args.background or BACKGROUNDS,
         snap=args.snap,
         tones=args.tones,
+        coloured=args.coloured_captions,
     )
 
 

@@ -493,11 +493,22 @@ def caption_options(scene: Scene) -> list[list[str]]:
     )
 
 
-def caption(scene: Scene, rng: np.random.Generator) -> str:
-    """A truthful GenEval-phrased caption: a template uniformly at random, then one of its word orders."""
+def caption(scene: Scene, rng: np.random.Generator, coloured: float = 0.0) -> str:
+    """A truthful GenEval-phrased caption: a template, then one of its word orders. With probability `coloured`
+    the template that names the objects' colours (where the scene has one), else one uniformly at random."""
     groups = caption_options(scene)
-    group = groups[int(rng.integers(len(groups)))]
+    named = [g for g in groups if any(w in COLOURS for w in g[0].split())]
+    if coloured and named and rng.random() < coloured:  # no draw at 0: worlds made before the option are unchanged
+        group = named[0]
+    else:
+        group = groups[int(rng.integers(len(groups)))]
     return group[int(rng.integers(len(group)))]
+
+
+def check_coloured(coloured: float) -> float:
+    if not 0.0 <= coloured <= 1.0:
+        raise ValueError(f"coloured captions {coloured!r}: give a probability in [0, 1] (0: templates uniformly)")
+    return float(coloured)
 
 
 def caption_vocabulary() -> list[str]:
@@ -555,11 +566,14 @@ def make_split(
     backgrounds: Sequence[str] = BACKGROUNDS,
     snap: int = 1,
     tones: int = 0,
+    coloured: float = 0.0,
 ) -> tuple[np.ndarray, list[dict]]:
     """n rendered scenes and their records. Scenes containing an `underrepresented` (colour, shape)
     object are kept with probability `keep_fraction` only (resampled otherwise). Backgrounds are drawn
-    uniformly from `backgrounds` (in one of `tones` greys when > 0); boxes snap to multiples of `snap` px."""
+    uniformly from `backgrounds` (in one of `tones` greys when > 0); boxes snap to multiples of `snap` px;
+    captions name colours with probability `coloured` before the uniform pick of a template (`caption`)."""
     _check_size(size)
+    coloured = check_coloured(coloured)
     if not isinstance(n, (int, np.integer)) or n < 0:
         raise ValueError(f"n={n!r} must be a non-negative int (number of images)")
     if not 0.0 <= keep_fraction <= 1.0:
@@ -580,7 +594,7 @@ def make_split(
                 f"with keep_fraction={keep_fraction} leaves (almost) nothing to sample"
             )
         images[i] = render(scene, size)
-        records.append(_record(name, i, scene, caption(scene, rng)))
+        records.append(_record(name, i, scene, caption(scene, rng, coloured)))
     return images, records
 
 
@@ -630,15 +644,16 @@ def write_world(
     backgrounds: Sequence[str] = BACKGROUNDS,
     snap: int = 1,
     tones: int = 0,
+    coloured: float = 0.0,
 ) -> None:
     """out_dir/<split>/{images.npy,metadata.jsonl} per split (only "train" under-represents the rare
-    combinations; every split draws its backgrounds from `backgrounds`, in one of `tones` greys when > 0, and snaps
-    its boxes to `snap` px),
+    combinations; every split draws its backgrounds from `backgrounds`, in one of `tones` greys when > 0, snaps
+    its boxes to `snap` px and names colours in its captions by `coloured`: make_split),
     out_dir/geneval/evaluation_metadata.jsonl and out_dir/world.json."""
     out = Path(out_dir)
     rare = sorted(_check_pairs(underrepresented))
     backgrounds = check_backgrounds(backgrounds)
-    snap, tones = check_snap(snap, size), check_tones(tones)
+    snap, tones, coloured = check_snap(snap, size), check_tones(tones), check_coloured(coloured)
     split_seeds = {name: int(np.random.SeedSequence(_stream_seed(seed, name)).generate_state(1)[0]) for name in splits}
     for name, n in splits.items():
         is_train = name == "train"
@@ -652,6 +667,7 @@ def write_world(
             backgrounds=backgrounds,
             snap=snap,
             tones=tones,
+            coloured=coloured,
         )
         write_split(out / name, images, records)
     from arrag.data.mini_geneval import make_geneval_prompts  # it reads this module's names
@@ -673,5 +689,6 @@ def write_world(
         "backgrounds": list(backgrounds),
         "snap": snap,
         "tones": tones,
+        "coloured_captions": coloured,
     }
     write_json(out / "world.json", params)

@@ -33,6 +33,7 @@ class VQTrainingConfig:
     restart_every: int = 100  # re-seed unused codes from current latents (dead-code restart)
     restart_margin: float = 0.0  # ... only onto latents farther than this (cosine distance) from every code
     consistency: float = 0.0  # weight of patch_consistency_loss: identical patches, identical latents
+    locality: float = 0.0  # weight of patch_colour_loss: each code alone gives its patch's mean colour
     checkpoint_every: int = 200
     seed: int = 0
 
@@ -44,6 +45,7 @@ class VQTrainingConfig:
                 "restart_every": INDEX,
                 "restart_margin": dict(low=0, high=2),
                 "consistency": dict(low=0),
+                "locality": dict(low=0),
             },
         )
 
@@ -82,6 +84,16 @@ def patch_consistency_loss(z: torch.Tensor, x: torch.Tensor, patch: int) -> torc
     return within / (total + 1e-6)
 
 
+def patch_colour_loss(z_q: torch.Tensor, x: torch.Tensor, patch: int, probe: torch.nn.Linear) -> torch.Tensor:
+    """Squared error of a linear probe's reading of each patch's mean colour from that patch's quantised latent.
+
+    z_q [B, D, H, W] (straight-through quantised) latents of images x [B, C, H * patch, W * patch]; probe: D -> C.
+    JanusVQVAE's decoder sees the whole latent grid, so without this a code may leave its patch's colour to its
+    neighbours, and a raster-order generator cannot settle an object's colour with the object's first token."""
+    target = F.avg_pool2d(x, patch)  # [B, C, H, W]
+    return F.mse_loss(probe(z_q.permute(0, 2, 3, 1)).permute(0, 3, 1, 2), target)
+
+
 def train_vq(
     images: np.ndarray, spec: MiniJanusSpec, cfg: VQTrainingConfig, out_dir: str | Path, restart: bool = False
 ) -> dict:
@@ -91,11 +103,14 @@ def train_vq(
     torch.manual_seed(cfg.seed)
     tokenizer = build_word_tokenizer([])  # only to fill the config's special ids; the VQ ignores them
     vq = JanusVQVAE(mini_janus_config(spec, tokenizer).vq_config).train()
-    opt = torch.optim.Adam(vq.parameters(), lr=cfg.lr)
+    # the colour probe trains beside the VQ-VAE and is not saved with it (only its checkpoint holds it)
+    probe = torch.nn.Linear(spec.codebook_dim, 3) if cfg.locality else None
+    trained = torch.nn.ModuleDict({"vq": vq, "probe": probe}) if probe else vq
+    opt = torch.optim.Adam(trained.parameters(), lr=cfg.lr)
     settings = {"trainer": "vq", "config": asdict(cfg), "spec": asdict(spec), "images": len(images)}
     ckpt = ResumableCheckpoint(out_dir, cfg.checkpoint_every, settings, restart)
     usage = torch.zeros(spec.codebook_size)  # code usage since the last dead-code restart: part of the state
-    start = ckpt.load(vq, opt, {"usage": usage})
+    start = ckpt.load(trained, opt, {"usage": usage})
     pixels = to_pixel_values(images)
     log, t0 = [], time.time()
     bar = progress(
@@ -112,6 +127,8 @@ def train_vq(
         loss = rec_loss + vq_loss
         if cfg.consistency:
             loss = loss + cfg.consistency * patch_consistency_loss(z, x, spec.patch_size)
+        if cfg.locality:
+            loss = loss + cfg.locality * patch_colour_loss(z_q, x, spec.patch_size, probe)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -122,7 +139,7 @@ def train_vq(
         if step % 50 == 0 or step == cfg.steps - 1:
             log.append({"step": step, "recon_mse": rec_loss.item(), "vq_loss": vq_loss.item()})
             bar.set_postfix(recon=f"{rec_loss.item():.4f}")
-        ckpt.maybe_save(step + 1, vq, opt, {"usage": usage})
+        ckpt.maybe_save(step + 1, trained, opt, {"usage": usage})
     vq.eval()
     stats = {
         "steps": cfg.steps,

@@ -18,6 +18,7 @@ rule world:
         backgrounds=" ".join(f"--background {b}" for b in config["world"]["backgrounds"]),
         snap=config["world"]["snap"],
         tones=config["world"]["tones"],
+        coloured=config["world"]["coloured_captions"],
     log:
         log_path("world"),
     benchmark:
@@ -27,4 +28,5 @@ rule world:
         mem_mb=job_mem_mb("light", image_size=config["world"]["image_size"], images=max(config["world"]["splits"].values(), default=0)),
     shell:
         "arrag world --out {params.out} --size {params.size} --seed {params.seed} {params.splits} "
-        "{params.under} --keep-fraction {params.keep} --geneval-prompts {params.prompts} {params.backgrounds} --snap {params.snap} --tones {params.tones} > {log} 2>&1"
+        "{params.under} --keep-fraction {params.keep} --geneval-prompts {params.prompts} {params.backgrounds} --snap {params.snap} --tones {params.tones} "
+        "--coloured-captions {params.coloured} > {log} 2>&1"
