@@ -1,4 +1,5 @@
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -95,4 +96,35 @@ def test_a_split_without_single_word_captions_is_refused_by_name(tiny_janus, tmp
     write_split(tmp_path / "split", images, [{"id": f"x{i}", "caption": c} for i, c in enumerate(CAPTIONS[2:4])])
     code = main(["caption-reliance", "--model", str(tmp_path / "model"), "--split", str(tmp_path / "split")])
     err = capsys.readouterr().err
-    assert code == 2 and "no caption names exactly one shape" in err and str(tmp_path / "split") in err
+    assert code == 2 and "no caption names exactly one shape or one colour" in err and str(tmp_path / "split") in err
+
+
+def test_select_base_copies_the_candidate_whose_words_cost_most_to_swap(tiny_janus, tmp_path, monkeypatch):
+    """The choice is the highest shape + colour swap cost (a kind a split cannot measure counts 0; ties: the first),
+    and the chosen folder is copied whole. caption_reliance itself is checked above against a direct computation."""
+    from arrag.evaluation import caption_reliance as cr
+
+    model, processor, _ = tiny_janus
+    for name in ("a", "b", "c"):
+        save_janus(model, processor, tmp_path / name)
+    (tmp_path / "b" / "marker.txt").write_text("b")  # tells the copies apart
+    costs = {"a": (3.0, 1.0), "b": (2.0, 2.5), "c": (4.5, None)}  # scores 4.0, 4.5, 4.5
+
+    def fake(model_dir, split_dir, limit, boot=None):
+        shape, colour = costs[Path(model_dir).name]
+        return {
+            "shape": {"images": 3, "nats_per_image": shape},
+            "colour": {"images": 0} if colour is None else {"images": 2, "nats_per_image": colour},
+        }
+
+    monkeypatch.setattr(cr, "caption_reliance", fake)
+    record = cr.select_base_model([tmp_path / n for n in "abc"], tmp_path / "split", tmp_path / "base")
+    assert record["chosen"] == str(tmp_path / "b")  # b and c tie at 4.5: the first
+    assert record["scores"] == {str(tmp_path / n): v for n, v in zip("abc", (4.0, 4.5, 4.5))}
+    assert {f.name: f.read_bytes() for f in (tmp_path / "base").iterdir()} == {
+        f.name: f.read_bytes() for f in (tmp_path / "b").iterdir()
+    }
+    assert cr.select_base_model([tmp_path / "a", tmp_path / "c"], tmp_path / "split", tmp_path / "base")[
+        "chosen"
+    ] == str(tmp_path / "c")  # the unmeasured colour counts 0, not against c; the old copy is replaced
+    assert not (tmp_path / "base" / "marker.txt").exists()

@@ -105,15 +105,16 @@ def test_local_profile_dry_runs(tmp_path):
 
 def test_mini_model_jobs_share_the_cores_without_gpu_slots(tmp_path):
     """Without --resources gpu a mini-model job takes one thread, so two run side by side on a CPU, except the
-    VQ-VAE's and the base model's training, which every later job waits for: they take every core. With GPU
-    slots each gets its share of the cores."""
+    VQ-VAE's and the base model's training, which every later job waits for: they take every core (the base
+    model's seeds share them). With GPU slots each gets its share of the cores."""
     work = _workdir(tmp_path)
     plain = _jobs(_snakemake(work, "-n", "--cores", "4", "--configfile", "config/toy.yaml").stdout)
     by_rule = {job["rule"]: job for job in plain}
     for rule in ("generate", "generate_daid_sweep", "train_faid", "train_showo"):
         assert by_rule[rule]["threads"] == 1, by_rule[rule]
-    for rule in ("train_vq", "train_base"):
-        assert by_rule[rule]["threads"] == 4, by_rule[rule]
+    assert by_rule["train_vq"]["threads"] == 4, by_rule["train_vq"]
+    assert by_rule["train_base"]["threads"] == 2, by_rule["train_base"]  # the toy's two seeds share the cores
+    assert by_rule["select_base"]["threads"] == 1
     for rule in ("build_database", "build_showo_database", "train_features"):  # beside a trainer, not after it
         assert by_rule[rule]["threads"] == 1, by_rule[rule]
     slots = _jobs(

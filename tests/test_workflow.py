@@ -340,6 +340,14 @@ def test_whole_dag_on_the_toy_profile(toy_run):
     # the models load back by path, offline
     assert list((res / "models/base").glob("*.safetensors")) and (res / "models/base/tokenizer.json").is_file()
     assert not (res / "models/base.partial").exists()
+    selection = json.loads((res / "models/base_selection.json").read_text())  # the better of the toy's two seeds
+    assert len(selection["candidates"]) == 2 and selection["scores"][selection["chosen"]] == max(
+        selection["scores"].values()
+    )
+    chosen = Path(selection["chosen"]) if Path(selection["chosen"]).is_absolute() else work / selection["chosen"]
+    assert [f.read_bytes() for f in sorted(chosen.iterdir())] == [
+        f.read_bytes() for f in sorted((res / "models/base").iterdir())
+    ]
 
     # the retrieval database: two corpus shards gathered into one database, Figure 6 from held-out codes
     shards = sorted((res / "codes/corpus").glob("codes-*-of-00002.json"))
@@ -432,7 +440,9 @@ def test_whole_dag_on_the_toy_profile(toy_run):
     rules = [
         "world",
         "train_vq",
-        "train_base",
+        "train_base/seed~0",
+        "train_base/seed~1",
+        "select_base",
         "tokenise_shard/corpus/00000-of-00002",
         "tokenise_shard/corpus/00001-of-00002",
         "tokenise_shard/reference/00000-of-00001",

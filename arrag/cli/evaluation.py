@@ -14,6 +14,7 @@ def register(sub) -> None:
         add_geneval,
         add_vq_ceiling,
         add_caption_reliance,
+        add_select_base,
         add_dpg_tiles,
         add_dpg,
         add_train_features,
@@ -139,6 +140,28 @@ def cmd_caption_reliance(args) -> None:
     if args.out:
         write_json(args.out, record)
     print(json.dumps(record, indent=2))
+
+
+def add_select_base(sub) -> None:
+    p = sub.add_parser(
+        "select-base",
+        help="copy the candidate base model (one per training seed) that reads its captions most on a held-out split",
+    )
+    p.add_argument("--candidate", action="append", required=True, help="a model folder (repeat for each)")
+    p.add_argument("--split", required=True, help="a mini-world split none of the candidates trained on")
+    p.add_argument("--limit", type=COUNT_TYPE, default=1000, help="images per word kind (the first that qualify)")
+    p.add_argument("--out", required=True, help="the model folder to write (a copy of the chosen candidate)")
+    p.add_argument("--record", required=True, help="JSON of every candidate's caption reliance and the choice")
+    p.set_defaults(func=cmd_select_base)
+
+
+def cmd_select_base(args) -> None:
+    from arrag.evaluation.caption_reliance import select_base_model
+    from arrag.io import write_json
+
+    record = select_base_model(args.candidate, args.split, args.out, args.limit)
+    write_json(args.record, record)
+    print(json.dumps({k: record[k] for k in ("chosen", "scores")}, indent=2))
 
 
 def add_dpg_tiles(sub) -> None:

@@ -57,24 +57,49 @@ else:
             vq=VQ_MODEL,
             images=world_split("train"),
         output:
-            directory(BASE_MODEL),
+            directory(BASE_CANDIDATE),
         params:
             gpu=on_gpu,
             world=lambda wildcards, input: world_dir(input.images),
             spec=settings_flags("--spec", config["model"]["spec"]),
             training=settings_flags("--set", config["model"]["base_training"]),
         log:
-            log_path("train_base"),
+            log_path("train_base", "seed~{seed}"),
         benchmark:
-            jobstats_path("train_base")
+            jobstats_path("train_base", "seed~{seed}")
         priority: 10  # the mini DAG's critical path: ahead of jobs that are ready beside it (tokenisation, scoring)
-        threads: trainer_threads
+        threads: base_trainer_threads
         resources:
             gpu=1,
             mem_mb=TRAIN_MEM_MB,
         shell:
             "OMP_NUM_THREADS={threads} {params.gpu} arrag train-base --world {params.world} --split train --vq {input.vq} "
-            "--out {output} {params.spec} {params.training} > {log} 2>&1"
+            "--out {output} {params.spec} {params.training} --set seed={wildcards.seed} > {log} 2>&1"
+
+
+    rule select_base:
+        # the seed whose model reads its captions' shape and colour words most on a held-out split
+        # (docs/mini-profile.md, "Reading the caption"); one seed: its model, with its caption reliance on record
+        input:
+            candidates=expand(BASE_CANDIDATE, seed=config["model"]["base_selection"]["seeds"]),
+            images=world_split(config["model"]["base_selection"]["split"]),
+        output:
+            model=directory(BASE_MODEL),
+            record=BASE_SELECTION,
+        params:
+            candidates=lambda wildcards, input: " ".join(f"--candidate {c}" for c in input.candidates),
+            split=lambda wildcards, input: os.path.dirname(input.images),
+        log:
+            log_path("select_base"),
+        benchmark:
+            jobstats_path("select_base")
+        priority: 10
+        threads: 1
+        resources:
+            mem_mb=TRAIN_MEM_MB,  # two models in turn, and their forward passes
+        shell:
+            "OMP_NUM_THREADS={threads} arrag select-base {params.candidates} --split {params.split} "
+            "--out {output.model} --record {output.record} > {log} 2>&1"
 
 
 rule download_clip:

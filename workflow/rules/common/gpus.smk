@@ -63,6 +63,14 @@ def trainer_threads(wildcards):
     return workflow.cores if MINI_MODEL and not GPU_SLOTS else gpu_job_threads(wildcards)
 
 
+def base_trainer_threads(wildcards):
+    """trainer_threads, shared by the base model's training seeds (model.base_selection.seeds), which train side
+    by side on a CPU; with GPU slots each takes a slot's share."""
+    if MINI_MODEL and not GPU_SLOTS:
+        return max(1, workflow.cores // len(config["model"]["base_selection"]["seeds"]))
+    return trainer_threads(wildcards)
+
+
 def arrag_on_gpu(wildcards, resources):
     """`arrag` as the rules of the benchmarks' own conda envs run it (GenEval, DPG-Bench), on their GPU: their
     pinned torch predates ours, so the package is not installed there and runs from this checkout."""

@@ -6,6 +6,8 @@ RESULTS = f"results/{config['profile']}"
 
 BASE_MODEL = f"{RESULTS}/models/base"  # the backbone: trained (train_base) or a hub snapshot (download_model)
 VQ_MODEL = f"{RESULTS}/models/vq"  # the mini model's VQ-VAE (train_vq)
+BASE_CANDIDATE = f"{RESULTS}/models/base_seeds/seed~{{seed}}"  # the mini base model of one training seed (train_base)
+BASE_SELECTION = f"{RESULTS}/models/base_selection.json"  # which candidate became BASE_MODEL, and why (select_base)
 FEATURES_MODEL = f"{RESULTS}/models/features"  # the mini world's feature network: mini-FID, mini-CMMD
 RACM3_MODEL = f"{RESULTS}/models/racm3"  # RA-CM3's fine-tuned backbone (train_racm3)
 FAID_MODEL = f"{RESULTS}/models/faid"  # FAiD's modules (train_faid)
