@@ -56,10 +56,10 @@ def gpu_job_threads(wildcards):
 
 
 def trainer_threads(wildcards):
-    """CPU threads of the mini VQ-VAE's and base model's training: every core without GPU slots. Every later job
-    waits for them and little else is ready while they train, so a second thread shortens the mini DAG (on 2 cores
-    the VQ-VAE's 600 steps took about 160 s instead of 266, the base model's 800 steps of 64 250 s instead of 450;
-    docs/mini-profile.md), where one-thread jobs side by side could not."""
+    """CPU threads of the mini VQ-VAE's training (the base model's: base_trainer_threads): every core without GPU
+    slots. Every later job waits for it and little else is ready while it trains, so a second thread shortens the
+    mini DAG (on 2 cores the VQ-VAE's 600 steps took about 160 s instead of 266, the base model's 800 steps of 64
+    250 s instead of 450; docs/mini-profile.md), where one-thread jobs side by side could not."""
     return workflow.cores if MINI_MODEL and not GPU_SLOTS else gpu_job_threads(wildcards)
 
 
