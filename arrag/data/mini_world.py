@@ -615,13 +615,14 @@ def write_split(out_dir: str | Path, images: np.ndarray, records: list[dict]) ->
         tmp_records.write_bytes(_jsonl_bytes(records))
 
 
-def load_split(split_dir: str | Path) -> tuple[np.ndarray, list[dict]]:
-    """The (images, records) that write_split stored in split_dir."""
+def load_split(split_dir: str | Path, mmap: bool = False) -> tuple[np.ndarray, list[dict]]:
+    """The (images, records) that write_split stored in split_dir; `mmap`: images memory-mapped, read only where
+    indexed (a job that uses some of a split's images)."""
     d = Path(split_dir)
     for fname in ("images.npy", "metadata.jsonl"):
         if not (d / fname).is_file():
             raise FileNotFoundError(f"{d / fname} is missing: write the split first (write_split / write_world)")
-    images = np.load(d / "images.npy", allow_pickle=False)
+    images = np.load(d / "images.npy", mmap_mode="r" if mmap else None, allow_pickle=False)
     with open(d / "metadata.jsonl", encoding="utf-8") as f:
         records = [json.loads(line) for line in f if line.strip()]
     if len(records) != len(images):

@@ -10,7 +10,6 @@ not, which loss and mini-GenEval's sampling noise hide (docs/mini-profile.md, "R
 
 from __future__ import annotations
 
-import json
 import shutil
 from pathlib import Path
 
@@ -18,7 +17,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from arrag.data.mini_world import COLOURS, SHAPES
+from arrag.data.mini_world import COLOURS, SHAPES, load_split
 from arrag.evaluation.intervals import Bootstrap, count_blocks, percentile_interval
 from arrag.io import atomic_path, progress
 
@@ -79,12 +78,8 @@ def caption_reliance(
     from arrag.models.janus import load_janus
     from arrag.models.vq import VQTokenizer
 
-    split_dir = Path(split_dir)
-    images = np.load(split_dir / "images.npy", mmap_mode="r", allow_pickle=False)  # read only the images used
-    with open(split_dir / "metadata.jsonl", encoding="utf-8") as f:
-        captions = [json.loads(line)["caption"] for line in f if line.strip()]
-    if len(captions) != len(images):
-        raise ValueError(f"{split_dir}: {len(images)} images but {len(captions)} captions; rewrite the split")
+    images, records = load_split(split_dir, mmap=True)  # read only the images used
+    captions = [r["caption"] for r in records]
     model, processor = load_janus(model_dir)
     model.eval()
     vq = VQTokenizer.from_janus(model)
