@@ -459,9 +459,13 @@ def min_background_distance() -> float:
 # ----------------------------------------------------------------------------- captions
 
 
+def article(word: str) -> str:
+    """GenEval's article rule: "an" before a vowel letter, else "a"."""
+    return "an" if word[0] in "aeiou" else "a"
+
+
 def _a(word: str) -> str:
-    """GenEval's article rule: "an" before a vowel letter."""
-    return f"an {word}" if word[0] in "aeiou" else f"a {word}"
+    return f"{article(word)} {word}"
 
 
 def caption_options(scene: Scene) -> list[list[str]]:

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from arrag.data.mini_world import COLOURS, SHAPES, load_split
+from arrag.data.mini_world import COLOURS, SHAPES, article, load_split
 from arrag.evaluation.intervals import Bootstrap, count_blocks, percentile_interval
 from arrag.io import atomic_path, progress
 
@@ -35,7 +35,7 @@ def swap_word(caption: str, words: tuple[str, ...], rng: np.random.Generator) ->
     tokens[hits[0]] = others[int(rng.integers(len(others)))]
     for i in range(len(tokens) - 1):
         if tokens[i] in ("a", "an"):
-            tokens[i] = "an" if tokens[i + 1][0] in "aeiou" else "a"
+            tokens[i] = article(tokens[i + 1])
     return " ".join(tokens)
 
 
